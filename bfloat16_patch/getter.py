@@ -1,0 +1,198 @@
+"""bfloat16 storage, float32 compute, without touching the TensorFlow installation.
+
+The original replaced TensorFlow's own ``variable_scope.py`` and ``saver.py``
+(ORIGINAL.md 5.1). Here the same effect comes from a ``custom_getter``::
+
+    with tf.variable_scope("tower", custom_getter=bfloat16_getter):
+        predictions = model(...)
+
+Every float32 variable that the model requests through ``tf.get_variable`` is
+created as a bfloat16 variable *of the same name* and handed back to the model
+as a float32 view (``tf.cast``), so all the math stays float32 and a plain
+``tf.train.Saver`` restores a bfloat16 checkpoint (written by
+``bfloat16_patch.convert``) directly. Unlike the original patch, the requested
+initializer is kept (cast to bfloat16) instead of being replaced by zeros.
+The graph is for inference: BN moving-average updates are not created for a
+view (models.layers.batch_norm checks for a Variable).
+
+Helpers: ``checkpoint_dtype`` tells a float32 from a bfloat16 checkpoint,
+``getter_for_checkpoint`` picks the getter automatically, and
+``check_restore_compatible`` turns a dtype/shape/name mismatch between a graph
+and a checkpoint into a one-line UserError instead of a TensorFlow traceback.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
+
+from training import checkpoints
+from training.errors import UserError
+from training.tf_compat import tf
+
+FLOAT32 = "float32"
+BFLOAT16 = "bfloat16"
+DTYPE_KEY = "checkpoint_dtype"   # model_flags.json marker written by the converter
+
+
+def _float32_initializer_as_bfloat16(initializer):
+    """Wraps an initializer so that it draws float32 values and returns them as bf16."""
+    if initializer is None:
+        initializer = tf.glorot_uniform_initializer()   # get_variable's float default
+    if inspect.isclass(initializer):
+        initializer = initializer()
+    if not callable(initializer):
+        # A value (tensor, array, number): get_variable uses it as the initial value.
+        return tf.cast(tf.convert_to_tensor(initializer, dtype=tf.float32), tf.bfloat16)
+    try:
+        takes_partition = "partition_info" in inspect.signature(initializer).parameters
+    except (TypeError, ValueError):
+        takes_partition = False
+
+    def initialize(shape, dtype=None, partition_info=None):
+        del dtype
+        if takes_partition:
+            value = initializer(shape, dtype=tf.float32, partition_info=partition_info)
+        else:
+            value = initializer(shape, dtype=tf.float32)
+        return tf.cast(value, tf.bfloat16)
+
+    return initialize
+
+
+def _float32_regularizer(regularizer):
+    if regularizer is None:
+        return None
+    return lambda variable: regularizer(tf.cast(variable, tf.float32))
+
+
+def bfloat16_getter(getter, name, **kwargs):
+    """custom_getter: float32 variables are stored as bfloat16, returned as float32.
+
+    Other dtypes (integers, float64, bf16 requested explicitly) pass through.
+    (tf.get_variable calls custom getters with keyword arguments only.)
+    """
+    dtype = kwargs.get("dtype")
+    requested = tf.as_dtype(dtype).base_dtype if dtype is not None else tf.float32
+    if requested != tf.float32:
+        return getter(name, **kwargs)
+    kwargs["dtype"] = tf.bfloat16
+    kwargs["initializer"] = _float32_initializer_as_bfloat16(kwargs.get("initializer"))
+    kwargs["regularizer"] = _float32_regularizer(kwargs.get("regularizer"))
+    variable = getter(name, **kwargs)
+    if variable.dtype.base_dtype != tf.bfloat16:
+        raise UserError(f"variable {name}: exists as {variable.dtype.base_dtype.name}, "
+                        f"cannot be viewed through the bfloat16 getter")
+    return tf.cast(variable, tf.float32, name=name.split("/")[-1] + "_float32")
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint dtype and automatic getter choice
+
+
+def _checkpoint_path(path: str) -> str:
+    return checkpoints.find_checkpoint(path)
+
+
+def load_checkpoint_reader(path: str):
+    try:
+        return tf.train.load_checkpoint(path)
+    except (tf.errors.OpError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the checkpoint "
+                        f"({str(err).strip().splitlines()[0]})") from None
+
+
+def checkpoint_dtype(path: str) -> str:
+    """"float32" or "bfloat16": the storage type of the checkpoint's floating
+    model variables (a dir means its latest model.ckpt-*)."""
+    path = _checkpoint_path(path)
+    dtypes = load_checkpoint_reader(path).get_variable_to_dtype_map()
+    keys = checkpoints.model_variable_keys(dtypes) or sorted(dtypes)
+    kinds = {}
+    for key in keys:
+        dtype = tf.as_dtype(dtypes[key]).base_dtype
+        if dtype == tf.bfloat16:
+            kinds.setdefault(BFLOAT16, key)
+        elif dtype.is_floating:
+            kinds.setdefault(FLOAT32, key)
+    if len(kinds) > 1:
+        raise UserError(f"{path}: mixes bfloat16 ({kinds[BFLOAT16]}) and float32 "
+                        f"({kinds[FLOAT32]}) model variables")
+    return next(iter(kinds), FLOAT32)
+
+
+def getter_for_checkpoint(checkpoint_path: str,
+                          model_flags: Optional[Mapping[str, Any]] = None
+                          ) -> Optional[Callable]:
+    """bfloat16_getter for a bfloat16 checkpoint, None for a float32 one.
+
+    The checkpoint itself decides; model_flags' "checkpoint_dtype" marker
+    (written by the converter) must agree when present.
+    """
+    kind = checkpoint_dtype(checkpoint_path)
+    marker = (model_flags or {}).get(DTYPE_KEY)
+    if marker is not None and marker != kind:
+        raise UserError(f"{checkpoint_path}: is a {kind} checkpoint but its "
+                        f"{checkpoints.MODEL_FLAGS_FILE} says {DTYPE_KEY}={marker!r}")
+    return bfloat16_getter if kind == BFLOAT16 else None
+
+
+def getter_for_model_dir(model_dir: str) -> Optional[Callable]:
+    """The getter for the latest checkpoint of a model dir (SWA, bf16 or train dir)."""
+    return getter_for_checkpoint(checkpoints.find_checkpoint(model_dir),
+                                 checkpoints.read_model_flags(model_dir))
+
+
+# ---------------------------------------------------------------------------
+# Restore checks
+
+
+def _saveable_name(variable) -> str:
+    return variable.op.name
+
+
+def check_restore_compatible(checkpoint_path: str,
+                             var_list: Union[Iterable, Mapping[str, Any]]) -> None:
+    """Raises a one-line UserError naming the checkpoint when restoring var_list
+    from it would fail: a missing variable, another shape, or fp32 vs bf16."""
+    reader = load_checkpoint_reader(checkpoint_path)
+    dtypes = reader.get_variable_to_dtype_map()
+    shapes = reader.get_variable_to_shape_map()
+    items: Dict[str, Any] = (dict(var_list) if isinstance(var_list, Mapping)
+                             else {_saveable_name(v): v for v in var_list})
+    for key in sorted(items):
+        variable = items[key]
+        if key not in dtypes:
+            raise UserError(f"{checkpoint_path}: has no variable {key} (the graph needs it; "
+                            f"is this a checkpoint of another model?)")
+        stored = tf.as_dtype(dtypes[key]).base_dtype
+        wanted = variable.dtype.base_dtype
+        if stored != wanted:
+            if tf.bfloat16 in (stored, wanted):
+                stored_kind = BFLOAT16 if stored == tf.bfloat16 else FLOAT32
+                graph_kind = BFLOAT16 if wanted == tf.bfloat16 else FLOAT32
+                hint = ("build the graph with bfloat16_patch.getter.bfloat16_getter"
+                        if stored_kind == BFLOAT16 else "build the graph without the "
+                        "bfloat16 getter")
+                raise UserError(f"{checkpoint_path}: is a {stored_kind} checkpoint "
+                                f"({key} is {stored.name}) but the graph is {graph_kind} "
+                                f"({wanted.name}); {hint}")
+            raise UserError(f"{checkpoint_path}: variable {key} is {stored.name} in the "
+                            f"checkpoint but {wanted.name} in the graph")
+        graph_shape = variable.shape.as_list() if variable.shape.rank is not None else None
+        if graph_shape is not None and list(shapes[key]) != graph_shape:
+            raise UserError(f"{checkpoint_path}: variable {key} has shape {list(shapes[key])} "
+                            f"in the checkpoint but {graph_shape} in the graph (another "
+                            f"model configuration?)")
+
+
+def restore(sess, checkpoint_path: str, var_list=None, saver=None) -> None:
+    """Checks compatibility, then restores var_list (or the saver's) from the checkpoint."""
+    if var_list is None:
+        var_list = tf.global_variables()
+    check_restore_compatible(checkpoint_path, var_list)
+    (saver or tf.train.Saver(var_list)).restore(sess, checkpoint_path)
+
+
+__all__ = ["bfloat16_getter", "checkpoint_dtype", "getter_for_checkpoint",
+           "getter_for_model_dir", "check_restore_compatible", "restore", "load_checkpoint_reader",
+           "FLOAT32", "BFLOAT16", "DTYPE_KEY"]

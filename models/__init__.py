@@ -1,0 +1,1 @@
+"""The model zoo: layers, pooling modules, classifiers and the six presets."""

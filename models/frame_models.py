@@ -1,0 +1,308 @@
+"""The six frame-level models of the final ensemble (see ORIGINAL.md section 1).
+
+Class names are the original ones (``--model=NetVLADModelLF`` keeps working);
+the presets named after the run scripts (``nonlocal-NetVLADModel``, ...) are
+registered at the bottom. DEFAULTS hold the constants the original hard-coded
+in ``create_model``; every one of them can be overridden (command line, preset,
+model_flags.json).
+
+Shared hyper-parameter keys (same meaning and type in every class):
+  num_samples           frames drawn per video (the original ``iterations``)
+  frame_sampling        "random" (with replacement, as the original, at train
+                        and inference alike), "uniform" (evenly spaced,
+                        deterministic) or "none" (the padded input as it is)
+  frame_sampling_seed   op seed of the random draw; -1 = graph seed only
+  cluster_size          K of the video branch (or of the joint branch)
+  audio_cluster_divisor audio branch K = max(1, cluster_size // divisor)
+  hidden_size           width of hidden1
+  gating                context gating after hidden1
+  nonlocal_temperature  scale of Theta Phi^T; 0.0 means F^-1/2 per modality
+  nonlocal_value_path   "g" (correct) or "phi" (the released Light/early bug)
+  moe_num_mixtures, moe_l2, moe_prob_gating   the video-level classifier
+  gru_cells, gru_layers the GRU
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+from models import classifiers, layers, pooling
+from models.base import FrameModel
+from models.registry import register, register_preset
+from training.tf_compat import tf
+
+FRAME_SAMPLING_MODES = ("random", "uniform", "none")
+MODALITY_NAMES = ("video", "audio")
+
+_SAMPLING_DEFAULTS = {
+    "num_samples": 300,
+    "frame_sampling": "random",
+    "frame_sampling_seed": -1,
+}
+_CLASSIFIER_DEFAULTS = {
+    "moe_num_mixtures": 2,
+    "moe_l2": 1e-8,
+    "moe_prob_gating": False,
+}
+
+
+class _PooledFrameModel(FrameModel):
+    """Shared parts: frame sampling, input BN, hidden layer, gating, MoE."""
+
+    def _check_input(self, model_input: tf.Tensor) -> None:
+        width = model_input.shape.as_list()[-1]
+        if width != sum(self.feature_sizes):
+            raise ValueError(f"{type(self).__name__}: input has {width} features per frame "
+                             f"but feature_sizes {self.feature_sizes} sum to "
+                             f"{sum(self.feature_sizes)}")
+        if not 1 <= len(self.feature_sizes) <= len(MODALITY_NAMES):
+            raise ValueError(f"{type(self).__name__} takes 1 or 2 features (rgb, audio), "
+                             f"got feature_sizes {self.feature_sizes}")
+
+    def _sampled_frames(self, model_input: tf.Tensor, num_frames: tf.Tensor
+                        ) -> Tuple[tf.Tensor, object]:
+        """-> (frames [B, N, D], N). N is a python int unless mode is "none"."""
+        mode = self.hparams["frame_sampling"]
+        if mode not in FRAME_SAMPLING_MODES:
+            raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLING_MODES}, "
+                             f"got {mode!r}")
+        if mode == "none":
+            steps = model_input.shape.as_list()[1]
+            return model_input, steps if steps is not None else tf.shape(model_input)[1]
+        seed = self.hparams["frame_sampling_seed"]
+        num_samples = self.hparams["num_samples"]
+        frames = layers.sample_frames(model_input, num_frames, num_samples, mode=mode,
+                                      seed=None if seed < 0 else seed)
+        return frames, num_samples
+
+    def _normalised_flat_frames(self, model_input, num_frames, is_training):
+        """Sampling, then BN ``input_bn`` over D. -> ([B*N, D], N)."""
+        self._check_input(model_input)
+        frames, num_samples = self._sampled_frames(model_input, num_frames)
+        flat = tf.reshape(frames, [-1, sum(self.feature_sizes)])
+        return layers.batch_norm(flat, is_training, "input_bn"), num_samples
+
+    def _modalities(self, flat: tf.Tensor) -> List[Tuple[str, int, tf.Tensor]]:
+        """Splits [B*N, D] by self.feature_sizes -> [(name, F, [B*N, F]), ...]."""
+        parts = tf.split(flat, self.feature_sizes, axis=1)
+        return list(zip(MODALITY_NAMES, self.feature_sizes, parts))
+
+    def _branch_clusters(self, index: int) -> int:
+        if index == 0:
+            return self.hparams["cluster_size"]
+        return max(1, self.hparams["cluster_size"] // self.hparams["audio_cluster_divisor"])
+
+    def _head(self, pooled: tf.Tensor, is_training: bool) -> tf.Tensor:
+        """hidden1 (no activation), optional context gating, MoE, optional GP.
+
+        hidden1_weights [D, H] ~ N(0, 1/sqrt(cluster_size)),
+        hidden1_biases [H] ~ N(0, 0.01^2). -> probabilities [B, C].
+        """
+        hparams = self.hparams
+        dim = pooled.shape.as_list()[-1]
+        weights = tf.get_variable(
+            "hidden1_weights", [dim, hparams["hidden_size"]],
+            initializer=layers.normal(1.0 / math.sqrt(hparams["cluster_size"])))
+        biases = tf.get_variable("hidden1_biases", [hparams["hidden_size"]],
+                                 initializer=layers.normal(0.01))
+        activation = tf.matmul(pooled, weights) + biases
+        if hparams["gating"]:
+            activation = layers.context_gating(activation, is_training)
+        return _classify(activation, self.num_classes, hparams, is_training)
+
+
+def _classify(inputs: tf.Tensor, num_classes: int, hparams, is_training: bool) -> tf.Tensor:
+    probabilities = classifiers.mixture_of_experts(
+        inputs, num_classes, hparams["moe_num_mixtures"], hparams["moe_l2"])
+    if hparams["moe_prob_gating"]:
+        probabilities = classifiers.probability_gating(probabilities, is_training)
+    return probabilities
+
+
+@register
+class NetVLADModelLF(_PooledFrameModel):
+    """Model A: late-fusion NetVLAD with the embedded-Gaussian non-local block.
+
+    [B, T, 1152] -> sample N=300 -> input_bn -> video_VLAD (F=1024, K=64) and
+    audio_VLAD (F=128, K=32), each NetVLAD + non-local (width K, temperature
+    1/64, value G) + intra/global L2 -> concat [B, 69632] -> hidden1 1024 ->
+    context gating -> MoE-8 -> probability gating -> [B, 3862].
+    """
+
+    DEFAULTS = {
+        **_SAMPLING_DEFAULTS,
+        "cluster_size": 64,
+        "audio_cluster_divisor": 2,
+        "hidden_size": 1024,
+        "gating": True,
+        "nonlocal_temperature": 1.0 / 64,
+        "nonlocal_value_path": "g",
+        **_CLASSIFIER_DEFAULTS,
+        "moe_num_mixtures": 8,
+        "moe_prob_gating": True,
+    }
+
+    def _pool(self, num_samples, feature_size, cluster_size):
+        return pooling.NetVLADNonLocal(
+            feature_size, cluster_size, num_samples,
+            temperature=self.hparams["nonlocal_temperature"],
+            value_path=self.hparams["nonlocal_value_path"])
+
+    def __call__(self, model_input, num_frames, is_training):
+        flat, num_samples = self._normalised_flat_frames(model_input, num_frames, is_training)
+        pooled = []
+        for index, (name, feature_size, frames) in enumerate(self._modalities(flat)):
+            with tf.variable_scope(f"{name}_VLAD"):
+                module = self._pool(num_samples, feature_size,
+                                    self._branch_clusters(index))
+                pooled.append(module(frames, is_training))
+        return self._head(tf.concat(pooled, axis=1), is_training)
+
+
+@register
+class LightNetVLADModelLF(NetVLADModelLF):
+    """Model B: late-fusion LightVLAD (no centroids) with a non-local block.
+
+    As Model A but the pooling has no ``cluster_weights2``, the non-local
+    width is F/2, the scale F^-1/2 and the value path Phi (released bug);
+    classifier MoE-4 with probability gating.
+    """
+
+    DEFAULTS = {
+        **NetVLADModelLF.DEFAULTS,
+        "nonlocal_temperature": 0.0,
+        "nonlocal_value_path": "phi",
+        "moe_num_mixtures": 4,
+    }
+
+    def _pool(self, num_samples, feature_size, cluster_size):
+        return pooling.LightNetVLADNonLocal(
+            feature_size, cluster_size, num_samples,
+            temperature=self.hparams["nonlocal_temperature"],
+            value_path=self.hparams["nonlocal_value_path"])
+
+
+@register
+class early_NetVLADModelLF(_PooledFrameModel):  # noqa: N801 (the original name)
+    """Model C: early fusion, one NetVLAD over the joint 1152-d frame.
+
+    [B, T, 1152] -> sample 300 -> input_bn -> video_audio_VLAD (F=1152, K=64,
+    centroids, non-local width K, scale 1152^-1/2, value Phi) -> [B, 73728]
+    -> hidden1 1024 -> context gating -> MoE-2 -> probability gating.
+    """
+
+    DEFAULTS = {
+        **_SAMPLING_DEFAULTS,
+        "cluster_size": 64,
+        "hidden_size": 1024,
+        "gating": True,
+        "nonlocal_temperature": 0.0,
+        "nonlocal_value_path": "phi",
+        **_CLASSIFIER_DEFAULTS,
+        "moe_num_mixtures": 2,
+        "moe_prob_gating": True,
+    }
+
+    def __call__(self, model_input, num_frames, is_training):
+        flat, num_samples = self._normalised_flat_frames(model_input, num_frames, is_training)
+        with tf.variable_scope("video_audio_VLAD"):
+            module = pooling.NetVLADNonLocal(
+                sum(self.feature_sizes), self.hparams["cluster_size"], num_samples,
+                temperature=self.hparams["nonlocal_temperature"],
+                value_path=self.hparams["nonlocal_value_path"])
+            pooled = module(flat, is_training)
+        return self._head(pooled, is_training)
+
+
+@register
+class SoftDbofModelLF(_PooledFrameModel):
+    """Models D: late-fusion Soft-DBoF, 4000 video / 500 audio clusters.
+
+    [B, T, 1152] -> sample 300 -> input_bn -> video_DBOF (K) and audio_DBOF
+    (K/8), softmax assignment + sum pool + L2 -> concat [B, K + K/8] ->
+    hidden1 1024 (no activation, no gating) -> MoE-2 without GP.
+    """
+
+    DEFAULTS = {
+        **_SAMPLING_DEFAULTS,
+        "cluster_size": 4000,
+        "audio_cluster_divisor": 8,
+        "hidden_size": 1024,
+        "gating": False,
+        **_CLASSIFIER_DEFAULTS,
+    }
+
+    def __call__(self, model_input, num_frames, is_training):
+        flat, num_samples = self._normalised_flat_frames(model_input, num_frames, is_training)
+        pooled = []
+        for index, (name, feature_size, frames) in enumerate(self._modalities(flat)):
+            with tf.variable_scope(f"{name}_DBOF"):
+                module = pooling.SoftDBoF(feature_size, self._branch_clusters(index),
+                                          num_samples)
+                pooled.append(module(frames, is_training))
+        return self._head(tf.concat(pooled, axis=1), is_training)
+
+
+@register
+class SoftDbofModelLF_8k(SoftDbofModelLF):  # noqa: N801 (the original name)
+    """Model E: as Model D with 8000 video / 1000 audio clusters."""
+
+    DEFAULTS = {**SoftDbofModelLF.DEFAULTS, "cluster_size": 8000}
+
+
+@register
+class GruModel(FrameModel):
+    """Model F: two stacked GRUs of 1200 units over the whole padded input.
+
+    [B, T, 1152], num_frames -> dynamic_rnn in scope ``RNN`` (state frozen
+    after num_frames steps) -> final states concatenated [B, 2400] -> MoE-2
+    (no probability gating). Deterministic: no frame sampling, no input BN.
+    With frame_sampling "random"/"uniform" it reads num_samples sampled frames
+    instead (not used by the original; its unused ``iterations`` was 30).
+    """
+
+    DEFAULTS = {
+        "gru_cells": 1200,
+        "gru_layers": 2,
+        **_SAMPLING_DEFAULTS,
+        "num_samples": 30,
+        "frame_sampling": "none",
+        **_CLASSIFIER_DEFAULTS,
+    }
+
+    def __call__(self, model_input, num_frames, is_training):
+        width = model_input.shape.as_list()[-1]
+        if width != sum(self.feature_sizes):
+            raise ValueError(f"GruModel: input has {width} features per frame but "
+                             f"feature_sizes {self.feature_sizes} sum to "
+                             f"{sum(self.feature_sizes)}")
+        mode = self.hparams["frame_sampling"]
+        if mode not in FRAME_SAMPLING_MODES:
+            raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLING_MODES}, "
+                             f"got {mode!r}")
+        sequence_length = num_frames
+        if mode != "none":
+            seed = self.hparams["frame_sampling_seed"]
+            model_input = layers.sample_frames(
+                model_input, num_frames, self.hparams["num_samples"], mode=mode,
+                seed=None if seed < 0 else seed)
+            sequence_length = tf.fill(tf.shape(num_frames), self.hparams["num_samples"])
+        cell = layers.StackedGRUCell(self.hparams["gru_cells"], self.hparams["gru_layers"])
+        with tf.variable_scope("RNN"):
+            _, state = tf.nn.dynamic_rnn(cell, model_input, sequence_length=sequence_length,
+                                         dtype=tf.float32)
+        return _classify(state, self.num_classes, self.hparams, is_training)
+
+
+# Presets named after the run scripts; the original class names are aliases.
+register_preset("GRUModel", "GruModel", aliases=("GruModel",))
+register_preset("nonlocal-NetVLADModel", "NetVLADModelLF", aliases=("NetVLADModelLF",))
+register_preset("nonlocal-LightNetVLADModel", "LightNetVLADModelLF",
+                aliases=("LightNetVLADModelLF",))
+register_preset("nonlocal-earlyNetVLADModel", "early_NetVLADModelLF",
+                aliases=("early_NetVLADModelLF",))
+register_preset("Soft-DBoF-4k", "SoftDbofModelLF", aliases=("SoftDbofModelLF",))
+register_preset("Soft-DBoF-8k", "SoftDbofModelLF_8k", aliases=("SoftDbofModelLF_8k",))
+
+PRESET_NAMES = ("GRUModel", "nonlocal-NetVLADModel", "nonlocal-LightNetVLADModel",
+                "nonlocal-earlyNetVLADModel", "Soft-DBoF-4k", "Soft-DBoF-8k")

@@ -1,0 +1,216 @@
+"""The small layer module every model is built from.
+
+All variables are created with ``tf.get_variable`` so that their names are
+under our control (they are the contract between training, SWA, bfloat16 and
+the ensemble) and so that a ``custom_getter`` (the bfloat16 loader) sees every
+one of them. Batch norm follows TF 1.9 ``slim.batch_norm`` with
+``center=True, scale=True``: decay 0.999, epsilon 1e-3, statistics over the
+leading axis, moving averages updated by ops in ``tf.GraphKeys.UPDATE_OPS``
+with Bessel's correction on the variance (as the fused kernel did).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from training.tf_compat import tf
+
+BN_DECAY = 0.999
+BN_EPSILON = 1e-3
+
+
+def normal(stddev: float) -> tf.keras.initializers.Initializer:
+    """Untruncated N(0, stddev^2), as ``tf.random_normal_initializer``."""
+    return tf.random_normal_initializer(stddev=stddev)
+
+
+def glorot_uniform() -> tf.keras.initializers.Initializer:
+    return tf.glorot_uniform_initializer()
+
+
+def l2_regularizer(scale: float):
+    """scale * sum(w^2) / 2, the slim.l2_regularizer formula."""
+    if not scale:
+        return None
+
+    def regularize(weights):
+        return tf.multiply(scale, tf.nn.l2_loss(weights), name="l2_regularizer")
+
+    return regularize
+
+
+def fully_connected(inputs: tf.Tensor, num_outputs: int, scope: str,
+                    weights_initializer=None, use_bias: bool = True,
+                    l2_scale: float = 0.0) -> tf.Tensor:
+    """inputs [N, D] -> [N, num_outputs]; variables scope/weights, scope/biases.
+
+    Glorot-uniform weights and zero biases by default (slim.fully_connected).
+    """
+    input_dim = inputs.shape.as_list()[-1]
+    with tf.variable_scope(scope):
+        weights = tf.get_variable(
+            "weights", [input_dim, num_outputs],
+            initializer=weights_initializer or glorot_uniform(),
+            regularizer=l2_regularizer(l2_scale))
+        outputs = tf.matmul(inputs, weights)
+        if use_bias:
+            biases = tf.get_variable("biases", [num_outputs],
+                                     initializer=tf.zeros_initializer())
+            outputs = tf.nn.bias_add(outputs, biases)
+    return outputs
+
+
+def batch_norm(inputs: tf.Tensor, is_training: bool, scope: str,
+               decay: float = BN_DECAY, epsilon: float = BN_EPSILON) -> tf.Tensor:
+    """Batch norm over the last axis of inputs [N, C] (any leading rank).
+
+    Training: normalise with the batch statistics and add the moving-average
+    updates to UPDATE_OPS. Inference: normalise with the moving statistics.
+    Variables: scope/{beta, gamma, moving_mean, moving_variance}.
+    """
+    channels = inputs.shape.as_list()[-1]
+    with tf.variable_scope(scope):
+        beta = tf.get_variable("beta", [channels], initializer=tf.zeros_initializer())
+        gamma = tf.get_variable("gamma", [channels], initializer=tf.ones_initializer())
+        stat_collections = [tf.GraphKeys.GLOBAL_VARIABLES, tf.GraphKeys.MODEL_VARIABLES,
+                            "batch_norm_statistics"]
+        moving_mean = tf.get_variable("moving_mean", [channels], trainable=False,
+                                      initializer=tf.zeros_initializer(),
+                                      collections=stat_collections)
+        moving_variance = tf.get_variable("moving_variance", [channels], trainable=False,
+                                          initializer=tf.ones_initializer(),
+                                          collections=stat_collections)
+        if not is_training:
+            return tf.nn.batch_normalization(inputs, moving_mean, moving_variance,
+                                             beta, gamma, epsilon)
+        flat = tf.reshape(inputs, [-1, channels])
+        mean, variance = tf.nn.moments(flat, axes=[0])
+        count = tf.cast(tf.shape(flat)[0], tf.float32)
+        unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+        if isinstance(moving_mean, tf.Variable):
+            tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign_sub(
+                moving_mean, (1.0 - decay) * (moving_mean - mean)))
+            tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign_sub(
+                moving_variance, (1.0 - decay) * (moving_variance - unbiased)))
+        return tf.nn.batch_normalization(inputs, mean, variance, beta, gamma, epsilon)
+
+
+def context_gating(inputs: tf.Tensor, is_training: bool,
+                   weights_name: str = "gating_weights_2",
+                   bn_scope: str = "gating_bn") -> tf.Tensor:
+    """y = x * sigmoid(BN(x W)); inputs [N, D], W [D, D] ~ N(0, 1/sqrt(D))."""
+    dim = inputs.shape.as_list()[-1]
+    weights = tf.get_variable(weights_name, [dim, dim],
+                              initializer=normal(1.0 / math.sqrt(dim)))
+    gates = batch_norm(tf.matmul(inputs, weights), is_training, bn_scope)
+    return inputs * tf.sigmoid(gates)
+
+
+class GRUCell:
+    """A GRU cell as TF 1.9's GRUCell, usable by ``tf.nn.dynamic_rnn``.
+
+    [r, u] = sigmoid([x, h] W_gates + b_gates)   (gate biases start at 1.0)
+    c      = tanh([x, r * h] W_cand + b_cand)
+    h'     = u * h + (1 - u) * c
+    Variables: <scope>/gates/{kernel,bias}, <scope>/candidate/{kernel,bias}.
+    """
+
+    def __init__(self, num_units: int, name: str = "gru_cell"):
+        self.num_units = num_units
+        self.name = name
+
+    @property
+    def state_size(self) -> int:
+        return self.num_units
+
+    @property
+    def output_size(self) -> int:
+        return self.num_units
+
+    def zero_state(self, batch_size, dtype) -> tf.Tensor:
+        return tf.zeros([batch_size, self.num_units], dtype)
+
+    def __call__(self, inputs: tf.Tensor, state: tf.Tensor, scope=None):
+        input_dim = inputs.shape.as_list()[-1]
+        units = self.num_units
+        with tf.variable_scope(self.name, reuse=tf.AUTO_REUSE):
+            with tf.variable_scope("gates"):
+                gate_kernel = tf.get_variable("kernel", [input_dim + units, 2 * units],
+                                              initializer=glorot_uniform())
+                gate_bias = tf.get_variable("bias", [2 * units],
+                                            initializer=tf.ones_initializer())
+            with tf.variable_scope("candidate"):
+                cand_kernel = tf.get_variable("kernel", [input_dim + units, units],
+                                              initializer=glorot_uniform())
+                cand_bias = tf.get_variable("bias", [units],
+                                            initializer=tf.zeros_initializer())
+        gates = tf.sigmoid(tf.nn.bias_add(
+            tf.matmul(tf.concat([inputs, state], 1), gate_kernel), gate_bias))
+        reset, update = tf.split(gates, 2, axis=1)
+        candidate = tf.tanh(tf.nn.bias_add(
+            tf.matmul(tf.concat([inputs, reset * state], 1), cand_kernel), cand_bias))
+        new_state = update * state + (1.0 - update) * candidate
+        return new_state, new_state
+
+
+class StackedGRUCell:
+    """Layers of GRUCell with the states concatenated (state_is_tuple=False).
+
+    State [B, L*units] = [h_layer0, h_layer1, ...]; output is the top layer's h.
+    Variables: multi_rnn_cell/cell_<i>/gru_cell/...
+    """
+
+    def __init__(self, num_units: int, num_layers: int):
+        self.cells = [GRUCell(num_units) for _ in range(num_layers)]
+        self.num_units = num_units
+
+    @property
+    def state_size(self) -> int:
+        return self.num_units * len(self.cells)
+
+    @property
+    def output_size(self) -> int:
+        return self.num_units
+
+    def zero_state(self, batch_size, dtype) -> tf.Tensor:
+        return tf.zeros([batch_size, self.state_size], dtype)
+
+    def __call__(self, inputs: tf.Tensor, state: tf.Tensor, scope=None):
+        layer_states = tf.split(state, len(self.cells), axis=1)
+        new_states = []
+        output = inputs
+        with tf.variable_scope("multi_rnn_cell", reuse=tf.AUTO_REUSE):
+            for index, (cell, layer_state) in enumerate(zip(self.cells, layer_states)):
+                with tf.variable_scope(f"cell_{index}"):
+                    output, new_state = cell(output, layer_state)
+                new_states.append(new_state)
+        return output, tf.concat(new_states, axis=1)
+
+
+def l2_normalize_frames(model_input: tf.Tensor) -> tf.Tensor:
+    """Joint per-frame L2 normalisation over the last axis (epsilon 1e-12)."""
+    return tf.nn.l2_normalize(model_input, axis=-1, epsilon=1e-12)
+
+
+def sample_frames(model_input: tf.Tensor, num_frames: tf.Tensor, num_samples: int,
+                  mode: str = "random", seed: Optional[int] = None) -> tf.Tensor:
+    """Picks num_samples frames per video from its valid (unpadded) frames.
+
+    model_input [B, T, D], num_frames [B] -> [B, num_samples, D].
+    mode "random": index floor(u * n) with u ~ U[0, 1), i.e. with replacement
+    (the original's SampleRandomFrames), seeded by the graph seed and `seed`.
+    mode "uniform": evenly spaced indices, deterministic.
+    A video with n = 0 reads row 0, the all-zero padding, so outputs stay finite.
+    """
+    batch_size = tf.shape(model_input)[0]
+    frames = tf.cast(tf.maximum(num_frames, 1), tf.float32)[:, None]
+    if mode == "random":
+        positions = tf.random_uniform([batch_size, num_samples], 0.0, 1.0, seed=seed)
+    elif mode == "uniform":
+        positions = tf.tile(((tf.range(num_samples, dtype=tf.float32) + 0.5)
+                             / num_samples)[None, :], [batch_size, 1])
+    else:
+        raise ValueError(f"unknown frame sampling mode {mode!r} (random or uniform)")
+    max_index = tf.cast(tf.maximum(num_frames, 1), tf.int32)[:, None] - 1
+    indices = tf.minimum(tf.cast(tf.floor(positions * frames), tf.int32), max_index)
+    return tf.gather(model_input, indices, batch_dims=1)

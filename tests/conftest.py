@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny synthetic YT8M data made once per test session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_CLASSES = 10
+
+
+def real_sample_dir() -> Path | None:
+    """../shared/data/yt8m-2018-video-sample when present (tests skip otherwise)."""
+    for candidate in (REPO_ROOT.parent / "shared" / "data" / "yt8m-2018-video-sample",
+                      Path("/work/shared/data/yt8m-2018-video-sample")):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """train/validate/test splits, 10 classes, 5-20 frames per video."""
+    from training import synthetic
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    for split, shards, labels in (("train", 2, True), ("validate", 1, True), ("test", 1, False)):
+        synthetic.write_dataset(str(root), split=split, num_shards=shards, videos_per_shard=32,
+                                num_classes=TINY_CLASSES, seed=7, min_frames=5, max_frames=20,
+                                with_labels=labels)
+    return root
+
+
+def run_module(module: str, *args: str, check: bool = True, env: dict | None = None,
+               timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs `python -m module args` from the repo root, capturing output."""
+    completed = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=timeout,
+                               env={**os.environ, **(env or {})})
+    if check and completed.returncode != 0:
+        raise AssertionError(f"{module} failed ({completed.returncode}):\n"
+                             f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
+    return completed

@@ -1,0 +1,192 @@
+"""The trainer: loop, checkpoints, resume, towers, learning rate, clipping."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import TINY_CLASSES, run_module
+from training import checkpoints, model_builder, train
+from training.errors import UserError
+from training.tf_compat import tf
+
+
+def tiny_config(**overrides):
+    config = {"batch_size": 8, "base_learning_rate": 0.01, "learning_rate_decay": 0.9,
+              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
+              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 40,
+              "save_checkpoint_steps": 15, "max_to_keep": 10,
+              "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
+              "num_readers": 2, "shuffle_buffer": 64, "seed": 3, "summary_steps": 10,
+              "log_steps": 10}
+    config.update(overrides)
+    return config
+
+
+def tiny_flags(model="FrameMeanMoeModel", **hparams):
+    return model_builder.make_model_flags(model, "rgb,audio", "1024,128", True, TINY_CLASSES,
+                                          "CrossEntropyLoss", hparams)
+
+
+def train_pattern(tiny_data):
+    return str(tiny_data / "frame" / "train*.tfrecord")
+
+
+def test_trains_checkpoints_and_resumes(tiny_data, tmp_path):
+    train_dir = str(tmp_path / "run")
+    flags = tiny_flags()
+    train.prepare_train_dir(train_dir, flags, start_new=False)
+    lines = []
+    result = train.train(flags, train_dir, train_pattern(tiny_data), tiny_config(),
+                         log=lines.append)
+    assert result["global_step"] == 40
+    steps = [step for step, _ in checkpoints.list_checkpoints(train_dir)]
+    assert steps == [15, 30, 40]  # every 15 steps plus the final step
+    assert any("examples/sec" in line and "ETA" in line for line in lines)
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(train_dir))
+    with open(os.path.join(train_dir, "model_flags.json")) as handle:
+        saved = json.load(handle)
+    assert saved["model"] == "FrameMeanMoeModel" and saved["num_classes"] == TINY_CLASSES
+    assert saved["model_hparams"] == {"moe_num_mixtures": 2, "moe_l2": 1e-8}
+
+    lines.clear()
+    result = train.train(flags, train_dir, train_pattern(tiny_data),
+                         tiny_config(max_steps=50), log=lines.append)
+    assert any("resumed from" in line and "model.ckpt-40" in line for line in lines)
+    assert result["global_step"] == 50
+    assert checkpoints.list_checkpoints(train_dir)[-1][0] == 50
+
+
+def test_loss_falls(tiny_data, tmp_path):
+    losses = []
+
+    def record(line):
+        if line.startswith("step"):
+            losses.append(float(line.split("|")[1].split()[1]))
+
+    train.train(tiny_flags(), str(tmp_path), train_pattern(tiny_data),
+                tiny_config(max_steps=120, log_steps=10, save_checkpoint_steps=1000,
+                            base_learning_rate=0.02),
+                log=record)
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2])
+
+
+def test_num_epochs_stops_training(tiny_data, tmp_path):
+    # 64 training videos, batch 8: one epoch is 8 full batches.
+    result = train.train(tiny_flags(), str(tmp_path), train_pattern(tiny_data),
+                         tiny_config(num_epochs=1, max_steps=None), log=lambda _: None)
+    assert result["global_step"] == 8
+    assert checkpoints.list_checkpoints(str(tmp_path))[-1][0] == 8
+
+
+def test_two_cpu_towers(tiny_data, tmp_path):
+    lines = []
+    result = train.train(tiny_flags(), str(tmp_path), train_pattern(tiny_data),
+                         tiny_config(cpu_towers=2, batch_size=4, max_steps=12),
+                         log=lines.append)
+    assert result["global_step"] == 12
+    assert any("2 tower(s)" in line for line in lines)
+    reader = tf.train.load_checkpoint(checkpoints.latest_checkpoint(str(tmp_path)))
+    names = reader.get_variable_to_shape_map()
+    assert "tower/gates/weights" in names and not any(n.startswith("tower_1") for n in names)
+
+
+def test_average_gradients_is_a_mean():
+    graph = tf.Graph()
+    with graph.as_default():
+        var = tf.Variable([0.0, 0.0])
+        other = tf.Variable(1.0)
+        grads = train.average_gradients([[(tf.constant([1.0, 2.0]), var), (None, other)],
+                                         [(tf.constant([3.0, 6.0]), var), (None, other)]])
+        assert len(grads) == 1 and grads[0][1] is var
+        with tf.Session() as sess:
+            np.testing.assert_allclose(sess.run(grads[0][0]), [2.0, 4.0])
+
+
+def test_clipping_is_per_variable():
+    graph = tf.Graph()
+    with graph.as_default():
+        a, b = tf.Variable([0.0, 0.0]), tf.Variable([0.0])
+        clipped = train.clip_per_variable([(tf.constant([3.0, 4.0]), a),
+                                           (tf.constant([0.5]), b)], 1.0)
+        with tf.Session() as sess:
+            big, small = sess.run([clipped[0][0], clipped[1][0]])
+    np.testing.assert_allclose(big, [0.6, 0.8], rtol=1e-6)  # norm 5 -> 1
+    np.testing.assert_allclose(small, [0.5])                # under the norm: unchanged
+
+
+def test_learning_rate_is_staircase_in_examples(tiny_data):
+    graph = tf.Graph()
+    with graph.as_default():
+        batch = {"features": tf.zeros([8, 300, 1152]), "num_frames": tf.fill([8], 3),
+                 "labels": tf.zeros([8, TINY_CLASSES]), "id": tf.fill([8], "x")}
+        config = tiny_config(base_learning_rate=2e-4, learning_rate_decay=0.8,
+                             learning_rate_decay_examples=4000.0, batch_size=4)
+        ops = train.build_train_graph(tiny_flags(), batch, ["/cpu:0", "/cpu:1"], config)
+        with tf.Session(config=train.session_config(["/cpu:0", "/cpu:1"])) as sess:
+            sess.run(tf.global_variables_initializer())
+            # 2 towers x 4 examples = 8 examples per step: decay every 500 steps.
+            for step, expected in ((0, 2e-4), (499, 2e-4), (500, 1.6e-4), (1250, 1.28e-4)):
+                sess.run(ops["global_step"].assign(step))
+                assert sess.run(ops["learning_rate"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_batch_norm_statistics_update_every_step(tiny_data, tmp_path):
+    """A model with batch norm: its moving statistics move during training."""
+    from models import registry
+
+    if "Soft-DBoF-4k" not in registry.model_names():
+        pytest.skip("the six presets are not registered")
+    flags = tiny_flags("Soft-DBoF-4k", cluster_size=8, hidden_size=8)
+    train.train(flags, str(tmp_path), train_pattern(tiny_data),
+                tiny_config(max_steps=5, save_checkpoint_steps=100), log=lambda _: None)
+    reader = tf.train.load_checkpoint(checkpoints.latest_checkpoint(str(tmp_path)))
+    means = [name for name in reader.get_variable_to_shape_map()
+             if name.endswith("input_bn/moving_mean")]
+    assert means and np.abs(reader.get_tensor(means[0])).max() > 0
+
+
+def test_start_new_model_removes_only_trainer_files(tiny_data, tmp_path):
+    train_dir = tmp_path / "run"
+    train_dir.mkdir()
+    (train_dir / "notes.txt").write_text("keep me")
+    (train_dir / "data").mkdir()
+    flags = tiny_flags()
+    train.prepare_train_dir(str(train_dir), flags, start_new=False)
+    train.train(flags, str(train_dir), train_pattern(tiny_data), tiny_config(max_steps=3),
+                log=lambda _: None)
+    assert checkpoints.list_checkpoints(str(train_dir))
+    train.prepare_train_dir(str(train_dir), flags, start_new=True)
+    assert not checkpoints.list_checkpoints(str(train_dir))
+    assert (train_dir / "notes.txt").read_text() == "keep me" and (train_dir / "data").is_dir()
+
+
+def test_model_flags_mismatch_is_a_clear_error(tmp_path):
+    train.prepare_train_dir(str(tmp_path), tiny_flags(), start_new=False)
+    with pytest.raises(UserError, match="model_flags.json.*moe_num_mixtures|model_hparams"):
+        train.prepare_train_dir(str(tmp_path), tiny_flags(moe_num_mixtures=4), start_new=False)
+
+
+def test_cli_errors_are_one_line(tiny_data, tmp_path):
+    missing = run_module("training.train", f"--train_dir={tmp_path}",
+                         "--train_data_pattern=/nonexistent/*.tfrecord", check=False)
+    assert missing.returncode != 0
+    assert "--train_data_pattern" in missing.stderr and "Traceback" not in missing.stderr
+    wrong = run_module("training.train", f"--train_dir={tmp_path}",
+                       f"--train_data_pattern={train_pattern(tiny_data)}", "--model=NoSuchModel",
+                       check=False)
+    assert wrong.returncode != 0 and "--model" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+
+def test_cli_trains_and_writes_flags(tiny_data, tmp_path):
+    run_module("training.train", f"--train_dir={tmp_path}",
+               f"--train_data_pattern={train_pattern(tiny_data)}",
+               f"--num_classes={TINY_CLASSES}", "--batch_size=8", "--max_steps=4",
+               "--moe_num_mixtures=3")
+    saved = checkpoints.read_model_flags(str(tmp_path))
+    assert saved["model_hparams"]["moe_num_mixtures"] == 3
+    assert checkpoints.latest_checkpoint(str(tmp_path)).endswith("model.ckpt-4")

@@ -1,0 +1,606 @@
+"""Evaluation metrics of the YouTube-8M 2018 starter code, in vectorised numpy.
+
+Re-implements ``eval_util.py``, ``average_precision_calculator.py`` and
+``mean_average_precision_calculator.py`` (spec: FORMATS.md section 2 and
+ORIGINAL.md section 10) without TensorFlow, without Python heaps and without
+per-video or per-pair Python loops:
+
+* ``hit_at_one``                 Hit@1
+* ``precision_at_equal_recall``  PERR
+* ``top_k_pairs``                the per-video top-k (score, label, class) triplets
+* ``average_precision``          pooled AP (the ``AveragePrecisionCalculator`` with top_n=None)
+* ``global_average_precision``   GAP@k, the Kaggle 2018 metric
+* ``mean_average_precision``     mAP over the pooled top-k lists (2018 or HEAD semantics)
+* ``EvaluationMetrics``          the epoch accumulator of eval.py
+* ``format_summary``             the "epoch/eval number ... | Avg_Hit@1: ..." log line
+
+Conventions shared by every function:
+
+* ``predictions`` is a ``[V, C]`` score matrix and ``labels`` a ``[V, C]`` 0/1
+  matrix. Labels are binarised with ``labels > 0``.
+* Top-k selection is exact and canonical: a video's top-k are the first k
+  classes of a stable sort by descending score. Among exactly-equal scores,
+  the lower class index ranks first, as it does for ``np.argmax``. The original
+  used ``np.argpartition``, whose tie order is unspecified. The two agree
+  whenever the k-th and (k+1)-th scores differ. Because of this rule, Hit@1
+  and PERR can be read off the top-k lists.
+* Pooled rankings (GAP, AP, mAP) are sorted by descending score. Ties are
+  broken by a fixed pseudo-random order: the pooled pairs are permuted with
+  ``np.random.default_rng(0).permutation`` and then stable-sorted by
+  ``-score``. This is the vectorised counterpart of the original's
+  ``random.seed(0); random.shuffle`` followed by a stable sort. It is
+  deterministic and does not favour relevant pairs. Pooling goes video by
+  video, each video's pairs in its top-k order.
+* ``global_average_precision`` and ``mean_average_precision`` compare pooled
+  scores in float32, the precision at which ``EvaluationMetrics`` stores them.
+  The functional and accumulated results are therefore identical.
+* Predictions must not contain NaN (``ValueError``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "hit_at_one",
+    "precision_at_equal_recall",
+    "top_k_pairs",
+    "average_precision",
+    "global_average_precision",
+    "mean_average_precision",
+    "class_average_precisions",
+    "EvaluationMetrics",
+    "format_summary",
+]
+
+_TIE_SEED = 0
+_LOW32 = np.uint64(0xFFFFFFFF)
+_SHIFT32 = np.uint64(32)
+# Fallback rows of the exact top-k are processed in chunks of this many rows,
+# which bounds the [rows, C] temporaries.
+_EXACT_CHUNK_ROWS = 2048
+
+
+# --------------------------------------------------------------------------
+# input handling
+# --------------------------------------------------------------------------
+def _as_predictions(predictions) -> np.ndarray:
+    p = np.asarray(predictions)
+    if p.ndim != 2:
+        raise ValueError(f"predictions must be a 2-D [videos, classes] array, got shape {p.shape}")
+    if not np.issubdtype(p.dtype, np.floating):
+        p = p.astype(np.float64)
+    return p
+
+
+def _as_pair(predictions, labels) -> Tuple[np.ndarray, np.ndarray]:
+    """Validates ``predictions``/``labels`` and returns them with boolean labels."""
+    p = _as_predictions(predictions)
+    y = np.asarray(labels)
+    if y.shape != p.shape:
+        raise ValueError(f"labels shape {y.shape} != predictions shape {p.shape}")
+    if y.dtype != np.bool_:
+        y = y > 0
+    return p, y
+
+
+def _check_k(k) -> int:
+    k = int(k)
+    if k <= 0:
+        raise ValueError(f"k / top_k must be a positive integer, got {k}")
+    return k
+
+
+def _nan_error() -> ValueError:
+    return ValueError("predictions contain NaN")
+
+
+# --------------------------------------------------------------------------
+# exact, canonical per-row top-k
+# --------------------------------------------------------------------------
+def _sort_rows_desc(cols: np.ndarray, vals: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Orders every row by (descending value, ascending column)."""
+    o = np.argsort(cols, axis=1, kind="stable")
+    cols = np.take_along_axis(cols, o, axis=1)
+    vals = np.take_along_axis(vals, o, axis=1)
+    o = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(cols, o, axis=1), np.take_along_axis(vals, o, axis=1)
+
+
+def _topk_exact(x: np.ndarray, k: int, kth: Optional[np.ndarray] = None) -> np.ndarray:
+    """Canonical top-k columns of every row of ``x``, using a threshold.
+
+    ``kth`` (optional) holds each row's k-th largest value. Every element above
+    it is taken, and the remaining slots go to the elements equal to it, lowest
+    column first. The cost is O(C) per row, even when a row is all ties.
+    """
+    v, c = x.shape
+    out = np.empty((v, k), dtype=np.intp)
+    csum_dtype = np.int16 if c < np.iinfo(np.int16).max else np.int64
+    for a in range(0, v, _EXACT_CHUNK_ROWS):
+        xs = x[a:a + _EXACT_CHUNK_ROWS]
+        n = xs.shape[0]
+        if kth is None:
+            t = np.partition(xs, c - k, axis=1)[:, c - k]
+        else:
+            t = kth[a:a + n]
+        if np.isnan(t).any():
+            raise _nan_error()
+        t = t[:, None]
+        gt = xs > t
+        eq = xs == t
+        need = (k - np.count_nonzero(gt, axis=1)).astype(csum_dtype)
+        sel = gt
+        sel |= eq & (np.cumsum(eq, axis=1, dtype=csum_dtype) <= need[:, None])
+        _, cols = np.nonzero(sel)
+        if cols.size != n * k:  # only possible with NaN in the row
+            raise _nan_error()
+        cols = cols.reshape(n, k)
+        vals = np.take_along_axis(xs, cols, axis=1)
+        o = np.argsort(-vals, axis=1, kind="stable")  # cols are ascending already
+        out[a:a + n] = np.take_along_axis(cols, o, axis=1)
+    return out
+
+
+def _topk_indices(p: np.ndarray, k: int) -> np.ndarray:
+    """``[V, k]`` column indices of each row's top-k, ordered by (-score, column).
+
+    This equals ``np.argsort(-p, axis=1, kind="stable")[:, :k]`` but costs
+    about one pass over ``p``. The columns are split into G strided groups
+    (g, g+G, g+2G, ...). At least k elements are >= the k-th largest group
+    maximum, so the top-k all lie in the top-k groups. Only those k*C/G
+    candidates are partitioned. A row falls back to ``_topk_exact`` if an
+    element outside the candidates (or beyond the k-th candidate) could equal
+    the k-th value, which needs an exact tie.
+    """
+    v, c = p.shape
+    k = min(k, c)
+    if v == 0:
+        return np.empty((0, k), dtype=np.intp)
+    if k == c:
+        if np.isnan(p).any():
+            raise _nan_error()
+        return np.argsort(-p, axis=1, kind="stable")
+    g = int(math.sqrt(k * c))
+    g = max(g, 4 * (k + 1))
+    if c < 2 * g:  # too few columns for grouping to pay off
+        return _topk_exact(p, k)
+
+    n_rows = c // g
+    n_grid = n_rows * g
+    tail = c - n_grid
+    # Group maxima. Splitting the last axis of the slice stays a view.
+    gmax = p[:, :n_grid].reshape(v, n_rows, g).max(axis=1)
+    if tail:
+        np.maximum(gmax[:, :tail], p[:, n_grid:], out=gmax[:, :tail])
+    if np.isnan(gmax).any():
+        raise _nan_error()
+    gpart = np.argpartition(gmax, g - k - 1, axis=1)
+    rows = np.arange(v)
+    next_group_max = gmax[rows, gpart[:, g - k - 1]]  # (k+1)-th largest group max
+    groups = gpart[:, g - k:]  # top-k groups, unordered
+
+    members = n_rows + (1 if tail else 0)
+    cand = (groups[:, :, None] + g * np.arange(members)[None, None, :]).reshape(v, -1)
+    invalid = cand >= c if tail else None
+    if tail:
+        np.minimum(cand, c - 1, out=cand)
+    cvals = np.take_along_axis(p, cand, axis=1)
+    if tail:
+        cvals[invalid] = -np.inf
+    nc = cand.shape[1]
+    cpart = np.argpartition(cvals, nc - k, axis=1)[:, nc - k:]
+    top_cols = np.take_along_axis(cand, cpart, axis=1)
+    top_vals = np.take_along_axis(cvals, cpart, axis=1)
+    kth = top_vals.min(axis=1)
+
+    # Rows whose top-k is not settled by the candidates: the k-th value is
+    # repeated past the k-th slot, or may occur outside the candidate groups.
+    n_ge = np.count_nonzero(cvals >= kth[:, None], axis=1)
+    ambiguous = (n_ge > k) | (next_group_max >= kth) | ~np.isfinite(kth)
+
+    top_cols, _ = _sort_rows_desc(top_cols, top_vals)
+    amb = np.flatnonzero(ambiguous)
+    if amb.size:
+        top_cols[amb] = _topk_exact(p[amb], k, kth[amb])
+    return top_cols
+
+
+# --------------------------------------------------------------------------
+# pooled ranking helpers
+# --------------------------------------------------------------------------
+def _descending_order(scores: np.ndarray) -> np.ndarray:
+    """Indices that sort ``scores`` in descending order, ties in a fixed random order.
+
+    Gives the same result as
+    ``perm[np.argsort(-scores[perm], kind="stable")]`` with
+    ``perm = np.random.default_rng(0).permutation(n)``. For float32/float16
+    input it builds unique uint64 keys and runs an unstable sort on values.
+    The high 32 bits of a key hold the order-preserving bits of the score,
+    the low 32 bits the permuted position.
+    """
+    scores = np.asarray(scores).ravel()
+    n = scores.size
+    if n == 0:
+        return np.empty(0, dtype=np.intp)
+    perm = np.random.default_rng(_TIE_SEED).permutation(n)
+    if scores.dtype in (np.float32, np.float16) and n < 2 ** 32:
+        s = scores.astype(np.float32, copy=False)[perm]
+        if np.isnan(s).any():
+            raise _nan_error()
+        s += np.float32(0.0)  # -0.0 -> +0.0, so that 0.0 and -0.0 tie as floats do
+        u = s.view(np.uint32)
+        # Descending order-preserving map: non-negative floats get their low
+        # 31 bits flipped, negative floats keep their bits.
+        desc = u ^ (((u >> np.uint32(31)) - np.uint32(1)) & np.uint32(0x7FFFFFFF))
+        key = desc.astype(np.uint64)
+        key <<= _SHIFT32
+        key |= np.arange(n, dtype=np.uint64)
+        key.sort()
+        key &= _LOW32
+        return perm[key.astype(np.intp)]
+    s = scores.astype(np.float64, copy=False)[perm]
+    if np.isnan(s).any():
+        raise _nan_error()
+    return perm[np.argsort(-s, kind="stable")]
+
+
+def _ap_of_sorted(relevant_sorted: np.ndarray, num_positives) -> float:
+    """sum_{i relevant} (hits up to i / i) / num_positives, with 1-based ranks i."""
+    if num_positives is None or num_positives <= 0:
+        return 0.0
+    idx = np.flatnonzero(relevant_sorted)
+    if idx.size == 0:
+        return 0.0
+    precisions = np.arange(1, idx.size + 1, dtype=np.float64) / (idx + 1.0)
+    return float(precisions.sum() / float(num_positives))
+
+
+def _class_aps(order: np.ndarray, relevant: np.ndarray, classes: np.ndarray,
+               positives_per_class: np.ndarray) -> np.ndarray:
+    """Per-class AP of pooled pairs, segmented. ``order`` is the global descending order."""
+    num_classes = positives_per_class.shape[0]
+    n = order.size
+    aps = np.zeros(num_classes, dtype=np.float64)
+    if n == 0:
+        return aps
+    if n >= 2 ** 32 or num_classes >= 2 ** 31:  # pragma: no cover - far beyond real sizes
+        cls_o = classes[order].astype(np.int64)
+        o2 = np.argsort(cls_o, kind="stable")
+        cls_s = cls_o[o2]
+        rel_s = relevant[order][o2]
+    else:
+        # Sort by (class, global rank) in one uint64 value sort.
+        key = classes[order].astype(np.uint64)
+        key <<= _SHIFT32
+        key |= np.arange(n, dtype=np.uint64)
+        key.sort()
+        rank = (key & _LOW32).astype(np.intp)
+        key >>= _SHIFT32
+        cls_s = key.astype(np.intp)
+        rel_s = relevant[order[rank]]
+    counts = np.bincount(cls_s, minlength=num_classes)
+    starts = np.cumsum(counts) - counts
+    idx = np.flatnonzero(rel_s)
+    if idx.size == 0:
+        return aps
+    c_rel = cls_s[idx]
+    rel_counts = np.bincount(c_rel, minlength=num_classes)
+    rel_before = np.cumsum(rel_counts) - rel_counts
+    hits = np.arange(1, idx.size + 1, dtype=np.float64) - rel_before[c_rel]
+    ranks = (idx - starts[c_rel] + 1).astype(np.float64)
+    sums = np.bincount(c_rel, weights=hits / ranks, minlength=num_classes)
+    pos = positives_per_class.astype(np.float64)
+    np.divide(sums, pos, out=aps, where=pos > 0)
+    return aps
+
+
+def _mean_ap(aps: np.ndarray, positives_per_class: np.ndarray, filter_empty_classes: bool) -> float:
+    if filter_empty_classes:
+        aps = aps[positives_per_class > 0]
+    if aps.size == 0:
+        return 0.0
+    return float(aps.mean())
+
+
+# --------------------------------------------------------------------------
+# per-batch core shared by the functions and the accumulator
+# --------------------------------------------------------------------------
+def _topk_arrays(p: np.ndarray, y: np.ndarray, k: int):
+    cols = _topk_indices(p, k)
+    scores = np.take_along_axis(p, cols, axis=1)
+    rel = np.take_along_axis(y, cols, axis=1)
+    return cols, scores, rel
+
+
+def _perr_per_video(p: np.ndarray, y: np.ndarray, num_labels: np.ndarray,
+                    scores: Optional[np.ndarray] = None,
+                    rel: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per-video PERR. ``scores``/``rel`` may hold already computed top-k lists."""
+    v = p.shape[0]
+    out = np.zeros(v, dtype=np.float64)
+    if v == 0:
+        return out
+    kmax = int(num_labels.max())
+    if kmax == 0:
+        return out
+    k_have = 0 if scores is None else scores.shape[1]
+    if k_have == 0:
+        _, scores, rel = _topk_arrays(p, y, kmax)
+        k_have = kmax
+
+    def fill(rows, sc, rl, nl):
+        mask = np.arange(sc.shape[1])[None, :] < nl[:, None]
+        hits = np.count_nonzero(rl & (sc > 0) & mask, axis=1)
+        out[rows] = hits / np.maximum(nl, 1)
+
+    ok = num_labels <= k_have
+    rows = np.flatnonzero(ok & (num_labels > 0))
+    if rows.size:
+        fill(rows, scores[rows], rel[rows], num_labels[rows])
+    rows = np.flatnonzero(~ok)
+    if rows.size:
+        nl = num_labels[rows]
+        _, sc, rl = _topk_arrays(p[rows], y[rows], int(nl.max()))
+        fill(rows, sc, rl, nl)
+    return out
+
+
+# --------------------------------------------------------------------------
+# public functions
+# --------------------------------------------------------------------------
+def hit_at_one(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over videos of ``labels[v, argmax_c predictions[v, c]]``; an empty input gives 0.0."""
+    p, y = _as_pair(predictions, labels)
+    if p.shape[0] == 0 or p.shape[1] == 0:
+        return 0.0
+    if np.issubdtype(p.dtype, np.floating) and np.isnan(p.max(axis=1)).any():
+        raise _nan_error()
+    top = np.argmax(p, axis=1)
+    return float(np.mean(y[np.arange(p.shape[0]), top]))
+
+
+def precision_at_equal_recall(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """PERR (FORMATS 2.3): mean over videos of hits among the top-L_v / L_v.
+
+    Only predictions > 0 count as hits. A video without labels scores 0.
+    """
+    p, y = _as_pair(predictions, labels)
+    if p.shape[0] == 0 or p.shape[1] == 0:
+        return 0.0
+    num_labels = np.count_nonzero(y, axis=1)
+    return float(_perr_per_video(p, y, num_labels).mean())
+
+
+def top_k_pairs(predictions: np.ndarray, labels: np.ndarray,
+                k: int = 20) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each video's top-k classes, ordered by descending score (ties: lower class first).
+
+    Returns ``(scores [V,k'], labels [V,k'] int8 0/1, class_ids [V,k'] int32)``
+    with ``k' = min(k, C)``. Scores keep the dtype of ``predictions``.
+    """
+    k = _check_k(k)
+    p, y = _as_pair(predictions, labels)
+    if p.shape[1] == 0:
+        raise ValueError("predictions have no classes")
+    cols, scores, rel = _topk_arrays(p, y, k)
+    return scores, rel.astype(np.int8), cols.astype(np.int32)
+
+
+def average_precision(scores: np.ndarray, relevant: np.ndarray,
+                      num_positives: Optional[int] = None) -> float:
+    """AP of one pooled ranked list: ``sum_{i relevant} precision@i / num_positives``.
+
+    ``scores`` and ``relevant`` are flattened. Pairs are ranked by descending
+    score, ties broken by the fixed seed-0 permutation (see the module
+    docstring). ``num_positives`` defaults to the number of relevant pairs. It
+    may be larger, for positives that were never retrieved. If it is <= 0, or
+    no pairs are given, the AP is 0.0.
+    """
+    s = np.asarray(scores).ravel()
+    r = np.asarray(relevant).ravel()
+    if s.shape != r.shape:
+        raise ValueError(f"scores ({s.size}) and relevant ({r.size}) differ in size")
+    r = r > 0
+    if num_positives is None:
+        num_positives = int(np.count_nonzero(r))
+    if num_positives <= 0 or s.size == 0:
+        return 0.0
+    if not np.issubdtype(s.dtype, np.floating):
+        s = s.astype(np.float64)
+    order = _descending_order(s)
+    return _ap_of_sorted(r[order], num_positives)
+
+
+def global_average_precision(predictions: np.ndarray, labels: np.ndarray, top_k: int = 20) -> float:
+    """GAP@top_k (FORMATS 2.1). The denominator counts ALL positive labels, retrieved or not."""
+    top_k = _check_k(top_k)
+    p, y = _as_pair(predictions, labels)
+    if p.shape[0] == 0 or p.shape[1] == 0:
+        return 0.0
+    _, scores, rel = _topk_arrays(p, y, top_k)
+    num_positives = int(np.count_nonzero(y))
+    if num_positives == 0:
+        return 0.0
+    order = _descending_order(scores.astype(np.float32).ravel())
+    return _ap_of_sorted(rel.ravel()[order], num_positives)
+
+
+def class_average_precisions(predictions: np.ndarray, labels: np.ndarray, top_k: int = 20) -> np.ndarray:
+    """Per-class AP ``[C]`` over the pooled top-k pairs (FORMATS 2.4).
+
+    Each denominator is the class's number of positives in ``labels``. A class
+    without positives gets 0.
+    """
+    top_k = _check_k(top_k)
+    p, y = _as_pair(predictions, labels)
+    positives = np.count_nonzero(y, axis=0).astype(np.int64)
+    if p.shape[0] == 0 or p.shape[1] == 0:
+        return np.zeros(p.shape[1], dtype=np.float64)
+    cols, scores, rel = _topk_arrays(p, y, top_k)
+    order = _descending_order(scores.astype(np.float32).ravel())
+    return _class_aps(order, rel.ravel(), cols.ravel(), positives)
+
+
+def mean_average_precision(predictions: np.ndarray, labels: np.ndarray, top_k: int = 20,
+                           filter_empty_classes: bool = False) -> float:
+    """mAP over the pooled top-k lists.
+
+    With the default ``filter_empty_classes=False`` this follows the 2018 code:
+    the mean runs over all C classes, so classes without positives add
+    zeros. With True it follows HEAD: only classes with positives count.
+    """
+    p, y = _as_pair(predictions, labels)
+    aps = class_average_precisions(p, y, top_k)
+    positives = np.count_nonzero(y, axis=0)
+    return _mean_ap(aps, positives, filter_empty_classes)
+
+
+# --------------------------------------------------------------------------
+# accumulator
+# --------------------------------------------------------------------------
+class EvaluationMetrics:
+    """Epoch accumulator of eval.py (``eval_util.EvaluationMetrics``).
+
+    It keeps only the top-k (score float32, label int8, class id) pairs of
+    each video, plus per-class positive counts, never the full matrices.
+    """
+
+    def __init__(self, num_classes: int, top_k: int = 20):
+        num_classes = int(num_classes)
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = num_classes
+        self.top_k = _check_k(top_k)
+        self._k = min(self.top_k, num_classes)
+        self._class_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max + 1 else np.int32
+        self.clear()
+
+    def clear(self) -> None:
+        self._scores = []
+        self._labels = []
+        self._classes = []
+        self._positives = np.zeros(self.num_classes, dtype=np.int64)
+        self.num_examples = 0
+        self._sum_hit_at_one = 0.0
+        self._sum_perr = 0.0
+        self._sum_loss = 0.0
+        self._num_loss_examples = 0
+
+    def accumulate(self, predictions: np.ndarray, labels: np.ndarray,
+                   loss: Union[float, np.ndarray, None] = None) -> dict:
+        """Adds one batch and returns its ``{"hit_at_one", "perr", "gap", "loss"}``.
+
+        ``loss`` may be a scalar (the batch mean) or per-example values, which
+        are averaged. Batches without a loss are left out of the loss average.
+        """
+        p, y = _as_pair(predictions, labels)
+        if p.shape[1] != self.num_classes:
+            raise ValueError(f"expected {self.num_classes} classes, got {p.shape[1]}")
+        batch = p.shape[0]
+        batch_loss = 0.0 if loss is None else float(np.mean(loss))
+        if batch == 0:
+            return {"hit_at_one": 0.0, "perr": 0.0, "gap": 0.0, "loss": batch_loss}
+
+        cols, scores, rel = _topk_arrays(p, y, self._k)
+        num_labels = np.count_nonzero(y, axis=1)
+        positives = np.count_nonzero(y, axis=0)
+        # With the canonical top-k, the first pair is the argmax.
+        hits = rel[:, 0]
+        perr = _perr_per_video(p, y, num_labels, scores, rel)
+
+        scores32 = scores.astype(np.float32)
+        rel8 = rel.astype(np.int8)
+        num_pos = int(positives.sum())
+        gap = 0.0
+        if num_pos:
+            order = _descending_order(scores32.ravel())
+            gap = _ap_of_sorted(rel8.ravel()[order], num_pos)
+
+        self._scores.append(scores32)
+        self._labels.append(rel8)
+        self._classes.append(cols.astype(self._class_dtype))
+        self._positives += positives
+        self.num_examples += batch
+        batch_hit = float(hits.mean())
+        batch_perr = float(perr.mean())
+        self._sum_hit_at_one += batch_hit * batch
+        self._sum_perr += batch_perr * batch
+        if loss is not None:
+            self._sum_loss += batch_loss * batch
+            self._num_loss_examples += batch
+        return {"hit_at_one": batch_hit, "perr": batch_perr, "gap": gap, "loss": batch_loss}
+
+    def _consolidate(self):
+        if len(self._scores) > 1:
+            self._scores = [np.concatenate(self._scores)]
+            self._labels = [np.concatenate(self._labels)]
+            self._classes = [np.concatenate(self._classes)]
+        return self._scores[0].ravel(), self._labels[0].ravel(), self._classes[0].ravel()
+
+    def class_average_precisions(self) -> np.ndarray:
+        """Per-class AP ``[num_classes]`` over everything accumulated."""
+        if self.num_examples == 0:
+            return np.zeros(self.num_classes, dtype=np.float64)
+        scores, rel, classes = self._consolidate()
+        order = _descending_order(scores)
+        return _class_aps(order, rel, classes, self._positives)
+
+    def get(self, filter_empty_classes: bool = False) -> dict:
+        """Epoch metrics: ``{"hit_at_one", "perr", "map", "gap", "loss", "num_examples"}``.
+
+        hit/perr/loss are means weighted by batch size. gap/map are computed
+        over all accumulated pairs. ``map`` follows the 2018 semantics unless
+        ``filter_empty_classes`` is set.
+        """
+        n = self.num_examples
+        if n == 0:
+            return {"hit_at_one": 0.0, "perr": 0.0, "map": 0.0, "gap": 0.0, "loss": 0.0,
+                    "num_examples": 0}
+        scores, rel, classes = self._consolidate()
+        order = _descending_order(scores)
+        total_pos = int(self._positives.sum())
+        gap = _ap_of_sorted(rel[order], total_pos) if total_pos else 0.0
+        aps = _class_aps(order, rel, classes, self._positives)
+        loss = self._sum_loss / self._num_loss_examples if self._num_loss_examples else 0.0
+        return {
+            "hit_at_one": self._sum_hit_at_one / n,
+            "perr": self._sum_perr / n,
+            "map": _mean_ap(aps, self._positives, filter_empty_classes),
+            "gap": gap,
+            "loss": loss,
+            "num_examples": n,
+        }
+
+
+def format_summary(metrics: dict, label: str = "") -> str:
+    """The original epoch line, e.g.
+    ``epoch/eval number 1000 | Avg_Hit@1: 0.850 | Avg_PERR: 0.730 | MAP: 0.456 | GAP: 0.812 | Avg_Loss: 5.123456``.
+
+    ``label`` is the leading text (the original used "epoch/eval number <step>").
+    The original key names (``avg_hit_at_one``, ``avg_perr``, ``aps``,
+    ``avg_loss``) are accepted as well.
+    """
+    def pick(*names, default=None):
+        for name in names:
+            if name in metrics and metrics[name] is not None:
+                return metrics[name]
+        if default is None:
+            raise KeyError(f"metrics lacks one of {names}")
+        return default
+
+    hit = float(pick("hit_at_one", "avg_hit_at_one"))
+    perr = float(pick("perr", "avg_perr"))
+    if "map" in metrics:
+        mean_ap = float(metrics["map"])
+    else:
+        aps = pick("aps")
+        mean_ap = float(np.mean(aps)) if len(aps) else 0.0
+    gap = float(pick("gap"))
+    loss = float(pick("loss", "avg_loss", default=0.0))
+    body = (f"Avg_Hit@1: {hit:.3f} | Avg_PERR: {perr:.3f} | MAP: {mean_ap:.3f} "
+            f"| GAP: {gap:.3f} | Avg_Loss: {loss:3f}")
+    return f"{label} | {body}" if label else body

@@ -1,0 +1,82 @@
+"""Rebuilds a model graph from model_flags.json (shared by every stage)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from models import layers, registry
+from models.base import FrameModel
+from training import readers
+from training.errors import UserError
+from training.tf_compat import tf
+
+
+def split_list(value: Any) -> List[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(item).strip() for item in value]
+    return [item.strip() for item in str(value).split(",") if item.strip()]
+
+
+def feature_sizes_of(model_flags: Dict[str, Any]) -> List[int]:
+    try:
+        return [int(size) for size in split_list(model_flags["feature_sizes"])]
+    except ValueError:
+        raise UserError(f"--feature_sizes: not a comma-separated list of integers: "
+                        f"{model_flags['feature_sizes']!r}") from None
+
+
+def make_model_flags(model: str, feature_names: str, feature_sizes: str,
+                     frame_features: bool, num_classes: int, label_loss: str,
+                     hparam_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The model_flags.json payload: everything needed to rebuild the graph."""
+    try:
+        _, hparams = registry.resolve(model, hparam_overrides)
+    except KeyError as err:
+        raise UserError(f"--model: {err.args[0]}") from None
+    except ValueError as err:
+        raise UserError(f"--model: {err}") from None
+    names = split_list(feature_names)
+    sizes = split_list(feature_sizes)
+    if len(names) != len(sizes):
+        raise UserError(f"--feature_names has {len(names)} entries but --feature_sizes "
+                        f"has {len(sizes)}")
+    flags = {"model": model, "feature_names": ",".join(names),
+             "feature_sizes": ",".join(sizes), "frame_features": bool(frame_features),
+             "num_classes": int(num_classes), "label_loss": label_loss,
+             "model_hparams": hparams}
+    feature_sizes_of(flags)
+    return flags
+
+
+def build_model(model_flags: Dict[str, Any],
+                hparam_overrides: Optional[Dict[str, Any]] = None) -> FrameModel:
+    """The model object described by model_flags (plus optional overrides
+    that apply, e.g. frame_sampling at inference)."""
+    hparams = dict(model_flags.get("model_hparams", {}))
+    cls, _ = registry.resolve(model_flags["model"])
+    for key, value in (hparam_overrides or {}).items():
+        if key in cls.DEFAULTS and value is not None:
+            hparams[key] = value
+    return registry.build(model_flags["model"], int(model_flags["num_classes"]),
+                          feature_sizes_of(model_flags), hparams)
+
+
+def make_reader(model_flags: Dict[str, Any]):
+    return readers.get_reader(bool(model_flags["frame_features"]),
+                              model_flags["feature_names"], model_flags["feature_sizes"],
+                              int(model_flags["num_classes"]))
+
+
+def model_predictions(model: FrameModel, input_raw: tf.Tensor, num_frames: tf.Tensor,
+                      is_training: bool) -> tf.Tensor:
+    """L2-normalises each frame (video-level input becomes a 1-frame video)
+    and runs the model in the caller's variable scope. -> [B, C]."""
+    if input_raw.shape.ndims == 2:
+        input_raw = input_raw[:, None, :]
+        num_frames = tf.ones_like(num_frames, dtype=tf.int32)
+    model_input = layers.l2_normalize_frames(input_raw)
+    return model(model_input, tf.cast(num_frames, tf.int32), is_training=is_training)
+
+
+def model_variables(scope: str) -> List[tf.Variable]:
+    """The model's variables (weights and BN statistics) under `scope`/."""
+    return [var for var in tf.global_variables() if var.op.name.startswith(scope + "/")]

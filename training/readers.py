@@ -1,0 +1,456 @@
+"""YouTube-8M 2018 TFRecord readers and the tf.data input pipeline.
+
+Two record formats (FORMATS.md section 1):
+
+* Frame level, ``tf.train.SequenceExample``: context ``id`` (bytes) and
+  ``labels`` (int64 list, empty in the test set); feature lists ``rgb`` and
+  ``audio`` holding one uint8-quantised byte string per second of video
+  (1024 and 128 bytes).
+* Video level, ``tf.train.Example``: ``id``, ``labels``, ``mean_rgb`` (1024
+  floats) and ``mean_audio`` (128 floats).
+
+Both readers parse a whole *batch* of serialized records at once
+(``parse(serialized)`` with ``serialized`` a string tensor ``[B]``) and return
+a dict of tensors:
+
+* ``"id"``:         string  ``[B]``
+* ``"features"``:   float32 ``[B, max_frames, sum(feature_sizes)]`` (frame
+  level; dequantised, truncated to ``max_frames``, zero-padded after
+  dequantisation) or ``[B, sum(feature_sizes)]`` (video level); features are
+  concatenated in flag order along the last axis.
+* ``"labels"``:     float32 ``[B, num_classes]`` multi-hot (duplicate label
+  ids are tolerated; an empty label list gives a zero row).
+* ``"num_frames"``: int32   ``[B]``: ``min(frames, max_frames)`` (frame level,
+  counted on the first feature) or ones (video level).
+
+``make_dataset`` lists the files, reads them with a parallel interleave of
+``TFRecordDataset``, shuffles (training only), repeats, batches, *then*
+parses (vectorised), and prefetches.
+"""
+from __future__ import annotations
+
+import re
+
+from training.errors import UserError
+from training.tf_compat import tf
+
+MAX_FRAMES = 300
+
+_AUTOTUNE = tf.data.experimental.AUTOTUNE
+
+
+# ---------------------------------------------------------------------------
+# Dequantisation and file listing
+# ---------------------------------------------------------------------------
+
+def dequantize(q, max_quantized_value=2.0, min_quantized_value=-2.0):
+    """Maps uint8-quantised values back to floats (starter ``utils.Dequantize``).
+
+    ``x = q * (max - min) / 255 + (max - min) / 512 + min``, i.e. with the
+    defaults ``x = q * 4/255 + (4/512 - 2)``: q=0 -> -1.9921875,
+    q=255 -> 2.0078125.
+
+    Args:
+      q: a tensor (any shape; integer tensors are cast to float32), a numpy
+        array or a number.
+      max_quantized_value: upper end of the quantisation range.
+      min_quantized_value: lower end of the quantisation range.
+    Returns:
+      Same shape as ``q``: float32 for tensors, float64 for numpy input.
+    """
+    quantized_range = max_quantized_value - min_quantized_value
+    scalar = quantized_range / 255.0
+    bias = (quantized_range / 512.0) + min_quantized_value
+    if isinstance(q, (tf.Tensor, tf.Variable)) and not q.dtype.is_floating:
+        q = tf.cast(q, tf.float32)
+    return q * scalar + bias
+
+
+def resolve_files(data_pattern: str, flag_name: str = "data_pattern") -> list[str]:
+    """Expands comma-separated glob patterns into a sorted, de-duplicated list.
+
+    Each pattern goes through ``tf.io.gfile.glob`` (local paths and any file
+    system TensorFlow knows, e.g. ``gs://``).
+
+    Raises:
+      UserError: ``--<flag_name>: no files match '<pattern>'`` when a pattern
+        (or the whole, empty, flag value) matches no file.
+    """
+    patterns = [p.strip() for p in (data_pattern or "").split(",") if p.strip()]
+    if not patterns:
+        raise UserError(f"--{flag_name}: no files match '{data_pattern or ''}'")
+    files = set()
+    for pattern in patterns:
+        try:
+            matched = tf.io.gfile.glob(pattern)
+        except tf.errors.OpError as err:
+            raise UserError(
+                f"--{flag_name}: cannot list '{pattern}': {err.message}") from None
+        matched = [m for m in matched if not tf.io.gfile.isdir(m)]
+        if not matched:
+            raise UserError(f"--{flag_name}: no files match '{pattern}'")
+        files.update(matched)
+    return sorted(files)
+
+
+# ---------------------------------------------------------------------------
+# Shared parsing helpers
+# ---------------------------------------------------------------------------
+
+def _check_names_sizes(feature_names, feature_sizes):
+    names = list(feature_names)
+    sizes = [int(s) for s in feature_sizes]
+    if not names:
+        raise UserError("--feature_names: no feature names given")
+    if len(names) != len(sizes):
+        raise UserError(
+            f"--feature_names/--feature_sizes: {len(names)} names "
+            f"({','.join(names)}) but {len(sizes)} sizes "
+            f"({','.join(str(s) for s in sizes)})")
+    if len(set(names)) != len(names):
+        raise UserError(f"--feature_names: duplicate name in '{','.join(names)}'")
+    for name, size in zip(names, sizes):
+        if size <= 0:
+            raise UserError(f"--feature_sizes: size of '{name}' must be positive, got {size}")
+    return names, sizes
+
+
+def _check_num_classes(num_classes):
+    num_classes = int(num_classes)
+    if num_classes <= 0:
+        raise UserError(f"--num_classes: must be positive, got {num_classes}")
+    return num_classes
+
+
+def _as_batch(serialized):
+    """Returns ``serialized`` as a string tensor of rank 1 (a scalar becomes [1])."""
+    serialized = tf.convert_to_tensor(serialized, dtype=tf.string)
+    if serialized.shape.ndims == 0:
+        serialized = tf.reshape(serialized, [1])
+    return serialized
+
+
+def _static_batch(serialized):
+    return tf.compat.dimension_value(serialized.shape[0]) if serialized.shape.ndims else None
+
+
+def _multi_hot(labels, num_classes):
+    """Ragged int64 labels [B, (L)] -> float32 multi-hot [B, num_classes].
+
+    Fails (InvalidArgumentError naming "labels" and num_classes) when a label
+    id is negative or >= num_classes.
+    """
+    values = labels.values
+    checks = [
+        tf.debugging.assert_less(
+            values, tf.constant(num_classes, tf.int64),
+            message=f"labels: a label id is >= num_classes ({num_classes}); "
+                    f"check --num_classes",
+            summarize=5),
+        tf.debugging.assert_non_negative(
+            values, message="labels: a label id is negative", summarize=5),
+    ]
+    with tf.control_dependencies(checks):
+        values = tf.identity(values)
+    rows = tf.cast(labels.value_rowids(), tf.int64)
+    batch = tf.cast(labels.nrows(), tf.int64)
+    indices = tf.stack([rows, values], axis=1)
+    dense = tf.scatter_nd(indices, tf.ones_like(values, dtype=tf.float32),
+                          shape=tf.stack([batch, tf.constant(num_classes, tf.int64)]))
+    # scatter_nd sums duplicates: clamp back to a 0/1 indicator.
+    return tf.minimum(dense, 1.0)
+
+
+def _finish(outputs, batch, num_classes, feature_shape):
+    outputs["id"].set_shape([batch])
+    outputs["labels"].set_shape([batch, num_classes])
+    outputs["num_frames"].set_shape([batch])
+    outputs["features"].set_shape([batch] + list(feature_shape))
+    return outputs
+
+
+def data_error_message(error) -> str:
+    """One-line text of a run-time data error raised by ``parse``.
+
+    The reader's checks fail with ``tf.errors.InvalidArgumentError`` whose
+    message holds the whole graph trace; this returns just the check's own
+    text (e.g. ``labels: a label id is >= num_classes (3862); ...``), or the
+    first line of the message for other errors, so a caller can raise
+    ``UserError(f"--data_pattern: {data_error_message(err)}")``.
+    """
+    text = getattr(error, "message", None) or str(error)
+    match = re.search(r"assertion failed: \[(.*?)\]", text)
+    if match:
+        return match.group(1)
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("Graph execution error"):
+            return line.strip()
+    return text.strip()
+
+
+# ---------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------
+
+class FrameReader:
+    """Reads YT8M 2018 frame-level ``SequenceExample`` batches.
+
+    ``parse(serialized [B])`` returns ``id`` [B], ``features``
+    [B, max_frames, sum(feature_sizes)] float32, ``labels`` [B, num_classes]
+    float32, ``num_frames`` [B] int32 (see the module docstring).
+    """
+
+    frame_features = True
+
+    def __init__(self, num_classes=3862, feature_names=("rgb", "audio"),
+                 feature_sizes=(1024, 128), max_frames=MAX_FRAMES):
+        self.num_classes = _check_num_classes(num_classes)
+        self.feature_names, self.feature_sizes = _check_names_sizes(
+            feature_names, feature_sizes)
+        self.max_frames = int(max_frames)
+        if self.max_frames <= 0:
+            raise UserError(f"--max_frames: must be positive, got {max_frames}")
+
+    @property
+    def feature_size(self) -> int:
+        """Width of the concatenated feature vector, sum(feature_sizes)."""
+        return sum(self.feature_sizes)
+
+    def parse(self, serialized) -> dict:
+        """Parses a batch of serialized SequenceExamples (string [B]).
+
+        Vectorised over the batch: one ``parse_sequence_example`` for all
+        records, the per-frame byte strings come out ragged [B, (frames)],
+        their flat values are decoded with one ``decode_raw`` per feature,
+        dequantised, then truncated / zero-padded to ``max_frames`` rows.
+
+        Returns:
+          {"id": string [B],
+           "features": float32 [B, max_frames, sum(feature_sizes)],
+           "labels": float32 [B, num_classes],
+           "num_frames": int32 [B] = min(frames of the first feature, max_frames)}
+        Errors (at run time, InvalidArgumentError): a frame whose byte string is
+        not exactly the feature size (message names the feature and size); a
+        label id outside [0, num_classes).
+        """
+        with tf.name_scope("parse_frame_level"):
+            serialized = _as_batch(serialized)
+            batch = _static_batch(serialized)
+            string_feature = tf.io.RaggedFeature(tf.string, row_splits_dtype=tf.int32)
+            context, sequences, _ = tf.io.parse_sequence_example(
+                serialized,
+                context_features={
+                    "id": tf.io.FixedLenFeature([], tf.string),
+                    "labels": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
+                },
+                sequence_features={name: string_feature for name in self.feature_names})
+
+            matrices = []
+            num_frames = None
+            for name, size in zip(self.feature_names, self.feature_sizes):
+                frames = sequences[name]  # ragged [B, (frames), (values)]
+                checks = [
+                    tf.debugging.assert_equal(
+                        frames.values.row_lengths(), tf.constant(1, tf.int32),
+                        message=f"feature {name}: every frame must hold exactly "
+                                f"one byte string of {size} bytes",
+                        summarize=5),
+                ]
+                frames = frames.merge_dims(1, 2)  # ragged [B, (frames)] of strings
+                flat = frames.values
+                checks.append(tf.debugging.assert_equal(
+                    tf.strings.length(flat), tf.constant(size, tf.int32),
+                    message=f"feature {name}: a frame has the wrong byte length, "
+                            f"expected feature size {size} (check --feature_names/"
+                            f"--feature_sizes)",
+                    summarize=5))
+                with tf.control_dependencies(checks):
+                    flat = tf.identity(flat)
+                quantized = tf.reshape(tf.io.decode_raw(flat, tf.uint8), [-1, size])
+                values = dequantize(tf.cast(quantized, tf.float32))
+                ragged = tf.RaggedTensor.from_row_splits(
+                    values, frames.row_splits, validate=False)
+                # to_tensor pads with zeros (after dequantisation) and truncates.
+                matrices.append(ragged.to_tensor(
+                    default_value=0.0, shape=[None, self.max_frames, size]))
+                if num_frames is None:
+                    num_frames = tf.minimum(frames.row_lengths(), self.max_frames)
+
+            features = matrices[0] if len(matrices) == 1 else tf.concat(matrices, axis=2)
+            outputs = {
+                "id": context["id"],
+                "features": features,
+                "labels": _multi_hot(context["labels"], self.num_classes),
+                "num_frames": tf.cast(num_frames, tf.int32),
+            }
+            return _finish(outputs, batch, self.num_classes,
+                           [self.max_frames, self.feature_size])
+
+
+class VideoReader:
+    """Reads YT8M 2018 video-level ``Example`` batches.
+
+    ``parse(serialized [B])`` returns ``id`` [B], ``features``
+    [B, sum(feature_sizes)] float32, ``labels`` [B, num_classes] float32,
+    ``num_frames`` [B] int32 ones.
+    """
+
+    frame_features = False
+
+    def __init__(self, num_classes=3862, feature_names=("mean_rgb", "mean_audio"),
+                 feature_sizes=(1024, 128)):
+        self.num_classes = _check_num_classes(num_classes)
+        self.feature_names, self.feature_sizes = _check_names_sizes(
+            feature_names, feature_sizes)
+
+    @property
+    def feature_size(self) -> int:
+        """Width of the concatenated feature vector, sum(feature_sizes)."""
+        return sum(self.feature_sizes)
+
+    def parse(self, serialized) -> dict:
+        """Parses a batch of serialized Examples (string [B]).
+
+        Returns:
+          {"id": string [B],
+           "features": float32 [B, sum(feature_sizes)] (flag order),
+           "labels": float32 [B, num_classes],
+           "num_frames": int32 [B] of ones}
+        Errors (at run time, InvalidArgumentError): a feature whose float list
+        is not exactly its size (message names feature and size); a label id
+        outside [0, num_classes).
+        """
+        with tf.name_scope("parse_video_level"):
+            serialized = _as_batch(serialized)
+            batch = _static_batch(serialized)
+            spec = {
+                "id": tf.io.FixedLenFeature([], tf.string),
+                "labels": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
+            }
+            for name in self.feature_names:
+                spec[name] = tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int32)
+            parsed = tf.io.parse_example(serialized, spec)
+
+            parts = []
+            for name, size in zip(self.feature_names, self.feature_sizes):
+                ragged = parsed[name]
+                check = tf.debugging.assert_equal(
+                    ragged.row_lengths(), tf.constant(size, tf.int32),
+                    message=f"feature {name}: wrong number of floats, expected "
+                            f"feature size {size} (check --feature_names/--feature_sizes)",
+                    summarize=5)
+                with tf.control_dependencies([check]):
+                    values = tf.identity(ragged.values)
+                parts.append(tf.reshape(values, [-1, size]))
+            features = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+            ids = parsed["id"]
+            outputs = {
+                "id": ids,
+                "features": features,
+                "labels": _multi_hot(parsed["labels"], self.num_classes),
+                "num_frames": tf.ones_like(ids, dtype=tf.int32),
+            }
+            return _finish(outputs, batch, self.num_classes, [self.feature_size])
+
+
+def _split_flag(value, flag_name) -> list:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if value is None:
+        raise UserError(f"--{flag_name}: missing")
+    return list(value)
+
+
+def get_reader(frame_features: bool, feature_names, feature_sizes, num_classes: int,
+               max_frames: int = MAX_FRAMES):
+    """Builds the reader the starter flags describe.
+
+    Args:
+      frame_features: True -> FrameReader (SequenceExample), else VideoReader.
+      feature_names: "rgb,audio" or a list of names.
+      feature_sizes: "1024,128" or a list of ints, same count as the names.
+      num_classes: label vocabulary size (3862 for YT8M 2018).
+      max_frames: frame-level only; rows after truncation / padding.
+    Raises:
+      UserError naming --feature_names/--feature_sizes (count mismatch, bad
+      integer) or --num_classes.
+    """
+    names = [str(n) for n in _split_flag(feature_names, "feature_names")]
+    raw_sizes = _split_flag(feature_sizes, "feature_sizes")
+    sizes = []
+    for raw in raw_sizes:
+        try:
+            sizes.append(int(str(raw).strip()))
+        except ValueError:
+            raise UserError(f"--feature_sizes: '{raw}' is not an integer") from None
+    if frame_features:
+        return FrameReader(num_classes=num_classes, feature_names=names,
+                           feature_sizes=sizes, max_frames=max_frames)
+    return VideoReader(num_classes=num_classes, feature_names=names, feature_sizes=sizes)
+
+
+# ---------------------------------------------------------------------------
+# Dataset
+# ---------------------------------------------------------------------------
+
+def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
+                 num_epochs: int | None = 1, num_parallel_reads: int = 8,
+                 shuffle_buffer: int = 2048, seed: int | None = None,
+                 flag_name: str = "data_pattern"):
+    """Builds a batched, parsed ``tf.data.Dataset`` of ``reader.parse`` dicts.
+
+    Each element is the dict of ``reader.parse`` for a batch of up to
+    ``batch_size`` records (the last batch may be smaller: it is kept).
+
+    training=True: the file order is shuffled (a new order each epoch, seeded
+    by ``seed``), ``num_parallel_reads`` files are read by a parallel
+    interleave, records go through a ``shuffle_buffer`` shuffle, the whole is
+    repeated ``num_epochs`` times (None = forever), batched and parsed. With a
+    seed the order is reproducible; without one the interleave may also
+    reorder records for speed.
+
+    training=False: files in sorted order, a deterministic interleave, no
+    shuffle, ``num_epochs`` passes, every record exactly once per pass.
+
+    Raises:
+      UserError naming ``--<flag_name>`` when no files match, or a bad
+      batch size / epoch count.
+    """
+    files = resolve_files(data_pattern, flag_name)
+    if int(batch_size) <= 0:
+        raise UserError(f"--batch_size: must be positive, got {batch_size}")
+    if num_epochs is not None and int(num_epochs) <= 0:
+        raise UserError(f"--num_epochs: must be positive, got {num_epochs}")
+    count = -1 if num_epochs is None else int(num_epochs)
+    cycle = max(1, min(int(num_parallel_reads), len(files)))
+
+    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string))
+    if training:
+        deterministic = seed is not None
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.interleave(
+            tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+            num_parallel_calls=cycle if cycle > 1 else None,
+            deterministic=deterministic)
+        if shuffle_buffer and shuffle_buffer > 1:
+            dataset = dataset.shuffle(int(shuffle_buffer),
+                                      seed=None if seed is None else seed + 1,
+                                      reshuffle_each_iteration=True)
+        # repeat() re-creates the upstream iterators, so both shuffles draw a
+        # new order every epoch.
+        dataset = dataset.repeat(count)
+    else:
+        dataset = dataset.interleave(
+            tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+            num_parallel_calls=cycle if cycle > 1 else None,
+            deterministic=True)
+        dataset = dataset.repeat(count)
+    dataset = dataset.batch(int(batch_size), drop_remainder=False)
+    dataset = dataset.map(reader.parse, num_parallel_calls=_AUTOTUNE, deterministic=True)
+    return dataset.prefetch(_AUTOTUNE)
+
+
+__all__ = [
+    "MAX_FRAMES", "dequantize", "resolve_files", "FrameReader", "VideoReader",
+    "get_reader", "make_dataset", "data_error_message",
+]

@@ -1,0 +1,292 @@
+"""Deterministic synthetic YouTube-8M 2018 TFRecords with a learnable signal.
+
+Writes, for one split,
+
+* ``<output_dir>/frame/<split>NN.tfrecord``: frame-level ``SequenceExample``
+  (context ``id``, ``labels``; feature lists ``rgb`` 1024 bytes and ``audio``
+  128 bytes per frame, uint8-quantised as in FORMATS.md 1.3), and
+* ``<output_dir>/video/<split>NN.tfrecord``: video-level ``Example`` (``id``,
+  ``labels``, ``mean_rgb`` [1024], ``mean_audio`` [128] float lists), where
+  the means are the means of the *dequantised* frames of the same video.
+
+The data:
+
+* Ids: 4 characters from [0-9A-Za-z]; the last two are the shard number
+  ``NN``, as in the real data. The first two are taken from a fixed
+  permutation of the 3844 two-character codes, starting at an offset that
+  depends on the split, so ids are unique inside a shard, and the splits
+  train/validate/test never share an id while ``videos_per_shard <= 1281``.
+* Labels: 1 + Poisson(2) distinct labels (at most 8, mean about 3) drawn
+  without replacement from a Zipf-like distribution (class k has weight
+  ``1/(k+1)``), so class 0 is the most common and most classes are rare.
+  ``with_labels=False`` writes an empty label list (a test split); the
+  frames still carry the hidden labels' signal.
+* Signal: every class has fixed random prototype vectors for rgb and audio,
+  derived from the seed only (train/validate/test of one seed share them).
+  Frame t of a video is ``sum_l w_l(t) * proto_l / sqrt(#labels)`` plus a
+  per-video offset and per-frame Gaussian noise, where ``w_l(t)`` is a slow
+  sinusoid (labels fade in and out), so values stay mostly inside [-2, 2].
+* Frames per video: uniform in [min_frames, max_frames].
+
+Usable as ``python -m training.synthetic --output_dir=DIR ...`` or through
+``write_dataset``. Output files are written to a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+import zlib
+
+import numpy as np
+
+from training.errors import UserError
+from training.tf_compat import tf
+
+ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+RGB_SIZE = 1024
+AUDIO_SIZE = 128
+MAX_LABELS = 8
+
+# Quantisation constants (FORMATS.md 1.3): x = q * SCALAR + BIAS.
+_SCALAR = 4.0 / 255.0
+_BIAS = 4.0 / 512.0 - 2.0
+
+# Signal / noise scales (per element standard deviations).
+_PROTO_STD = 0.4
+_OFFSET_STD = 0.15
+_NOISE_STD = 0.3
+_WAVE_AMPLITUDE = 0.5
+
+_SPLIT_OFFSETS = {"train": 0, "validate": 1281, "test": 2562}
+_NUM_CODES = len(ID_ALPHABET) ** 2  # 3844
+_CODE_ORDER = np.random.default_rng(20180815).permutation(_NUM_CODES)
+
+
+def class_prototypes(num_classes: int, seed: int = 0):
+    """Fixed per-class prototypes: (rgb [C, 1024], audio [C, 128]) float32.
+
+    Depends on ``seed`` and ``num_classes`` only, never on the split.
+    """
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    rgb = rng.standard_normal((num_classes, RGB_SIZE), dtype=np.float32) * _PROTO_STD
+    audio = rng.standard_normal((num_classes, AUDIO_SIZE), dtype=np.float32) * _PROTO_STD
+    return rgb, audio
+
+
+def quantize(x):
+    """float array -> uint8 with ``q = clip(round((x - bias) / scalar), 0, 255)``."""
+    return np.clip(np.rint((x - _BIAS) / _SCALAR), 0, 255).astype(np.uint8)
+
+
+def dequantize_np(q):
+    """uint8 array -> float32, ``x = q * 4/255 + (4/512 - 2)``."""
+    return (q.astype(np.float32) * np.float32(_SCALAR) + np.float32(_BIAS)).astype(np.float32)
+
+
+def _split_key(split: str) -> int:
+    return zlib.crc32(split.encode("utf-8"))
+
+
+def make_ids(split: str, shard: int, count: int) -> list[bytes]:
+    """``count`` unique 4-char ids ending with the shard's two digits."""
+    suffix = f"{shard:02d}"
+    offset = _SPLIT_OFFSETS.get(split, _split_key(split) % _NUM_CODES)
+    ids = []
+    for index in range(count):
+        code = int(_CODE_ORDER[(offset + index) % _NUM_CODES])
+        prefix = ID_ALPHABET[code // len(ID_ALPHABET)] + ID_ALPHABET[code % len(ID_ALPHABET)]
+        ids.append((prefix + suffix).encode("ascii"))
+    return ids
+
+
+def _class_weights(num_classes: int) -> np.ndarray:
+    weights = 1.0 / np.arange(1, num_classes + 1, dtype=np.float64)
+    return weights / weights.sum()
+
+
+def _draw_labels(rng, count: int, num_classes: int) -> list[np.ndarray]:
+    """Zipf-skewed, distinct labels per video (Gumbel top-k sampling)."""
+    k = np.minimum(1 + rng.poisson(2.0, size=count), min(MAX_LABELS, num_classes))
+    log_p = np.log(_class_weights(num_classes))
+    keys = log_p[None, :] + rng.gumbel(size=(count, num_classes))
+    order = np.argsort(-keys, axis=1, kind="stable")
+    return [np.sort(order[v, :k[v]]).astype(np.int64) for v in range(count)]
+
+
+def _video_frames(rng, labels, num_frames, protos):
+    """Quantised frames of one video: (rgb uint8 [T, 1024], audio uint8 [T, 128])."""
+    rgb_protos, audio_protos = protos
+    k = len(labels)
+    t = np.arange(num_frames, dtype=np.float32)[:, None]
+    period = rng.uniform(20.0, 120.0, size=(1, k)).astype(np.float32)
+    phase = rng.uniform(0.0, 2 * np.pi, size=(1, k)).astype(np.float32)
+    weights = (1.0 + _WAVE_AMPLITUDE * np.sin(2 * np.pi * t / period + phase)) / np.sqrt(k)
+    out = []
+    for table, size in ((rgb_protos, RGB_SIZE), (audio_protos, AUDIO_SIZE)):
+        x = weights.astype(np.float32) @ table[labels]  # [T, size]
+        x += rng.standard_normal((1, size), dtype=np.float32) * _OFFSET_STD
+        x += rng.standard_normal((num_frames, size), dtype=np.float32) * _NOISE_STD
+        out.append(quantize(x))
+    return out[0], out[1]
+
+
+def _sequence_example(video_id, labels, rgb_q, audio_q) -> bytes:
+    example = tf.train.SequenceExample()
+    context = example.context.feature
+    context["id"].bytes_list.value.append(video_id)
+    context["labels"].int64_list.SetInParent()
+    context["labels"].int64_list.value.extend(int(x) for x in labels)
+    for name, matrix in (("rgb", rgb_q), ("audio", audio_q)):
+        feature_list = example.feature_lists.feature_list[name]
+        for row in matrix:
+            feature_list.feature.add().bytes_list.value.append(row.tobytes())
+    return example.SerializeToString(deterministic=True)
+
+
+def _video_example(video_id, labels, mean_rgb, mean_audio) -> bytes:
+    example = tf.train.Example()
+    feature = example.features.feature
+    feature["id"].bytes_list.value.append(video_id)
+    feature["labels"].int64_list.SetInParent()
+    feature["labels"].int64_list.value.extend(int(x) for x in labels)
+    feature["mean_rgb"].float_list.value.extend(mean_rgb.tolist())
+    feature["mean_audio"].float_list.value.extend(mean_audio.tolist())
+    return example.SerializeToString(deterministic=True)
+
+
+def _write_records(path: str, records) -> None:
+    """Writes records to ``path`` through a temporary file and a rename."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for record in records:
+                writer.write(record)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+        raise
+
+
+def _validate(split, num_shards, videos_per_shard, num_classes, min_frames, max_frames,
+              frame_level, video_level):
+    if not split or not re.fullmatch(r"[A-Za-z0-9_-]+", split):
+        raise UserError(f"--split: '{split}' must be a non-empty name of [A-Za-z0-9_-]")
+    if not 1 <= num_shards <= 100:
+        raise UserError(f"--num_shards: must be in 1..100 (two-digit shard names), got {num_shards}")
+    if not 1 <= videos_per_shard <= _NUM_CODES:
+        raise UserError(f"--videos_per_shard: must be in 1..{_NUM_CODES} "
+                        f"(4-char ids per shard), got {videos_per_shard}")
+    if num_classes < 1:
+        raise UserError(f"--num_classes: must be positive, got {num_classes}")
+    if min_frames < 0 or max_frames < min_frames:
+        raise UserError(f"--min_frames/--max_frames: need 0 <= min_frames <= max_frames, "
+                        f"got {min_frames} and {max_frames}")
+    if not (frame_level or video_level):
+        raise UserError("--frame_level/--video_level: both are false, nothing to write")
+
+
+def write_dataset(output_dir: str, split: str = "train", num_shards: int = 2,
+                  videos_per_shard: int = 64, num_classes: int = 3862, seed: int = 0,
+                  frame_level: bool = True, video_level: bool = True,
+                  min_frames: int = 30, max_frames: int = 300,
+                  with_labels: bool = True) -> dict:
+    """Writes one synthetic split; returns {"frame": [paths], "video": [paths]}.
+
+    Same arguments -> byte-identical files. Prototypes depend on ``seed``
+    and ``num_classes`` only; labels, frames and noise depend on ``seed``,
+    ``split`` and the shard number.
+
+    Raises:
+      UserError naming the flag at fault for invalid arguments.
+    """
+    num_shards, videos_per_shard = int(num_shards), int(videos_per_shard)
+    num_classes, seed = int(num_classes), int(seed)
+    min_frames, max_frames = int(min_frames), int(max_frames)
+    _validate(split, num_shards, videos_per_shard, num_classes, min_frames, max_frames,
+              frame_level, video_level)
+    if not output_dir:
+        raise UserError("--output_dir: missing")
+
+    protos = class_prototypes(num_classes, seed)
+    dirs = {}
+    for level, enabled in (("frame", frame_level), ("video", video_level)):
+        if enabled:
+            dirs[level] = os.path.join(output_dir, level)
+            try:
+                tf.io.gfile.makedirs(dirs[level])
+            except tf.errors.OpError as err:
+                raise UserError(f"--output_dir: cannot create '{dirs[level]}': "
+                                f"{err.message}") from None
+    written = {"frame": [], "video": []}
+    for shard in range(num_shards):
+        start = time.time()
+        rng = np.random.default_rng([seed, _split_key(split), shard, 1])
+        ids = make_ids(split, shard, videos_per_shard)
+        labels = _draw_labels(rng, videos_per_shard, num_classes)
+        frame_counts = rng.integers(min_frames, max_frames + 1, size=videos_per_shard)
+        frame_records, video_records = [], []
+        for v in range(videos_per_shard):
+            rgb_q, audio_q = _video_frames(rng, labels[v], int(frame_counts[v]), protos)
+            stored_labels = labels[v] if with_labels else np.zeros([0], np.int64)
+            if frame_level:
+                frame_records.append(_sequence_example(ids[v], stored_labels, rgb_q, audio_q))
+            if video_level:
+                if frame_counts[v] > 0:
+                    mean_rgb = dequantize_np(rgb_q).mean(axis=0, dtype=np.float64)
+                    mean_audio = dequantize_np(audio_q).mean(axis=0, dtype=np.float64)
+                else:
+                    mean_rgb, mean_audio = np.zeros(RGB_SIZE), np.zeros(AUDIO_SIZE)
+                video_records.append(_video_example(
+                    ids[v], stored_labels, mean_rgb.astype(np.float32),
+                    mean_audio.astype(np.float32)))
+        name = f"{split}{shard:02d}.tfrecord"
+        for level, records in (("frame", frame_records), ("video", video_records)):
+            if level in dirs:
+                path = os.path.join(dirs[level], name)
+                _write_records(path, records)
+                written[level].append(path)
+        print(f"synthetic: {split} shard {shard + 1}/{num_shards}: {videos_per_shard} videos, "
+              f"{int(frame_counts.sum())} frames -> {name} ({', '.join(sorted(dirs))}) "
+              f"in {time.time() - start:.2f}s", flush=True)
+    return written
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("output_dir", None, "Folder to write frame/ and video/ into.")
+    flags.DEFINE_string("split", "train", "Split name used in file names: train, validate, test.")
+    flags.DEFINE_integer("num_shards", 2, "Number of shards (files) per level, at most 100.")
+    flags.DEFINE_integer("videos_per_shard", 64, "Videos per shard.")
+    flags.DEFINE_integer("num_classes", 3862, "Size of the label vocabulary.")
+    flags.DEFINE_integer("seed", 0, "Random seed; the class prototypes depend on it only.")
+    flags.DEFINE_boolean("frame_level", True, "Write frame-level SequenceExamples.")
+    flags.DEFINE_boolean("video_level", True, "Write video-level Examples.")
+    flags.DEFINE_integer("min_frames", 30, "Fewest frames per video.")
+    flags.DEFINE_integer("max_frames", 300, "Most frames per video.")
+    flags.DEFINE_boolean("with_labels", True, "Store labels (false: empty lists, like test).")
+    return flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from absl import flags
+
+    flags_ = flags.FLAGS
+    if not flags_.output_dir:
+        raise UserError("--output_dir: missing; give the folder to write into")
+    write_dataset(flags_.output_dir, split=flags_.split, num_shards=flags_.num_shards,
+                  videos_per_shard=flags_.videos_per_shard, num_classes=flags_.num_classes,
+                  seed=flags_.seed, frame_level=flags_.frame_level,
+                  video_level=flags_.video_level, min_frames=flags_.min_frames,
+                  max_frames=flags_.max_frames, with_labels=flags_.with_labels)
+
+
+if __name__ == "__main__":
+    from training.errors import run_main
+
+    _define_flags()
+    run_main(main)

@@ -1,0 +1,379 @@
+"""Trains one model: python -m training.train --train_dir=... --model=...
+
+TF1-style graph: tf.data input, in-graph towers over the visible GPUs (or
+virtual CPU devices) with the batch split and gradients averaged, Adam,
+staircase exponential learning-rate decay counted in examples, per-variable
+gradient clipping, batch-norm updates on every step, Saver checkpoints every
+--save_checkpoint_steps and at the end, TensorBoard summaries and a progress
+line. Rerunning the same command resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+from absl import flags
+
+from models import registry
+from training import checkpoints, losses, metrics, model_builder, readers
+from training.errors import UserError, define_flag, run_main
+from training.tf_compat import tf
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Training flags (the original's names); safe to call more than once."""
+    define_flag(flags.DEFINE_string, "train_dir", "/tmp/yt8m_model/", "Where checkpoints and logs go.")
+    define_flag(flags.DEFINE_string, "train_data_pattern", "", "Comma-separated globs of training TFRecords.")
+    define_flag(flags.DEFINE_string, "model", "FrameMeanMoeModel", "Model preset or class name.")
+    define_flag(flags.DEFINE_bool, "frame_features", True, "Frame-level (True) or video-level input.")
+    define_flag(flags.DEFINE_string, "feature_names", "rgb,audio", "Comma-separated feature names.")
+    define_flag(flags.DEFINE_string, "feature_sizes", "1024,128", "Comma-separated feature sizes.")
+    define_flag(flags.DEFINE_integer, "num_classes", 3862, "Number of classes.")
+    define_flag(flags.DEFINE_string, "label_loss", "CrossEntropyLoss", "Loss function name.")
+    define_flag(flags.DEFINE_integer, "batch_size", 80, "Examples per tower per step.")
+    define_flag(flags.DEFINE_float, "base_learning_rate", 2e-4, "Learning rate at step 0.")
+    define_flag(flags.DEFINE_float, "learning_rate_decay", 0.8, "Staircase decay factor.")
+    define_flag(flags.DEFINE_float, "learning_rate_decay_examples", 4000000,
+                       "Examples between two learning-rate decays.")
+    define_flag(flags.DEFINE_float, "regularization_penalty", 1.0, "Weight of the L2 terms.")
+    define_flag(flags.DEFINE_float, "clip_gradient_norm", 1.0, "Per-variable gradient norm clip (0: off).")
+    define_flag(flags.DEFINE_integer, "num_epochs", 100, "Passes over the training data (0: no limit).")
+    define_flag(flags.DEFINE_integer, "max_steps", None, "Stop after this global step.")
+    define_flag(flags.DEFINE_integer, "save_checkpoint_steps", 10000, "Checkpoint every N steps.")
+    define_flag(flags.DEFINE_integer, "max_to_keep", 10, "Checkpoints kept (plus hourly ones).")
+    define_flag(flags.DEFINE_float, "keep_checkpoint_every_n_hours", 1.0, "Also keep one per N hours.")
+    define_flag(flags.DEFINE_integer, "num_gpu", 1, "GPUs to use (towers); 0 uses every visible GPU.")
+    define_flag(flags.DEFINE_integer, "cpu_towers", 1, "Towers on virtual CPU devices when no GPU is "
+                         "visible (tests the multi-tower path).")
+    define_flag(flags.DEFINE_bool, "start_new_model", False, "Remove this trainer's checkpoints and "
+                      "event files from --train_dir and start from scratch.")
+    define_flag(flags.DEFINE_integer, "num_readers", 8, "Files read in parallel.")
+    define_flag(flags.DEFINE_integer, "shuffle_buffer", 2048, "Examples in the shuffle buffer.")
+    define_flag(flags.DEFINE_integer, "seed", 2018, "Graph-level random seed.")
+    define_flag(flags.DEFINE_integer, "summary_steps", 10, "Write summaries every N steps.")
+    define_flag(flags.DEFINE_integer, "log_steps", 10, "Print a progress line every N steps.")
+    registry.define_hparam_flags()
+
+
+# ---------------------------------------------------------------------------
+# Graph
+
+
+def tower_devices(num_gpu: int, cpu_towers: int) -> List[str]:
+    from tensorflow.python.client import device_lib
+
+    gpus = [d.name for d in device_lib.list_local_devices() if d.device_type == "GPU"]
+    if gpus:
+        return gpus[:num_gpu] if num_gpu > 0 else gpus
+    return [f"/cpu:{i}" for i in range(max(1, cpu_towers))]
+
+
+def average_gradients(tower_grads: List[List[tuple]]) -> List[tuple]:
+    """Mean over towers of each variable's gradient (None gradients dropped)."""
+    averaged = []
+    for pairs in zip(*tower_grads):
+        grads = [g for g, _ in pairs if g is not None]
+        if grads:
+            grad = grads[0] if len(grads) == 1 else tf.add_n(grads) / len(grads)
+            averaged.append((grad, pairs[0][1]))
+    return averaged
+
+
+def clip_per_variable(grads_and_vars: List[tuple], max_norm: float) -> List[tuple]:
+    if not max_norm:
+        return grads_and_vars
+    return [(tf.clip_by_norm(tf.convert_to_tensor(g), max_norm), v) for g, v in grads_and_vars]
+
+
+def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
+                      devices: List[str], config: Dict[str, float],
+                      label_loss_fn: Optional[Callable[..., tf.Tensor]] = None
+                      ) -> Dict[str, Any]:
+    """Adds the towers, loss, optimizer and train op to the default graph.
+
+    batch: the reader's dict with batch size batch_size * len(devices).
+    label_loss_fn(predictions, batch) -> scalar; defaults to the model's
+    label loss against batch["labels"] (distillation passes its own).
+    Returns the tensors the loop needs.
+    """
+    global_step = tf.train.get_or_create_global_step()
+    per_tower_examples = config["batch_size"]
+    examples_seen = tf.cast(global_step, tf.float32) * float(per_tower_examples * len(devices))
+    learning_rate = tf.train.exponential_decay(
+        config["base_learning_rate"], examples_seen, config["learning_rate_decay_examples"],
+        config["learning_rate_decay"], staircase=True)
+    optimizer = tf.train.AdamOptimizer(learning_rate)
+    if label_loss_fn is None:
+        loss_of = losses.get_loss(model_flags.get("label_loss", "CrossEntropyLoss"))
+        label_loss_fn = lambda predictions, part: loss_of(predictions, part["labels"])  # noqa: E731
+
+    parts = {key: tf.split(value, len(devices)) for key, value in batch.items()}
+    variable_device = "/cpu:0" if len(devices) > 1 else devices[0]
+    tower_grads, tower_losses, tower_predictions = [], [], []
+    for index, device in enumerate(devices):
+        part = {key: values[index] for key, values in parts.items()}
+        with tf.device(device), tf.variable_scope("tower", reuse=index > 0,
+                                                  custom_getter=_pin_variables(variable_device)):
+            model = model_builder.build_model(model_flags)
+            predictions = model_builder.model_predictions(
+                model, part["features"], part["num_frames"], is_training=True)
+            label_loss = label_loss_fn(predictions, part)
+            total = label_loss + config["regularization_penalty"] * losses.regularization_loss()
+            tower_grads.append(optimizer.compute_gradients(total))
+            tower_losses.append(label_loss)
+            tower_predictions.append(predictions)
+
+    grads = clip_per_variable(average_gradients(tower_grads), config["clip_gradient_norm"])
+    update_ops = tf.get_collection(tf.GraphKeys.UPDATE_OPS)
+    with tf.control_dependencies(update_ops):
+        apply_op = optimizer.apply_gradients(grads, global_step=global_step)
+    # The train op's value is the global step after the update, so the loop
+    # never reads a stale or racing step.
+    with tf.control_dependencies([apply_op]):
+        train_op = tf.identity(global_step.read_value() if hasattr(global_step, "read_value")
+                               else global_step, name="train_op")
+    loss = tf.add_n(tower_losses) / len(tower_losses)
+    predictions = tf.concat(tower_predictions, 0)
+    for name, tensor in (("global_step", global_step), ("loss", loss),
+                         ("predictions", predictions), ("input_batch_raw", batch["features"]),
+                         ("num_frames", batch["num_frames"]), ("labels", batch["labels"]),
+                         ("train_op", train_op), ("learning_rate", learning_rate)):
+        tf.add_to_collection(name, tensor)
+    return {"global_step": global_step, "loss": loss, "predictions": predictions,
+            "labels": batch["labels"], "train_op": train_op, "learning_rate": learning_rate}
+
+
+def _pin_variables(device: str):
+    def getter(getter, *args, **kwargs):
+        with tf.device(device):
+            return getter(*args, **kwargs)
+    return getter
+
+
+# ---------------------------------------------------------------------------
+# Train dir
+
+
+TRAINER_FILE_PREFIXES = (checkpoints.CHECKPOINT_PREFIX + "-", "events.out.tfevents.",
+                         "checkpoint", checkpoints.MODEL_FLAGS_FILE, "graph.pbtxt")
+
+
+def remove_trainer_files(train_dir: str) -> int:
+    """Deletes only what this trainer writes (checkpoints, events, flags)."""
+    removed = 0
+    if not os.path.isdir(train_dir):
+        return removed
+    for name in os.listdir(train_dir):
+        if name.startswith(TRAINER_FILE_PREFIXES):
+            path = os.path.join(train_dir, name)
+            if os.path.isfile(path):
+                os.remove(path)
+                removed += 1
+    return removed
+
+
+def prepare_train_dir(train_dir: str, model_flags: Dict[str, Any], start_new: bool) -> None:
+    if start_new:
+        remove_trainer_files(train_dir)
+    os.makedirs(train_dir, exist_ok=True)
+    flags_path = os.path.join(train_dir, checkpoints.MODEL_FLAGS_FILE)
+    if os.path.exists(flags_path):
+        old = checkpoints.read_model_flags(train_dir)
+        different = checkpoints.mismatched_keys(old, model_flags)
+        if different:
+            details = "; ".join(f"{key}: {old.get(key)!r} in the file, {model_flags.get(key)!r} now"
+                                for key in different)
+            raise UserError(f"{flags_path}: this train dir holds a different model ({details}); "
+                            f"use another --train_dir or --start_new_model")
+    checkpoints.write_model_flags(train_dir, model_flags)
+
+
+# ---------------------------------------------------------------------------
+# Loop
+
+
+class Progress:
+    """Prints step, loss, examples/sec and the ETA to --max_steps."""
+
+    def __init__(self, examples_per_step: int, max_steps: Optional[int], start_step: int):
+        self.examples_per_step = examples_per_step
+        self.max_steps = max_steps
+        self.start_step = start_step
+        self.start_time = time.time()
+        self.last_time = self.start_time
+        self.last_step = start_step
+
+    def rate(self, step: int) -> float:
+        now = time.time()
+        rate = (step - self.last_step) * self.examples_per_step / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, step
+        return rate
+
+    def line(self, step: int, loss: float, rate: float, extra: str = "") -> str:
+        text = f"step {step:>7d} | loss {loss:9.3f} | {rate:8.1f} examples/sec"
+        if self.max_steps:
+            done = step - self.start_step
+            elapsed = time.time() - self.start_time
+            remaining = (self.max_steps - step) * elapsed / max(done, 1)
+            text += f" | {100.0 * step / self.max_steps:5.1f}% | ETA {format_seconds(remaining)}"
+        return text + extra
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def scalar_summary(writer, step: int, values: Dict[str, float]) -> None:
+    summary = tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=float(value))
+                                for tag, value in values.items()])
+    writer.add_summary(summary, step)
+
+
+def session_config(devices: List[str]) -> tf.ConfigProto:
+    cpu_count = sum(1 for device in devices if device.startswith("/cpu"))
+    config = tf.ConfigProto(allow_soft_placement=True,
+                            device_count={"CPU": max(1, cpu_count)})
+    config.gpu_options.allow_growth = True
+    return config
+
+
+def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
+          config: Dict[str, Any], label_loss_fn=None, reader=None,
+          warm_start: Optional[Callable[[tf.Session], None]] = None,
+          log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Runs the training loop; returns {"global_step", "loss"} at the end.
+
+    config keys: batch_size, base_learning_rate, learning_rate_decay,
+    learning_rate_decay_examples, regularization_penalty, clip_gradient_norm,
+    num_epochs, max_steps, save_checkpoint_steps, max_to_keep,
+    keep_checkpoint_every_n_hours, num_gpu, cpu_towers, num_readers,
+    shuffle_buffer, seed, summary_steps, log_steps.
+    """
+    devices = tower_devices(config["num_gpu"], config["cpu_towers"])
+    reader = reader or model_builder.make_reader(model_flags)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(config["seed"])
+        with tf.device("/cpu:0"):
+            dataset = readers.make_dataset(
+                reader, data_pattern, config["batch_size"] * len(devices), training=True,
+                num_epochs=config["num_epochs"] or None, num_parallel_reads=config["num_readers"],
+                shuffle_buffer=config["shuffle_buffer"], seed=config["seed"],
+                flag_name="train_data_pattern")
+            dataset = dataset.filter(lambda b: tf.equal(tf.shape(b["labels"])[0],
+                                                        config["batch_size"] * len(devices)))
+            batch = tf.data.make_one_shot_iterator(dataset).get_next()
+        ops = build_train_graph(model_flags, batch, devices, config, label_loss_fn)
+        saver = tf.train.Saver(max_to_keep=config["max_to_keep"],
+                               keep_checkpoint_every_n_hours=config["keep_checkpoint_every_n_hours"])
+        init = tf.global_variables_initializer()
+        graph.finalize()
+
+    with tf.Session(graph=graph, config=session_config(devices)) as sess:
+        latest = checkpoints.latest_checkpoint(train_dir)
+        if latest:
+            saver.restore(sess, latest)
+            log(f"resumed from {latest}")
+        else:
+            sess.run(init)
+            if warm_start is not None:
+                warm_start(sess)
+        step = int(sess.run(ops["global_step"]))
+        writer = tf.summary.FileWriter(train_dir, graph if not latest else None)
+        max_steps = config["max_steps"]
+        progress = Progress(config["batch_size"] * len(devices), max_steps, step)
+        last_saved, loss_value = (step if latest else None), float("nan")
+        log(f"training {model_flags['model']} on {len(devices)} tower(s) {devices} "
+            f"from step {step}" + (f" to {max_steps}" if max_steps else ""))
+        try:
+            while max_steps is None or step < max_steps:
+                want_metrics = (step + 1) % config["summary_steps"] == 0
+                fetches = [ops["train_op"], ops["loss"], ops["learning_rate"]]
+                if want_metrics:
+                    fetches += [ops["predictions"], ops["labels"]]
+                results = sess.run(fetches)
+                step, loss_value, learning_rate = int(results[0]), float(results[1]), results[2]
+                if not np.isfinite(loss_value):
+                    raise UserError(f"--train_dir={train_dir}: loss became {loss_value} at step "
+                                    f"{step}; lower --base_learning_rate")
+                if want_metrics or step % config["log_steps"] == 0:
+                    rate = progress.rate(step)
+                    extra = ""
+                    if want_metrics:
+                        predictions, labels = results[3], results[4]
+                        batch_hit = metrics.hit_at_one(predictions, labels)
+                        batch_gap = metrics.global_average_precision(predictions, labels)
+                        scalar_summary(writer, step, {
+                            "loss": loss_value, "learning_rate": learning_rate,
+                            "hit_at_one": batch_hit, "gap": batch_gap, "examples_per_sec": rate})
+                        extra = f" | hit@1 {batch_hit:.3f} | gap {batch_gap:.3f}"
+                    if step % config["log_steps"] == 0:
+                        log(progress.line(step, loss_value, rate, extra))
+                if step % config["save_checkpoint_steps"] == 0:
+                    saver.save(sess, os.path.join(train_dir, checkpoints.CHECKPOINT_PREFIX),
+                               global_step=step)
+                    last_saved = step
+        except tf.errors.OutOfRangeError:
+            log(f"reached the end of the data ({config['num_epochs']} epochs) at step {step}")
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+            raise UserError(f"--train_data_pattern={data_pattern}: "
+                            f"{readers.data_error_message(err)}") from None
+        if last_saved != step:
+            saver.save(sess, os.path.join(train_dir, checkpoints.CHECKPOINT_PREFIX),
+                       global_step=step)
+        writer.close()
+        log(f"done at step {step}, checkpoint {checkpoints.latest_checkpoint(train_dir)}")
+    return {"global_step": step, "loss": loss_value}
+
+
+def config_from_flags() -> Dict[str, Any]:
+    keys = ("batch_size", "base_learning_rate", "learning_rate_decay",
+            "learning_rate_decay_examples", "regularization_penalty", "clip_gradient_norm",
+            "num_epochs", "max_steps", "save_checkpoint_steps", "max_to_keep",
+            "keep_checkpoint_every_n_hours", "num_gpu", "cpu_towers", "num_readers",
+            "shuffle_buffer", "seed", "summary_steps", "log_steps")
+    config = {key: FLAGS[key].value for key in keys}
+    for key in ("batch_size", "save_checkpoint_steps", "summary_steps", "log_steps"):
+        if config[key] <= 0:
+            raise UserError(f"--{key} must be positive, got {config[key]}")
+    return config
+
+
+def model_flags_from_flags() -> Dict[str, Any]:
+    """model_flags.json content from the command line; rejects hyper-parameter
+    flags that the chosen model does not have."""
+    try:
+        cls, _ = registry.resolve(FLAGS.model)
+    except KeyError as err:
+        raise UserError(f"--model: {err.args[0]}") from None
+    for key in registry.all_hparam_defaults():
+        if FLAGS[key].value is not None and key not in cls.DEFAULTS:
+            raise UserError(f"--{key}: not a hyper-parameter of --model={FLAGS.model} "
+                            f"({cls.__name__}: {', '.join(sorted(cls.DEFAULTS))})")
+    return model_builder.make_model_flags(
+        FLAGS.model, FLAGS.feature_names, FLAGS.feature_sizes, FLAGS.frame_features,
+        FLAGS.num_classes, FLAGS.label_loss, registry.hparams_from_flags(FLAGS.model))
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.train_data_pattern:
+        raise UserError("--train_data_pattern: required")
+    model_flags = model_flags_from_flags()
+    losses.get_loss(FLAGS.label_loss)
+    config = config_from_flags()
+    readers.resolve_files(FLAGS.train_data_pattern, "train_data_pattern")
+    prepare_train_dir(FLAGS.train_dir, model_flags, FLAGS.start_new_model)
+    train(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config,
+          log=lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+    define_flags()
+    run_main(main)
