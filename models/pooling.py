@@ -76,7 +76,7 @@ def nonlocal_block(vlad: tf.Tensor, width: int, scale: float,
         value = tf.reshape(tf.matmul(flat, g_weights), [-1, cluster_size, width])
     else:
         value = phi
-    relation = tf.nn.softmax(0.5 * tf.matmul(theta, phi, transpose_b=True))
+    relation = tf.nn.softmax(scale * tf.matmul(theta, phi, transpose_b=True))
     attended = tf.reshape(tf.matmul(relation, value), [-1, width])     # [B*K, W]
     update = tf.reshape(tf.matmul(attended, out_weights), [-1, cluster_size, feature_size])
     return vlad + update

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The whole pipeline for the six models: train -> SWA -> bfloat16 -> tiled
+# ensemble -> submission CSV. Every stage is skipped when its output exists
+# (training resumes from its latest checkpoint), so a rerun after a crash
+# continues where it stopped.
+#
+# On a GPU box: point DATA_DIR at the YT8M 2018 frame-level data
+# (train*.tfrecord, validate*.tfrecord, test*.tfrecord) and run it; edit or
+# pass the variables below. TINY=1 shrinks every model for a CPU smoke run
+# (what quickstart.sh does on synthetic data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA_DIR=${DATA_DIR:-/path/to/yt8m/frame}
+TRAIN_PATTERN=${TRAIN_PATTERN:-$DATA_DIR/train*.tfrecord}
+VALIDATE_PATTERN=${VALIDATE_PATTERN:-$DATA_DIR/validate*.tfrecord}
+TEST_PATTERN=${TEST_PATTERN:-$DATA_DIR/test*.tfrecord}
+WORK_DIR=${WORK_DIR:-$HOME/yt8m_work}
+MODELS=${MODELS:-"nonlocal-NetVLADModel nonlocal-LightNetVLADModel nonlocal-earlyNetVLADModel Soft-DBoF-4k Soft-DBoF-8k GRUModel"}
+SWA_LAST_N=${SWA_LAST_N:-5}          # average the last N checkpoints of each model
+TILE_NUM=${TILE_NUM:-10}
+NUM_CLASSES=${NUM_CLASSES:-3862}
+SUBMISSION=${SUBMISSION:-$WORK_DIR/submission.csv}
+TINY=${TINY:-0}
+PYTHON=${PYTHON:-python}
+export PYTHON
+
+# Extra training flags of one model (TINY=1: small sizes, short runs).
+train_flags() {
+  local model=$1
+  echo "--num_classes=$NUM_CLASSES ${EXTRA_TRAIN_FLAGS:-}"
+  if [[ "$TINY" == 1 ]]; then
+    echo "--batch_size=${TINY_BATCH:-32} --max_steps=${TINY_STEPS:-200} --save_checkpoint_steps=${TINY_SAVE:-50} --base_learning_rate=${TINY_LR:-2e-3} --log_steps=50"
+    case "$model" in
+      GRUModel) echo "--gru_cells=32" ;;
+      Soft-DBoF-4k) echo "--cluster_size=64 --hidden_size=32 --num_samples=30" ;;
+      Soft-DBoF-8k) echo "--cluster_size=128 --hidden_size=32 --num_samples=30" ;;
+      *) echo "--cluster_size=8 --hidden_size=32 --num_samples=30" ;;
+    esac
+  fi
+}
+
+members=()
+for model in $MODELS; do
+  train_dir="$WORK_DIR/train/$model"
+  swa_dir="$WORK_DIR/swa/$model"
+  bf16_dir="$WORK_DIR/ensemble_models/$model-bfloat16"
+  echo "=== $model: train -> $train_dir"
+  # shellcheck disable=SC2046
+  TRAIN_DIR="$train_dir" DATA_DIR="$DATA_DIR" "run_scripts/$model.sh" \
+    --train_data_pattern="$TRAIN_PATTERN" $(train_flags "$model")
+  if [[ ! -d "$swa_dir" ]]; then
+    echo "=== $model: SWA over the last $SWA_LAST_N checkpoints -> $swa_dir"
+    "$PYTHON" -m swa.average --train_dir="$train_dir" --output_dir="$swa_dir" \
+      --last_n="$SWA_LAST_N"
+  fi
+  if [[ ! -d "$bf16_dir" ]]; then
+    echo "=== $model: bfloat16 -> $bf16_dir"
+    "$PYTHON" -m bfloat16_patch.convert --input_dir="$swa_dir" --output_dir="$bf16_dir"
+  fi
+  if [[ ! -f "$bf16_dir/eval_results.json" ]]; then
+    "$PYTHON" -m training.eval --train_dir="$bf16_dir" --eval_data_pattern="$VALIDATE_PATTERN" \
+      --run_once --batch_size=64
+  fi
+  members+=("$bf16_dir")
+done
+
+ensemble_dir="$WORK_DIR/ensembled_models"
+model_dirs=$(IFS=,; echo "${members[*]}")
+if [[ ! -d "$ensemble_dir" ]]; then
+  echo "=== ensemble of ${#members[@]} models, tile $TILE_NUM -> $ensemble_dir"
+  "$PYTHON" -m ensemble.build --model_dirs="$model_dirs" --tile_num="$TILE_NUM" \
+    --output_dir="$ensemble_dir" --eval_data_pattern="$VALIDATE_PATTERN"
+fi
+if [[ ! -f "$SUBMISSION" ]]; then
+  echo "=== inference -> $SUBMISSION"
+  "$PYTHON" -m ensemble.inference --train_dir="$ensemble_dir" \
+    --input_data_pattern="$TEST_PATTERN" --output_file="$SUBMISSION"
+fi
+"$PYTHON" -m ensemble.check_submission --submission="$SUBMISSION" --num_classes="$NUM_CLASSES"
+"$PYTHON" -m ensemble.report --model_dirs="$model_dirs" --ensemble_dir="$ensemble_dir"

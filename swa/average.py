@@ -1,0 +1,441 @@
+"""Checkpoint averaging ("SWA"): python -m swa.average --train_dir=T --output_dir=S --swa_start=N
+
+Averages (uniform mean) the model variables of every model.ckpt-<step> of
+--train_dir with swa_start <= step <= swa_end (or the last --last_n of them)
+and writes a new dir (atomically; the train dir is only read) with
+
+* model.ckpt-<last averaged step>: the model variables only (the keys under
+  tower/; no optimizer slots, no global_step), float32;
+* model_flags.json, copied from the train dir;
+* swa.json: the averaged checkpoints (paths, steps), their count and the BN mode.
+
+The mean is computed tensor by tensor: for each variable, a float64 running
+sum over the checkpoints, divided by the count, then loaded into the output
+(peak memory about one model, whatever the number of checkpoints).
+
+BN moving statistics (--bn_statistics):
+  last       from the highest-step checkpoint (what the original avg_eval.py did);
+  average    averaged like the weights (what eval_avg.py did);
+  recompute  classic SWA: rebuild the training graph (is_training=True), load the
+             averaged weights and run --recompute_batches batches of
+             --train_data_pattern; each moving statistic becomes the exact mean
+             over those batches of the batch statistic that its moving-average
+             update tracks (batch mean; unbiased batch variance), not an EMA.
+
+With --eval_data_pattern the result is evaluated afterwards (training.eval).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import deque
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from absl import flags
+
+from training import checkpoints, model_builder, readers
+from training.errors import UserError, define_flag, run_main
+from training.tf_compat import tf
+
+FLAGS = flags.FLAGS
+
+BN_MODES = ("last", "average", "recompute")
+BN_STAT_SUFFIXES = ("/moving_mean", "/moving_variance")
+SWA_INFO_FILE = "swa.json"
+
+Log = Optional[Callable[[str], None]]
+
+
+def define_flags() -> None:
+    define_flag(flags.DEFINE_string, "train_dir", "", "Train dir whose checkpoints are averaged.")
+    define_flag(flags.DEFINE_string, "output_dir", "", "New dir for the averaged checkpoint.")
+    define_flag(flags.DEFINE_integer, "swa_start", None, "First step averaged (inclusive).")
+    define_flag(flags.DEFINE_integer, "swa_end", None, "Last step averaged (inclusive; "
+                "default: the latest).")
+    define_flag(flags.DEFINE_integer, "last_n", None, "Average the last N checkpoints (of the "
+                "--swa_start/--swa_end range when given).")
+    define_flag(flags.DEFINE_enum, "bn_statistics", "last", list(BN_MODES),
+                "BN moving statistics: from the last checkpoint, averaged, or recomputed "
+                "on --recompute_batches batches of --train_data_pattern.")
+    define_flag(flags.DEFINE_integer, "recompute_batches", 100, "Batches used by "
+                "--bn_statistics=recompute.")
+    define_flag(flags.DEFINE_string, "train_data_pattern", "", "Training TFRecords (for "
+                "--bn_statistics=recompute).")
+    define_flag(flags.DEFINE_string, "eval_data_pattern", "", "If set, evaluate the averaged "
+                "model on these TFRecords and write eval_results.json into --output_dir.")
+    define_flag(flags.DEFINE_integer, "batch_size", 80, "Batch size of the recompute and "
+                "evaluation passes.")
+    define_flag(flags.DEFINE_integer, "num_readers", 4, "Files read in parallel.")
+    define_flag(flags.DEFINE_integer, "seed", 2018, "Random seed (data order, frame sampling).")
+    define_flag(flags.DEFINE_bool, "overwrite", False, "Replace an existing --output_dir.")
+
+
+# ---------------------------------------------------------------------------
+# Selection and compatibility
+
+
+def is_bn_statistic(key: str) -> bool:
+    return key.endswith(BN_STAT_SUFFIXES)
+
+
+def select_checkpoints(train_dir: str, swa_start: Optional[int] = None,
+                       swa_end: Optional[int] = None,
+                       last_n: Optional[int] = None) -> List[Tuple[int, str]]:
+    """[(step, path)] of the checkpoints to average, ascending by step."""
+    if swa_start is None and last_n is None:
+        raise UserError("--swa_start or --last_n: one of them is required")
+    if last_n is not None and last_n <= 0:
+        raise UserError(f"--last_n: must be positive, got {last_n}")
+    if swa_start is not None and swa_end is not None and swa_end < swa_start:
+        raise UserError(f"--swa_end={swa_end} is before --swa_start={swa_start}")
+    found = checkpoints.list_checkpoints(train_dir)
+    if not found:
+        raise UserError(f"--train_dir={train_dir}: no {checkpoints.CHECKPOINT_PREFIX}-<step> "
+                        f"checkpoint in this dir")
+    chosen = [(step, path) for step, path in found
+              if (swa_start is None or step >= swa_start)
+              and (swa_end is None or step <= swa_end)]
+    if last_n is not None:
+        chosen = chosen[-last_n:]
+    if not chosen:
+        steps = ", ".join(str(step) for step, _ in found)
+        low = "-inf" if swa_start is None else swa_start
+        high = "latest" if swa_end is None else swa_end
+        raise UserError(f"--train_dir={train_dir}: no checkpoint with a step in "
+                        f"[{low}, {high}] (--swa_start/--swa_end); steps present: {steps}")
+    return chosen
+
+
+def _open(path: str):
+    try:
+        return tf.train.load_checkpoint(path)
+    except (tf.errors.OpError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the checkpoint "
+                        f"({str(err).strip().splitlines()[0]})") from None
+
+
+def model_variable_specs(paths: Sequence[str], readers_: Sequence[Any]
+                         ) -> List[Tuple[str, List[int], Any]]:
+    """[(key, shape, dtype)] of the model variables, identical in every checkpoint.
+
+    Raises a UserError naming the two checkpoints and the first differing
+    variable when names, shapes or dtypes differ.
+    """
+    def specs_of(reader):
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+        return {key: (list(shapes[key]), tf.as_dtype(dtypes[key]).base_dtype)
+                for key in checkpoints.model_variable_keys(shapes)}
+
+    reference = specs_of(readers_[0])
+    if not reference:
+        raise UserError(f"{paths[0]}: no model variables under {checkpoints.MODEL_SCOPE}/")
+    for path, reader in zip(paths[1:], readers_[1:]):
+        other = specs_of(reader)
+        for key in sorted(set(reference) | set(other)):
+            if key not in other:
+                raise UserError(f"checkpoints {paths[0]} and {path} differ: variable {key} is "
+                                f"missing in {os.path.basename(path)}")
+            if key not in reference:
+                raise UserError(f"checkpoints {paths[0]} and {path} differ: variable {key} is "
+                                f"missing in {os.path.basename(paths[0])}")
+            if reference[key] != other[key]:
+                (shape_a, dtype_a), (shape_b, dtype_b) = reference[key], other[key]
+                raise UserError(f"checkpoints {paths[0]} and {path} differ: variable {key} is "
+                                f"{dtype_a.name}{shape_a} vs {dtype_b.name}{shape_b}")
+    return [(key, shape, dtype) for key, (shape, dtype) in sorted(reference.items())]
+
+
+class CheckpointAverager:
+    """Produces, one tensor at a time, the output value of each model variable."""
+
+    def __init__(self, paths: Sequence[str], bn_statistics: str, log: Log = None):
+        self.paths = list(paths)
+        self.readers = [_open(path) for path in self.paths]
+        self.specs = model_variable_specs(self.paths, self.readers)
+        self.bn_statistics = bn_statistics
+        self.log = log
+        self.done = 0
+        self.start = time.time()
+        self.total_bytes = sum(int(np.prod(shape, dtype=np.int64)) * dtype.size
+                               for _, shape, dtype in self.specs)
+        self.done_bytes = 0
+        self.dtypes = {key: dtype for key, _, dtype in self.specs}
+
+    def averaged(self, key: str) -> bool:
+        """True when the output of `key` is the mean over the checkpoints."""
+        if not self.dtypes[key].is_floating:
+            return False
+        return not is_bn_statistic(key) or self.bn_statistics == "average"
+
+    def mean(self, key: str) -> np.ndarray:
+        """Uniform mean over the checkpoints (float64 running sum)."""
+        total = None
+        for reader in self.readers:
+            value = reader.get_tensor(key)
+            if total is None:
+                total = value.astype(np.float64)
+            else:
+                total += value
+            del value
+        total /= len(self.readers)
+        return total.astype(self.dtypes[key].as_numpy_dtype)
+
+    def __call__(self, key: str) -> np.ndarray:
+        value = self.mean(key) if self.averaged(key) else self.readers[-1].get_tensor(key)
+        self.done += 1
+        self.done_bytes += value.nbytes
+        if self.log and (self.done % 25 == 0 or self.done == len(self.specs)):
+            elapsed = time.time() - self.start
+            rate = self.done_bytes / max(elapsed, 1e-9)
+            eta = (self.total_bytes - self.done_bytes) / max(rate, 1e-9)
+            self.log(f"averaged {self.done}/{len(self.specs)} tensors | "
+                     f"{self.done_bytes / 2**20:.1f}/{self.total_bytes / 2**20:.1f} MiB | "
+                     f"{rate / 2**20:.1f} MiB/s | ETA {eta:.0f}s")
+        return value
+
+
+# ---------------------------------------------------------------------------
+# BN statistics recomputation
+
+
+_ASSIGN_SUB_TYPES = ("AssignSub", "AssignSubVariableOp")
+_PASS_THROUGH_TYPES = ("Identity", "ReadVariableOp", "Enter", "Switch")
+
+
+def _variable_op_name(tensor) -> Optional[str]:
+    """Name of the variable a tensor reads (through Identity/ReadVariableOp)."""
+    for _ in range(8):
+        op = tensor.op
+        if op.type in ("VariableV2", "Variable", "VarHandleOp"):
+            return op.name
+        if op.type in _PASS_THROUGH_TYPES and op.inputs:
+            tensor = op.inputs[0]
+            continue
+        return None
+    return None
+
+
+def batch_statistics(update_ops: Sequence[Any]) -> Dict[str, tf.Tensor]:
+    """{moving variable name: batch statistic tensor} from moving-average updates.
+
+    A moving-average update is `var -= (1 - decay) * (var - x)`; x (the batch
+    mean, or the unbiased batch variance) is the tensor that the running
+    statistic tracks, read here from the `var - x` subtraction.
+    """
+    found: Dict[str, tf.Tensor] = {}
+    for item in update_ops:
+        op = getattr(item, "op", item)
+        if op.type not in _ASSIGN_SUB_TYPES:
+            continue
+        name = _variable_op_name(op.inputs[0])
+        if name is None:
+            continue
+        queue, seen = deque([(op.inputs[1].op, 0)]), set()
+        while queue:
+            current, depth = queue.popleft()
+            if current.name in seen or depth > 6:
+                continue
+            seen.add(current.name)
+            if current.type == "Sub" and _variable_op_name(current.inputs[0]) == name:
+                found[name] = current.inputs[1]
+                break
+            queue.extend((tensor.op, depth + 1) for tensor in current.inputs)
+    return found
+
+
+def mean_of_batch_statistics(sess: tf.Session, statistics: Dict[str, tf.Tensor],
+                             num_batches: int, feed_dicts=None, log: Log = None
+                             ) -> Dict[str, np.ndarray]:
+    """Exact mean over `num_batches` runs of each statistic (float64 sums).
+
+    feed_dicts: optional iterable of feed dicts, one per batch.
+    """
+    sums = None
+    feeds = iter(feed_dicts) if feed_dicts is not None else None
+    start = time.time()
+    for index in range(num_batches):
+        feed = next(feeds) if feeds is not None else None
+        try:
+            values = sess.run(statistics, feed)
+        except tf.errors.OutOfRangeError:
+            raise UserError(f"--train_data_pattern: the data ran out after {index} of "
+                            f"--recompute_batches={num_batches} batches") from None
+        if sums is None:
+            sums = {key: np.asarray(value, dtype=np.float64) for key, value in values.items()}
+        else:
+            for key, value in values.items():
+                sums[key] += value
+        if log and ((index + 1) % 10 == 0 or index + 1 == num_batches):
+            elapsed = time.time() - start
+            log(f"BN statistics: batch {index + 1}/{num_batches} | "
+                f"{(index + 1) / max(elapsed, 1e-9):.2f} batches/sec | "
+                f"ETA {(num_batches - index - 1) * elapsed / (index + 1):.0f}s")
+    return {key: value / num_batches for key, value in sums.items()}
+
+
+def recompute_and_save(model_flags: Dict[str, Any], specs, produce: Callable[[str], np.ndarray],
+                       save_path: str, data_pattern: str, num_batches: int, batch_size: int,
+                       seed: int = 2018, num_readers: int = 4, log: Log = None) -> str:
+    """Loads the averaged weights into the training-mode graph, recomputes the
+    BN moving statistics on `num_batches` batches and saves the model variables."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(seed)
+        reader = model_builder.make_reader(model_flags)
+        with tf.device("/cpu:0"):
+            dataset = readers.make_dataset(reader, data_pattern, batch_size, training=True,
+                                           num_epochs=None, num_parallel_reads=num_readers,
+                                           seed=seed, flag_name="train_data_pattern")
+            batch = tf.data.make_one_shot_iterator(dataset).get_next()
+        model = model_builder.build_model(model_flags)
+        with tf.variable_scope(checkpoints.MODEL_SCOPE):
+            model_builder.model_predictions(model, batch["features"], batch["num_frames"],
+                                            is_training=True)
+        variables = {var.op.name: var
+                     for var in model_builder.model_variables(checkpoints.MODEL_SCOPE)}
+        wanted = {key for key, _, _ in specs}
+        if set(variables) != wanted:
+            diff = sorted(set(variables) ^ wanted)
+            raise UserError(f"model_flags.json: the rebuilt {model_flags['model']} graph does "
+                            f"not match the checkpoints (first differing variable: {diff[0]})")
+        statistics = batch_statistics(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
+        stat_keys = sorted(key for key in variables if is_bn_statistic(key))
+        missing = [key for key in stat_keys if key not in statistics]
+        if missing:
+            raise UserError(f"cannot recompute BN statistics of {missing[0]}: its "
+                            f"moving-average update was not found in the graph")
+        statistics = {key: statistics[key] for key in stat_keys}
+        loaders = {}
+        for key, var in variables.items():
+            placeholder = tf.placeholder(var.dtype.base_dtype, var.shape)
+            loaders[key] = (tf.assign(var, placeholder), placeholder)
+        others = [var for var in tf.global_variables() if var.op.name not in variables]
+        init_others = tf.variables_initializer(others)
+        saver = tf.train.Saver(variables, save_relative_paths=True, max_to_keep=None)
+    with tf.Session(graph=graph) as sess:
+        sess.run(init_others)
+        for key, _, _ in specs:
+            assign, placeholder = loaders[key]
+            sess.run(assign.op, {placeholder: produce(key)})
+        if log:
+            log(f"recomputing {len(stat_keys)} BN statistics on {num_batches} batches "
+                f"of {batch_size}")
+        means = mean_of_batch_statistics(sess, statistics, num_batches, log=log)
+        for key, value in means.items():
+            assign, placeholder = loaders[key]
+            sess.run(assign.op, {placeholder: value.astype(np.float32)})
+        return saver.save(sess, save_path, write_meta_graph=False)
+
+
+# ---------------------------------------------------------------------------
+# The stage
+
+
+def _check_dirs(train_dir: str, output_dir: str, overwrite: bool) -> None:
+    if not train_dir:
+        raise UserError("--train_dir: required")
+    if not output_dir:
+        raise UserError("--output_dir: required")
+    if not os.path.isdir(train_dir):
+        raise UserError(f"--train_dir={train_dir}: no such dir")
+    source, target = os.path.abspath(train_dir), os.path.abspath(output_dir)
+    if source == target or source.startswith(target.rstrip(os.sep) + os.sep):
+        raise UserError(f"--output_dir={output_dir}: would replace the train dir "
+                        f"{train_dir}; choose a new dir")
+    if os.path.exists(output_dir) and not overwrite:
+        raise UserError(f"--output_dir={output_dir}: exists; choose another or pass --overwrite")
+
+
+def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
+            swa_end: Optional[int] = None, last_n: Optional[int] = None,
+            bn_statistics: str = "last", recompute_batches: int = 100,
+            train_data_pattern: str = "", batch_size: int = 80, seed: int = 2018,
+            num_readers: int = 4, overwrite: bool = False, log: Log = print) -> Dict[str, Any]:
+    """Writes the averaged dir; returns the content of swa.json."""
+    if bn_statistics not in BN_MODES:
+        raise UserError(f"--bn_statistics: must be one of {', '.join(BN_MODES)}, "
+                        f"got {bn_statistics!r}")
+    _check_dirs(train_dir, output_dir, overwrite)
+    model_flags = checkpoints.read_model_flags(train_dir)
+    if bn_statistics == "recompute":
+        if not train_data_pattern:
+            raise UserError("--train_data_pattern: required with --bn_statistics=recompute")
+        if recompute_batches <= 0:
+            raise UserError(f"--recompute_batches: must be positive, got {recompute_batches}")
+        if batch_size <= 0:
+            raise UserError(f"--batch_size: must be positive, got {batch_size}")
+        readers.resolve_files(train_data_pattern, "train_data_pattern")
+    chosen = select_checkpoints(train_dir, swa_start, swa_end, last_n)
+    paths = [path for _, path in chosen]
+    last_step = chosen[-1][0]
+    name = f"{checkpoints.CHECKPOINT_PREFIX}-{last_step}"
+    log = log or (lambda line: None)
+    log(f"averaging {len(paths)} checkpoints of {train_dir}: steps "
+        f"{', '.join(str(step) for step, _ in chosen)} (BN statistics: {bn_statistics})")
+    averager = CheckpointAverager(paths, bn_statistics if bn_statistics != "recompute"
+                                  else "last", log)
+    with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
+        save_path = os.path.join(tmp_dir, name)
+        if bn_statistics == "recompute":
+            recompute_and_save(model_flags, averager.specs, averager, save_path,
+                               train_data_pattern, recompute_batches, batch_size, seed,
+                               num_readers, log)
+        else:
+            checkpoints.write_arrays_checkpoint(save_path, averager.specs, averager)
+        shutil.copyfile(os.path.join(train_dir, checkpoints.MODEL_FLAGS_FILE),
+                        os.path.join(tmp_dir, checkpoints.MODEL_FLAGS_FILE))
+        info = {
+            "source_dir": os.path.abspath(train_dir),
+            "checkpoint": name,
+            "checkpoints": [{"path": os.path.abspath(path), "step": step}
+                            for step, path in chosen],
+            "count": len(chosen),
+            "bn_statistics": bn_statistics,
+            "recompute_batches": recompute_batches if bn_statistics == "recompute" else None,
+            "recompute_batch_size": batch_size if bn_statistics == "recompute" else None,
+            "swa_start": swa_start, "swa_end": swa_end, "last_n": last_n,
+            "model_variables": len(averager.specs),
+            "averaged_variables": sum(averager.averaged(key) for key, _, _ in averager.specs),
+            "bn_statistic_variables": sum(is_bn_statistic(key) for key, _, _ in averager.specs),
+        }
+        checkpoints.write_json(os.path.join(tmp_dir, SWA_INFO_FILE), info)
+    log(f"wrote {os.path.join(output_dir, name)} (mean of {len(chosen)} checkpoints)")
+    return info
+
+
+def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int,
+             num_readers: int, log: Log = print) -> Dict[str, float]:
+    """Evaluates the averaged checkpoint; writes eval_results.json into output_dir."""
+    from training import eval as eval_stage
+    from training import metrics
+
+    model_flags = checkpoints.read_model_flags(output_dir)
+    path = checkpoints.find_checkpoint(output_dir)
+    result = eval_stage.evaluate_checkpoint(model_flags, path, eval_data_pattern, batch_size,
+                                            seed=seed, num_readers=num_readers, log=log)
+    if log:
+        log(metrics.format_summary(result, os.path.basename(path)))
+    eval_stage.write_results(output_dir, path, result)
+    return result
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.eval_data_pattern:
+        readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    average(FLAGS.train_dir, FLAGS.output_dir, FLAGS.swa_start, FLAGS.swa_end, FLAGS.last_n,
+            FLAGS.bn_statistics, FLAGS.recompute_batches, FLAGS.train_data_pattern,
+            FLAGS.batch_size, FLAGS.seed, FLAGS.num_readers, FLAGS.overwrite, log)
+    if FLAGS.eval_data_pattern:
+        evaluate(FLAGS.output_dir, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.seed,
+                 FLAGS.num_readers, log)
+
+
+if __name__ == "__main__":
+    define_flags()
+    run_main(main)

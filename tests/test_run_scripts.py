@@ -1,0 +1,107 @@
+"""The six run scripts, end to end on tiny synthetic data.
+
+Each script is run as a user would (DATA_DIR / TRAIN_DIR / PYTHON from the
+environment), with extra flags shrinking the model. One run trains a few
+dozen steps (a checkpoint appears, the loss is finite and falls), a second
+run of the same command resumes from that checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO_ROOT / "run_scripts"
+
+TINY_FLAGS = {
+    "GRUModel": ["--gru_cells=8"],
+    "nonlocal-NetVLADModel": ["--cluster_size=4", "--hidden_size=8", "--num_samples=10"],
+    "nonlocal-LightNetVLADModel": ["--cluster_size=4", "--hidden_size=8", "--num_samples=10"],
+    "nonlocal-earlyNetVLADModel": ["--cluster_size=4", "--hidden_size=8", "--num_samples=10"],
+    "Soft-DBoF-4k": ["--cluster_size=16", "--hidden_size=8", "--num_samples=10"],
+    "Soft-DBoF-8k": ["--cluster_size=16", "--hidden_size=8", "--num_samples=10"],
+}
+COMMON_FLAGS = ["--num_classes=10", "--batch_size=8", "--base_learning_rate=0.01",
+                "--log_steps=1", "--summary_steps=1000", "--num_readers=1",
+                "--shuffle_buffer=64"]
+FIRST_STEPS = 30
+RESUMED_STEPS = 34
+STEP_LINE = re.compile(r"step\s+(\d+) \| loss\s+(\S+)")
+
+
+@pytest.fixture(scope="module")
+def synthetic_frames(tmp_path_factory) -> Path:
+    """The documented quick-start data: python -m training.synthetic ..."""
+    output = tmp_path_factory.mktemp("synthetic")
+    subprocess.run([sys.executable, "-m", "training.synthetic", f"--output_dir={output}",
+                    "--num_classes=10", "--num_shards=1", "--videos_per_shard=16",
+                    "--max_frames=20", "--min_frames=5"],
+                   cwd=REPO_ROOT, check=True, capture_output=True, timeout=300)
+    frames = output / "frame"
+    assert list(frames.glob("train*.tfrecord"))
+    return frames
+
+
+def run_script(name: str, data_dir: Path, train_dir: Path, *args: str):
+    env = {**os.environ, "DATA_DIR": str(data_dir), "TRAIN_DIR": str(train_dir),
+           "PYTHON": sys.executable}
+    # Run from elsewhere: the script must find the repository itself.
+    completed = subprocess.run(["bash", str(SCRIPTS / f"{name}.sh"), *args], cwd="/",
+                               env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, (completed.stdout[-3000:], completed.stderr[-3000:])
+    losses = {int(step): float(loss) for step, loss in STEP_LINE.findall(completed.stdout)}
+    return completed.stdout, losses
+
+
+def test_scripts_pass_the_original_hyper_parameters():
+    expected = {"GRUModel": ("128", "0.9", "300000"),
+                "nonlocal-NetVLADModel": ("80", "0.8", "700000"),
+                "nonlocal-LightNetVLADModel": ("80", "0.8", "700000"),
+                "nonlocal-earlyNetVLADModel": ("80", "0.8", "700000"),
+                "Soft-DBoF-4k": ("80", "0.9", "800000"),
+                "Soft-DBoF-8k": ("80", "0.9", "800000")}
+    for name, (batch, decay, steps) in expected.items():
+        text = (SCRIPTS / f"{name}.sh").read_text()
+        assert text.startswith("#!/usr/bin/env bash\n")
+        assert "set -euo pipefail" in text and os.access(SCRIPTS / f"{name}.sh", os.X_OK)
+        for flag in (f"--model={name}", f"--batch_size={batch}", "--base_learning_rate=2e-4",
+                     f"--learning_rate_decay={decay}", "--learning_rate_decay_examples=4000000",
+                     f"--max_steps={steps}", "--num_epochs=100", "--feature_sizes=1024,128",
+                     "--feature_names=rgb,audio", "--frame_features=True", '"$@"'):
+            assert flag in text, (name, flag)
+        assert "--max_step " not in text and "--max_step=" not in text
+
+
+@pytest.mark.parametrize("name", list(TINY_FLAGS))
+def test_script_trains_and_resumes(name, synthetic_frames, tmp_path):
+    train_dir = tmp_path / name
+    flags = [*COMMON_FLAGS, *TINY_FLAGS[name]]
+    _, losses = run_script(name, synthetic_frames, train_dir, *flags,
+                           f"--max_steps={FIRST_STEPS}")
+    assert (train_dir / f"model.ckpt-{FIRST_STEPS}.index").exists()
+    model_flags = json.loads((train_dir / "model_flags.json").read_text())
+    assert model_flags["model"] == name and model_flags["num_classes"] == 10
+    assert model_flags["feature_sizes"] == "1024,128"
+    tiny = dict(flag[2:].split("=") for flag in TINY_FLAGS[name])
+    for key, value in tiny.items():
+        assert str(model_flags["model_hparams"][key]) == value
+
+    values = np.array([losses[step] for step in sorted(losses)])
+    assert sorted(losses) == list(range(1, FIRST_STEPS + 1))
+    assert np.isfinite(values).all()
+    assert values[-5:].mean() < 0.8 * values[:5].mean(), values
+
+    output, resumed = run_script(name, synthetic_frames, train_dir, *flags,
+                                 f"--max_steps={RESUMED_STEPS}")
+    assert f"model.ckpt-{FIRST_STEPS}" in output and "resumed" in output
+    assert sorted(resumed) == list(range(FIRST_STEPS + 1, RESUMED_STEPS + 1))
+    assert (train_dir / f"model.ckpt-{RESUMED_STEPS}.index").exists()
+    # The resumed run starts from the trained weights, not from scratch.
+    assert np.mean(list(resumed.values())) < 0.8 * values[:5].mean()
