@@ -46,15 +46,26 @@ _CLASSIFIER_DEFAULTS = {
 }
 
 
+def _check_width(model: FrameModel, model_input: tf.Tensor) -> None:
+    width = model_input.shape.as_list()[-1]
+    if width != sum(model.feature_sizes):
+        raise ValueError(f"{type(model).__name__}: input has {width} features per frame "
+                         f"but feature_sizes {model.feature_sizes} sum to "
+                         f"{sum(model.feature_sizes)}")
+
+
+def _sampling_mode(hparams) -> str:
+    mode = hparams["frame_sampling"]
+    if mode not in FRAME_SAMPLING_MODES:
+        raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLING_MODES}, got {mode!r}")
+    return mode
+
+
 class _PooledFrameModel(FrameModel):
     """Shared parts: frame sampling, input BN, hidden layer, gating, MoE."""
 
     def _check_input(self, model_input: tf.Tensor) -> None:
-        width = model_input.shape.as_list()[-1]
-        if width != sum(self.feature_sizes):
-            raise ValueError(f"{type(self).__name__}: input has {width} features per frame "
-                             f"but feature_sizes {self.feature_sizes} sum to "
-                             f"{sum(self.feature_sizes)}")
+        _check_width(self, model_input)
         if not 1 <= len(self.feature_sizes) <= len(MODALITY_NAMES):
             raise ValueError(f"{type(self).__name__} takes 1 or 2 features (rgb, audio), "
                              f"got feature_sizes {self.feature_sizes}")
@@ -62,10 +73,7 @@ class _PooledFrameModel(FrameModel):
     def _sampled_frames(self, model_input: tf.Tensor, num_frames: tf.Tensor
                         ) -> Tuple[tf.Tensor, object]:
         """-> (frames [B, N, D], N). N is a python int unless mode is "none"."""
-        mode = self.hparams["frame_sampling"]
-        if mode not in FRAME_SAMPLING_MODES:
-            raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLING_MODES}, "
-                             f"got {mode!r}")
+        mode = _sampling_mode(self.hparams)
         if mode == "none":
             steps = model_input.shape.as_list()[1]
             return model_input, steps if steps is not None else tf.shape(model_input)[1]
@@ -271,15 +279,8 @@ class GruModel(FrameModel):
     }
 
     def __call__(self, model_input, num_frames, is_training):
-        width = model_input.shape.as_list()[-1]
-        if width != sum(self.feature_sizes):
-            raise ValueError(f"GruModel: input has {width} features per frame but "
-                             f"feature_sizes {self.feature_sizes} sum to "
-                             f"{sum(self.feature_sizes)}")
-        mode = self.hparams["frame_sampling"]
-        if mode not in FRAME_SAMPLING_MODES:
-            raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLING_MODES}, "
-                             f"got {mode!r}")
+        _check_width(self, model_input)
+        mode = _sampling_mode(self.hparams)
         sequence_length = num_frames
         if mode != "none":
             seed = self.hparams["frame_sampling_seed"]

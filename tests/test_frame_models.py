@@ -261,12 +261,11 @@ def test_tiny_structure_follows_hparams():
 
 
 def test_single_feature_input():
-    shapes = {}
     with tf.Graph().as_default():
         build_graph("nonlocal-NetVLADModel", CLASSES, [6], STEPS, TINY["nonlocal-NetVLADModel"])
-        shapes = {v.op.name for v in tf.global_variables()}
-    assert "tower/video_VLAD/cluster_weights" in shapes
-    assert not any("audio" in name for name in shapes)
+        names = {v.op.name for v in tf.global_variables()}
+    assert "tower/video_VLAD/cluster_weights" in names
+    assert not any("audio" in name for name in names)
 
 
 def test_head_initialisers():
@@ -407,3 +406,23 @@ def test_padding_rows_are_never_read_and_seeded_sampling_repeats(name):
     if name != "GRUModel":
         other = run_tiny(name, model_input, num_frames, False, {"frame_sampling_seed": 2})
         assert np.abs(other - first).max() > 0     # a different draw of frames
+
+
+@pytest.mark.parametrize("name", ["nonlocal-NetVLADModel", "Soft-DBoF-4k"])
+def test_frame_sampling_none_reads_every_row(name):
+    """With full videos, "none" equals "uniform" with one sample per row, and it
+    also works when the number of rows is only known at run time."""
+    model_input, _ = tiny_inputs(batch=2)
+    num_frames = np.array([STEPS, STEPS], np.int32)
+    results = []
+    for hparams, steps in (({"frame_sampling": "uniform", "num_samples": STEPS}, STEPS),
+                           ({"frame_sampling": "none"}, STEPS),
+                           ({"frame_sampling": "none"}, None)):
+        with tf.Graph().as_default(), tf.Session() as sess:
+            tf.set_random_seed(1)
+            _, x, n, predictions = build_graph(name, CLASSES, FEATURES, steps,
+                                               {**TINY[name], **hparams}, training=True)
+            sess.run(tf.global_variables_initializer())
+            results.append(sess.run(predictions, {x: model_input, n: num_frames}))
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(results[2], results[0], rtol=1e-5, atol=1e-7)

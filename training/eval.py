@@ -88,13 +88,21 @@ def evaluate_checkpoint(model_flags: Dict[str, Any], checkpoint_path: str, data_
                         frame_sampling: Optional[str] = None, seed: int = 2018,
                         num_readers: int = 4, custom_getter=None,
                         log: Optional[Callable[[str], None]] = None) -> Dict[str, float]:
-    """Restores the model variables of a checkpoint and evaluates them."""
+    """Restores the model variables of a checkpoint and evaluates them.
+
+    A bfloat16 checkpoint gets the bfloat16 getter unless custom_getter is given."""
+    from bfloat16_patch import getter as bf16
+
+    if custom_getter is None:
+        custom_getter = bf16.getter_for_checkpoint(checkpoint_path, model_flags)
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(seed)
         ops = build_eval_graph(model_flags, data_pattern, batch_size, frame_sampling,
                                num_readers, custom_getter=custom_getter)
-        saver = tf.train.Saver(model_builder.model_variables("tower"))
+        var_list = model_builder.model_variables("tower")
+        saver = tf.train.Saver(var_list)
+    bf16.check_restore_compatible(checkpoint_path, var_list)
     with tf.Session(graph=graph) as sess:
         saver.restore(sess, checkpoint_path)
         return run_evaluation(sess, ops, int(model_flags["num_classes"]), top_k, log)

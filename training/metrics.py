@@ -101,13 +101,41 @@ def _nan_error() -> ValueError:
 # --------------------------------------------------------------------------
 # exact, canonical per-row top-k
 # --------------------------------------------------------------------------
-def _sort_rows_desc(cols: np.ndarray, vals: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Orders every row by (descending value, ascending column)."""
+def _take_rows(a: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``np.take_along_axis(a, cols, axis=1)`` for 2-D ``a``, via a flat ``np.take`` when possible."""
+    if a.flags.c_contiguous and a.size < 2 ** 62:
+        offsets = (np.arange(a.shape[0], dtype=np.int64) * a.shape[1])[:, None]
+        return np.take(a.reshape(-1), cols + offsets)
+    return np.take_along_axis(a, cols, axis=1)
+
+
+def _desc_keys32(s: np.ndarray) -> np.ndarray:
+    """uint32 keys whose ascending order is the descending order of float32 ``s``.
+
+    -0.0 and +0.0 get the same key. NaN must be excluded beforehand.
+    """
+    s = s.astype(np.float32)  # a fresh copy, changed in place below
+    s += np.float32(0.0)  # -0.0 -> +0.0
+    u = s.view(np.uint32)
+    # Non-negative floats get their low 31 bits flipped; negative floats keep their bits.
+    u ^= ((u >> np.uint32(31)) - np.uint32(1)) & np.uint32(0x7FFFFFFF)
+    return u
+
+
+def _sort_rows_desc(cols: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """Reorders the columns of every row by (descending value, ascending column)."""
+    if vals.dtype in (np.float32, np.float16) and cols.size and cols.max() < 2 ** 32:
+        key = _desc_keys32(vals).astype(np.uint64)
+        key <<= _SHIFT32
+        key |= cols.astype(np.uint64)
+        key.sort(axis=1)
+        key &= _LOW32
+        return key.astype(np.intp)
     o = np.argsort(cols, axis=1, kind="stable")
     cols = np.take_along_axis(cols, o, axis=1)
     vals = np.take_along_axis(vals, o, axis=1)
     o = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(cols, o, axis=1), np.take_along_axis(vals, o, axis=1)
+    return np.take_along_axis(cols, o, axis=1)
 
 
 def _topk_exact(x: np.ndarray, k: int, kth: Optional[np.ndarray] = None) -> np.ndarray:
@@ -139,9 +167,7 @@ def _topk_exact(x: np.ndarray, k: int, kth: Optional[np.ndarray] = None) -> np.n
         if cols.size != n * k:  # only possible with NaN in the row
             raise _nan_error()
         cols = cols.reshape(n, k)
-        vals = np.take_along_axis(xs, cols, axis=1)
-        o = np.argsort(-vals, axis=1, kind="stable")  # cols are ascending already
-        out[a:a + n] = np.take_along_axis(cols, o, axis=1)
+        out[a:a + n] = _sort_rows_desc(cols, _take_rows(xs, cols))
     return out
 
 
@@ -179,31 +205,35 @@ def _topk_indices(p: np.ndarray, k: int) -> np.ndarray:
     if np.isnan(gmax).any():
         raise _nan_error()
     gpart = np.argpartition(gmax, g - k - 1, axis=1)
-    rows = np.arange(v)
-    next_group_max = gmax[rows, gpart[:, g - k - 1]]  # (k+1)-th largest group max
+    next_group_max = _take_rows(gmax, gpart[:, g - k - 1:g - k])[:, 0]  # (k+1)-th largest
     groups = gpart[:, g - k:]  # top-k groups, unordered
 
+    # Candidate columns: every member of the top-k groups, [V, k * members].
     members = n_rows + (1 if tail else 0)
-    cand = (groups[:, :, None] + g * np.arange(members)[None, None, :]).reshape(v, -1)
-    invalid = cand >= c if tail else None
+    cand = groups[:, :, None] + g * np.arange(members)[None, None, :]
+    if tail:  # group j >= tail has no member in the tail: point it at column 0, value -inf
+        last = cand[:, :, -1]
+        invalid = last >= c
+        last[invalid] = 0
+    cand = cand.reshape(v, -1)
+    cvals = _take_rows(p, cand)
     if tail:
-        np.minimum(cand, c - 1, out=cand)
-    cvals = np.take_along_axis(p, cand, axis=1)
-    if tail:
-        cvals[invalid] = -np.inf
+        cvals.reshape(v, k, members)[:, :, -1][invalid] = -np.inf
     nc = cand.shape[1]
-    cpart = np.argpartition(cvals, nc - k, axis=1)[:, nc - k:]
-    top_cols = np.take_along_axis(cand, cpart, axis=1)
-    top_vals = np.take_along_axis(cvals, cpart, axis=1)
-    kth = top_vals.min(axis=1)
+    kth = np.partition(cvals, nc - k, axis=1)[:, nc - k]
 
     # Rows whose top-k is not settled by the candidates: the k-th value is
     # repeated past the k-th slot, or may occur outside the candidate groups.
-    n_ge = np.count_nonzero(cvals >= kth[:, None], axis=1)
-    ambiguous = (n_ge > k) | (next_group_max >= kth) | ~np.isfinite(kth)
-
-    top_cols, _ = _sort_rows_desc(top_cols, top_vals)
+    chosen = cvals >= kth[:, None]
+    n_ge = np.count_nonzero(chosen, axis=1)
+    ambiguous = (n_ge != k) | (next_group_max >= kth) | ~np.isfinite(kth)
     amb = np.flatnonzero(ambiguous)
+    if amb.size:  # placeholders keep exactly k entries per row; replaced below
+        chosen[amb] = False
+        chosen[amb, :k] = True
+    pos = np.nonzero(chosen)[1].reshape(v, k)
+    top_cols = _take_rows(cand, pos)
+    top_cols = _sort_rows_desc(top_cols, _take_rows(cvals, pos))
     if amb.size:
         top_cols[amb] = _topk_exact(p[amb], k, kth[amb])
     return top_cols
@@ -228,15 +258,10 @@ def _descending_order(scores: np.ndarray) -> np.ndarray:
         return np.empty(0, dtype=np.intp)
     perm = np.random.default_rng(_TIE_SEED).permutation(n)
     if scores.dtype in (np.float32, np.float16) and n < 2 ** 32:
-        s = scores.astype(np.float32, copy=False)[perm]
+        s = scores[perm]
         if np.isnan(s).any():
             raise _nan_error()
-        s += np.float32(0.0)  # -0.0 -> +0.0, so that 0.0 and -0.0 tie as floats do
-        u = s.view(np.uint32)
-        # Descending order-preserving map: non-negative floats get their low
-        # 31 bits flipped, negative floats keep their bits.
-        desc = u ^ (((u >> np.uint32(31)) - np.uint32(1)) & np.uint32(0x7FFFFFFF))
-        key = desc.astype(np.uint64)
+        key = _desc_keys32(s).astype(np.uint64)
         key <<= _SHIFT32
         key |= np.arange(n, dtype=np.uint64)
         key.sort()
@@ -259,35 +284,42 @@ def _ap_of_sorted(relevant_sorted: np.ndarray, num_positives) -> float:
     return float(precisions.sum() / float(num_positives))
 
 
-def _class_aps(order: np.ndarray, relevant: np.ndarray, classes: np.ndarray,
+def _class_aps(order: np.ndarray, relevant_sorted: np.ndarray, classes: np.ndarray,
                positives_per_class: np.ndarray) -> np.ndarray:
-    """Per-class AP of pooled pairs, segmented. ``order`` is the global descending order."""
+    """Per-class AP of the pooled pairs, computed by segments.
+
+    ``order`` is the global descending order of the pairs (``_descending_order``)
+    and ``relevant_sorted`` is ``relevant[order]``. Sorting stably by class then
+    gives each class's ranking with the same tie-breaking as the GAP.
+    """
     num_classes = positives_per_class.shape[0]
     n = order.size
     aps = np.zeros(num_classes, dtype=np.float64)
     if n == 0:
         return aps
-    if n >= 2 ** 32 or num_classes >= 2 ** 31:  # pragma: no cover - far beyond real sizes
-        cls_o = classes[order].astype(np.int64)
-        o2 = np.argsort(cls_o, kind="stable")
-        cls_s = cls_o[o2]
-        rel_s = relevant[order][o2]
-    else:
-        # Sort by (class, global rank) in one uint64 value sort.
-        key = classes[order].astype(np.uint64)
+    cls_o = classes[order]
+    if n < 2 ** 31 and num_classes < 2 ** 31:
+        # One uint64 value sort on (class, global rank). The lowest bit carries
+        # the relevance, so nothing has to be gathered afterwards.
+        key = cls_o.astype(np.uint64)
         key <<= _SHIFT32
-        key |= np.arange(n, dtype=np.uint64)
+        low = np.arange(n, dtype=np.uint64)
+        low <<= np.uint64(1)
+        low |= relevant_sorted.astype(np.uint64)
+        key |= low
+        del low
         key.sort()
-        rank = (key & _LOW32).astype(np.intp)
-        key >>= _SHIFT32
-        cls_s = key.astype(np.intp)
-        rel_s = relevant[order[rank]]
-    counts = np.bincount(cls_s, minlength=num_classes)
-    starts = np.cumsum(counts) - counts
-    idx = np.flatnonzero(rel_s)
+        idx = np.flatnonzero(key & np.uint64(1))
+        c_rel = (key[idx] >> _SHIFT32).astype(np.intp)
+    else:  # pragma: no cover - far beyond real sizes
+        o2 = np.argsort(cls_o, kind="stable")
+        rel_s = relevant_sorted[o2]
+        idx = np.flatnonzero(rel_s)
+        c_rel = cls_o[o2][idx].astype(np.intp)
     if idx.size == 0:
         return aps
-    c_rel = cls_s[idx]
+    counts = np.bincount(cls_o, minlength=num_classes)
+    starts = np.cumsum(counts) - counts
     rel_counts = np.bincount(c_rel, minlength=num_classes)
     rel_before = np.cumsum(rel_counts) - rel_counts
     hits = np.arange(1, idx.size + 1, dtype=np.float64) - rel_before[c_rel]
@@ -311,8 +343,8 @@ def _mean_ap(aps: np.ndarray, positives_per_class: np.ndarray, filter_empty_clas
 # --------------------------------------------------------------------------
 def _topk_arrays(p: np.ndarray, y: np.ndarray, k: int):
     cols = _topk_indices(p, k)
-    scores = np.take_along_axis(p, cols, axis=1)
-    rel = np.take_along_axis(y, cols, axis=1)
+    scores = _take_rows(p, cols)
+    rel = _take_rows(y, cols)
     return cols, scores, rel
 
 
@@ -442,7 +474,7 @@ def class_average_precisions(predictions: np.ndarray, labels: np.ndarray, top_k:
         return np.zeros(p.shape[1], dtype=np.float64)
     cols, scores, rel = _topk_arrays(p, y, top_k)
     order = _descending_order(scores.astype(np.float32).ravel())
-    return _class_aps(order, rel.ravel(), cols.ravel(), positives)
+    return _class_aps(order, rel.ravel()[order], cols.ravel(), positives)
 
 
 def mean_average_precision(predictions: np.ndarray, labels: np.ndarray, top_k: int = 20,
@@ -547,7 +579,7 @@ class EvaluationMetrics:
             return np.zeros(self.num_classes, dtype=np.float64)
         scores, rel, classes = self._consolidate()
         order = _descending_order(scores)
-        return _class_aps(order, rel, classes, self._positives)
+        return _class_aps(order, rel[order], classes, self._positives)
 
     def get(self, filter_empty_classes: bool = False) -> dict:
         """Epoch metrics: ``{"hit_at_one", "perr", "map", "gap", "loss", "num_examples"}``.
@@ -563,8 +595,9 @@ class EvaluationMetrics:
         scores, rel, classes = self._consolidate()
         order = _descending_order(scores)
         total_pos = int(self._positives.sum())
-        gap = _ap_of_sorted(rel[order], total_pos) if total_pos else 0.0
-        aps = _class_aps(order, rel, classes, self._positives)
+        rel_sorted = rel[order]
+        gap = _ap_of_sorted(rel_sorted, total_pos) if total_pos else 0.0
+        aps = _class_aps(order, rel_sorted, classes, self._positives)
         loss = self._sum_loss / self._num_loss_examples if self._num_loss_examples else 0.0
         return {
             "hit_at_one": self._sum_hit_at_one / n,

@@ -9,6 +9,8 @@ line. Rerunning the same command resumes from the latest checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -112,11 +114,13 @@ def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
         label_loss_fn = lambda predictions, part: loss_of(predictions, part["labels"])  # noqa: E731
 
     parts = {key: tf.split(value, len(devices)) for key, value in batch.items()}
+    # Several towers share variables on the CPU; in a cluster (devices [None])
+    # the replica device setter places them on the parameter servers.
     variable_device = "/cpu:0" if len(devices) > 1 else devices[0]
     tower_grads, tower_losses, tower_predictions = [], [], []
     for index, device in enumerate(devices):
         part = {key: values[index] for key, values in parts.items()}
-        with tf.device(device), tf.variable_scope("tower", reuse=index > 0,
+        with _device_scope(device), tf.variable_scope("tower", reuse=index > 0,
                                                   custom_getter=_pin_variables(variable_device)):
             model = model_builder.build_model(model_flags)
             predictions = model_builder.model_predictions(
@@ -138,7 +142,8 @@ def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
                                else global_step, name="train_op")
     loss = tf.add_n(tower_losses) / len(tower_losses)
     predictions = tf.concat(tower_predictions, 0)
-    for name, tensor in (("global_step", global_step), ("loss", loss),
+    # (global_step is in its own collection already: GraphKeys.GLOBAL_STEP.)
+    for name, tensor in (("loss", loss),
                          ("predictions", predictions), ("input_batch_raw", batch["features"]),
                          ("num_frames", batch["num_frames"]), ("labels", batch["labels"]),
                          ("train_op", train_op), ("learning_rate", learning_rate)):
@@ -147,9 +152,14 @@ def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
             "labels": batch["labels"], "train_op": train_op, "learning_rate": learning_rate}
 
 
-def _pin_variables(device: str):
+def _device_scope(device: Optional[str]):
+    # tf.device(None) would clear an outer replica device setter.
+    return contextlib.nullcontext() if device is None else tf.device(device)
+
+
+def _pin_variables(device: Optional[str]):
     def getter(getter, *args, **kwargs):
-        with tf.device(device):
+        with _device_scope(device):
             return getter(*args, **kwargs)
     return getter
 
@@ -331,6 +341,130 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
     return {"global_step": step, "loss": loss_value}
 
 
+# ---------------------------------------------------------------------------
+# Several machines: parameter servers and workers (between-graph replication)
+
+
+def cluster_from_env() -> Optional[Dict[str, Any]]:
+    """Parses TF_CONFIG ({"cluster": {...}, "task": {"type", "index"}}) or None."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        return None
+    try:
+        config = json.loads(raw)
+        cluster, task = config["cluster"], config["task"]
+        task_type, task_index = task["type"], int(task.get("index", 0))
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"TF_CONFIG: not a valid cluster description ({err})") from None
+    if task_type not in cluster or task_index >= len(cluster[task_type]):
+        raise UserError(f"TF_CONFIG: task {task_type}:{task_index} is not in the cluster "
+                        f"{sorted(cluster)}")
+    if task_type not in ("ps", "worker", "chief"):
+        raise UserError(f"TF_CONFIG: task type {task_type!r} is not ps, worker or chief")
+    return {"cluster": cluster, "type": task_type, "index": task_index}
+
+
+class _PollingWorkerSessionCreator(tf.train.SessionCreator):
+    """A non-chief worker's session: waits for the chief to initialise the
+    variables, checking every second (TensorFlow's default waits 30 s)."""
+
+    def __init__(self, scaffold, master: str, config, poll_seconds: float = 1.0,
+                 max_wait_seconds: float = 3600.0):
+        self.scaffold, self.master, self.config = scaffold, master, config
+        self.poll_seconds, self.max_wait_seconds = poll_seconds, max_wait_seconds
+
+    def create_session(self):
+        self.scaffold.finalize()
+        manager = tf.train.SessionManager(
+            local_init_op=self.scaffold.local_init_op, ready_op=self.scaffold.ready_op,
+            ready_for_local_init_op=self.scaffold.ready_for_local_init_op,
+            graph=tf.get_default_graph(), recovery_wait_secs=self.poll_seconds)
+        return manager.wait_for_session(self.master, config=self.config,
+                                        max_wait_secs=self.max_wait_seconds)
+
+
+def train_distributed(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
+                      config: Dict[str, Any], cluster_info: Dict[str, Any],
+                      log: Callable[[str], None] = print) -> Optional[Dict[str, Any]]:
+    """One task of a TF_CONFIG cluster. A parameter server serves until killed.
+
+    Workers build the same graph with variables on the parameter servers
+    (replica_device_setter) and read disjoint shards of the file list; the
+    chief (the "chief" task, or worker 0 when there is none) initialises or
+    restores the variables and writes the checkpoints to --train_dir. A worker
+    that dies and restarts reconnects and goes on with the shared variables.
+    """
+    cluster = tf.train.ClusterSpec(cluster_info["cluster"])
+    task_type, task_index = cluster_info["type"], cluster_info["index"]
+    server = tf.train.Server(cluster, job_name=task_type, task_index=task_index,
+                             config=tf.ConfigProto(allow_soft_placement=True))
+    if task_type == "ps":
+        log(f"parameter server {task_index} serving at {server.target}")
+        server.join()
+        return None
+    is_chief = task_type == "chief" or ("chief" not in cluster_info["cluster"]
+                                        and task_index == 0)
+    workers = [(job, i) for job in ("chief", "worker")
+               for i in range(len(cluster_info["cluster"].get(job, [])))]
+    shard = workers.index((task_type, task_index))
+    files = readers.resolve_files(data_pattern, "train_data_pattern")
+    if len(files) >= len(workers):
+        files = files[shard::len(workers)]
+    reader = model_builder.make_reader(model_flags)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(config["seed"] + shard)
+        with tf.device(f"/job:{task_type}/task:{task_index}/cpu:0"):
+            dataset = readers.make_dataset(
+                reader, ",".join(files), config["batch_size"], training=True,
+                num_epochs=config["num_epochs"] or None, num_parallel_reads=config["num_readers"],
+                shuffle_buffer=config["shuffle_buffer"], seed=config["seed"] + shard,
+                flag_name="train_data_pattern")
+            dataset = dataset.filter(
+                lambda b: tf.equal(tf.shape(b["labels"])[0], config["batch_size"]))
+            batch = tf.data.make_one_shot_iterator(dataset).get_next()
+        setter = tf.train.replica_device_setter(
+            worker_device=f"/job:{task_type}/task:{task_index}", cluster=cluster)
+        with tf.device(setter):
+            ops = build_train_graph(model_flags, batch, [None], config)
+            saver = tf.train.Saver(max_to_keep=config["max_to_keep"],
+                                   keep_checkpoint_every_n_hours=config[
+                                       "keep_checkpoint_every_n_hours"])
+    hooks = [tf.train.StopAtStepHook(last_step=config["max_steps"])] if config["max_steps"] else []
+    scaffold = tf.train.Scaffold(saver=saver)
+    step, loss_value = 0, float("nan")
+    log(f"{task_type} {task_index} of {len(workers)} workers ({'chief' if is_chief else 'not chief'}), "
+        f"{len(files)} file(s)")
+    # Talk only to the parameter servers and this task, so a worker does not
+    # wait for (or hang on) the other workers.
+    session_config = tf.ConfigProto(allow_soft_placement=True, device_filters=[
+        "/job:ps", f"/job:{task_type}/task:{task_index}"])
+    with graph.as_default():
+        if is_chief:
+            session = tf.train.MonitoredTrainingSession(
+                master=server.target, is_chief=True, checkpoint_dir=train_dir,
+                scaffold=scaffold, hooks=hooks,
+                save_checkpoint_steps=config["save_checkpoint_steps"],
+                save_checkpoint_secs=None, save_summaries_steps=None,
+                save_summaries_secs=None, log_step_count_steps=None, config=session_config)
+        else:
+            session = tf.train.MonitoredSession(
+                session_creator=_PollingWorkerSessionCreator(scaffold, server.target,
+                                                             session_config),
+                hooks=hooks)
+    with graph.as_default(), session as sess:
+        progress = Progress(config["batch_size"], config["max_steps"], 0)
+        while not sess.should_stop():
+            try:
+                step, loss_value = sess.run([ops["train_op"], ops["loss"]])
+            except tf.errors.OutOfRangeError:
+                break
+            if step % config["log_steps"] == 0:
+                log(progress.line(int(step), float(loss_value), progress.rate(int(step))))
+    log(f"{task_type} {task_index} done at step {step}")
+    return {"global_step": int(step), "loss": float(loss_value)}
+
+
 def config_from_flags() -> Dict[str, Any]:
     keys = ("batch_size", "base_learning_rate", "learning_rate_decay",
             "learning_rate_decay_examples", "regularization_penalty", "clip_gradient_norm",
@@ -369,6 +503,16 @@ def main(argv) -> None:
     losses.get_loss(FLAGS.label_loss)
     config = config_from_flags()
     readers.resolve_files(FLAGS.train_data_pattern, "train_data_pattern")
+    cluster_info = cluster_from_env()
+    if cluster_info is not None:
+        if cluster_info["type"] != "ps":
+            os.makedirs(FLAGS.train_dir, exist_ok=True)
+            if cluster_info["type"] == "chief" or (cluster_info["index"] == 0 and
+                                                   "chief" not in cluster_info["cluster"]):
+                prepare_train_dir(FLAGS.train_dir, model_flags, False)
+        train_distributed(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config,
+                          cluster_info, log=lambda line: print(line, flush=True))
+        return
     prepare_train_dir(FLAGS.train_dir, model_flags, FLAGS.start_new_model)
     train(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config,
           log=lambda line: print(line, flush=True))

@@ -1,0 +1,256 @@
+"""Knowledge distillation: python -m distillation.train --train_dir=... --model=...
+--train_data_pattern=<teacher records> [--distill_prob=0.5]
+
+Trains any model of the zoo exactly like ``training.train`` (same flags, same
+loop, checkpoints, towers, resume), on teacher records written by
+``prediction2tfrecord.write``, with the loss (ORIGINAL.md section 7)
+
+    (1 - p) * CE(predictions, hard labels) + p * CE(predictions, teacher)
+
+where p = ``--distill_prob`` in [0, 1] (default 0.5; the original's default
+1.0 meant "teacher only", and its p > 1 / p < 0 sentinels are replaced by
+p = 1 / p = 0). CE is the model's ``--label_loss`` (binary cross-entropy,
+which accepts soft targets). There is no temperature.
+
+The teacher scores are normalised explicitly (the original divided by a
+hard-coded 5.0 because its teacher CSV summed five models):
+``--teacher_normalization`` = ``none`` (use as stored), ``max`` (divide a row
+by its maximum when that exceeds 1) or ``sum_to_members`` (divide by
+``--teacher_num_members``, for a CSV of summed member probabilities); the
+result is clipped to [0, 1].
+
+``--warm_start_checkpoint`` (a checkpoint prefix or a model dir: train, SWA or
+bfloat16 dir) initialises the model variables of a *fresh* run from it; the
+global step, the learning-rate schedule and the Adam slots start anew (the
+original also restored global_step). It is ignored when --train_dir already
+holds a checkpoint: the run then resumes.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+from absl import flags
+
+from distillation.reader import DistillationReader
+from training import checkpoints, losses, model_builder, readers
+from training import train as trainer
+from training.errors import UserError, define_flag, run_main
+from training.tf_compat import tf
+
+FLAGS = flags.FLAGS
+
+NORMALIZATIONS = ("none", "max", "sum_to_members")
+
+
+def define_flags() -> None:
+    trainer.define_flags()
+    define_flag(flags.DEFINE_float, "distill_prob", 0.5,
+                "Weight p of the teacher term: (1-p)*CE(hard labels) + p*CE(teacher); in [0, 1].")
+    define_flag(flags.DEFINE_string, "teacher_normalization", "none",
+                "How the stored teacher scores become probabilities: none | max (divide a "
+                "row by its max when > 1) | sum_to_members (divide by --teacher_num_members).")
+    define_flag(flags.DEFINE_integer, "teacher_num_members", None,
+                "Members summed in the teacher CSV (--teacher_normalization=sum_to_members).")
+    define_flag(flags.DEFINE_string, "warm_start_checkpoint", "",
+                "Checkpoint prefix or model dir whose model variables initialise a fresh run.")
+
+
+# ---------------------------------------------------------------------------
+# Settings, loss
+
+
+def check_settings(distill_prob: float, normalization: str,
+                   num_members: Optional[int]) -> None:
+    if not np.isfinite(distill_prob) or not 0.0 <= distill_prob <= 1.0:
+        raise UserError(f"--distill_prob: must be in [0, 1], got {distill_prob}")
+    if normalization not in NORMALIZATIONS:
+        raise UserError(f"--teacher_normalization: must be one of {', '.join(NORMALIZATIONS)}, "
+                        f"got {normalization!r}")
+    if normalization == "sum_to_members":
+        if num_members is None or num_members < 1:
+            raise UserError(f"--teacher_num_members: a positive count is required with "
+                            f"--teacher_normalization=sum_to_members, got {num_members}")
+    elif num_members is not None:
+        raise UserError(f"--teacher_num_members: only used with "
+                        f"--teacher_normalization=sum_to_members (got {normalization!r})")
+
+
+def normalize_teacher(teacher: tf.Tensor, normalization: str,
+                      num_members: Optional[int] = None) -> tf.Tensor:
+    """Teacher scores [B, C] -> targets in [0, 1]."""
+    teacher = tf.cast(teacher, tf.float32)
+    if normalization == "max":
+        row_max = tf.reduce_max(teacher, axis=1, keepdims=True)
+        teacher = teacher / tf.maximum(row_max, 1.0)
+    elif normalization == "sum_to_members":
+        teacher = teacher / float(num_members)
+    elif normalization != "none":
+        raise UserError(f"--teacher_normalization: unknown {normalization!r}")
+    return tf.clip_by_value(teacher, 0.0, 1.0)
+
+
+def distillation_loss_fn(model_flags: Dict[str, Any], distill_prob: float,
+                         normalization: str = "none", num_members: Optional[int] = None
+                         ) -> Callable[[tf.Tensor, Dict[str, tf.Tensor]], tf.Tensor]:
+    """label_loss_fn(predictions, batch part) for training.train.build_train_graph."""
+    check_settings(distill_prob, normalization, num_members)
+    loss_of = losses.get_loss(model_flags.get("label_loss", "CrossEntropyLoss"))
+    p = float(distill_prob)
+
+    def label_loss(predictions: tf.Tensor, part: Dict[str, tf.Tensor]) -> tf.Tensor:
+        terms = []
+        if p < 1.0:
+            terms.append((1.0 - p) * loss_of(predictions, part["labels"]))
+        if p > 0.0:
+            target = normalize_teacher(part["teacher"], normalization, num_members)
+            terms.append(p * loss_of(predictions, target))
+        return tf.add_n(terms)
+
+    return label_loss
+
+
+def make_reader(model_flags: Dict[str, Any]) -> DistillationReader:
+    if not model_flags.get("frame_features", True):
+        raise UserError("--frame_features: distillation reads frame-level teacher records "
+                        "(SequenceExamples); use --frame_features=true")
+    plain = model_builder.make_reader(model_flags)
+    return DistillationReader(num_classes=plain.num_classes, feature_names=plain.feature_names,
+                              feature_sizes=plain.feature_sizes, max_frames=plain.max_frames)
+
+
+# ---------------------------------------------------------------------------
+# Warm start
+
+
+def warm_start_from(path: str, log: Callable[[str], None] = print
+                    ) -> Callable[[tf.Session], None]:
+    """A training.train warm_start hook: loads the model variables (under
+    tower/, no optimizer slots, no global_step) from a checkpoint.
+
+    float32 and bfloat16 checkpoints both work (values are cast to the
+    variable's dtype). Raises UserError naming the checkpoint when a model
+    variable is missing or has another shape."""
+    checkpoint = checkpoints.find_checkpoint(path)
+    try:
+        reader = tf.train.load_checkpoint(checkpoint)
+    except (tf.errors.OpError, ValueError) as err:
+        raise UserError(f"--warm_start_checkpoint: {checkpoint}: cannot read "
+                        f"({str(err).strip().splitlines()[0]})") from None
+    shapes = reader.get_variable_to_shape_map()
+
+    def warm_start(sess: tf.Session) -> None:
+        variables = [var for var in sess.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
+                     if checkpoints.is_model_variable_key(var.op.name)]
+        for var in variables:
+            name = var.op.name
+            if name not in shapes:
+                raise UserError(f"--warm_start_checkpoint: {checkpoint} has no variable {name} "
+                                f"(a checkpoint of another model?)")
+            if list(shapes[name]) != var.shape.as_list():
+                raise UserError(f"--warm_start_checkpoint: {checkpoint}: {name} has shape "
+                                f"{list(shapes[name])}, the model needs {var.shape.as_list()}")
+            value = np.asarray(reader.get_tensor(name)).astype(var.dtype.base_dtype.as_numpy_dtype)
+            var.load(value, sess)
+        log(f"warm start: loaded {len(variables)} model variables from {checkpoint} "
+            f"(global step, learning rate and optimizer state start fresh)")
+
+    return warm_start
+
+
+# ---------------------------------------------------------------------------
+# Evaluation of a student against the teacher records
+
+
+def teacher_metrics(model_flags: Dict[str, Any], checkpoint_path: str, data_pattern: str,
+                    normalization: str = "none", num_members: Optional[int] = None,
+                    batch_size: int = 64, seed: int = 2018) -> Dict[str, float]:
+    """One pass over teacher records: mean CE of a checkpoint's predictions to
+    the hard labels ("label_ce") and to the normalised teacher ("teacher_ce").
+    Uses is_training=False (BN moving statistics)."""
+    reader = make_reader(model_flags)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(seed)
+        dataset = readers.make_dataset(reader, data_pattern, batch_size, training=False,
+                                       num_epochs=1, num_parallel_reads=2,
+                                       flag_name="train_data_pattern")
+        batch = tf.data.make_one_shot_iterator(dataset).get_next()
+        with tf.variable_scope("tower"):
+            model = model_builder.build_model(model_flags)
+            predictions = model_builder.model_predictions(
+                model, batch["features"], batch["num_frames"], is_training=False)
+        loss_of = losses.get_loss(model_flags.get("label_loss", "CrossEntropyLoss"))
+        count = tf.cast(tf.shape(predictions)[0], tf.float32)
+        label_ce = loss_of(predictions, batch["labels"]) * count
+        teacher_ce = loss_of(predictions, normalize_teacher(batch["teacher"], normalization,
+                                                            num_members)) * count
+        saver = tf.train.Saver(model_builder.model_variables("tower"))
+    totals = np.zeros(3)
+    with tf.Session(graph=graph) as sess:
+        saver.restore(sess, checkpoint_path)
+        while True:
+            try:
+                values = sess.run([label_ce, teacher_ce, count])
+            except tf.errors.OutOfRangeError:
+                break
+            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+                raise UserError(f"--train_data_pattern: "
+                                f"{readers.data_error_message(err)}") from None
+            totals += values
+    if totals[2] == 0:
+        raise UserError(f"--train_data_pattern: {data_pattern} holds no examples")
+    return {"label_ce": totals[0] / totals[2], "teacher_ce": totals[1] / totals[2],
+            "num_examples": int(totals[2])}
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+
+
+def distill(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
+            config: Dict[str, Any], distill_prob: float = 0.5, normalization: str = "none",
+            num_members: Optional[int] = None, warm_start_checkpoint: str = "",
+            log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """training.train.train with the distillation reader and loss."""
+    check_settings(distill_prob, normalization, num_members)
+    reader = make_reader(model_flags)
+    loss_fn = distillation_loss_fn(model_flags, distill_prob, normalization, num_members)
+    warm_start = warm_start_from(warm_start_checkpoint, log) if warm_start_checkpoint else None
+    log(f"distillation: p={distill_prob} (loss = {1.0 - distill_prob:g}*CE(labels) + "
+        f"{distill_prob:g}*CE(teacher)), teacher_normalization={normalization}"
+        + (f" (/{num_members})" if normalization == "sum_to_members" else "")
+        + f", teacher records {data_pattern}"
+        + (f", warm start {warm_start_checkpoint}" if warm_start_checkpoint else ""))
+    return trainer.train(model_flags, train_dir, data_pattern, config, label_loss_fn=loss_fn,
+                         reader=reader, warm_start=warm_start, log=log)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.train_data_pattern:
+        raise UserError("--train_data_pattern: required (teacher records of "
+                        "prediction2tfrecord.write)")
+    check_settings(FLAGS.distill_prob, FLAGS.teacher_normalization, FLAGS.teacher_num_members)
+    model_flags = trainer.model_flags_from_flags()
+    losses.get_loss(FLAGS.label_loss)
+    make_reader(model_flags)
+    config = trainer.config_from_flags()
+    readers.resolve_files(FLAGS.train_data_pattern, "train_data_pattern")
+    if FLAGS.warm_start_checkpoint:
+        warm = FLAGS.warm_start_checkpoint
+        if os.path.isdir(warm):
+            checkpoints.find_checkpoint(warm)
+        elif not os.path.isfile(warm + ".index"):
+            raise UserError(f"--warm_start_checkpoint: {warm}: no such checkpoint or dir")
+    trainer.prepare_train_dir(FLAGS.train_dir, model_flags, FLAGS.start_new_model)
+    distill(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config,
+            FLAGS.distill_prob, FLAGS.teacher_normalization, FLAGS.teacher_num_members,
+            FLAGS.warm_start_checkpoint, log=lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+    define_flags()
+    run_main(main)

@@ -1,0 +1,139 @@
+"""Validates a Kaggle submission CSV (FORMATS.md 3.1):
+python -m ensemble.check_submission --submission=S.csv [--num_classes=3862] [--top_k=20]
+
+Checks, reporting the first problem with its line number:
+  * the header is exactly ``VideoId,LabelConfidencePairs``;
+  * every line is ``<id>,<pairs>`` with a non-empty id, no id twice;
+  * exactly min(top_k, num_classes) ``label score`` pairs, space-separated;
+  * labels are integers in [0, num_classes), none twice within a line;
+  * scores parse as finite floats in [0, 1] (any notation float() reads);
+  * pairs are sorted by descending score (equal scores allowed);
+  * with expected_ids: the ids are exactly those (none missing, none extra).
+Prints ``ok: N videos`` on success; a problem ends the command with one line
+and exit status 2.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+from absl import flags
+
+from training.errors import UserError, define_flag, run_main
+
+FLAGS = flags.FLAGS
+
+CSV_HEADER = "VideoId,LabelConfidencePairs"
+
+
+def define_flags() -> None:
+    define_flag(flags.DEFINE_string, "submission", "", "The submission CSV to check.")
+    define_flag(flags.DEFINE_integer, "num_classes", 3862, "Number of classes.")
+    define_flag(flags.DEFINE_integer, "top_k", 20, "Pairs per video (min(top_k, num_classes)).")
+
+
+def _check_line(path: str, number: int, line: str, num_classes: int, pairs: int) -> str:
+    where = f"{path}:{number}"
+    if "," not in line:
+        raise UserError(f"{where}: expected '<id>,<label> <score> ...', got {line[:60]!r}")
+    video_id, _, rest = line.partition(",")
+    if not video_id or video_id != video_id.strip():
+        raise UserError(f"{where}: empty or space-padded video id {video_id!r}")
+    if "," in rest:
+        raise UserError(f"{where}: more than two comma-separated fields")
+    tokens = rest.split(" ")
+    if len(tokens) != 2 * pairs or any(token == "" for token in tokens):
+        raise UserError(f"{where}: video {video_id} has {len(rest.split())} values, expected "
+                        f"{pairs} 'label score' pairs ({2 * pairs} values separated by single "
+                        f"spaces)")
+    seen = set()
+    previous = math.inf
+    for index in range(pairs):
+        label_text, score_text = tokens[2 * index], tokens[2 * index + 1]
+        if not (label_text.isascii() and label_text.isdigit()):
+            raise UserError(f"{where}: pair {index + 1} of video {video_id}: label "
+                            f"{label_text!r} is not a non-negative integer")
+        label = int(label_text)
+        if label >= num_classes:
+            raise UserError(f"{where}: pair {index + 1} of video {video_id}: label {label} is "
+                            f"out of range [0, {num_classes})")
+        if label in seen:
+            raise UserError(f"{where}: video {video_id} lists label {label} twice")
+        seen.add(label)
+        try:
+            score = float(score_text)
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score) or not 0.0 <= score <= 1.0:
+            raise UserError(f"{where}: pair {index + 1} of video {video_id}: score "
+                            f"{score_text!r} is not a number in [0, 1]")
+        if score > previous:
+            raise UserError(f"{where}: video {video_id}: pairs are not sorted by descending "
+                            f"score ({score_text} after {tokens[2 * index - 1]})")
+        previous = score
+    return video_id
+
+
+def check_submission(path: str, num_classes: int = 3862, top_k: int = 20,
+                     expected_ids: Optional[Iterable[str]] = None) -> int:
+    """Validates the CSV at path; returns the number of videos (rows).
+
+    Raises UserError naming the file and line of the first problem.
+    expected_ids: when given, the set of ids the file must hold exactly.
+    """
+    if num_classes < 1:
+        raise UserError(f"--num_classes: must be >= 1, got {num_classes}")
+    if top_k < 1:
+        raise UserError(f"--top_k: must be >= 1, got {top_k}")
+    pairs = min(top_k, num_classes)
+    expected = None if expected_ids is None else {
+        i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in expected_ids}
+    ids = set()
+    try:
+        handle = open(path, newline="", encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"--submission={path}: cannot open ({err.strerror})") from None
+    with handle:
+        try:
+            number = 0
+            for number, raw in enumerate(handle, start=1):
+                line = raw[:-1] if raw.endswith("\n") else raw
+                if line.endswith("\r"):
+                    line = line[:-1]
+                if number == 1:
+                    if line.lstrip("\ufeff") != CSV_HEADER:
+                        raise UserError(f"{path}:1: header must be {CSV_HEADER!r}, got "
+                                        f"{line[:60]!r}")
+                    continue
+                if not line.strip():
+                    raise UserError(f"{path}:{number}: empty line")
+                video_id = _check_line(path, number, line, num_classes, pairs)
+                if video_id in ids:
+                    raise UserError(f"{path}:{number}: video {video_id} appears twice")
+                if expected is not None and video_id not in expected:
+                    raise UserError(f"{path}:{number}: video {video_id} is not one of the "
+                                    f"expected ids")
+                ids.add(video_id)
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}:{number + 1}: not UTF-8 text ({err.reason})") from None
+    if number == 0:
+        raise UserError(f"{path}: empty file (no header)")
+    if expected is not None and len(ids) != len(expected):
+        missing = sorted(expected - ids)
+        raise UserError(f"{path}: {len(missing)} expected videos are missing, e.g. "
+                        f"{missing[0]}")
+    return len(ids)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.submission:
+        raise UserError("--submission: required")
+    count = check_submission(FLAGS.submission, FLAGS.num_classes, FLAGS.top_k)
+    print(f"ok: {count} videos")
+
+
+if __name__ == "__main__":
+    define_flags()
+    run_main(main)

@@ -1,0 +1,382 @@
+"""Teacher predictions into TFRecords: python -m prediction2tfrecord.write ...
+
+For every input shard (``--input_data_pattern``, YT8M frame-level
+SequenceExamples) writes ``<output_dir>/<same file name>`` holding every
+record unchanged plus the context feature ``ensemble_labels``: the teacher's
+scores as raw little-endian float32[num_classes] bytes (what
+``distillation.train`` reads; ORIGINAL.md section 8, FORMATS.md 3.1).
+
+The teacher is either
+
+* ``--teacher_csv``: a submission CSV (``VideoId,LabelConfidencePairs``),
+  loaded once into a dict id -> (labels, scores). **All** pairs of a row are
+  encoded (the original kept only the top 10 of 20), zeros elsewhere. A video
+  missing from the CSV is an error, or with ``--skip_missing`` it is left out
+  of the output and counted;
+* ``--teacher_dir``: an ensemble dir (``inference_model.*``) or a model dir
+  (train, SWA or bfloat16 dir): its full prediction vectors are computed
+  directly, without a CSV round trip (so not only the top 20 classes).
+
+Each output shard is written under a temporary name and renamed into place
+once complete; shards whose output already exists are skipped, so a rerun
+after a crash continues where it stopped. ``--num_shard_groups`` /
+``--shard_index`` (or the original's ``--bstart`` / ``--bend``) split the
+sorted input file list between parallel runs.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from absl import flags
+
+from training import readers
+from training.errors import UserError, define_flag, run_main
+from training.tf_compat import tf
+
+FLAGS = flags.FLAGS
+
+TEACHER_FEATURE = "ensemble_labels"
+CSV_HEADER = ("VideoId", "LabelConfidencePairs")
+
+Log = Callable[[str], None]
+
+
+def define_flags() -> None:
+    define_flag(flags.DEFINE_string, "input_data_pattern", "",
+                "Comma-separated globs of the frame-level TFRecords to copy.")
+    define_flag(flags.DEFINE_string, "output_dir", "",
+                "Folder for the teacher TFRecords (same file names as the input).")
+    define_flag(flags.DEFINE_string, "teacher_csv", "",
+                "Submission CSV (VideoId,LabelConfidencePairs) of the teacher.")
+    define_flag(flags.DEFINE_string, "teacher_dir", "",
+                "Ensemble dir or model dir whose predictions are the teacher.")
+    define_flag(flags.DEFINE_integer, "num_classes", 3862, "Length of the ensemble_labels vector.")
+    define_flag(flags.DEFINE_bool, "skip_missing", False,
+                "Leave out (and count) videos missing from --teacher_csv instead of failing.")
+    define_flag(flags.DEFINE_integer, "num_shard_groups", 1,
+                "Split the sorted input files into this many groups (parallel runs).")
+    define_flag(flags.DEFINE_integer, "shard_index", 0,
+                "Which group of --num_shard_groups this run writes (0-based).")
+    define_flag(flags.DEFINE_integer, "bstart", None,
+                "Original interface: first index of the sorted file list to process.")
+    define_flag(flags.DEFINE_integer, "bend", None,
+                "Original interface: end index (exclusive) of the sorted file list.")
+    define_flag(flags.DEFINE_integer, "batch_size", 256,
+                "Videos per prediction batch (--teacher_dir only).")
+    define_flag(flags.DEFINE_string, "frame_sampling", None,
+                "--teacher_dir only: override the models' frame sampling (random, as the "
+                "original, or uniform).")
+    define_flag(flags.DEFINE_integer, "seed", 2018, "Graph-level random seed (--teacher_dir).")
+
+
+# ---------------------------------------------------------------------------
+# Teacher CSV
+
+
+def parse_pairs(text: str, num_classes: int, where: str) -> Tuple[np.ndarray, np.ndarray]:
+    """'l1 s1 l2 s2 ...' -> (int32 labels, float32 scores); UserError naming `where`."""
+    tokens = text.split()
+    if len(tokens) % 2:
+        raise UserError(f"{where}: odd number of tokens in LabelConfidencePairs "
+                        f"(expected 'label score' pairs)")
+    try:
+        labels = np.array([int(token) for token in tokens[0::2]], dtype=np.int32)
+        scores = np.array([float(token) for token in tokens[1::2]], dtype=np.float32)
+    except ValueError as err:
+        raise UserError(f"{where}: bad LabelConfidencePairs ({err})") from None
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise UserError(f"{where}: label {bad} is outside [0, {num_classes}); "
+                        f"check --num_classes")
+    if not np.all(np.isfinite(scores)):
+        raise UserError(f"{where}: a score is not finite")
+    return labels, scores
+
+
+def load_teacher_csv(path: str, num_classes: int
+                     ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """Reads a submission CSV once into {video id: (labels int32, scores float32)}."""
+    if not tf.io.gfile.exists(path):
+        raise UserError(f"--teacher_csv: {path}: no such file")
+    table: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    with tf.io.gfile.GFile(path, "r") as handle:
+        rows = csv.reader(handle)
+        header = next(rows, None)
+        if header is None or [h.strip() for h in header[:1]] != [CSV_HEADER[0]] \
+                or len(header) != 2:
+            raise UserError(f"--teacher_csv: {path}: expected the header "
+                            f"'{','.join(CSV_HEADER)}', got {','.join(header or [])!r}")
+        for line_number, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            where = f"--teacher_csv: {path} line {line_number}"
+            if len(row) != 2:
+                raise UserError(f"{where}: expected 2 columns, got {len(row)}")
+            video_id = row[0]
+            if video_id in table:
+                raise UserError(f"{where}: duplicate VideoId {video_id!r}")
+            table[video_id] = parse_pairs(row[1], num_classes, where)
+    if not table:
+        raise UserError(f"--teacher_csv: {path}: holds no videos")
+    return table
+
+
+def dense_scores(labels: np.ndarray, scores: np.ndarray, num_classes: int) -> np.ndarray:
+    """float32 [num_classes]: scores at their labels, zeros elsewhere."""
+    vector = np.zeros([num_classes], dtype=np.float32)
+    vector[labels] = scores
+    return vector
+
+
+class CsvTeacher:
+    """Teacher vectors looked up in a submission CSV (constant time per video)."""
+
+    def __init__(self, path: str, num_classes: int, skip_missing: bool = False):
+        self.path = path
+        self.num_classes = num_classes
+        self.skip_missing = skip_missing
+        self.table = load_teacher_csv(path, num_classes)
+        self.description = f"CSV {path} ({len(self.table)} videos)"
+
+    def __call__(self, ids: Sequence[str], serialized: Sequence[bytes]
+                 ) -> List[Optional[np.ndarray]]:
+        vectors = []
+        for video_id in ids:
+            entry = self.table.get(video_id)
+            if entry is None:
+                if not self.skip_missing:
+                    raise UserError(f"--teacher_csv: video {video_id!r} is not in {self.path} "
+                                    f"(pass --skip_missing to leave such videos out)")
+                vectors.append(None)
+            else:
+                vectors.append(dense_scores(entry[0], entry[1], self.num_classes))
+        return vectors
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Teacher model dir
+
+
+class ModelTeacher:
+    """Full prediction vectors of an ensemble dir or a model dir."""
+
+    def __init__(self, path: str, num_classes: int, frame_sampling: Optional[str] = None,
+                 seed: int = 2018):
+        from ensemble import inference
+
+        self.predictor = inference.load_predictor(path, frame_sampling=frame_sampling,
+                                                  seed=seed)
+        self.num_classes = num_classes
+        if int(self.predictor.num_classes) != num_classes:
+            raise UserError(f"--teacher_dir: {path} predicts {self.predictor.num_classes} "
+                            f"classes but --num_classes={num_classes}")
+        self.description = f"model {path}"
+
+    def __call__(self, ids: Sequence[str], serialized: Sequence[bytes]
+                 ) -> List[Optional[np.ndarray]]:
+        predicted_ids, predictions = self.predictor.predict_serialized(list(serialized))
+        predicted_ids = [i.decode("utf-8") if isinstance(i, bytes) else str(i)
+                         for i in predicted_ids]
+        if list(predicted_ids) != list(ids):
+            raise RuntimeError("teacher predictions came back in another order than the input")
+        return [np.asarray(row, dtype=np.float32) for row in predictions]
+
+    def close(self) -> None:
+        self.predictor.close()
+
+
+# ---------------------------------------------------------------------------
+# Records
+
+
+def video_id_of(example: tf.train.SequenceExample, where: str) -> str:
+    feature = example.context.feature.get("id")
+    if feature is None or len(feature.bytes_list.value) != 1:
+        raise UserError(f"{where}: a record has no bytes context feature 'id' "
+                        f"(not a YT8M frame-level SequenceExample?)")
+    return feature.bytes_list.value[0].decode("utf-8")
+
+
+def with_teacher(example: tf.train.SequenceExample, vector: np.ndarray) -> bytes:
+    """The record with context ensemble_labels = raw little-endian float32 bytes."""
+    raw = np.asarray(vector, dtype="<f4").tobytes()
+    feature = example.context.feature[TEACHER_FEATURE]
+    feature.Clear()
+    feature.bytes_list.value.append(raw)
+    return example.SerializeToString(deterministic=True)
+
+
+def decode_teacher(example: tf.train.SequenceExample) -> np.ndarray:
+    """ensemble_labels of a parsed record as float32 (the inverse of with_teacher)."""
+    raw = example.context.feature[TEACHER_FEATURE].bytes_list.value[0]
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def _records(path: str):
+    try:
+        for record in tf.io.tf_record_iterator(path):
+            yield record
+    except tf.errors.OpError as err:
+        raise UserError(f"--input_data_pattern: {path}: cannot read "
+                        f"({readers.data_error_message(err)})") from None
+
+
+def _batches(iterable, size: int):
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def convert_file(input_path: str, output_path: str, teacher, batch_size: int = 256,
+                 log: Optional[Log] = None) -> Dict[str, int]:
+    """Writes one output shard atomically; returns {"written", "skipped"}."""
+    directory = os.path.dirname(output_path)
+    tmp_path = os.path.join(directory, f".{os.path.basename(output_path)}.tmp-{os.getpid()}")
+    written = skipped = 0
+    try:
+        with tf.io.TFRecordWriter(tmp_path) as writer:
+            for serialized in _batches(_records(input_path), batch_size):
+                examples = []
+                for record in serialized:
+                    try:
+                        examples.append(tf.train.SequenceExample.FromString(record))
+                    except Exception:  # protobuf DecodeError
+                        raise UserError(f"--input_data_pattern: {input_path}: a record is "
+                                        f"not a SequenceExample") from None
+                ids = [video_id_of(example, input_path) for example in examples]
+                vectors = teacher(ids, serialized)
+                for example, vector in zip(examples, vectors):
+                    if vector is None:
+                        skipped += 1
+                        continue
+                    writer.write(with_teacher(example, vector))
+                    written += 1
+        tf.io.gfile.rename(tmp_path, output_path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(tmp_path):
+            tf.io.gfile.remove(tmp_path)
+        raise
+    return {"written": written, "skipped": skipped}
+
+
+# ---------------------------------------------------------------------------
+# File selection and driver
+
+
+def select_files(files: Sequence[str], num_shard_groups: int = 1, shard_index: int = 0,
+                 bstart: Optional[int] = None, bend: Optional[int] = None) -> List[str]:
+    """The files of this run: sorted, sliced [bstart:bend], then every
+    num_shard_groups-th starting at shard_index (disjoint across indices)."""
+    if num_shard_groups < 1:
+        raise UserError(f"--num_shard_groups: must be >= 1, got {num_shard_groups}")
+    if not 0 <= shard_index < num_shard_groups:
+        raise UserError(f"--shard_index: must be in [0, {num_shard_groups}), got {shard_index}")
+    for name, value in (("bstart", bstart), ("bend", bend)):
+        if value is not None and value < 0:
+            raise UserError(f"--{name}: must be >= 0, got {value}")
+    selected = sorted(files)[bstart:bend]
+    return selected[shard_index::num_shard_groups]
+
+
+def write_teacher_records(files: Sequence[str], output_dir: str, teacher,
+                          batch_size: int = 256, log: Log = print) -> Dict[str, int]:
+    """Converts every file not yet present in output_dir; returns totals."""
+    if not output_dir:
+        raise UserError("--output_dir: required")
+    tf.io.gfile.makedirs(output_dir)
+    totals = {"files": 0, "existing": 0, "written": 0, "skipped": 0}
+    outputs = [os.path.join(output_dir, os.path.basename(path)) for path in files]
+    names = [os.path.basename(path) for path in files]
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise UserError(f"--input_data_pattern: two input files are named {duplicate!r}; "
+                        f"their outputs would collide in --output_dir")
+    for source, target in zip(files, outputs):
+        if os.path.abspath(source) == os.path.abspath(target):
+            raise UserError(f"--output_dir: {output_dir} is the input folder; the teacher "
+                            f"records would overwrite {source}")
+    start = time.time()
+    for index, (source, target) in enumerate(zip(files, outputs), start=1):
+        if tf.io.gfile.exists(target):
+            totals["existing"] += 1
+            log(f"[{index}/{len(files)}] {os.path.basename(target)} exists, skipped")
+            continue
+        shard_start = time.time()
+        counts = convert_file(source, target, teacher, batch_size)
+        totals["files"] += 1
+        totals["written"] += counts["written"]
+        totals["skipped"] += counts["skipped"]
+        elapsed = time.time() - start
+        done = totals["files"]
+        remaining = (len(files) - index) * elapsed / max(done, 1)
+        rate = counts["written"] / max(time.time() - shard_start, 1e-9)
+        log(f"[{index}/{len(files)}] {os.path.basename(source)} -> {target}: "
+            f"{counts['written']} videos" +
+            (f", {counts['skipped']} missing from the teacher" if counts["skipped"] else "") +
+            f" | {rate:.1f} videos/sec | ETA {int(remaining) // 60}m{int(remaining) % 60:02d}s")
+    return totals
+
+
+def make_teacher(teacher_csv: str, teacher_dir: str, num_classes: int,
+                 skip_missing: bool = False, frame_sampling: Optional[str] = None,
+                 seed: int = 2018):
+    if bool(teacher_csv) == bool(teacher_dir):
+        raise UserError("--teacher_csv/--teacher_dir: give exactly one of them")
+    if num_classes <= 0:
+        raise UserError(f"--num_classes: must be positive, got {num_classes}")
+    if teacher_csv:
+        return CsvTeacher(teacher_csv, num_classes, skip_missing)
+    if not os.path.isdir(teacher_dir):
+        raise UserError(f"--teacher_dir: {teacher_dir}: no such folder")
+    return ModelTeacher(teacher_dir, num_classes, frame_sampling, seed)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.input_data_pattern:
+        raise UserError("--input_data_pattern: required")
+    if not FLAGS.output_dir:
+        raise UserError("--output_dir: required")
+    if FLAGS.batch_size <= 0:
+        raise UserError(f"--batch_size: must be positive, got {FLAGS.batch_size}")
+    files = readers.resolve_files(FLAGS.input_data_pattern, "input_data_pattern")
+    selected = select_files(files, FLAGS.num_shard_groups, FLAGS.shard_index,
+                            FLAGS.bstart, FLAGS.bend)
+    if not selected:
+        print(f"no input files for this run ({len(files)} files, group {FLAGS.shard_index} "
+              f"of {FLAGS.num_shard_groups}, bstart={FLAGS.bstart}, bend={FLAGS.bend})",
+              flush=True)
+        return
+    teacher = make_teacher(FLAGS.teacher_csv, FLAGS.teacher_dir, FLAGS.num_classes,
+                           FLAGS.skip_missing, FLAGS.frame_sampling, FLAGS.seed)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    log(f"teacher: {teacher.description}; {len(selected)} of {len(files)} input files "
+        f"-> {FLAGS.output_dir}")
+    try:
+        totals = write_teacher_records(selected, FLAGS.output_dir, teacher,
+                                       FLAGS.batch_size, log)
+    finally:
+        teacher.close()
+    log(f"done: {totals['written']} videos in {totals['files']} files written, "
+        f"{totals['existing']} files already present")
+    if totals["skipped"]:
+        log(f"skipped {totals['skipped']} videos missing from the teacher "
+            f"(--skip_missing)")
+
+
+if __name__ == "__main__":
+    define_flags()
+    run_main(main)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# bfloat16 conversion (ORIGINAL.md 5): SWA_DIR's latest model.ckpt-* (what
+# run_scripts/swa.sh writes) -> BF16_DIR, every floating tensor stored as
+# bfloat16 (round to nearest even), integers untouched, optimizer slots dropped,
+# model_flags.json marked "checkpoint_dtype": "bfloat16". Nothing in the
+# TensorFlow installation is modified; training.eval, the ensemble and
+# inference load the result through bfloat16_patch.getter.
+#
+# Usage: SWA_DIR=~/yt8m_models/Soft-DBoF-4k-swa BF16_DIR=~/ensemble_models/Soft-DBoF-4k run_scripts/bfloat16.sh [--flag=value ...]
+# Extra flags go to `python -m bfloat16_patch.convert`, e.g. --checkpoint_file=..., --overwrite.
+set -euo pipefail
+
+TRAIN_DIR=${TRAIN_DIR:-$HOME/yt8m_models/Soft-DBoF-4k}
+SWA_DIR=${SWA_DIR:-$TRAIN_DIR-swa}
+BF16_DIR=${BF16_DIR:-$SWA_DIR-bfloat16}
+PYTHON=${PYTHON:-python}
+
+# Relative paths are taken from where the script is called.
+absolute() { if [[ "$1" = /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
+SWA_DIR=$(absolute "$SWA_DIR")
+BF16_DIR=$(absolute "$BF16_DIR")
+
+cd "$(dirname "$0")/.."
+
+"$PYTHON" -m bfloat16_patch.convert --input_dir="$SWA_DIR" --output_dir="$BF16_DIR" "$@"

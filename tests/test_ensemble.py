@@ -1,0 +1,393 @@
+"""ensemble.build: the tiled ensemble graph, loading members, export, errors."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import TINY_CLASSES, run_module
+from ensemble import build
+from training import checkpoints, model_builder, train
+from training.errors import UserError
+from training.tf_compat import tf
+
+FEATURES = 1024 + 128
+TINY_GRU = {"gru_cells": 8}
+TINY_DBOF = {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}
+
+
+# ---------------------------------------------------------------------------
+# Helpers (also used by test_inference)
+
+
+def make_member(directory, model="FrameMeanMoeModel", bf16=False, seed=0,
+                feature_sizes="1024,128", num_classes=TINY_CLASSES, **hparams):
+    """A model dir with a randomly initialised checkpoint model.ckpt-1 (as a
+    train dir: variables under tower/, plus global_step)."""
+    from bfloat16_patch.getter import bfloat16_getter
+
+    model_flags = model_builder.make_model_flags(model, "rgb,audio", feature_sizes, True,
+                                                 num_classes, "CrossEntropyLoss", hparams)
+    width = sum(int(size) for size in feature_sizes.split(","))
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(seed)
+        features = tf.placeholder(tf.float32, [None, 300, width])
+        num_frames = tf.placeholder(tf.int32, [None])
+        with tf.variable_scope("tower", custom_getter=bfloat16_getter if bf16 else None):
+            model_builder.model_predictions(model_builder.build_model(model_flags), features,
+                                            num_frames, is_training=False)
+        tf.train.get_or_create_global_step()
+        saver = tf.train.Saver()
+        init = tf.global_variables_initializer()
+    with tf.Session(graph=graph) as sess:
+        sess.run(init)
+        saver.save(sess, os.path.join(str(directory), "model.ckpt"), global_step=1)
+    if bf16:
+        model_flags["checkpoint_dtype"] = "bfloat16"
+    checkpoints.write_model_flags(str(directory), model_flags)
+    return str(directory)
+
+
+def random_batch(batch=5, seed=0, width=FEATURES):
+    """Raw (dequantised-like) frames, zero after num_frames, and num_frames."""
+    rng = np.random.RandomState(seed)
+    num_frames = rng.randint(3, 25, size=batch).astype(np.int32)
+    features = rng.uniform(-2.0, 2.0, size=(batch, 300, width)).astype(np.float32)
+    for row, count in enumerate(num_frames):
+        features[row, count:] = 0.0
+    return features, num_frames
+
+
+def single_model_predictions(model_dir, features, num_frames, frame_sampling=None):
+    """A member evaluated alone, independently of ensemble.build: its graph
+    under tower/ (bf16 getter for a bf16 checkpoint), its checkpoint restored."""
+    from bfloat16_patch.getter import bfloat16_getter, checkpoint_dtype
+
+    model_flags = checkpoints.read_model_flags(model_dir)
+    checkpoint = checkpoints.latest_checkpoint(model_dir)
+    bf16 = checkpoint_dtype(checkpoint) == "bfloat16"
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.placeholder(tf.float32, [None, 300, features.shape[-1]])
+        n = tf.placeholder(tf.int32, [None])
+        with tf.variable_scope("tower", custom_getter=bfloat16_getter if bf16 else None):
+            predictions = model_builder.model_predictions(
+                model_builder.build_model(model_flags, {"frame_sampling": frame_sampling}),
+                x, n, is_training=False)
+        saver = tf.train.Saver(model_builder.model_variables("tower"))
+    with tf.Session(graph=graph) as sess:
+        saver.restore(sess, checkpoint)
+        return sess.run(predictions, {x: features, n: num_frames})
+
+
+def starter_predictions(model_dir, features, num_frames):
+    """The starter inference.py way: import_meta_graph, restore, feed the
+    collections input_batch_raw and num_frames, fetch predictions."""
+    graph = tf.Graph()
+    with graph.as_default():
+        saver = tf.train.import_meta_graph(os.path.join(model_dir, "inference_model.meta"),
+                                           clear_devices=True)
+        input_raw = tf.get_collection("input_batch_raw")[0]
+        frames = tf.get_collection("num_frames")[0]
+        predictions = tf.get_collection("predictions")[0]
+        init = tf.local_variables_initializer()
+    with tf.Session(graph=graph) as sess:
+        sess.run(init)
+        saver.restore(sess, os.path.join(model_dir, "inference_model"))
+        return sess.run(predictions, {input_raw: features, frames: num_frames})
+
+
+def builder_predictions(member_dirs, weights, tile_num, features, num_frames, seed=666,
+                        force_tile=False, fetch_tiles=False):
+    """Predictions of build_ensemble_graph in its own session (no export)."""
+    members = [build.load_member(d) for d in member_dirs]
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(seed)
+        ensemble = build.build_ensemble_graph(members, build.normalise_weights(weights),
+                                              tile_num, force_tile=force_tile)
+        savers = build.member_savers(members, ensemble)
+    with tf.Session(graph=graph) as sess:
+        build.restore_members(sess, members, savers)
+        fetches = {"predictions": ensemble.predictions,
+                   "members": ensemble.member_predictions}
+        if fetch_tiles:
+            fetches["tiles"] = [t for t in ensemble.member_tiles if t is not None]
+        out = sess.run(fetches, {ensemble.input_batch_raw: features,
+                                 ensemble.num_frames: num_frames})
+    return out, ensemble
+
+
+def checkpoint_dtypes(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    return {key: tf.as_dtype(dtype).name
+            for key, dtype in reader.get_variable_to_dtype_map().items()}
+
+
+# ---------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def zoo(tiny_data, tmp_path_factory):
+    """Two trained FrameMeanMoeModel dirs, a bf16 copy of one, a tiny GRU and a
+    tiny bf16 Soft-DBoF (random init)."""
+    from bfloat16_patch import convert
+    from test_train import tiny_config, tiny_flags, train_pattern
+
+    root = tmp_path_factory.mktemp("zoo")
+    dirs = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        dirs[name] = str(root / name)
+        flags = tiny_flags()
+        train.prepare_train_dir(dirs[name], flags, start_new=False)
+        train.train(flags, dirs[name], train_pattern(tiny_data),
+                    tiny_config(max_steps=8, save_checkpoint_steps=100, seed=seed),
+                    log=lambda _: None)
+    dirs["b_bf16"] = str(root / "b_bf16")
+    convert.convert_checkpoint(dirs["b"], dirs["b_bf16"], log=None)
+    dirs["gru"] = make_member(root / "gru", "GRUModel", seed=3, **TINY_GRU)
+    dirs["dbof_bf16"] = make_member(root / "dbof_bf16", "Soft-DBoF-4k", bf16=True, seed=4,
+                                    **TINY_DBOF)
+    return dirs
+
+
+# ---------------------------------------------------------------------------
+# Export and starter-style loading
+
+
+def test_export_loads_like_starter_and_matches_builder(zoo, tmp_path):
+    members = [zoo["a"], zoo["gru"], zoo["dbof_bf16"], zoo["b_bf16"]]
+    weights = [1.0, 2.0, 3.0, 4.0]
+    features, num_frames = random_batch(5)
+    out_dir = str(tmp_path / "ensemble")
+    payload = build.build_and_export(members, weights, out_dir, tile_num=3, log=None)
+
+    names = sorted(os.listdir(out_dir))
+    for name in ("inference_model.data-00000-of-00001", "inference_model.index",
+                 "inference_model.meta", "model_flags.json", "ensemble.json"):
+        assert name in names
+    assert not [n for n in names if n.startswith(".")]
+    with open(os.path.join(out_dir, "model_flags.json")) as handle:
+        model_flags = json.load(handle)
+    assert model_flags["model"] == "ensemble"
+    assert (model_flags["feature_names"], model_flags["feature_sizes"],
+            model_flags["frame_features"], model_flags["num_classes"]) == \
+        ("rgb,audio", "1024,128", True, TINY_CLASSES)
+    with open(os.path.join(out_dir, "ensemble.json")) as handle:
+        saved = json.load(handle)
+    assert saved == payload
+    assert saved["members"] == [os.path.abspath(d) for d in members]
+    assert saved["weights"] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert saved["tile_num"] == 3 and saved["tiled"] == [False, False, True, False]
+    assert saved["checkpoint_dtypes"] == ["float32", "float32", "bfloat16", "bfloat16"]
+    assert saved["exported_bytes"] == sum(
+        os.path.getsize(os.path.join(out_dir, n)) for n in names
+        if n.startswith("inference_model."))
+
+    # Variables: model<i>/..., bf16 where the member was, no global_step.
+    dtypes = checkpoint_dtypes(os.path.join(out_dir, "inference_model"))
+    assert "global_step" not in dtypes
+    assert {key.split("/")[0] for key in dtypes} == {"model0", "model1", "model2", "model3"}
+    assert {d for k, d in dtypes.items() if k.startswith(("model2/", "model3/"))} == {"bfloat16"}
+    assert {d for k, d in dtypes.items() if k.startswith(("model0/", "model1/"))} == {"float32"}
+
+    exported = starter_predictions(out_dir, features, num_frames)
+    built, _ = builder_predictions(members, weights, 3, features, num_frames)
+    assert exported.shape == (5, TINY_CLASSES)
+    np.testing.assert_allclose(exported, built["predictions"], rtol=1e-5, atol=1e-6)
+    assert np.all((exported >= 0) & (exported <= 1))
+
+
+def test_weighted_mean_of_members(zoo, tmp_path):
+    features, num_frames = random_batch(6, seed=1)
+    alone = [single_model_predictions(zoo[name], features, num_frames) for name in ("a", "b")]
+    assert not np.allclose(alone[0], alone[1])
+    # The weights come from a stacking-style weights file with relative paths.
+    weights_file = str(tmp_path / "weights.json")
+    with open(weights_file, "w") as handle:
+        json.dump({"members": [os.path.relpath(zoo["b"], str(tmp_path)),
+                               os.path.relpath(zoo["a"], str(tmp_path))],
+                   "weights": [3.0, 1.0], "gap": 0.5}, handle)
+    dirs, weights = build.resolve_members_and_weights(f"{zoo['a']},{zoo['b']}", "",
+                                                      weights_file)
+    assert weights == pytest.approx([0.25, 0.75])
+    out_dir = str(tmp_path / "ensemble")
+    build.build_and_export(dirs, weights, out_dir, tile_num=10, log=None)
+    exported = starter_predictions(out_dir, features, num_frames)
+    np.testing.assert_allclose(exported, 0.25 * alone[0] + 0.75 * alone[1],
+                               rtol=1e-5, atol=1e-6)
+    # FrameMeanMoeModel samples no frames: nothing is tiled.
+    with open(os.path.join(out_dir, "ensemble.json")) as handle:
+        assert json.load(handle)["tiled"] == [False, False]
+
+    # Without --model_dirs the members of the file are the ensemble.
+    dirs, weights = build.resolve_members_and_weights("", "", weights_file)
+    assert dirs == [os.path.normpath(zoo["b"]), os.path.normpath(zoo["a"])]
+    assert weights == pytest.approx([0.75, 0.25])
+    # The writer's format round-trips.
+    written = str(tmp_path / "written.json")
+    build.write_weights_file(written, [zoo["a"], zoo["b"]], [2, 6])
+    assert build.resolve_members_and_weights("", "", written)[1] == pytest.approx([0.25, 0.75])
+
+
+def test_uniform_default_and_weights_flag():
+    dirs, weights = build.resolve_members_and_weights("x,y,z", "", "")
+    assert dirs == ["x", "y", "z"] and weights == pytest.approx([1 / 3] * 3)
+    assert build.resolve_members_and_weights("x,y", "1,3", "")[1] == pytest.approx([0.25, 0.75])
+    for bad, text in (("1", "1 weights for 2"), ("1,-1", ">= 0"), ("0,0", "sum to 0"),
+                      ("1,nan", "finite"), ("a,b", "numbers")):
+        with pytest.raises(UserError, match=text):
+            build.resolve_members_and_weights("x,y", bad, "")
+
+
+def test_tiles_only_frame_sampling_members(zoo):
+    features, num_frames = random_batch(4, seed=2)
+    members = [zoo["gru"], zoo["dbof_bf16"]]
+    out, ensemble = builder_predictions(members, [1, 1], 4, features, num_frames,
+                                        fetch_tiles=True)
+    assert ensemble.tiled == [False, True]
+    (tiles,) = out["tiles"]
+    assert tiles.shape == (4, 4, TINY_CLASSES)
+    # Independent draws per copy, and the member's prediction is their mean.
+    assert not np.allclose(tiles[0], tiles[1])
+    np.testing.assert_allclose(out["members"][1], tiles.mean(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out["predictions"], 0.5 * (out["members"][0] + out["members"][1]),
+                               rtol=1e-5, atol=1e-7)
+
+    # The GRU is deterministic: tiling it changes nothing (so it runs once).
+    gru_alone = single_model_predictions(zoo["gru"], features, num_frames)
+    np.testing.assert_allclose(out["members"][0], gru_alone, rtol=1e-5, atol=1e-7)
+    forced, forced_graph = builder_predictions([zoo["gru"]], [1], 4, features, num_frames,
+                                               force_tile=True, fetch_tiles=True)
+    assert forced_graph.tiled == [True]
+    for copy in forced["tiles"][0]:
+        np.testing.assert_allclose(copy, gru_alone, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(forced["predictions"], gru_alone, rtol=1e-5, atol=1e-7)
+
+
+def test_mixed_bf16_and_fp32_members(zoo, tmp_path):
+    features, num_frames = random_batch(4, seed=3)
+    members = [zoo["a"], zoo["b_bf16"]]
+    out_dir = str(tmp_path / "ensemble")
+    build.build_and_export(members, [1, 1], out_dir, tile_num=2, log=None)
+    fp32 = single_model_predictions(zoo["a"], features, num_frames)
+    bf16 = single_model_predictions(zoo["b_bf16"], features, num_frames)
+    full = single_model_predictions(zoo["b"], features, num_frames)
+    assert np.abs(bf16 - full).max() < 0.05      # bf16 storage, float32 compute
+    exported = starter_predictions(out_dir, features, num_frames)
+    np.testing.assert_allclose(exported, 0.5 * (fp32 + bf16), rtol=1e-5, atol=1e-6)
+    dtypes = checkpoint_dtypes(os.path.join(out_dir, "inference_model"))
+    sizes = tf.train.load_checkpoint(
+        os.path.join(out_dir, "inference_model")).get_variable_to_shape_map()
+    expected = sum(int(np.prod(sizes[k])) * (2 if dtypes[k] == "bfloat16" else 4) for k in sizes)
+    assert os.path.getsize(os.path.join(out_dir, "inference_model.data-00000-of-00001")) == \
+        expected
+    assert {dtypes[k] for k in dtypes if k.startswith("model1/")} == {"bfloat16"}
+
+
+def test_scope_matching_is_exact(zoo):
+    """model1 must not take model10's variables (11 members)."""
+    dirs = [zoo["a"]] * 11
+    members = [build.load_member(d) for d in dirs]
+    graph = tf.Graph()
+    with graph.as_default():
+        ensemble = build.build_ensemble_graph(members, [1 / 11] * 11, 1)
+    sizes = {len(mapping) for mapping in ensemble.restore_maps}
+    assert sizes == {len(ensemble.restore_maps[0])}
+    assert all(key.startswith("tower/") for key in ensemble.restore_maps[1])
+    assert all(var.op.name.startswith("model1/") for var in ensemble.restore_maps[1].values())
+
+
+# ---------------------------------------------------------------------------
+# Errors
+
+
+def test_missing_checkpoint_and_dir(zoo, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with open(os.path.join(zoo["a"], "model_flags.json")) as handle:
+        (empty / "model_flags.json").write_text(handle.read())
+    with pytest.raises(UserError, match=f"{empty}: no model.ckpt"):
+        build.build_and_export([zoo["a"], str(empty)], [1, 1], str(tmp_path / "out"), log=None)
+    with pytest.raises(UserError, match="no such model dir"):
+        build.build_and_export([str(tmp_path / "nope")], [1], str(tmp_path / "out"), log=None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_mismatched_members(zoo, tmp_path):
+    small = make_member(tmp_path / "small", feature_sizes="512,128")
+    with pytest.raises(UserError, match=r"small: feature_sizes=512,128 but .* has feature_sizes=1024,128"):
+        build.build_and_export([zoo["a"], small], [1, 1], str(tmp_path / "out"), log=None)
+    classes = make_member(tmp_path / "classes", num_classes=7)
+    with pytest.raises(UserError, match="num_classes=7"):
+        build.build_and_export([zoo["a"], classes], [1, 1], str(tmp_path / "out"), log=None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_of_another_model(zoo, tmp_path):
+    # model_flags.json says GRU, the checkpoint holds a FrameMeanMoeModel.
+    liar = make_member(tmp_path / "liar")
+    with open(os.path.join(zoo["gru"], "model_flags.json")) as handle:
+        (tmp_path / "liar" / "model_flags.json").write_text(handle.read())
+    with pytest.raises(UserError, match=r"liar: checkpoint model.ckpt-1 lacks variable tower/"):
+        build.build_and_export([liar], [1], str(tmp_path / "out"), log=None)
+    # Same model, another size: a shape error naming the variable.
+    wide = make_member(tmp_path / "wide", moe_num_mixtures=3)
+    with open(os.path.join(zoo["a"], "model_flags.json")) as handle:
+        (tmp_path / "wide" / "model_flags.json").write_text(handle.read())
+    with pytest.raises(UserError, match=r"wide: variable tower/\S+ has shape"):
+        build.build_and_export([wide], [1], str(tmp_path / "out"), log=None)
+
+
+def test_output_dir_rules(zoo, tmp_path):
+    out_dir = tmp_path / "out"
+    build.build_and_export([zoo["a"]], [1], str(out_dir), tile_num=1, log=None)
+    with pytest.raises(UserError, match="exists; choose another or pass --overwrite"):
+        build.build_and_export([zoo["a"]], [1], str(out_dir), log=None)
+    build.build_and_export([zoo["a"], zoo["b"]], [1, 1], str(out_dir), overwrite=True, log=None)
+    with open(out_dir / "ensemble.json") as handle:
+        assert len(json.load(handle)["members"]) == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not an ensemble dir"):
+        build.build_and_export([zoo["a"]], [1], str(other), overwrite=True, log=None)
+    assert (other / "precious.txt").read_text() == "keep me"
+    with pytest.raises(UserError, match="holds member"):
+        build.build_and_export([zoo["a"]], [1], os.path.dirname(zoo["a"]), overwrite=True,
+                               log=None)
+
+
+def test_size_limit(zoo, tmp_path, monkeypatch):
+    lines = []
+    build.build_and_export([zoo["a"]], [1], str(tmp_path / "ok"), log=lines.append)
+    assert any("exported size:" in line and "1,073,741,824" in line for line in lines)
+    monkeypatch.setattr(build, "SIZE_LIMIT_BYTES", 1000)
+    with pytest.raises(UserError, match="over the 1,000-byte"):
+        build.build_and_export([zoo["a"]], [1], str(tmp_path / "big"), log=None)
+    assert not (tmp_path / "big").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".big")]
+    build.build_and_export([zoo["a"]], [1], str(tmp_path / "big"), allow_oversize=True,
+                           log=None)
+    assert (tmp_path / "big" / "inference_model.meta").is_file()
+
+
+def test_command_line_with_evaluation(zoo, tiny_data, tmp_path):
+    out_dir = str(tmp_path / "ensemble")
+    pattern = str(tiny_data / "frame" / "validate*.tfrecord")
+    done = run_module("ensemble.build", f"--model_dirs={zoo['a']},{zoo['dbof_bf16']}",
+                      "--weights=3,1", "--tile_num=2", f"--output_dir={out_dir}",
+                      f"--eval_data_pattern={pattern}", "--batch_size=16")
+    assert "exported size:" in done.stdout and "GAP" in done.stdout
+    with open(os.path.join(out_dir, "eval_results.json")) as handle:
+        result = json.load(handle)
+    assert result["num_examples"] == 32 and 0 <= result["gap"] <= 1
+    failed = run_module("ensemble.build", f"--model_dirs={zoo['a']}", f"--output_dir={out_dir}",
+                        check=False)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "exists" in failed.stderr and "Traceback" not in failed.stderr
