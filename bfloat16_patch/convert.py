@@ -41,6 +41,8 @@ def define_flags() -> None:
     define_flag(flags.DEFINE_string, "checkpoint_file", "", "Checkpoint prefix to convert "
                 "(default: the latest model.ckpt-* of --input_dir).")
     define_flag(flags.DEFINE_bool, "overwrite", False, "Replace an existing --output_dir.")
+    for name in ("input_dir", "output_dir", "checkpoint_file", "overwrite"):
+        flags.declare_key_flag(name)   # listed by --help
 
 
 # ---------------------------------------------------------------------------

@@ -549,7 +549,7 @@ def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], outpu
     start = time.time()
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
         with tf.Session(graph=graph) as sess:
-            restore_members(sess, members, savers)
+            restore_members(sess, members, savers, log)
             size = export_model(sess, tmp_dir, ensemble.variables)
         checkpoints.write_model_flags(tmp_dir, ensemble_model_flags(members))
         payload = {
@@ -572,7 +572,7 @@ def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], outpu
             raise UserError(f"--output_dir={output_dir}: the export is {size:,} bytes, over the "
                             f"{SIZE_LIMIT_BYTES:,}-byte (1 GiB) limit; convert the members to "
                             f"bfloat16, drop members, or pass --allow_oversize")
-    log(f"wrote {os.path.abspath(output_dir)} ({len(members)} members, "
+    log(f"wrote {os.path.abspath(output_dir)} ({len(members)} member(s), "
         f"{time.time() - start:.1f}s)")
     return payload
 

@@ -165,31 +165,53 @@ class CsvTeacher:
 
 
 class ModelTeacher:
-    """Full prediction vectors of an ensemble dir or a model dir."""
+    """Full prediction vectors of an ensemble dir or a model dir.
+
+    The model is loaded by ``ensemble.inference.open_model`` (an ensemble dir
+    through its meta graph, a single model dir built from model_flags.json,
+    bfloat16 or not); the records of a batch are parsed by the model's own
+    reader in the same graph and fed to ``input_batch_raw`` / ``num_frames``.
+    """
 
     def __init__(self, path: str, num_classes: int, frame_sampling: Optional[str] = None,
                  seed: int = 2018):
         from ensemble import inference
+        from training import model_builder
 
-        self.predictor = inference.load_predictor(path, frame_sampling=frame_sampling,
-                                                  seed=seed)
+        self.model = inference.open_model(path, frame_sampling, seed)
+        if self.model.num_classes != num_classes:
+            self.model.close()
+            raise UserError(f"--teacher_dir: {path} predicts {self.model.num_classes} classes "
+                            f"but --num_classes={num_classes}")
+        if not self.model.model_flags.get("frame_features", True):
+            self.model.close()
+            raise UserError(f"--teacher_dir: {path} reads video-level features; teacher "
+                            f"records are frame-level SequenceExamples")
+        reader = model_builder.make_reader(self.model.model_flags)
+        with self.model.graph.as_default():
+            self.serialized = tf.placeholder(tf.string, [None], name="teacher_records")
+            self.parsed = reader.parse(self.serialized)
+        self.path = path
         self.num_classes = num_classes
-        if int(self.predictor.num_classes) != num_classes:
-            raise UserError(f"--teacher_dir: {path} predicts {self.predictor.num_classes} "
-                            f"classes but --num_classes={num_classes}")
-        self.description = f"model {path}"
+        self.description = f"{self.model.kind} model {path}"
 
     def __call__(self, ids: Sequence[str], serialized: Sequence[bytes]
                  ) -> List[Optional[np.ndarray]]:
-        predicted_ids, predictions = self.predictor.predict_serialized(list(serialized))
-        predicted_ids = [i.decode("utf-8") if isinstance(i, bytes) else str(i)
-                         for i in predicted_ids]
-        if list(predicted_ids) != list(ids):
-            raise RuntimeError("teacher predictions came back in another order than the input")
+        session = self.model.session
+        try:
+            batch = session.run(self.parsed, {self.serialized: list(serialized)})
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+            raise UserError(f"--input_data_pattern: {readers.data_error_message(err)}") from None
+        predictions = session.run(self.model.predictions,
+                                  {self.model.input_batch_raw: batch["features"],
+                                   self.model.num_frames: batch["num_frames"]})
+        if not np.all(np.isfinite(predictions)):
+            raise UserError(f"--teacher_dir: {self.path} predicts NaN or inf; is the "
+                            f"checkpoint corrupt?")
         return [np.asarray(row, dtype=np.float32) for row in predictions]
 
     def close(self) -> None:
-        self.predictor.close()
+        self.model.close()
 
 
 # ---------------------------------------------------------------------------

@@ -70,6 +70,8 @@ def define_flags() -> None:
     define_flag(flags.DEFINE_integer, "num_readers", 4, "Files read in parallel.")
     define_flag(flags.DEFINE_integer, "seed", 2018, "Random seed (data order, frame sampling).")
     define_flag(flags.DEFINE_bool, "overwrite", False, "Replace an existing --output_dir.")
+    for name in ("train_dir", "output_dir", "swa_start", "swa_end", "last_n", "bn_statistics", "recompute_batches", "train_data_pattern", "eval_data_pattern", "batch_size", "num_readers", "seed", "overwrite"):
+        flags.declare_key_flag(name)   # listed by --help
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +146,8 @@ def model_variable_specs(paths: Sequence[str], readers_: Sequence[Any]
             if reference[key] != other[key]:
                 (shape_a, dtype_a), (shape_b, dtype_b) = reference[key], other[key]
                 raise UserError(f"checkpoints {paths[0]} and {path} differ: variable {key} is "
-                                f"{dtype_a.name}{shape_a} vs {dtype_b.name}{shape_b}")
+                                f"{dtype_a.name}{shape_a} in {os.path.basename(paths[0])} but "
+                                f"{dtype_b.name}{shape_b} in {os.path.basename(path)}")
     return [(key, shape, dtype) for key, (shape, dtype) in sorted(reference.items())]
 
 
@@ -170,11 +173,19 @@ class CheckpointAverager:
             return False
         return not is_bn_statistic(key) or self.bn_statistics == "average"
 
+    def read(self, index: int, key: str) -> np.ndarray:
+        try:
+            return self.readers[index].get_tensor(key)
+        except tf.errors.OpError as err:
+            raise UserError(f"{self.paths[index]}: cannot read {key} (was the checkpoint "
+                            f"deleted while averaging? {str(err).strip().splitlines()[0]})"
+                            ) from None
+
     def mean(self, key: str) -> np.ndarray:
         """Uniform mean over the checkpoints (float64 running sum)."""
         total = None
-        for reader in self.readers:
-            value = reader.get_tensor(key)
+        for index in range(len(self.readers)):
+            value = self.read(index, key)
             if total is None:
                 total = value.astype(np.float64)
             else:
@@ -184,7 +195,7 @@ class CheckpointAverager:
         return total.astype(self.dtypes[key].as_numpy_dtype)
 
     def __call__(self, key: str) -> np.ndarray:
-        value = self.mean(key) if self.averaged(key) else self.readers[-1].get_tensor(key)
+        value = self.mean(key) if self.averaged(key) else self.read(-1, key)
         self.done += 1
         self.done_bytes += value.nbytes
         if self.log and (self.done % 25 == 0 or self.done == len(self.specs)):

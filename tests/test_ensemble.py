@@ -320,7 +320,8 @@ def test_missing_checkpoint_and_dir(zoo, tmp_path):
 
 def test_mismatched_members(zoo, tmp_path):
     small = make_member(tmp_path / "small", feature_sizes="512,128")
-    with pytest.raises(UserError, match=r"small: feature_sizes=512,128 but .* has feature_sizes=1024,128"):
+    with pytest.raises(UserError,
+                       match=r"small: feature_sizes=512,128 but .* has feature_sizes=1024,128"):
         build.build_and_export([zoo["a"], small], [1, 1], str(tmp_path / "out"), log=None)
     classes = make_member(tmp_path / "classes", num_classes=7)
     with pytest.raises(UserError, match="num_classes=7"):

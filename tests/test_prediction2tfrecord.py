@@ -162,3 +162,70 @@ def test_parallel_groups_write_every_file_once(tiny_data, tmp_path):
                                f"--shard_index={index}")
         assert "1 of 2 input files" in completed.stdout
         assert sorted(os.listdir(out)) == [os.path.basename(f) for f in files[:index + 1]]
+
+
+@pytest.fixture(scope="module")
+def teacher_model(tiny_data, tmp_path_factory):
+    """A tiny trained model dir and a 2-member ensemble dir built from it."""
+    from ensemble import build
+    from training import model_builder
+    from training import train as trainer
+
+    root = tmp_path_factory.mktemp("teacher_model")
+    flags = model_builder.make_model_flags("FrameMeanMoeModel", "rgb,audio", "1024,128", True,
+                                           10, "CrossEntropyLoss", {})
+    config = {"batch_size": 8, "base_learning_rate": 0.02, "learning_rate_decay": 0.9,
+              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
+              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 20,
+              "save_checkpoint_steps": 1000, "max_to_keep": 10,
+              "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
+              "num_readers": 2, "shuffle_buffer": 64, "seed": 3, "summary_steps": 1000,
+              "log_steps": 1000}
+    dirs = []
+    for name, steps in (("model_a", 20), ("model_b", 5)):
+        directory = str(root / name)
+        trainer.prepare_train_dir(directory, flags, start_new=False)
+        trainer.train(flags, directory, str(tiny_data / "frame" / "train*.tfrecord"),
+                      {**config, "max_steps": steps}, log=lambda _: None)
+        dirs.append(directory)
+    ensemble_dir = str(root / "ensemble")
+    build.build_and_export(dirs, [0.25, 0.75], ensemble_dir, tile_num=1, log=None)
+    return {"model": dirs[0], "ensemble": ensemble_dir}
+
+
+@pytest.mark.parametrize("kind", ["model", "ensemble"])
+def test_teacher_dir_gives_the_models_predictions(tiny_data, teacher_model, tmp_path, kind):
+    from ensemble import inference
+
+    pattern = str(tiny_data / "frame" / "validate*.tfrecord")
+    out = tmp_path / "out"
+    completed = run_module("prediction2tfrecord.write", f"--input_data_pattern={pattern}",
+                           f"--output_dir={out}", f"--teacher_dir={teacher_model[kind]}",
+                           "--num_classes=10", "--batch_size=12")
+    assert "done: 32 videos in 1 files" in completed.stdout
+
+    model = inference.open_model(teacher_model[kind])
+    try:
+        expected = {}
+        for ids, predictions, _, _ in inference.iterate_predictions(model, pattern, 16):
+            expected.update({i.decode(): p for i, p in zip(ids, predictions)})
+    finally:
+        model.close()
+    outputs = read_examples(out / "validate00.tfrecord")
+    assert len(outputs) == len(expected) == 32
+    for example in outputs:
+        teacher = write.decode_teacher(example)
+        # Full vectors (every class), equal to the model's own predictions.
+        np.testing.assert_allclose(teacher, expected[write.video_id_of(example, "")],
+                                   rtol=1e-5, atol=1e-7)
+        assert np.count_nonzero(teacher) == 10
+
+
+def test_teacher_dir_class_count_must_match(teacher_model, tiny_data, tmp_path):
+    failed = run_module("prediction2tfrecord.write",
+                        f"--input_data_pattern={tiny_data / 'frame' / 'validate*.tfrecord'}",
+                        f"--output_dir={tmp_path / 'out'}",
+                        f"--teacher_dir={teacher_model['model']}", "--num_classes=3862",
+                        check=False)
+    assert failed.returncode != 0
+    assert "predicts 10 classes but --num_classes=3862" in failed.stderr

@@ -218,7 +218,8 @@ def test_mismatched_shapes_name_both_checkpoints(tmp_path):
         1: {"tower/a": [2, 3], "tower/b": [4]},
         2: {"tower/a": [2, 3], "tower/b": [5]}})
     with pytest.raises(UserError, match=r"model\.ckpt-1 and .*model\.ckpt-2 differ: "
-                                        r"variable tower/b is float32\[4\] vs float32\[5\]"):
+                                        r"variable tower/b is float32\[4\] in model\.ckpt-1 but "
+                                        r"float32\[5\] in model\.ckpt-2"):
         swa.average(train_dir, str(tmp_path / "out"), swa_start=0, log=None)
     assert not (tmp_path / "out").exists()
     assert sorted(os.listdir(tmp_path)) == ["train"]

@@ -37,12 +37,13 @@ def define_flags() -> None:
 def build_eval_graph(model_flags: Dict[str, Any], data_pattern: str, batch_size: int,
                      frame_sampling: Optional[str] = None, num_readers: int = 4,
                      scope: str = "tower", custom_getter=None,
-                     flag_name: str = "eval_data_pattern") -> Dict[str, tf.Tensor]:
+                     flag_name: str = "eval_data_pattern",
+                     skip_corrupt: bool = False) -> Dict[str, tf.Tensor]:
     """The evaluation graph in the default graph: data, model, loss."""
     reader = model_builder.make_reader(model_flags)
     dataset = readers.make_dataset(reader, data_pattern, batch_size, training=False,
                                    num_epochs=1, num_parallel_reads=num_readers,
-                                   flag_name=flag_name)
+                                   flag_name=flag_name, skip_corrupt=skip_corrupt)
     batch = tf.data.make_one_shot_iterator(dataset).get_next()
     model = model_builder.build_model(model_flags, {"frame_sampling": frame_sampling})
     with tf.variable_scope(scope, custom_getter=custom_getter):
@@ -61,7 +62,8 @@ def build_eval_graph(model_flags: Dict[str, Any], data_pattern: str, batch_size:
 
 def run_evaluation(sess: tf.Session, ops: Dict[str, tf.Tensor], num_classes: int,
                    top_k: int = 20, log: Callable[[str], None] = print,
-                   flag_name: str = "eval_data_pattern") -> Dict[str, float]:
+                   flag_name: str = "eval_data_pattern", data_pattern: str = ""
+                   ) -> Dict[str, float]:
     """One pass over the data; returns the metrics dict of EvaluationMetrics.get()."""
     accumulator = metrics.EvaluationMetrics(num_classes, top_k)
     start, examples = time.time(), 0
@@ -71,7 +73,8 @@ def run_evaluation(sess: tf.Session, ops: Dict[str, tf.Tensor], num_classes: int
         except tf.errors.OutOfRangeError:
             break
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            raise UserError(f"--{flag_name}: {readers.data_error_message(err)}") from None
+            raise UserError(f"--{flag_name}: {readers.describe_data_error(err, data_pattern)}"
+                            ) from None
         accumulator.accumulate(predictions, labels, float(loss))
         examples += len(predictions)
         if log is not None:
@@ -105,7 +108,8 @@ def evaluate_checkpoint(model_flags: Dict[str, Any], checkpoint_path: str, data_
     bf16.check_restore_compatible(checkpoint_path, var_list)
     with tf.Session(graph=graph) as sess:
         saver.restore(sess, checkpoint_path)
-        return run_evaluation(sess, ops, int(model_flags["num_classes"]), top_k, log)
+        return run_evaluation(sess, ops, int(model_flags["num_classes"]), top_k, log,
+                              data_pattern=data_pattern)
 
 
 def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, float]) -> None:

@@ -274,7 +274,18 @@ class FrameReader:
                 matrices.append(ragged.to_tensor(
                     default_value=0.0, shape=[None, self.max_frames, size]))
                 if num_frames is None:
-                    num_frames = tf.minimum(frames.row_lengths(), self.max_frames)
+                    first_name, first_lengths = name, frames.row_lengths()
+                    num_frames = tf.minimum(first_lengths, self.max_frames)
+                else:
+                    # A record missing a feature (or a misspelt --feature_names)
+                    # shows up as a frame-count mismatch between features.
+                    same = tf.debugging.assert_equal(
+                        frames.row_lengths(), first_lengths,
+                        message=f"feature '{name}': its frame count differs from "
+                                f"'{first_name}' (missing from the record? check "
+                                f"--feature_names)", summarize=3)
+                    with tf.control_dependencies([same]):
+                        num_frames = tf.identity(num_frames)
 
             features = matrices[0] if len(matrices) == 1 else tf.concat(matrices, axis=2)
             outputs = {
@@ -396,7 +407,7 @@ def get_reader(frame_features: bool, feature_names, feature_sizes, num_classes: 
 def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
                  num_epochs: int | None = 1, num_parallel_reads: int = 8,
                  shuffle_buffer: int = 2048, seed: int | None = None,
-                 flag_name: str = "data_pattern"):
+                 flag_name: str = "data_pattern", skip_corrupt: bool = False):
     """Builds a batched, parsed ``tf.data.Dataset`` of ``reader.parse`` dicts.
 
     Each element is the dict of ``reader.parse`` for a batch of up to
@@ -425,11 +436,12 @@ def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
     cycle = max(1, min(int(num_parallel_reads), len(files)))
 
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string))
+    read_file = _records_skipping_corruption if skip_corrupt else tf.data.TFRecordDataset
     if training:
         deterministic = seed is not None
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.interleave(
-            tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+            read_file, cycle_length=cycle, block_length=1,
             num_parallel_calls=cycle if cycle > 1 else None,
             deterministic=deterministic)
         if shuffle_buffer and shuffle_buffer > 1:
@@ -441,7 +453,7 @@ def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
         dataset = dataset.repeat(count)
     else:
         dataset = dataset.interleave(
-            tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+            read_file, cycle_length=cycle, block_length=1,
             num_parallel_calls=cycle if cycle > 1 else None,
             deterministic=True)
         dataset = dataset.repeat(count)
@@ -450,7 +462,73 @@ def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
     return dataset.prefetch(_AUTOTUNE)
 
 
+# ---------------------------------------------------------------------------
+# Corrupt and truncated files
+# ---------------------------------------------------------------------------
+
+# Files cut short in skip mode: path -> (records read before the damage, message).
+SKIPPED_FILES: dict = {}
+
+
+def _read_records_skipping_corruption(path: bytes):
+    """Yields a file's records up to the first corrupt or truncated one.
+
+    The TFRecord framing cannot be resynchronised after a damaged record, so
+    the rest of that file is skipped; the file is noted in SKIPPED_FILES.
+    """
+    path = path.decode() if isinstance(path, bytes) else path
+    count = 0
+    try:
+        for record in tf.io.tf_record_iterator(path):
+            count += 1
+            yield record
+    except tf.errors.DataLossError as err:
+        message = (err.message or str(err)).splitlines()[0]
+        SKIPPED_FILES[path] = (count, message)
+        tf.logging.warning("skipping the rest of %s after %d records: %s", path, count, message)
+
+
+def _records_skipping_corruption(path):
+    return tf.data.Dataset.from_generator(
+        _read_records_skipping_corruption, args=(path,),
+        output_signature=tf.TensorSpec([], tf.string))
+
+
+def skipped_files_summary() -> str:
+    """One line about the files skip mode cut short ('' when none)."""
+    if not SKIPPED_FILES:
+        return ""
+    names = ", ".join(f"{path} (after {count} records: {message})"
+                      for path, (count, message) in sorted(SKIPPED_FILES.items()))
+    return f"skipped the damaged rest of {len(SKIPPED_FILES)} file(s): {names}"
+
+
+def describe_data_error(error, data_pattern: str) -> str:
+    """One line for a run-time data error, naming the damaged file if any."""
+    if isinstance(error, tf.errors.DataLossError):
+        located = locate_damaged_file(data_pattern)
+        return ((located or data_error_message(error))
+                + " (corrupt or truncated TFRecord; --skip_corrupt_records skips the "
+                  "damaged rest of such files)")
+    return data_error_message(error)
+
+
+def locate_damaged_file(data_pattern: str) -> str:
+    """'<path>: <message>' of the first unreadable file of the pattern, or ''.
+
+    Used after a DataLossError, whose message does not name the file.
+    """
+    for path in resolve_files(data_pattern):
+        try:
+            for _ in tf.io.tf_record_iterator(path):
+                pass
+        except tf.errors.DataLossError as err:
+            return f"{path}: {(err.message or str(err)).splitlines()[0]}"
+    return ""
+
+
 __all__ = [
     "MAX_FRAMES", "dequantize", "resolve_files", "FrameReader", "VideoReader",
-    "get_reader", "make_dataset", "data_error_message",
+    "get_reader", "make_dataset", "data_error_message", "locate_damaged_file",
+    "skipped_files_summary",
 ]

@@ -56,6 +56,8 @@ def define_flags() -> None:
     define_flag(flags.DEFINE_integer, "num_readers", 8, "Files read in parallel.")
     define_flag(flags.DEFINE_integer, "shuffle_buffer", 2048, "Examples in the shuffle buffer.")
     define_flag(flags.DEFINE_integer, "seed", 2018, "Graph-level random seed.")
+    define_flag(flags.DEFINE_bool, "skip_corrupt_records", False, "Skip the damaged rest of "
+                "corrupt or truncated TFRecord files (default: stop with an error).")
     define_flag(flags.DEFINE_integer, "summary_steps", 10, "Write summaries every N steps.")
     define_flag(flags.DEFINE_integer, "log_steps", 10, "Print a progress line every N steps.")
     registry.define_hparam_flags()
@@ -274,7 +276,8 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
                 reader, data_pattern, config["batch_size"] * len(devices), training=True,
                 num_epochs=config["num_epochs"] or None, num_parallel_reads=config["num_readers"],
                 shuffle_buffer=config["shuffle_buffer"], seed=config["seed"],
-                flag_name="train_data_pattern")
+                flag_name="train_data_pattern",
+                skip_corrupt=config.get("skip_corrupt_records", False))
             dataset = dataset.filter(lambda b: tf.equal(tf.shape(b["labels"])[0],
                                                         config["batch_size"] * len(devices)))
             batch = tf.data.make_one_shot_iterator(dataset).get_next()
@@ -331,8 +334,10 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
         except tf.errors.OutOfRangeError:
             log(f"reached the end of the data ({config['num_epochs']} epochs) at step {step}")
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            raise UserError(f"--train_data_pattern={data_pattern}: "
-                            f"{readers.data_error_message(err)}") from None
+            raise UserError(f"--train_data_pattern: "
+                            f"{readers.describe_data_error(err, data_pattern)}") from None
+        if readers.skipped_files_summary():
+            log(readers.skipped_files_summary())
         if last_saved != step:
             saver.save(sess, os.path.join(train_dir, checkpoints.CHECKPOINT_PREFIX),
                        global_step=step)
@@ -470,7 +475,7 @@ def config_from_flags() -> Dict[str, Any]:
             "learning_rate_decay_examples", "regularization_penalty", "clip_gradient_norm",
             "num_epochs", "max_steps", "save_checkpoint_steps", "max_to_keep",
             "keep_checkpoint_every_n_hours", "num_gpu", "cpu_towers", "num_readers",
-            "shuffle_buffer", "seed", "summary_steps", "log_steps")
+            "shuffle_buffer", "seed", "summary_steps", "log_steps", "skip_corrupt_records")
     config = {key: FLAGS[key].value for key in keys}
     for key in ("batch_size", "save_checkpoint_steps", "summary_steps", "log_steps"):
         if config[key] <= 0:
