@@ -65,7 +65,7 @@ def define_flags() -> None:
                 "Original interface: first index of the sorted file list to process.")
     define_flag(flags.DEFINE_integer, "bend", None,
                 "Original interface: end index (exclusive) of the sorted file list.")
-    define_flag(flags.DEFINE_integer, "batch_size", 256,
+    define_flag(flags.DEFINE_integer, "batch_size", 64,
                 "Videos per prediction batch (--teacher_dir only).")
     define_flag(flags.DEFINE_string, "frame_sampling", None,
                 "--teacher_dir only: override the models' frame sampling (random, as the "
@@ -261,7 +261,7 @@ def _batches(iterable, size: int):
         yield batch
 
 
-def convert_file(input_path: str, output_path: str, teacher, batch_size: int = 256,
+def convert_file(input_path: str, output_path: str, teacher, batch_size: int = 64,
                  log: Optional[Log] = None) -> Dict[str, int]:
     """Writes one output shard atomically; returns {"written", "skipped"}."""
     directory = os.path.dirname(output_path)
@@ -313,7 +313,7 @@ def select_files(files: Sequence[str], num_shard_groups: int = 1, shard_index: i
 
 
 def write_teacher_records(files: Sequence[str], output_dir: str, teacher,
-                          batch_size: int = 256, log: Log = print) -> Dict[str, int]:
+                          batch_size: int = 64, log: Log = print) -> Dict[str, int]:
     """Converts every file not yet present in output_dir; returns totals."""
     if not output_dir:
         raise UserError("--output_dir: required")

@@ -23,12 +23,19 @@ IDENTITY_KEYS = ("model", "feature_names", "feature_sizes", "frame_features",
                  "label_loss", "num_classes", "model_hparams")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Writes a file through a temporary name in the same dir and renames it."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes it 0600
         with os.fdopen(handle, "w") as out:
             out.write(text)
             out.flush()
@@ -120,6 +127,7 @@ def atomic_directory(target: str, overwrite: bool = False) -> Iterator[str]:
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp makes it 0700
     try:
         yield tmp_dir
         if os.path.exists(target):

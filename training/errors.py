@@ -37,4 +37,7 @@ def define_flag(definer: Callable, name: str, default, help_text: str, **kwargs)
     from absl import flags
 
     if name not in flags.FLAGS:
-        definer(name, default, help_text, **kwargs)
+        # Attribute the flag to the stage that defines it, so --help lists it.
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        module_name = sys.argv[0] if caller == "__main__" else caller
+        definer(name, default, help_text, module_name=module_name, **kwargs)

@@ -443,7 +443,7 @@ def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
         dataset = dataset.interleave(
             read_file, cycle_length=cycle, block_length=1,
             num_parallel_calls=cycle if cycle > 1 else None,
-            deterministic=deterministic)
+            deterministic=deterministic if cycle > 1 else None)
         if shuffle_buffer and shuffle_buffer > 1:
             dataset = dataset.shuffle(int(shuffle_buffer),
                                       seed=None if seed is None else seed + 1,
@@ -455,7 +455,7 @@ def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
         dataset = dataset.interleave(
             read_file, cycle_length=cycle, block_length=1,
             num_parallel_calls=cycle if cycle > 1 else None,
-            deterministic=True)
+            deterministic=True if cycle > 1 else None)
         dataset = dataset.repeat(count)
     dataset = dataset.batch(int(batch_size), drop_remainder=False)
     dataset = dataset.map(reader.parse, num_parallel_calls=_AUTOTUNE, deterministic=True)
