@@ -9,7 +9,8 @@ scores as raw little-endian float32[num_classes] bytes (what
 The teacher is either
 
 * ``--teacher_csv``: a submission CSV (``VideoId,LabelConfidencePairs``),
-  loaded once into a dict id -> (labels, scores). **All** pairs of a row are
+  loaded once into a table id -> (labels, scores) (constant-time lookup, compact
+  storage: about 0.3 kB per video). **All** pairs of a row are
   encoded (the original kept only the top 10 of 20), zeros elsewhere. A video
   missing from the CSV is an error, or with ``--skip_missing`` it is left out
   of the output and counted;
@@ -25,8 +26,11 @@ sorted input file list between parallel runs.
 """
 from __future__ import annotations
 
+import array
 import csv
+import math
 import os
+import socket
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -77,32 +81,73 @@ def define_flags() -> None:
 # Teacher CSV
 
 
-def parse_pairs(text: str, num_classes: int, where: str) -> Tuple[np.ndarray, np.ndarray]:
-    """'l1 s1 l2 s2 ...' -> (int32 labels, float32 scores); UserError naming `where`."""
+def parse_pairs(text: str, num_classes: int, where: str) -> Tuple[List[int], List[float]]:
+    """'l1 s1 l2 s2 ...' -> (labels, scores); UserError naming `where`."""
     tokens = text.split()
     if len(tokens) % 2:
         raise UserError(f"{where}: odd number of tokens in LabelConfidencePairs "
                         f"(expected 'label score' pairs)")
     try:
-        labels = np.array([int(token) for token in tokens[0::2]], dtype=np.int32)
-        scores = np.array([float(token) for token in tokens[1::2]], dtype=np.float32)
+        labels = [int(token) for token in tokens[0::2]]
+        scores = [float(token) for token in tokens[1::2]]
     except ValueError as err:
         raise UserError(f"{where}: bad LabelConfidencePairs ({err})") from None
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)][0]
-        raise UserError(f"{where}: label {bad} is outside [0, {num_classes}); "
-                        f"check --num_classes")
-    if not np.all(np.isfinite(scores)):
+    for label in labels:
+        if not 0 <= label < num_classes:
+            raise UserError(f"{where}: label {label} is outside [0, {num_classes}); "
+                            f"check --num_classes")
+    if not all(math.isfinite(score) for score in scores):
         raise UserError(f"{where}: a score is not finite")
     return labels, scores
 
 
-def load_teacher_csv(path: str, num_classes: int
-                     ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """Reads a submission CSV once into {video id: (labels int32, scores float32)}."""
+class TeacherTable:
+    """{video id: (labels, scores)} of a teacher CSV in compact storage.
+
+    One dict id -> row and flat int32 / float32 arrays with row offsets
+    (about 8 bytes per pair plus the dict), instead of two numpy arrays per
+    video: the training-set CSV has ~3.9M rows.
+    """
+
+    def __init__(self):
+        self.index: Dict[str, int] = {}
+        self._labels = array.array("i")
+        self._scores = array.array("f")
+        self._offsets = array.array("q", [0])
+        self.labels = self.scores = self.offsets = None
+
+    def add(self, video_id: str, labels: Sequence[int], scores: Sequence[float]) -> None:
+        self.index[video_id] = len(self.index)
+        self._labels.extend(labels)
+        self._scores.extend(scores)
+        self._offsets.append(len(self._labels))
+
+    def finish(self) -> "TeacherTable":
+        self.labels = np.frombuffer(self._labels, dtype=np.int32)
+        self.scores = np.frombuffer(self._scores, dtype=np.float32)
+        self.offsets = np.frombuffer(self._offsets, dtype=np.int64)
+        return self
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self.index
+
+    def get(self, video_id: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """(labels int32, scores float32) of a video, None when it is absent."""
+        row = self.index.get(video_id)
+        if row is None:
+            return None
+        begin, end = self.offsets[row], self.offsets[row + 1]
+        return self.labels[begin:end], self.scores[begin:end]
+
+
+def load_teacher_csv(path: str, num_classes: int) -> TeacherTable:
+    """Reads a submission CSV once into a TeacherTable (constant-time lookup)."""
     if not tf.io.gfile.exists(path):
         raise UserError(f"--teacher_csv: {path}: no such file")
-    table: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    table = TeacherTable()
     with tf.io.gfile.GFile(path, "r") as handle:
         rows = csv.reader(handle)
         header = next(rows, None)
@@ -119,10 +164,10 @@ def load_teacher_csv(path: str, num_classes: int
             video_id = row[0]
             if video_id in table:
                 raise UserError(f"{where}: duplicate VideoId {video_id!r}")
-            table[video_id] = parse_pairs(row[1], num_classes, where)
-    if not table:
+            table.add(video_id, *parse_pairs(row[1], num_classes, where))
+    if not len(table):
         raise UserError(f"--teacher_csv: {path}: holds no videos")
-    return table
+    return table.finish()
 
 
 def dense_scores(labels: np.ndarray, scores: np.ndarray, num_classes: int) -> np.ndarray:
@@ -139,8 +184,10 @@ class CsvTeacher:
         self.path = path
         self.num_classes = num_classes
         self.skip_missing = skip_missing
+        start = time.time()
         self.table = load_teacher_csv(path, num_classes)
-        self.description = f"CSV {path} ({len(self.table)} videos)"
+        self.description = (f"CSV {path} ({len(self.table)} videos, loaded in "
+                            f"{time.time() - start:.1f}s)")
 
     def __call__(self, ids: Sequence[str], serialized: Sequence[bytes]
                  ) -> List[Optional[np.ndarray]]:
@@ -261,11 +308,43 @@ def _batches(iterable, size: int):
         yield batch
 
 
+_TMP_MARK = ".tmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(output_path: str, log: Optional[Log] = None) -> None:
+    """Removes this shard's temporary files left by a killed run on this host
+    (`.<name>.tmp-<host>-<pid>` whose process is gone); others are kept."""
+    directory, name = os.path.split(output_path)
+    prefix = f".{name}{_TMP_MARK}{socket.gethostname()}-"
+    try:
+        entries = tf.io.gfile.listdir(directory)
+    except tf.errors.OpError:
+        return
+    for entry in entries:
+        if entry.startswith(prefix) and entry[len(prefix):].isdigit() \
+                and not _pid_alive(int(entry[len(prefix):])):
+            tf.io.gfile.remove(os.path.join(directory, entry))
+            if log:
+                log(f"removed {entry}, left by an interrupted run")
+
+
 def convert_file(input_path: str, output_path: str, teacher, batch_size: int = 64,
                  log: Optional[Log] = None) -> Dict[str, int]:
     """Writes one output shard atomically; returns {"written", "skipped"}."""
     directory = os.path.dirname(output_path)
-    tmp_path = os.path.join(directory, f".{os.path.basename(output_path)}.tmp-{os.getpid()}")
+    remove_stale_temporaries(output_path, log)
+    tmp_path = os.path.join(directory, f".{os.path.basename(output_path)}"
+                                       f"{_TMP_MARK}{socket.gethostname()}-{os.getpid()}")
     written = skipped = 0
     try:
         with tf.io.TFRecordWriter(tmp_path) as writer:
@@ -336,7 +415,7 @@ def write_teacher_records(files: Sequence[str], output_dir: str, teacher,
             log(f"[{index}/{len(files)}] {os.path.basename(target)} exists, skipped")
             continue
         shard_start = time.time()
-        counts = convert_file(source, target, teacher, batch_size)
+        counts = convert_file(source, target, teacher, batch_size, log)
         totals["files"] += 1
         totals["written"] += counts["written"]
         totals["skipped"] += counts["skipped"]

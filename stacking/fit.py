@@ -216,6 +216,9 @@ def member_predictions(model_dirs: Sequence[str], data_pattern: str, max_videos:
                 f"members x {num_classes} classes x 4 bytes = "
                 f"{max_videos * len(members) * num_classes * 4 / 2 ** 20:.1f} MiB")
 
+    # With --max_videos the arrays are allocated once (np.empty: pages that
+    # are never filled cost no memory); without, batches are concatenated.
+    predictions = labels = None
     ids, blocks, label_blocks = [], [], []
     count, start, last = 0, time.time(), time.time()
     with tf.Session(graph=graph) as sess:
@@ -232,8 +235,16 @@ def member_predictions(model_dirs: Sequence[str], data_pattern: str, max_videos:
             outputs = sess.run(ensemble.member_predictions,
                                {ensemble.input_batch_raw: batch["features"][:take],
                                 ensemble.num_frames: batch["num_frames"][:take]})
-            blocks.append(np.stack(outputs, axis=1).astype(np.float32))
-            label_blocks.append(batch["labels"][:take].astype(np.uint8))
+            block = np.stack(outputs, axis=1).astype(np.float32)
+            if max_videos:
+                if predictions is None:
+                    predictions = np.empty((max_videos,) + block.shape[1:], np.float32)
+                    labels = np.empty((max_videos, block.shape[2]), np.uint8)
+                predictions[count:count + take] = block
+                labels[count:count + take] = batch["labels"][:take]
+            else:
+                blocks.append(block)
+                label_blocks.append(batch["labels"][:take].astype(np.uint8))
             ids.extend(batch["id"][:take])
             count += take
             if log and (time.time() - last >= 10.0):
@@ -241,9 +252,12 @@ def member_predictions(model_dirs: Sequence[str], data_pattern: str, max_videos:
                 log(f"predicted {count} videos | {count / (last - start):.1f} videos/sec")
     if not count:
         raise UserError(f"--data_pattern={data_pattern}: the files hold no videos")
-    predictions = np.concatenate(blocks, axis=0)
-    labels = np.concatenate(label_blocks, axis=0)
-    del blocks, label_blocks
+    if max_videos:
+        predictions, labels = predictions[:count], labels[:count]
+    else:
+        predictions = np.concatenate(blocks, axis=0)
+        labels = np.concatenate(label_blocks, axis=0)
+        del blocks, label_blocks
     if not labels.any():
         raise UserError(f"--data_pattern={data_pattern}: the videos have no labels; stacking "
                         f"needs held-out labelled data (e.g. the validate split)")

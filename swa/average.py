@@ -56,7 +56,7 @@ def define_flags() -> None:
                 "default: the latest).")
     define_flag(flags.DEFINE_integer, "last_n", None, "Average the last N checkpoints (of the "
                 "--swa_start/--swa_end range when given).")
-    define_flag(lambda name, default, text: flags.DEFINE_enum(name, default, list(BN_MODES), text),
+    define_flag(lambda name, default, text, **kw: flags.DEFINE_enum(name, default, list(BN_MODES), text, **kw),
                 "bn_statistics", "last", "BN moving statistics: from the last checkpoint, averaged, or recomputed "
                 "on --recompute_batches batches of --train_data_pattern.")
     define_flag(flags.DEFINE_integer, "recompute_batches", 100, "Batches used by "

@@ -229,3 +229,30 @@ def test_teacher_dir_class_count_must_match(teacher_model, tiny_data, tmp_path):
                         check=False)
     assert failed.returncode != 0
     assert "predicts 10 classes but --num_classes=3862" in failed.stderr
+
+
+def test_rerun_removes_temporaries_of_a_killed_run(tiny_data, tmp_path):
+    import socket
+    import subprocess
+
+    files = frame_files(tiny_data)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = out / f".train00.tfrecord.tmp-{host}-{dead.pid}"
+    live = out / f".train00.tfrecord.tmp-{host}-{os.getppid()}"  # a running process: kept
+    for path in (stale, live):
+        path.write_bytes(b"partial")
+
+    class Teacher:
+        def __call__(self, ids, serialized):
+            return [np.ones(10, np.float32) for _ in ids]
+
+    lines = []
+    totals = write.write_teacher_records(files, str(out), Teacher(), log=lines.append)
+    assert totals["written"] == 64 and totals["files"] == 2
+    assert not stale.exists() and live.exists()
+    assert any("left by an interrupted run" in line for line in lines)
+    assert all(np.all(write.decode_teacher(e) == 1) for e in read_examples(out / "train01.tfrecord"))
