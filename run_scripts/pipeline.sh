@@ -18,6 +18,7 @@ TEST_PATTERN=${TEST_PATTERN:-$DATA_DIR/test*.tfrecord}
 WORK_DIR=${WORK_DIR:-$HOME/yt8m_work}
 MODELS=${MODELS:-"nonlocal-NetVLADModel nonlocal-LightNetVLADModel nonlocal-earlyNetVLADModel Soft-DBoF-4k Soft-DBoF-8k GRUModel"}
 SWA_LAST_N=${SWA_LAST_N:-5}          # average the last N checkpoints of each model
+SWA_BN=${SWA_BN:-last}               # BN statistics: last (the original) | average | recompute
 TILE_NUM=${TILE_NUM:-10}
 NUM_CLASSES=${NUM_CLASSES:-3862}
 SUBMISSION=${SUBMISSION:-$WORK_DIR/submission.csv}
@@ -52,7 +53,8 @@ for model in $MODELS; do
   if [[ ! -d "$swa_dir" ]]; then
     echo "=== $model: SWA over the last $SWA_LAST_N checkpoints -> $swa_dir"
     "$PYTHON" -m swa.average --train_dir="$train_dir" --output_dir="$swa_dir" \
-      --last_n="$SWA_LAST_N"
+      --last_n="$SWA_LAST_N" --bn_statistics="$SWA_BN" --train_data_pattern="$TRAIN_PATTERN" \
+      --recompute_batches="${SWA_RECOMPUTE_BATCHES:-100}"
   fi
   if [[ ! -d "$bf16_dir" ]]; then
     echo "=== $model: bfloat16 -> $bf16_dir"
