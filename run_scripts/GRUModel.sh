@@ -12,25 +12,7 @@ set -euo pipefail
 
 DATA_DIR=${DATA_DIR:-/path/to/yt8m/frame}
 TRAIN_DIR=${TRAIN_DIR:-$HOME/yt8m_models/GRUModel}
-export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
-PYTHON=${PYTHON:-python}
+export DATA_DIR TRAIN_DIR
 
-cd "$(dirname "$0")/.."
-
-# --max_steps: the original wrote --max_step, which absl rejects (ORIGINAL.md 12.1).
-# --num_epochs=100: large enough never to end training before --max_steps (the original's
-# default of 5 epochs silently stopped it early, ORIGINAL.md 12.2).
-"$PYTHON" -m training.train \
-  --train_dir="$TRAIN_DIR" \
-  --train_data_pattern="$DATA_DIR/train*.tfrecord" \
-  --model=GRUModel \
-  --frame_features=True \
-  --feature_names=rgb,audio \
-  --feature_sizes=1024,128 \
-  --batch_size=128 \
-  --base_learning_rate=2e-4 \
-  --learning_rate_decay=0.9 \
-  --learning_rate_decay_examples=4000000 \
-  --max_steps=300000 \
-  --num_epochs=100 \
-  "$@"
+#                                          model  batch decay  max_steps
+exec "$(dirname "$0")/train_model.sh" GRUModel 128 0.9 300000 "$@"

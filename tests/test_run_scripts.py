@@ -60,7 +60,11 @@ def run_script(name: str, data_dir: Path, train_dir: Path, *args: str):
     return completed.stdout, losses
 
 
-def test_scripts_pass_the_original_hyper_parameters():
+def test_scripts_pass_the_original_hyper_parameters(tmp_path):
+    """Runs each script with a stand-in interpreter that records its arguments."""
+    recorder = tmp_path / "record_args"
+    recorder.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    recorder.chmod(0o755)
     expected = {"GRUModel": ("128", "0.9", "300000"),
                 "nonlocal-NetVLADModel": ("80", "0.8", "700000"),
                 "nonlocal-LightNetVLADModel": ("80", "0.8", "700000"),
@@ -68,15 +72,19 @@ def test_scripts_pass_the_original_hyper_parameters():
                 "Soft-DBoF-4k": ("80", "0.9", "800000"),
                 "Soft-DBoF-8k": ("80", "0.9", "800000")}
     for name, (batch, decay, steps) in expected.items():
-        text = (SCRIPTS / f"{name}.sh").read_text()
-        assert text.startswith("#!/usr/bin/env bash\n")
-        assert "set -euo pipefail" in text and os.access(SCRIPTS / f"{name}.sh", os.X_OK)
+        env = {**os.environ, "PYTHON": str(recorder), "DATA_DIR": "/data", "TRAIN_DIR": "/runs/x"}
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        completed = subprocess.run([str(SCRIPTS / f"{name}.sh"), "--extra=1"], env=env,
+                                   capture_output=True, text=True, check=True)
+        args = completed.stdout.splitlines()
+        assert args[:2] == ["-m", "training.train"]
         for flag in (f"--model={name}", f"--batch_size={batch}", "--base_learning_rate=2e-4",
                      f"--learning_rate_decay={decay}", "--learning_rate_decay_examples=4000000",
                      f"--max_steps={steps}", "--num_epochs=100", "--feature_sizes=1024,128",
-                     "--feature_names=rgb,audio", "--frame_features=True", '"$@"'):
-            assert flag in text, (name, flag)
-        assert "--max_step " not in text and "--max_step=" not in text
+                     "--feature_names=rgb,audio", "--frame_features=True",
+                     "--train_dir=/runs/x", "--train_data_pattern=/data/train*.tfrecord"):
+            assert flag in args, (name, flag)
+        assert args[-1] == "--extra=1"  # user flags come last, so they override
 
 
 @pytest.mark.parametrize("name", list(TINY_FLAGS))

@@ -1,0 +1,290 @@
+"""Training throughput of the six full-size models against the machine's matmul rate.
+
+    python -m bench.bench_training [--models=Soft-DBoF-4k,...] [--steps=5]
+                                   [--batch_size=80] [--gru_steps=2] [--trace=0]
+
+For every preset (batch 80, 300 frames, rgb 1024 + audio 128, 3862 classes)
+the real training graph is built with ``training.train.build_train_graph``
+(Adam, clipping, batch-norm updates, L2 terms, the loss) on one CPU tower,
+fed from a batch held in memory (non-trainable variables: features
+[B, 300, 1152] ~ N(0, 1), num_frames = 300, random multi-hot labels), so
+nothing but the model runs. After --warmup steps, --steps steps are timed one
+by one and the median step time gives examples/sec.
+
+FLOPs per example are counted from the training graph itself: every MatMul
+and BatchMatMul op (forward and gradient) contributes 2*M*N*K from its static
+shapes; an op inside a while loop (the GRU's dynamic_rnn, forward and
+backward) counts once per iteration (300 frames). Element-wise work (batch
+norm, softmax, normalisations, Adam) is not counted, so the achieved rate is
+the rate of useful matmul work. ``--cross_check=MODEL`` also runs TensorFlow's
+profiler (float_operation) on that model's forward graph and prints its
+MatMul total beside ours.
+
+The hardware limit is the float32 rate of a 4096x4096 @ 4096x4096 tf.matmul
+in the same process and session configuration, best of --matmul_repeats,
+measured right before each model. The table prints, per model: examples/sec,
+GFLOP/example (forward+backward matmuls), achieved GFLOP/s, matmul GFLOP/s
+and their ratio.
+
+--trace=N prints the N most expensive op types and ops of one traced step
+(RunOptions FULL_TRACE), which is how the slow parts were found.
+Thread settings (--intra_op_threads, --inter_op_threads; 0 = the session
+default of training/train.py) are process-wide in TensorFlow, so compare
+them in separate runs.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from models.frame_models import PRESET_NAMES
+from training import model_builder, train
+from training.tf_compat import tf
+
+NUM_FRAMES = 300
+FEATURE_SIZES = (1024, 128)
+NUM_CLASSES = 3862
+MATMUL_OPS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
+TRAIN_CONFIG = {"base_learning_rate": 2e-4, "learning_rate_decay": 0.8,
+                "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
+                "clip_gradient_norm": 1.0}
+
+
+# ---------------------------------------------------------------------------
+# FLOP counting
+
+
+def _in_while_loop(op) -> bool:
+    context = op._get_control_flow_context()  # pylint: disable=protected-access
+    while context is not None:
+        if context.IsWhileContext():
+            return True
+        context = context.outer_context
+    return False
+
+
+def matmul_flops(op) -> int:
+    """2*M*N*K of a MatMul/BatchMatMul op from its static shapes."""
+    a = op.inputs[0].shape.as_list()
+    out = op.outputs[0].shape.as_list()
+    if op.type == "MatMul":
+        k = a[0] if op.get_attr("transpose_a") else a[1]
+    else:
+        k = a[-2] if op.get_attr("adj_x") else a[-1]
+    if None in out or k is None:
+        raise ValueError(f"{op.name}: shape not static ({out}, k={k})")
+    return 2 * int(np.prod(out)) * int(k)
+
+
+def count_matmul_flops(graph: tf.Graph, loop_iterations: int,
+                       ops: Optional[List] = None) -> Dict[str, int]:
+    """{"forward": ..., "backward": ...} matmul FLOPs of one step of `graph`."""
+    counts = {"forward": 0, "backward": 0}
+    for op in ops if ops is not None else graph.get_operations():
+        if op.type not in MATMUL_OPS:
+            continue
+        flops = matmul_flops(op) * (loop_iterations if _in_while_loop(op) else 1)
+        key = "backward" if "gradients" in op.name.split("/") else "forward"
+        counts[key] += flops
+    return counts
+
+
+# ---------------------------------------------------------------------------
+# Graphs
+
+
+def model_flags_of(name: str) -> Dict:
+    return model_builder.make_model_flags(
+        name, "rgb,audio", ",".join(str(s) for s in FEATURE_SIZES), True, NUM_CLASSES,
+        "CrossEntropyLoss")
+
+
+def in_memory_batch(batch_size: int, seed: int = 0) -> Dict[str, tf.Tensor]:
+    """A fixed batch in non-trainable local variables (not constant-folded)."""
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((batch_size, NUM_FRAMES, sum(FEATURE_SIZES)),
+                                   dtype=np.float32)
+    labels = np.zeros((batch_size, NUM_CLASSES), np.float32)
+    for row in range(batch_size):
+        labels[row, rng.choice(NUM_CLASSES, size=1 + rng.poisson(2.0), replace=False)] = 1.0
+
+    def variable(name, value):
+        return tf.Variable(value, trainable=False, name=name,
+                           collections=[tf.GraphKeys.LOCAL_VARIABLES])
+
+    return {"features": variable("bench_features", features),
+            "num_frames": variable("bench_num_frames",
+                                   np.full([batch_size], NUM_FRAMES, np.int32)),
+            "labels": variable("bench_labels", labels),
+            "id": tf.constant([b"bench"] * batch_size)}
+
+
+def session_config(intra: int, inter: int) -> tf.ConfigProto:
+    config = train.session_config(["/cpu:0"])
+    if intra:
+        config.intra_op_parallelism_threads = intra
+    if inter:
+        config.inter_op_parallelism_threads = inter
+    return config
+
+
+def matmul_rate(config: tf.ConfigProto, size: int, repeats: int) -> float:
+    """Best float32 GFLOP/s of one size x size @ size x size tf.matmul."""
+    graph = tf.Graph()
+    with graph.as_default():
+        init = tf.random_normal_initializer(seed=1)
+        a = tf.Variable(init([size, size]), collections=[tf.GraphKeys.LOCAL_VARIABLES])
+        b = tf.Variable(init([size, size]), collections=[tf.GraphKeys.LOCAL_VARIABLES])
+        # Reduce to a scalar so no big tensor is copied to Python.
+        product = tf.reduce_sum(tf.matmul(a, b)[:1, :1])
+        init_op = tf.local_variables_initializer()
+    with tf.Session(graph=graph, config=config) as sess:
+        sess.run(init_op)
+        sess.run(product)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            sess.run(product)
+            best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def print_trace(run_metadata, graph: tf.Graph, top: int) -> None:
+    by_type, by_name = collections.Counter(), collections.Counter()
+    total = 0
+    for device in run_metadata.step_stats.dev_stats:
+        for node in device.node_stats:
+            name = node.node_name.split(":")[0]
+            micros = node.op_end_rel_micros - node.op_start_rel_micros
+            try:
+                op_type = graph.get_operation_by_name(name).type
+            except (KeyError, ValueError):
+                op_type = node.timeline_label.split("(")[0].split("=")[-1].strip() or name
+            by_type[op_type] += micros
+            by_name[f"{name} ({op_type})"] += micros
+            total += micros
+    print(f"  traced op time {total / 1e3:.0f} ms (summed over threads)")
+    for title, counter in (("op types", by_type), ("ops", by_name)):
+        print(f"  top {top} {title}:")
+        for key, micros in counter.most_common(top):
+            print(f"    {micros / 1e3:9.1f} ms {100.0 * micros / max(total, 1):5.1f}%  {key}")
+
+
+def bench_model(name: str, batch_size: int, steps: int, warmup: int,
+                config: tf.ConfigProto, trace: int = 0) -> Dict:
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(2018)
+        batch = in_memory_batch(batch_size)
+        ops = train.build_train_graph(model_flags_of(name), batch, ["/cpu:0"],
+                                      {**TRAIN_CONFIG, "batch_size": batch_size})
+        flops = count_matmul_flops(graph, NUM_FRAMES)
+        init = [tf.global_variables_initializer(), tf.local_variables_initializer()]
+        graph.finalize()
+    times = []
+    with tf.Session(graph=graph, config=config) as sess:
+        sess.run(init)
+        for _ in range(warmup):
+            sess.run(ops["train_op"])
+        for _ in range(steps):
+            start = time.perf_counter()
+            sess.run(ops["train_op"])
+            times.append(time.perf_counter() - start)
+        if trace:
+            run_metadata = tf.RunMetadata()
+            sess.run(ops["train_op"],
+                     options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE),
+                     run_metadata=run_metadata)
+            print_trace(run_metadata, graph, trace)
+    step = statistics.median(times)
+    return {"step_seconds": step, "min_step_seconds": min(times),
+            "examples_per_sec": batch_size / step,
+            "gflop_per_example": (flops["forward"] + flops["backward"]) / batch_size / 1e9,
+            "forward_gflop_per_example": flops["forward"] / batch_size / 1e9}
+
+
+def cross_check(name: str, batch_size: int) -> None:
+    """Forward matmul FLOPs: ours vs tf.profiler's float_operation."""
+    graph = tf.Graph()
+    with graph.as_default():
+        batch = in_memory_batch(batch_size)
+        with tf.variable_scope("tower"):
+            model = model_builder.build_model(model_flags_of(name))
+            model_builder.model_predictions(model, batch["features"], batch["num_frames"],
+                                            is_training=True)
+        ours = count_matmul_flops(graph, NUM_FRAMES)["forward"]
+        profile = tf.profiler.profile(
+            graph, options=tf.profiler.ProfileOptionBuilder(
+                tf.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build())
+        matmul_total = 0
+        for node in profile.children:
+            try:
+                op = graph.get_operation_by_name(node.name)
+            except KeyError:
+                continue
+            if op.type in MATMUL_OPS:
+                matmul_total += node.float_ops
+    print(f"cross-check {name}, forward, batch {batch_size}: our matmul count "
+          f"{ours / 1e9:.3f} GFLOP, tf.profiler MatMul ops {matmul_total / 1e9:.3f} GFLOP, "
+          f"tf.profiler all ops {profile.total_float_ops / 1e9:.3f} GFLOP "
+          f"(the GRU's while loop is counted once by the profiler)")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(
+        ["nonlocal-NetVLADModel", "nonlocal-LightNetVLADModel", "nonlocal-earlyNetVLADModel",
+         "Soft-DBoF-4k", "Soft-DBoF-8k", "GRUModel"]))
+    parser.add_argument("--batch_size", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--gru_steps", type=int, default=2, help="timed steps of the GRU")
+    parser.add_argument("--gru_warmup", type=int, default=1)
+    parser.add_argument("--matmul_size", type=int, default=4096)
+    parser.add_argument("--matmul_repeats", type=int, default=5)
+    parser.add_argument("--intra_op_threads", type=int, default=0)
+    parser.add_argument("--inter_op_threads", type=int, default=0)
+    parser.add_argument("--trace", type=int, default=0,
+                        help="print the N most expensive ops of one traced step")
+    parser.add_argument("--cross_check", default="",
+                        help="comma-separated models whose forward FLOPs are also "
+                             "counted by tf.profiler")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    for n in names:
+        if n not in PRESET_NAMES:
+            parser.error(f"--models: unknown preset {n!r} (one of {', '.join(PRESET_NAMES)})")
+    config = session_config(args.intra_op_threads, args.inter_op_threads)
+    print(f"session: intra_op {config.intra_op_parallelism_threads or 'default'}, "
+          f"inter_op {config.inter_op_parallelism_threads or 'default'}; "
+          f"batch {args.batch_size}, {NUM_FRAMES} frames")
+    for n in [c.strip() for c in args.cross_check.split(",") if c.strip()]:
+        cross_check(n, args.batch_size)
+    rows = []
+    for n in names:
+        matmul = matmul_rate(config, args.matmul_size, args.matmul_repeats)
+        gru = n == "GRUModel"
+        result = bench_model(n, args.batch_size, args.gru_steps if gru else args.steps,
+                             args.gru_warmup if gru else args.warmup, config, args.trace)
+        achieved = result["examples_per_sec"] * result["gflop_per_example"]
+        rows.append((n, result, achieved, matmul))
+        print(f"{n}: {result['examples_per_sec']:.1f} examples/sec (step median "
+              f"{result['step_seconds']:.3f} s, min {result['min_step_seconds']:.3f} s), "
+              f"{result['gflop_per_example']:.3f} GFLOP/example "
+              f"(forward {result['forward_gflop_per_example']:.3f}), {achieved:.1f} GFLOP/s, "
+              f"matmul {matmul:.1f} GFLOP/s", flush=True)
+    print()
+    print("| model | examples/sec | GFLOP/example | achieved GFLOP/s | matmul GFLOP/s | ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for n, result, achieved, matmul in rows:
+        print(f"| {n} | {result['examples_per_sec']:.1f} | {result['gflop_per_example']:.2f} | "
+              f"{achieved:.1f} | {matmul:.1f} | {achieved / matmul:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
