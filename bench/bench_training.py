@@ -21,10 +21,12 @@ profiler (float_operation) on that model's forward graph and prints its
 MatMul total beside ours.
 
 The hardware limit is the float32 rate of a 4096x4096 @ 4096x4096 tf.matmul
-in the same process and session configuration, best of --matmul_repeats,
-measured right before each model. The table prints, per model: examples/sec,
-GFLOP/example (forward+backward matmuls), achieved GFLOP/s, matmul GFLOP/s
-and their ratio.
+in the same process and session configuration, best of --matmul_repeats
+products run right after every timed training step; the ratio of each step
+is taken against its neighbouring matmul, and the median ratio is printed (a
+shared machine's slow patches then hit both sides alike). The table prints,
+per model: examples/sec, GFLOP/example (forward+backward matmuls), achieved
+GFLOP/s, the median matmul GFLOP/s and the median ratio.
 
 --trace=N prints the N most expensive op types and ops of one traced step
 (RunOptions FULL_TRACE), which is how the slow parts were found.
@@ -133,25 +135,35 @@ def session_config(intra: int, inter: int) -> tf.ConfigProto:
     return config
 
 
-def matmul_rate(config: tf.ConfigProto, size: int, repeats: int) -> float:
-    """Best float32 GFLOP/s of one size x size @ size x size tf.matmul."""
-    graph = tf.Graph()
-    with graph.as_default():
-        init = tf.random_normal_initializer(seed=1)
-        a = tf.Variable(init([size, size]), collections=[tf.GraphKeys.LOCAL_VARIABLES])
-        b = tf.Variable(init([size, size]), collections=[tf.GraphKeys.LOCAL_VARIABLES])
-        # Reduce to a scalar so no big tensor is copied to Python.
-        product = tf.reduce_sum(tf.matmul(a, b)[:1, :1])
-        init_op = tf.local_variables_initializer()
-    with tf.Session(graph=graph, config=config) as sess:
-        sess.run(init_op)
-        sess.run(product)
+class MatmulProbe:
+    """A size x size @ size x size float32 tf.matmul in its own session."""
+
+    def __init__(self, config: tf.ConfigProto, size: int):
+        self.size = size
+        graph = tf.Graph()
+        with graph.as_default():
+            init = tf.random_normal_initializer(seed=1)
+            a = tf.Variable(init([size, size]), collections=[tf.GraphKeys.LOCAL_VARIABLES])
+            b = tf.Variable(init([size, size]), collections=[tf.GraphKeys.LOCAL_VARIABLES])
+            # Reduce to a scalar so no big tensor is copied to Python.
+            self.product = tf.reduce_sum(tf.matmul(a, b)[:1, :1])
+            init_op = tf.local_variables_initializer()
+            graph.finalize()
+        self.sess = tf.Session(graph=graph, config=config)
+        self.sess.run(init_op)
+        self.sess.run(self.product)
+
+    def rate(self, repeats: int) -> float:
+        """Best GFLOP/s of `repeats` products."""
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
-            sess.run(product)
+            self.sess.run(self.product)
             best = min(best, time.perf_counter() - start)
-    return 2.0 * size ** 3 / best / 1e9
+        return 2.0 * self.size ** 3 / best / 1e9
+
+    def close(self) -> None:
+        self.sess.close()
 
 
 def print_trace(run_metadata, graph: tf.Graph, top: int) -> None:
@@ -176,7 +188,14 @@ def print_trace(run_metadata, graph: tf.Graph, top: int) -> None:
 
 
 def bench_model(name: str, batch_size: int, steps: int, warmup: int,
-                config: tf.ConfigProto, trace: int = 0) -> Dict:
+                config: tf.ConfigProto, probe: MatmulProbe, matmul_repeats: int,
+                trace: int = 0) -> Dict:
+    """Times `steps` training steps, each followed by a matmul probe.
+
+    Returns the median step time, the median matmul rate, and the median of
+    the per-step ratios achieved/matmul (each step against its neighbour
+    probe, so a slow patch of a shared machine hits both alike).
+    """
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(2018)
@@ -186,7 +205,8 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
         flops = count_matmul_flops(graph, NUM_FRAMES)
         init = [tf.global_variables_initializer(), tf.local_variables_initializer()]
         graph.finalize()
-    times = []
+    flop_per_step = flops["forward"] + flops["backward"]
+    times, rates, ratios = [], [], []
     with tf.Session(graph=graph, config=config) as sess:
         sess.run(init)
         for _ in range(warmup):
@@ -195,6 +215,8 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
             start = time.perf_counter()
             sess.run(ops["train_op"])
             times.append(time.perf_counter() - start)
+            rates.append(probe.rate(matmul_repeats))
+            ratios.append(flop_per_step / times[-1] / 1e9 / rates[-1])
         if trace:
             run_metadata = tf.RunMetadata()
             sess.run(ops["train_op"],
@@ -204,8 +226,10 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
     step = statistics.median(times)
     return {"step_seconds": step, "min_step_seconds": min(times),
             "examples_per_sec": batch_size / step,
-            "gflop_per_example": (flops["forward"] + flops["backward"]) / batch_size / 1e9,
-            "forward_gflop_per_example": flops["forward"] / batch_size / 1e9}
+            "gflop_per_example": flop_per_step / batch_size / 1e9,
+            "forward_gflop_per_example": flops["forward"] / batch_size / 1e9,
+            "matmul_gflops": statistics.median(rates),
+            "ratio": statistics.median(ratios)}
 
 
 def cross_check(name: str, batch_size: int) -> None:
@@ -246,7 +270,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--gru_steps", type=int, default=2, help="timed steps of the GRU")
     parser.add_argument("--gru_warmup", type=int, default=1)
     parser.add_argument("--matmul_size", type=int, default=4096)
-    parser.add_argument("--matmul_repeats", type=int, default=5)
+    parser.add_argument("--matmul_repeats", type=int, default=2,
+                        help="matmul products after each timed step (best counts)")
     parser.add_argument("--intra_op_threads", type=int, default=0)
     parser.add_argument("--inter_op_threads", type=int, default=0)
     parser.add_argument("--trace", type=int, default=0,
@@ -266,24 +291,27 @@ def main(argv: Optional[List[str]] = None) -> None:
     for n in [c.strip() for c in args.cross_check.split(",") if c.strip()]:
         cross_check(n, args.batch_size)
     rows = []
+    probe = MatmulProbe(config, args.matmul_size)
     for n in names:
-        matmul = matmul_rate(config, args.matmul_size, args.matmul_repeats)
         gru = n == "GRUModel"
         result = bench_model(n, args.batch_size, args.gru_steps if gru else args.steps,
-                             args.gru_warmup if gru else args.warmup, config, args.trace)
+                             args.gru_warmup if gru else args.warmup, config, probe,
+                             args.matmul_repeats, args.trace)
         achieved = result["examples_per_sec"] * result["gflop_per_example"]
-        rows.append((n, result, achieved, matmul))
+        rows.append((n, result, achieved))
         print(f"{n}: {result['examples_per_sec']:.1f} examples/sec (step median "
               f"{result['step_seconds']:.3f} s, min {result['min_step_seconds']:.3f} s), "
               f"{result['gflop_per_example']:.3f} GFLOP/example "
               f"(forward {result['forward_gflop_per_example']:.3f}), {achieved:.1f} GFLOP/s, "
-              f"matmul {matmul:.1f} GFLOP/s", flush=True)
+              f"matmul {result['matmul_gflops']:.1f} GFLOP/s, ratio {result['ratio']:.2f}",
+              flush=True)
+    probe.close()
     print()
     print("| model | examples/sec | GFLOP/example | achieved GFLOP/s | matmul GFLOP/s | ratio |")
     print("|---|---:|---:|---:|---:|---:|")
-    for n, result, achieved, matmul in rows:
+    for n, result, achieved in rows:
         print(f"| {n} | {result['examples_per_sec']:.1f} | {result['gflop_per_example']:.2f} | "
-              f"{achieved:.1f} | {matmul:.1f} | {achieved / matmul:.2f} |")
+              f"{achieved:.1f} | {result['matmul_gflops']:.1f} | {result['ratio']:.2f} |")
 
 
 if __name__ == "__main__":

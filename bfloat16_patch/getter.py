@@ -93,12 +93,7 @@ def _checkpoint_path(path: str) -> str:
     return checkpoints.find_checkpoint(path)
 
 
-def load_checkpoint_reader(path: str):
-    try:
-        return tf.train.load_checkpoint(path)
-    except (tf.errors.OpError, ValueError) as err:
-        raise UserError(f"{path}: cannot read the checkpoint "
-                        f"({str(err).strip().splitlines()[0]})") from None
+load_checkpoint_reader = checkpoints.open_checkpoint
 
 
 def checkpoint_dtype(path: str) -> str:

@@ -245,10 +245,11 @@ def main(argv) -> None:
             checkpoints.find_checkpoint(warm)
         elif not os.path.isfile(warm + ".index"):
             raise UserError(f"--warm_start_checkpoint: {warm}: no such checkpoint or dir")
-    trainer.prepare_train_dir(FLAGS.train_dir, model_flags, FLAGS.start_new_model)
-    distill(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config,
-            FLAGS.distill_prob, FLAGS.teacher_normalization, FLAGS.teacher_num_members,
-            FLAGS.warm_start_checkpoint, log=lambda line: print(line, flush=True))
+    with trainer.removed_on_failed_start(FLAGS.train_dir):
+        trainer.prepare_train_dir(FLAGS.train_dir, model_flags, FLAGS.start_new_model)
+        distill(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config,
+                FLAGS.distill_prob, FLAGS.teacher_normalization, FLAGS.teacher_num_members,
+                FLAGS.warm_start_checkpoint, log=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ an ensemble dir)::
                            model on that data (read by ensemble.report)
 
 The exported size (sum of the inference_model.* files) is printed against the
-1 GiB (1,073,741,824-byte) upload limit; a larger export is an error unless
+1 GiB (1,073,741,824-byte) upload limit (--size_limit_bytes sets another); a
+larger export is an error, and nothing is left in --output_dir, unless
 --allow_oversize.
 
 Weights. Uniform by default; --weights=0.2,0.8 (one per member, in
@@ -113,7 +114,10 @@ def define_flags() -> None:
                 "frame-sampling members see (independent random draws).")
     define_flag(flags.DEFINE_string, "output_dir", "", "New ensemble dir to write.")
     define_flag(flags.DEFINE_bool, "overwrite", False, "Replace an existing ensemble dir.")
-    define_flag(flags.DEFINE_bool, "allow_oversize", False, "Keep an export larger than 1 GiB.")
+    define_flag(flags.DEFINE_bool, "allow_oversize", False, "Keep an export larger than 1 GiB "
+                "(--size_limit_bytes).")
+    define_flag(flags.DEFINE_integer, "size_limit_bytes", None, "Upload size limit of the "
+                "export (default: 1 GiB = 1073741824 bytes, the challenge's).")
     define_flag(flags.DEFINE_string, "eval_data_pattern", "", "Evaluate the exported model on "
                 "these TFRecords (labelled) and write eval_results.json.")
     define_flag(flags.DEFINE_integer, "seed", 666, "Graph-level random seed (frame sampling).")
@@ -493,10 +497,14 @@ def ensemble_model_flags(members: Sequence[Member]) -> Dict[str, Any]:
     return flags_out
 
 
-def format_size(num_bytes: int) -> str:
+def _limit_text(limit: int) -> str:
+    return f"{limit:,}-byte" + (" (1 GiB)" if limit == 1 << 30 else "")
+
+
+def format_size(num_bytes: int, limit: Optional[int] = None) -> str:
+    limit = limit or SIZE_LIMIT_BYTES
     return (f"{num_bytes:,} bytes ({num_bytes / 1e6:.2f} MB, {num_bytes / 2**20:.2f} MiB) "
-            f"of the {SIZE_LIMIT_BYTES:,}-byte (1 GiB) limit, "
-            f"{100.0 * num_bytes / SIZE_LIMIT_BYTES:.1f}%")
+            f"of the {_limit_text(limit)} limit, {100.0 * num_bytes / limit:.1f}%")
 
 
 def _check_output_dir(output_dir: str, member_dirs: Sequence[str], overwrite: bool) -> None:
@@ -521,10 +529,14 @@ def _check_output_dir(output_dir: str, member_dirs: Sequence[str], overwrite: bo
 def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], output_dir: str,
                      tile_num: int = 10, seed: int = 666, overwrite: bool = False,
                      allow_oversize: bool = False, frame_sampling: Optional[str] = None,
-                     log: Log = print) -> Dict[str, Any]:
+                     log: Log = print, size_limit_bytes: Optional[int] = None
+                     ) -> Dict[str, Any]:
     """Builds the ensemble of member_dirs, exports it to output_dir; returns
-    the ensemble.json payload."""
+    the ensemble.json payload. size_limit_bytes: default SIZE_LIMIT_BYTES."""
     log = log or (lambda line: None)
+    if size_limit_bytes is not None and size_limit_bytes <= 0:
+        raise UserError(f"--size_limit_bytes: must be positive, got {size_limit_bytes}")
+    limit = size_limit_bytes or SIZE_LIMIT_BYTES
     if not output_dir:
         raise UserError("--output_dir: required")
     if len(weights) != len(member_dirs):
@@ -564,13 +576,13 @@ def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], outpu
             "frame_sampling": frame_sampling,
             "seed": int(seed),
             "exported_bytes": int(size),
-            "size_limit_bytes": SIZE_LIMIT_BYTES,
+            "size_limit_bytes": limit,
         }
         checkpoints.write_json(os.path.join(tmp_dir, ENSEMBLE_JSON), payload)
-        log(f"exported size: {format_size(size)}")
-        if size > SIZE_LIMIT_BYTES and not allow_oversize:
+        log(f"exported size: {format_size(size, limit)}")
+        if size > limit and not allow_oversize:
             raise UserError(f"--output_dir={output_dir}: the export is {size:,} bytes, over the "
-                            f"{SIZE_LIMIT_BYTES:,}-byte (1 GiB) limit; convert the members to "
+                            f"{_limit_text(limit)} limit; convert the members to "
                             f"bfloat16, drop members, or pass --allow_oversize")
     log(f"wrote {os.path.abspath(output_dir)} ({len(members)} member(s), "
         f"{time.time() - start:.1f}s)")
@@ -590,7 +602,8 @@ def main(argv) -> None:
         readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
     log = lambda line: print(line, flush=True)  # noqa: E731
     build_and_export(member_dirs, weights, FLAGS.output_dir, FLAGS.tile_num, FLAGS.seed,
-                     FLAGS.overwrite, FLAGS.allow_oversize, FLAGS.frame_sampling, log=log)
+                     FLAGS.overwrite, FLAGS.allow_oversize, FLAGS.frame_sampling, log=log,
+                     size_limit_bytes=FLAGS.size_limit_bytes)
     if FLAGS.eval_data_pattern:
         from ensemble import inference
         from training import metrics

@@ -33,7 +33,11 @@ space, "\\n" line ends. A score is the prediction in [0, 1] written with 6
 significant digits (as the original's ``%g``) but always in positional
 notation (``0.0000123457``, never ``1.23457e-05``; ORIGINAL.md 12.26), trailing
 zeros dropped (``1``, ``0.5``). The file is streamed to a temporary name and
-renamed into place at the end; a progress line reports videos and videos/sec.
+renamed into place at the end (an existing --output_file or --output_model_tgz
+is replaced only with --overwrite; a killed run's temporary file is removed by
+the next run); a progress line reports videos and videos/sec. A corrupt or
+truncated input file is an error naming it; --skip_corrupt_records skips the
+damaged rest of such files instead (those videos are missing from the CSV).
 ``ensemble.check_submission`` validates the result.
 """
 from __future__ import annotations
@@ -83,6 +87,11 @@ def define_flags() -> None:
                 "dir only).")
     define_flag(flags.DEFINE_string, "frame_sampling", None, "Override the frame sampling "
                 "(single model dir only): random, uniform or none.")
+    define_flag(flags.DEFINE_bool, "overwrite", False, "Replace an existing --output_file or "
+                "--output_model_tgz.")
+    define_flag(flags.DEFINE_bool, "skip_corrupt_records", False, "Skip the damaged rest of "
+                "corrupt or truncated TFRecord files (default: stop with an error); the "
+                "videos skipped are missing from the CSV.")
 
 
 # ---------------------------------------------------------------------------
@@ -235,9 +244,10 @@ def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def write_model_tgz(model: LoadedModel, tgz_path: str, log: Log = None) -> int:
-    """Writes the upload .tgz (model_flags.json + inference_model.*); returns
-    the bytes of the inference_model.* files it holds."""
+def write_model_tgz(model: LoadedModel, tgz_path: str, log: Log = None,
+                    overwrite: bool = True) -> int:
+    """Writes the upload .tgz (model_flags.json + inference_model.*) through a
+    temporary name; returns the bytes of the inference_model.* files it holds."""
     directory = model.model_dir
     tmp_export = None
     try:
@@ -250,19 +260,10 @@ def write_model_tgz(model: LoadedModel, tgz_path: str, log: Log = None) -> int:
             if not os.path.isfile(os.path.join(directory, name)):
                 raise UserError(f"{directory}: {name} missing; cannot write "
                                 f"--output_model_tgz")
-        out_dir = os.path.dirname(os.path.abspath(tgz_path))
-        os.makedirs(out_dir, exist_ok=True)
-        handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".tgz", dir=out_dir)
-        os.close(handle)
-        try:
+        with checkpoints.atomic_file(tgz_path, overwrite, "output_model_tgz") as tmp_path:
             with tarfile.open(tmp_path, "w:gz") as tar:
                 for name in UPLOAD_FILES:
                     tar.add(os.path.join(directory, name), arcname=name, filter=_plain_member)
-            os.replace(tmp_path, tgz_path)
-        except BaseException:
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
-            raise
         size = build.exported_bytes(directory)
     finally:
         if tmp_export:
@@ -278,18 +279,21 @@ def write_model_tgz(model: LoadedModel, tgz_path: str, log: Log = None) -> int:
 
 def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
                         num_readers: int = 1, flag_name: str = "input_data_pattern",
-                        extra_fetches: Optional[Dict[str, Any]] = None
+                        extra_fetches: Optional[Dict[str, Any]] = None,
+                        skip_corrupt: bool = False
                         ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray, Dict]]:
     """Yields (ids [B] bytes, predictions [B, C], labels [B, C], extras) per batch.
 
     The records are read by our own reader (chosen by the model's
-    model_flags.json) and fed into input_batch_raw / num_frames.
+    model_flags.json) and fed into input_batch_raw / num_frames. A corrupt or
+    truncated file is an error naming it, unless skip_corrupt (its damaged
+    rest is skipped and noted in readers.SKIPPED_FILES).
     """
     reader = model_builder.make_reader(model.model_flags)
     with model.graph.as_default():
         dataset = readers.make_dataset(reader, data_pattern, batch_size, training=False,
                                        num_epochs=1, num_parallel_reads=num_readers,
-                                       flag_name=flag_name)
+                                       flag_name=flag_name, skip_corrupt=skip_corrupt)
         next_batch = tf.data.make_one_shot_iterator(dataset).get_next()
     extra_fetches = extra_fetches or {}
     while True:
@@ -298,7 +302,8 @@ def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
         except tf.errors.OutOfRangeError:
             return
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            raise UserError(f"--{flag_name}: {readers.data_error_message(err)}") from None
+            raise UserError(f"--{flag_name}: {readers.describe_data_error(err, data_pattern)}"
+                            ) from None
         feed = {model.input_batch_raw: batch["features"], model.num_frames: batch["num_frames"]}
         fetches = {"predictions": model.predictions}
         for name, (tensor, extra_feed) in extra_fetches.items():
@@ -347,23 +352,22 @@ def format_lines(ids: np.ndarray, predictions: np.ndarray, k: int) -> List[str]:
 
 def write_submission(model: LoadedModel, data_pattern: str, output_file: str,
                      batch_size: int = 64, top_k: int = 20, num_readers: int = 1,
-                     log: Log = print) -> int:
+                     log: Log = print, overwrite: bool = True,
+                     skip_corrupt: bool = False) -> int:
     """Streams the CSV to a temporary file, renames it into place; returns
-    the number of videos."""
+    the number of videos. Nothing is left behind on an error (or a kill: the
+    next run removes the dead run's temporary file)."""
     if top_k < 1:
         raise UserError(f"--top_k: must be >= 1, got {top_k}")
     readers.resolve_files(data_pattern, "input_data_pattern")
-    out_dir = os.path.dirname(os.path.abspath(output_file))
-    os.makedirs(out_dir, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(output_file)}.tmp-",
-                                        dir=out_dir)
     start = last = time.time()
     videos = 0
-    try:
-        with os.fdopen(handle, "w", newline="") as out:
+    with checkpoints.atomic_file(output_file, overwrite, "output_file") as tmp_path:
+        with open(tmp_path, "w", newline="") as out:
             out.write(CSV_HEADER + "\n")
             for ids, predictions, _, _ in iterate_predictions(model, data_pattern, batch_size,
-                                                              num_readers):
+                                                              num_readers,
+                                                              skip_corrupt=skip_corrupt):
                 out.writelines(format_lines(ids, predictions, top_k))
                 videos += len(ids)
                 now = time.time()
@@ -375,11 +379,8 @@ def write_submission(model: LoadedModel, data_pattern: str, output_file: str,
             os.fsync(out.fileno())
         if videos == 0:
             raise UserError(f"--input_data_pattern={data_pattern}: the files hold no videos")
-        os.replace(tmp_path, output_file)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    if log and readers.skipped_files_summary():
+        log(readers.skipped_files_summary())
     if log:
         elapsed = max(time.time() - start, 1e-9)
         log(f"predicted {videos} videos | {videos / elapsed:.1f} videos/sec | "
@@ -429,8 +430,11 @@ def evaluate_model_dir(model_dir: str, data_pattern: str, batch_size: int = 64,
 def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = "",
         input_data_pattern: str = "", output_file: str = "", batch_size: int = 64,
         top_k: int = 20, num_readers: int = 1, seed: int = 2018,
-        frame_sampling: Optional[str] = None, log: Log = print) -> Optional[int]:
-    """The command: returns the number of videos written (None without a CSV)."""
+        frame_sampling: Optional[str] = None, log: Log = print, overwrite: bool = True,
+        skip_corrupt: bool = False) -> Optional[int]:
+    """The command: returns the number of videos written (None without a CSV).
+    overwrite=False refuses an existing output_file / output_model_tgz (the
+    command line's default)."""
     if train_dir and input_model_tgz:
         raise UserError("--train_dir and --input_model_tgz: give one, not both")
     if not train_dir and not input_model_tgz:
@@ -448,14 +452,20 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
     def with_dir(model_dir: str) -> Optional[int]:
         model = open_model(model_dir, frame_sampling, seed)
         try:
+            if not overwrite:
+                for flag, path in (("output_model_tgz", output_model_tgz),
+                                   ("output_file", output_file)):
+                    if path and os.path.exists(path):
+                        raise UserError(f"--{flag}={path}: exists; choose another or pass "
+                                        f"--overwrite")
             if log:
                 log(f"loaded {model.kind} model from "
                     f"{input_model_tgz or model_dir} ({model.num_classes} classes)")
             if output_model_tgz:
-                write_model_tgz(model, output_model_tgz, log)
+                write_model_tgz(model, output_model_tgz, log, overwrite)
             if input_data_pattern:
                 return write_submission(model, input_data_pattern, output_file, batch_size,
-                                        top_k, num_readers, log)
+                                        top_k, num_readers, log, overwrite, skip_corrupt)
             return None
         finally:
             model.close()
@@ -472,7 +482,8 @@ def main(argv) -> None:
     run(FLAGS.train_dir, FLAGS.input_model_tgz, FLAGS.output_model_tgz,
         FLAGS.input_data_pattern, FLAGS.output_file, FLAGS.batch_size, FLAGS.top_k,
         FLAGS.num_readers, FLAGS.seed, FLAGS.frame_sampling,
-        log=lambda line: print(line, flush=True))
+        log=lambda line: print(line, flush=True), overwrite=FLAGS.overwrite,
+        skip_corrupt=FLAGS.skip_corrupt_records)
 
 
 if __name__ == "__main__":

@@ -110,12 +110,7 @@ def select_checkpoints(train_dir: str, swa_start: Optional[int] = None,
     return chosen
 
 
-def _open(path: str):
-    try:
-        return tf.train.load_checkpoint(path)
-    except (tf.errors.OpError, ValueError) as err:
-        raise UserError(f"{path}: cannot read the checkpoint "
-                        f"({str(err).strip().splitlines()[0]})") from None
+_open = checkpoints.open_checkpoint
 
 
 def model_variable_specs(paths: Sequence[str], readers_: Sequence[Any]
@@ -134,6 +129,15 @@ def model_variable_specs(paths: Sequence[str], readers_: Sequence[Any]
     reference = specs_of(readers_[0])
     if not reference:
         raise UserError(f"{paths[0]}: no model variables under {checkpoints.MODEL_SCOPE}/")
+    for path, reader in zip(paths, readers_):
+        bf16 = [key for key, (_, dtype) in sorted(specs_of(reader).items())
+                if dtype == tf.bfloat16]
+        if bf16:
+            # Averaging values already rounded to 8 bits of mantissa loses
+            # what the mean is for; the pipeline averages, then converts.
+            raise UserError(f"{path}: is a bfloat16 checkpoint ({bf16[0]}); SWA averages the "
+                            f"float32 checkpoints of a train dir (convert the result with "
+                            f"bfloat16_patch.convert afterwards)")
     for path, reader in zip(paths[1:], readers_[1:]):
         other = specs_of(reader)
         for key in sorted(set(reference) | set(other)):

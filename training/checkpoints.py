@@ -5,6 +5,8 @@ model_flags.json that is enough to rebuild the model graph exactly.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
@@ -23,28 +25,15 @@ IDENTITY_KEYS = ("model", "feature_names", "feature_sizes", "frame_features",
                  "label_loss", "num_classes", "model_hparams")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_text(path: str, text: str) -> None:
-    """Writes a file through a temporary name in the same dir and renames it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes it 0600
-        with os.fdopen(handle, "w") as out:
+    """Writes a file through a temporary name in the same dir and renames it
+    (see atomic_file: a killed writer's temporary file is removed next time)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_file(path, overwrite=True) as tmp_path:
+        with open(tmp_path, "w") as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def write_json(path: str, payload: Any) -> None:
@@ -101,6 +90,17 @@ def latest_checkpoint(directory: str, prefix: str = CHECKPOINT_PREFIX) -> Option
     return checkpoints[-1][1] if checkpoints else None
 
 
+def open_checkpoint(path: str):
+    """tf.train.load_checkpoint with a one-line UserError for a bad checkpoint."""
+    from training.tf_compat import tf
+
+    try:
+        return tf.train.load_checkpoint(path)
+    except (tf.errors.OpError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the checkpoint "
+                        f"({str(err).strip().splitlines()[0]})") from None
+
+
 def find_checkpoint(path: str) -> str:
     """A checkpoint prefix from a dir (its latest model.ckpt-*) or a prefix."""
     if os.path.isdir(path):
@@ -113,33 +113,188 @@ def find_checkpoint(path: str) -> str:
     return path
 
 
+# ---------------------------------------------------------------------------
+# Atomic outputs: temporary siblings, claimed by a lock, renamed into place
+#
+# A stage writes its output dir (or file) <name> under the temporary sibling
+# .<name>.tmp-XXXXXXXX and renames it into place when it is complete. The
+# temporary name is claimed by the lock file .<name>.tmp-XXXXXXXX.lock, which
+# the writer holds (flock) while it works: the kernel drops the lock when the
+# writer dies, even by kill -9. So the next run for the same <name> can tell
+# the leftovers of a dead writer (lock free: removed) from the work of a live
+# one (lock held: left alone).
+
+TEMP_MARK = ".tmp-"
+LOCK_SUFFIX = ".lock"
+OLD_SUFFIX = ".old"
+
+# errno values that mean "the output could not be written".
+_WRITE_ERRNOS = {getattr(errno, name) for name in
+                 ("ENOSPC", "EFBIG", "EDQUOT", "EROFS", "EIO", "EACCES", "EPERM")
+                 if hasattr(errno, name)}
+
+
+def temp_prefix(target: str) -> str:
+    """The prefix (a path) of the temporary siblings of `target`."""
+    target = os.path.abspath(target)
+    return os.path.join(os.path.dirname(target), f".{os.path.basename(target)}{TEMP_MARK}")
+
+
+def _remove_path(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def clean_stale_temps(target: str) -> List[str]:
+    """Removes the temporary siblings of `target` left by writers that died
+    (their lock is free); returns the removed paths. Work of a live writer
+    (lock held) is left alone."""
+    prefix = temp_prefix(target)
+    parent, base = os.path.dirname(prefix), os.path.basename(prefix)
+    removed = []
+    if not os.path.isdir(parent):
+        return removed
+    for name in sorted(os.listdir(parent)):
+        if not (name.startswith(base) and name.endswith(LOCK_SUFFIX)):
+            continue
+        lock_path = os.path.join(parent, name)
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            temp = lock_path[:-len(LOCK_SUFFIX)]
+            for path in (temp, temp + OLD_SUFFIX):
+                if os.path.lexists(path):
+                    _remove_path(path)
+                    removed.append(path)
+            os.remove(lock_path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _claim_temp(target: str) -> Tuple[int, str]:
+    """(locked fd, temporary path) for a new output of `target` (the path
+    itself is not created). Close the fd with _release_temp."""
+    prefix = temp_prefix(target)
+    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    while True:
+        fd, lock_path = tempfile.mkstemp(prefix=os.path.basename(prefix), suffix=LOCK_SUFFIX,
+                                         dir=os.path.dirname(prefix))
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # A cleaner may have taken the fresh lock file for a stale one and
+        # removed it before we locked it: then claim another name.
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                return fd, lock_path[:-len(LOCK_SUFFIX)]
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _release_temp(fd: int, temp: str) -> None:
+    try:
+        os.remove(temp + LOCK_SUFFIX)
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+
+
+def write_failure(err: BaseException, temp: str) -> Optional[str]:
+    """The reason text when `err` is a failure to write below `temp` (a full
+    disk, a file size limit, a read-only or unwritable place), else None."""
+    if isinstance(err, OSError) and not isinstance(err, UserError):
+        # (An error on a named file elsewhere is about an input.)
+        named = [name for name in (err.filename, err.filename2) if name]
+        if err.errno in _WRITE_ERRNOS and all(
+                os.path.abspath(str(name)).startswith(os.path.abspath(temp))
+                for name in named):
+            return err.strerror or str(err)
+        return None
+    message = getattr(err, "message", None)
+    if message is None or type(err).__module__.split(".")[0] != "tensorflow":
+        return None
+    for line in str(message).splitlines():
+        if temp in line:
+            reason = line.split(temp, 1)[1]
+            reason = reason.split(";")[-1].split(":")[-1].strip(" ;:'\"")
+            return reason or line.strip()
+    return None
+
+
 @contextmanager
 def atomic_directory(target: str, overwrite: bool = False) -> Iterator[str]:
     """Yields a temporary sibling dir; renames it to `target` on success.
 
     An existing `target` is an error unless overwrite is set; then it is
     replaced only after the new content is complete. On failure the
-    temporary dir is removed and `target` is untouched.
+    temporary dir is removed and `target` is untouched; a failure to write
+    (full disk, file size limit, ...) becomes a UserError naming `target`.
+    Leftovers of an earlier writer of `target` that died are removed first.
     """
     target = os.path.abspath(target)
     if os.path.exists(target) and not overwrite:
         raise UserError(f"{target}: output dir exists; choose another or pass --overwrite")
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
-    os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp makes it 0700
+    clean_stale_temps(target)
+    fd, tmp_dir = _claim_temp(target)
     try:
+        os.mkdir(tmp_dir, 0o777)  # mode & ~umask, like any new dir
         yield tmp_dir
         if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
-            os.rename(target, os.path.join(old, "content"))
+            old = tmp_dir + OLD_SUFFIX
+            os.rename(target, old)
             os.rename(tmp_dir, target)
             shutil.rmtree(old)
         else:
             os.rename(tmp_dir, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        reason = write_failure(err, tmp_dir)
+        if reason is not None:
+            raise UserError(f"{target}: cannot write the output ({reason}); nothing was "
+                            f"written") from None
         raise
+    finally:
+        _release_temp(fd, tmp_dir)
+
+
+@contextmanager
+def atomic_file(target: str, overwrite: bool = False, flag: str = "") -> Iterator[str]:
+    """Yields a temporary sibling path to write; renames it to `target` when
+    the block ends without an error (an existing `target` is an error unless
+    overwrite). On failure the temporary file is removed and `target` is
+    untouched; a failure to write becomes a UserError naming `target` (as
+    `--<flag>=<target>` when flag is given). Leftovers of an earlier writer
+    of `target` that died are removed first."""
+    shown = f"--{flag}={target}" if flag else os.path.abspath(target)
+    target = os.path.abspath(target)
+    if os.path.exists(target) and not overwrite:
+        raise UserError(f"{shown}: exists; choose another or pass --overwrite")
+    if os.path.isdir(target):
+        raise UserError(f"{shown}: is a dir")
+    clean_stale_temps(target)
+    fd, tmp_path = _claim_temp(target)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException as err:
+        _remove_path(tmp_path)
+        reason = write_failure(err, tmp_path)
+        if reason is not None:
+            raise UserError(f"{shown}: cannot write ({reason}); nothing was written") from None
+        raise
+    finally:
+        _release_temp(fd, tmp_path)
 
 
 # ---------------------------------------------------------------------------

@@ -32,6 +32,8 @@ def define_flags() -> None:
     define_flag(flags.DEFINE_string, "frame_sampling", None, "Override the models' frame sampling at "
                         "evaluation: random (the original) or uniform (deterministic).")
     define_flag(flags.DEFINE_integer, "seed", 2018, "Graph-level random seed (frame sampling).")
+    define_flag(flags.DEFINE_bool, "skip_corrupt_records", False, "Skip the damaged rest of "
+                "corrupt or truncated TFRecord files (default: stop with an error).")
 
 
 def build_eval_graph(model_flags: Dict[str, Any], data_pattern: str, batch_size: int,
@@ -90,10 +92,13 @@ def evaluate_checkpoint(model_flags: Dict[str, Any], checkpoint_path: str, data_
                         batch_size: int = 256, top_k: int = 20,
                         frame_sampling: Optional[str] = None, seed: int = 2018,
                         num_readers: int = 4, custom_getter=None,
-                        log: Optional[Callable[[str], None]] = None) -> Dict[str, float]:
+                        log: Optional[Callable[[str], None]] = None,
+                        skip_corrupt: bool = False) -> Dict[str, float]:
     """Restores the model variables of a checkpoint and evaluates them.
 
-    A bfloat16 checkpoint gets the bfloat16 getter unless custom_getter is given."""
+    A bfloat16 checkpoint gets the bfloat16 getter unless custom_getter is given.
+    skip_corrupt: skip the damaged rest of corrupt or truncated files (reported
+    through log) instead of stopping with an error."""
     from bfloat16_patch import getter as bf16
 
     if custom_getter is None:
@@ -102,14 +107,18 @@ def evaluate_checkpoint(model_flags: Dict[str, Any], checkpoint_path: str, data_
     with graph.as_default():
         tf.set_random_seed(seed)
         ops = build_eval_graph(model_flags, data_pattern, batch_size, frame_sampling,
-                               num_readers, custom_getter=custom_getter)
+                               num_readers, custom_getter=custom_getter,
+                               skip_corrupt=skip_corrupt)
         var_list = model_builder.model_variables("tower")
         saver = tf.train.Saver(var_list)
     bf16.check_restore_compatible(checkpoint_path, var_list)
     with tf.Session(graph=graph) as sess:
         saver.restore(sess, checkpoint_path)
-        return run_evaluation(sess, ops, int(model_flags["num_classes"]), top_k, log,
-                              data_pattern=data_pattern)
+        result = run_evaluation(sess, ops, int(model_flags["num_classes"]), top_k, log,
+                                data_pattern=data_pattern)
+    if log is not None and readers.skipped_files_summary():
+        log(readers.skipped_files_summary())
+    return result
 
 
 def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, float]) -> None:
@@ -143,7 +152,8 @@ def main(argv) -> None:
             result = evaluate_checkpoint(
                 model_flags, path, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.top_k,
                 FLAGS.frame_sampling, FLAGS.seed, FLAGS.num_readers,
-                log=lambda line: print(line, flush=True))
+                log=lambda line: print(line, flush=True),
+                skip_corrupt=FLAGS.skip_corrupt_records)
             print(metrics.format_summary(result, os.path.basename(path)), flush=True)
             write_results(FLAGS.train_dir, path, result)
             evaluated.add(path)

@@ -181,7 +181,8 @@ def data_error_message(error) -> str:
     text = getattr(error, "message", None) or str(error)
     match = re.search(r"assertion failed: \[(.*?)\]", text)
     if match:
-        return match.group(1)
+        # (The message comes back as a printed string tensor: quotes escaped.)
+        return match.group(1).replace("\\'", "'").replace('\\"', '"')
     for line in text.splitlines():
         if line.strip() and not line.startswith("Graph execution error"):
             return line.strip()

@@ -2,16 +2,59 @@
 
 Every module of the project does ``from training.tf_compat import tf`` so that
 v2 behaviour is disabled exactly once, before any graph is built, and the
-start-up deprecation chatter is silenced unless the user asks for it
-(TF_CPP_MIN_LOG_LEVEL=0).
+start-up chatter is silenced unless the user asks for it
+(TF_CPP_MIN_LOG_LEVEL=0): the deprecation warnings, and the two lines that
+TensorFlow's C++ libraries print while loading ("WARNING: All log messages
+before absl::InitializeLog() ..." and "oneDNN custom operations are on ..."),
+which ignore TF_CPP_MIN_LOG_LEVEL. Without them, a user error of any stage is
+exactly one line on stderr.
 """
 import os
+import re
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as _tf2  # noqa: E402
+_QUIET = os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0"
+# Lines the C++ side prints at load time, before absl logging is initialised.
+_STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+    r"STDERR|I\d{4} [\d:. ]+\d+ port\.cc:\d+\] oneDNN custom operations are on\..*)$")
 
-if os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
+
+def _import_tensorflow():
+    """Imports tensorflow; when quiet, drops the known start-up lines from
+    stderr (fd 2) and passes every other line through."""
+    if not _QUIET:
+        import tensorflow
+        return tensorflow
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all
+        import tensorflow
+        return tensorflow
+    capture = tempfile.TemporaryFile()
+    try:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow
+        finally:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            kept = [line for line in text.splitlines(keepends=True)
+                    if not _STARTUP_NOISE.match(line.rstrip("\r\n"))]
+            if kept:
+                os.write(2, "".join(kept).encode("utf-8", "replace"))
+    finally:
+        os.close(saved)
+        capture.close()
+    return tensorflow
+
+
+_tf2 = _import_tensorflow()
+
+if _QUIET:
     _tf2.get_logger().setLevel("ERROR")
 
 import tensorflow.compat.v1 as tf  # noqa: E402

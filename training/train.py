@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 from absl import flags
@@ -188,9 +190,55 @@ def remove_trainer_files(train_dir: str) -> int:
     return removed
 
 
+# What a killed save leaves: TensorFlow's temporary checkpoint parts and state files.
+_SAVE_LEFTOVER_RE = re.compile(re.escape(checkpoints.CHECKPOINT_PREFIX)
+                               + r"-\d+(\.[^/]*\.(tempstate\d+|tmp[0-9a-f]+)|_temp(_[0-9a-f]+)?)$"
+                               + r"|^checkpoint\.tmp[0-9a-f]+$")
+
+
+def remove_save_leftovers(train_dir: str) -> List[str]:
+    """Removes the temporary files of checkpoint saves that were killed
+    (model.ckpt-<step>.*.tempstate<n>, model.ckpt-<step>.meta.tmp<hex>,
+    model.ckpt-<step>_temp*/, checkpoint.tmp<hex>).
+    Complete checkpoints are never touched."""
+    removed = []
+    if not os.path.isdir(train_dir):
+        return removed
+    for name in os.listdir(train_dir):
+        if _SAVE_LEFTOVER_RE.match(name):
+            path = os.path.join(train_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+            removed.append(path)
+    return removed
+
+
+def check_resumable(train_dir: str) -> None:
+    """The latest checkpoint of a train dir must be a training checkpoint of
+    this trainer: float32, with global_step (not an SWA or bfloat16 output)."""
+    latest = checkpoints.latest_checkpoint(train_dir)
+    if latest is None:
+        return
+    dtypes = checkpoints.open_checkpoint(latest).get_variable_to_dtype_map()
+    bf16 = [key for key in checkpoints.model_variable_keys(dtypes)
+            if tf.as_dtype(dtypes[key]).base_dtype == tf.bfloat16]
+    if bf16:
+        raise UserError(f"{latest}: is a bfloat16 checkpoint (written by bfloat16_patch.convert); "
+                        f"training resumes only from its own float32 checkpoints; use another "
+                        f"--train_dir (distillation.train --warm_start_checkpoint can start from it)")
+    if "global_step" not in dtypes:
+        raise UserError(f"{latest}: has no global_step or optimizer state (an SWA or bfloat16 "
+                        f"dir?); training resumes only from its own checkpoints; use another "
+                        f"--train_dir")
+
+
 def prepare_train_dir(train_dir: str, model_flags: Dict[str, Any], start_new: bool) -> None:
     if start_new:
         remove_trainer_files(train_dir)
+    remove_save_leftovers(train_dir)
+    check_resumable(train_dir)
     os.makedirs(train_dir, exist_ok=True)
     flags_path = os.path.join(train_dir, checkpoints.MODEL_FLAGS_FILE)
     if os.path.exists(flags_path):
@@ -202,6 +250,42 @@ def prepare_train_dir(train_dir: str, model_flags: Dict[str, Any], start_new: bo
             raise UserError(f"{flags_path}: this train dir holds a different model ({details}); "
                             f"use another --train_dir or --start_new_model")
     checkpoints.write_model_flags(train_dir, model_flags)
+
+
+@contextlib.contextmanager
+def removed_on_failed_start(train_dir: str) -> Iterator[None]:
+    """On a UserError before the first checkpoint, removes what this run added
+    to train_dir (flags, events) and the dir itself when this run created it,
+    so a failed start leaves nothing behind. Checkpoints are never removed."""
+    created = not os.path.exists(train_dir)
+    before = set() if created else set(os.listdir(train_dir))
+    try:
+        yield
+    except UserError:
+        if os.path.isdir(train_dir) and checkpoints.latest_checkpoint(train_dir) is None:
+            for name in set(os.listdir(train_dir)) - before:
+                path = os.path.join(train_dir, name)
+                if name.startswith(TRAINER_FILE_PREFIXES) and os.path.isfile(path):
+                    os.remove(path)
+            if created:
+                with contextlib.suppress(OSError):
+                    os.rmdir(train_dir)
+        raise
+
+
+def save_checkpoint(saver, sess, train_dir: str, step: int) -> str:
+    """saver.save with a one-line UserError when the checkpoint cannot be
+    written (full disk, ...); the temporary files of the failed save are removed."""
+    try:
+        return saver.save(sess, os.path.join(train_dir, checkpoints.CHECKPOINT_PREFIX),
+                          global_step=step)
+    except (tf.errors.OpError, OSError) as err:
+        remove_save_leftovers(train_dir)
+        reason = (checkpoints.write_failure(err, train_dir)
+                  or readers.data_error_message(err))
+        raise UserError(f"--train_dir={train_dir}: cannot write checkpoint "
+                        f"{checkpoints.CHECKPOINT_PREFIX}-{step} ({reason}); the checkpoints "
+                        f"written before are kept") from None
 
 
 # ---------------------------------------------------------------------------
@@ -290,7 +374,12 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
     with tf.Session(graph=graph, config=session_config(devices)) as sess:
         latest = checkpoints.latest_checkpoint(train_dir)
         if latest:
-            saver.restore(sess, latest)
+            try:
+                saver.restore(sess, latest)
+            except (tf.errors.OpError, ValueError) as err:
+                raise UserError(f"{latest}: cannot resume from it ("
+                                f"{readers.data_error_message(err)}); is it a checkpoint of "
+                                f"this model?") from None
             log(f"resumed from {latest}")
         else:
             sess.run(init)
@@ -328,10 +417,14 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
                     if step % config["log_steps"] == 0:
                         log(progress.line(step, loss_value, rate, extra))
                 if step % config["save_checkpoint_steps"] == 0:
-                    saver.save(sess, os.path.join(train_dir, checkpoints.CHECKPOINT_PREFIX),
-                               global_step=step)
+                    save_checkpoint(saver, sess, train_dir, step)
                     last_saved = step
         except tf.errors.OutOfRangeError:
+            if step == progress.start_step:
+                batch = config["batch_size"] * len(devices)
+                raise UserError(f"--train_data_pattern={data_pattern}: the files hold no full "
+                                f"batch of {batch} records (--batch_size); nothing to train on"
+                                ) from None
             log(f"reached the end of the data ({config['num_epochs']} epochs) at step {step}")
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
             raise UserError(f"--train_data_pattern: "
@@ -339,8 +432,7 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
         if readers.skipped_files_summary():
             log(readers.skipped_files_summary())
         if last_saved != step:
-            saver.save(sess, os.path.join(train_dir, checkpoints.CHECKPOINT_PREFIX),
-                       global_step=step)
+            save_checkpoint(saver, sess, train_dir, step)
         writer.close()
         log(f"done at step {step}, checkpoint {checkpoints.latest_checkpoint(train_dir)}")
     return {"global_step": step, "loss": loss_value}
@@ -518,9 +610,10 @@ def main(argv) -> None:
         train_distributed(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config,
                           cluster_info, log=lambda line: print(line, flush=True))
         return
-    prepare_train_dir(FLAGS.train_dir, model_flags, FLAGS.start_new_model)
-    train(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config,
-          log=lambda line: print(line, flush=True))
+    with removed_on_failed_start(FLAGS.train_dir):
+        prepare_train_dir(FLAGS.train_dir, model_flags, FLAGS.start_new_model)
+        train(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config,
+              log=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":
