@@ -28,6 +28,15 @@ shared machine's slow patches then hit both sides alike). The table prints,
 per model: examples/sec, GFLOP/example (forward+backward matmuls), achieved
 GFLOP/s, the median matmul GFLOP/s and the median ratio.
 
+The last two columns time the model's own matmuls alone (every MatMul and
+BatchMatMul of its training graph, same shapes and transposes, on fresh
+variables, in one session.run, once after every timed step too): their
+GFLOP/s is the ceiling for this model
+on this machine (batch-80 matmuls against 10^8-weight matrices are skinny
+and reach far less than the square product), and "own matmuls / step" is
+the share of the step those matmuls would take alone (1.0 = everything else
+is free).
+
 --trace=N prints the N most expensive op types and ops of one traced step
 (RunOptions FULL_TRACE), which is how the slow parts were found.
 Thread settings (--intra_op_threads, --inter_op_threads; 0 = the session
@@ -94,6 +103,65 @@ def count_matmul_flops(graph: tf.Graph, loop_iterations: int,
         key = "backward" if "gradients" in op.name.split("/") else "forward"
         counts[key] += flops
     return counts
+
+
+class OwnMatmuls:
+    """The matmuls of a training graph alone (same shapes and transposes).
+
+    Every MatMul/BatchMatMul of the graph is rebuilt on variables of its
+    input shapes (one variable per distinct shape, shared) and all of them
+    run in one session.run; ops inside a while loop run once and count
+    loop_iterations times. seconds() is the ceiling of the model's step on
+    this machine if everything but its matmuls were free.
+    """
+
+    def __init__(self, graph: tf.Graph, config: tf.ConfigProto, loop_iterations: int):
+        specs = []
+        for op in graph.get_operations():
+            if op.type not in MATMUL_OPS:
+                continue
+            if op.type == "MatMul":
+                attrs = {"transpose_a": op.get_attr("transpose_a"),
+                         "transpose_b": op.get_attr("transpose_b")}
+            else:
+                attrs = {"adjoint_a": op.get_attr("adj_x"), "adjoint_b": op.get_attr("adj_y")}
+            specs.append((tuple(op.inputs[0].shape.as_list()),
+                          tuple(op.inputs[1].shape.as_list()), attrs, _in_while_loop(op)))
+        self.loop_iterations = loop_iterations
+        probe = tf.Graph()
+        with probe.as_default():
+            variables = {}
+
+            def variable(shape):
+                if shape not in variables:
+                    variables[shape] = tf.Variable(
+                        tf.random_normal(shape, stddev=0.01),
+                        collections=[tf.GraphKeys.LOCAL_VARIABLES])
+                return variables[shape]
+
+            outside, inside = [], []
+            for a, b, attrs, looped in specs:
+                product = tf.matmul(variable(a), variable(b), **attrs)
+                # Depend on the whole product, fetch a scalar.
+                (inside if looped else outside).append(tf.reduce_sum(product[..., :1, :1]))
+            self.fetches = [tf.add_n(group) if group else None for group in (outside, inside)]
+            init = tf.local_variables_initializer()
+            probe.finalize()
+        self.sess = tf.Session(graph=probe, config=config)
+        self.sess.run(init)
+        self.seconds()
+
+    def seconds(self) -> float:
+        total = 0.0
+        for fetch, count in zip(self.fetches, (1, self.loop_iterations)):
+            if fetch is not None:
+                start = time.perf_counter()
+                self.sess.run(fetch)
+                total += (time.perf_counter() - start) * count
+        return total
+
+    def close(self) -> None:
+        self.sess.close()
 
 
 # ---------------------------------------------------------------------------
@@ -189,7 +257,7 @@ def print_trace(run_metadata, graph: tf.Graph, top: int) -> None:
 
 def bench_model(name: str, batch_size: int, steps: int, warmup: int,
                 config: tf.ConfigProto, probe: MatmulProbe, matmul_repeats: int,
-                trace: int = 0) -> Dict:
+                trace: int = 0, own_matmuls: bool = True) -> Dict:
     """Times `steps` training steps, each followed by a matmul probe.
 
     Returns the median step time, the median matmul rate, and the median of
@@ -206,7 +274,8 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
         init = [tf.global_variables_initializer(), tf.local_variables_initializer()]
         graph.finalize()
     flop_per_step = flops["forward"] + flops["backward"]
-    times, rates, ratios = [], [], []
+    own = OwnMatmuls(graph, config, NUM_FRAMES) if own_matmuls else None
+    times, rates, ratios, own_times = [], [], [], []
     with tf.Session(graph=graph, config=config) as sess:
         sess.run(init)
         for _ in range(warmup):
@@ -217,19 +286,27 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
             times.append(time.perf_counter() - start)
             rates.append(probe.rate(matmul_repeats))
             ratios.append(flop_per_step / times[-1] / 1e9 / rates[-1])
+            if own:
+                own_times.append(own.seconds())
         if trace:
             run_metadata = tf.RunMetadata()
             sess.run(ops["train_op"],
                      options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE),
                      run_metadata=run_metadata)
             print_trace(run_metadata, graph, trace)
+    if own:
+        own.close()
     step = statistics.median(times)
     return {"step_seconds": step, "min_step_seconds": min(times),
             "examples_per_sec": batch_size / step,
             "gflop_per_example": flop_per_step / batch_size / 1e9,
             "forward_gflop_per_example": flops["forward"] / batch_size / 1e9,
             "matmul_gflops": statistics.median(rates),
-            "ratio": statistics.median(ratios)}
+            "ratio": statistics.median(ratios),
+            "own_matmul_gflops": (flop_per_step / statistics.median(own_times) / 1e9
+                                  if own else float("nan")),
+            "own_matmul_share": (statistics.median([o / t for o, t in zip(own_times, times)])
+                                 if own else float("nan"))}
 
 
 def cross_check(name: str, batch_size: int) -> None:
@@ -276,6 +353,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--inter_op_threads", type=int, default=0)
     parser.add_argument("--trace", type=int, default=0,
                         help="print the N most expensive ops of one traced step")
+    parser.add_argument("--own_matmuls", type=lambda v: v.lower() in ("1", "true", "yes"),
+                        default=True, help="also time the model's own matmul shapes alone")
     parser.add_argument("--cross_check", default="",
                         help="comma-separated models whose forward FLOPs are also "
                              "counted by tf.profiler")
@@ -296,22 +375,26 @@ def main(argv: Optional[List[str]] = None) -> None:
         gru = n == "GRUModel"
         result = bench_model(n, args.batch_size, args.gru_steps if gru else args.steps,
                              args.gru_warmup if gru else args.warmup, config, probe,
-                             args.matmul_repeats, args.trace)
+                             args.matmul_repeats, args.trace, args.own_matmuls)
         achieved = result["examples_per_sec"] * result["gflop_per_example"]
         rows.append((n, result, achieved))
         print(f"{n}: {result['examples_per_sec']:.1f} examples/sec (step median "
               f"{result['step_seconds']:.3f} s, min {result['min_step_seconds']:.3f} s), "
               f"{result['gflop_per_example']:.3f} GFLOP/example "
               f"(forward {result['forward_gflop_per_example']:.3f}), {achieved:.1f} GFLOP/s, "
-              f"matmul {result['matmul_gflops']:.1f} GFLOP/s, ratio {result['ratio']:.2f}",
+              f"matmul {result['matmul_gflops']:.1f} GFLOP/s, ratio {result['ratio']:.2f}; "
+              f"its own matmuls alone {result['own_matmul_gflops']:.1f} GFLOP/s, "
+              f"{100 * result['own_matmul_share']:.0f}% of the step",
               flush=True)
     probe.close()
     print()
-    print("| model | examples/sec | GFLOP/example | achieved GFLOP/s | matmul GFLOP/s | ratio |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | examples/sec | GFLOP/example | achieved GFLOP/s | matmul GFLOP/s | ratio "
+          "| own matmuls alone GFLOP/s | own matmuls / step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for n, result, achieved in rows:
         print(f"| {n} | {result['examples_per_sec']:.1f} | {result['gflop_per_example']:.2f} | "
-              f"{achieved:.1f} | {result['matmul_gflops']:.1f} | {result['ratio']:.2f} |")
+              f"{achieved:.1f} | {result['matmul_gflops']:.1f} | {result['ratio']:.2f} | "
+              f"{result['own_matmul_gflops']:.1f} | {result['own_matmul_share']:.2f} |")
 
 
 if __name__ == "__main__":

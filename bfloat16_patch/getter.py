@@ -29,6 +29,9 @@ from training import checkpoints
 from training.errors import UserError
 from training.tf_compat import tf
 
+# The TF1 Saver's extension point (after tf_compat, which imports TF quietly).
+from tensorflow.python.training.saving import saveable_object  # noqa: E402
+
 FLOAT32 = "float32"
 BFLOAT16 = "bfloat16"
 DTYPE_KEY = "checkpoint_dtype"   # model_flags.json marker written by the converter
@@ -83,6 +86,99 @@ def bfloat16_getter(getter, name, **kwargs):
         raise UserError(f"variable {name}: exists as {variable.dtype.base_dtype.name}, "
                         f"cannot be viewed through the bfloat16 getter")
     return tf.cast(variable, tf.float32, name=name.split("/")[-1] + "_float32")
+
+
+# ---------------------------------------------------------------------------
+# How a bfloat16 checkpoint computes at inference (--bf16_compute)
+#
+#   cast_each_step  bf16 variables, every read cast to float32 on every run
+#                   (bfloat16_getter; the original patch's behaviour; inside
+#                   the GRU's while loop that is once per time step)
+#   cast_at_load    float32 variables, filled once when the checkpoint is
+#                   restored: the restore op reads the bf16 tensors and casts
+#                   them (BFloat16StorageSaveable), and saving casts them back
+#                   (exact), so the checkpoint on disk stays bf16. Twice the
+#                   memory of the other two modes.
+#   bfloat16        bf16 variables; the big matmuls (every weight matmul made
+#                   through models.layers.matmul) run in bfloat16 with the
+#                   activations cast to bf16 and the product cast back to
+#                   float32; everything else (biases, BN, softmax, sums,
+#                   normalisation, the GRU state) stays float32
+#                   (bfloat16_compute_getter).
+# All three read and write the same bf16 checkpoints; cast_each_step and
+# cast_at_load compute exactly the same numbers.
+
+CAST_EACH_STEP = "cast_each_step"
+CAST_AT_LOAD = "cast_at_load"
+BFLOAT16_COMPUTE = "bfloat16"
+BF16_COMPUTE_MODES = (CAST_EACH_STEP, CAST_AT_LOAD, BFLOAT16_COMPUTE)
+DEFAULT_BF16_COMPUTE = CAST_EACH_STEP
+
+
+def check_bf16_compute(mode: Optional[str]) -> str:
+    """The mode itself (None: the default); a UserError for an unknown one."""
+    if mode is None or mode == "":
+        return DEFAULT_BF16_COMPUTE
+    if mode not in BF16_COMPUTE_MODES:
+        raise UserError(f"--bf16_compute: one of {', '.join(BF16_COMPUTE_MODES)}, "
+                        f"got {mode!r}")
+    return mode
+
+
+def bfloat16_compute_getter(getter, name, **kwargs):
+    """custom_getter of the "bfloat16" mode: as bfloat16_getter (bf16
+    variables, float32 views), and each view is registered with
+    models.layers.register_bfloat16_weight, so that models.layers.matmul
+    multiplies by the bf16 variable in bfloat16 instead of by the view (which
+    is then never computed when a weight is only used in matmuls)."""
+    from models import layers
+
+    view = bfloat16_getter(getter, name, **kwargs)
+    if isinstance(view, tf.Tensor) and view.op.type == "Cast" and \
+            view.op.inputs[0].dtype.base_dtype == tf.bfloat16:
+        layers.register_bfloat16_weight(view, view.op.inputs[0])
+    return view
+
+
+def getter_for_mode(mode: Optional[str]) -> Optional[Callable]:
+    """The custom_getter that builds a bf16 checkpoint's graph in `mode`
+    (None for cast_at_load: plain float32 variables)."""
+    mode = check_bf16_compute(mode)
+    return {CAST_EACH_STEP: bfloat16_getter, CAST_AT_LOAD: None,
+            BFLOAT16_COMPUTE: bfloat16_compute_getter}[mode]
+
+
+class BFloat16StorageSaveable(saveable_object.SaveableObject):
+    """A float32 variable whose checkpoint tensor is bfloat16 (cast_at_load).
+
+    Restore reads the bf16 tensor and assigns its float32 cast (exact): the
+    conversion happens once, inside the Saver's restore op, so a graph
+    exported with such a Saver loads the starter way (import_meta_graph +
+    restore) with no extra step. Save writes cast(variable, bf16), which is
+    exact for values that came from bf16, so the file stays bf16.
+    """
+
+    def __init__(self, variable, name: str):
+        self._variable = variable
+        dtype = variable.dtype.base_dtype
+        spec = saveable_object.SaveSpec(
+            lambda: tf.cast(variable.value(), tf.bfloat16, name="to_bfloat16"), "", name,
+            dtype=tf.bfloat16, device=variable.device)
+        super().__init__(variable, [spec], name)
+        self._float_dtype = dtype
+
+    def restore(self, restored_tensors, restored_shapes):
+        del restored_shapes
+        value = tf.cast(restored_tensors[0], self._float_dtype, name="from_bfloat16")
+        return tf.assign(self._variable, value, validate_shape=True)
+
+
+def bfloat16_storage_saveables(var_map: Mapping[str, Any]) -> Dict[str, Any]:
+    """{checkpoint key: variable} -> the same map with every floating
+    float32 variable wrapped in a BFloat16StorageSaveable (others unchanged)."""
+    return {key: (BFloat16StorageSaveable(var, key)
+                  if var.dtype.base_dtype == tf.float32 else var)
+            for key, var in var_map.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -188,6 +284,9 @@ def restore(sess, checkpoint_path: str, var_list=None, saver=None) -> None:
     (saver or tf.train.Saver(var_list)).restore(sess, checkpoint_path)
 
 
-__all__ = ["bfloat16_getter", "checkpoint_dtype", "getter_for_checkpoint",
+__all__ = ["bfloat16_getter", "bfloat16_compute_getter", "getter_for_mode",
+           "BFloat16StorageSaveable", "bfloat16_storage_saveables", "check_bf16_compute",
+           "CAST_EACH_STEP", "CAST_AT_LOAD", "BFLOAT16_COMPUTE", "BF16_COMPUTE_MODES",
+           "DEFAULT_BF16_COMPUTE", "checkpoint_dtype", "getter_for_checkpoint",
            "getter_for_model_dir", "check_restore_compatible", "restore", "load_checkpoint_reader",
            "FLOAT32", "BFLOAT16", "DTYPE_KEY"]

@@ -5,10 +5,13 @@ The re-implementation of ``multi_ensemble_tile.py`` (ORIGINAL.md 6.1-6.4).
 
 Members. Each of --model_dirs is a model dir of this pipeline (a train, SWA
 or bfloat16 dir): ``model_flags.json`` plus ``model.ckpt-<step>``; the latest
-checkpoint is used. A member whose checkpoint stores bfloat16 tensors is built
-with ``bfloat16_patch.getter.bfloat16_getter`` (bf16 variables, float32
-compute), so the exported checkpoint keeps them in bfloat16; float32 members
-stay float32 (mixing is allowed). All members must read the same features
+checkpoint is used. A member whose checkpoint stores bfloat16 tensors is
+built as --bf16_compute says (bfloat16_patch.getter): ``cast_each_step``
+(bf16 variables read through a float32 cast on every run, the original's
+behaviour), ``cast_at_load`` (float32 variables that the restore op fills from
+the bf16 tensors once) or ``bfloat16`` (bf16 variables, the weight matmuls in
+bfloat16, the rest float32); in every mode the exported checkpoint keeps them
+in bfloat16. Float32 members stay float32 (mixing is allowed). All members must read the same features
 (``frame_features``, ``feature_names``, ``feature_sizes``) and predict the same
 ``num_classes``.
 
@@ -24,7 +27,13 @@ Member i lives under the variable scope ``model<i>`` (exact scope, so
 depend on a random draw of frames (``samples_frames_randomly``: the NetVLAD
 and DBoF presets) see the input tiled ``--tile_num`` times, i.e. copy t of
 video b at row t*B + b, so each copy gets an independent draw (test-time
-augmentation); their prediction is the mean over the copies. Deterministic
+augmentation); their prediction is the mean over the copies. With
+--shared_frame_work (the default) such a member does not run on a tiled
+input: its per-frame work (input BN with moving statistics, the cluster
+assignment, its BN and softmax) runs once over each video's frames and every
+copy aggregates it with its draw counts (FrameModel.predict_tiles; the same
+random process, exact up to float rounding); --noshared_frame_work builds the
+naive tiled graph instead. Deterministic
 members (the GRU, FrameMeanMoeModel) run once on the untiled batch: tiling
 them would only repeat identical work. The combination is a weighted *mean*
 (weights normalised to sum to 1), not the sum of ``multi_ensemble.py``, so
@@ -121,6 +130,14 @@ def define_flags() -> None:
     define_flag(flags.DEFINE_string, "eval_data_pattern", "", "Evaluate the exported model on "
                 "these TFRecords (labelled) and write eval_results.json.")
     define_flag(flags.DEFINE_integer, "seed", 666, "Graph-level random seed (frame sampling).")
+    define_flag(flags.DEFINE_bool, "shared_frame_work", True, "Tiled members compute their "
+                "per-frame work once per video and aggregate it per tile with draw counts "
+                "(false: run the member on the tiled input, as the original).")
+    define_flag(flags.DEFINE_string, "bf16_compute", None,
+                "How bfloat16 members compute: cast_each_step (bf16 variables cast to float32 "
+                "on every run), cast_at_load (float32 variables filled once from the bf16 "
+                "checkpoint) or bfloat16 (weight matmuls in bfloat16); default "
+                f"{bf16.DEFAULT_BF16_COMPUTE}. The export stays bf16 on disk in every mode.")
     define_flag(flags.DEFINE_string, "frame_sampling", None, "Override every member's frame "
                 "sampling: random (the original), uniform or none.")
     define_flag(flags.DEFINE_integer, "batch_size", 64, "Videos per batch of the evaluation.")
@@ -142,6 +159,17 @@ class Member:
     @property
     def getter(self):
         return bf16.bfloat16_getter if self.dtype == bf16.BFLOAT16 else None
+
+    def getter_for(self, bf16_compute: Optional[str]):
+        """The custom_getter of this member in a --bf16_compute mode."""
+        return bf16.getter_for_mode(bf16_compute) if self.dtype == bf16.BFLOAT16 else None
+
+    def stored_bf16_in(self, bf16_compute: Optional[str]) -> bool:
+        """True when the graph holds float32 variables for bf16 checkpoint
+        tensors (cast_at_load): they are restored and saved through
+        BFloat16StorageSaveable."""
+        return self.dtype == bf16.BFLOAT16 and \
+            bf16.check_bf16_compute(bf16_compute) == bf16.CAST_AT_LOAD
 
     @property
     def name(self) -> str:
@@ -304,10 +332,35 @@ class EnsembleGraph:
     tiled: List[bool]
     scopes: List[str]
     restore_maps: List[Dict[str, tf.Variable]] = field(default_factory=list)
+    stored_bf16: List[bool] = field(default_factory=list)   # float32 vars, bf16 on disk
+    shared: List[bool] = field(default_factory=list)        # tiled with shared frame work
+    bf16_compute: str = bf16.DEFAULT_BF16_COMPUTE
 
     @property
     def variables(self) -> List[tf.Variable]:
         return [var for mapping in self.restore_maps for var in mapping.values()]
+
+    def saver_map(self, index: int) -> Dict[str, Any]:
+        """Member index's {checkpoint key: variable or BFloat16StorageSaveable}."""
+        mapping = self.restore_maps[index]
+        if self.stored_bf16 and self.stored_bf16[index]:
+            return bf16.bfloat16_storage_saveables(mapping)
+        return dict(mapping)
+
+    @property
+    def export_var_list(self) -> List[Any]:
+        """What the export Saver writes under the graph names (model<i>/...):
+        the variables, cast_at_load members' through BFloat16StorageSaveable
+        so that they stay bf16 on disk."""
+        out: List[Any] = []
+        for index, mapping in enumerate(self.restore_maps):
+            stored = bool(self.stored_bf16 and self.stored_bf16[index])
+            for var in mapping.values():
+                if stored and var.dtype.base_dtype == tf.float32:
+                    out.append(bf16.BFloat16StorageSaveable(var, var.op.name))
+                else:
+                    out.append(var)
+        return out
 
 
 def _build_model(member: Member, frame_sampling: Optional[str]):
@@ -322,14 +375,20 @@ def _build_model(member: Member, frame_sampling: Optional[str]):
 def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], tile_num: int,
                          frame_sampling: Optional[str] = None,
                          scopes: Optional[Sequence[str]] = None,
-                         force_tile: bool = False) -> EnsembleGraph:
+                         force_tile: bool = False, shared_frame_work: bool = True,
+                         bf16_compute: Optional[str] = None) -> EnsembleGraph:
     """Adds the ensemble to the default graph (see the module docstring).
 
     scopes: variable scope per member (default model0, model1, ...; the
     single-model inference uses ["tower"]). force_tile tiles every member,
     deterministic ones too (only to show that it changes nothing for them).
+    shared_frame_work: tiled members that support it (FrameModel.
+    supports_shared_frame_work) compute their per-frame work once
+    (predict_tiles) instead of running on the tiled input. bf16_compute: how
+    bfloat16 members compute (None: bf16.DEFAULT_BF16_COMPUTE).
     Adds the collections input_batch_raw, num_frames and predictions.
     """
+    bf16_compute = bf16.check_bf16_compute(bf16_compute)
     if tile_num < 1:
         raise UserError(f"--tile_num: must be >= 1, got {tile_num}")
     if len(weights) != len(members):
@@ -352,18 +411,27 @@ def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], ti
     models = [_build_model(member, frame_sampling) for member in members]
     tiled = [tile_num > 1 and (force_tile or bool(model.samples_frames_randomly))
              for model in models]
+    shared = [tile and shared_frame_work and bool(model.supports_shared_frame_work)
+              and len(shape) == 3 for model, tile in zip(models, tiled)]
     tiled_raw = tiled_frames = None
-    if any(tiled):
+    if any(tile and not share for tile, share in zip(tiled, shared)):
         with tf.name_scope("tile"):
             multiples = [tile_num] + [1] * (len(shape) - 1)
             tiled_raw = tf.tile(input_raw, multiples, name="input_batch_raw")
             tiled_frames = tf.tile(num_frames, [tile_num], name="num_frames")
 
     member_predictions, member_tiles = [], []
-    for member, model, scope, tile in zip(members, models, scopes, tiled):
-        with tf.variable_scope(scope, custom_getter=member.getter):
+    for member, model, scope, tile, share in zip(members, models, scopes, tiled, shared):
+        with tf.variable_scope(scope, custom_getter=member.getter_for(bf16_compute)):
             try:
-                if tile:
+                if share:
+                    flat = model_builder.model_tile_predictions(model, input_raw, num_frames,
+                                                                tile_num)
+                    copies = tf.reshape(flat, [tile_num, batch_size, num_classes],
+                                        name="tiles")
+                    member_tiles.append(copies)
+                    prediction = tf.reduce_mean(copies, axis=0, name="tile_mean")
+                elif tile:
                     flat = model_builder.model_predictions(model, tiled_raw, tiled_frames,
                                                            is_training=False)
                     copies = tf.reshape(flat, [tile_num, batch_size, num_classes],
@@ -395,16 +463,20 @@ def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], ti
                          ("predictions", predictions)):
         tf.add_to_collection(name, tensor)
     return EnsembleGraph(input_raw, num_frames, predictions, member_predictions, member_tiles,
-                         tiled, scopes, restore_maps)
+                         tiled, scopes, restore_maps,
+                         [member.stored_bf16_in(bf16_compute) for member in members], shared,
+                         bf16_compute)
 
 
 # ---------------------------------------------------------------------------
 # Loading the members
 
 
-def check_member_checkpoint(member: Member, restore_map: Mapping[str, tf.Variable]) -> None:
+def check_member_checkpoint(member: Member, restore_map: Mapping[str, tf.Variable],
+                            stored_bf16: bool = False) -> None:
     """One-line UserError, naming the member dir and the variable, when the
-    checkpoint cannot fill the graph's variables exactly."""
+    checkpoint cannot fill the graph's variables exactly. stored_bf16: the
+    graph's float32 variables are read from bf16 tensors (cast_at_load)."""
     try:
         reader = tf.train.load_checkpoint(member.checkpoint)
     except (tf.errors.OpError, ValueError) as err:
@@ -424,6 +496,8 @@ def check_member_checkpoint(member: Member, restore_map: Mapping[str, tf.Variabl
                             f"in {os.path.basename(member.checkpoint)} but {graph_shape} in the "
                             f"model its {checkpoints.MODEL_FLAGS_FILE} describes")
         stored, wanted = tf.as_dtype(dtypes[key]).base_dtype, var.dtype.base_dtype
+        if stored_bf16 and wanted == tf.float32:
+            wanted = tf.bfloat16
         if stored != wanted:
             raise UserError(f"{member.model_dir}: variable {key} is {stored.name} in "
                             f"{os.path.basename(member.checkpoint)} but {wanted.name} in the "
@@ -437,10 +511,11 @@ def check_member_checkpoint(member: Member, restore_map: Mapping[str, tf.Variabl
 
 def member_savers(members: Sequence[Member], graph: EnsembleGraph) -> List[tf.train.Saver]:
     """One name-mapping Saver per member (call in the graph, before finalising)."""
-    for member, mapping in zip(members, graph.restore_maps):
-        check_member_checkpoint(member, mapping)
-    return [tf.train.Saver(mapping, name=f"restore_{scope}", sharded=False)
-            for mapping, scope in zip(graph.restore_maps, graph.scopes)]
+    for index, (member, mapping) in enumerate(zip(members, graph.restore_maps)):
+        check_member_checkpoint(member, mapping,
+                                bool(graph.stored_bf16 and graph.stored_bf16[index]))
+    return [tf.train.Saver(graph.saver_map(index), name=f"restore_{scope}", sharded=False)
+            for index, scope in enumerate(graph.scopes)]
 
 
 def restore_members(sess: tf.Session, members: Sequence[Member],
@@ -471,12 +546,14 @@ def exported_bytes(directory: str) -> int:
     return sum(os.path.getsize(path) for path in export_files(directory))
 
 
-def export_model(sess: tf.Session, directory: str, variables: Sequence[tf.Variable]) -> int:
+def export_model(sess: tf.Session, directory: str, variables: Sequence[Any]) -> int:
     """Writes inference_model.{data-00000-of-00001,index,meta} (+ `checkpoint`)
     into directory; returns the bytes of the inference_model.* files.
 
-    The Saver holds the model variables only (no global_step); the MetaGraph
-    is that of the session's graph without the members' loading savers.
+    The Saver holds the model variables only (no global_step; pass
+    EnsembleGraph.export_var_list, whose BFloat16StorageSaveables keep
+    cast_at_load members bf16 on disk); the MetaGraph is that of the
+    session's graph without the members' loading savers.
     """
     prefix = os.path.join(directory, INFERENCE_MODEL)
     # Saver.export_meta_graph exports the *default* graph: make it the session's.
@@ -529,7 +606,8 @@ def _check_output_dir(output_dir: str, member_dirs: Sequence[str], overwrite: bo
 def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], output_dir: str,
                      tile_num: int = 10, seed: int = 666, overwrite: bool = False,
                      allow_oversize: bool = False, frame_sampling: Optional[str] = None,
-                     log: Log = print, size_limit_bytes: Optional[int] = None
+                     log: Log = print, size_limit_bytes: Optional[int] = None,
+                     shared_frame_work: bool = True, bf16_compute: Optional[str] = None
                      ) -> Dict[str, Any]:
     """Builds the ensemble of member_dirs, exports it to output_dir; returns
     the ensemble.json payload. size_limit_bytes: default SIZE_LIMIT_BYTES."""
@@ -542,6 +620,7 @@ def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], outpu
     if len(weights) != len(member_dirs):
         raise UserError(f"--weights: {len(weights)} weights for {len(member_dirs)} members")
     weights = normalise_weights(weights)
+    bf16_compute = bf16.check_bf16_compute(bf16_compute)
     check_no_duplicates(member_dirs)
     _check_output_dir(output_dir, member_dirs, overwrite)
     members = [load_member(d) for d in member_dirs]
@@ -550,19 +629,22 @@ def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], outpu
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(seed)
-        ensemble = build_ensemble_graph(members, weights, tile_num, frame_sampling)
+        ensemble = build_ensemble_graph(members, weights, tile_num, frame_sampling,
+                                        shared_frame_work=shared_frame_work,
+                                        bf16_compute=bf16_compute)
         savers = member_savers(members, ensemble)
     for index, (member, weight, tile) in enumerate(zip(members, weights, ensemble.tiled)):
         count = sum(int(var.shape.num_elements()) for var in ensemble.restore_maps[index].values())
         log(f"model{index}: {member.model_dir} ({member.name}, {member.dtype}, "
             f"{count:,} values, weight {weight:.4f}, "
-            f"{f'tiled x{tile_num}' if tile else 'not tiled'})")
+            f"{f'tiled x{tile_num}' if tile else 'not tiled'}"
+            f"{', shared frame work' if ensemble.shared[index] else ''})")
 
     start = time.time()
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
         with tf.Session(graph=graph) as sess:
             restore_members(sess, members, savers, log)
-            size = export_model(sess, tmp_dir, ensemble.variables)
+            size = export_model(sess, tmp_dir, ensemble.export_var_list)
         checkpoints.write_model_flags(tmp_dir, ensemble_model_flags(members))
         payload = {
             "members": [m.model_dir for m in members],
@@ -574,6 +656,8 @@ def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], outpu
             "checkpoints": [m.checkpoint for m in members],
             "checkpoint_dtypes": [m.dtype for m in members],
             "frame_sampling": frame_sampling,
+            "shared_frame_work": list(ensemble.shared),
+            "bf16_compute": bf16_compute,
             "seed": int(seed),
             "exported_bytes": int(size),
             "size_limit_bytes": limit,
@@ -603,7 +687,9 @@ def main(argv) -> None:
     log = lambda line: print(line, flush=True)  # noqa: E731
     build_and_export(member_dirs, weights, FLAGS.output_dir, FLAGS.tile_num, FLAGS.seed,
                      FLAGS.overwrite, FLAGS.allow_oversize, FLAGS.frame_sampling, log=log,
-                     size_limit_bytes=FLAGS.size_limit_bytes)
+                     size_limit_bytes=FLAGS.size_limit_bytes,
+                     shared_frame_work=FLAGS.shared_frame_work,
+                     bf16_compute=FLAGS.bf16_compute)
     if FLAGS.eval_data_pattern:
         from ensemble import inference
         from training import metrics

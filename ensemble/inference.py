@@ -14,9 +14,11 @@ Model. --train_dir is either
     --seed and --frame_sampling do not apply; or
   * a single model dir (``model.ckpt-*`` and no ``inference_model.meta``: a
     train, SWA or bfloat16 dir): the model is built from its
-    ``model_flags.json`` (untiled, under ``tower/``, with the bfloat16 getter
-    when the checkpoint is bf16; --frame_sampling overrides the sampling,
-    --seed is the graph seed) and restored.
+    ``model_flags.json`` (untiled, under ``tower/``; a bf16 checkpoint computes
+    as --bf16_compute says, see ensemble.build; --frame_sampling overrides the
+    sampling, --seed is the graph seed) and restored. An ensemble dir's
+    bfloat16 mode was fixed by ensemble.build --bf16_compute (with
+    cast_at_load its restore op casts the bf16 tensors to float32 once).
 --input_model_tgz reads an uploaded model instead (extracted into a temporary
 dir; only regular files with relative paths are accepted). The data reader
 (frame or video level, feature names and sizes) comes from the model's
@@ -87,6 +89,9 @@ def define_flags() -> None:
                 "dir only).")
     define_flag(flags.DEFINE_string, "frame_sampling", None, "Override the frame sampling "
                 "(single model dir only): random, uniform or none.")
+    define_flag(flags.DEFINE_string, "bf16_compute", None, "How a bfloat16 single model dir "
+                "computes: cast_each_step, cast_at_load or bfloat16 (default: ensemble.build's "
+                "default; an ensemble dir's mode was fixed when it was built).")
     define_flag(flags.DEFINE_bool, "overwrite", False, "Replace an existing --output_file or "
                 "--output_model_tgz.")
     define_flag(flags.DEFINE_bool, "skip_corrupt_records", False, "Skip the damaged rest of "
@@ -132,8 +137,9 @@ def _first_line(err: Exception) -> str:
 
 
 def open_model(model_dir: str, frame_sampling: Optional[str] = None,
-               seed: int = 2018) -> LoadedModel:
-    """Loads an ensemble dir (import_meta_graph) or builds a single model dir."""
+               seed: int = 2018, bf16_compute: Optional[str] = None) -> LoadedModel:
+    """Loads an ensemble dir (import_meta_graph) or builds a single model dir
+    (bf16_compute: how a bf16 single model computes; None = the default)."""
     if not os.path.isdir(model_dir):
         raise UserError(f"--train_dir={model_dir}: no such dir")
     model_flags = checkpoints.read_model_flags(model_dir)
@@ -148,6 +154,10 @@ def open_model(model_dir: str, frame_sampling: Optional[str] = None,
             raise UserError(f"--frame_sampling: applies to a single model dir; the frame "
                             f"sampling of {model_dir} was fixed by ensemble.build (rebuild it "
                             f"with --frame_sampling)")
+        if bf16_compute:
+            raise UserError(f"--bf16_compute: applies to a single model dir; the bfloat16 mode "
+                            f"of {model_dir} was fixed by ensemble.build (rebuild it with "
+                            f"--bf16_compute)")
         if not os.path.isfile(prefix + ".index"):
             raise UserError(f"{prefix}.index: missing (the meta graph has no checkpoint)")
         with graph.as_default():
@@ -178,7 +188,8 @@ def open_model(model_dir: str, frame_sampling: Optional[str] = None,
         tf.set_random_seed(seed)
         single = build.build_ensemble_graph([member], [1.0], tile_num=1,
                                             frame_sampling=frame_sampling,
-                                            scopes=[checkpoints.MODEL_SCOPE])
+                                            scopes=[checkpoints.MODEL_SCOPE],
+                                            bf16_compute=bf16_compute)
         (saver,) = build.member_savers([member], single)
     session = tf.Session(graph=graph)
     try:
@@ -187,7 +198,7 @@ def open_model(model_dir: str, frame_sampling: Optional[str] = None,
         session.close()
         raise
     return LoadedModel(model_dir, "single", model_flags, graph, session, single.input_batch_raw,
-                       single.num_frames, single.predictions, single.variables)
+                       single.num_frames, single.predictions, single.export_var_list)
 
 
 # ---------------------------------------------------------------------------
@@ -431,7 +442,7 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
         input_data_pattern: str = "", output_file: str = "", batch_size: int = 64,
         top_k: int = 20, num_readers: int = 1, seed: int = 2018,
         frame_sampling: Optional[str] = None, log: Log = print, overwrite: bool = True,
-        skip_corrupt: bool = False) -> Optional[int]:
+        skip_corrupt: bool = False, bf16_compute: Optional[str] = None) -> Optional[int]:
     """The command: returns the number of videos written (None without a CSV).
     overwrite=False refuses an existing output_file / output_model_tgz (the
     command line's default)."""
@@ -450,7 +461,7 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
         readers.resolve_files(input_data_pattern, "input_data_pattern")
 
     def with_dir(model_dir: str) -> Optional[int]:
-        model = open_model(model_dir, frame_sampling, seed)
+        model = open_model(model_dir, frame_sampling, seed, bf16_compute)
         try:
             if not overwrite:
                 for flag, path in (("output_model_tgz", output_model_tgz),
@@ -483,7 +494,7 @@ def main(argv) -> None:
         FLAGS.input_data_pattern, FLAGS.output_file, FLAGS.batch_size, FLAGS.top_k,
         FLAGS.num_readers, FLAGS.seed, FLAGS.frame_sampling,
         log=lambda line: print(line, flush=True), overwrite=FLAGS.overwrite,
-        skip_corrupt=FLAGS.skip_corrupt_records)
+        skip_corrupt=FLAGS.skip_corrupt_records, bf16_compute=FLAGS.bf16_compute)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,21 @@ class FrameModel:
     def __call__(self, model_input: tf.Tensor, num_frames: tf.Tensor,
                  is_training: bool) -> tf.Tensor:
         raise NotImplementedError
+
+    @property
+    def supports_shared_frame_work(self) -> bool:
+        """True when ``predict_tiles`` can compute the per-frame work once for
+        all tiles (the frame-sampling pooled models); False for the rest."""
+        return False
+
+    def predict_tiles(self, model_input: tf.Tensor, num_frames: tf.Tensor, tile_num: int,
+                      indices=None, seed=None) -> tf.Tensor:
+        """Inference on tile_num independent draws of frames -> [tile_num*B, C]
+        (row t*B + b), as calling the model on the input tiled tile_num times."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared-frame-work path")
+
+    def predict_tiled(self, model_input: tf.Tensor, num_frames: tf.Tensor, tile_num: int,
+                      indices=None, seed=None) -> tf.Tensor:
+        """The mean over tile_num draws of ``predict_tiles`` -> [B, C]."""
+        tiles = self.predict_tiles(model_input, num_frames, tile_num, indices, seed)
+        return tf.reduce_mean(tf.reshape(tiles, [tile_num, -1, self.num_classes]), axis=0)

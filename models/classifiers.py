@@ -34,6 +34,6 @@ def probability_gating(probabilities: tf.Tensor, is_training: bool) -> tf.Tensor
     num_classes = probabilities.shape.as_list()[-1]
     weights = tf.get_variable("gating_prob_weights", [num_classes, num_classes],
                               initializer=layers.normal(1.0 / math.sqrt(num_classes)))
-    gates = layers.batch_norm(tf.matmul(probabilities, weights), is_training,
+    gates = layers.batch_norm(layers.matmul(probabilities, weights), is_training,
                               "gating_prob_bn")
     return probabilities * tf.sigmoid(gates)

@@ -24,7 +24,7 @@ Shared hyper-parameter keys (same meaning and type in every class):
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from models import classifiers, layers, pooling
 from models.base import FrameModel
@@ -100,6 +100,61 @@ class _PooledFrameModel(FrameModel):
             return self.hparams["cluster_size"]
         return max(1, self.hparams["cluster_size"] // self.hparams["audio_cluster_divisor"])
 
+    # -- inference on tiles with the per-frame work shared (ensemble.build) --
+
+    @property
+    def supports_shared_frame_work(self) -> bool:
+        return _sampling_mode(self.hparams) in ("random", "uniform")
+
+    def tile_indices(self, num_frames: tf.Tensor, tile_num: int,
+                     seed: Optional[int] = None) -> tf.Tensor:
+        """The frames tile t draws for video b -> int32 [tile_num, B, N].
+
+        The same random process as calling the model on the input tiled
+        tile_num times (copy t of video b at row t*B + b): one RandomUniform
+        [tile_num*B, N] with the op seed frame_sampling_seed (or `seed`), so
+        equal graph and op seeds give the naive path's very draws.
+        """
+        mode = _sampling_mode(self.hparams)
+        if seed is None:
+            seed = self.hparams["frame_sampling_seed"]
+        num_samples = self.hparams["num_samples"]
+        indices = layers.sample_frame_indices(tf.tile(num_frames, [tile_num]), num_samples,
+                                              mode=mode, seed=None if seed < 0 else seed)
+        return tf.reshape(indices, [tile_num, -1, num_samples])
+
+    def predict_tiles(self, model_input, num_frames, tile_num, indices=None, seed=None):
+        """Inference on tile_num draws, the per-frame work done once per video.
+
+        model_input [B, S, D] (L2-normalised frames), num_frames [B] ->
+        [tile_num*B, C] (row t*B + b). input_bn (moving statistics), the
+        cluster assignment, its BN and softmax run once over the S frames of
+        each video; each tile aggregates them with its draw counts
+        (layers.frame_counts of `indices` [T, B, N], default tile_indices),
+        and the rest (non-local block, normalisation, hidden layer, gating,
+        MoE) runs per tile. Equal to the naive path on the same draws.
+        """
+        if not self.supports_shared_frame_work:
+            raise ValueError(f"{type(self).__name__}: frame_sampling "
+                             f"{self.hparams['frame_sampling']!r} has no per-tile draws")
+        self._check_input(model_input)
+        if indices is None:
+            indices = self.tile_indices(num_frames, tile_num, seed)
+        width = sum(self.feature_sizes)
+        steps = tf.shape(model_input)[1]
+        counts = layers.frame_counts(indices, steps)                       # [T, B, S]
+        flat = layers.batch_norm(tf.reshape(model_input, [-1, width]), False, "input_bn")
+        frames = tf.reshape(flat, [-1, steps, width])                      # [B, S, D]
+        return self._head(self._pool_counts(frames, counts), False)
+
+    def _pool_counts(self, frames: tf.Tensor, counts: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def _modality_frames(self, frames: tf.Tensor) -> List[Tuple[str, int, tf.Tensor]]:
+        """Splits [B, S, D] by self.feature_sizes -> [(name, F, [B, S, F]), ...]."""
+        parts = tf.split(frames, self.feature_sizes, axis=2)
+        return list(zip(MODALITY_NAMES, self.feature_sizes, parts))
+
     def _head(self, pooled: tf.Tensor, is_training: bool) -> tf.Tensor:
         """hidden1 (no activation), optional context gating, MoE, optional GP.
 
@@ -113,7 +168,7 @@ class _PooledFrameModel(FrameModel):
             initializer=layers.normal(1.0 / math.sqrt(hparams["cluster_size"])))
         biases = tf.get_variable("hidden1_biases", [hparams["hidden_size"]],
                                  initializer=layers.normal(0.01))
-        activation = tf.matmul(pooled, weights) + biases
+        activation = layers.matmul(pooled, weights) + biases
         if hparams["gating"]:
             activation = layers.context_gating(activation, is_training)
         return _classify(activation, self.num_classes, hparams, is_training)
@@ -165,6 +220,15 @@ class NetVLADModelLF(_PooledFrameModel):
                                     self._branch_clusters(index))
                 pooled.append(module(frames, is_training))
         return self._head(tf.concat(pooled, axis=1), is_training)
+
+    def _pool_counts(self, frames, counts):
+        pooled = []
+        for index, (name, feature_size, part) in enumerate(self._modality_frames(frames)):
+            with tf.variable_scope(f"{name}_VLAD"):
+                module = self._pool(self.hparams["num_samples"], feature_size,
+                                    self._branch_clusters(index))
+                pooled.append(module.pool_counts(part, counts, False))
+        return tf.concat(pooled, axis=1)
 
 
 @register
@@ -221,6 +285,15 @@ class early_NetVLADModelLF(_PooledFrameModel):  # noqa: N801 (the original name)
             pooled = module(flat, is_training)
         return self._head(pooled, is_training)
 
+    def _pool_counts(self, frames, counts):
+        with tf.variable_scope("video_audio_VLAD"):
+            module = pooling.NetVLADNonLocal(
+                sum(self.feature_sizes), self.hparams["cluster_size"],
+                self.hparams["num_samples"],
+                temperature=self.hparams["nonlocal_temperature"],
+                value_path=self.hparams["nonlocal_value_path"])
+            return module.pool_counts(frames, counts, False)
+
 
 @register
 class SoftDbofModelLF(_PooledFrameModel):
@@ -249,6 +322,15 @@ class SoftDbofModelLF(_PooledFrameModel):
                                           num_samples)
                 pooled.append(module(frames, is_training))
         return self._head(tf.concat(pooled, axis=1), is_training)
+
+    def _pool_counts(self, frames, counts):
+        pooled = []
+        for index, (name, feature_size, part) in enumerate(self._modality_frames(frames)):
+            with tf.variable_scope(f"{name}_DBOF"):
+                module = pooling.SoftDBoF(feature_size, self._branch_clusters(index),
+                                          self.hparams["num_samples"])
+                pooled.append(module.pool_counts(part, counts, False))
+        return tf.concat(pooled, axis=1)
 
 
 @register

@@ -11,6 +11,7 @@ with Bessel's correction on the variance (as the fused kernel did).
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Optional
 
 from training.tf_compat import tf
@@ -52,7 +53,7 @@ def fully_connected(inputs: tf.Tensor, num_outputs: int, scope: str,
             "weights", [input_dim, num_outputs],
             initializer=weights_initializer or glorot_uniform(),
             regularizer=l2_regularizer(l2_scale))
-        outputs = tf.matmul(inputs, weights)
+        outputs = matmul(inputs, weights)
         if use_bias:
             biases = tf.get_variable("biases", [num_outputs],
                                      initializer=tf.zeros_initializer())
@@ -83,16 +84,23 @@ def batch_norm(inputs: tf.Tensor, is_training: bool, scope: str,
         if not is_training:
             return tf.nn.batch_normalization(inputs, moving_mean, moving_variance,
                                              beta, gamma, epsilon)
-        flat = tf.reshape(inputs, [-1, channels])
-        mean, variance = tf.nn.moments(flat, axes=[0])
-        count = tf.cast(tf.shape(flat)[0], tf.float32)
-        unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+        # One fused kernel (FusedBatchNormV3 on an [N, 1, 1, C] view) computes
+        # the batch statistics, the normalisation and, in the backward pass,
+        # all three gradients: several times faster than tf.nn.moments plus
+        # batch_normalization on the [B*frames, C] activations. It normalises
+        # with the biased batch variance and returns the Bessel-corrected one
+        # (n / max(n - 1, 1)), which feeds the moving average as in TF 1.9.
+        normalized, mean, unbiased = tf.nn.fused_batch_norm(
+            tf.reshape(inputs, [-1, 1, 1, channels]), gamma, beta, epsilon=epsilon,
+            data_format="NHWC", is_training=True)
         if isinstance(moving_mean, tf.Variable):
             tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign_sub(
                 moving_mean, (1.0 - decay) * (moving_mean - mean)))
             tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign_sub(
                 moving_variance, (1.0 - decay) * (moving_variance - unbiased)))
-        return tf.nn.batch_normalization(inputs, mean, variance, beta, gamma, epsilon)
+        outputs = tf.reshape(normalized, tf.shape(inputs))
+        outputs.set_shape(inputs.shape)
+        return outputs
 
 
 def context_gating(inputs: tf.Tensor, is_training: bool,
@@ -102,7 +110,7 @@ def context_gating(inputs: tf.Tensor, is_training: bool,
     dim = inputs.shape.as_list()[-1]
     weights = tf.get_variable(weights_name, [dim, dim],
                               initializer=normal(1.0 / math.sqrt(dim)))
-    gates = batch_norm(tf.matmul(inputs, weights), is_training, bn_scope)
+    gates = batch_norm(matmul(inputs, weights), is_training, bn_scope)
     return inputs * tf.sigmoid(gates)
 
 
@@ -145,10 +153,10 @@ class GRUCell:
                 cand_bias = tf.get_variable("bias", [units],
                                             initializer=tf.zeros_initializer())
         gates = tf.sigmoid(tf.nn.bias_add(
-            tf.matmul(tf.concat([inputs, state], 1), gate_kernel), gate_bias))
+            matmul(tf.concat([inputs, state], 1), gate_kernel), gate_bias))
         reset, update = tf.split(gates, 2, axis=1)
         candidate = tf.tanh(tf.nn.bias_add(
-            tf.matmul(tf.concat([inputs, reset * state], 1), cand_kernel), cand_bias))
+            matmul(tf.concat([inputs, reset * state], 1), cand_kernel), cand_bias))
         new_state = update * state + (1.0 - update) * candidate
         return new_state, new_state
 
@@ -214,3 +222,84 @@ def sample_frames(model_input: tf.Tensor, num_frames: tf.Tensor, num_samples: in
     max_index = tf.cast(tf.maximum(num_frames, 1), tf.int32)[:, None] - 1
     indices = tf.minimum(tf.cast(tf.floor(positions * frames), tf.int32), max_index)
     return tf.gather(model_input, indices, batch_dims=1)
+
+
+# ---------------------------------------------------------------------------
+# Frame draws as counts (the tiled ensemble's shared per-frame work)
+
+
+def sample_frame_indices(num_frames: tf.Tensor, num_samples: int, mode: str = "random",
+                         seed: Optional[int] = None) -> tf.Tensor:
+    """The frame indices that ``sample_frames`` gathers, without gathering.
+
+    num_frames [B] -> int32 [B, num_samples]: floor(u * n) with u ~ U[0, 1)
+    (mode "random", with replacement; one RandomUniform op of shape
+    [B, num_samples], so the same graph and op seeds give the same draws as
+    sample_frames) or evenly spaced (mode "uniform"); n = 0 reads row 0.
+    """
+    batch_size = tf.shape(num_frames)[0]
+    frames = tf.cast(tf.maximum(num_frames, 1), tf.float32)[:, None]
+    if mode == "random":
+        positions = tf.random_uniform([batch_size, num_samples], 0.0, 1.0, seed=seed)
+    elif mode == "uniform":
+        positions = tf.tile(((tf.range(num_samples, dtype=tf.float32) + 0.5)
+                             / num_samples)[None, :], [batch_size, 1])
+    else:
+        raise ValueError(f"unknown frame sampling mode {mode!r} (random or uniform)")
+    max_index = tf.cast(tf.maximum(num_frames, 1), tf.int32)[:, None] - 1
+    return tf.minimum(tf.cast(tf.floor(positions * frames), tf.int32), max_index)
+
+
+def frame_counts(indices: tf.Tensor, num_steps) -> tf.Tensor:
+    """How often each frame was drawn: indices int [..., N] with values in
+    [0, num_steps) -> float32 [..., num_steps] (each row sums to N).
+
+    Sampling with replacement is a count per frame, so any sum over the drawn
+    frames, sum_j f(x_{i_j}), equals sum_n counts_n f(x_n).
+    """
+    indices = tf.convert_to_tensor(indices, tf.int32)
+    num_draws = tf.shape(indices)[-1]
+    flat = tf.reshape(indices, [-1, num_draws])
+    rows = tf.shape(flat)[0]
+    segments = flat + tf.range(rows)[:, None] * num_steps
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(segments, tf.float32), segments,
+                                          rows * num_steps)
+    counts = tf.reshape(counts, tf.concat([tf.shape(indices)[:-1], [num_steps]], axis=0))
+    if isinstance(num_steps, int):
+        counts.set_shape(indices.shape[:-1].concatenate([num_steps]))
+    return counts
+
+
+# ---------------------------------------------------------------------------
+# bfloat16 compute (bfloat16_patch.getter.bfloat16_compute_getter)
+
+# graph -> {name of the float32 view handed to the model: the bfloat16 weight}
+_BFLOAT16_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def register_bfloat16_weight(view: tf.Tensor, weight: tf.Tensor) -> None:
+    """Marks `view` (the float32 tensor a model gets for a bfloat16 variable)
+    so that ``matmul`` multiplies by `weight` (its bfloat16 value) in bfloat16."""
+    _BFLOAT16_WEIGHTS.setdefault(view.graph, {})[view.name] = weight
+
+
+def bfloat16_weight(tensor) -> Optional[tf.Tensor]:
+    """The bfloat16 weight registered for `tensor`, else None."""
+    if not isinstance(tensor, tf.Tensor):
+        return None
+    return _BFLOAT16_WEIGHTS.get(tensor.graph, {}).get(tensor.name)
+
+
+def matmul(a: tf.Tensor, b: tf.Tensor, transpose_a: bool = False,
+           transpose_b: bool = False) -> tf.Tensor:
+    """tf.matmul(a, b), except when b is a weight of the bfloat16 compute
+    getter: then a is cast to bfloat16, the product is computed in bfloat16
+    (oneDNN; AVX512-BF16/AMX accumulate in float32) and cast back to a's
+    dtype, so everything around the matmul (bias, BN, softmax, sums,
+    normalisation) stays float32. Without that getter it is tf.matmul."""
+    weight = bfloat16_weight(b)
+    if weight is None:
+        return tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
+    product = tf.matmul(tf.cast(a, tf.bfloat16), weight, transpose_a=transpose_a,
+                        transpose_b=transpose_b)
+    return tf.cast(product, a.dtype)

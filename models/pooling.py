@@ -37,7 +37,7 @@ def cluster_assignment(frames: tf.Tensor, feature_size: int, cluster_size: int,
     cluster_weights = tf.get_variable(
         "cluster_weights", [feature_size, cluster_size],
         initializer=layers.normal(1.0 / math.sqrt(feature_size)))
-    activation = tf.matmul(frames, cluster_weights)
+    activation = layers.matmul(frames, cluster_weights)
     activation = layers.batch_norm(activation, is_training, "cluster_bn")
     return tf.nn.softmax(activation)
 
@@ -70,15 +70,16 @@ def nonlocal_block(vlad: tf.Tensor, width: int, scale: float,
     out_weights = tf.get_variable("nonlocal_out", [width, feature_size],
                                   initializer=layers.normal(1.0 / math.sqrt(width)))
     flat = tf.reshape(vlad, [-1, feature_size])                       # [B*K, F]
-    theta = tf.reshape(tf.matmul(flat, theta_weights), [-1, cluster_size, width])
-    phi = tf.reshape(tf.matmul(flat, phi_weights), [-1, cluster_size, width])
+    theta = tf.reshape(layers.matmul(flat, theta_weights), [-1, cluster_size, width])
+    phi = tf.reshape(layers.matmul(flat, phi_weights), [-1, cluster_size, width])
     if value_path == "g":
-        value = tf.reshape(tf.matmul(flat, g_weights), [-1, cluster_size, width])
+        value = tf.reshape(layers.matmul(flat, g_weights), [-1, cluster_size, width])
     else:
         value = phi
     relation = tf.nn.softmax(scale * tf.matmul(theta, phi, transpose_b=True))
     attended = tf.reshape(tf.matmul(relation, value), [-1, width])     # [B*K, W]
-    update = tf.reshape(tf.matmul(attended, out_weights), [-1, cluster_size, feature_size])
+    update = tf.reshape(layers.matmul(attended, out_weights),
+                        [-1, cluster_size, feature_size])
     return vlad + update
 
 
@@ -147,6 +148,24 @@ class NetVLADNonLocal:
         vlad = nonlocal_block(vlad, self.nonlocal_width, self.scale, self.value_path)
         return vlad_normalize(vlad)
 
+    def pool_counts(self, frames: tf.Tensor, counts: tf.Tensor,
+                    is_training: bool = False) -> tf.Tensor:
+        """frames [B, S, F] (every frame once), counts [T, B, S] -> [T*B, F*K]:
+        V_k = sum_n c_n A_nk x_n - (sum_n c_n A_nk) c_k, then as __call__.
+        Equals __call__ on the frames each tile drew (inference only: the
+        BN must use its moving statistics to be per frame)."""
+        _check_counts(frames, counts, self.feature_size)
+        feature_size, cluster_size = self.feature_size, self.cluster_size
+        assignment = _count_assignment(frames, feature_size, cluster_size, is_training)
+        centroids = tf.get_variable(
+            "cluster_weights2", [1, feature_size, cluster_size],
+            initializer=layers.normal(1.0 / math.sqrt(feature_size)))
+        assignment_sum = counted_assignment_sum(assignment, counts)[:, None, :]  # [T*B, 1, K]
+        centroid_term = tf.transpose(assignment_sum * centroids, [0, 2, 1])      # [T*B, K, F]
+        vlad = counted_vlad(assignment, frames, counts) - centroid_term
+        vlad = nonlocal_block(vlad, self.nonlocal_width, self.scale, self.value_path)
+        return vlad_normalize(vlad)
+
 
 class LightNetVLADNonLocal:
     """LightVLAD (no centroid term) with a non-local block (Model B).
@@ -182,6 +201,17 @@ class LightNetVLADNonLocal:
         vlad = nonlocal_block(vlad, self.nonlocal_width, self.scale, self.value_path)
         return vlad_normalize(vlad)
 
+    def pool_counts(self, frames: tf.Tensor, counts: tf.Tensor,
+                    is_training: bool = False) -> tf.Tensor:
+        """frames [B, S, F], counts [T, B, S] -> [T*B, F*K]: V_k = sum_n c_n A_nk x_n,
+        then as __call__ (see NetVLADNonLocal.pool_counts)."""
+        _check_counts(frames, counts, self.feature_size)
+        assignment = _count_assignment(frames, self.feature_size, self.cluster_size,
+                                       is_training)
+        vlad = counted_vlad(assignment, frames, counts)                   # [T*B, K, F]
+        vlad = nonlocal_block(vlad, self.nonlocal_width, self.scale, self.value_path)
+        return vlad_normalize(vlad)
+
 
 class SoftDBoF:
     """Soft deep bag of frames (Models D and E).
@@ -206,3 +236,64 @@ class SoftDBoF:
                                         is_training)
         assignment = tf.reshape(assignment, [-1, self.num_samples, self.cluster_size])
         return tf.nn.l2_normalize(tf.reduce_sum(assignment, axis=1), axis=1)
+
+    def pool_counts(self, frames: tf.Tensor, counts: tf.Tensor,
+                    is_training: bool = False) -> tf.Tensor:
+        """frames [B, S, F], counts [T, B, S] -> [T*B, K]: d = sum_n c_n A_n, L2."""
+        _check_counts(frames, counts, self.feature_size)
+        assignment = _count_assignment(frames, self.feature_size, self.cluster_size,
+                                       is_training)
+        return tf.nn.l2_normalize(counted_assignment_sum(assignment, counts), axis=1)
+
+
+# ---------------------------------------------------------------------------
+# Pooling from draw counts (the tiled ensemble's shared per-frame work)
+#
+# At inference the per-frame terms (input BN with moving statistics, the
+# cluster assignment, its BN and softmax) do not depend on which frames a tile
+# draws. ``pool_counts`` computes them once over every frame of a video,
+# frames [B, S, F], and aggregates them for each tile with its draw counts
+# counts [T, B, S] (models.layers.frame_counts): sum_j f(x_{i_j}) =
+# sum_n c_n f(x_n). Everything after the aggregation runs per tile, so the
+# result [T*B, D] (row t*B + b, the tiled layout) equals the module called
+# on the frames the tile drew.
+
+
+def _count_assignment(frames: tf.Tensor, feature_size: int, cluster_size: int,
+                      is_training: bool) -> tf.Tensor:
+    """frames [B, S, F] -> A [B, S, K] (cluster_weights, cluster_bn)."""
+    steps = tf.shape(frames)[1]
+    flat = tf.reshape(frames, [-1, feature_size])
+    assignment = cluster_assignment(flat, feature_size, cluster_size, is_training)
+    return tf.reshape(assignment, [-1, steps, cluster_size])
+
+
+def counted_assignment_sum(assignment: tf.Tensor, counts: tf.Tensor) -> tf.Tensor:
+    """s_tbk = sum_n c_tbn A_bnk: A [B, S, K], counts [T, B, S] -> [T*B, K]."""
+    cluster_size = assignment.shape.as_list()[-1]
+    sums = tf.matmul(tf.transpose(counts, [1, 0, 2]), assignment)       # [B, T, K]
+    return tf.reshape(tf.transpose(sums, [1, 0, 2]), [-1, cluster_size])
+
+
+def counted_vlad(assignment: tf.Tensor, frames: tf.Tensor, counts: tf.Tensor) -> tf.Tensor:
+    """V_tbk = sum_n c_tbn A_bnk x_bn: A [B, S, K], frames [B, S, F],
+    counts [T, B, S] -> [T*B, K, F]. One batched matmul per video,
+    [T*K, S] x [S, F], so each video's frames are read once for all tiles."""
+    cluster_size = assignment.shape.as_list()[-1]
+    feature_size = frames.shape.as_list()[-1]
+    shape = tf.shape(assignment)
+    tiles = tf.shape(counts)[0]
+    per_frame = tf.transpose(counts, [1, 2, 0])                          # [B, S, T]
+    weighted = per_frame[:, :, :, None] * assignment[:, :, None, :]      # [B, S, T, K]
+    weighted = tf.reshape(weighted, [shape[0], shape[1], tiles * cluster_size])
+    vlad = tf.matmul(weighted, frames, transpose_a=True)                 # [B, T*K, F]
+    vlad = tf.reshape(vlad, [shape[0], tiles, cluster_size, feature_size])
+    return tf.reshape(tf.transpose(vlad, [1, 0, 2, 3]), [-1, cluster_size, feature_size])
+
+
+def _check_counts(frames: tf.Tensor, counts: tf.Tensor, feature_size: int) -> None:
+    if frames.shape.ndims != 3:
+        raise ValueError(f"pool_counts takes frames [B, S, F], got rank {frames.shape.ndims}")
+    _check_frames(frames, feature_size)
+    if counts.shape.ndims != 3:
+        raise ValueError(f"pool_counts takes counts [T, B, S], got rank {counts.shape.ndims}")

@@ -23,13 +23,16 @@ TILE_NUM=${TILE_NUM:-10}
 NUM_CLASSES=${NUM_CLASSES:-3862}
 SUBMISSION=${SUBMISSION:-$WORK_DIR/submission.csv}
 TINY=${TINY:-0}
+# Fixed seeds make a rerun write the same checkpoints and a byte-identical CSV.
+SEED=${SEED:-2018}                   # training (init, data order, sampling), SWA, evaluation
+ENSEMBLE_SEED=${ENSEMBLE_SEED:-666}  # the ensemble's frame sampling, baked into its graph
 PYTHON=${PYTHON:-python}
 export PYTHON
 
 # Extra training flags of one model (TINY=1: small sizes, short runs).
 train_flags() {
   local model=$1
-  echo "--num_classes=$NUM_CLASSES ${EXTRA_TRAIN_FLAGS:-}"
+  echo "--num_classes=$NUM_CLASSES --seed=$SEED ${EXTRA_TRAIN_FLAGS:-}"
   if [[ "$TINY" == 1 ]]; then
     echo "--batch_size=${TINY_BATCH:-32} --max_steps=${TINY_STEPS:-200} --save_checkpoint_steps=${TINY_SAVE:-50} --base_learning_rate=${TINY_LR:-2e-3} --log_steps=50"
     case "$model" in
@@ -54,7 +57,7 @@ for model in $MODELS; do
     echo "=== $model: SWA over the last $SWA_LAST_N checkpoints -> $swa_dir"
     "$PYTHON" -m swa.average --train_dir="$train_dir" --output_dir="$swa_dir" \
       --last_n="$SWA_LAST_N" --bn_statistics="$SWA_BN" --train_data_pattern="$TRAIN_PATTERN" \
-      --recompute_batches="${SWA_RECOMPUTE_BATCHES:-100}"
+      --recompute_batches="${SWA_RECOMPUTE_BATCHES:-100}" --seed="$SEED"
   fi
   if [[ ! -d "$bf16_dir" ]]; then
     echo "=== $model: bfloat16 -> $bf16_dir"
@@ -62,7 +65,7 @@ for model in $MODELS; do
   fi
   if [[ ! -f "$bf16_dir/eval_results.json" ]]; then
     "$PYTHON" -m training.eval --train_dir="$bf16_dir" --eval_data_pattern="$VALIDATE_PATTERN" \
-      --run_once --batch_size=64
+      --run_once --batch_size=64 --seed="$SEED"
   fi
   members+=("$bf16_dir")
 done
@@ -72,7 +75,7 @@ model_dirs=$(IFS=,; echo "${members[*]}")
 if [[ ! -d "$ensemble_dir" ]]; then
   echo "=== ensemble of ${#members[@]} models, tile $TILE_NUM -> $ensemble_dir"
   "$PYTHON" -m ensemble.build --model_dirs="$model_dirs" --tile_num="$TILE_NUM" \
-    --output_dir="$ensemble_dir" --eval_data_pattern="$VALIDATE_PATTERN"
+    --output_dir="$ensemble_dir" --eval_data_pattern="$VALIDATE_PATTERN" --seed="$ENSEMBLE_SEED"
 fi
 if [[ ! -f "$SUBMISSION" ]]; then
   echo "=== inference -> $SUBMISSION"

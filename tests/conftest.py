@@ -44,3 +44,12 @@ def run_module(module: str, *args: str, check: bool = True, env: dict | None = N
         raise AssertionError(f"{module} failed ({completed.returncode}):\n"
                              f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
     return completed
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_data, tmp_path_factory) -> dict:
+    """Tiny Soft-DBoF-4k and GRU train dirs, their SWA and bf16 dirs and a
+    2-tile ensemble of the bf16 dirs (tests/reliability.py)."""
+    from reliability import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny_models"), tiny_data)

@@ -77,6 +77,16 @@ def model_predictions(model: FrameModel, input_raw: tf.Tensor, num_frames: tf.Te
     return model(model_input, tf.cast(num_frames, tf.int32), is_training=is_training)
 
 
+def model_tile_predictions(model: FrameModel, input_raw: tf.Tensor, num_frames: tf.Tensor,
+                           tile_num: int, indices: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Inference on tile_num draws of frames with the per-frame work shared
+    (FrameModel.predict_tiles): L2-normalises each frame once, -> [tile_num*B, C]
+    (row t*B + b), as model_predictions on the input tiled tile_num times."""
+    model_input = layers.l2_normalize_frames(input_raw)
+    return model.predict_tiles(model_input, tf.cast(num_frames, tf.int32), tile_num,
+                               indices=indices)
+
+
 def model_variables(scope: str) -> List[tf.Variable]:
     """The model's variables (weights and BN statistics) under `scope`/."""
     return [var for var in tf.global_variables() if var.op.name.startswith(scope + "/")]

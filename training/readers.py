@@ -43,6 +43,12 @@ _AUTOTUNE = tf.data.experimental.AUTOTUNE
 # Dequantisation and file listing
 # ---------------------------------------------------------------------------
 
+def dequantize_constants(max_quantized_value=2.0, min_quantized_value=-2.0):
+    """(scalar, bias) of ``dequantize``: ``x = q * scalar + bias``."""
+    quantized_range = max_quantized_value - min_quantized_value
+    return quantized_range / 255.0, (quantized_range / 512.0) + min_quantized_value
+
+
 def dequantize(q, max_quantized_value=2.0, min_quantized_value=-2.0):
     """Maps uint8-quantised values back to floats (starter ``utils.Dequantize``).
 
@@ -58,9 +64,7 @@ def dequantize(q, max_quantized_value=2.0, min_quantized_value=-2.0):
     Returns:
       Same shape as ``q``: float32 for tensors, float64 for numpy input.
     """
-    quantized_range = max_quantized_value - min_quantized_value
-    scalar = quantized_range / 255.0
-    bias = (quantized_range / 512.0) + min_quantized_value
+    scalar, bias = dequantize_constants(max_quantized_value, min_quantized_value)
     if isinstance(q, (tf.Tensor, tf.Variable)) and not q.dtype.is_floating:
         q = tf.cast(q, tf.float32)
     return q * scalar + bias
@@ -223,7 +227,8 @@ class FrameReader:
         Vectorised over the batch: one ``parse_sequence_example`` for all
         records, the per-frame byte strings come out ragged [B, (frames)],
         their flat values are decoded with one ``decode_raw`` per feature,
-        dequantised, then truncated / zero-padded to ``max_frames`` rows.
+        joined and truncated / zero-padded to ``max_frames`` rows as uint8,
+        then dequantised (padded rows stay exactly 0.0).
 
         Returns:
           {"id": string [B],
@@ -246,8 +251,15 @@ class FrameReader:
                 },
                 sequence_features={name: string_feature for name in self.feature_names})
 
-            matrices = []
+            # Decode every feature to uint8, join the features and pad/truncate
+            # while still 1 byte per value, then dequantise the padded batch in
+            # one pass with a per-frame mask (padded frames become exactly 0.0,
+            # valid values exactly dequantize(q)): a third fewer passes over the
+            # float32 [B, max_frames, D] batch than padding each feature after
+            # dequantising it and concatenating the floats.
+            quantized = []
             num_frames = None
+            frame_checks = []
             for name, size in zip(self.feature_names, self.feature_sizes):
                 frames = sequences[name]  # ragged [B, (frames), (values)]
                 checks = [
@@ -267,28 +279,30 @@ class FrameReader:
                     summarize=5))
                 with tf.control_dependencies(checks):
                     flat = tf.identity(flat)
-                quantized = tf.reshape(tf.io.decode_raw(flat, tf.uint8), [-1, size])
-                values = dequantize(tf.cast(quantized, tf.float32))
-                ragged = tf.RaggedTensor.from_row_splits(
-                    values, frames.row_splits, validate=False)
-                # to_tensor pads with zeros (after dequantisation) and truncates.
-                matrices.append(ragged.to_tensor(
-                    default_value=0.0, shape=[None, self.max_frames, size]))
+                quantized.append(tf.reshape(tf.io.decode_raw(flat, tf.uint8), [-1, size]))
                 if num_frames is None:
                     first_name, first_lengths = name, frames.row_lengths()
+                    first_splits = frames.row_splits
                     num_frames = tf.minimum(first_lengths, self.max_frames)
                 else:
                     # A record missing a feature (or a misspelt --feature_names)
                     # shows up as a frame-count mismatch between features.
-                    same = tf.debugging.assert_equal(
+                    frame_checks.append(tf.debugging.assert_equal(
                         frames.row_lengths(), first_lengths,
                         message=f"feature '{name}': its frame count differs from "
                                 f"'{first_name}' (missing from the record? check "
-                                f"--feature_names)", summarize=3)
-                    with tf.control_dependencies([same]):
-                        num_frames = tf.identity(num_frames)
-
-            features = matrices[0] if len(matrices) == 1 else tf.concat(matrices, axis=2)
+                                f"--feature_names)", summarize=3))
+            with tf.control_dependencies(frame_checks):
+                joined = (tf.identity(quantized[0]) if len(quantized) == 1
+                          else tf.concat(quantized, axis=1))
+                num_frames = tf.identity(num_frames)
+            # to_tensor pads with zeros and truncates to max_frames.
+            padded = tf.RaggedTensor.from_row_splits(
+                joined, first_splits, validate=False).to_tensor(
+                    default_value=0, shape=[None, self.max_frames, self.feature_size])
+            scale, bias = dequantize_constants()
+            valid = tf.sequence_mask(num_frames, self.max_frames, dtype=tf.float32)[:, :, None]
+            features = tf.cast(padded, tf.float32) * (valid * scale) + valid * bias
             outputs = {
                 "id": context["id"],
                 "features": features,
@@ -484,9 +498,17 @@ def _read_records_skipping_corruption(path: bytes):
             count += 1
             yield record
     except tf.errors.DataLossError as err:
-        message = (err.message or str(err)).splitlines()[0]
+        message = _data_loss_text(err)
         SKIPPED_FILES[path] = (count, message)
         tf.logging.warning("skipping the rest of %s after %d records: %s", path, count, message)
+
+
+def _data_loss_text(err) -> str:
+    """First line of a DataLossError, e.g. "corrupted record at 265673" or
+    "truncated record at 339779: Read less bytes than requested" (TensorFlow
+    writes the latter as "...339779' failed with Read less...")."""
+    text = (err.message or str(err)).splitlines()[0]
+    return text.replace("' failed with ", ": ")
 
 
 def _records_skipping_corruption(path):
@@ -524,7 +546,7 @@ def locate_damaged_file(data_pattern: str) -> str:
             for _ in tf.io.tf_record_iterator(path):
                 pass
         except tf.errors.DataLossError as err:
-            return f"{path}: {(err.message or str(err)).splitlines()[0]}"
+            return f"{path}: {_data_loss_text(err)}"
     return ""
 
 

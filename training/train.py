@@ -90,9 +90,23 @@ def average_gradients(tower_grads: List[List[tuple]]) -> List[tuple]:
 
 
 def clip_per_variable(grads_and_vars: List[tuple], max_norm: float) -> List[tuple]:
+    """g * max_norm / max(||g||, max_norm) for every gradient (tf.clip_by_norm).
+
+    Written with one L2Loss (a single read of g, no squared temporary) and one
+    multiply by a scalar, instead of tf.clip_by_norm's square, sum, multiply
+    and divide over the whole gradient: the same values (to rounding) at a
+    third of the memory traffic, which matters for the 10^8-weight models.
+    """
     if not max_norm:
         return grads_and_vars
-    return [(tf.clip_by_norm(tf.convert_to_tensor(g), max_norm), v) for g, v in grads_and_vars]
+    clipped = []
+    for grad, var in grads_and_vars:
+        grad = tf.convert_to_tensor(grad)
+        with tf.name_scope("clip_by_norm"):
+            norm = tf.sqrt(2.0 * tf.nn.l2_loss(grad))
+            scale = max_norm / tf.maximum(norm, max_norm)
+            clipped.append((grad * tf.cast(scale, grad.dtype), var))
+    return clipped
 
 
 def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
@@ -194,18 +208,26 @@ def remove_trainer_files(train_dir: str) -> int:
 _SAVE_LEFTOVER_RE = re.compile(re.escape(checkpoints.CHECKPOINT_PREFIX)
                                + r"-\d+(\.[^/]*\.(tempstate\d+|tmp[0-9a-f]+)|_temp(_[0-9a-f]+)?)$"
                                + r"|^checkpoint\.tmp[0-9a-f]+$")
+_CHECKPOINT_PART_RE = re.compile(r"^(" + re.escape(checkpoints.CHECKPOINT_PREFIX)
+                                 + r"-\d+)\.(data-\d{5}-of-\d{5}|meta)$")
 
 
 def remove_save_leftovers(train_dir: str) -> List[str]:
     """Removes the temporary files of checkpoint saves that were killed
     (model.ckpt-<step>.*.tempstate<n>, model.ckpt-<step>.meta.tmp<hex>,
-    model.ckpt-<step>_temp*/, checkpoint.tmp<hex>).
-    Complete checkpoints are never touched."""
+    model.ckpt-<step>_temp*/, checkpoint.tmp<hex>, and the .data/.meta files
+    of a checkpoint without .index). Complete checkpoints are never touched.
+    Call it only when no save is running (the trainer does, before it starts)."""
     removed = []
     if not os.path.isdir(train_dir):
         return removed
-    for name in os.listdir(train_dir):
-        if _SAVE_LEFTOVER_RE.match(name):
+    names = os.listdir(train_dir)
+    complete = {name[:-len(".index")] for name in names if name.endswith(".index")}
+    for name in names:
+        # Parts of a checkpoint whose .index is gone (TensorFlow writes the
+        # index last and deletes it first) are leftovers too.
+        orphan = _CHECKPOINT_PART_RE.match(name)
+        if _SAVE_LEFTOVER_RE.match(name) or (orphan and orphan.group(1) not in complete):
             path = os.path.join(train_dir, name)
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)

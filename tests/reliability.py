@@ -1,0 +1,169 @@
+"""Helpers of the reliability tests (test_bad_inputs, test_kill, test_determinism):
+tiny models made in-process, hand-made (bad) records, CLI runs with a file
+size limit, and the checks every user error must pass."""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from conftest import REPO_ROOT, TINY_CLASSES
+
+TINY_DBOF = {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}
+TINY_GRU = {"gru_cells": 8}
+DBOF_FLAGS = ["--model=Soft-DBoF-4k", "--cluster_size=8", "--hidden_size=8", "--num_samples=10"]
+GRU_FLAGS = ["--model=GRUModel", "--gru_cells=8"]
+
+
+def train_config(**overrides):
+    config = {"batch_size": 4, "base_learning_rate": 0.01, "learning_rate_decay": 0.9,
+              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
+              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 10,
+              "save_checkpoint_steps": 5, "max_to_keep": 10,
+              "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
+              "num_readers": 1, "shuffle_buffer": 16, "seed": 5, "summary_steps": 1000,
+              "log_steps": 1000}
+    config.update(overrides)
+    return config
+
+
+def build_tiny_models(root: Path, tiny_data: Path) -> Dict[str, str]:
+    """In-process: two tiny train dirs (Soft-DBoF-4k with checkpoints 5 and 10,
+    GRUModel), their SWA and bf16 dirs, and a 2-tile ensemble of the bf16 dirs."""
+    from bfloat16_patch import convert
+    from ensemble import build
+    from swa import average
+    from training import model_builder, train
+
+    pattern = str(tiny_data / "frame" / "train*.tfrecord")
+    dirs = {}
+    for name, model, hparams in (("dbof", "Soft-DBoF-4k", TINY_DBOF),
+                                 ("gru", "GRUModel", TINY_GRU)):
+        flags = model_builder.make_model_flags(model, "rgb,audio", "1024,128", True,
+                                               TINY_CLASSES, "CrossEntropyLoss", hparams)
+        train_dir = str(root / f"{name}_train")
+        train.prepare_train_dir(train_dir, flags, start_new=False)
+        train.train(flags, train_dir, pattern, train_config(), log=lambda _: None)
+        swa_dir, bf16_dir = str(root / f"{name}_swa"), str(root / f"{name}_bf16")
+        average.average(train_dir, swa_dir, last_n=2, log=None)
+        convert.convert_checkpoint(swa_dir, bf16_dir, log=None)
+        dirs.update({f"{name}_train": train_dir, f"{name}_swa": swa_dir,
+                     f"{name}_bf16": bf16_dir})
+    dirs["ensemble"] = str(root / "ensemble")
+    build.build_and_export([dirs["dbof_bf16"], dirs["gru_bf16"]], [1, 1], dirs["ensemble"],
+                           tile_num=2, log=None)
+    return dirs
+
+
+# ---------------------------------------------------------------------------
+# Records
+
+
+def sequence_example(video_id: bytes, labels: Sequence[int], frames: int,
+                     features=(("rgb", 1024), ("audio", 128)), seed: int = 0,
+                     teacher: Optional[np.ndarray] = None) -> bytes:
+    """A frame-level record with random frames (teacher: adds the
+    distillation context feature ensemble_labels)."""
+    from training.tf_compat import tf
+
+    rng = np.random.default_rng(seed)
+    example = tf.train.SequenceExample()
+    example.context.feature["id"].bytes_list.value.append(video_id)
+    example.context.feature["labels"].int64_list.value.extend(int(x) for x in labels)
+    if teacher is not None:
+        example.context.feature["ensemble_labels"].bytes_list.value.append(
+            np.asarray(teacher, "<f4").tobytes())
+    for name, size in features:
+        feature_list = example.feature_lists.feature_list[name]
+        for _ in range(frames):
+            feature_list.feature.add().bytes_list.value.append(
+                rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    return example.SerializeToString(deterministic=True)
+
+
+def write_records(path: Path, records: Iterable[bytes]) -> str:
+    from training.tf_compat import tf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+    return str(path)
+
+
+def good_records(count: int = 16, frames: int = 6) -> List[bytes]:
+    return [sequence_example(b"v%03d" % i, [i % TINY_CLASSES], frames, seed=i)
+            for i in range(count)]
+
+
+# ---------------------------------------------------------------------------
+# Running the stages
+
+
+def _no_file_size_limit_signal(limit: int):
+    def prepare():
+        # Writes past the limit fail with EFBIG instead of killing the process.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return prepare
+
+
+def run_with_file_size_limit(module: str, *args: str, limit: int,
+                             timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m module args` where no file can grow past `limit` bytes: a
+    full disk as a writer sees it (write() fails with EFBIG)."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=_no_file_size_limit_signal(limit))
+
+
+def assert_user_error(completed: subprocess.CompletedProcess, *mentions: str) -> str:
+    """A user error: exit 2, exactly one line on stderr, 'error: ...', naming
+    each of `mentions` (the flag or file), no traceback. Returns the line."""
+    stderr = completed.stderr
+    assert completed.returncode == 2, (completed.returncode, completed.stdout[-2000:],
+                                       stderr[-3000:])
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr[-3000:]
+    assert lines[0].startswith("error: "), lines[0]
+    for mention in mentions:
+        assert mention in lines[0], (mention, lines[0])
+    return lines[0]
+
+
+def temp_leftovers(parent, name: str) -> List[str]:
+    """Temporary siblings of output `name` in `parent` (.<name>.tmp-*)."""
+    parent = str(parent)
+    if not os.path.isdir(parent):
+        return []
+    return sorted(entry for entry in os.listdir(parent) if entry.startswith(f".{name}."))
+
+
+def snapshot(path) -> Dict[str, tuple]:
+    """{relative path: (size, mtime_ns)} of every file under path."""
+    result = {}
+    for root, _, files in os.walk(str(path)):
+        for name in files:
+            full = os.path.join(root, name)
+            stat = os.stat(full)
+            result[os.path.relpath(full, str(path))] = (stat.st_size, stat.st_mtime_ns)
+    return result
+
+
+def read_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
+    """Every tensor of a checkpoint (fails on a corrupt or half-written one)."""
+    from training.tf_compat import tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()}
+
+
+def optional(value: Optional[str]) -> List[str]:
+    return [value] if value else []

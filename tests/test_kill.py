@@ -1,0 +1,229 @@
+"""kill -9 at random moments during training, SWA, bf16 conversion, ensemble
+export and CSV writing.
+
+Each stage is started, killed with SIGKILL after a seeded random delay (counted
+from the moment it starts its real work, so the kills land in reading,
+computing and writing), three times in a row with the same command, and then
+run once more to the end. After every kill: no checkpoint or output is corrupt
+or half-written (an output either does not exist or is complete and loadable),
+and the next run is not blocked by what the killed one left; training resumes
+from the latest complete checkpoint. After the final run nothing temporary is
+left next to the output.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, TINY_CLASSES
+from ensemble.check_submission import check_submission
+from reliability import DBOF_FLAGS, read_checkpoint, temp_leftovers
+from test_ensemble import make_member
+from training import checkpoints
+
+KILLS = 3
+BIG_DBOF = {"cluster_size": 2048, "hidden_size": 1024, "num_samples": 10}   # ~18 MB fp32
+
+
+class Run:
+    """`python -m module args` with its stdout collected line by line."""
+
+    def __init__(self, module, *args):
+        self.process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, bufsize=1)
+        self.lines = []
+        self.seen = threading.Event()
+        self.marker = None
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if self.marker and self.marker in line:
+                self.seen.set()
+        self.seen.set()   # the process ended
+
+    def kill_after(self, marker: str, delay: float, timeout: float = 120.0) -> bool:
+        """SIGKILL `delay` seconds after a stdout line holds `marker`;
+        returns False when the process had already ended by itself."""
+        self.marker = marker
+        if any(marker in line for line in self.lines):
+            self.seen.set()
+        assert self.seen.wait(timeout), f"no {marker!r} in {self.lines}"
+        time.sleep(delay)
+        ended_by_itself = self.process.poll() is not None
+        self.process.kill()
+        self.process.wait(timeout=60)
+        self.reader.join(timeout=10)
+        return not ended_by_itself
+
+    def finish(self, timeout: float = 300.0) -> str:
+        self.process.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        stderr = self.process.stderr.read()
+        assert self.process.returncode == 0, ("".join(self.lines)[-2000:], stderr[-3000:])
+        return "".join(self.lines)
+
+
+def kill_cycle(module, args, marker, max_delay, check_after_kill, seed, watch=None):
+    """KILLS kills of the same command, then a run to the end; returns its stdout."""
+    rng = random.Random(seed)
+    for _ in range(KILLS):
+        run = Run(module, *args)
+        run.kill_after(marker, rng.uniform(0.0, max_delay))
+        if os.environ.get("KILL_DEBUG") and watch:
+            print(module, "after kill:", sorted(os.listdir(watch)))
+        check_after_kill(run)
+    return Run(module, *args).finish()
+
+
+@pytest.fixture(scope="module")
+def big_train_dir(tmp_path_factory):
+    """A train dir of a wide Soft-DBoF (~18 MB per checkpoint), checkpoints 1-3."""
+    directory = tmp_path_factory.mktemp("kill") / "big_train"
+    make_member(directory, "Soft-DBoF-4k", seed=3, **BIG_DBOF)
+    for step in (2, 3):
+        for suffix in (".index", ".data-00000-of-00001"):
+            shutil.copyfile(directory / f"model.ckpt-1{suffix}",
+                            directory / f"model.ckpt-{step}{suffix}")
+    return directory
+
+
+def assert_complete_dir(path, files):
+    """An output dir either does not exist or holds every file, loadable."""
+    if not os.path.exists(path):
+        return False
+    names = set(os.listdir(path))
+    assert set(files) <= names, (files, names)
+    prefix = checkpoints.latest_checkpoint(str(path)) or os.path.join(str(path),
+                                                                      "inference_model")
+    assert read_checkpoint(prefix)
+    return True
+
+
+def test_kill_training(tiny_data, tmp_path):
+    train_dir = tmp_path / "run"
+    args = [f"--train_dir={train_dir}",
+            f"--train_data_pattern={tiny_data / 'frame' / 'train*.tfrecord'}",
+            *DBOF_FLAGS, f"--num_classes={TINY_CLASSES}", "--batch_size=4", "--num_readers=2",
+            "--shuffle_buffer=16", "--max_steps=150", "--save_checkpoint_steps=3",
+            "--log_steps=1000", "--summary_steps=1000"]
+    expected_start = [0]
+
+    def check_after_kill(run):
+        # The run resumed where the previous one's last complete checkpoint was.
+        text = "".join(run.lines)
+        start = int(re.search(r"from step (\d+)", text).group(1))
+        assert start == expected_start[0], text
+        # Every checkpoint on disk is complete and loadable.
+        found = checkpoints.list_checkpoints(str(train_dir))
+        for _, prefix in found:
+            assert read_checkpoint(prefix)
+        expected_start[0] = found[-1][0] if found else 0
+
+    output = kill_cycle("training.train", args, "from step", 1.0, check_after_kill, seed=11,
+                        watch=train_dir)
+    if expected_start[0]:
+        assert f"resumed from {train_dir / f'model.ckpt-{expected_start[0]}'}" in output
+    assert f"from step {expected_start[0]} to 150" in output
+    assert checkpoints.list_checkpoints(str(train_dir))[-1][0] == 150
+    leftovers = [name for name in os.listdir(train_dir)
+                 if "tempstate" in name or "_temp" in name or ".tmp" in name]
+    assert leftovers == []
+
+
+def test_kill_swa(big_train_dir, tmp_path):
+    output = tmp_path / "swa"
+    args = [f"--train_dir={big_train_dir}", f"--output_dir={output}", "--last_n=3"]
+
+    def check_after_kill(run):
+        if assert_complete_dir(output, ["model.ckpt-3.index", "swa.json", "model_flags.json"]):
+            shutil.rmtree(output)   # finished before the kill: start over
+
+    kill_cycle("swa.average", args, "averaging", 0.4, check_after_kill, seed=12,
+               watch=tmp_path)
+    assert assert_complete_dir(output, ["model.ckpt-3.index", "swa.json", "model_flags.json"])
+    assert temp_leftovers(tmp_path, "swa") == []
+    source = read_checkpoint(str(big_train_dir / "model.ckpt-3"))
+    averaged = read_checkpoint(str(output / "model.ckpt-3"))
+    key = max(averaged, key=lambda name: averaged[name].size)   # the same in the 3 copies
+    assert averaged[key].size > 10**6
+    np.testing.assert_allclose(averaged[key], source[key], rtol=1e-6)
+
+
+def test_kill_bf16_conversion(big_train_dir, tmp_path):
+    output = tmp_path / "bf16"
+    args = [f"--input_dir={big_train_dir}", f"--output_dir={output}"]
+    files = ["model.ckpt-3.index", "bfloat16.json", "model_flags.json"]
+
+    def check_after_kill(run):
+        if assert_complete_dir(output, files):
+            shutil.rmtree(output)
+
+    kill_cycle("bfloat16_patch.convert", args, "converting", 0.3, check_after_kill,
+               seed=13, watch=tmp_path)
+    assert assert_complete_dir(output, files)
+    assert temp_leftovers(tmp_path, "bf16") == []
+
+
+def test_kill_ensemble_export(big_train_dir, tiny_models, tmp_path):
+    output = tmp_path / "ens"
+    args = [f"--model_dirs={big_train_dir},{tiny_models['gru_bf16']}", "--tile_num=2",
+            f"--output_dir={output}"]
+    files = ["inference_model.meta", "inference_model.index", "ensemble.json",
+             "model_flags.json"]
+
+    def check_after_kill(run):
+        if assert_complete_dir(output, files):
+            shutil.rmtree(output)
+
+    kill_cycle("ensemble.build", args, "model1:", 0.3, check_after_kill, seed=14,
+               watch=tmp_path)
+    assert assert_complete_dir(output, files)
+    assert temp_leftovers(tmp_path, "ens") == []
+
+
+def test_kill_csv_writing(tiny_models, tiny_data, tmp_path):
+    output = tmp_path / "submission.csv"
+    args = [f"--train_dir={tiny_models['ensemble']}",
+            f"--input_data_pattern={tiny_data / 'frame' / 'test*.tfrecord'}",
+            f"--output_file={output}", "--batch_size=1"]
+
+    def check_after_kill(run):
+        if output.exists():
+            assert check_submission(str(output), num_classes=TINY_CLASSES) == 32
+            output.unlink()
+
+    kill_cycle("ensemble.inference", args, "loaded ensemble model", 0.8, check_after_kill,
+               seed=15, watch=tmp_path)
+    assert check_submission(str(output), num_classes=TINY_CLASSES) == 32
+    assert temp_leftovers(tmp_path, "submission.csv") == []
+
+
+def test_only_a_dead_writers_temporary_output_is_removed(tmp_path):
+    """What a killed writer left (its lock is free) goes; the temporary output
+    of a live writer (lock held) stays, so two runs never delete each other's work."""
+    target = tmp_path / "out"
+    dead = tmp_path / ".out.tmp-dead"
+    dead.mkdir()
+    (dead / "part").write_text("half")
+    (tmp_path / ".out.tmp-dead.lock").write_text("")
+    with checkpoints.atomic_directory(str(target)) as live:
+        (open(os.path.join(live, "a"), "w")).write("1")
+        assert sorted(os.listdir(tmp_path)) == sorted(
+            [os.path.basename(live), os.path.basename(live) + ".lock"])   # dead one removed
+        assert checkpoints.clean_stale_temps(str(target)) == []         # live one kept
+        assert os.path.isdir(live)
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert (target / "a").read_text() == "1"
