@@ -370,10 +370,12 @@ class GruModel(FrameModel):
                 model_input, num_frames, self.hparams["num_samples"], mode=mode,
                 seed=None if seed < 0 else seed)
             sequence_length = tf.fill(tf.shape(num_frames), self.hparams["num_samples"])
-        cell = layers.StackedGRUCell(self.hparams["gru_cells"], self.hparams["gru_layers"])
+        # = dynamic_rnn(StackedGRUCell(gru_cells, gru_layers)) in scope RNN,
+        # computed layer by layer with the input products outside the loop.
         with tf.variable_scope("RNN"):
-            _, state = tf.nn.dynamic_rnn(cell, model_input, sequence_length=sequence_length,
-                                         dtype=tf.float32)
+            state = layers.stacked_gru_final_state(
+                model_input, sequence_length, self.hparams["gru_cells"],
+                self.hparams["gru_layers"])
         return _classify(state, self.num_classes, self.hparams, is_training)
 
 

@@ -195,6 +195,89 @@ class StackedGRUCell:
         return output, tf.concat(new_states, axis=1)
 
 
+class _RecurrentGRUPart:
+    """The recurrent half of a GRU cell whose input half was precomputed.
+
+    Input at step t: [x W_gates[:I] + b_gates, x W_cand[:I] + b_cand]
+    ([B, 3H]); with the recurrent kernels W_gates[I:], W_cand[I:] this is
+    exactly GRUCell's step (the products are split along the summed axis).
+    """
+
+    def __init__(self, num_units: int, gate_kernel: tf.Tensor, cand_kernel: tf.Tensor):
+        self.num_units = num_units
+        self.gate_kernel = gate_kernel
+        self.cand_kernel = cand_kernel
+
+    @property
+    def state_size(self) -> int:
+        return self.num_units
+
+    @property
+    def output_size(self) -> int:
+        return self.num_units
+
+    def zero_state(self, batch_size, dtype) -> tf.Tensor:
+        return tf.zeros([batch_size, self.num_units], dtype)
+
+    def __call__(self, inputs: tf.Tensor, state: tf.Tensor, scope=None):
+        gate_in, cand_in = tf.split(inputs, [2 * self.num_units, self.num_units], axis=1)
+        gates = tf.sigmoid(gate_in + tf.matmul(state, self.gate_kernel))
+        reset, update = tf.split(gates, 2, axis=1)
+        candidate = tf.tanh(cand_in + tf.matmul(reset * state, self.cand_kernel))
+        new_state = update * state + (1.0 - update) * candidate
+        return new_state, new_state
+
+
+def stacked_gru_final_state(inputs: tf.Tensor, sequence_length: tf.Tensor,
+                            num_units: int, num_layers: int) -> tf.Tensor:
+    """StackedGRUCell run by tf.nn.dynamic_rnn, computed layer by layer.
+
+    inputs [B, T, I], sequence_length [B] -> final states [B, L*units]
+    ([h_layer0, h_layer1, ...], frozen after sequence_length steps), the
+    same values as ``dynamic_rnn(StackedGRUCell(...), inputs,
+    sequence_length)`` in the caller's scope, with the same variables
+    (rnn/multi_rnn_cell/cell_<i>/gru_cell/{gates,candidate}/{kernel,bias}).
+
+    Faster: every layer runs over the whole sequence before the next, so the
+    input half of its products ([x, h] W = x W[:I] + h W[I:]) is one
+    [T*B, I] x [I, 3*units] matmul outside the time loop; only h W[I:] stays
+    in the loop. Layer l+1 reads layer l's outputs (zero after the end of a
+    sequence, where its state is frozen anyway). Time-major throughout.
+    """
+    inputs = tf.transpose(inputs, [1, 0, 2])                     # [T, B, I]
+    leading = [size if size is not None else tf.shape(inputs)[axis]
+               for axis, size in enumerate(inputs.shape.as_list()[:2])]
+    states = []
+    with tf.variable_scope("rnn"):
+        for index in range(num_layers):
+            input_dim = inputs.shape.as_list()[-1]
+            with tf.variable_scope(f"multi_rnn_cell/cell_{index}/gru_cell"):
+                with tf.variable_scope("gates"):
+                    gate_kernel = tf.get_variable("kernel", [input_dim + num_units, 2 * num_units],
+                                                  initializer=glorot_uniform())
+                    gate_bias = tf.get_variable("bias", [2 * num_units],
+                                                initializer=tf.ones_initializer())
+                with tf.variable_scope("candidate"):
+                    cand_kernel = tf.get_variable("kernel", [input_dim + num_units, num_units],
+                                                  initializer=glorot_uniform())
+                    cand_bias = tf.get_variable("bias", [num_units],
+                                                initializer=tf.zeros_initializer())
+            with tf.name_scope(f"layer_{index}"):
+                input_kernel = tf.concat([gate_kernel[:input_dim], cand_kernel[:input_dim]], 1)
+                input_bias = tf.concat([gate_bias, cand_bias], 0)
+                projected = tf.nn.bias_add(
+                    tf.matmul(tf.reshape(inputs, [-1, input_dim]), input_kernel), input_bias)
+                projected = tf.reshape(projected, leading + [3 * num_units])
+                cell = _RecurrentGRUPart(num_units, gate_kernel[input_dim:],
+                                         cand_kernel[input_dim:])
+                outputs, state = tf.nn.dynamic_rnn(
+                    cell, projected, sequence_length=sequence_length, dtype=inputs.dtype,
+                    time_major=True, scope=f"layer_{index}")
+            states.append(state)
+            inputs = outputs
+    return tf.concat(states, axis=1)
+
+
 def l2_normalize_frames(model_input: tf.Tensor) -> tf.Tensor:
     """Joint per-frame L2 normalisation over the last axis (epsilon 1e-12)."""
     return tf.nn.l2_normalize(model_input, axis=-1, epsilon=1e-12)

@@ -163,7 +163,3 @@ def read_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
 
     reader = tf.train.load_checkpoint(prefix)
     return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()}
-
-
-def optional(value: Optional[str]) -> List[str]:
-    return [value] if value else []

@@ -175,7 +175,10 @@ def test_recompute_on_trained_model(dbof_dir, tiny_data, tmp_path):
     for key in result:
         if key in stats:
             assert np.all(np.isfinite(result[key]))
-            assert not np.allclose(result[key], sources[-1][key]), key
+            # A BN right after the input BN sees zero-mean features in training
+            # mode, so its batch means are 0 (to rounding) in both; skip those.
+            if np.abs(result[key]).max() > 1e-6:
+                assert not np.allclose(result[key], sources[-1][key]), key
             if key.endswith("moving_variance"):
                 assert np.all(result[key] >= 0)
         else:

@@ -213,7 +213,7 @@ def _release_temp(fd: int, temp: str) -> None:
 def write_failure(err: BaseException, temp: str) -> Optional[str]:
     """The reason text when `err` is a failure to write below `temp` (a full
     disk, a file size limit, a read-only or unwritable place), else None."""
-    if isinstance(err, OSError) and not isinstance(err, UserError):
+    if isinstance(err, OSError):
         # (An error on a named file elsewhere is about an input.)
         named = [name for name in (err.filename, err.filename2) if name]
         if err.errno in _WRITE_ERRNOS and all(
