@@ -160,7 +160,8 @@ def gaps_of(member_dirs: Sequence[str], mode: Optional[str], batches, tile_num: 
             for accumulator, predictions in zip(accumulators, out):
                 accumulator.accumulate(predictions, labels)
             outputs.append(out[0])
-    return {"gap": [acc.get()["gap"] for acc in accumulators],
+    gaps = [acc.get()["gap"] for acc in accumulators]           # ensemble, members
+    return {"gap": gaps[1:] + gaps[:1],                          # members, ensemble
             "predictions": np.concatenate(outputs)}
 
 

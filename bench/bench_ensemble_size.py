@@ -69,7 +69,7 @@ def main(argv) -> None:
                 sess.run(initializer)
             print(f"initialised in {time.time() - start:.1f}s", flush=True)
             start = time.time()
-            size = build.export_model(sess, output_dir, variables)
+            size = build.export_model(sess, output_dir, ensemble.export_var_list)
             print(f"exported in {time.time() - start:.1f}s", flush=True)
         for path in build.export_files(output_dir):
             print(f"  {os.path.basename(path)}: {os.path.getsize(path):,} bytes")

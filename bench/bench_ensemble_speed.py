@@ -5,26 +5,25 @@ The six presets at full size (3862 classes, rgb 1024 + audio 128, random
 initialisation, bf16 checkpoints by default), a batch of --batch_size videos
 of --num_frames frames, the ensemble's tile count --tile_num. Every member is
 built by ensemble.build.build_ensemble_graph, one member per graph (so only
-one member's weights are in memory at a time), in up to three variants that
-share its variables:
+one member's weights are in memory at a time), in these variants:
 
-  naive          the member runs on the input tiled tile_num times
-                 (--noshared_frame_work); for the GRU that is the original's
-                 graph, which tiled every member
-  untiled        the GRU on the untiled batch (it is deterministic)
-  shared         the frame-sampling members with the per-frame work shared
-                 across tiles (FrameModel.predict_tiles, the default)
+  original       the member on the input tiled tile_num times
+                 (--noshared_frame_work), every member tiled, the GRU too, as
+                 the original did; bf16 as the original did it
+                 (--original_bf16_compute, default cast_each_step)
+  GRU untiled    the GRU on the untiled batch (it is deterministic), same mode
+  shared         ours, in the original's bf16 mode: the GRU untiled, the
+                 frame-sampling members with their per-frame work done once
+                 and aggregated per tile (FrameModel.predict_tiles)
+  ours           the same graph in --bf16_compute (default: ensemble.build's
+                 default), i.e. what ensemble.build exports
 
-and the variants run interleaved, best of --repeats after a warm-up, so the
-ratios compare runs made side by side. Three totals:
-
-  original       every member tiled (naive; the GRU tiled too)
-  GRU untiled    the GRU untiled, the others naive (the first effect alone)
-  ours           the GRU untiled, the others shared (ensemble.build's graph)
-
---bf16_compute picks how the bf16 members compute (see bfloat16_patch.getter;
-bench.bench_bf16_compute compares the three modes). Needs about 4 GB of RAM at
-batch 8 (the naive Soft-DBoF-8k graph is the largest); a few minutes on 2 cores.
+The variants of a member run interleaved, best of --repeats after a warm-up,
+so the ratios compare runs made side by side. Totals: original; GRU untiled
+(the others still tiled: the first effect alone); shared (both graph
+effects, same arithmetic); ours (plus the bf16 mode). Needs about 4 GB of
+RAM at batch 8 (the original Soft-DBoF-8k graph is the largest); a few
+minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -48,37 +47,43 @@ flags.DEFINE_integer("tile_num", 10, "Tiles (independent draws) per frame-sampli
 flags.DEFINE_integer("repeats", 3, "Timed runs per variant (best taken), after one warm-up.")
 flags.DEFINE_string("members", ",".join(frame_models.PRESET_NAMES), "Presets to time.")
 flags.DEFINE_string("dtype", "bfloat16", "Checkpoint dtype of the members: bfloat16 or float32.")
-flags.DEFINE_string("bf16_compute", None, "How bf16 members compute (default: "
+flags.DEFINE_string("bf16_compute", None, "How bf16 members compute in 'ours' (default: "
                     "ensemble.build's default).")
+flags.DEFINE_string("original_bf16_compute", "cast_each_step", "How bf16 members compute in "
+                    "the other variants (the original: cast_each_step).")
 flags.DEFINE_integer("seed", 0, "Seed of the random batch.")
 
-def variants_of(member: build.Member) -> List[str]:
-    model = model_builder.build_model(member.model_flags)
-    if model.supports_shared_frame_work:
-        return ["naive", "shared"]
-    if model.samples_frames_randomly:
-        return ["naive"]
-    return ["naive", "untiled"]
+VARIANTS = ("original", "gru_untiled", "shared", "ours")
 
 
 def time_member(member: build.Member, features, num_frames, tile_num: int, repeats: int,
-                bf16_compute) -> Dict[str, float]:
-    """Best seconds per batch of each variant of one member (one graph)."""
+                original_mode: str, our_mode: str) -> Dict[str, float]:
+    """Best seconds per batch of each variant of one member (one graph; the
+    variants share variables where their storage dtypes agree)."""
+    model = model_builder.build_model(member.model_flags)
+    deterministic = not model.samples_frames_randomly
+    specs = {"original": (True, False, original_mode),
+             "shared": (False, True, original_mode),
+             "ours": (False, True, our_mode)}
+    if deterministic:
+        specs["gru_untiled"] = (False, False, original_mode)
     graph = tf.Graph()
-    outputs = {}
+    outputs, variables = {}, {}
     with graph.as_default():
         tf.set_random_seed(666)
         with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
-            for variant in variants_of(member):
+            for variant, (force_tile, shared, mode) in specs.items():
+                scope = "model1" if member.stored_bf16_in(mode) else "model0"
                 ensemble = build.build_ensemble_graph(
-                    [member], [1.0], tile_num, scopes=["model0"],
-                    force_tile=variant == "naive", shared_frame_work=variant == "shared",
-                    bf16_compute=bf16_compute)
+                    [member], [1.0], tile_num, scopes=[scope], force_tile=force_tile,
+                    shared_frame_work=shared, bf16_compute=mode)
                 outputs[variant] = (ensemble.predictions, ensemble.input_batch_raw,
                                     ensemble.num_frames)
-        variables = ensemble.variables
-        initializers = [var.initializer for var in variables]
-    params = sum(int(np.prod(var.shape.as_list())) for var in variables)
+                for var in ensemble.variables:
+                    variables[var.op.name] = var
+        initializers = [var.initializer for var in variables.values()]
+    params = sum(int(np.prod(var.shape.as_list())) for var in variables.values()
+                 if var.op.name.startswith(scope + "/"))
     best = {variant: float("inf") for variant in outputs}
     with tf.Session(graph=graph) as sess:
         for initializer in initializers:          # one variable at a time
@@ -89,6 +94,9 @@ def time_member(member: build.Member, features, num_frames, tile_num: int, repea
                 sess.run(predictions, {input_raw: features, frames: num_frames})
                 if run:                           # run 0 is the warm-up
                     best[variant] = min(best[variant], time.perf_counter() - start)
+    best.setdefault("gru_untiled", best["original"])
+    if deterministic:      # untiled is what the shared graph does for the GRU
+        best["shared"] = min(best["shared"], best["gru_untiled"])
     best["params"] = params
     return best
 
@@ -97,37 +105,38 @@ def main(argv) -> None:
     del argv
     names = [name.strip() for name in FLAGS.members.split(",") if name.strip()]
     features, num_frames = random_batch(FLAGS.batch_size, FLAGS.num_frames, FLAGS.seed)
-    mode = bf16.check_bf16_compute(FLAGS.bf16_compute)
+    our_mode = bf16.check_bf16_compute(FLAGS.bf16_compute)
+    original_mode = bf16.check_bf16_compute(FLAGS.original_bf16_compute)
     print(f"batch {FLAGS.batch_size} videos x {FLAGS.num_frames} frames, tile_num "
-          f"{FLAGS.tile_num}, {FLAGS.dtype} members"
-          f"{f', bf16_compute={mode}' if FLAGS.dtype == 'bfloat16' else ''}, best of "
-          f"{FLAGS.repeats}", flush=True)
+          f"{FLAGS.tile_num}, {FLAGS.dtype} members (original: {original_mode}, ours: "
+          f"{our_mode}), best of {FLAGS.repeats}", flush=True)
     rows = []
     for name in names:
         member = full_size_member(name, FLAGS.dtype)
         start = time.time()
-        times = time_member(member, features, num_frames, FLAGS.tile_num, FLAGS.repeats, mode)
-        original = times["naive"]
-        ours = times.get("shared", times.get("untiled", original))
-        gru_untiled = times.get("untiled", original)
-        rows.append((name, original, gru_untiled, ours))
+        times = time_member(member, features, num_frames, FLAGS.tile_num, FLAGS.repeats,
+                            original_mode, our_mode)
+        rows.append((name, [times[v] for v in VARIANTS]))
         print(f"{name}: {times['params']:,} parameters; "
-              + ", ".join(f"{k} {v:.3f}s" for k, v in times.items() if k != "params")
+              + ", ".join(f"{v} {times[v]:.3f}s" for v in VARIANTS)
               + f" ({time.time() - start:.0f}s)", flush=True)
-    total = [sum(row[i] for row in rows) for i in (1, 2, 3)]
+    total = [sum(row[1][i] for row in rows) for i in range(len(VARIANTS))]
     batch = FLAGS.batch_size
     print()
-    print(f"| member | original (all tiled) s | GRU untiled s | ours s | speed-up |")
-    print("|---|---:|---:|---:|---:|")
-    for name, original, gru_untiled, ours in rows:
-        print(f"| {name} | {original:.3f} | {gru_untiled:.3f} | {ours:.3f} | "
-              f"{original / ours:.1f}x |")
-    print(f"| **total** | **{total[0]:.3f}** | **{total[1]:.3f}** | **{total[2]:.3f}** | "
-          f"**{total[0] / total[2]:.1f}x** |")
+    print(f"| member | original: all tiled, {original_mode} (s) | GRU untiled (s) | "
+          f"shared frame work (s) | ours: + {our_mode} (s) | graph speed-up | "
+          f"total speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, values in rows + [("**total**", total)]:
+        bold = "**" if name == "**total**" else ""
+        print(f"| {name} | " + " | ".join(f"{bold}{v:.3f}{bold}" for v in values)
+              + f" | {bold}{values[0] / values[2]:.1f}x{bold} | "
+              f"{bold}{values[0] / values[3]:.1f}x{bold} |")
     print()
-    print(f"videos/sec: original {batch / total[0]:.2f}, GRU untiled {batch / total[1]:.2f}, "
-          f"ours {batch / total[2]:.2f}; GRU untiling alone {total[0] / total[1]:.2f}x, "
-          f"shared frame work on top {total[1] / total[2]:.2f}x")
+    print("videos/sec: " + ", ".join(f"{v} {batch / t:.2f}" for v, t in zip(VARIANTS, total)))
+    print(f"GRU untiling alone {total[0] / total[1]:.2f}x; shared frame work on top "
+          f"{total[1] / total[2]:.2f}x; {our_mode} instead of {original_mode} on top "
+          f"{total[2] / total[3]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -221,9 +221,9 @@ class _RecurrentGRUPart:
 
     def __call__(self, inputs: tf.Tensor, state: tf.Tensor, scope=None):
         gate_in, cand_in = tf.split(inputs, [2 * self.num_units, self.num_units], axis=1)
-        gates = tf.sigmoid(gate_in + tf.matmul(state, self.gate_kernel))
+        gates = tf.sigmoid(gate_in + matmul(state, self.gate_kernel))
         reset, update = tf.split(gates, 2, axis=1)
-        candidate = tf.tanh(cand_in + tf.matmul(reset * state, self.cand_kernel))
+        candidate = tf.tanh(cand_in + matmul(reset * state, self.cand_kernel))
         new_state = update * state + (1.0 - update) * candidate
         return new_state, new_state
 
@@ -266,7 +266,7 @@ def stacked_gru_final_state(inputs: tf.Tensor, sequence_length: tf.Tensor,
                 input_kernel = tf.concat([gate_kernel[:input_dim], cand_kernel[:input_dim]], 1)
                 input_bias = tf.concat([gate_bias, cand_bias], 0)
                 projected = tf.nn.bias_add(
-                    tf.matmul(tf.reshape(inputs, [-1, input_dim]), input_kernel), input_bias)
+                    matmul(tf.reshape(inputs, [-1, input_dim]), input_kernel), input_bias)
                 projected = tf.reshape(projected, leading + [3 * num_units])
                 cell = _RecurrentGRUPart(num_units, gate_kernel[input_dim:],
                                          cand_kernel[input_dim:])
@@ -366,11 +366,47 @@ def register_bfloat16_weight(view: tf.Tensor, weight: tf.Tensor) -> None:
     _BFLOAT16_WEIGHTS.setdefault(view.graph, {})[view.name] = weight
 
 
-def bfloat16_weight(tensor) -> Optional[tf.Tensor]:
-    """The bfloat16 weight registered for `tensor`, else None."""
+_SLICE_ATTRS = ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask",
+                "shrink_axis_mask")
+
+
+def bfloat16_weight(tensor, _depth: int = 0) -> Optional[tf.Tensor]:
+    """The bfloat16 weight registered for `tensor`, else None.
+
+    A slice (``w[:n]``), a concatenation or an identity of registered views
+    gets the same slice / concatenation of their bf16 weights (made once, in
+    the top-level context when the float32 one is outside any while loop, and
+    registered for the next call).
+    """
     if not isinstance(tensor, tf.Tensor):
         return None
-    return _BFLOAT16_WEIGHTS.get(tensor.graph, {}).get(tensor.name)
+    found = _BFLOAT16_WEIGHTS.get(tensor.graph, {}).get(tensor.name)
+    if found is not None or _depth > 8:
+        return found
+    op = tensor.op
+    if op.type not in ("StridedSlice", "ConcatV2", "Identity"):
+        return None
+    values = op.inputs[:-1] if op.type == "ConcatV2" else op.inputs[:1]
+    sources = [bfloat16_weight(value, _depth + 1) for value in values]
+    if not sources or any(source is None for source in sources):
+        return None
+    import contextlib
+
+    from tensorflow.python.ops import control_flow_util  # private, stable since TF 1.x
+
+    outside = not control_flow_util.IsInWhileLoop(op)
+    with tf.control_dependencies(None) if outside else contextlib.nullcontext():
+        with tf.name_scope(op.name.rsplit("/", 1)[-1] + "_bfloat16"):
+            if op.type == "StridedSlice":
+                weight = tf.raw_ops.StridedSlice(
+                    input=sources[0], begin=op.inputs[1], end=op.inputs[2],
+                    strides=op.inputs[3], **{key: op.get_attr(key) for key in _SLICE_ATTRS})
+            elif op.type == "ConcatV2":
+                weight = tf.concat(sources, axis=op.inputs[-1])
+            else:
+                weight = sources[0]
+    register_bfloat16_weight(tensor, weight)
+    return weight
 
 
 def matmul(a: tf.Tensor, b: tf.Tensor, transpose_a: bool = False,

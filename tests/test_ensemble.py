@@ -61,23 +61,30 @@ def random_batch(batch=5, seed=0, width=FEATURES):
     return features, num_frames
 
 
-def single_model_predictions(model_dir, features, num_frames, frame_sampling=None):
+def single_model_predictions(model_dir, features, num_frames, frame_sampling=None,
+                             bf16_compute=None):
     """A member evaluated alone, independently of ensemble.build: its graph
-    under tower/ (bf16 getter for a bf16 checkpoint), its checkpoint restored."""
-    from bfloat16_patch.getter import bfloat16_getter, checkpoint_dtype
+    under tower/ (a bf16 checkpoint computes as bf16_compute says, default
+    the ensemble's default), its checkpoint restored."""
+    from bfloat16_patch import getter as bf16_getter
 
     model_flags = checkpoints.read_model_flags(model_dir)
     checkpoint = checkpoints.latest_checkpoint(model_dir)
-    bf16 = checkpoint_dtype(checkpoint) == "bfloat16"
+    bf16 = bf16_getter.checkpoint_dtype(checkpoint) == "bfloat16"
+    mode = bf16_getter.check_bf16_compute(bf16_compute)
     graph = tf.Graph()
     with graph.as_default():
         x = tf.placeholder(tf.float32, [None, 300, features.shape[-1]])
         n = tf.placeholder(tf.int32, [None])
-        with tf.variable_scope("tower", custom_getter=bfloat16_getter if bf16 else None):
+        with tf.variable_scope("tower",
+                               custom_getter=bf16_getter.getter_for_mode(mode) if bf16 else None):
             predictions = model_builder.model_predictions(
                 model_builder.build_model(model_flags, {"frame_sampling": frame_sampling}),
                 x, n, is_training=False)
-        saver = tf.train.Saver(model_builder.model_variables("tower"))
+        variables = {var.op.name: var for var in model_builder.model_variables("tower")}
+        if bf16 and mode == bf16_getter.CAST_AT_LOAD:
+            variables = bf16_getter.bfloat16_storage_saveables(variables)
+        saver = tf.train.Saver(variables)
     with tf.Session(graph=graph) as sess:
         saver.restore(sess, checkpoint)
         return sess.run(predictions, {x: features, n: num_frames})
