@@ -86,7 +86,6 @@ dirs. ``write_weights_file`` writes this format.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -247,11 +246,7 @@ def read_weights_file(path: str) -> Dict[str, List]:
     """-> {"members": [absolute dirs], "weights": [floats]} (not normalised)."""
     if not os.path.isfile(path):
         raise UserError(f"--weights_file={path}: no such file")
-    try:
-        with open(path) as handle:
-            payload = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise UserError(f"--weights_file={path}: not valid JSON ({err})") from None
+    payload = checkpoints.load_json(path, f"--weights_file={path}")
     if not isinstance(payload, dict) or not isinstance(payload.get("members"), list) \
             or not isinstance(payload.get("weights"), list):
         raise UserError(f"--weights_file={path}: expected an object with the lists "

@@ -114,18 +114,11 @@ def context_gating(inputs: tf.Tensor, is_training: bool,
     return inputs * tf.sigmoid(gates)
 
 
-class GRUCell:
-    """A GRU cell as TF 1.9's GRUCell, usable by ``tf.nn.dynamic_rnn``.
+class _SingleStateCell:
+    """The rnn-cell interface tf.nn.dynamic_rnn needs, for a cell whose state
+    and output are both [B, num_units]."""
 
-    [r, u] = sigmoid([x, h] W_gates + b_gates)   (gate biases start at 1.0)
-    c      = tanh([x, r * h] W_cand + b_cand)
-    h'     = u * h + (1 - u) * c
-    Variables: <scope>/gates/{kernel,bias}, <scope>/candidate/{kernel,bias}.
-    """
-
-    def __init__(self, num_units: int, name: str = "gru_cell"):
-        self.num_units = num_units
-        self.name = name
+    num_units: int
 
     @property
     def state_size(self) -> int:
@@ -137,6 +130,20 @@ class GRUCell:
 
     def zero_state(self, batch_size, dtype) -> tf.Tensor:
         return tf.zeros([batch_size, self.num_units], dtype)
+
+
+class GRUCell(_SingleStateCell):
+    """A GRU cell as TF 1.9's GRUCell, usable by ``tf.nn.dynamic_rnn``.
+
+    [r, u] = sigmoid([x, h] W_gates + b_gates)   (gate biases start at 1.0)
+    c      = tanh([x, r * h] W_cand + b_cand)
+    h'     = u * h + (1 - u) * c
+    Variables: <scope>/gates/{kernel,bias}, <scope>/candidate/{kernel,bias}.
+    """
+
+    def __init__(self, num_units: int, name: str = "gru_cell"):
+        self.num_units = num_units
+        self.name = name
 
     def __call__(self, inputs: tf.Tensor, state: tf.Tensor, scope=None):
         input_dim = inputs.shape.as_list()[-1]
@@ -195,7 +202,7 @@ class StackedGRUCell:
         return output, tf.concat(new_states, axis=1)
 
 
-class _RecurrentGRUPart:
+class _RecurrentGRUPart(_SingleStateCell):
     """The recurrent half of a GRU cell whose input half was precomputed.
 
     Input at step t: [x W_gates[:I] + b_gates, x W_cand[:I] + b_cand]
@@ -207,17 +214,6 @@ class _RecurrentGRUPart:
         self.num_units = num_units
         self.gate_kernel = gate_kernel
         self.cand_kernel = cand_kernel
-
-    @property
-    def state_size(self) -> int:
-        return self.num_units
-
-    @property
-    def output_size(self) -> int:
-        return self.num_units
-
-    def zero_state(self, batch_size, dtype) -> tf.Tensor:
-        return tf.zeros([batch_size, self.num_units], dtype)
 
     def __call__(self, inputs: tf.Tensor, state: tf.Tensor, scope=None):
         gate_in, cand_in = tf.split(inputs, [2 * self.num_units, self.num_units], axis=1)

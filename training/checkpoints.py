@@ -40,6 +40,15 @@ def write_json(path: str, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def load_json(path: str, label: str) -> Any:
+    """Parses a JSON file; a bad file is a UserError starting with `label`."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{label}: not valid JSON ({err})") from None
+
+
 def write_model_flags(directory: str, model_flags: Dict[str, Any]) -> None:
     write_json(os.path.join(directory, MODEL_FLAGS_FILE), model_flags)
 
@@ -48,11 +57,7 @@ def read_model_flags(directory: str) -> Dict[str, Any]:
     path = os.path.join(directory, MODEL_FLAGS_FILE)
     if not os.path.isfile(path):
         raise UserError(f"{path}: missing; is {directory} a model dir written by this pipeline?")
-    try:
-        with open(path) as handle:
-            flags = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
+    flags = load_json(path, path)
     if "model" not in flags:
         raise UserError(f"{path}: has no 'model' key")
     return flags
