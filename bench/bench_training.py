@@ -126,24 +126,26 @@ class OwnMatmuls:
             else:
                 attrs = {"adjoint_a": op.get_attr("adj_x"), "adjoint_b": op.get_attr("adj_y")}
             specs.append((tuple(op.inputs[0].shape.as_list()),
-                          tuple(op.inputs[1].shape.as_list()), attrs, _in_while_loop(op)))
+                          tuple(op.inputs[1].shape.as_list()), attrs, _in_while_loop(op),
+                          op.inputs[0].dtype.base_dtype))
         self.loop_iterations = loop_iterations
         probe = tf.Graph()
         with probe.as_default():
             variables = {}
 
-            def variable(shape):
-                if shape not in variables:
-                    variables[shape] = tf.Variable(
-                        tf.random_normal(shape, stddev=0.01),
+            def variable(shape, dtype):
+                if (shape, dtype) not in variables:
+                    variables[shape, dtype] = tf.Variable(
+                        tf.cast(tf.random_normal(shape, stddev=0.01), dtype),
                         collections=[tf.GraphKeys.LOCAL_VARIABLES])
-                return variables[shape]
+                return variables[shape, dtype]
 
             outside, inside = [], []
-            for a, b, attrs, looped in specs:
-                product = tf.matmul(variable(a), variable(b), **attrs)
+            for a, b, attrs, looped, dtype in specs:
+                product = tf.matmul(variable(a, dtype), variable(b, dtype), **attrs)
                 # Depend on the whole product, fetch a scalar.
-                (inside if looped else outside).append(tf.reduce_sum(product[..., :1, :1]))
+                (inside if looped else outside).append(
+                    tf.reduce_sum(tf.cast(product[..., :1, :1], tf.float32)))
             self.fetches = [tf.add_n(group) if group else None for group in (outside, inside)]
             init = tf.local_variables_initializer()
             probe.finalize()
@@ -204,17 +206,19 @@ def session_config(intra: int, inter: int) -> tf.ConfigProto:
 
 
 class MatmulProbe:
-    """A size x size @ size x size float32 tf.matmul in its own session."""
+    """A size x size @ size x size tf.matmul (float32 or bfloat16) in its own session."""
 
-    def __init__(self, config: tf.ConfigProto, size: int):
+    def __init__(self, config: tf.ConfigProto, size: int, dtype: tf.DType = tf.float32):
         self.size = size
         graph = tf.Graph()
         with graph.as_default():
             init = tf.random_normal_initializer(seed=1)
-            a = tf.Variable(init([size, size]), collections=[tf.GraphKeys.LOCAL_VARIABLES])
-            b = tf.Variable(init([size, size]), collections=[tf.GraphKeys.LOCAL_VARIABLES])
+            a = tf.Variable(tf.cast(init([size, size]), dtype),
+                            collections=[tf.GraphKeys.LOCAL_VARIABLES])
+            b = tf.Variable(tf.cast(init([size, size]), dtype),
+                            collections=[tf.GraphKeys.LOCAL_VARIABLES])
             # Reduce to a scalar so no big tensor is copied to Python.
-            self.product = tf.reduce_sum(tf.matmul(a, b)[:1, :1])
+            self.product = tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32))
             init_op = tf.local_variables_initializer()
             graph.finalize()
         self.sess = tf.Session(graph=graph, config=config)
@@ -255,27 +259,70 @@ def print_trace(run_metadata, graph: tf.Graph, top: int) -> None:
             print(f"    {micros / 1e3:9.1f} ms {100.0 * micros / max(total, 1):5.1f}%  {key}")
 
 
-def bench_model(name: str, batch_size: int, steps: int, warmup: int,
-                config: tf.ConfigProto, probe: MatmulProbe, matmul_repeats: int,
-                trace: int = 0, own_matmuls: bool = True) -> Dict:
-    """Times `steps` training steps, each followed by a matmul probe.
+class UpdateAlone:
+    """The optimizer's part of a step alone: per-variable clipping and Adam
+    over variables of the training graph's trainable shapes, fed gradients
+    held in memory (no model, no L2 terms, no casts). It is memory-bound
+    (each weight's value, gradient and two Adam slots read, three written),
+    so its time is the floor of the update on this machine."""
 
-    Returns the median step time, the median matmul rate, and the median of
-    the per-step ratios achieved/matmul (each step against its neighbour
-    probe, so a slow patch of a shared machine hits both alike).
+    def __init__(self, graph: tf.Graph, config: tf.ConfigProto):
+        with graph.as_default():
+            shapes = [v.shape.as_list() for v in tf.trainable_variables()]
+        probe = tf.Graph()
+        with probe.as_default():
+            pairs = []
+            for index, shape in enumerate(shapes):
+                variable = tf.get_variable(f"v{index}", shape,
+                                           initializer=tf.random_normal_initializer(stddev=0.01))
+                grad = tf.Variable(tf.random_normal(shape, stddev=1e-3), trainable=False,
+                                   collections=[tf.GraphKeys.LOCAL_VARIABLES])
+                pairs.append((grad.read_value(), variable))
+            self.update = tf.train.AdamOptimizer(1e-4).apply_gradients(
+                train.clip_per_variable(pairs, TRAIN_CONFIG["clip_gradient_norm"]))
+            init = [tf.global_variables_initializer(), tf.local_variables_initializer()]
+            probe.finalize()
+        self.sess = tf.Session(graph=probe, config=config)
+        self.sess.run(init)
+        self.seconds()
+
+    def seconds(self) -> float:
+        start = time.perf_counter()
+        self.sess.run(self.update)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.sess.close()
+
+
+def bench_model(name: str, batch_size: int, steps: int, warmup: int,
+                config: tf.ConfigProto, probes: Dict[str, MatmulProbe], matmul_repeats: int,
+                trace: int = 0, own_matmuls: bool = True,
+                matmul_dtype: str = train.FLOAT32) -> Dict:
+    """Times `steps` training steps, each followed by the matmul probes.
+
+    probes: {"float32": MatmulProbe, "bfloat16": MatmulProbe (optional)}.
+    Returns the median step time, the median probe rates, the medians of the
+    per-step ratios achieved/probe (each step against its neighbour probe,
+    so a slow patch of a shared machine hits both alike), and the ceiling:
+    the model's own matmuls plus the update alone.
     """
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(2018)
         batch = in_memory_batch(batch_size)
-        ops = train.build_train_graph(model_flags_of(name), batch, ["/cpu:0"],
-                                      {**TRAIN_CONFIG, "batch_size": batch_size})
+        ops = train.build_train_graph(
+            model_flags_of(name), batch, ["/cpu:0"],
+            {**TRAIN_CONFIG, "batch_size": batch_size, "matmul_dtype": matmul_dtype})
         flops = count_matmul_flops(graph, NUM_FRAMES)
         init = [tf.global_variables_initializer(), tf.local_variables_initializer()]
         graph.finalize()
     flop_per_step = flops["forward"] + flops["backward"]
     own = OwnMatmuls(graph, config, NUM_FRAMES) if own_matmuls else None
-    times, rates, ratios, own_times = [], [], [], []
+    update = UpdateAlone(graph, config) if own_matmuls else None
+    times, own_times, update_times = [], [], []
+    rates = {key: [] for key in probes}
+    ratios = {key: [] for key in probes}
     with tf.Session(graph=graph, config=config) as sess:
         sess.run(init)
         for _ in range(warmup):
@@ -284,29 +331,42 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
             start = time.perf_counter()
             sess.run(ops["train_op"])
             times.append(time.perf_counter() - start)
-            rates.append(probe.rate(matmul_repeats))
-            ratios.append(flop_per_step / times[-1] / 1e9 / rates[-1])
+            for key, probe in probes.items():
+                rates[key].append(probe.rate(matmul_repeats))
+                ratios[key].append(flop_per_step / times[-1] / 1e9 / rates[key][-1])
             if own:
                 own_times.append(own.seconds())
+                update_times.append(update.seconds())
         if trace:
             run_metadata = tf.RunMetadata()
             sess.run(ops["train_op"],
                      options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE),
                      run_metadata=run_metadata)
             print_trace(run_metadata, graph, trace)
-    if own:
-        own.close()
+    for helper in (own, update):
+        if helper:
+            helper.close()
     step = statistics.median(times)
-    return {"step_seconds": step, "min_step_seconds": min(times),
-            "examples_per_sec": batch_size / step,
-            "gflop_per_example": flop_per_step / batch_size / 1e9,
-            "forward_gflop_per_example": flops["forward"] / batch_size / 1e9,
-            "matmul_gflops": statistics.median(rates),
-            "ratio": statistics.median(ratios),
-            "own_matmul_gflops": (flop_per_step / statistics.median(own_times) / 1e9
-                                  if own else float("nan")),
-            "own_matmul_share": (statistics.median([o / t for o, t in zip(own_times, times)])
-                                 if own else float("nan"))}
+    nan = float("nan")
+    result = {"step_seconds": step, "min_step_seconds": min(times),
+              "examples_per_sec": batch_size / step,
+              "gflop_per_example": flop_per_step / batch_size / 1e9,
+              "forward_gflop_per_example": flops["forward"] / batch_size / 1e9,
+              "own_matmul_gflops": nan, "own_matmul_share": nan, "update_seconds": nan,
+              "ceiling_ratio": nan}
+    for key in probes:
+        result[f"matmul_gflops_{key}"] = statistics.median(rates[key])
+        result[f"ratio_{key}"] = statistics.median(ratios[key])
+    if own:
+        own_step = statistics.median(own_times)
+        update_step = statistics.median(update_times)
+        result.update(
+            own_matmul_gflops=flop_per_step / own_step / 1e9,
+            own_matmul_share=statistics.median([o / t for o, t in zip(own_times, times)]),
+            update_seconds=update_step,
+            ceiling_ratio=(flop_per_step / (own_step + update_step) / 1e9
+                           / result[f"matmul_gflops_{train.FLOAT32}"]))
+    return result
 
 
 def cross_check(name: str, batch_size: int) -> None:
@@ -341,6 +401,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--models", default=",".join(
         ["nonlocal-NetVLADModel", "nonlocal-LightNetVLADModel", "nonlocal-earlyNetVLADModel",
          "Soft-DBoF-4k", "Soft-DBoF-8k", "GRUModel"]))
+    parser.add_argument("--matmul_dtypes", default="float32,bfloat16",
+                        help="training --matmul_dtype values to run, comma-separated")
     parser.add_argument("--batch_size", type=int, default=80)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=2)
@@ -354,7 +416,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--trace", type=int, default=0,
                         help="print the N most expensive ops of one traced step")
     parser.add_argument("--own_matmuls", type=lambda v: v.lower() in ("1", "true", "yes"),
-                        default=True, help="also time the model's own matmul shapes alone")
+                        default=True, help="also time the model's own matmul shapes and "
+                                           "its optimizer update alone")
     parser.add_argument("--cross_check", default="",
                         help="comma-separated models whose forward FLOPs are also "
                              "counted by tf.profiler")
@@ -363,38 +426,71 @@ def main(argv: Optional[List[str]] = None) -> None:
     for n in names:
         if n not in PRESET_NAMES:
             parser.error(f"--models: unknown preset {n!r} (one of {', '.join(PRESET_NAMES)})")
+    dtypes = [d.strip() for d in args.matmul_dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in train.MATMUL_DTYPES:
+            parser.error(f"--matmul_dtypes: {d!r} is not one of {', '.join(train.MATMUL_DTYPES)}")
     config = session_config(args.intra_op_threads, args.inter_op_threads)
     print(f"session: intra_op {config.intra_op_parallelism_threads or 'default'}, "
           f"inter_op {config.inter_op_parallelism_threads or 'default'}; "
           f"batch {args.batch_size}, {NUM_FRAMES} frames")
     for n in [c.strip() for c in args.cross_check.split(",") if c.strip()]:
         cross_check(n, args.batch_size)
+    probes = {train.FLOAT32: MatmulProbe(config, args.matmul_size)}
+    if train.BFLOAT16 in dtypes:
+        probes[train.BFLOAT16] = MatmulProbe(config, args.matmul_size, tf.bfloat16)
     rows = []
-    probe = MatmulProbe(config, args.matmul_size)
     for n in names:
         gru = n == "GRUModel"
-        result = bench_model(n, args.batch_size, args.gru_steps if gru else args.steps,
-                             args.gru_warmup if gru else args.warmup, config, probe,
-                             args.matmul_repeats, args.trace, args.own_matmuls)
-        achieved = result["examples_per_sec"] * result["gflop_per_example"]
-        rows.append((n, result, achieved))
-        print(f"{n}: {result['examples_per_sec']:.1f} examples/sec (step median "
-              f"{result['step_seconds']:.3f} s, min {result['min_step_seconds']:.3f} s), "
-              f"{result['gflop_per_example']:.3f} GFLOP/example "
-              f"(forward {result['forward_gflop_per_example']:.3f}), {achieved:.1f} GFLOP/s, "
-              f"matmul {result['matmul_gflops']:.1f} GFLOP/s, ratio {result['ratio']:.2f}; "
-              f"its own matmuls alone {result['own_matmul_gflops']:.1f} GFLOP/s, "
-              f"{100 * result['own_matmul_share']:.0f}% of the step",
-              flush=True)
-    probe.close()
+        for dtype in dtypes:
+            result = bench_model(n, args.batch_size, args.gru_steps if gru else args.steps,
+                                 args.gru_warmup if gru else args.warmup, config, probes,
+                                 args.matmul_repeats, args.trace, args.own_matmuls, dtype)
+            achieved = result["examples_per_sec"] * result["gflop_per_example"]
+            rows.append((n, dtype, result, achieved))
+            print(f"{n}, {dtype} matmuls: {result['examples_per_sec']:.1f} examples/sec "
+                  f"(step median {result['step_seconds']:.3f} s, min "
+                  f"{result['min_step_seconds']:.3f} s), {result['gflop_per_example']:.3f} "
+                  f"GFLOP/example (forward {result['forward_gflop_per_example']:.3f}), "
+                  f"{achieved:.1f} GFLOP/s; ratio to the float32 matmul "
+                  f"{result['ratio_float32']:.2f} "
+                  f"({result['matmul_gflops_float32']:.1f} GFLOP/s)"
+                  + (f", to the bfloat16 matmul {result['ratio_bfloat16']:.2f} "
+                     f"({result['matmul_gflops_bfloat16']:.1f} GFLOP/s)"
+                     if train.BFLOAT16 in probes else "")
+                  + f"; its own matmuls alone {result['own_matmul_gflops']:.1f} GFLOP/s "
+                  f"({100 * result['own_matmul_share']:.0f}% of the step), update alone "
+                  f"{1e3 * result['update_seconds']:.0f} ms, ceiling "
+                  f"{result['ceiling_ratio']:.2f}", flush=True)
+    for probe in probes.values():
+        probe.close()
+    bf16 = train.BFLOAT16 in probes
     print()
-    print("| model | examples/sec | GFLOP/example | achieved GFLOP/s | matmul GFLOP/s | ratio "
-          "| own matmuls alone GFLOP/s | own matmuls / step |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for n, result, achieved in rows:
-        print(f"| {n} | {result['examples_per_sec']:.1f} | {result['gflop_per_example']:.2f} | "
-              f"{achieved:.1f} | {result['matmul_gflops']:.1f} | {result['ratio']:.2f} | "
-              f"{result['own_matmul_gflops']:.1f} | {result['own_matmul_share']:.2f} |")
+    print("| model | matmuls | examples/sec | GFLOP/example | achieved GFLOP/s "
+          "| ratio to float32 matmul" + (" | ratio to bfloat16 matmul" if bf16 else "")
+          + " | own matmuls alone GFLOP/s | update alone ms | ceiling (own matmuls + update) |")
+    print("|---|---|---:|---:|---:|---:|" + ("---:|" if bf16 else "") + "---:|---:|---:|")
+    for n, dtype, result, achieved in rows:
+        print(f"| {n} | {dtype} | {result['examples_per_sec']:.1f} | "
+              f"{result['gflop_per_example']:.2f} | {achieved:.1f} | "
+              f"{result['ratio_float32']:.2f} | "
+              + (f"{result['ratio_bfloat16']:.2f} | " if bf16 else "")
+              + f"{result['own_matmul_gflops']:.1f} | {1e3 * result['update_seconds']:.0f} | "
+              f"{result['ceiling_ratio']:.2f} |")
+    print(f"matmul {args.matmul_size}² GFLOP/s (medians over all steps): " + ", ".join(
+        f"{key} {statistics.median(r[2][f'matmul_gflops_{key}'] for r in rows):.1f}"
+        for key in probes))
+    if len(dtypes) > 1:
+        print("bfloat16 / float32 examples/sec: " + ", ".join(
+            f"{n} {by[train.BFLOAT16]:.2f}x" for n, by in _speedups(rows).items()))
+
+
+def _speedups(rows) -> Dict[str, Dict[str, float]]:
+    rates: Dict[str, Dict[str, float]] = collections.defaultdict(dict)
+    for name, dtype, result, _ in rows:
+        rates[name][dtype] = result["examples_per_sec"]
+    return {name: {dtype: rate / by[train.FLOAT32] for dtype, rate in by.items()}
+            for name, by in rates.items() if train.FLOAT32 in by}
 
 
 if __name__ == "__main__":

@@ -354,12 +354,75 @@ def frame_counts(indices: tf.Tensor, num_steps) -> tf.Tensor:
 
 # graph -> {name of the float32 view handed to the model: the bfloat16 weight}
 _BFLOAT16_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# graph -> names of views whose bf16 weight is not used inside a while loop
+_OUTSIDE_LOOPS_ONLY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def register_bfloat16_weight(view: tf.Tensor, weight: tf.Tensor) -> None:
-    """Marks `view` (the float32 tensor a model gets for a bfloat16 variable)
-    so that ``matmul`` multiplies by `weight` (its bfloat16 value) in bfloat16."""
+def register_bfloat16_weight(view: tf.Tensor, weight: tf.Tensor,
+                             inside_while_loops: bool = True) -> None:
+    """Marks `view` (the float32 tensor a model gets for a variable) so that
+    ``matmul`` multiplies by `weight` (its bfloat16 value) in bfloat16.
+
+    inside_while_loops=False keeps the float32 product for matmuls built
+    inside a while loop (training: the gradient of a loop-invariant weight is
+    summed over the iterations in the weight's dtype, and 300 GRU steps
+    summed in bfloat16 would lose the small ones)."""
     _BFLOAT16_WEIGHTS.setdefault(view.graph, {})[view.name] = weight
+    outside_only = _OUTSIDE_LOOPS_ONLY.setdefault(view.graph, set())
+    if inside_while_loops:
+        outside_only.discard(view.name)
+    else:
+        outside_only.add(view.name)
+
+
+def _root_view_outside_loops_only(tensor: tf.Tensor, depth: int = 0) -> bool:
+    """True if `tensor` is (a slice / concatenation / identity of) a view
+    registered with inside_while_loops=False."""
+    if tensor.name in _OUTSIDE_LOOPS_ONLY.get(tensor.graph, ()):
+        return True
+    op = tensor.op
+    if depth > 8 or op.type not in ("StridedSlice", "ConcatV2", "Identity"):
+        return False
+    values = op.inputs[:-1] if op.type == "ConcatV2" else op.inputs[:1]
+    return any(_root_view_outside_loops_only(value, depth + 1) for value in values)
+
+
+def _building_inside_while_loop() -> bool:
+    context = tf.get_default_graph()._get_control_flow_context()  # pylint: disable=protected-access
+    while context is not None:
+        if context.IsWhileContext():
+            return True
+        context = context.outer_context
+    return False
+
+
+def bfloat16_matmul_getter(getter, name, **kwargs):
+    """custom_getter for mixed-precision training (``--matmul_dtype=bfloat16``).
+
+    Variables stay float32 (so do the optimizer, its slots and the
+    checkpoint). A trainable float32 weight of rank >= 2 is handed to the
+    model as an identity view registered with its bfloat16 cast, so that
+    every weight product made through ``matmul`` runs in bfloat16 (oneDNN
+    accumulates in float32) and the gradient flows back through the cast
+    into the float32 variable. Products inside while loops (the GRU's
+    recurrent half) stay float32; see register_bfloat16_weight.
+    """
+    variable = getter(name, **kwargs)
+    trainable = kwargs.get("trainable")
+    if trainable is False or variable.dtype.base_dtype != tf.float32 or \
+            variable.shape.ndims is None or variable.shape.ndims < 2:
+        return variable
+    graph = tf.get_default_graph()
+    context = graph._get_control_flow_context()  # pylint: disable=protected-access
+    graph._set_control_flow_context(None)  # pylint: disable=protected-access
+    try:
+        with tf.control_dependencies(None):
+            view = tf.identity(variable, name=name.split("/")[-1] + "_view")
+            register_bfloat16_weight(view, tf.cast(view, tf.bfloat16),
+                                     inside_while_loops=False)
+    finally:
+        graph._set_control_flow_context(context)  # pylint: disable=protected-access
+    return view
 
 
 _SLICE_ATTRS = ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask",
@@ -407,12 +470,18 @@ def bfloat16_weight(tensor, _depth: int = 0) -> Optional[tf.Tensor]:
 
 def matmul(a: tf.Tensor, b: tf.Tensor, transpose_a: bool = False,
            transpose_b: bool = False) -> tf.Tensor:
-    """tf.matmul(a, b), except when b is a weight of the bfloat16 compute
-    getter: then a is cast to bfloat16, the product is computed in bfloat16
-    (oneDNN; AVX512-BF16/AMX accumulate in float32) and cast back to a's
-    dtype, so everything around the matmul (bias, BN, softmax, sums,
-    normalisation) stays float32. Without that getter it is tf.matmul."""
-    weight = bfloat16_weight(b)
+    """tf.matmul(a, b), except when b is a weight registered by a bfloat16
+    compute getter (inference: bfloat16_patch.getter.bfloat16_compute_getter;
+    training: bfloat16_matmul_getter): then a is cast to bfloat16, the
+    product is computed in bfloat16 (oneDNN; AVX512-BF16/AMX accumulate in
+    float32) and cast back to a's dtype, so everything around the matmul
+    (bias, BN, softmax, sums, normalisation) stays float32. Without such a
+    getter it is tf.matmul."""
+    if isinstance(b, tf.Tensor) and _building_inside_while_loop() and \
+            _root_view_outside_loops_only(b):
+        weight = None
+    else:
+        weight = bfloat16_weight(b)
     if weight is None:
         return tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
     product = tf.matmul(tf.cast(a, tf.bfloat16), weight, transpose_a=transpose_a,

@@ -2,6 +2,8 @@
 # Shared body of the six model scripts (GRUModel.sh, nonlocal-*.sh, Soft-DBoF-*.sh):
 #   train_model.sh MODEL BATCH_SIZE LR_DECAY MAX_STEPS [extra training flags...]
 # Paths come from DATA_DIR and TRAIN_DIR; extra flags override the ones below.
+# MATMUL_DTYPE=bfloat16 trains with bfloat16 weight products (mixed precision,
+# float32 variables and checkpoints; README "Training throughput").
 set -euo pipefail
 model=$1 batch_size=$2 decay=$3 max_steps=$4
 shift 4
@@ -9,6 +11,7 @@ DATA_DIR=${DATA_DIR:-/path/to/yt8m/frame}
 TRAIN_DIR=${TRAIN_DIR:-$HOME/yt8m_models/$model}
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 PYTHON=${PYTHON:-python}
+MATMUL_DTYPE=${MATMUL_DTYPE:-float32}
 
 cd "$(dirname "$0")/.."
 
@@ -29,4 +32,5 @@ cd "$(dirname "$0")/.."
   --learning_rate_decay_examples=4000000 \
   --max_steps="$max_steps" \
   --num_epochs=100 \
+  --matmul_dtype="$MATMUL_DTYPE" \
   "$@"

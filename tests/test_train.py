@@ -190,3 +190,128 @@ def test_cli_trains_and_writes_flags(tiny_data, tmp_path):
     saved = checkpoints.read_model_flags(str(tmp_path))
     assert saved["model_hparams"]["moe_num_mixtures"] == 3
     assert checkpoints.latest_checkpoint(str(tmp_path)).endswith("model.ckpt-4")
+
+
+# ---------------------------------------------------------------------------
+# --matmul_dtype=bfloat16 (mixed precision)
+
+TINY_NETVLAD = {"cluster_size": 8, "hidden_size": 16, "num_samples": 10}
+
+
+def _train_graph(model_flags, matmul_dtype, batch_size=4, seed=5):
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(seed)
+        rng = np.random.default_rng(seed)
+        batch = {"features": tf.constant(rng.standard_normal((batch_size, 12, 1152)),
+                                         tf.float32),
+                 "num_frames": tf.constant([12, 7, 12, 3][:batch_size], tf.int32),
+                 "labels": tf.constant(rng.random((batch_size, TINY_CLASSES)) < 0.3,
+                                       tf.float32),
+                 "id": tf.constant([b"v"] * batch_size)}
+        ops = train.build_train_graph(model_flags, batch, ["/cpu:0"],
+                                      tiny_config(matmul_dtype=matmul_dtype))
+    return graph, ops
+
+
+def _in_while_loop(op):
+    context = op._get_control_flow_context()
+    while context is not None:
+        if context.IsWhileContext():
+            return True
+        context = context.outer_context
+    return False
+
+
+def _matmul_dtypes(graph):
+    """{(dtype name, inside a while loop)} of the forward MatMul ops."""
+    return {(op.get_attr("T").name, _in_while_loop(op)) for op in graph.get_operations()
+            if op.type == "MatMul" and "gradients" not in op.name.split("/")}
+
+
+def test_bfloat16_matmuls_keep_float32_variables_and_slots():
+    graph, _ = _train_graph(tiny_flags("nonlocal-NetVLADModel", **TINY_NETVLAD), "bfloat16")
+    weight_products = [op for op in graph.get_operations() if op.type == "MatMul"
+                       and "gradients" not in op.name.split("/")]
+    # Every weight product of the forward pass (cluster assignment, non-local
+    # projections, hidden1, gating, MoE, probability gating) is bfloat16.
+    assert weight_products and all(op.get_attr("T") == tf.bfloat16 for op in weight_products)
+    with graph.as_default():
+        variables = tf.global_variables()
+    assert {v.dtype.base_dtype for v in variables} == {tf.float32, tf.int64}
+    assert any("/Adam" in v.op.name for v in variables)
+    fp32_graph, _ = _train_graph(tiny_flags("nonlocal-NetVLADModel", **TINY_NETVLAD), "float32")
+    with fp32_graph.as_default():
+        assert sorted(v.op.name for v in tf.global_variables()) == \
+            sorted(v.op.name for v in variables)
+    assert _matmul_dtypes(fp32_graph) == {("float32", False)}
+
+
+def test_bfloat16_gru_keeps_its_recurrent_products_float32():
+    graph, _ = _train_graph(tiny_flags("GRUModel", gru_cells=8), "bfloat16")
+    # The input half of every layer is one bf16 product outside the time
+    # loop; the recurrent half inside the loop stays float32, so that its
+    # weight gradient is summed over the steps in float32.
+    dtypes = _matmul_dtypes(graph)
+    assert ("bfloat16", False) in dtypes and ("float32", True) in dtypes
+    assert ("bfloat16", True) not in dtypes
+
+
+def _first_step_gradients(matmul_dtype):
+    graph, _ = _train_graph(tiny_flags("Soft-DBoF-4k", cluster_size=16, hidden_size=16,
+                                       num_samples=10), matmul_dtype)
+    with graph.as_default():
+        loss = tf.get_collection("loss")[0]
+        variables = [v for v in tf.trainable_variables() if len(v.shape) == 2]
+        grads = tf.gradients(loss, variables)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            return sess.run(loss), {v.op.name: g for v, g in zip(variables, sess.run(grads))}
+
+
+def test_bfloat16_gradients_are_float32_gradients_to_bfloat16_precision():
+    loss32, grads32 = _first_step_gradients("float32")
+    loss16, grads16 = _first_step_gradients("bfloat16")
+    assert abs(loss16 - loss32) < 1e-2 * abs(loss32)
+    assert grads16.keys() == grads32.keys()
+    differs = False
+    for name, g32 in grads32.items():
+        g16 = grads16[name]
+        assert g16.dtype == np.float32 and g16.shape == g32.shape
+        relative = np.linalg.norm(g16 - g32) / np.linalg.norm(g32)
+        assert relative < 3e-2, (name, relative)
+        differs = differs or relative > 0
+    assert differs  # the bf16 products really ran
+
+
+def test_bfloat16_training_learns_and_writes_float32_checkpoints(tiny_data, tmp_path):
+    losses, lines = [], []
+
+    def record(line):
+        lines.append(line)
+        if line.startswith("step"):
+            losses.append(float(line.split("|")[1].split()[1]))
+
+    flags = tiny_flags("Soft-DBoF-4k", cluster_size=16, hidden_size=16, num_samples=10)
+    train.train(flags, str(tmp_path), train_pattern(tiny_data),
+                tiny_config(max_steps=120, log_steps=10, save_checkpoint_steps=1000,
+                            base_learning_rate=0.02, matmul_dtype="bfloat16"),
+                log=record)
+    assert any("bfloat16 matmuls" in line for line in lines)
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2])
+    reader = tf.train.load_checkpoint(checkpoints.latest_checkpoint(str(tmp_path)))
+    dtypes = reader.get_variable_to_dtype_map()
+    assert dtypes["tower/hidden1_weights"] == tf.float32
+    assert {d for n, d in dtypes.items() if n != "global_step"} == {tf.float32}
+
+
+def test_matmul_dtype_flag_errors_are_one_line(tiny_data, tmp_path):
+    with pytest.raises(UserError, match="--matmul_dtype"):
+        train.check_matmul_dtype("float16")
+    wrong = run_module("training.train", f"--train_dir={tmp_path}",
+                       f"--train_data_pattern={train_pattern(tiny_data)}",
+                       "--matmul_dtype=half", check=False)
+    assert wrong.returncode != 0
+    assert wrong.stderr.strip().splitlines() == [
+        "error: --matmul_dtype: one of float32, bfloat16, got 'half'"]

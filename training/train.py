@@ -3,7 +3,8 @@
 TF1-style graph: tf.data input, in-graph towers over the visible GPUs (or
 virtual CPU devices) with the batch split and gradients averaged, Adam,
 staircase exponential learning-rate decay counted in examples, per-variable
-gradient clipping, batch-norm updates on every step, Saver checkpoints every
+gradient clipping, batch-norm updates on every step, optional bfloat16 weight
+products (--matmul_dtype, mixed precision), Saver checkpoints every
 --save_checkpoint_steps and at the end, TensorBoard summaries and a progress
 line. Rerunning the same command resumes from the latest checkpoint.
 """
@@ -20,12 +21,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 from absl import flags
 
-from models import registry
+from models import layers, registry
 from training import checkpoints, losses, metrics, model_builder, readers
 from training.errors import UserError, define_flag, run_main
 from training.tf_compat import tf
 
 FLAGS = flags.FLAGS
+FLOAT32 = "float32"
+BFLOAT16 = "bfloat16"
+MATMUL_DTYPES = (FLOAT32, BFLOAT16)
 
 
 def define_flags() -> None:
@@ -45,6 +49,10 @@ def define_flags() -> None:
                        "Examples between two learning-rate decays.")
     define_flag(flags.DEFINE_float, "regularization_penalty", 1.0, "Weight of the L2 terms.")
     define_flag(flags.DEFINE_float, "clip_gradient_norm", 1.0, "Per-variable gradient norm clip (0: off).")
+    define_flag(flags.DEFINE_string, "matmul_dtype", FLOAT32,
+                "Dtype of the weight products: float32 (as the original) or bfloat16 "
+                "(mixed precision: float32 variables, optimizer and checkpoints; "
+                "fast where the CPU has AVX512-BF16/AMX or the GPU has bf16 tensor cores).")
     define_flag(flags.DEFINE_integer, "num_epochs", 100, "Passes over the training data (0: no limit).")
     define_flag(flags.DEFINE_integer, "max_steps", None, "Stop after this global step.")
     define_flag(flags.DEFINE_integer, "save_checkpoint_steps", 10000, "Checkpoint every N steps.")
@@ -118,6 +126,8 @@ def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
     batch: the reader's dict with batch size batch_size * len(devices).
     label_loss_fn(predictions, batch) -> scalar; defaults to the model's
     label loss against batch["labels"] (distillation passes its own).
+    config["matmul_dtype"] (default float32) = bfloat16 makes every weight
+    product of the towers a bfloat16 matmul (models.layers.bfloat16_matmul_getter).
     Returns the tensors the loop needs.
     """
     global_step = tf.train.get_or_create_global_step()
@@ -135,11 +145,14 @@ def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
     # Several towers share variables on the CPU; in a cluster (devices [None])
     # the replica device setter places them on the parameter servers.
     variable_device = "/cpu:0" if len(devices) > 1 else devices[0]
+    getter = _pin_variables(variable_device)
+    if check_matmul_dtype(config.get("matmul_dtype", FLOAT32)) == BFLOAT16:
+        getter = _bfloat16_views(getter)
     tower_grads, tower_losses, tower_predictions = [], [], []
     for index, device in enumerate(devices):
         part = {key: values[index] for key, values in parts.items()}
         with _device_scope(device), tf.variable_scope("tower", reuse=index > 0,
-                                                  custom_getter=_pin_variables(variable_device)):
+                                                  custom_getter=getter):
             model = model_builder.build_model(model_flags)
             predictions = model_builder.model_predictions(
                 model, part["features"], part["num_frames"], is_training=True)
@@ -180,6 +193,29 @@ def _pin_variables(device: Optional[str]):
         with _device_scope(device):
             return getter(*args, **kwargs)
     return getter
+
+
+def _bfloat16_views(pinning_getter):
+    """The variable from pinning_getter (on the variable device); its float32
+    view and bfloat16 cast on the tower's device."""
+    def getter(getter, *args, **kwargs):
+        pinned = lambda *a, **k: pinning_getter(getter, *a, **k)  # noqa: E731
+        return layers.bfloat16_matmul_getter(pinned, *args, **kwargs)
+    return getter
+
+
+def _native_bfloat16(devices: List[str]) -> bool:
+    """False only for CPU towers on a CPU without native bf16 products."""
+    if any(device and "gpu" in device.lower() for device in devices):
+        return True
+    from bfloat16_patch.getter import cpu_has_native_bfloat16  # the CPU probe lives there
+    return cpu_has_native_bfloat16()
+
+
+def check_matmul_dtype(value: str) -> str:
+    if value not in MATMUL_DTYPES:
+        raise UserError(f"--matmul_dtype: one of {', '.join(MATMUL_DTYPES)}, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -370,7 +406,7 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
     learning_rate_decay_examples, regularization_penalty, clip_gradient_norm,
     num_epochs, max_steps, save_checkpoint_steps, max_to_keep,
     keep_checkpoint_every_n_hours, num_gpu, cpu_towers, num_readers,
-    shuffle_buffer, seed, summary_steps, log_steps.
+    shuffle_buffer, seed, summary_steps, log_steps, matmul_dtype (optional).
     """
     devices = tower_devices(config["num_gpu"], config["cpu_towers"])
     reader = reader or model_builder.make_reader(model_flags)
@@ -413,7 +449,11 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
         progress = Progress(config["batch_size"] * len(devices), max_steps, step)
         last_saved, loss_value = (step if latest else None), float("nan")
         log(f"training {model_flags['model']} on {len(devices)} tower(s) {devices} "
-            f"from step {step}" + (f" to {max_steps}" if max_steps else ""))
+            f"from step {step}" + (f" to {max_steps}" if max_steps else "") +
+            f", {config.get('matmul_dtype', FLOAT32)} matmuls")
+        if config.get("matmul_dtype") == BFLOAT16 and not _native_bfloat16(devices):
+            log("note: this CPU has no native bfloat16 matmul (AVX512-BF16 or AMX); "
+                "--matmul_dtype=bfloat16 is emulated and slower than float32 here")
         try:
             while max_steps is None or step < max_steps:
                 want_metrics = (step + 1) % config["summary_steps"] == 0
@@ -589,8 +629,10 @@ def config_from_flags() -> Dict[str, Any]:
             "learning_rate_decay_examples", "regularization_penalty", "clip_gradient_norm",
             "num_epochs", "max_steps", "save_checkpoint_steps", "max_to_keep",
             "keep_checkpoint_every_n_hours", "num_gpu", "cpu_towers", "num_readers",
-            "shuffle_buffer", "seed", "summary_steps", "log_steps", "skip_corrupt_records")
+            "shuffle_buffer", "seed", "summary_steps", "log_steps", "skip_corrupt_records",
+            "matmul_dtype")
     config = {key: FLAGS[key].value for key in keys}
+    check_matmul_dtype(config["matmul_dtype"])
     for key in ("batch_size", "save_checkpoint_steps", "summary_steps", "log_steps"):
         if config[key] <= 0:
             raise UserError(f"--{key} must be positive, got {config[key]}")
