@@ -1,15 +1,17 @@
 """Training throughput of the six full-size models against the machine's matmul rate.
 
     python -m bench.bench_training [--models=Soft-DBoF-4k,...] [--steps=5]
+                                   [--matmul_dtypes=float32,bfloat16]
                                    [--batch_size=80] [--gru_steps=2] [--trace=0]
 
 For every preset (batch 80, 300 frames, rgb 1024 + audio 128, 3862 classes)
-the real training graph is built with ``training.train.build_train_graph``
-(Adam, clipping, batch-norm updates, L2 terms, the loss) on one CPU tower,
-fed from a batch held in memory (non-trainable variables: features
-[B, 300, 1152] ~ N(0, 1), num_frames = 300, random multi-hot labels), so
-nothing but the model runs. After --warmup steps, --steps steps are timed one
-by one and the median step time gives examples/sec.
+and every --matmul_dtypes value (the trainer's --matmul_dtype), the real
+training graph is built with ``training.train.build_train_graph`` (Adam,
+clipping, batch-norm updates, L2 terms, the loss) on one CPU tower, fed from
+a batch held in memory (non-trainable variables: features [B, 300, 1152] ~
+N(0, 1), num_frames = 300, random multi-hot labels), so nothing but the model
+runs. After --warmup steps, --steps steps are timed one by one and the median
+step time gives examples/sec.
 
 FLOPs per example are counted from the training graph itself: every MatMul
 and BatchMatMul op (forward and gradient) contributes 2*M*N*K from its static
@@ -20,22 +22,22 @@ the rate of useful matmul work. ``--cross_check=MODEL`` also runs TensorFlow's
 profiler (float_operation) on that model's forward graph and prints its
 MatMul total beside ours.
 
-The hardware limit is the float32 rate of a 4096x4096 @ 4096x4096 tf.matmul
-in the same process and session configuration, best of --matmul_repeats
-products run right after every timed training step; the ratio of each step
-is taken against its neighbouring matmul, and the median ratio is printed (a
-shared machine's slow patches then hit both sides alike). The table prints,
-per model: examples/sec, GFLOP/example (forward+backward matmuls), achieved
-GFLOP/s, the median matmul GFLOP/s and the median ratio.
+The hardware yardstick is a 4096x4096 @ 4096x4096 tf.matmul in the same
+process and session configuration, in float32 (and in bfloat16 when
+bfloat16 is among --matmul_dtypes), best of --matmul_repeats products run
+right after every timed training step; the ratio of each step is taken
+against its neighbouring product, and the median ratio is printed (a shared
+machine's slow patches then hit both sides alike).
 
-The last two columns time the model's own matmuls alone (every MatMul and
-BatchMatMul of its training graph, same shapes and transposes, on fresh
-variables, in one session.run, once after every timed step too): their
-GFLOP/s is the ceiling for this model
-on this machine (batch-80 matmuls against 10^8-weight matrices are skinny
-and reach far less than the square product), and "own matmuls / step" is
-the share of the step those matmuls would take alone (1.0 = everything else
-is free).
+Two probes, also run after every timed step, bound what the step can reach:
+"own matmuls alone" runs every MatMul and BatchMatMul of the training graph
+(same shapes, dtypes and transposes, on fresh variables, in one session.run;
+batch-80 products against 10^8-weight matrices are skinny and reach far less
+than the square product), and "update alone" runs the per-variable clipping
+and Adam over variables of the model's trainable shapes with gradients held
+in memory (memory-bound). The ceiling is FLOPs / (own matmuls + update) as a
+ratio to the float32 yardstick: the best the step could do if every other op
+were free.
 
 --trace=N prints the N most expensive op types and ops of one traced step
 (RunOptions FULL_TRACE), which is how the slow parts were found.

@@ -148,8 +148,8 @@ def _multi_hot(labels, num_classes):
     checks = [
         tf.debugging.assert_less(
             values, tf.constant(num_classes, tf.int64),
-            message=f"labels: a label id is >= num_classes ({num_classes}); "
-                    f"check --num_classes",
+            message=f"labels: a label id is >= num_classes ({num_classes}), the classes "
+                    f"of the model (training: --num_classes)",
             summarize=5),
         tf.debugging.assert_non_negative(
             values, message="labels: a label id is negative", summarize=5),
