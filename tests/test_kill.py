@@ -1,5 +1,5 @@
 """kill -9 at random moments during training, SWA, bf16 conversion, ensemble
-export and CSV writing.
+export, CSV writing, teacher-record writing and stacking.
 
 Each stage is started, killed with SIGKILL after a seeded random delay (counted
 from the moment it starts its real work, so the kills land in reading,
@@ -209,6 +209,67 @@ def test_kill_csv_writing(tiny_models, tiny_data, tmp_path):
                seed=15, watch=tmp_path)
     assert check_submission(str(output), num_classes=TINY_CLASSES) == 32
     assert temp_leftovers(tmp_path, "submission.csv") == []
+
+
+def test_kill_teacher_record_writing(tiny_models, tiny_data, tmp_path):
+    from prediction2tfrecord import write
+    from test_prediction2tfrecord import frame_files, read_examples
+
+    files = frame_files(tiny_data)
+    output = tmp_path / "records"
+    # The tiny ensemble as the teacher, one video per batch: the writing
+    # takes long enough for the kills to land in it.
+    args = [f"--input_data_pattern={tiny_data / 'frame' / 'train*.tfrecord'}",
+            f"--output_dir={output}", f"--teacher_dir={tiny_models['ensemble']}",
+            f"--num_classes={TINY_CLASSES}", "--batch_size=1"]
+    names = sorted(os.path.basename(f) for f in files)
+    interrupted = []
+
+    def assert_whole(name):
+        records = read_examples(output / name)
+        assert len(records) == len(read_examples(os.path.join(os.path.dirname(files[0]), name)))
+        assert all(write.decode_teacher(r).shape == (TINY_CLASSES,) for r in records)
+
+    def check_after_kill(run):
+        interrupted.append("done:" not in "".join(run.lines))
+        # Every visible output is a whole shard; a partial one is a hidden temporary.
+        for name in os.listdir(output) if output.exists() else []:
+            if not name.startswith("."):
+                assert name in names
+                assert_whole(name)
+
+    final = kill_cycle("prediction2tfrecord.write", args, "teacher:", 0.5, check_after_kill,
+                       seed=16, watch=output)
+    assert any(interrupted), "no kill landed while the records were being written"
+    assert "done:" in final
+    assert sorted(os.listdir(output)) == names   # no temporaries left
+    for name in names:
+        assert_whole(name)
+
+
+def test_kill_stacking(tiny_models, tiny_data, tmp_path):
+    import json
+
+    output = tmp_path / "weights.json"
+    args = [f"--model_dirs={tiny_models['dbof_bf16']},{tiny_models['gru_bf16']}",
+            f"--data_pattern={tiny_data / 'frame' / 'validate*.tfrecord'}",
+            f"--output_file={output}", "--batch_size=1"]
+    interrupted = []
+
+    def check_after_kill(run):
+        interrupted.append("wrote" not in "".join(run.lines))
+        if output.exists():   # finished before the kill: whole, then start over
+            with open(output) as handle:
+                assert len(json.load(handle)["weights"]) == 2
+            output.unlink()
+
+    kill_cycle("stacking.fit", args, "stacking 2 members", 0.8, check_after_kill, seed=17,
+               watch=tmp_path)
+    assert any(interrupted), "no kill landed while stacking was at work"
+    with open(output) as handle:
+        payload = json.load(handle)
+    assert len(payload["weights"]) == 2 and sum(payload["weights"]) == pytest.approx(1.0)
+    assert temp_leftovers(tmp_path, "weights.json") == []
 
 
 def test_only_a_dead_writers_temporary_output_is_removed(tmp_path):
