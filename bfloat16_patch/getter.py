@@ -267,9 +267,12 @@ def _saveable_name(variable) -> str:
 
 
 def check_restore_compatible(checkpoint_path: str,
-                             var_list: Union[Iterable, Mapping[str, Any]]) -> None:
+                             var_list: Union[Iterable, Mapping[str, Any]],
+                             stored_bf16: bool = False) -> None:
     """Raises a one-line UserError naming the checkpoint when restoring var_list
-    from it would fail: a missing variable, another shape, or fp32 vs bf16."""
+    from it would fail: a missing variable, another shape, or fp32 vs bf16.
+    stored_bf16: the float32 variables are restored from bfloat16 tensors
+    (cast_at_load, BFloat16StorageSaveable)."""
     reader = load_checkpoint_reader(checkpoint_path)
     dtypes = reader.get_variable_to_dtype_map()
     shapes = reader.get_variable_to_shape_map()
@@ -282,6 +285,8 @@ def check_restore_compatible(checkpoint_path: str,
                             f"is this a checkpoint of another model?)")
         stored = tf.as_dtype(dtypes[key]).base_dtype
         wanted = variable.dtype.base_dtype
+        if stored_bf16 and wanted == tf.float32:
+            wanted = tf.bfloat16
         if stored != wanted:
             if tf.bfloat16 in (stored, wanted):
                 stored_kind = BFLOAT16 if stored == tf.bfloat16 else FLOAT32

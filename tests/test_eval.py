@@ -76,3 +76,34 @@ def test_eval_cli_errors(tmp_path, tiny_data):
                           "--run_once", check=False)
     assert no_flags.returncode != 0 and "model_flags.json" in no_flags.stderr
     assert "Traceback" not in no_flags.stderr
+
+
+def test_bf16_compute_modes_of_a_bfloat16_checkpoint(tiny_models, tiny_data):
+    bf16_dir = tiny_models["dbof_bf16"]
+    flags = checkpoints.read_model_flags(bf16_dir)
+    path = checkpoints.find_checkpoint(bf16_dir)
+    pattern = str(tiny_data / "frame" / "validate*.tfrecord")
+    results = {mode: evaluation.evaluate_checkpoint(flags, path, pattern, batch_size=16,
+                                                    frame_sampling="uniform", bf16_compute=mode)
+               for mode in ("cast_each_step", "cast_at_load", "bfloat16")}
+    # Casting on every step and once at load compute the very same numbers.
+    for key in ("gap", "hit_at_one", "loss", "map"):
+        assert results["cast_at_load"][key] == results["cast_each_step"][key]
+    assert results["bfloat16"]["gap"] == pytest.approx(results["cast_at_load"]["gap"], abs=5e-3)
+    assert results["bfloat16"]["num_examples"] == 32
+
+
+def test_eval_cli_bf16_compute(tiny_models, tiny_data, tmp_path):
+    import shutil
+
+    bf16_dir = tmp_path / "bf16"
+    shutil.copytree(tiny_models["dbof_bf16"], bf16_dir)
+    pattern = f"--eval_data_pattern={tiny_data / 'frame' / 'validate*.tfrecord'}"
+    completed = run_module("training.eval", f"--train_dir={bf16_dir}", pattern, "--run_once",
+                           "--bf16_compute=cast_at_load")
+    assert "GAP" in completed.stdout
+    wrong = run_module("training.eval", f"--train_dir={bf16_dir}", pattern, "--run_once",
+                       "--bf16_compute=fast", check=False)
+    assert wrong.returncode != 0
+    assert wrong.stderr.strip().splitlines() == [
+        "error: --bf16_compute: one of cast_each_step, cast_at_load, bfloat16, got 'fast'"]

@@ -34,6 +34,9 @@ def define_flags() -> None:
     define_flag(flags.DEFINE_integer, "seed", 2018, "Graph-level random seed (frame sampling).")
     define_flag(flags.DEFINE_bool, "skip_corrupt_records", False, "Skip the damaged rest of "
                 "corrupt or truncated TFRecord files (default: stop with an error).")
+    define_flag(flags.DEFINE_string, "bf16_compute", "", "How a bfloat16 checkpoint computes: "
+                "cast_each_step, cast_at_load or bfloat16 (default: as ensemble.build, "
+                "bfloat16 on CPUs with native bf16 products, else cast_at_load).")
 
 
 def build_eval_graph(model_flags: Dict[str, Any], data_pattern: str, batch_size: int,
@@ -93,25 +96,31 @@ def evaluate_checkpoint(model_flags: Dict[str, Any], checkpoint_path: str, data_
                         frame_sampling: Optional[str] = None, seed: int = 2018,
                         num_readers: int = 4, custom_getter=None,
                         log: Optional[Callable[[str], None]] = None,
-                        skip_corrupt: bool = False) -> Dict[str, float]:
+                        skip_corrupt: bool = False,
+                        bf16_compute: Optional[str] = None) -> Dict[str, float]:
     """Restores the model variables of a checkpoint and evaluates them.
 
-    A bfloat16 checkpoint gets the bfloat16 getter unless custom_getter is given.
+    A bfloat16 checkpoint computes in the --bf16_compute mode `bf16_compute`
+    (None: the ensemble's default) unless custom_getter is given.
     skip_corrupt: skip the damaged rest of corrupt or truncated files (reported
     through log) instead of stopping with an error."""
     from bfloat16_patch import getter as bf16
 
-    if custom_getter is None:
-        custom_getter = bf16.getter_for_checkpoint(checkpoint_path, model_flags)
+    stored_bf16 = False   # float32 variables filled from bf16 tensors (cast_at_load)
+    if custom_getter is None and bf16.getter_for_checkpoint(checkpoint_path, model_flags):
+        mode = bf16.check_bf16_compute(bf16_compute)
+        custom_getter = bf16.getter_for_mode(mode)
+        stored_bf16 = mode == bf16.CAST_AT_LOAD
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(seed)
         ops = build_eval_graph(model_flags, data_pattern, batch_size, frame_sampling,
                                num_readers, custom_getter=custom_getter,
                                skip_corrupt=skip_corrupt)
-        var_list = model_builder.model_variables("tower")
-        saver = tf.train.Saver(var_list)
-    bf16.check_restore_compatible(checkpoint_path, var_list)
+        var_map = {v.op.name: v for v in model_builder.model_variables("tower")}
+        saver = tf.train.Saver(bf16.bfloat16_storage_saveables(var_map) if stored_bf16
+                               else var_map)
+    bf16.check_restore_compatible(checkpoint_path, var_map, stored_bf16=stored_bf16)
     with tf.Session(graph=graph) as sess:
         saver.restore(sess, checkpoint_path)
         result = run_evaluation(sess, ops, int(model_flags["num_classes"]), top_k, log,
@@ -142,6 +151,8 @@ def main(argv) -> None:
         raise UserError("--eval_data_pattern: required")
     model_flags = checkpoints.read_model_flags(FLAGS.train_dir)
     readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
+    from bfloat16_patch import getter as bf16
+    bf16.check_bf16_compute(FLAGS.bf16_compute or None)
     evaluated = set()
     while True:
         path = (checkpoints.find_checkpoint(FLAGS.checkpoint_file) if FLAGS.checkpoint_file
@@ -153,7 +164,8 @@ def main(argv) -> None:
                 model_flags, path, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.top_k,
                 FLAGS.frame_sampling, FLAGS.seed, FLAGS.num_readers,
                 log=lambda line: print(line, flush=True),
-                skip_corrupt=FLAGS.skip_corrupt_records)
+                skip_corrupt=FLAGS.skip_corrupt_records,
+                bf16_compute=FLAGS.bf16_compute or None)
             print(metrics.format_summary(result, os.path.basename(path)), flush=True)
             write_results(FLAGS.train_dir, path, result)
             evaluated.add(path)
