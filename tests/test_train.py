@@ -82,10 +82,12 @@ def test_num_epochs_stops_training(tiny_data, tmp_path):
     assert checkpoints.list_checkpoints(str(tmp_path))[-1][0] == 8
 
 
-def test_two_cpu_towers(tiny_data, tmp_path):
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
+def test_two_cpu_towers(tiny_data, tmp_path, matmul_dtype):
     lines = []
     result = train.train(tiny_flags(), str(tmp_path), train_pattern(tiny_data),
-                         tiny_config(cpu_towers=2, batch_size=4, max_steps=12),
+                         tiny_config(cpu_towers=2, batch_size=4, max_steps=12,
+                                     matmul_dtype=matmul_dtype),
                          log=lines.append)
     assert result["global_step"] == 12
     assert any("2 tower(s)" in line for line in lines)
