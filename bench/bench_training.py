@@ -56,6 +56,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from models.frame_models import PRESET_NAMES
+from models.layers import in_while_loop
 from training import model_builder, train
 from training.tf_compat import tf
 
@@ -70,15 +71,6 @@ TRAIN_CONFIG = {"base_learning_rate": 2e-4, "learning_rate_decay": 0.8,
 
 # ---------------------------------------------------------------------------
 # FLOP counting
-
-
-def _in_while_loop(op) -> bool:
-    context = op._get_control_flow_context()  # pylint: disable=protected-access
-    while context is not None:
-        if context.IsWhileContext():
-            return True
-        context = context.outer_context
-    return False
 
 
 def matmul_flops(op) -> int:
@@ -101,7 +93,7 @@ def count_matmul_flops(graph: tf.Graph, loop_iterations: int,
     for op in ops if ops is not None else graph.get_operations():
         if op.type not in MATMUL_OPS:
             continue
-        flops = matmul_flops(op) * (loop_iterations if _in_while_loop(op) else 1)
+        flops = matmul_flops(op) * (loop_iterations if in_while_loop(op) else 1)
         key = "backward" if "gradients" in op.name.split("/") else "forward"
         counts[key] += flops
     return counts
@@ -128,7 +120,7 @@ class OwnMatmuls:
             else:
                 attrs = {"adjoint_a": op.get_attr("adj_x"), "adjoint_b": op.get_attr("adj_y")}
             specs.append((tuple(op.inputs[0].shape.as_list()),
-                          tuple(op.inputs[1].shape.as_list()), attrs, _in_while_loop(op),
+                          tuple(op.inputs[1].shape.as_list()), attrs, in_while_loop(op),
                           op.inputs[0].dtype.base_dtype))
         self.loop_iterations = loop_iterations
         probe = tf.Graph()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Optional
+from typing import Optional, Tuple
 
 from training.tf_compat import tf
 
@@ -132,6 +132,21 @@ class _SingleStateCell:
         return tf.zeros([batch_size, self.num_units], dtype)
 
 
+def _gru_variables(input_dim: int, units: int) -> Tuple[tf.Variable, ...]:
+    """gates/{kernel [I+H, 2H] (Glorot), bias [2H] (ones)} and candidate/{kernel
+    [I+H, H], bias [H] (zeros)} in the current scope, the names and
+    initialisers of tf.nn.rnn_cell.GRUCell."""
+    with tf.variable_scope("gates"):
+        gate_kernel = tf.get_variable("kernel", [input_dim + units, 2 * units],
+                                      initializer=glorot_uniform())
+        gate_bias = tf.get_variable("bias", [2 * units], initializer=tf.ones_initializer())
+    with tf.variable_scope("candidate"):
+        cand_kernel = tf.get_variable("kernel", [input_dim + units, units],
+                                      initializer=glorot_uniform())
+        cand_bias = tf.get_variable("bias", [units], initializer=tf.zeros_initializer())
+    return gate_kernel, gate_bias, cand_kernel, cand_bias
+
+
 class GRUCell(_SingleStateCell):
     """A GRU cell as TF 1.9's GRUCell, usable by ``tf.nn.dynamic_rnn``.
 
@@ -146,19 +161,9 @@ class GRUCell(_SingleStateCell):
         self.name = name
 
     def __call__(self, inputs: tf.Tensor, state: tf.Tensor, scope=None):
-        input_dim = inputs.shape.as_list()[-1]
-        units = self.num_units
         with tf.variable_scope(self.name, reuse=tf.AUTO_REUSE):
-            with tf.variable_scope("gates"):
-                gate_kernel = tf.get_variable("kernel", [input_dim + units, 2 * units],
-                                              initializer=glorot_uniform())
-                gate_bias = tf.get_variable("bias", [2 * units],
-                                            initializer=tf.ones_initializer())
-            with tf.variable_scope("candidate"):
-                cand_kernel = tf.get_variable("kernel", [input_dim + units, units],
-                                              initializer=glorot_uniform())
-                cand_bias = tf.get_variable("bias", [units],
-                                            initializer=tf.zeros_initializer())
+            gate_kernel, gate_bias, cand_kernel, cand_bias = _gru_variables(
+                inputs.shape.as_list()[-1], self.num_units)
         gates = tf.sigmoid(tf.nn.bias_add(
             matmul(tf.concat([inputs, state], 1), gate_kernel), gate_bias))
         reset, update = tf.split(gates, 2, axis=1)
@@ -248,16 +253,8 @@ def stacked_gru_final_state(inputs: tf.Tensor, sequence_length: tf.Tensor,
         for index in range(num_layers):
             input_dim = inputs.shape.as_list()[-1]
             with tf.variable_scope(f"multi_rnn_cell/cell_{index}/gru_cell"):
-                with tf.variable_scope("gates"):
-                    gate_kernel = tf.get_variable("kernel", [input_dim + num_units, 2 * num_units],
-                                                  initializer=glorot_uniform())
-                    gate_bias = tf.get_variable("bias", [2 * num_units],
-                                                initializer=tf.ones_initializer())
-                with tf.variable_scope("candidate"):
-                    cand_kernel = tf.get_variable("kernel", [input_dim + num_units, num_units],
-                                                  initializer=glorot_uniform())
-                    cand_bias = tf.get_variable("bias", [num_units],
-                                                initializer=tf.zeros_initializer())
+                gate_kernel, gate_bias, cand_kernel, cand_bias = _gru_variables(
+                    input_dim, num_units)
             with tf.name_scope(f"layer_{index}"):
                 input_kernel = tf.concat([gate_kernel[:input_dim], cand_kernel[:input_dim]], 1)
                 input_bias = tf.concat([gate_bias, cand_bias], 0)
@@ -375,20 +372,14 @@ def register_bfloat16_weight(view: tf.Tensor, weight: tf.Tensor,
         outside_only.add(view.name)
 
 
-def _root_view_outside_loops_only(tensor: tf.Tensor, depth: int = 0) -> bool:
-    """True if `tensor` is (a slice / concatenation / identity of) a view
-    registered with inside_while_loops=False."""
-    if tensor.name in _OUTSIDE_LOOPS_ONLY.get(tensor.graph, ()):
-        return True
-    op = tensor.op
-    if depth > 8 or op.type not in ("StridedSlice", "ConcatV2", "Identity"):
-        return False
-    values = op.inputs[:-1] if op.type == "ConcatV2" else op.inputs[:1]
-    return any(_root_view_outside_loops_only(value, depth + 1) for value in values)
+def _usable_inside_loops(view: tf.Tensor) -> bool:
+    return view.name not in _OUTSIDE_LOOPS_ONLY.get(view.graph, ())
 
 
-def _building_inside_while_loop() -> bool:
-    context = tf.get_default_graph()._get_control_flow_context()  # pylint: disable=protected-access
+def in_while_loop(op: Optional[tf.Operation] = None) -> bool:
+    """Whether `op` (default: an op built now) is inside a while loop."""
+    owner = op if op is not None else tf.get_default_graph()
+    context = owner._get_control_flow_context()  # pylint: disable=protected-access
     while context is not None:
         if context.IsWhileContext():
             return True
@@ -435,7 +426,7 @@ def bfloat16_weight(tensor, _depth: int = 0) -> Optional[tf.Tensor]:
     A slice (``w[:n]``), a concatenation or an identity of registered views
     gets the same slice / concatenation of their bf16 weights (made once, in
     the top-level context when the float32 one is outside any while loop, and
-    registered for the next call).
+    registered for the next call, outside loops only if a source is).
     """
     if not isinstance(tensor, tf.Tensor):
         return None
@@ -451,9 +442,7 @@ def bfloat16_weight(tensor, _depth: int = 0) -> Optional[tf.Tensor]:
         return None
     import contextlib
 
-    from tensorflow.python.ops import control_flow_util  # private, stable since TF 1.x
-
-    outside = not control_flow_util.IsInWhileLoop(op)
+    outside = not in_while_loop(op)
     with tf.control_dependencies(None) if outside else contextlib.nullcontext():
         with tf.name_scope(op.name.rsplit("/", 1)[-1] + "_bfloat16"):
             if op.type == "StridedSlice":
@@ -464,7 +453,8 @@ def bfloat16_weight(tensor, _depth: int = 0) -> Optional[tf.Tensor]:
                 weight = tf.concat(sources, axis=op.inputs[-1])
             else:
                 weight = sources[0]
-    register_bfloat16_weight(tensor, weight)
+    register_bfloat16_weight(tensor, weight,
+                             all(_usable_inside_loops(value) for value in values))
     return weight
 
 
@@ -477,11 +467,9 @@ def matmul(a: tf.Tensor, b: tf.Tensor, transpose_a: bool = False,
     float32) and cast back to a's dtype, so everything around the matmul
     (bias, BN, softmax, sums, normalisation) stays float32. Without such a
     getter it is tf.matmul."""
-    if isinstance(b, tf.Tensor) and _building_inside_while_loop() and \
-            _root_view_outside_loops_only(b):
+    weight = bfloat16_weight(b)
+    if weight is not None and in_while_loop() and not _usable_inside_loops(b):
         weight = None
-    else:
-        weight = bfloat16_weight(b)
     if weight is None:
         return tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
     product = tf.matmul(tf.cast(a, tf.bfloat16), weight, transpose_a=transpose_a,

@@ -12,6 +12,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CLASSES = 10
 
 
+def train_config(**overrides) -> dict:
+    """The trainer's config dict (training.train.config_from_flags) for tiny runs."""
+    config = {"batch_size": 8, "base_learning_rate": 0.01, "learning_rate_decay": 0.9,
+              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
+              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 40,
+              "save_checkpoint_steps": 15, "max_to_keep": 10,
+              "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
+              "num_readers": 2, "shuffle_buffer": 64, "seed": 3, "summary_steps": 10,
+              "log_steps": 10}
+    config.update(overrides)
+    return config
+
+
+# Runs that neither save nor log on the way (only at the end).
+QUIET = {"save_checkpoint_steps": 1000, "summary_steps": 1000, "log_steps": 1000}
+
+
 def real_sample_dir() -> Path | None:
     """../shared/data/yt8m-2018-video-sample when present (tests skip otherwise)."""
     for candidate in (REPO_ROOT.parent / "shared" / "data" / "yt8m-2018-video-sample",

@@ -13,6 +13,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+import conftest
 from conftest import REPO_ROOT, TINY_CLASSES
 
 TINY_DBOF = {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}
@@ -22,15 +23,9 @@ GRU_FLAGS = ["--model=GRUModel", "--gru_cells=8"]
 
 
 def train_config(**overrides):
-    config = {"batch_size": 4, "base_learning_rate": 0.01, "learning_rate_decay": 0.9,
-              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
-              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 10,
-              "save_checkpoint_steps": 5, "max_to_keep": 10,
-              "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
-              "num_readers": 1, "shuffle_buffer": 16, "seed": 5, "summary_steps": 1000,
-              "log_steps": 1000}
-    config.update(overrides)
-    return config
+    return conftest.train_config(**{**conftest.QUIET, "batch_size": 4, "max_steps": 10,
+                                    "save_checkpoint_steps": 5, "num_readers": 1,
+                                    "shuffle_buffer": 16, "seed": 5, **overrides})
 
 
 def build_tiny_models(root: Path, tiny_data: Path) -> Dict[str, str]:

@@ -253,14 +253,19 @@ def test_swa_over_checkpoints_of_different_models(tiny_models, tmp_path):
     assert_nothing_written(tmp_path, "swa")
 
 
-def test_ensemble_of_a_checkpoint_of_another_model(tiny_models, tmp_path):
-    wrong = tmp_path / "wrong"   # GRU's model_flags.json, Soft-DBoF's checkpoint
-    wrong.mkdir()
-    shutil.copyfile(os.path.join(tiny_models["gru_bf16"], "model_flags.json"),
-                    wrong / "model_flags.json")
-    for name in os.listdir(tiny_models["dbof_bf16"]):
+def mixed_dir(path, flags_from, checkpoint_from):
+    """A model dir with one dir's model_flags.json and another's checkpoint files."""
+    path.mkdir()
+    shutil.copyfile(os.path.join(flags_from, "model_flags.json"), path / "model_flags.json")
+    for name in os.listdir(checkpoint_from):
         if name.startswith("model.ckpt-"):
-            shutil.copyfile(os.path.join(tiny_models["dbof_bf16"], name), wrong / name)
+            shutil.copyfile(os.path.join(checkpoint_from, name), path / name)
+    return path
+
+
+def test_ensemble_of_a_checkpoint_of_another_model(tiny_models, tmp_path):
+    wrong = mixed_dir(tmp_path / "wrong", flags_from=tiny_models["gru_bf16"],
+                      checkpoint_from=tiny_models["dbof_bf16"])
     failed = run_module("ensemble.build", f"--model_dirs={tiny_models['dbof_bf16']},{wrong}",
                         "--tile_num=2", f"--output_dir={tmp_path / 'ens'}", check=False)
     assert_user_error(failed, str(wrong), "lacks variable tower/", "GRUModel")
@@ -330,13 +335,8 @@ def test_bf16_and_fp32_where_either_works(tiny_models, tmp_path):
 def test_fp32_checkpoint_where_bf16_is_declared(tiny_models, tmp_path):
     """The reverse: a dir whose model_flags.json says bfloat16 holds a float32
     checkpoint (copied by hand): the ensemble (and evaluation) refuse it."""
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    shutil.copyfile(os.path.join(tiny_models["dbof_bf16"], "model_flags.json"),
-                    odd / "model_flags.json")
-    for name in os.listdir(tiny_models["dbof_swa"]):
-        if name.startswith("model.ckpt-"):
-            shutil.copyfile(os.path.join(tiny_models["dbof_swa"], name), odd / name)
+    odd = mixed_dir(tmp_path / "odd", flags_from=tiny_models["dbof_bf16"],
+                    checkpoint_from=tiny_models["dbof_swa"])
     failed = run_module("ensemble.build", f"--model_dirs={tiny_models['gru_bf16']},{odd}",
                         "--tile_num=2", f"--output_dir={tmp_path / 'ens'}", check=False)
     assert_user_error(failed, str(odd / "model.ckpt-10"), "is a float32 checkpoint",

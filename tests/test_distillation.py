@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TINY_CLASSES, run_module
+from conftest import QUIET, TINY_CLASSES, run_module, train_config
 from distillation import train as distill
 from distillation.reader import DistillationReader
 from prediction2tfrecord import write
@@ -15,15 +15,7 @@ from training.tf_compat import tf
 
 
 def tiny_config(**overrides):
-    config = {"batch_size": 8, "base_learning_rate": 0.02, "learning_rate_decay": 0.9,
-              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
-              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 40,
-              "save_checkpoint_steps": 1000, "max_to_keep": 10,
-              "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
-              "num_readers": 2, "shuffle_buffer": 64, "seed": 3, "summary_steps": 1000,
-              "log_steps": 1000}
-    config.update(overrides)
-    return config
+    return train_config(**{**QUIET, "base_learning_rate": 0.02, **overrides})
 
 
 def tiny_flags():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_CLASSES
+from conftest import QUIET, TINY_CLASSES, train_config
 from training import checkpoints, model_builder
 from training import train as trainer
 
@@ -31,13 +31,7 @@ def test_scripts_after_the_pipeline(tiny_data, tmp_path):
     work = tmp_path / "work"
     flags = model_builder.make_model_flags("FrameMeanMoeModel", "rgb,audio", "1024,128", True,
                                            TINY_CLASSES, "CrossEntropyLoss", {})
-    config = {"batch_size": 8, "base_learning_rate": 0.02, "learning_rate_decay": 0.9,
-              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
-              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 30,
-              "save_checkpoint_steps": 1000, "max_to_keep": 10,
-              "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
-              "num_readers": 2, "shuffle_buffer": 64, "seed": 3, "summary_steps": 1000,
-              "log_steps": 1000}
+    config = train_config(**QUIET, base_learning_rate=0.02, max_steps=30)
     # What the pipeline leaves behind: <model>-bfloat16 dirs (the teacher here is one of them).
     for name, steps in (("A", 30), ("B", 10)):
         train_dir = str(work / "train" / name)

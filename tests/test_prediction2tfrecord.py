@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_module
+from conftest import QUIET, run_module, train_config
 from prediction2tfrecord import write
 from training.errors import UserError
 from training.tf_compat import tf
@@ -174,13 +174,7 @@ def teacher_model(tiny_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("teacher_model")
     flags = model_builder.make_model_flags("FrameMeanMoeModel", "rgb,audio", "1024,128", True,
                                            10, "CrossEntropyLoss", {})
-    config = {"batch_size": 8, "base_learning_rate": 0.02, "learning_rate_decay": 0.9,
-              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
-              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 20,
-              "save_checkpoint_steps": 1000, "max_to_keep": 10,
-              "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
-              "num_readers": 2, "shuffle_buffer": 64, "seed": 3, "summary_steps": 1000,
-              "log_steps": 1000}
+    config = train_config(**QUIET, base_learning_rate=0.02, max_steps=20)
     dirs = []
     for name, steps in (("model_a", 20), ("model_b", 5)):
         directory = str(root / name)

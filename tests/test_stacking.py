@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_CLASSES, run_module
+from conftest import QUIET, TINY_CLASSES, run_module, train_config
 from stacking import fit
 from training import model_builder
 from training import train as trainer
@@ -68,13 +68,7 @@ def test_end_to_end_through_model_dirs(tiny_data, tmp_path):
 
     flags = model_builder.make_model_flags("FrameMeanMoeModel", "rgb,audio", "1024,128", True,
                                            TINY_CLASSES, "CrossEntropyLoss", {})
-    config = {"batch_size": 8, "base_learning_rate": 0.02, "learning_rate_decay": 0.9,
-              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
-              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 80,
-              "save_checkpoint_steps": 1000, "max_to_keep": 10,
-              "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
-              "num_readers": 2, "shuffle_buffer": 64, "seed": 3, "summary_steps": 1000,
-              "log_steps": 1000}
+    config = train_config(**QUIET, base_learning_rate=0.02, max_steps=80)
     pattern = str(tiny_data / "frame" / "train*.tfrecord")
     good, noise = str(tmp_path / "good"), str(tmp_path / "noise")
     for directory, steps, seed in ((good, 80, 3), (noise, 0, 11)):  # noise: random init

@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from conftest import TINY_CLASSES, run_module
+from conftest import QUIET, TINY_CLASSES, run_module, train_config
 from models import layers
 from swa import average as swa
 from training import checkpoints, model_builder, train
@@ -23,15 +23,9 @@ TINY_DBOF = {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}
 
 
 def tiny_train_config(**overrides):
-    config = {"batch_size": 4, "base_learning_rate": 0.01, "learning_rate_decay": 0.9,
-              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
-              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 30,
-              "save_checkpoint_steps": 10, "max_to_keep": 10,
-              "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
-              "num_readers": 1, "shuffle_buffer": 32, "seed": 5, "summary_steps": 1000,
-              "log_steps": 1000}
-    config.update(overrides)
-    return config
+    return train_config(**{**QUIET, "batch_size": 4, "max_steps": 30,
+                           "save_checkpoint_steps": 10, "num_readers": 1,
+                           "shuffle_buffer": 32, "seed": 5, **overrides})
 
 
 def dbof_flags():

@@ -8,21 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import TINY_CLASSES, run_module
+from conftest import train_config as tiny_config
+from models import layers
 from training import checkpoints, model_builder, train
 from training.errors import UserError
 from training.tf_compat import tf
-
-
-def tiny_config(**overrides):
-    config = {"batch_size": 8, "base_learning_rate": 0.01, "learning_rate_decay": 0.9,
-              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
-              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 40,
-              "save_checkpoint_steps": 15, "max_to_keep": 10,
-              "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
-              "num_readers": 2, "shuffle_buffer": 64, "seed": 3, "summary_steps": 10,
-              "log_steps": 10}
-    config.update(overrides)
-    return config
 
 
 def tiny_flags(model="FrameMeanMoeModel", **hparams):
@@ -216,18 +206,9 @@ def _train_graph(model_flags, matmul_dtype, batch_size=4, seed=5):
     return graph, ops
 
 
-def _in_while_loop(op):
-    context = op._get_control_flow_context()
-    while context is not None:
-        if context.IsWhileContext():
-            return True
-        context = context.outer_context
-    return False
-
-
 def _matmul_dtypes(graph):
     """{(dtype name, inside a while loop)} of the forward MatMul ops."""
-    return {(op.get_attr("T").name, _in_while_loop(op)) for op in graph.get_operations()
+    return {(op.get_attr("T").name, layers.in_while_loop(op)) for op in graph.get_operations()
             if op.type == "MatMul" and "gradients" not in op.name.split("/")}
 
 
