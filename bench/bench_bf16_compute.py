@@ -36,7 +36,7 @@ from bfloat16_patch import getter as bf16
 from ensemble import build
 from models import frame_models
 from training import metrics, model_builder, readers
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 8, "Videos per batch (speed).")

@@ -55,7 +55,7 @@ def make_checkpoints(workdir: str, size_mb: float, num_tensors: int, num_checkpo
                      ) -> str:
     """train dir with model.ckpt-<k> (k = 1..N) and model_flags.json."""
     from training import checkpoints
-    from training.tf_compat import tf
+    from models.tf_compat import tf
 
     train_dir = os.path.join(workdir, "train")
     os.makedirs(train_dir)
@@ -89,7 +89,7 @@ def data_files(train_dir: str, step: int = None):
 def worker(task: str, train_dir: str, output: str) -> dict:
     baseline = None
     if task in ("swa", "bf16"):
-        from training.tf_compat import tf
+        from models.tf_compat import tf
 
         with tf.Session(graph=tf.Graph()):
             pass

@@ -7,7 +7,7 @@ frame-sampling members), every variable created in bfloat16 through
 bfloat16_patch.getter.bfloat16_getter and initialised at random one variable
 at a time (no float32 copy of the ensemble is ever held), exports it with
 ensemble.build.export_model, and prints the bytes of inference_model.* against
-1,073,741,824 bytes, next to ORIGINAL.md 1.10's prediction (521,178,044
+1,073,741,824 bytes, next to docs/original.md 1.10's prediction (521,178,044
 parameters, 1,042,356,088 bytes of bf16 data). Needs about 3 GB of RAM and
 1.1 GB of disk; takes a minute or two on 2 cores.
 """
@@ -24,7 +24,7 @@ from absl import app, flags
 from ensemble import build
 from models import frame_models
 from training import model_builder
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "", "Where to export (default: a temporary dir).")
@@ -73,7 +73,7 @@ def main(argv) -> None:
             print(f"exported in {time.time() - start:.1f}s", flush=True)
         for path in build.export_files(output_dir):
             print(f"  {os.path.basename(path)}: {os.path.getsize(path):,} bytes")
-        print(f"parameters: {params:,} (ORIGINAL.md 1.10: {PREDICTED_PARAMETERS:,})")
+        print(f"parameters: {params:,} (docs/original.md 1.10: {PREDICTED_PARAMETERS:,})")
         print(f"exported: {build.format_size(size)}")
         print(f"bf16 data predicted {PREDICTED_DATA_BYTES:,} bytes; headroom "
               f"{build.SIZE_LIMIT_BYTES - size:,} bytes; "

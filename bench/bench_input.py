@@ -39,7 +39,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from training import model_builder, readers, synthetic, train
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 NUM_FRAMES = 300
 TRAIN_CONFIG = {"base_learning_rate": 2e-4, "learning_rate_decay": 0.8,

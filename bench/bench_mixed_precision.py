@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 
 from swa import average as swa
 from training import checkpoints, eval as evaluation, model_builder, synthetic, train
-from training.tf_compat import tf  # noqa: F401  (TF1 mode before any graph)
+from models.tf_compat import tf  # noqa: F401  (TF1 mode before any graph)
 
 NUM_CLASSES = 200
 # The quick start's sizes (run_scripts/pipeline.sh, TINY=1).

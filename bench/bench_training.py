@@ -58,7 +58,7 @@ import numpy as np
 from models.frame_models import PRESET_NAMES
 from models.layers import in_while_loop
 from training import model_builder, train
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 NUM_FRAMES = 300
 FEATURE_SIZES = (1024, 128)

@@ -10,7 +10,7 @@ Integer tensors are copied unchanged. model_flags.json comes along with the
 marker "checkpoint_dtype": "bfloat16", and bfloat16.json records the source
 and the sizes. Tensors are streamed one at a time. Load the result with a
 graph built under tf.variable_scope("tower",
-custom_getter=bfloat16_patch.getter.bfloat16_getter); training.eval does that
+custom_getter=training.precision.bfloat16_getter); training.eval does that
 by itself.
 """
 from __future__ import annotations
@@ -18,16 +18,16 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import time
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 from absl import flags
 
-from bfloat16_patch import getter as bf16_getter
-from training import checkpoints
-from training.errors import UserError, define_flag, run_main
-from training.tf_compat import tf
+from models.tf_compat import tf
+from training import checkpoints, compat, precision
+from training import flags as shared_flags
+from training.errors import UserError, run_main
+from training.progress import Progress
 
 FLAGS = flags.FLAGS
 
@@ -35,14 +35,12 @@ BFLOAT16_NUMPY = tf.bfloat16.as_numpy_dtype   # ml_dtypes.bfloat16
 
 
 def define_flags() -> None:
-    define_flag(flags.DEFINE_string, "input_dir", "", "Model dir to convert (an SWA or train "
-                "dir: model_flags.json and model.ckpt-*).")
-    define_flag(flags.DEFINE_string, "output_dir", "", "New dir for the bfloat16 checkpoint.")
-    define_flag(flags.DEFINE_string, "checkpoint_file", "", "Checkpoint prefix to convert "
-                "(default: the latest model.ckpt-* of --input_dir).")
-    define_flag(flags.DEFINE_bool, "overwrite", False, "Replace an existing --output_dir.")
-    for name in ("input_dir", "output_dir", "checkpoint_file", "overwrite"):
-        flags.declare_key_flag(name)   # listed by --help
+    shared_flags.define_shared_flags({
+        "output_dir": ("", "New dir for the bfloat16 checkpoint."),
+        "checkpoint_file": ("", "(to convert; default: the latest of --input_dir)"),
+        "overwrite": False})
+    shared_flags.define(flags.DEFINE_string, "input_dir", "", "Model dir to convert (an SWA "
+                        "or train dir: model_flags.json and model.ckpt-*).")
 
 
 # ---------------------------------------------------------------------------
@@ -88,10 +86,6 @@ def bfloat16_to_float32(values: np.ndarray) -> np.ndarray:
 # Conversion
 
 
-def _is_floating(dtype) -> bool:
-    return tf.as_dtype(dtype).base_dtype.is_floating
-
-
 def _check_output_dir(source_dir: str, output_dir: str) -> None:
     source, target = os.path.abspath(source_dir), os.path.abspath(output_dir)
     if source == target or source.startswith(target.rstrip(os.sep) + os.sep):
@@ -122,33 +116,32 @@ def convert_checkpoint(input_dir: str, output_dir: str, checkpoint_file: str = "
     if os.path.exists(output_dir) and not overwrite:
         raise UserError(f"--output_dir={output_dir}: exists; choose another or pass --overwrite")
 
-    reader = bf16_getter.load_checkpoint_reader(source)
-    dtypes = reader.get_variable_to_dtype_map()
-    shapes = reader.get_variable_to_shape_map()
-    keys = checkpoints.model_variable_keys(dtypes)
-    if not keys:
+    reader = checkpoints.open_checkpoint(source)
+    all_specs = compat.checkpoint_specs(source, model_only=False)
+    specs = compat.checkpoint_specs(source)
+    if not specs:
         raise UserError(f"{source}: no model variables under {checkpoints.MODEL_SCOPE}/ "
-                        f"(keys: {', '.join(sorted(dtypes)[:5])}...)")
-    dropped = sorted(set(dtypes) - set(keys))
+                        f"(keys: {', '.join(sorted(all_specs)[:5])}...)")
+    keys = sorted(specs)
+    dropped = sorted(set(all_specs) - set(keys))
     entries, input_bytes, converted = [], 0, 0
     for key in keys:
-        dtype = tf.as_dtype(dtypes[key]).base_dtype
-        input_bytes += int(np.prod(shapes[key], dtype=np.int64)) * dtype.size
-        if _is_floating(dtype):
+        shape, dtype = specs[key]
+        input_bytes += int(np.prod(shape, dtype=np.int64)) * dtype.size
+        if dtype.is_floating:
             converted += 1
-            entries.append((key, shapes[key], tf.bfloat16))
+            entries.append((key, shape, tf.bfloat16))
         else:
-            entries.append((key, shapes[key], dtype))
+            entries.append((key, shape, dtype))
 
-    start, done = time.time(), [0]
+    progress, done = Progress("tensors", total=len(entries)), [0]
 
     def produce(key: str) -> np.ndarray:
         value = reader.get_tensor(key)
         done[0] += 1
         if done[0] % 50 == 0 or done[0] == len(entries):
-            log(f"converted {done[0]}/{len(entries)} tensors "
-                f"({time.time() - start:.1f}s)")
-        if _is_floating(tf.as_dtype(dtypes[key])):
+            log(progress.line(done[0], f"converted {done[0]}/{len(entries)} tensors"))
+        if specs[key][1].is_floating:
             return round_to_bfloat16(value)
         return value
 
@@ -163,7 +156,7 @@ def convert_checkpoint(input_dir: str, output_dir: str, checkpoint_file: str = "
                                                       produce)
         output_bytes = data_bytes(written)
         out_flags = dict(model_flags)
-        out_flags[bf16_getter.DTYPE_KEY] = bf16_getter.BFLOAT16
+        out_flags[precision.DTYPE_KEY] = compat.BFLOAT16
         checkpoints.write_model_flags(tmp_dir, out_flags)
         for extra in ("swa.json",):
             if os.path.isfile(os.path.join(flags_dir, extra)):
@@ -181,8 +174,7 @@ def convert_checkpoint(input_dir: str, output_dir: str, checkpoint_file: str = "
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     convert_checkpoint(FLAGS.input_dir, FLAGS.output_dir, FLAGS.checkpoint_file,
                        FLAGS.overwrite, log=lambda line: print(line, flush=True))
 

@@ -2,12 +2,12 @@
 
 ``prediction2tfrecord.write`` stores the teacher's scores as the context
 feature ``ensemble_labels``: the raw little-endian float32[num_classes] bytes
-(ORIGINAL.md sections 7 and 8).
+(docs/original.md sections 7 and 8).
 """
 from __future__ import annotations
 
 from training import readers
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 TEACHER_FEATURE = "ensemble_labels"
 

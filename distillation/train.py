@@ -3,7 +3,7 @@
 
 Trains any model of the zoo exactly like ``training.train`` (same flags, same
 loop, checkpoints, towers, resume), on teacher records written by
-``prediction2tfrecord.write``, with the loss (ORIGINAL.md section 7)
+``prediction2tfrecord.write``, with the loss (docs/original.md 7)
 
     (1 - p) * CE(predictions, hard labels) + p * CE(predictions, teacher)
 
@@ -34,10 +34,12 @@ import numpy as np
 from absl import flags
 
 from distillation.reader import DistillationReader
-from training import checkpoints, losses, model_builder, readers
+from models.tf_compat import tf
+from training import checkpoints, compat, losses, model_builder, readers
+from training import flags as shared_flags
 from training import train as trainer
-from training.errors import UserError, define_flag, run_main
-from training.tf_compat import tf
+from training import train_dir as train_dirs
+from training.errors import UserError, run_main
 
 FLAGS = flags.FLAGS
 
@@ -46,15 +48,16 @@ NORMALIZATIONS = ("none", "max", "sum_to_members")
 
 def define_flags() -> None:
     trainer.define_flags()
-    define_flag(flags.DEFINE_float, "distill_prob", 0.5,
-                "Weight p of the teacher term: (1-p)*CE(hard labels) + p*CE(teacher); in [0, 1].")
-    define_flag(flags.DEFINE_string, "teacher_normalization", "none",
-                "How the stored teacher scores become probabilities: none | max (divide a "
-                "row by its max when > 1) | sum_to_members (divide by --teacher_num_members).")
-    define_flag(flags.DEFINE_integer, "teacher_num_members", None,
-                "Members summed in the teacher CSV (--teacher_normalization=sum_to_members).")
-    define_flag(flags.DEFINE_string, "warm_start_checkpoint", "",
-                "Checkpoint prefix or model dir whose model variables initialise a fresh run.")
+    define = shared_flags.define
+    define(flags.DEFINE_float, "distill_prob", 0.5,
+           "Weight p of the teacher term: (1-p)*CE(hard labels) + p*CE(teacher); in [0, 1].")
+    define(flags.DEFINE_string, "teacher_normalization", "none",
+           "How the stored teacher scores become probabilities: none | max (divide a "
+           "row by its max when > 1) | sum_to_members (divide by --teacher_num_members).")
+    define(flags.DEFINE_integer, "teacher_num_members", None,
+           "Members summed in the teacher CSV (--teacher_normalization=sum_to_members).")
+    define(flags.DEFINE_string, "warm_start_checkpoint", "",
+           "Checkpoint prefix or model dir whose model variables initialise a fresh run.")
 
 
 # ---------------------------------------------------------------------------
@@ -133,76 +136,23 @@ def warm_start_from(path: str, log: Callable[[str], None] = print
     variable's dtype). Raises UserError naming the checkpoint when a model
     variable is missing or has another shape."""
     checkpoint = checkpoints.find_checkpoint(path)
-    try:
-        reader = tf.train.load_checkpoint(checkpoint)
-    except (tf.errors.OpError, ValueError) as err:
-        raise UserError(f"--warm_start_checkpoint: {checkpoint}: cannot read "
-                        f"({str(err).strip().splitlines()[0]})") from None
-    shapes = reader.get_variable_to_shape_map()
+    reader = checkpoints.open_checkpoint(checkpoint)
 
     def warm_start(sess: tf.Session) -> None:
-        variables = [var for var in sess.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
-                     if checkpoints.is_model_variable_key(var.op.name)]
-        for var in variables:
-            name = var.op.name
-            if name not in shapes:
-                raise UserError(f"--warm_start_checkpoint: {checkpoint} has no variable {name} "
-                                f"(a checkpoint of another model?)")
-            if list(shapes[name]) != var.shape.as_list():
-                raise UserError(f"--warm_start_checkpoint: {checkpoint}: {name} has shape "
-                                f"{list(shapes[name])}, the model needs {var.shape.as_list()}")
+        variables = {var.op.name: var
+                     for var in sess.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
+                     if checkpoints.is_model_variable_key(var.op.name)}
+        try:
+            compat.check_fits(checkpoint, variables, compare_dtypes=False)
+        except UserError as err:
+            raise UserError(f"--warm_start_checkpoint: {err}") from None
+        for name, var in variables.items():
             value = np.asarray(reader.get_tensor(name)).astype(var.dtype.base_dtype.as_numpy_dtype)
             var.load(value, sess)
         log(f"warm start: loaded {len(variables)} model variables from {checkpoint} "
             f"(global step, learning rate and optimizer state start fresh)")
 
     return warm_start
-
-
-# ---------------------------------------------------------------------------
-# Evaluation of a student against the teacher records
-
-
-def teacher_metrics(model_flags: Dict[str, Any], checkpoint_path: str, data_pattern: str,
-                    normalization: str = "none", num_members: Optional[int] = None,
-                    batch_size: int = 64, seed: int = 2018) -> Dict[str, float]:
-    """One pass over teacher records: mean CE of a checkpoint's predictions to
-    the hard labels ("label_ce") and to the normalised teacher ("teacher_ce").
-    Uses is_training=False (BN moving statistics)."""
-    reader = make_reader(model_flags)
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.set_random_seed(seed)
-        dataset = readers.make_dataset(reader, data_pattern, batch_size, training=False,
-                                       num_epochs=1, num_parallel_reads=2,
-                                       flag_name="train_data_pattern")
-        batch = tf.data.make_one_shot_iterator(dataset).get_next()
-        with tf.variable_scope("tower"):
-            model = model_builder.build_model(model_flags)
-            predictions = model_builder.model_predictions(
-                model, batch["features"], batch["num_frames"], is_training=False)
-        loss_of = losses.get_loss(model_flags.get("label_loss", "CrossEntropyLoss"))
-        count = tf.cast(tf.shape(predictions)[0], tf.float32)
-        label_ce = loss_of(predictions, batch["labels"]) * count
-        teacher_ce = loss_of(predictions, normalize_teacher(batch["teacher"], normalization,
-                                                            num_members)) * count
-        saver = tf.train.Saver(model_builder.model_variables("tower"))
-    totals = np.zeros(3)
-    with tf.Session(graph=graph) as sess:
-        saver.restore(sess, checkpoint_path)
-        while True:
-            try:
-                values = sess.run([label_ce, teacher_ce, count])
-            except tf.errors.OutOfRangeError:
-                break
-            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-                raise UserError(f"--train_data_pattern: "
-                                f"{readers.data_error_message(err)}") from None
-            totals += values
-    if totals[2] == 0:
-        raise UserError(f"--train_data_pattern: {data_pattern} holds no examples")
-    return {"label_ce": totals[0] / totals[2], "teacher_ce": totals[1] / totals[2],
-            "num_examples": int(totals[2])}
 
 
 # ---------------------------------------------------------------------------
@@ -228,8 +178,7 @@ def distill(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     if not FLAGS.train_data_pattern:
         raise UserError("--train_data_pattern: required (teacher records of "
                         "prediction2tfrecord.write)")
@@ -245,8 +194,8 @@ def main(argv) -> None:
             checkpoints.find_checkpoint(warm)
         elif not os.path.isfile(warm + ".index"):
             raise UserError(f"--warm_start_checkpoint: {warm}: no such checkpoint or dir")
-    with trainer.removed_on_failed_start(FLAGS.train_dir):
-        trainer.prepare_train_dir(FLAGS.train_dir, model_flags, FLAGS.start_new_model)
+    with train_dirs.removed_on_failed_start(FLAGS.train_dir):
+        train_dirs.prepare_train_dir(FLAGS.train_dir, model_flags, FLAGS.start_new_model)
         distill(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config,
                 FLAGS.distill_prob, FLAGS.teacher_normalization, FLAGS.teacher_num_members,
                 FLAGS.warm_start_checkpoint, log=lambda line: print(line, flush=True))

@@ -1,4 +1,4 @@
-"""Validates a Kaggle submission CSV (FORMATS.md 3.1):
+"""Validates a Kaggle submission CSV (docs/formats.md 3.1):
 python -m ensemble.check_submission --submission=S.csv [--num_classes=3862] [--top_k=20]
 
 Checks, reporting the first problem with its line number:
@@ -19,7 +19,8 @@ from typing import Iterable, Optional
 
 from absl import flags
 
-from training.errors import UserError, define_flag, run_main
+from training import flags as shared_flags
+from training.errors import UserError, run_main
 
 FLAGS = flags.FLAGS
 
@@ -27,9 +28,8 @@ CSV_HEADER = "VideoId,LabelConfidencePairs"
 
 
 def define_flags() -> None:
-    define_flag(flags.DEFINE_string, "submission", "", "The submission CSV to check.")
-    define_flag(flags.DEFINE_integer, "num_classes", 3862, "Number of classes.")
-    define_flag(flags.DEFINE_integer, "top_k", 20, "Pairs per video (min(top_k, num_classes)).")
+    shared_flags.define_shared_flags({"num_classes": 3862, "top_k": 20})
+    shared_flags.define(flags.DEFINE_string, "submission", "", "The submission CSV to check.")
 
 
 def _check_line(path: str, number: int, line: str, num_classes: int, pairs: int) -> str:
@@ -126,8 +126,7 @@ def check_submission(path: str, num_classes: int = 3862, top_k: int = 20,
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     if not FLAGS.submission:
         raise UserError("--submission: required")
     count = check_submission(FLAGS.submission, FLAGS.num_classes, FLAGS.top_k)

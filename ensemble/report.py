@@ -12,7 +12,8 @@ from typing import List, Optional
 
 from absl import flags
 
-from training.errors import UserError, define_flag, run_main
+from training import flags as shared_flags
+from training.errors import UserError, run_main
 
 FLAGS = flags.FLAGS
 COLUMNS = ("gap", "hit_at_one", "perr", "map", "loss")
@@ -38,17 +39,22 @@ def format_table(rows: List[tuple]) -> str:
     return "\n".join(lines)
 
 
+def define_flags() -> None:
+    shared_flags.define_shared("model_dirs", "")
+    shared_flags.define(flags.DEFINE_string, "ensemble_dir", "", "The ensemble dir.")
+
+
 def main(argv) -> None:
+    del argv
     if not FLAGS.model_dirs and not FLAGS.ensemble_dir:
         raise UserError("--model_dirs or --ensemble_dir: give at least one")
     rows = [(os.path.basename(os.path.normpath(d)), load_results(d))
-            for d in FLAGS.model_dirs.split(",") if d]
+            for d in shared_flags.comma_list(FLAGS.model_dirs)]
     if FLAGS.ensemble_dir:
         rows.append(("ensemble", load_results(FLAGS.ensemble_dir)))
     print(format_table(rows))
 
 
 if __name__ == "__main__":
-    define_flag(flags.DEFINE_string, "model_dirs", "", "Comma-separated model dirs.")
-    define_flag(flags.DEFINE_string, "ensemble_dir", "", "The ensemble dir.")
+    define_flags()
     run_main(main)

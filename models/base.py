@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Sequence
 
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 
 class FrameModel:

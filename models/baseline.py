@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from models import classifiers
 from models.base import FrameModel
-from models.registry import register
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 
-@register
 class FrameMeanMoeModel(FrameModel):
     """Average pooling over the valid frames, then an MoE classifier.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from models import layers
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 
 def mixture_of_experts(inputs: tf.Tensor, num_classes: int, num_mixtures: int,

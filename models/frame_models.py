@@ -1,8 +1,8 @@
-"""The six frame-level models of the final ensemble (see ORIGINAL.md section 1).
+"""The six frame-level models of the final ensemble (see docs/original.md section 1).
 
 Class names are the original ones (``--model=NetVLADModelLF`` keeps working);
 the presets named after the run scripts (``nonlocal-NetVLADModel``, ...) are
-registered at the bottom. DEFAULTS hold the constants the original hard-coded
+records in models/presets.py. DEFAULTS hold the constants the original hard-coded
 in ``create_model``; every one of them can be overridden (command line, preset,
 model_flags.json).
 
@@ -28,8 +28,7 @@ from typing import List, Optional, Tuple
 
 from models import classifiers, layers, pooling
 from models.base import FrameModel
-from models.registry import register, register_preset
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 FRAME_SAMPLING_MODES = ("random", "uniform", "none")
 MODALITY_NAMES = ("video", "audio")
@@ -182,7 +181,6 @@ def _classify(inputs: tf.Tensor, num_classes: int, hparams, is_training: bool) -
     return probabilities
 
 
-@register
 class NetVLADModelLF(_PooledFrameModel):
     """Model A: late-fusion NetVLAD with the embedded-Gaussian non-local block.
 
@@ -231,7 +229,6 @@ class NetVLADModelLF(_PooledFrameModel):
         return tf.concat(pooled, axis=1)
 
 
-@register
 class LightNetVLADModelLF(NetVLADModelLF):
     """Model B: late-fusion LightVLAD (no centroids) with a non-local block.
 
@@ -254,7 +251,6 @@ class LightNetVLADModelLF(NetVLADModelLF):
             value_path=self.hparams["nonlocal_value_path"])
 
 
-@register
 class early_NetVLADModelLF(_PooledFrameModel):  # noqa: N801 (the original name)
     """Model C: early fusion, one NetVLAD over the joint 1152-d frame.
 
@@ -295,7 +291,6 @@ class early_NetVLADModelLF(_PooledFrameModel):  # noqa: N801 (the original name)
             return module.pool_counts(frames, counts, False)
 
 
-@register
 class SoftDbofModelLF(_PooledFrameModel):
     """Models D: late-fusion Soft-DBoF, 4000 video / 500 audio clusters.
 
@@ -333,14 +328,12 @@ class SoftDbofModelLF(_PooledFrameModel):
         return tf.concat(pooled, axis=1)
 
 
-@register
 class SoftDbofModelLF_8k(SoftDbofModelLF):  # noqa: N801 (the original name)
     """Model E: as Model D with 8000 video / 1000 audio clusters."""
 
     DEFAULTS = {**SoftDbofModelLF.DEFAULTS, "cluster_size": 8000}
 
 
-@register
 class GruModel(FrameModel):
     """Model F: two stacked GRUs of 1200 units over the whole padded input.
 
@@ -379,15 +372,5 @@ class GruModel(FrameModel):
         return _classify(state, self.num_classes, self.hparams, is_training)
 
 
-# Presets named after the run scripts; the original class names are aliases.
-register_preset("GRUModel", "GruModel", aliases=("GruModel",))
-register_preset("nonlocal-NetVLADModel", "NetVLADModelLF", aliases=("NetVLADModelLF",))
-register_preset("nonlocal-LightNetVLADModel", "LightNetVLADModelLF",
-                aliases=("LightNetVLADModelLF",))
-register_preset("nonlocal-earlyNetVLADModel", "early_NetVLADModelLF",
-                aliases=("early_NetVLADModelLF",))
-register_preset("Soft-DBoF-4k", "SoftDbofModelLF", aliases=("SoftDbofModelLF",))
-register_preset("Soft-DBoF-8k", "SoftDbofModelLF_8k", aliases=("SoftDbofModelLF_8k",))
-
-PRESET_NAMES = ("GRUModel", "nonlocal-NetVLADModel", "nonlocal-LightNetVLADModel",
-                "nonlocal-earlyNetVLADModel", "Soft-DBoF-4k", "Soft-DBoF-8k")
+MODEL_CLASSES = (NetVLADModelLF, LightNetVLADModelLF, early_NetVLADModelLF, SoftDbofModelLF,
+                 SoftDbofModelLF_8k, GruModel)

@@ -14,7 +14,7 @@ import math
 import weakref
 from typing import Optional, Tuple
 
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 BN_DECAY = 0.999
 BN_EPSILON = 1e-3
@@ -347,7 +347,7 @@ def frame_counts(indices: tf.Tensor, num_steps) -> tf.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# bfloat16 compute (bfloat16_patch.getter.bfloat16_compute_getter)
+# bfloat16 compute (training.precision.bfloat16_compute_getter)
 
 # graph -> {name of the float32 view handed to the model: the bfloat16 weight}
 _BFLOAT16_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -461,7 +461,7 @@ def bfloat16_weight(tensor, _depth: int = 0) -> Optional[tf.Tensor]:
 def matmul(a: tf.Tensor, b: tf.Tensor, transpose_a: bool = False,
            transpose_b: bool = False) -> tf.Tensor:
     """tf.matmul(a, b), except when b is a weight registered by a bfloat16
-    compute getter (inference: bfloat16_patch.getter.bfloat16_compute_getter;
+    compute getter (inference: training.precision.bfloat16_compute_getter;
     training: bfloat16_matmul_getter): then a is cast to bfloat16, the
     product is computed in bfloat16 (oneDNN; AVX512-BF16/AMX accumulate in
     float32) and cast back to a's dtype, so everything around the matmul

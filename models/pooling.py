@@ -1,4 +1,4 @@
-"""Frame pooling modules of the six final models (ORIGINAL.md 1.4 to 1.7).
+"""Frame pooling modules of the six final models (docs/original.md 1.4 to 1.7).
 
 Each module takes the (sampled, input-batch-normalised) frames of one modality
 flattened to [B*N, F] and returns one descriptor per video [B, D]. Variables
@@ -22,7 +22,7 @@ import math
 from typing import Optional
 
 from models import layers
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 NONLOCAL_VALUE_PATHS = ("phi", "g")
 

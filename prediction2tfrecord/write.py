@@ -4,7 +4,7 @@ For every input shard (``--input_data_pattern``, YT8M frame-level
 SequenceExamples) writes ``<output_dir>/<same file name>`` holding every
 record unchanged plus the context feature ``ensemble_labels``: the teacher's
 scores as raw little-endian float32[num_classes] bytes (what
-``distillation.train`` reads; ORIGINAL.md section 8, FORMATS.md 3.1).
+``distillation.train`` reads; docs/original.md 8, docs/formats.md 3.1).
 
 The teacher is either
 
@@ -37,9 +37,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from absl import flags
 
-from training import readers
-from training.errors import UserError, define_flag, run_main
-from training.tf_compat import tf
+from models.tf_compat import tf
+from training import model_builder, predict, readers
+from training import flags as shared_flags
+from training.errors import UserError, first_line, run_main
+from training.progress import Progress
 
 FLAGS = flags.FLAGS
 
@@ -50,31 +52,28 @@ Log = Callable[[str], None]
 
 
 def define_flags() -> None:
-    define_flag(flags.DEFINE_string, "input_data_pattern", "",
-                "Comma-separated globs of the frame-level TFRecords to copy.")
-    define_flag(flags.DEFINE_string, "output_dir", "",
-                "Folder for the teacher TFRecords (same file names as the input).")
-    define_flag(flags.DEFINE_string, "teacher_csv", "",
-                "Submission CSV (VideoId,LabelConfidencePairs) of the teacher.")
-    define_flag(flags.DEFINE_string, "teacher_dir", "",
-                "Ensemble dir or model dir whose predictions are the teacher.")
-    define_flag(flags.DEFINE_integer, "num_classes", 3862, "Length of the ensemble_labels vector.")
-    define_flag(flags.DEFINE_bool, "skip_missing", False,
-                "Leave out (and count) videos missing from --teacher_csv instead of failing.")
-    define_flag(flags.DEFINE_integer, "num_shard_groups", 1,
-                "Split the sorted input files into this many groups (parallel runs).")
-    define_flag(flags.DEFINE_integer, "shard_index", 0,
-                "Which group of --num_shard_groups this run writes (0-based).")
-    define_flag(flags.DEFINE_integer, "bstart", None,
-                "Original interface: first index of the sorted file list to process.")
-    define_flag(flags.DEFINE_integer, "bend", None,
-                "Original interface: end index (exclusive) of the sorted file list.")
-    define_flag(flags.DEFINE_integer, "batch_size", 64,
-                "Videos per prediction batch (--teacher_dir only).")
-    define_flag(flags.DEFINE_string, "frame_sampling", None,
-                "--teacher_dir only: override the models' frame sampling (random, as the "
-                "original, or uniform).")
-    define_flag(flags.DEFINE_integer, "seed", 2018, "Graph-level random seed (--teacher_dir).")
+    shared_flags.define_shared_flags({
+        "input_data_pattern": ("", "(frame-level; copied with the teacher's scores added)"),
+        "output_dir": ("", "Folder for the teacher TFRecords (same file names as the input)."),
+        "num_classes": (3862, "Length of the ensemble_labels vector."),
+        "batch_size": (64, "(--teacher_dir only)"),
+        "frame_sampling": (None, "(--teacher_dir only)"),
+        "seed": (2018, "(--teacher_dir only)")})
+    define = shared_flags.define
+    define(flags.DEFINE_string, "teacher_csv", "",
+           "Submission CSV (VideoId,LabelConfidencePairs) of the teacher.")
+    define(flags.DEFINE_string, "teacher_dir", "",
+           "Ensemble dir or model dir whose predictions are the teacher.")
+    define(flags.DEFINE_bool, "skip_missing", False,
+           "Leave out (and count) videos missing from --teacher_csv instead of failing.")
+    define(flags.DEFINE_integer, "num_shard_groups", 1,
+           "Split the sorted input files into this many groups (parallel runs).")
+    define(flags.DEFINE_integer, "shard_index", 0,
+           "Which group of --num_shard_groups this run writes (0-based).")
+    define(flags.DEFINE_integer, "bstart", None,
+           "Original interface: first index of the sorted file list to process.")
+    define(flags.DEFINE_integer, "bend", None,
+           "Original interface: end index (exclusive) of the sorted file list.")
 
 
 # ---------------------------------------------------------------------------
@@ -214,18 +213,15 @@ class CsvTeacher:
 class ModelTeacher:
     """Full prediction vectors of an ensemble dir or a model dir.
 
-    The model is loaded by ``ensemble.inference.open_model`` (an ensemble dir
+    The model is loaded by ``training.predict.open_model`` (an ensemble dir
     through its meta graph, a single model dir built from model_flags.json,
     bfloat16 or not); the records of a batch are parsed by the model's own
-    reader in the same graph and fed to ``input_batch_raw`` / ``num_frames``.
+    reader in the same graph and predicted by ``training.predict``.
     """
 
     def __init__(self, path: str, num_classes: int, frame_sampling: Optional[str] = None,
                  seed: int = 2018):
-        from ensemble import inference
-        from training import model_builder
-
-        self.model = inference.open_model(path, frame_sampling, seed)
+        self.model = predict.open_model(path, frame_sampling, seed)
         if self.model.num_classes != num_classes:
             self.model.close()
             raise UserError(f"--teacher_dir: {path} predicts {self.model.num_classes} classes "
@@ -248,10 +244,9 @@ class ModelTeacher:
         try:
             batch = session.run(self.parsed, {self.serialized: list(serialized)})
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            raise UserError(f"--input_data_pattern: {readers.data_error_message(err)}") from None
-        predictions = session.run(self.model.predictions,
-                                  {self.model.input_batch_raw: batch["features"],
-                                   self.model.num_frames: batch["num_frames"]})
+            raise UserError(f"--input_data_pattern: {first_line(err)}") from None
+        predictions = predict.predict_batch(self.model, batch["features"],
+                                            batch["num_frames"])["predictions"]
         if not np.all(np.isfinite(predictions)):
             raise UserError(f"--teacher_dir: {self.path} predicts NaN or inf; is the "
                             f"checkpoint corrupt?")
@@ -294,7 +289,7 @@ def _records(path: str):
             yield record
     except tf.errors.OpError as err:
         raise UserError(f"--input_data_pattern: {path}: cannot read "
-                        f"({readers.data_error_message(err)})") from None
+                        f"({first_line(err)})") from None
 
 
 def _batches(iterable, size: int):
@@ -408,7 +403,7 @@ def write_teacher_records(files: Sequence[str], output_dir: str, teacher,
         if os.path.abspath(source) == os.path.abspath(target):
             raise UserError(f"--output_dir: {output_dir} is the input folder; the teacher "
                             f"records would overwrite {source}")
-    start = time.time()
+    progress = Progress("videos", total=len(files))
     for index, (source, target) in enumerate(zip(files, outputs), start=1):
         if tf.io.gfile.exists(target):
             totals["existing"] += 1
@@ -419,14 +414,10 @@ def write_teacher_records(files: Sequence[str], output_dir: str, teacher,
         totals["files"] += 1
         totals["written"] += counts["written"]
         totals["skipped"] += counts["skipped"]
-        elapsed = time.time() - start
-        done = totals["files"]
-        remaining = (len(files) - index) * elapsed / max(done, 1)
         rate = counts["written"] / max(time.time() - shard_start, 1e-9)
-        log(f"[{index}/{len(files)}] {os.path.basename(source)} -> {target}: "
-            f"{counts['written']} videos" +
-            (f", {counts['skipped']} missing from the teacher" if counts["skipped"] else "") +
-            f" | {rate:.1f} videos/sec | ETA {int(remaining) // 60}m{int(remaining) % 60:02d}s")
+        missing = f", {counts['skipped']} missing from the teacher" if counts["skipped"] else ""
+        log(progress.line(index, f"[{index}/{len(files)}] {os.path.basename(source)} -> "
+                                 f"{target}: {counts['written']} videos{missing}", rate=rate))
     return totals
 
 
@@ -445,8 +436,7 @@ def make_teacher(teacher_csv: str, teacher_dir: str, num_classes: int,
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     if not FLAGS.input_data_pattern:
         raise UserError("--input_data_pattern: required")
     if not FLAGS.output_dir:

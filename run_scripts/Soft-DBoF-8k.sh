@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Trains Soft-DBoF-8k: Late-fusion Soft-DBoF, 8000 video / 1000 audio clusters, MoE-2 (ORIGINAL.md 1.7).
-# Hyper-parameters of the original run script (ORIGINAL.md 1.9): batch 80,
-# learning rate 2e-4 decayed by 0.9 every 4,000,000 examples (50,000 steps),
-# 800,000 steps, on one GPU.
+# Trains Soft-DBoF-8k: Late-fusion Soft-DBoF, 8000 video / 1000 audio clusters, MoE-2 (docs/original.md 1.7).
+# Its hyper-parameters and the original run script's schedule (batch, learning
+# rate, decay, steps; docs/original.md 1.9) are the record of models/presets.py:
+# this script passes only the preset name.
 #
 # Usage: DATA_DIR=/data/yt8m/frame TRAIN_DIR=~/models/Soft-DBoF-8k run_scripts/Soft-DBoF-8k.sh [--flag=value ...]
-# Extra flags are passed to `python -m training.train` and override the ones below
-# (e.g. --num_gpu=4, --start_new_model, or any model hyper-parameter such as --moe_l2=1e-6).
+# Extra flags are passed to `python -m training.train` and override the preset's
+# (e.g. --num_gpu=4, --start_new_model, --size=tiny, or a hyper-parameter such as --moe_l2=1e-6).
 # Rerunning the same command resumes from the latest checkpoint in TRAIN_DIR.
 set -euo pipefail
 
@@ -16,5 +16,4 @@ export DATA_DIR TRAIN_DIR
 
 # The original also passed --start_new_model, which deleted TRAIN_DIR on every start;
 # here a rerun resumes instead, and --start_new_model can still be given explicitly.
-#                                          model  batch decay  max_steps
-exec "$(dirname "$0")/train_model.sh" Soft-DBoF-8k 80 0.9 800000 "$@"
+exec "$(dirname "$0")/train_model.sh" Soft-DBoF-8k "$@"

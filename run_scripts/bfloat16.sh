@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bfloat16 conversion (ORIGINAL.md 5): SWA_DIR's latest model.ckpt-* (what
+# bfloat16 conversion (docs/original.md 5): SWA_DIR's latest model.ckpt-* (what
 # run_scripts/swa.sh writes) -> BF16_DIR, every floating tensor stored as
 # bfloat16 (round to nearest even), integers untouched, optimizer slots dropped,
 # model_flags.json marked "checkpoint_dtype": "bfloat16". Nothing in the

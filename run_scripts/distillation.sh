@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Knowledge distillation (ORIGINAL.md 7): trains MODEL (any preset or class of
+# Knowledge distillation (docs/original.md 7): trains MODEL (any preset or class of
 # the zoo) on the teacher records of run_scripts/prediction2tfrecord.sh with the
 # loss (1 - p) * CE(hard labels) + p * CE(teacher), p = DISTILL_PROB.
 # TEACHER_NORMALIZATION: none (teacher scores are probabilities: an averaged

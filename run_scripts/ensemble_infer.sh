@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Writes the Kaggle submission CSV with the exported ensemble (ORIGINAL.md 6.5)
+# Writes the Kaggle submission CSV with the exported ensemble (docs/original.md 6.5)
 # and checks it; optionally writes the model upload .tgz.
 #
 # Usage: MODEL_DIR=~/yt8m_work/ensembled_models TEST_PATTERN='/data/yt8m/frame/test*.tfrecord' \

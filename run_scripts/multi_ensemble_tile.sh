@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the tiled ensemble for the Kaggle upload (ORIGINAL.md 6.1-6.4):
+# Builds the tiled ensemble for the Kaggle upload (docs/original.md 6.1-6.4):
 # the member models (bfloat16 dirs, or float32 SWA/train dirs) become one
 # graph with inference_model.{meta,index,data-*}, model_flags.json and
 # ensemble.json in OUTPUT_DIR, and the exported size is checked against 1 GiB.

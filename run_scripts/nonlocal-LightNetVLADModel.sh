@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Trains nonlocal-LightNetVLADModel: Late-fusion LightVLAD with a non-local block, MoE-4 + probability gating (ORIGINAL.md 1.5).
-# Hyper-parameters of the original run script (ORIGINAL.md 1.9): batch 80,
-# learning rate 2e-4 decayed by 0.8 every 4,000,000 examples (50,000 steps),
-# 700,000 steps, on one GPU.
+# Trains nonlocal-LightNetVLADModel: Late-fusion LightVLAD with a non-local block, MoE-4 + probability gating (docs/original.md 1.5).
+# Its hyper-parameters and the original run script's schedule (batch, learning
+# rate, decay, steps; docs/original.md 1.9) are the record of models/presets.py:
+# this script passes only the preset name.
 #
 # Usage: DATA_DIR=/data/yt8m/frame TRAIN_DIR=~/models/nonlocal-LightNetVLADModel run_scripts/nonlocal-LightNetVLADModel.sh [--flag=value ...]
-# Extra flags are passed to `python -m training.train` and override the ones below
-# (e.g. --num_gpu=4, --start_new_model, or any model hyper-parameter such as --moe_l2=1e-6).
+# Extra flags are passed to `python -m training.train` and override the preset's
+# (e.g. --num_gpu=4, --start_new_model, --size=tiny, or a hyper-parameter such as --moe_l2=1e-6).
 # Rerunning the same command resumes from the latest checkpoint in TRAIN_DIR.
 set -euo pipefail
 
@@ -14,5 +14,4 @@ DATA_DIR=${DATA_DIR:-/path/to/yt8m/frame}
 TRAIN_DIR=${TRAIN_DIR:-$HOME/yt8m_models/nonlocal-LightNetVLADModel}
 export DATA_DIR TRAIN_DIR
 
-#                                          model  batch decay  max_steps
-exec "$(dirname "$0")/train_model.sh" nonlocal-LightNetVLADModel 80 0.8 700000 "$@"
+exec "$(dirname "$0")/train_model.sh" nonlocal-LightNetVLADModel "$@"

@@ -29,18 +29,13 @@ ENSEMBLE_SEED=${ENSEMBLE_SEED:-666}  # the ensemble's frame sampling, baked into
 PYTHON=${PYTHON:-python}
 export PYTHON
 
-# Extra training flags of one model (TINY=1: small sizes, short runs).
+# Extra training flags (TINY=1: the presets' tiny sizes and short runs, from
+# models/presets.py; TINY_BATCH, TINY_STEPS, TINY_SAVE and TINY_LR override them).
 train_flags() {
-  local model=$1
   echo "--num_classes=$NUM_CLASSES --seed=$SEED ${EXTRA_TRAIN_FLAGS:-}"
   if [[ "$TINY" == 1 ]]; then
-    echo "--batch_size=${TINY_BATCH:-32} --max_steps=${TINY_STEPS:-200} --save_checkpoint_steps=${TINY_SAVE:-50} --base_learning_rate=${TINY_LR:-2e-3} --log_steps=50"
-    case "$model" in
-      GRUModel) echo "--gru_cells=32" ;;
-      Soft-DBoF-4k) echo "--cluster_size=64 --hidden_size=32 --num_samples=30" ;;
-      Soft-DBoF-8k) echo "--cluster_size=128 --hidden_size=32 --num_samples=30" ;;
-      *) echo "--cluster_size=8 --hidden_size=32 --num_samples=30" ;;
-    esac
+    echo "--size=tiny ${TINY_BATCH:+--batch_size=$TINY_BATCH} ${TINY_STEPS:+--max_steps=$TINY_STEPS}"
+    echo "${TINY_SAVE:+--save_checkpoint_steps=$TINY_SAVE} ${TINY_LR:+--base_learning_rate=$TINY_LR}"
   fi
 }
 
@@ -52,7 +47,7 @@ for model in $MODELS; do
   echo "=== $model: train -> $train_dir"
   # shellcheck disable=SC2046
   TRAIN_DIR="$train_dir" DATA_DIR="$DATA_DIR" "run_scripts/$model.sh" \
-    --train_data_pattern="$TRAIN_PATTERN" $(train_flags "$model")
+    --train_data_pattern="$TRAIN_PATTERN" $(train_flags)
   if [[ ! -d "$swa_dir" ]]; then
     echo "=== $model: SWA over the last $SWA_LAST_N checkpoints -> $swa_dir"
     "$PYTHON" -m swa.average --train_dir="$train_dir" --output_dir="$swa_dir" \

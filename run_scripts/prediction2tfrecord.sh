@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Teacher records for distillation (ORIGINAL.md 8): every SequenceExample of
+# Teacher records for distillation (docs/original.md 8): every SequenceExample of
 # INPUT_PATTERN copied unchanged into OUTPUT_DIR (same file names) plus the
 # context feature ensemble_labels = the teacher's scores as raw float32[NUM_CLASSES].
 # Teacher: TEACHER_CSV (a submission CSV of the teacher run over INPUT_PATTERN,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stacking (ORIGINAL.md 9): learns non-negative member weights (summing to 1)
+# Stacking (docs/original.md 9): learns non-negative member weights (summing to 1)
 # that minimise the cross-entropy of the weighted mean on held-out labelled
 # data, and writes WEIGHTS_FILE for `ensemble.build --weights_file`.
 # MODEL_DIRS: comma-separated frozen model dirs (default: every

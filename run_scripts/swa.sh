@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checkpoint averaging ("SWA", ORIGINAL.md 4): the uniform mean of the model
+# Checkpoint averaging ("SWA", docs/original.md 4): the uniform mean of the model
 # variables of every checkpoint of TRAIN_DIR from step SWA_START on, written to
 # a new dir SWA_DIR (model.ckpt-<last step>, model_flags.json, swa.json).
 # TRAIN_DIR is only read (the original overwrote its `checkpoint` file).

@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections import deque
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
 
-from training import checkpoints, model_builder, readers
-from training.errors import UserError, define_flag, run_main
-from training.tf_compat import tf
+from models.tf_compat import tf
+from training import checkpoints, compat, metrics, model_builder, readers
+from training import eval as evaluation
+from training import flags as shared_flags
+from training.errors import UserError, first_line, run_main
+from training.progress import Progress
 
 FLAGS = flags.FLAGS
 
@@ -49,29 +51,25 @@ Log = Optional[Callable[[str], None]]
 
 
 def define_flags() -> None:
-    define_flag(flags.DEFINE_string, "train_dir", "", "Train dir whose checkpoints are averaged.")
-    define_flag(flags.DEFINE_string, "output_dir", "", "New dir for the averaged checkpoint.")
-    define_flag(flags.DEFINE_integer, "swa_start", None, "First step averaged (inclusive).")
-    define_flag(flags.DEFINE_integer, "swa_end", None, "Last step averaged (inclusive; "
-                "default: the latest).")
-    define_flag(flags.DEFINE_integer, "last_n", None, "Average the last N checkpoints (of the "
-                "--swa_start/--swa_end range when given).")
-    define_flag(lambda name, default, text, **kw: flags.DEFINE_enum(name, default, list(BN_MODES), text, **kw),
-                "bn_statistics", "last", "BN moving statistics: from the last checkpoint, averaged, or recomputed "
-                "on --recompute_batches batches of --train_data_pattern.")
-    define_flag(flags.DEFINE_integer, "recompute_batches", 100, "Batches used by "
-                "--bn_statistics=recompute.")
-    define_flag(flags.DEFINE_string, "train_data_pattern", "", "Training TFRecords (for "
-                "--bn_statistics=recompute).")
-    define_flag(flags.DEFINE_string, "eval_data_pattern", "", "If set, evaluate the averaged "
-                "model on these TFRecords and write eval_results.json into --output_dir.")
-    define_flag(flags.DEFINE_integer, "batch_size", 80, "Batch size of the recompute and "
-                "evaluation passes.")
-    define_flag(flags.DEFINE_integer, "num_readers", 4, "Files read in parallel.")
-    define_flag(flags.DEFINE_integer, "seed", 2018, "Random seed (data order, frame sampling).")
-    define_flag(flags.DEFINE_bool, "overwrite", False, "Replace an existing --output_dir.")
-    for name in ("train_dir", "output_dir", "swa_start", "swa_end", "last_n", "bn_statistics", "recompute_batches", "train_data_pattern", "eval_data_pattern", "batch_size", "num_readers", "seed", "overwrite"):
-        flags.declare_key_flag(name)   # listed by --help
+    shared_flags.define_shared_flags({
+        "train_dir": ("", "Train dir whose checkpoints are averaged."),
+        "output_dir": ("", "New dir for the averaged checkpoint."),
+        "train_data_pattern": ("", "(for --bn_statistics=recompute)"),
+        "eval_data_pattern": ("", "If set, evaluate the averaged model and write "
+                                  "eval_results.json into --output_dir."),
+        "batch_size": (80, "(the recompute and evaluation passes)"), "num_readers": 4,
+        "seed": 2018, "overwrite": False})
+    define = shared_flags.define
+    define(flags.DEFINE_integer, "swa_start", None, "First step averaged (inclusive).")
+    define(flags.DEFINE_integer, "swa_end", None, "Last step averaged (inclusive; default: "
+           "the latest).")
+    define(flags.DEFINE_integer, "last_n", None, "Average the last N checkpoints (of the "
+           "--swa_start/--swa_end range when given).")
+    define(flags.DEFINE_enum, "bn_statistics", "last", "BN moving statistics: from the last "
+           "checkpoint, averaged, or recomputed on --recompute_batches batches of "
+           "--train_data_pattern.", enum_values=list(BN_MODES))
+    define(flags.DEFINE_integer, "recompute_batches", 100, "Batches used by "
+           "--bn_statistics=recompute.")
 
 
 # ---------------------------------------------------------------------------
@@ -110,48 +108,21 @@ def select_checkpoints(train_dir: str, swa_start: Optional[int] = None,
     return chosen
 
 
-_open = checkpoints.open_checkpoint
-
-
-def model_variable_specs(paths: Sequence[str], readers_: Sequence[Any]
-                         ) -> List[Tuple[str, List[int], Any]]:
-    """[(key, shape, dtype)] of the model variables, identical in every checkpoint.
-
-    Raises a UserError naming the two checkpoints and the first differing
-    variable when names, shapes or dtypes differ.
-    """
-    def specs_of(reader):
-        shapes = reader.get_variable_to_shape_map()
-        dtypes = reader.get_variable_to_dtype_map()
-        return {key: (list(shapes[key]), tf.as_dtype(dtypes[key]).base_dtype)
-                for key in checkpoints.model_variable_keys(shapes)}
-
-    reference = specs_of(readers_[0])
+def model_variable_specs(paths: Sequence[str]) -> List[Tuple[str, List[int], Any]]:
+    """[(key, shape, dtype)] of the model variables, identical in every
+    float32 checkpoint of paths (training.compat says how they differ)."""
+    reference = compat.checkpoint_specs(paths[0])
     if not reference:
         raise UserError(f"{paths[0]}: no model variables under {checkpoints.MODEL_SCOPE}/")
-    for path, reader in zip(paths, readers_):
-        bf16 = [key for key, (_, dtype) in sorted(specs_of(reader).items())
-                if dtype == tf.bfloat16]
-        if bf16:
-            # Averaging values already rounded to 8 bits of mantissa loses
-            # what the mean is for; the pipeline averages, then converts.
-            raise UserError(f"{path}: is a bfloat16 checkpoint ({bf16[0]}); SWA averages the "
-                            f"float32 checkpoints of a train dir (convert the result with "
-                            f"bfloat16_patch.convert afterwards)")
-    for path, reader in zip(paths[1:], readers_[1:]):
-        other = specs_of(reader)
-        for key in sorted(set(reference) | set(other)):
-            if key not in other:
-                raise UserError(f"checkpoints {paths[0]} and {path} differ: variable {key} is "
-                                f"missing in {os.path.basename(path)}")
-            if key not in reference:
-                raise UserError(f"checkpoints {paths[0]} and {path} differ: variable {key} is "
-                                f"missing in {os.path.basename(paths[0])}")
-            if reference[key] != other[key]:
-                (shape_a, dtype_a), (shape_b, dtype_b) = reference[key], other[key]
-                raise UserError(f"checkpoints {paths[0]} and {path} differ: variable {key} is "
-                                f"{dtype_a.name}{shape_a} in {os.path.basename(paths[0])} but "
-                                f"{dtype_b.name}{shape_b} in {os.path.basename(path)}")
+    specs = {paths[0]: reference}
+    for path in paths:
+        # Averaging values already rounded to 8 bits of mantissa loses what
+        # the mean is for; the pipeline averages, then converts.
+        compat.require_float32(path, "SWA averages the float32 checkpoints of a train dir "
+                                     "(convert the result with bfloat16_patch.convert "
+                                     "afterwards)")
+        specs[path] = compat.checkpoint_specs(path)
+        compat.check_same_specs(paths[0], reference, path, specs[path])
     return [(key, shape, dtype) for key, (shape, dtype) in sorted(reference.items())]
 
 
@@ -160,12 +131,12 @@ class CheckpointAverager:
 
     def __init__(self, paths: Sequence[str], bn_statistics: str, log: Log = None):
         self.paths = list(paths)
-        self.readers = [_open(path) for path in self.paths]
-        self.specs = model_variable_specs(self.paths, self.readers)
+        self.specs = model_variable_specs(self.paths)
+        self.readers = [checkpoints.open_checkpoint(path) for path in self.paths]
         self.bn_statistics = bn_statistics
         self.log = log
         self.done = 0
-        self.start = time.time()
+        self.progress = Progress("MiB", units_per_count=1.0 / 2 ** 20)
         self.total_bytes = sum(int(np.prod(shape, dtype=np.int64)) * dtype.size
                                for _, shape, dtype in self.specs)
         self.done_bytes = 0
@@ -182,7 +153,7 @@ class CheckpointAverager:
             return self.readers[index].get_tensor(key)
         except tf.errors.OpError as err:
             raise UserError(f"{self.paths[index]}: cannot read {key} (was the checkpoint "
-                            f"deleted while averaging? {str(err).strip().splitlines()[0]})"
+                            f"deleted while averaging? {first_line(err)})"
                             ) from None
 
     def mean(self, key: str) -> np.ndarray:
@@ -203,12 +174,9 @@ class CheckpointAverager:
         self.done += 1
         self.done_bytes += value.nbytes
         if self.log and (self.done % 25 == 0 or self.done == len(self.specs)):
-            elapsed = time.time() - self.start
-            rate = self.done_bytes / max(elapsed, 1e-9)
-            eta = (self.total_bytes - self.done_bytes) / max(rate, 1e-9)
-            self.log(f"averaged {self.done}/{len(self.specs)} tensors | "
-                     f"{self.done_bytes / 2**20:.1f}/{self.total_bytes / 2**20:.1f} MiB | "
-                     f"{rate / 2**20:.1f} MiB/s | ETA {eta:.0f}s")
+            self.progress.total = self.total_bytes
+            self.log(self.progress.line(self.done_bytes, f"averaged {self.done}/"
+                                        f"{len(self.specs)} tensors"))
         return value
 
 
@@ -270,7 +238,7 @@ def mean_of_batch_statistics(sess: tf.Session, statistics: Dict[str, tf.Tensor],
     """
     sums = None
     feeds = iter(feed_dicts) if feed_dicts is not None else None
-    start = time.time()
+    progress = Progress("batches", total=num_batches)
     for index in range(num_batches):
         feed = next(feeds) if feeds is not None else None
         try:
@@ -284,10 +252,7 @@ def mean_of_batch_statistics(sess: tf.Session, statistics: Dict[str, tf.Tensor],
             for key, value in values.items():
                 sums[key] += value
         if log and ((index + 1) % 10 == 0 or index + 1 == num_batches):
-            elapsed = time.time() - start
-            log(f"BN statistics: batch {index + 1}/{num_batches} | "
-                f"{(index + 1) / max(elapsed, 1e-9):.2f} batches/sec | "
-                f"ETA {(num_batches - index - 1) * elapsed / (index + 1):.0f}s")
+            log(progress.line(index + 1, f"BN statistics: batch {index + 1}/{num_batches}"))
     return {key: value / num_batches for key, value in sums.items()}
 
 
@@ -424,22 +389,17 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
 def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int,
              num_readers: int, log: Log = print) -> Dict[str, float]:
     """Evaluates the averaged checkpoint; writes eval_results.json into output_dir."""
-    from training import eval as eval_stage
-    from training import metrics
-
-    model_flags = checkpoints.read_model_flags(output_dir)
     path = checkpoints.find_checkpoint(output_dir)
-    result = eval_stage.evaluate_checkpoint(model_flags, path, eval_data_pattern, batch_size,
+    result = evaluation.evaluate_checkpoint(output_dir, path, eval_data_pattern, batch_size,
                                             seed=seed, num_readers=num_readers, log=log)
     if log:
         log(metrics.format_summary(result, os.path.basename(path)))
-    eval_stage.write_results(output_dir, path, result)
+    evaluation.write_results(output_dir, path, result)
     return result
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     if FLAGS.eval_data_pattern:
         readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
     log = lambda line: print(line, flush=True)  # noqa: E731

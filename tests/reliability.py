@@ -65,7 +65,7 @@ def sequence_example(video_id: bytes, labels: Sequence[int], frames: int,
                      teacher: Optional[np.ndarray] = None) -> bytes:
     """A frame-level record with random frames (teacher: adds the
     distillation context feature ensemble_labels)."""
-    from training.tf_compat import tf
+    from models.tf_compat import tf
 
     rng = np.random.default_rng(seed)
     example = tf.train.SequenceExample()
@@ -83,7 +83,7 @@ def sequence_example(video_id: bytes, labels: Sequence[int], frames: int,
 
 
 def write_records(path: Path, records: Iterable[bytes]) -> str:
-    from training.tf_compat import tf
+    from models.tf_compat import tf
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
@@ -154,7 +154,7 @@ def snapshot(path) -> Dict[str, tuple]:
 
 def read_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
     """Every tensor of a checkpoint (fails on a corrupt or half-written one)."""
-    from training.tf_compat import tf
+    from models.tf_compat import tf
 
     reader = tf.train.load_checkpoint(prefix)
     return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()}

@@ -24,7 +24,7 @@ from reliability import (DBOF_FLAGS, GRU_FLAGS, TINY_DBOF, assert_user_error, go
 from training import model_builder, readers
 from training import train as train_stage
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 MOE = ["--model=FrameMeanMoeModel"]
 # Small, unshuffled runs: a bad first record fails the first step.

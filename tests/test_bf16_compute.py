@@ -18,7 +18,7 @@ from models import layers
 from test_ensemble import (TINY_CLASSES, TINY_GRU, checkpoint_dtypes, make_member,
                            random_batch, starter_predictions)
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 MODES = bf16.BF16_COMPUTE_MODES
 TINY = {"cluster_size": 8, "hidden_size": 8, "num_samples": 20}

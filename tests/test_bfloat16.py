@@ -18,7 +18,7 @@ from bfloat16_patch import convert, getter
 from models import layers
 from training import checkpoints, eval as evaluation, metrics
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 BF16_UNIT_ROUNDOFF = 2.0 ** -8     # bf16 keeps 8 significant bits: |x - bf16(x)| <= 2^-8 |x|
 

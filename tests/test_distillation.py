@@ -11,7 +11,7 @@ from prediction2tfrecord import write
 from training import checkpoints, model_builder, readers
 from training import train as trainer
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 
 def tiny_config(**overrides):

@@ -13,7 +13,7 @@ import numpy as np
 
 from conftest import REPO_ROOT, TINY_CLASSES
 from training import checkpoints
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 
 def free_ports(count: int) -> list:

@@ -11,7 +11,7 @@ from conftest import TINY_CLASSES, run_module
 from ensemble import build
 from training import checkpoints, model_builder, train
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 FEATURES = 1024 + 128
 TINY_GRU = {"gru_cells": 8}

@@ -33,7 +33,7 @@ def test_evaluate_checkpoint_metrics(trained_dir, tiny_data):
 
 def test_eval_metrics_equal_numpy_on_collected_predictions(trained_dir, tiny_data):
     """The streaming accumulation over batches equals metrics on all data."""
-    from training.tf_compat import tf
+    from models.tf_compat import tf
 
     flags = checkpoints.read_model_flags(trained_dir)
     pattern = str(tiny_data / "frame" / "validate*.tfrecord")

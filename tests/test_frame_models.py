@@ -1,4 +1,4 @@
-"""The six models: full-size parameter counts (ORIGINAL.md 1.10), presets and
+"""The six models: full-size parameter counts (docs/original.md 1.10), presets and
 hyper-parameters, and tiny forward passes against independent numpy code."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 
 from models import frame_models, registry
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 from test_layers import (bn_params, np_bn, np_context_gating, np_moe, np_prob_gating,
                          np_stacked_gru_final, gru_cells_from, randomize_bn_statistics,
@@ -26,7 +26,7 @@ CLASS_OF_PRESET = {
     "Soft-DBoF-8k": "SoftDbofModelLF_8k",
 }
 
-# ORIGINAL.md 1.10: (total, BN statistics)
+# docs/original.md 1.10: (total, BN statistics)
 PARAMETER_COUNTS = {
     "nonlocal-NetVLADModel": (154_970_732, 12_268),
     "nonlocal-LightNetVLADModel": (125_099_540, 12_268),

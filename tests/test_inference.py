@@ -14,7 +14,7 @@ from ensemble.check_submission import check_submission
 from test_ensemble import TINY_DBOF, TINY_GRU, make_member, single_model_predictions
 from training import readers
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 TOP_K = 5
 

@@ -1,7 +1,7 @@
 """models/layers.py and models/classifiers.py against independent numpy code.
 
 The numpy reference functions here (np_*) are written from the formulas of
-ORIGINAL.md 1.1 to 1.3 and 1.8, not from the TensorFlow code; test_pooling.py
+docs/original.md 1.1 to 1.3 and 1.8, not from the TensorFlow code; test_pooling.py
 and test_frame_models.py reuse them.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models import classifiers, layers
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 BN_EPS = 1e-3
 BN_DECAY = 0.999

@@ -4,7 +4,7 @@ import pytest
 
 from training import losses
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 
 def test_cross_entropy_matches_numpy():

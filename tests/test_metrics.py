@@ -1,4 +1,4 @@
-"""training/metrics.py against FORMATS.md section 2 and a slow, obviously correct reference."""
+"""training/metrics.py against docs/formats.md section 2 and a slow, obviously correct reference."""
 from __future__ import annotations
 
 import ast
@@ -103,7 +103,7 @@ def random_case(seed, num_videos, num_classes, dtype=np.float32, density=0.15):
 
 
 # --------------------------------------------------------------------------
-# worked example (FORMATS.md 2.5)
+# worked example (docs/formats.md 2.5)
 # --------------------------------------------------------------------------
 def test_worked_example():
     assert metrics.global_average_precision(WORKED_P, WORKED_Y, top_k=2) == pytest.approx(0.5)

@@ -1,4 +1,4 @@
-"""models/pooling.py against independent numpy implementations of ORIGINAL.md 1.4-1.7."""
+"""models/pooling.py against independent numpy implementations of docs/original.md 1.4-1.7."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from models import pooling
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 from test_layers import (bn_params, np_bn, np_l2n, np_softmax, randomize_bn_statistics,
                          variable_values)

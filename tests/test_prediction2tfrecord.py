@@ -9,7 +9,7 @@ import pytest
 from conftest import QUIET, run_module, train_config
 from prediction2tfrecord import write
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 CSV_CLASSES = 50  # more than 20 so that all 20 pairs of a row are distinct labels
 

@@ -9,7 +9,7 @@ import pytest
 
 from training import readers, synthetic
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 BIAS = 4.0 / 512.0 - 2.0
 SCALAR = 4.0 / 255.0

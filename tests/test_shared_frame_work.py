@@ -13,7 +13,7 @@ from ensemble import build
 from models import frame_models, layers
 from test_ensemble import TINY_CLASSES, TINY_GRU, make_member, starter_predictions
 from training import model_builder
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 FEATURES = 1024 + 128
 SAMPLING_PRESETS = [name for name in frame_models.PRESET_NAMES if name != "GRUModel"]

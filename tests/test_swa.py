@@ -17,7 +17,7 @@ from models import layers
 from swa import average as swa
 from training import checkpoints, model_builder, train
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 TINY_DBOF = {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}
 

@@ -12,7 +12,7 @@ import pytest
 
 from training import synthetic
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from conftest import train_config as tiny_config
 from models import layers
 from training import checkpoints, model_builder, train
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 
 def tiny_flags(model="FrameMeanMoeModel", **hparams):

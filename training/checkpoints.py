@@ -15,7 +15,8 @@ import tempfile
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from training.errors import UserError
+from models.tf_compat import tf
+from training.errors import UserError, first_line
 
 MODEL_FLAGS_FILE = "model_flags.json"
 CHECKPOINT_PREFIX = "model.ckpt"
@@ -97,13 +98,10 @@ def latest_checkpoint(directory: str, prefix: str = CHECKPOINT_PREFIX) -> Option
 
 def open_checkpoint(path: str):
     """tf.train.load_checkpoint with a one-line UserError for a bad checkpoint."""
-    from training.tf_compat import tf
-
     try:
         return tf.train.load_checkpoint(path)
     except (tf.errors.OpError, ValueError) as err:
-        raise UserError(f"{path}: cannot read the checkpoint "
-                        f"({str(err).strip().splitlines()[0]})") from None
+        raise UserError(f"{path}: cannot read the checkpoint ({first_line(err)})") from None
 
 
 def find_checkpoint(path: str) -> str:
@@ -332,8 +330,6 @@ def write_arrays_checkpoint(save_path: str, entries, produce) -> str:
     dropped, so the peak memory is about the checkpoint's size, not that of
     every array ever produced. The `checkpoint` state file uses relative paths.
     """
-    from training.tf_compat import tf
-
     graph = tf.Graph()
     with graph.as_default():
         variables, loaders = {}, []

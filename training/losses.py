@@ -1,10 +1,17 @@
-"""Training losses (ORIGINAL.md 3.3)."""
+"""Losses (docs/original.md 3.3): the cross-entropy in TensorFlow (training)
+and in numpy (stacking's objective and report), one formula:
+
+    CE = mean over videos of sum over classes of
+         -(y log(p + eps) + (1 - y) log(1 - p + eps)),   eps = 1e-5
+"""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
 
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 # The original wrote 10e-6, which is 1e-5; kept for parity.
 CROSS_ENTROPY_EPSILON = 1e-5
@@ -34,3 +41,26 @@ def regularization_loss(scope: str | None = None) -> tf.Tensor:
     """Sum of the L2 terms the model registered (the MoE weights only)."""
     terms = tf.losses.get_regularization_losses(scope=scope)
     return tf.add_n(terms) if terms else tf.constant(0.0)
+
+
+def cross_entropy_numpy(predictions: np.ndarray, labels: np.ndarray,
+                        epsilon: float = CROSS_ENTROPY_EPSILON) -> float:
+    """cross_entropy_loss in float64 numpy; predictions, labels [N, C]."""
+    value, _ = cross_entropy_sum_and_slope(np.asarray(predictions, np.float64), labels, epsilon,
+                                           with_slope=False)
+    return value / max(len(predictions), 1)
+
+
+def cross_entropy_sum_and_slope(predictions: np.ndarray, labels: np.ndarray,
+                                epsilon: float = CROSS_ENTROPY_EPSILON, with_slope: bool = True
+                                ) -> Tuple[float, Optional[np.ndarray]]:
+    """(sum over videos and classes of the per-class CE, dCE/dp [N, C] or
+    None), computed in the dtype of predictions (stacking passes float32
+    chunks to bound memory)."""
+    p = predictions
+    y = np.asarray(labels).astype(p.dtype)
+    total = float(-np.sum(y * np.log(p + epsilon) + (1.0 - y) * np.log(1.0 - p + epsilon),
+                          dtype=np.float64))
+    if not with_slope:
+        return total, None
+    return total, -y / (p + epsilon) + (1.0 - y) / (1.0 - p + epsilon)

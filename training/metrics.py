@@ -1,12 +1,13 @@
 """Evaluation metrics of the YouTube-8M 2018 starter code, in vectorised numpy.
 
 Re-implements ``eval_util.py``, ``average_precision_calculator.py`` and
-``mean_average_precision_calculator.py`` (spec: FORMATS.md section 2 and
-ORIGINAL.md section 10) without TensorFlow, without Python heaps and without
+``mean_average_precision_calculator.py`` (docs/formats.md section 2 and
+docs/original.md section 10) without TensorFlow, without Python heaps and without
 per-video or per-pair Python loops:
 
 * ``hit_at_one``                 Hit@1
 * ``precision_at_equal_recall``  PERR
+* ``top_k_classes``              the per-video top-k (class, score) pairs (also the CSV's)
 * ``top_k_pairs``                the per-video top-k (score, label, class) triplets
 * ``average_precision``          pooled AP (the ``AveragePrecisionCalculator`` with top_n=None)
 * ``global_average_precision``   GAP@k, the Kaggle 2018 metric
@@ -47,6 +48,7 @@ import numpy as np
 __all__ = [
     "hit_at_one",
     "precision_at_equal_recall",
+    "top_k_classes",
     "top_k_pairs",
     "average_precision",
     "global_average_precision",
@@ -396,7 +398,7 @@ def hit_at_one(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 
 def precision_at_equal_recall(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """PERR (FORMATS 2.3): mean over videos of hits among the top-L_v / L_v.
+    """PERR (docs/formats.md 2.3): mean over videos of hits among the top-L_v / L_v.
 
     Only predictions > 0 count as hits. A video without labels scores 0.
     """
@@ -405,6 +407,15 @@ def precision_at_equal_recall(predictions: np.ndarray, labels: np.ndarray) -> fl
         return 0.0
     num_labels = np.count_nonzero(y, axis=1)
     return float(_perr_per_video(p, y, num_labels).mean())
+
+
+def top_k_classes(predictions: np.ndarray, k: int = 20) -> Tuple[np.ndarray, np.ndarray]:
+    """Each video's top-k: ``(class_ids [V,k'] intp, scores [V,k'])`` by
+    descending score, ties: lower class first; ``k' = min(k, C)``. The
+    submission CSV and every metric take their top-k from here."""
+    p = _as_predictions(predictions)
+    cols = _topk_indices(p, _check_k(k))
+    return cols, _take_rows(p, cols)
 
 
 def top_k_pairs(predictions: np.ndarray, labels: np.ndarray,
@@ -448,7 +459,7 @@ def average_precision(scores: np.ndarray, relevant: np.ndarray,
 
 
 def global_average_precision(predictions: np.ndarray, labels: np.ndarray, top_k: int = 20) -> float:
-    """GAP@top_k (FORMATS 2.1). The denominator counts ALL positive labels, retrieved or not."""
+    """GAP@top_k (docs/formats.md 2.1). The denominator counts ALL positive labels, retrieved or not."""
     top_k = _check_k(top_k)
     p, y = _as_pair(predictions, labels)
     if p.shape[0] == 0 or p.shape[1] == 0:
@@ -462,7 +473,7 @@ def global_average_precision(predictions: np.ndarray, labels: np.ndarray, top_k:
 
 
 def class_average_precisions(predictions: np.ndarray, labels: np.ndarray, top_k: int = 20) -> np.ndarray:
-    """Per-class AP ``[C]`` over the pooled top-k pairs (FORMATS 2.4).
+    """Per-class AP ``[C]`` over the pooled top-k pairs (docs/formats.md 2.4).
 
     Each denominator is the class's number of positives in ``labels``. A class
     without positives gets 0.

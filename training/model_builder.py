@@ -1,41 +1,39 @@
 """Rebuilds a model graph from model_flags.json (shared by every stage)."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict, List, Optional
+
+from absl import flags
 
 from models import layers, registry
 from models.base import FrameModel
+from models.tf_compat import tf
 from training import readers
 from training.errors import UserError
-from training.tf_compat import tf
+from training.flags import comma_list, comma_numbers
 
-
-def split_list(value: Any) -> List[str]:
-    if isinstance(value, (list, tuple)):
-        return [str(item).strip() for item in value]
-    return [item.strip() for item in str(value).split(",") if item.strip()]
+FLAGS = flags.FLAGS
 
 
 def feature_sizes_of(model_flags: Dict[str, Any]) -> List[int]:
-    try:
-        return [int(size) for size in split_list(model_flags["feature_sizes"])]
-    except ValueError:
-        raise UserError(f"--feature_sizes: not a comma-separated list of integers: "
-                        f"{model_flags['feature_sizes']!r}") from None
+    return comma_numbers(model_flags["feature_sizes"], "feature_sizes", int)
 
 
 def make_model_flags(model: str, feature_names: str, feature_sizes: str,
                      frame_features: bool, num_classes: int, label_loss: str,
-                     hparam_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The model_flags.json payload: everything needed to rebuild the graph."""
+                     hparam_overrides: Optional[Dict[str, Any]] = None,
+                     size: str = "full") -> Dict[str, Any]:
+    """The model_flags.json payload: everything needed to rebuild the graph
+    (size: the preset's size, models.presets.SIZES)."""
     try:
-        _, hparams = registry.resolve(model, hparam_overrides)
+        _, hparams = registry.resolve(model, hparam_overrides, size)
     except KeyError as err:
         raise UserError(f"--model: {err.args[0]}") from None
     except ValueError as err:
         raise UserError(f"--model: {err}") from None
-    names = split_list(feature_names)
-    sizes = split_list(feature_sizes)
+    names = comma_list(feature_names)
+    sizes = comma_list(feature_sizes)
     if len(names) != len(sizes):
         raise UserError(f"--feature_names has {len(names)} entries but --feature_sizes "
                         f"has {len(sizes)}")
@@ -90,3 +88,37 @@ def model_tile_predictions(model: FrameModel, input_raw: tf.Tensor, num_frames: 
 def model_variables(scope: str) -> List[tf.Variable]:
     """The model's variables (weights and BN statistics) under `scope`/."""
     return [var for var in tf.global_variables() if var.op.name.startswith(scope + "/")]
+
+
+# ---------------------------------------------------------------------------
+# Model hyper-parameters: one flag each (default None = the preset's value)
+
+_DEFINERS = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
+             float: flags.DEFINE_float, str: flags.DEFINE_string}
+
+
+def define_hparam_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """One flag per hyper-parameter of any registered model class."""
+    for key, value in sorted(registry.all_hparam_defaults().items()):
+        _DEFINERS[type(value)](key, None, f"Model hyper-parameter (unset: the preset's value, "
+                                          f"e.g. {value!r}).", flag_values=flag_values,
+                               module_name=sys.argv[0])
+
+
+def hparams_from_flags(name: str, flag_values: flags.FlagValues = FLAGS) -> Dict[str, Any]:
+    """The hyper-parameters of model `name` set on the command line."""
+    cls, _ = registry.resolve(name)
+    return {key: flag_values[key].value for key in cls.DEFAULTS
+            if key in flag_values and flag_values[key].value is not None}
+
+
+def check_hparam_flags(name: str, flag_values: flags.FlagValues = FLAGS) -> None:
+    """A UserError for an unknown --model, or a hyper-parameter flag that it lacks."""
+    try:
+        cls, _ = registry.resolve(name)
+    except KeyError as err:
+        raise UserError(f"--model: {err.args[0]}") from None
+    for key in registry.all_hparam_defaults():
+        if key in flag_values and flag_values[key].value is not None and key not in cls.DEFAULTS:
+            raise UserError(f"--{key}: not a hyper-parameter of --model={name} "
+                            f"({cls.__name__}: {', '.join(sorted(cls.DEFAULTS))})")

@@ -1,6 +1,6 @@
 """YouTube-8M 2018 TFRecord readers and the tf.data input pipeline.
 
-Two record formats (FORMATS.md section 1):
+Two record formats (docs/formats.md section 1):
 
 * Frame level, ``tf.train.SequenceExample``: context ``id`` (bytes) and
   ``labels`` (int64 list, empty in the test set); feature lists ``rgb`` and
@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import re
 
-from training.errors import UserError
-from training.tf_compat import tf
+from training.errors import UserError, first_line
+from training.flags import comma_list, comma_numbers
+from models.tf_compat import tf
 
 MAX_FRAMES = 300
 
@@ -171,26 +172,6 @@ def _finish(outputs, batch, num_classes, feature_shape):
     outputs["num_frames"].set_shape([batch])
     outputs["features"].set_shape([batch] + list(feature_shape))
     return outputs
-
-
-def data_error_message(error) -> str:
-    """One-line text of a run-time data error raised by ``parse``.
-
-    The reader's checks fail with ``tf.errors.InvalidArgumentError`` whose
-    message holds the whole graph trace; this returns just the check's own
-    text (e.g. ``labels: a label id is >= num_classes (3862); ...``), or the
-    first line of the message for other errors, so a caller can raise
-    ``UserError(f"--data_pattern: {data_error_message(err)}")``.
-    """
-    text = getattr(error, "message", None) or str(error)
-    match = re.search(r"assertion failed: \[(.*?)\]", text)
-    if match:
-        # (The message comes back as a printed string tensor: quotes escaped.)
-        return match.group(1).replace("\\'", "'").replace('\\"', '"')
-    for line in text.splitlines():
-        if line.strip() and not line.startswith("Graph execution error"):
-            return line.strip()
-    return text.strip()
 
 
 # ---------------------------------------------------------------------------
@@ -379,14 +360,6 @@ class VideoReader:
             return _finish(outputs, batch, self.num_classes, [self.feature_size])
 
 
-def _split_flag(value, flag_name) -> list:
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    if value is None:
-        raise UserError(f"--{flag_name}: missing")
-    return list(value)
-
-
 def get_reader(frame_features: bool, feature_names, feature_sizes, num_classes: int,
                max_frames: int = MAX_FRAMES):
     """Builds the reader the starter flags describe.
@@ -401,14 +374,8 @@ def get_reader(frame_features: bool, feature_names, feature_sizes, num_classes: 
       UserError naming --feature_names/--feature_sizes (count mismatch, bad
       integer) or --num_classes.
     """
-    names = [str(n) for n in _split_flag(feature_names, "feature_names")]
-    raw_sizes = _split_flag(feature_sizes, "feature_sizes")
-    sizes = []
-    for raw in raw_sizes:
-        try:
-            sizes.append(int(str(raw).strip()))
-        except ValueError:
-            raise UserError(f"--feature_sizes: '{raw}' is not an integer") from None
+    names = comma_list(feature_names)
+    sizes = comma_numbers(feature_sizes, "feature_sizes", int)
     if frame_features:
         return FrameReader(num_classes=num_classes, feature_names=names,
                            feature_sizes=sizes, max_frames=max_frames)
@@ -507,8 +474,7 @@ def _data_loss_text(err) -> str:
     """First line of a DataLossError, e.g. "corrupted record at 265673" or
     "truncated record at 339779: Read less bytes than requested" (TensorFlow
     writes the latter as "...339779' failed with Read less...")."""
-    text = (err.message or str(err)).splitlines()[0]
-    return text.replace("' failed with ", ": ")
+    return first_line(err).replace("' failed with ", ": ")
 
 
 def _records_skipping_corruption(path):
@@ -530,10 +496,10 @@ def describe_data_error(error, data_pattern: str) -> str:
     """One line for a run-time data error, naming the damaged file if any."""
     if isinstance(error, tf.errors.DataLossError):
         located = locate_damaged_file(data_pattern)
-        return ((located or data_error_message(error))
+        return ((located or first_line(error))
                 + " (corrupt or truncated TFRecord; --skip_corrupt_records skips the "
                   "damaged rest of such files)")
-    return data_error_message(error)
+    return first_line(error)
 
 
 def locate_damaged_file(data_pattern: str) -> str:
@@ -548,10 +514,3 @@ def locate_damaged_file(data_pattern: str) -> str:
         except tf.errors.DataLossError as err:
             return f"{path}: {_data_loss_text(err)}"
     return ""
-
-
-__all__ = [
-    "MAX_FRAMES", "dequantize", "resolve_files", "FrameReader", "VideoReader",
-    "get_reader", "make_dataset", "data_error_message", "locate_damaged_file",
-    "skipped_files_summary",
-]

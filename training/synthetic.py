@@ -4,7 +4,7 @@ Writes, for one split,
 
 * ``<output_dir>/frame/<split>NN.tfrecord``: frame-level ``SequenceExample``
   (context ``id``, ``labels``; feature lists ``rgb`` 1024 bytes and ``audio``
-  128 bytes per frame, uint8-quantised as in FORMATS.md 1.3), and
+  128 bytes per frame, uint8-quantised as in docs/formats.md 1.3), and
 * ``<output_dir>/video/<split>NN.tfrecord``: video-level ``Example`` (``id``,
   ``labels``, ``mean_rgb`` [1024], ``mean_audio`` [128] float lists), where
   the means are the means of the *dequantised* frames of the same video.
@@ -41,14 +41,14 @@ import zlib
 import numpy as np
 
 from training.errors import UserError
-from training.tf_compat import tf
+from models.tf_compat import tf
 
 ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 RGB_SIZE = 1024
 AUDIO_SIZE = 128
 MAX_LABELS = 8
 
-# Quantisation constants (FORMATS.md 1.3): x = q * SCALAR + BIAS.
+# Quantisation constants (docs/formats.md 1.3): x = q * SCALAR + BIAS.
 _SCALAR = 4.0 / 255.0
 _BIAS = 4.0 / 512.0 - 2.0
 
@@ -271,8 +271,6 @@ def _define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     from absl import flags
 
     flags_ = flags.FLAGS

@@ -1,7 +1,7 @@
 """bfloat16 storage, float32 compute, without touching the TensorFlow installation.
 
 The original replaced TensorFlow's own ``variable_scope.py`` and ``saver.py``
-(ORIGINAL.md 5.1). Here the same effect comes from a ``custom_getter``::
+(docs/original.md 5.1). Here the same effect comes from a ``custom_getter``::
 
     with tf.variable_scope("tower", custom_getter=bfloat16_getter):
         predictions = model(...)
@@ -15,25 +15,21 @@ initializer is kept (cast to bfloat16) instead of being replaced by zeros.
 The graph is for inference: BN moving-average updates are not created for a
 view (models.layers.batch_norm checks for a Variable).
 
-Helpers: ``checkpoint_dtype`` tells a float32 from a bfloat16 checkpoint,
-``getter_for_checkpoint`` picks the getter automatically, and
-``check_restore_compatible`` turns a dtype/shape/name mismatch between a graph
-and a checkpoint into a one-line UserError instead of a TensorFlow traceback.
+``getter_for_checkpoint`` picks the getter a checkpoint needs (the storage
+dtype comes from training.compat, which also checks that a checkpoint fits a
+graph before any restore).
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional
 
-from training import checkpoints
+from models import layers
+from models.tf_compat import saveable_object, tf
+from training import checkpoints, compat
+from training.compat import BFLOAT16, FLOAT32
 from training.errors import UserError
-from training.tf_compat import tf
 
-# The TF1 Saver's extension point (after tf_compat, which imports TF quietly).
-from tensorflow.python.training.saving import saveable_object  # noqa: E402
-
-FLOAT32 = "float32"
-BFLOAT16 = "bfloat16"
 DTYPE_KEY = "checkpoint_dtype"   # model_flags.json marker written by the converter
 
 
@@ -156,8 +152,6 @@ def bfloat16_compute_getter(getter, name, **kwargs):
     models.layers.register_bfloat16_weight, so that models.layers.matmul
     multiplies by the bf16 variable in bfloat16 instead of by the view (which
     is then never computed when a weight is only used in matmuls)."""
-    from models import layers
-
     view = bfloat16_getter(getter, name, **kwargs)
     if isinstance(view, tf.Tensor) and view.op.type == "Cast" and \
             view.op.inputs[0].dtype.base_dtype == tf.bfloat16:
@@ -207,33 +201,7 @@ def bfloat16_storage_saveables(var_map: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
-# Checkpoint dtype and automatic getter choice
-
-
-def _checkpoint_path(path: str) -> str:
-    return checkpoints.find_checkpoint(path)
-
-
-load_checkpoint_reader = checkpoints.open_checkpoint
-
-
-def checkpoint_dtype(path: str) -> str:
-    """"float32" or "bfloat16": the storage type of the checkpoint's floating
-    model variables (a dir means its latest model.ckpt-*)."""
-    path = _checkpoint_path(path)
-    dtypes = load_checkpoint_reader(path).get_variable_to_dtype_map()
-    keys = checkpoints.model_variable_keys(dtypes) or sorted(dtypes)
-    kinds = {}
-    for key in keys:
-        dtype = tf.as_dtype(dtypes[key]).base_dtype
-        if dtype == tf.bfloat16:
-            kinds.setdefault(BFLOAT16, key)
-        elif dtype.is_floating:
-            kinds.setdefault(FLOAT32, key)
-    if len(kinds) > 1:
-        raise UserError(f"{path}: mixes bfloat16 ({kinds[BFLOAT16]}) and float32 "
-                        f"({kinds[FLOAT32]}) model variables")
-    return next(iter(kinds), FLOAT32)
+# Which getter a checkpoint needs
 
 
 def getter_for_checkpoint(checkpoint_path: str,
@@ -244,7 +212,7 @@ def getter_for_checkpoint(checkpoint_path: str,
     The checkpoint itself decides; model_flags' "checkpoint_dtype" marker
     (written by the converter) must agree when present.
     """
-    kind = checkpoint_dtype(checkpoint_path)
+    kind = compat.checkpoint_dtype(checkpoint_path)
     marker = (model_flags or {}).get(DTYPE_KEY)
     if marker is not None and marker != kind:
         raise UserError(f"{checkpoint_path}: is a {kind} checkpoint but its "
@@ -258,65 +226,11 @@ def getter_for_model_dir(model_dir: str) -> Optional[Callable]:
                                  checkpoints.read_model_flags(model_dir))
 
 
-# ---------------------------------------------------------------------------
-# Restore checks
-
-
-def _saveable_name(variable) -> str:
-    return variable.op.name
-
-
-def check_restore_compatible(checkpoint_path: str,
-                             var_list: Union[Iterable, Mapping[str, Any]],
-                             stored_bf16: bool = False) -> None:
-    """Raises a one-line UserError naming the checkpoint when restoring var_list
-    from it would fail: a missing variable, another shape, or fp32 vs bf16.
-    stored_bf16: the float32 variables are restored from bfloat16 tensors
-    (cast_at_load, BFloat16StorageSaveable)."""
-    reader = load_checkpoint_reader(checkpoint_path)
-    dtypes = reader.get_variable_to_dtype_map()
-    shapes = reader.get_variable_to_shape_map()
-    items: Dict[str, Any] = (dict(var_list) if isinstance(var_list, Mapping)
-                             else {_saveable_name(v): v for v in var_list})
-    for key in sorted(items):
-        variable = items[key]
-        if key not in dtypes:
-            raise UserError(f"{checkpoint_path}: has no variable {key} (the graph needs it; "
-                            f"is this a checkpoint of another model?)")
-        stored = tf.as_dtype(dtypes[key]).base_dtype
-        wanted = variable.dtype.base_dtype
-        if stored_bf16 and wanted == tf.float32:
-            wanted = tf.bfloat16
-        if stored != wanted:
-            if tf.bfloat16 in (stored, wanted):
-                stored_kind = BFLOAT16 if stored == tf.bfloat16 else FLOAT32
-                graph_kind = BFLOAT16 if wanted == tf.bfloat16 else FLOAT32
-                hint = ("build the graph with bfloat16_patch.getter.bfloat16_getter"
-                        if stored_kind == BFLOAT16 else "build the graph without the "
-                        "bfloat16 getter")
-                raise UserError(f"{checkpoint_path}: is a {stored_kind} checkpoint "
-                                f"({key} is {stored.name}) but the graph is {graph_kind} "
-                                f"({wanted.name}); {hint}")
-            raise UserError(f"{checkpoint_path}: variable {key} is {stored.name} in the "
-                            f"checkpoint but {wanted.name} in the graph")
-        graph_shape = variable.shape.as_list() if variable.shape.rank is not None else None
-        if graph_shape is not None and list(shapes[key]) != graph_shape:
-            raise UserError(f"{checkpoint_path}: variable {key} has shape {list(shapes[key])} "
-                            f"in the checkpoint but {graph_shape} in the graph (another "
-                            f"model configuration?)")
-
-
-def restore(sess, checkpoint_path: str, var_list=None, saver=None) -> None:
-    """Checks compatibility, then restores var_list (or the saver's) from the checkpoint."""
-    if var_list is None:
-        var_list = tf.global_variables()
-    check_restore_compatible(checkpoint_path, var_list)
-    (saver or tf.train.Saver(var_list)).restore(sess, checkpoint_path)
-
-
-__all__ = ["bfloat16_getter", "bfloat16_compute_getter", "getter_for_mode",
-           "BFloat16StorageSaveable", "bfloat16_storage_saveables", "check_bf16_compute",
-           "CAST_EACH_STEP", "CAST_AT_LOAD", "BFLOAT16_COMPUTE", "BF16_COMPUTE_MODES",
-           "DEFAULT_BF16_COMPUTE", "checkpoint_dtype", "getter_for_checkpoint",
-           "getter_for_model_dir", "check_restore_compatible", "restore", "load_checkpoint_reader",
-           "FLOAT32", "BFLOAT16", "DTYPE_KEY"]
+def restore(sess, checkpoint_path: str, var_list=None) -> None:
+    """Checks that the checkpoint fits, then restores var_list (default: all
+    global variables) from it."""
+    var_list = tf.global_variables() if var_list is None else var_list
+    var_map = dict(var_list) if isinstance(var_list, Mapping) else {
+        variable.op.name: variable for variable in var_list}
+    compat.check_fits(checkpoint_path, var_map)
+    tf.train.Saver(var_map).restore(sess, checkpoint_path)

@@ -1,6 +1,6 @@
 """One place that imports TensorFlow in TF1 (graph) mode.
 
-Every module of the project does ``from training.tf_compat import tf`` so that
+Every module of the project does ``from models.tf_compat import tf`` so that
 v2 behaviour is disabled exactly once, before any graph is built, and the
 start-up chatter is silenced unless the user asks for it
 (TF_CPP_MIN_LOG_LEVEL=0): the deprecation warnings, and the two lines that
@@ -61,4 +61,8 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 tf.disable_v2_behavior()
 
-__all__ = ["tf"]
+# The TF1 Saver's extension point (training.precision), imported only now that
+# TensorFlow is loaded quietly.
+from tensorflow.python.training.saving import saveable_object  # noqa: E402
+
+__all__ = ["saveable_object", "tf"]

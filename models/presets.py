@@ -1,0 +1,129 @@
+"""The six final models as records: one place for everything known about a preset.
+
+A preset is a model class (models.frame_models) plus:
+  * its hyper-parameter overrides (none today: the classes' DEFAULTS are the
+    original values);
+  * the training schedule of the original run script (docs/original.md 1.9);
+  * smaller sizes for runs that are not the real thing: ``tiny`` (the quick
+    start and ``pipeline.sh TINY=1``: minutes on a CPU) and ``test`` (the
+    smallest models that still exercise every code path, for the test suite).
+
+``training.train --model=<preset> --size=tiny`` applies a size; the run
+scripts pass only the preset name, so every number below has this one home.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+SIZES = ("full", "tiny", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Training schedule: Adam at base_learning_rate, multiplied by
+    learning_rate_decay every learning_rate_decay_examples examples."""
+    batch_size: int = 80
+    base_learning_rate: float = 2e-4
+    learning_rate_decay: float = 0.8
+    learning_rate_decay_examples: float = 4000000
+    max_steps: Optional[int] = None
+    save_checkpoint_steps: int = 10000
+    log_steps: int = 10
+
+
+# The generic schedule: a model class given by name rather than by preset.
+DEFAULT_SCHEDULE = Schedule()
+
+# What a tiny run changes in any schedule (larger rate: 200 steps must learn).
+_TINY_RUN = {"batch_size": 32, "base_learning_rate": 2e-3, "max_steps": 200,
+             "save_checkpoint_steps": 50, "log_steps": 50}
+_TEST_RUN = {"batch_size": 4, "max_steps": 10, "save_checkpoint_steps": 5}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    class_name: str
+    description: str
+    schedule: Schedule
+    sizes: Mapping[str, Mapping[str, Any]]        # size -> hyper-parameter overrides
+    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    aliases: Tuple[str, ...] = ()
+
+    def hparams_for(self, size: str = "full") -> Dict[str, Any]:
+        """The preset's hyper-parameter overrides at `size`."""
+        check_size(size)
+        return {**self.hparams, **self.sizes.get(size, {})}
+
+    def schedule_for(self, size: str = "full") -> Schedule:
+        return schedule_for(self.schedule, size)
+
+
+def check_size(size: str) -> str:
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; one of {', '.join(SIZES)}")
+    return size
+
+
+def schedule_for(schedule: Schedule, size: str) -> Schedule:
+    """`schedule` as run at `size` (tiny and test runs are short)."""
+    run = {"full": {}, "tiny": _TINY_RUN, "test": _TEST_RUN}[check_size(size)]
+    return dataclasses.replace(schedule, **run)
+
+
+_NETVLAD_SIZES = {"tiny": {"cluster_size": 8, "hidden_size": 32, "num_samples": 30},
+                  "test": {"cluster_size": 4, "hidden_size": 8, "num_samples": 10}}
+_NETVLAD_SCHEDULE = Schedule(batch_size=80, learning_rate_decay=0.8, max_steps=700000)
+_DBOF_SCHEDULE = Schedule(batch_size=80, learning_rate_decay=0.9, max_steps=800000)
+
+PRESETS: Tuple[Preset, ...] = (
+    Preset("nonlocal-NetVLADModel", "NetVLADModelLF",
+           "Late-fusion NetVLAD with the embedded-Gaussian non-local block, MoE-8 + "
+           "probability gating", _NETVLAD_SCHEDULE, _NETVLAD_SIZES,
+           aliases=("NetVLADModelLF",)),
+    Preset("nonlocal-LightNetVLADModel", "LightNetVLADModelLF",
+           "Late-fusion LightVLAD with a non-local block, MoE-4 + probability gating",
+           _NETVLAD_SCHEDULE, _NETVLAD_SIZES, aliases=("LightNetVLADModelLF",)),
+    Preset("nonlocal-earlyNetVLADModel", "early_NetVLADModelLF",
+           "Early-fusion NetVLAD with a non-local block, MoE-2 + probability gating", _NETVLAD_SCHEDULE, _NETVLAD_SIZES,
+           aliases=("early_NetVLADModelLF",)),
+    Preset("Soft-DBoF-4k", "SoftDbofModelLF",
+           "Late-fusion Soft-DBoF, 4000 video / 500 audio clusters, MoE-2",
+           _DBOF_SCHEDULE,
+           {"tiny": {"cluster_size": 64, "hidden_size": 32, "num_samples": 30},
+            "test": {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}},
+           aliases=("SoftDbofModelLF",)),
+    Preset("Soft-DBoF-8k", "SoftDbofModelLF_8k",
+           "Late-fusion Soft-DBoF, 8000 video / 1000 audio clusters, MoE-2",
+           _DBOF_SCHEDULE,
+           {"tiny": {"cluster_size": 128, "hidden_size": 32, "num_samples": 30},
+            "test": {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}},
+           aliases=("SoftDbofModelLF_8k",)),
+    Preset("GRUModel", "GruModel", "Two stacked GRUs of 1200 units, MoE-2",
+           Schedule(batch_size=128, learning_rate_decay=0.9, max_steps=300000),
+           {"tiny": {"gru_cells": 32}, "test": {"gru_cells": 8}},
+           aliases=("GruModel",)),
+)
+
+PRESET_NAMES: Tuple[str, ...] = tuple(preset.name for preset in PRESETS)
+_BY_NAME = {preset.name: preset for preset in PRESETS}
+_BY_ALIAS = {alias: preset.name for preset in PRESETS for alias in preset.aliases}
+
+
+def find(name: str) -> Optional[Preset]:
+    """The preset called `name` (or one of its aliases), else None."""
+    return _BY_NAME.get(_BY_ALIAS.get(name, name))
+
+
+def get(name: str) -> Preset:
+    preset = find(name)
+    if preset is None:
+        raise KeyError(f"unknown preset {name!r}; one of {', '.join(PRESET_NAMES)}")
+    return preset
+
+
+def size_flags(name: str, size: str) -> list:
+    """Command-line flags of the hyper-parameters of preset `name` at `size`
+    (['--cluster_size=8', ...]; what tests pass to the entry points)."""
+    return [f"--{key}={value}" for key, value in sorted(get(name).hparams_for(size).items())]

@@ -1,0 +1,157 @@
+"""Does this checkpoint fit this graph? The one check every stage runs before
+it restores, averages, converts or warm-starts from a checkpoint.
+
+A *spec* maps a checkpoint key to (shape, storage dtype). The check compares
+the spec a graph needs with the spec a checkpoint holds and turns the first
+difference (a missing or extra variable, another shape, another dtype,
+bfloat16 where float32 is needed or the reverse) into a one-line UserError
+that names the checkpoint (or the dir that owns it) and the variable, instead
+of a TensorFlow traceback at restore time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from models.tf_compat import tf
+from training import checkpoints
+from training.errors import UserError
+
+FLOAT32 = "float32"
+BFLOAT16 = "bfloat16"
+
+Specs = Dict[str, Tuple[List[int], Any]]    # key -> (shape, tf.DType)
+
+
+def checkpoint_specs(path: str, model_only: bool = True) -> Specs:
+    """{key: (shape, dtype)} of a checkpoint's model variables (all keys when
+    not model_only). A checkpoint that cannot be read is a UserError."""
+    reader = checkpoints.open_checkpoint(path)
+    shapes = reader.get_variable_to_shape_map()
+    dtypes = reader.get_variable_to_dtype_map()
+    keys = checkpoints.model_variable_keys(shapes) if model_only else sorted(shapes)
+    return {key: (list(shapes[key]), tf.as_dtype(dtypes[key]).base_dtype) for key in keys}
+
+
+def graph_specs(var_map: Mapping[str, Any], stored_bf16: bool = False) -> Specs:
+    """What a checkpoint must hold to fill var_map ({key: variable}).
+    stored_bf16: float32 variables are filled from bfloat16 tensors
+    (the cast_at_load mode of training.precision)."""
+    specs = {}
+    for key, variable in var_map.items():
+        dtype = variable.dtype.base_dtype
+        if stored_bf16 and dtype == tf.float32:
+            dtype = tf.bfloat16
+        shape = variable.shape.as_list() if variable.shape.rank is not None else None
+        specs[key] = (shape, dtype)
+    return specs
+
+
+def storage_kind(dtype) -> str:
+    return BFLOAT16 if tf.as_dtype(dtype).base_dtype == tf.bfloat16 else FLOAT32
+
+
+@dataclasses.dataclass
+class Mismatch:
+    kind: str                  # missing | extra | shape | dtype
+    key: str
+    stored: Any = None         # (shape, dtype) in the checkpoint
+    wanted: Any = None         # (shape, dtype) the graph needs
+    count: int = 1             # extra: how many keys in all
+
+
+def find_mismatch(stored: Specs, wanted: Specs, check_extra: bool = False,
+                  compare_dtypes: bool = True) -> Optional[Mismatch]:
+    """The first difference between a checkpoint's specs and the needed ones."""
+    for key in sorted(wanted):
+        if key not in stored:
+            return Mismatch("missing", key, None, wanted[key])
+        (stored_shape, stored_dtype), (wanted_shape, wanted_dtype) = stored[key], wanted[key]
+        if wanted_shape is not None and list(stored_shape) != list(wanted_shape):
+            return Mismatch("shape", key, stored[key], wanted[key])
+        if compare_dtypes and stored_dtype != wanted_dtype:
+            return Mismatch("dtype", key, stored[key], wanted[key])
+    extra = sorted(set(stored) - set(wanted)) if check_extra else []
+    if extra:
+        return Mismatch("extra", extra[0], stored[extra[0]], None, len(extra))
+    return None
+
+
+def describe(mismatch: Mismatch, checkpoint: str, needer: str = "the graph",
+             name_checkpoint: bool = False) -> str:
+    """The text of a mismatch between `checkpoint` and what `needer` needs."""
+    key, base = mismatch.key, os.path.basename(checkpoint)
+    where = f"checkpoint {base} " if name_checkpoint else ""
+    if mismatch.kind == "missing":
+        return f"{where}lacks variable {key} that {needer} needs"
+    if mismatch.kind == "extra":
+        return (f"{where}holds variable {key} ({mismatch.count} in all) that {needer} does "
+                f"not create")
+    (stored_shape, stored_dtype), (wanted_shape, wanted_dtype) = mismatch.stored, mismatch.wanted
+    if mismatch.kind == "shape":
+        return (f"variable {key} has shape {list(stored_shape)} in the checkpoint but "
+                f"{list(wanted_shape)} in {needer}")
+    if tf.bfloat16 in (stored_dtype, wanted_dtype):
+        stored_kind, graph_kind = storage_kind(stored_dtype), storage_kind(wanted_dtype)
+        hint = ("build the graph with training.precision.bfloat16_getter"
+                if stored_kind == BFLOAT16 else "build the graph without the bfloat16 getter")
+        return (f"is a {stored_kind} checkpoint ({key} is {stored_dtype.name}) but {needer} "
+                f"is {graph_kind} ({wanted_dtype.name}); {hint}")
+    return (f"variable {key} is {stored_dtype.name} in the checkpoint but {wanted_dtype.name} "
+            f"in {needer}")
+
+
+def check_fits(checkpoint: str, var_map: Mapping[str, Any], owner: Optional[str] = None,
+               needer: str = "the graph", stored_bf16: bool = False,
+               check_extra: bool = False, compare_dtypes: bool = True) -> None:
+    """A UserError when restoring var_map ({key: variable}) from checkpoint
+    would fail. owner: the dir the message starts with (default: the
+    checkpoint); check_extra: model variables the graph lacks are an error too."""
+    wanted = graph_specs(var_map, stored_bf16)
+    mismatch = find_mismatch(checkpoint_specs(checkpoint, model_only=False), wanted,
+                             compare_dtypes=compare_dtypes)
+    if mismatch is None and check_extra:
+        mismatch = find_mismatch(checkpoint_specs(checkpoint), wanted, check_extra=True)
+    if mismatch is not None:
+        text = describe(mismatch, checkpoint, needer, name_checkpoint=owner is not None)
+        raise UserError(f"{owner or checkpoint}: {text}")
+
+
+def check_same_specs(reference_path: str, reference: Specs, path: str, other: Specs) -> None:
+    """Two checkpoints of one model must hold the same model variables."""
+    mismatch = find_mismatch(other, reference, check_extra=True)
+    if mismatch is None:
+        return
+    base_ref, base = os.path.basename(reference_path), os.path.basename(path)
+    if mismatch.kind in ("missing", "extra"):
+        text = f"is missing in {base if mismatch.kind == 'missing' else base_ref}"
+    else:
+        (shape_b, dtype_b), (shape_a, dtype_a) = mismatch.stored, mismatch.wanted
+        text = f"is {dtype_a.name}{shape_a} in {base_ref} but {dtype_b.name}{shape_b} in {base}"
+    raise UserError(f"checkpoints {reference_path} and {path} differ: variable "
+                    f"{mismatch.key} {text}")
+
+
+def checkpoint_dtype(path: str) -> str:
+    """FLOAT32 or BFLOAT16: how the checkpoint (a dir: its latest) stores its
+    floating model variables; a checkpoint that mixes both is a UserError."""
+    path = checkpoints.find_checkpoint(path)
+    specs = checkpoint_specs(path) or checkpoint_specs(path, model_only=False)
+    kinds: Dict[str, str] = {}
+    for key, (_, dtype) in sorted(specs.items()):
+        if dtype.is_floating:
+            kinds.setdefault(storage_kind(dtype), key)
+    if len(kinds) > 1:
+        raise UserError(f"{path}: mixes bfloat16 ({kinds[BFLOAT16]}) and float32 "
+                        f"({kinds[FLOAT32]}) model variables")
+    return next(iter(kinds), FLOAT32)
+
+
+def require_float32(path: str, why: str) -> None:
+    """A UserError `<path>: is a bfloat16 checkpoint (<key>); <why>` for a
+    checkpoint whose model variables are stored as bfloat16."""
+    bf16 = [key for key, (_, dtype) in sorted(checkpoint_specs(path).items())
+            if dtype == tf.bfloat16]
+    if bf16:
+        raise UserError(f"{path}: is a bfloat16 checkpoint ({bf16[0]}); {why}")

@@ -1,0 +1,87 @@
+"""Command-line flags: the one place where a flag that several stages share is
+defined, and the comma-separated list parser every flag uses.
+
+Each entry point defines its flags once, in its own ``define_flags()``, run
+only under ``__main__``: shared flags through ``define_shared(name, default)``
+with the stage's default passed explicitly (the help text lives here), the
+stage's own flags through ``define``. A flag defined twice in one process is a
+programming error (absl raises DuplicateFlagError); nothing is silently
+skipped. Every flag is attributed to the running entry point, so ``--help``
+lists exactly the flags of the command being run.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Dict, List, Mapping, Tuple
+
+from absl import flags
+
+from training.errors import UserError
+
+FLAGS = flags.FLAGS
+
+SHARED_FLAGS: Dict[str, Tuple[Callable, str]] = {
+    "train_dir": (flags.DEFINE_string, "Model dir: a train dir, or a dir with model_flags.json "
+                                       "and model.ckpt-* (SWA, bfloat16) or inference_model.*."),
+    "train_data_pattern": (flags.DEFINE_string, "Comma-separated globs of training TFRecords."),
+    "eval_data_pattern": (flags.DEFINE_string, "Comma-separated globs of labelled evaluation "
+                                               "TFRecords."),
+    "input_data_pattern": (flags.DEFINE_string, "Comma-separated globs of the TFRecords to read."),
+    "output_dir": (flags.DEFINE_string, "New dir to write (atomically)."),
+    "output_file": (flags.DEFINE_string, "File to write (atomically)."),
+    "model_dirs": (flags.DEFINE_string, "Comma-separated member model dirs (model_flags.json + "
+                                        "model.ckpt-*, float32 or bfloat16)."),
+    "checkpoint_file": (flags.DEFINE_string, "A checkpoint prefix (default: the latest "
+                                             "model.ckpt-* of the dir)."),
+    "num_classes": (flags.DEFINE_integer, "Number of classes."),
+    "batch_size": (flags.DEFINE_integer, "Videos per batch."),
+    "num_readers": (flags.DEFINE_integer, "TFRecord files read in parallel."),
+    "seed": (flags.DEFINE_integer, "Graph-level random seed (initialisation, data order, "
+                                   "frame sampling)."),
+    "top_k": (flags.DEFINE_integer, "k of GAP@k; label score pairs per video."),
+    "tile_num": (flags.DEFINE_integer, "Copies of the batch that the frame-sampling members "
+                                       "see (independent random draws)."),
+    "frame_sampling": (flags.DEFINE_string, "Override the models' frame sampling: random (the "
+                                            "original), uniform (deterministic) or none."),
+    "bf16_compute": (flags.DEFINE_string, "How bfloat16 checkpoints compute: cast_each_step, "
+                                          "cast_at_load or bfloat16 (default: bfloat16 on "
+                                          "CPUs with native bf16 products, else cast_at_load)."),
+    "skip_corrupt_records": (flags.DEFINE_bool, "Skip the damaged rest of corrupt or truncated "
+                                                "TFRecord files (default: stop with an error)."),
+    "overwrite": (flags.DEFINE_bool, "Replace an existing output."),
+}
+
+
+def define(definer: Callable, name: str, default: Any, help_text: str, **kwargs: Any) -> None:
+    """Defines one flag of the running entry point (kwargs: e.g. enum_values)."""
+    definer(name, default, help=help_text, module_name=sys.argv[0], **kwargs)
+
+
+def define_shared(name: str, default: Any, note: str = "") -> None:
+    """Defines a shared flag with this stage's default (note: extra help text)."""
+    definer, help_text = SHARED_FLAGS[name]
+    define(definer, name, default, f"{help_text} {note}".strip())
+
+
+def define_shared_flags(defaults: Mapping[str, Any]) -> None:
+    """define_shared for each {name: default} (or {name: (default, note)})."""
+    for name, value in defaults.items():
+        default, note = value if isinstance(value, tuple) else (value, "")
+        define_shared(name, default, note)
+
+
+def comma_list(value: Any) -> List[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']; a list or tuple is returned as strings."""
+    if isinstance(value, (list, tuple)):
+        return [str(item).strip() for item in value]
+    return [item.strip() for item in str(value or "").split(",") if item.strip()]
+
+
+def comma_numbers(value: Any, flag: str, kind: type = float) -> List[Any]:
+    """comma_list converted by `kind`; a UserError naming --flag otherwise."""
+    items = comma_list(value)
+    try:
+        return [kind(item) for item in items]
+    except ValueError:
+        noun = "integers" if kind is int else "numbers"
+        raise UserError(f"--{flag}: not a comma-separated list of {noun}: {value!r}") from None

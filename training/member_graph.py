@@ -1,0 +1,218 @@
+"""The members of an ensemble in one graph: the tiled test-time augmentation
+(docs/architecture.md "The ensemble graph" describes it in full).
+
+Member i is built from its model_flags.json under the variable scope
+``model<i>`` (or the scopes given; single-model inference uses ``tower``),
+fed by the placeholders ``input_batch_raw`` float32 [None, 300, D] (video
+level: [None, D]) and ``num_frames`` int32 [None]. A member that samples
+frames at random sees tile_num independent draws per video and predicts
+their mean; with shared frame work its per-frame work runs once per video
+and each draw aggregates it with its counts (exact). Deterministic members
+(the GRU) run once. ``predictions`` [None, C] is the weighted mean of the
+members. Checkpoint key ``tower/<x>`` of member i fills ``model<i>/<x>``
+(member_savers), after training.compat has checked that it fits.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from models.tf_compat import tf
+from training import checkpoints, compat, model_builder, precision, readers
+from training.errors import UserError, first_line
+from training.members import Member, check_members_agree, feature_signature
+
+Log = Optional[Callable[[str], None]]
+
+@dataclass
+class EnsembleGraph:
+    input_batch_raw: tf.Tensor
+    num_frames: tf.Tensor
+    predictions: tf.Tensor
+    member_predictions: List[tf.Tensor]          # [B, C] each (mean over its tiles)
+    member_tiles: List[Optional[tf.Tensor]]      # [T, B, C] for tiled members, else None
+    tiled: List[bool]
+    scopes: List[str]
+    restore_maps: List[Dict[str, tf.Variable]] = field(default_factory=list)
+    stored_bf16: List[bool] = field(default_factory=list)   # float32 vars, bf16 on disk
+    shared: List[bool] = field(default_factory=list)        # tiled with shared frame work
+    bf16_compute: str = precision.DEFAULT_BF16_COMPUTE
+
+    @property
+    def variables(self) -> List[tf.Variable]:
+        return [var for mapping in self.restore_maps for var in mapping.values()]
+
+    def saver_map(self, index: int) -> Dict[str, Any]:
+        """Member index's {checkpoint key: variable or BFloat16StorageSaveable}."""
+        mapping = self.restore_maps[index]
+        if self.stored_bf16 and self.stored_bf16[index]:
+            return precision.bfloat16_storage_saveables(mapping)
+        return dict(mapping)
+
+    @property
+    def export_var_list(self) -> List[Any]:
+        """What the export Saver writes under the graph names (model<i>/...):
+        the variables, cast_at_load members' through BFloat16StorageSaveable
+        so that they stay bf16 on disk."""
+        out: List[Any] = []
+        for index, mapping in enumerate(self.restore_maps):
+            stored = bool(self.stored_bf16 and self.stored_bf16[index])
+            for var in mapping.values():
+                if stored and var.dtype.base_dtype == tf.float32:
+                    out.append(precision.BFloat16StorageSaveable(var, var.op.name))
+                else:
+                    out.append(var)
+        return out
+
+
+def _build_model(member: Member, frame_sampling: Optional[str]):
+    try:
+        return model_builder.build_model(member.model_flags, {"frame_sampling": frame_sampling})
+    except (KeyError, ValueError) as err:
+        text = err.args[0] if err.args else str(err)
+        raise UserError(f"{os.path.join(member.model_dir, checkpoints.MODEL_FLAGS_FILE)}: "
+                        f"{text}") from None
+
+
+def _check_graph_args(members: Sequence[Member], weights: Sequence[float], tile_num: int,
+                      frame_sampling: Optional[str]) -> None:
+    if tile_num < 1:
+        raise UserError(f"--tile_num: must be >= 1, got {tile_num}")
+    if len(weights) != len(members):
+        raise ValueError(f"{len(members)} members but {len(weights)} weights")
+    if frame_sampling is not None and frame_sampling not in ("random", "uniform", "none"):
+        raise UserError(f"--frame_sampling: random, uniform or none, got {frame_sampling!r}")
+    check_members_agree(members)
+
+
+def _input_placeholders(signature: Mapping[str, Any]):
+    """(input_batch_raw, num_frames) placeholders for the members' features."""
+    feature_size = sum(signature["feature_sizes"])
+    if signature["frame_features"]:
+        shape = [None, readers.MAX_FRAMES, feature_size]
+    else:
+        shape = [None, feature_size]
+    return (tf.placeholder(tf.float32, shape, name="input_batch_raw"),
+            tf.placeholder(tf.int32, [None], name="num_frames"))
+
+
+def _tiled_inputs(input_raw: tf.Tensor, num_frames: tf.Tensor, tile_num: int):
+    """The batch repeated tile_num times: copy t of video b at row t*B + b."""
+    with tf.name_scope("tile"):
+        multiples = [tile_num] + [1] * (input_raw.shape.ndims - 1)
+        return (tf.tile(input_raw, multiples, name="input_batch_raw"),
+                tf.tile(num_frames, [tile_num], name="num_frames"))
+
+
+def _member_prediction(model, mode: str, inputs: Sequence[tf.Tensor], tile_num: int,
+                       num_classes: int):
+    """(prediction [B, C], tiles [T, B, C] or None) of one member in the
+    current scope. mode: shared (per-frame work once per video), tiled (on
+    the tiled input) or plain (untiled). inputs: (raw, frames, batch size,
+    tiled raw, tiled frames)."""
+    input_raw, num_frames, batch_size, tiled_raw, tiled_frames = inputs
+    if mode == "plain":
+        return model_builder.model_predictions(model, input_raw, num_frames,
+                                               is_training=False), None
+    if mode == "shared":
+        flat = model_builder.model_tile_predictions(model, input_raw, num_frames, tile_num)
+    else:
+        flat = model_builder.model_predictions(model, tiled_raw, tiled_frames,
+                                               is_training=False)
+    copies = tf.reshape(flat, [tile_num, batch_size, num_classes], name="tiles")
+    return tf.reduce_mean(copies, axis=0, name="tile_mean"), copies
+
+
+def _weighted_mean(weights: Sequence[float], member_predictions: List[tf.Tensor]) -> tf.Tensor:
+    with tf.name_scope("ensemble"):
+        if len(member_predictions) == 1 and abs(weights[0] - 1.0) < 1e-12:
+            combined = member_predictions[0]
+        else:
+            combined = tf.add_n([tf.constant(float(w), tf.float32) * p
+                                 for w, p in zip(weights, member_predictions)])
+    return tf.identity(combined, name="predictions")
+
+
+def _restore_map(scope: str) -> Dict[str, tf.Variable]:
+    """{checkpoint key tower/<x>: graph variable <scope>/<x>}."""
+    return {checkpoints.MODEL_SCOPE + "/" + var.op.name[len(scope) + 1:]: var
+            for var in model_builder.model_variables(scope)}
+
+
+def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], tile_num: int,
+                         frame_sampling: Optional[str] = None,
+                         scopes: Optional[Sequence[str]] = None,
+                         force_tile: bool = False, shared_frame_work: bool = True,
+                         bf16_compute: Optional[str] = None) -> EnsembleGraph:
+    """Adds the members to the default graph (see the module docstring).
+
+    scopes: variable scope per member (default model0, model1, ...). force_tile
+    tiles the deterministic members too (only to show that it changes nothing).
+    shared_frame_work: tiled members that support it compute their per-frame
+    work once (FrameModel.predict_tiles). bf16_compute: how bfloat16 members
+    compute (None: precision.DEFAULT_BF16_COMPUTE). Adds the collections
+    input_batch_raw, num_frames and predictions.
+    """
+    bf16_compute = precision.check_bf16_compute(bf16_compute)
+    _check_graph_args(members, weights, tile_num, frame_sampling)
+    scopes = list(scopes) if scopes is not None else [f"model{i}" for i in range(len(members))]
+    signature = feature_signature(members[0].model_flags)
+    input_raw, num_frames = _input_placeholders(signature)
+    batch_size = tf.shape(input_raw)[0]
+    models = [_build_model(member, frame_sampling) for member in members]
+    tiled = [tile_num > 1 and (force_tile or bool(model.samples_frames_randomly))
+             for model in models]
+    shared = [tile and shared_frame_work and bool(model.supports_shared_frame_work)
+              and input_raw.shape.ndims == 3 for model, tile in zip(models, tiled)]
+    tiled_inputs = (None, None)
+    if any(tile and not share for tile, share in zip(tiled, shared)):
+        tiled_inputs = _tiled_inputs(input_raw, num_frames, tile_num)
+    member_predictions, member_tiles = [], []
+    for member, model, scope, tile, share in zip(members, models, scopes, tiled, shared):
+        mode = "shared" if share else "tiled" if tile else "plain"
+        with tf.variable_scope(scope, custom_getter=member.getter_for(bf16_compute)):
+            try:
+                prediction, tiles = _member_prediction(
+                    model, mode, (input_raw, num_frames, batch_size, *tiled_inputs), tile_num,
+                    signature["num_classes"])
+            except ValueError as err:
+                raise UserError(f"{member.model_dir}: {err}") from None
+        member_predictions.append(prediction)
+        member_tiles.append(tiles)
+    predictions = _weighted_mean(weights, member_predictions)
+    restore_maps = [_restore_map(scope) for scope in scopes]
+    for name, tensor in (("input_batch_raw", input_raw), ("num_frames", num_frames),
+                         ("predictions", predictions)):
+        tf.add_to_collection(name, tensor)
+    return EnsembleGraph(input_raw, num_frames, predictions, member_predictions, member_tiles,
+                         tiled, scopes, restore_maps,
+                         [member.stored_bf16_in(bf16_compute) for member in members], shared,
+                         bf16_compute)
+
+
+# ---------------------------------------------------------------------------
+# Loading the members
+
+
+def member_savers(members: Sequence[Member], graph: EnsembleGraph) -> List[tf.train.Saver]:
+    """One name-mapping Saver per member (call in the graph, before finalising)."""
+    for index, (member, mapping) in enumerate(zip(members, graph.restore_maps)):
+        compat.check_fits(member.checkpoint, mapping, owner=member.model_dir,
+                          needer=f"model {member.name} of its {checkpoints.MODEL_FLAGS_FILE}",
+                          stored_bf16=bool(graph.stored_bf16 and graph.stored_bf16[index]),
+                          check_extra=True)
+    return [tf.train.Saver(graph.saver_map(index), name=f"restore_{scope}", sharded=False)
+            for index, scope in enumerate(graph.scopes)]
+
+
+def restore_members(sess: tf.Session, members: Sequence[Member],
+                    savers: Sequence[tf.train.Saver], log: Log = None) -> None:
+    for member, saver in zip(members, savers):
+        try:
+            saver.restore(sess, member.checkpoint)
+        except tf.errors.OpError as err:
+            raise UserError(f"{member.model_dir}: cannot restore {member.checkpoint} "
+                            f"({first_line(err)})") from None
+        if log:
+            log(f"restored {member.checkpoint}")

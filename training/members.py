@@ -1,0 +1,158 @@
+"""Members: the model dirs an ensemble (or stacking) is made of, and the
+weights file that stacking writes and the ensemble builder reads.
+
+A member dir is any model dir of this pipeline (train, SWA or bfloat16 dir):
+``model_flags.json`` plus ``model.ckpt-<step>``; its latest checkpoint is
+used. All members of one ensemble must read the same features and predict
+the same classes (MATCH_KEYS).
+
+Weights file (JSON)::
+
+    {"members": ["/path/to/model_dir_0", "/path/to/model_dir_1"],
+     "weights": [0.35, 0.65]}
+
+``members`` are model dirs, absolute or relative to the directory holding the
+file; ``weights`` are finite and >= 0, not all 0, one per member (normalised
+to sum to 1 by the reader's caller). Other keys are allowed and ignored.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from training import checkpoints, model_builder, precision
+from training.compat import BFLOAT16, FLOAT32
+from training.errors import UserError
+from training.flags import comma_list
+
+MATCH_KEYS = ("frame_features", "feature_names", "feature_sizes", "num_classes")
+
+
+@dataclass
+class Member:
+    model_dir: str
+    checkpoint: str
+    model_flags: Dict[str, Any]
+    dtype: str                     # FLOAT32 or BFLOAT16
+
+    @property
+    def getter(self):
+        return precision.bfloat16_getter if self.dtype == BFLOAT16 else None
+
+    def getter_for(self, bf16_compute: Optional[str]):
+        """The custom_getter of this member in a --bf16_compute mode."""
+        return precision.getter_for_mode(bf16_compute) if self.dtype == BFLOAT16 else None
+
+    def stored_bf16_in(self, bf16_compute: Optional[str]) -> bool:
+        """True when the graph holds float32 variables for bf16 checkpoint
+        tensors (cast_at_load): they are restored and saved through
+        BFloat16StorageSaveable."""
+        return self.dtype == BFLOAT16 and \
+            precision.check_bf16_compute(bf16_compute) == precision.CAST_AT_LOAD
+
+    @property
+    def name(self) -> str:
+        return str(self.model_flags.get("model"))
+
+
+def load_member(model_dir: str, checkpoint: Optional[str] = None) -> Member:
+    """Reads a member dir: model_flags.json, the checkpoint (default: the
+    latest) and its storage dtype."""
+    if not os.path.isdir(model_dir):
+        raise UserError(f"{model_dir}: no such model dir")
+    model_flags = checkpoints.read_model_flags(model_dir)
+    for key in MATCH_KEYS:
+        if key not in model_flags:
+            raise UserError(f"{os.path.join(model_dir, checkpoints.MODEL_FLAGS_FILE)}: "
+                            f"has no {key!r} key")
+    checkpoint = checkpoints.find_checkpoint(checkpoint or model_dir)
+    getter = precision.getter_for_checkpoint(checkpoint, model_flags)
+    return Member(os.path.abspath(model_dir), checkpoint, model_flags,
+                  BFLOAT16 if getter is not None else FLOAT32)
+
+
+def feature_signature(model_flags: Mapping[str, Any]) -> Dict[str, Any]:
+    return {"frame_features": bool(model_flags["frame_features"]),
+            "feature_names": comma_list(model_flags["feature_names"]),
+            "feature_sizes": model_builder.feature_sizes_of(model_flags),
+            "num_classes": int(model_flags["num_classes"])}
+
+
+def check_members_agree(members: Sequence[Member]) -> None:
+    """All members read the same features and predict the same classes."""
+    if not members:
+        raise UserError("--model_dirs: no members")
+    first = feature_signature(members[0].model_flags)
+    for member in members[1:]:
+        this = feature_signature(member.model_flags)
+        for key in MATCH_KEYS:
+            if this[key] != first[key]:
+                raise UserError(
+                    f"{member.model_dir}: {key}={_show(this[key])} but "
+                    f"{members[0].model_dir} has {key}={_show(first[key])}; all members "
+                    f"must read the same features and predict the same classes")
+
+
+def check_no_duplicates(member_dirs: Sequence[str]) -> None:
+    seen = set()
+    for member_dir in member_dirs:
+        real = os.path.realpath(member_dir)
+        if real in seen:
+            raise UserError(f"--model_dirs: {member_dir} is listed twice (use --weights to "
+                            f"weigh it more)")
+        seen.add(real)
+
+
+def _show(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
+
+def write_weights_file(path: str, members: Sequence[str], weights: Sequence[float],
+                       **extra: Any) -> None:
+    """Writes the weights JSON that --weights_file reads (atomically).
+    Member dirs are written as absolute paths."""
+    if len(members) != len(weights):
+        raise ValueError(f"{len(members)} members but {len(weights)} weights")
+    payload = dict(extra)
+    payload["members"] = [os.path.abspath(member) for member in members]
+    payload["weights"] = [float(weight) for weight in weights]
+    checkpoints.write_json(path, payload)
+
+
+def read_weights_file(path: str) -> Dict[str, List]:
+    """-> {"members": [absolute dirs], "weights": [floats]} (not normalised)."""
+    if not os.path.isfile(path):
+        raise UserError(f"--weights_file={path}: no such file")
+    payload = checkpoints.load_json(path, f"--weights_file={path}")
+    if not isinstance(payload, dict) or not isinstance(payload.get("members"), list) \
+            or not isinstance(payload.get("weights"), list):
+        raise UserError(f"--weights_file={path}: expected an object with the lists "
+                        f"\"members\" and \"weights\"")
+    members, weights = payload["members"], payload["weights"]
+    if len(members) != len(weights):
+        raise UserError(f"--weights_file={path}: {len(members)} members but "
+                        f"{len(weights)} weights")
+    base = os.path.dirname(os.path.abspath(path))
+    resolved = []
+    for member in members:
+        if not isinstance(member, str) or not member:
+            raise UserError(f"--weights_file={path}: member {member!r} is not a dir path")
+        resolved.append(os.path.normpath(os.path.join(base, member)))
+    for weight in weights:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise UserError(f"--weights_file={path}: weight {weight!r} is not a number")
+    return {"members": resolved, "weights": [float(w) for w in weights]}
+
+
+def normalise_weights(weights: Sequence[float], what: str = "--weights") -> List[float]:
+    weights = [float(w) for w in weights]
+    for weight in weights:
+        if not math.isfinite(weight) or weight < 0:
+            raise UserError(f"{what}: weights must be finite and >= 0, got {weight}")
+    total = sum(weights)
+    if total <= 0:
+        raise UserError(f"{what}: the weights sum to 0")
+    return [weight / total for weight in weights]

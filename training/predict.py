@@ -1,0 +1,272 @@
+"""The one predict loop: load a model dir, stream a data pattern through it.
+
+Every stage that predicts (evaluation, inference, stacking, teacher records,
+distillation's teacher metrics) opens its model here and iterates here, so
+the batching, the frame-sampling mode, the mapping of data errors to one-line
+UserErrors and the progress line exist once.
+
+open_model(dir) takes
+  * an exported dir (``inference_model.meta`` present, as ensemble.build or
+    an uploaded tgz writes it): loaded the starter way, import_meta_graph +
+    restore, fed through the collections ``input_batch_raw`` and
+    ``num_frames``, fetching ``predictions``; its frame sampling and
+    bfloat16 mode were fixed when it was built; or
+  * a single model dir (``model.ckpt-*``: train, SWA or bfloat16 dir): built
+    from its model_flags.json under ``tower/`` (training.member_graph) and
+    restored; frame_sampling, seed and bf16_compute apply.
+open_members(dirs) puts several model dirs in one graph (stacking).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from models.tf_compat import tf
+from training import checkpoints, losses, member_graph, metrics, model_builder, readers
+from training.errors import UserError, first_line
+from training.members import MATCH_KEYS, Member, check_no_duplicates, load_member
+from training.progress import Progress
+
+INFERENCE_MODEL = "inference_model"   # the exported graph and checkpoint prefix
+
+Log = Optional[Callable[[str], None]]
+# name -> (tensor of the model's graph, batch -> extra feed dict)
+Fetches = Mapping[str, Tuple[Any, Callable[[Dict[str, np.ndarray]], Dict]]]
+
+
+@dataclass
+class LoadedModel:
+    model_dir: str
+    kind: str                       # "ensemble", "single" or "members"
+    model_flags: Dict[str, Any]
+    graph: Any
+    session: Any
+    input_batch_raw: Any
+    num_frames: Any
+    predictions: Any
+    variables: Optional[List[Any]] = None        # single: what an export saves
+    members: Optional[List[Member]] = None       # members: the member dirs
+    member_predictions: Optional[List[Any]] = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model_flags["num_classes"])
+
+    def close(self) -> None:
+        self.session.close()
+
+
+@dataclass
+class Batch:
+    ids: np.ndarray                 # [B] bytes
+    predictions: np.ndarray         # [B, C]
+    labels: np.ndarray              # [B, C]
+    extras: Dict[str, np.ndarray]   # the fetches' values
+    inputs: Dict[str, np.ndarray]   # the parsed batch of the reader
+
+
+def _read_model_flags(model_dir: str) -> Dict[str, Any]:
+    model_flags = checkpoints.read_model_flags(model_dir)
+    for key in MATCH_KEYS:
+        if key not in model_flags:
+            raise UserError(f"{os.path.join(model_dir, checkpoints.MODEL_FLAGS_FILE)}: has no "
+                            f"{key!r} key")
+    return model_flags
+
+
+def _one_from_collection(graph, name: str, meta: str):
+    items = graph.get_collection(name)
+    if len(items) != 1:
+        raise UserError(f"{meta}: the collection {name!r} holds {len(items)} tensors, "
+                        f"expected 1")
+    return items[0]
+
+
+def _open_exported(model_dir: str, model_flags: Dict[str, Any]) -> LoadedModel:
+    prefix = os.path.join(model_dir, INFERENCE_MODEL)
+    if not os.path.isfile(prefix + ".index"):
+        raise UserError(f"{prefix}.index: missing (the meta graph has no checkpoint)")
+    graph = tf.Graph()
+    with graph.as_default():
+        try:
+            saver = tf.train.import_meta_graph(prefix + ".meta", clear_devices=True)
+        except Exception as err:  # noqa: BLE001 (a corrupt .meta raises many kinds)
+            raise UserError(f"{prefix}.meta: cannot import the graph "
+                            f"({first_line(err)})") from None
+        if saver is None:
+            raise UserError(f"{prefix}.meta: holds no saver (no variables to restore)")
+        tensors = [_one_from_collection(graph, name, prefix + ".meta")
+                   for name in ("input_batch_raw", "num_frames", "predictions")]
+        local_init = tf.local_variables_initializer()
+    session = tf.Session(graph=graph)
+    try:
+        saver.restore(session, prefix)
+        session.run(local_init)
+    except tf.errors.OpError as err:
+        session.close()
+        raise UserError(f"{prefix}: cannot restore ({first_line(err)})") from None
+    return LoadedModel(model_dir, "ensemble", model_flags, graph, session, *tensors)
+
+
+def _open_graph(members: Sequence[Member], seed: int, **graph_args: Any):
+    """(graph, session, EnsembleGraph) of members, restored."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(seed)
+        built = member_graph.build_ensemble_graph(
+            members, [1.0 / len(members)] * len(members), **graph_args)
+        savers = member_graph.member_savers(members, built)
+    session = tf.Session(graph=graph)
+    try:
+        member_graph.restore_members(session, members, savers)
+    except UserError:
+        session.close()
+        raise
+    return graph, session, built
+
+
+def open_model(model_dir: str, frame_sampling: Optional[str] = None, seed: int = 2018,
+               bf16_compute: Optional[str] = None, checkpoint: Optional[str] = None
+               ) -> LoadedModel:
+    """An exported dir or a single model dir, ready to predict (module docstring).
+    checkpoint: a single model dir's checkpoint to use (default: its latest)."""
+    if not os.path.isdir(model_dir):
+        raise UserError(f"--train_dir={model_dir}: no such dir")
+    model_flags = _read_model_flags(model_dir)
+    if os.path.isfile(os.path.join(model_dir, INFERENCE_MODEL + ".meta")):
+        for flag, value in (("frame_sampling", frame_sampling), ("bf16_compute", bf16_compute)):
+            if value:
+                raise UserError(f"--{flag}: applies to a single model dir; {model_dir} was "
+                                f"fixed by ensemble.build (rebuild it with --{flag})")
+        return _open_exported(model_dir, model_flags)
+    if checkpoint is None and checkpoints.latest_checkpoint(model_dir) is None:
+        raise UserError(f"--train_dir={model_dir}: neither {INFERENCE_MODEL}.meta nor a "
+                        f"{checkpoints.CHECKPOINT_PREFIX}-<step> checkpoint")
+    member = load_member(model_dir, checkpoint)
+    graph, session, single = _open_graph([member], seed, tile_num=1,
+                                         frame_sampling=frame_sampling,
+                                         scopes=[checkpoints.MODEL_SCOPE],
+                                         bf16_compute=bf16_compute)
+    return LoadedModel(model_dir, "single", model_flags, graph, session, single.input_batch_raw,
+                       single.num_frames, single.predictions, single.export_var_list)
+
+
+def open_members(model_dirs: Sequence[str], tile_num: int = 1,
+                 frame_sampling: Optional[str] = None, seed: int = 2018) -> LoadedModel:
+    """Several model dirs in one graph, each member's predictions fetchable
+    (member_predictions); frame-sampling members are tiled as in the ensemble."""
+    if not model_dirs:
+        raise UserError("--model_dirs: required")
+    check_no_duplicates(model_dirs)
+    members = [load_member(model_dir) for model_dir in model_dirs]
+    graph, session, built = _open_graph(members, seed, tile_num=tile_num,
+                                        frame_sampling=frame_sampling)
+    return LoadedModel(",".join(m.model_dir for m in members), "members",
+                       members[0].model_flags, graph, session, built.input_batch_raw,
+                       built.num_frames, built.predictions, members=members,
+                       member_predictions=built.member_predictions)
+
+
+def predict_batch(model: LoadedModel, features: np.ndarray, num_frames: np.ndarray,
+                  fetches: Optional[Mapping[str, Any]] = None,
+                  extra_feed: Optional[Dict] = None) -> Dict[str, np.ndarray]:
+    """Runs {"predictions", **fetches} on one batch fed as the Kaggle contract says."""
+    feed = {model.input_batch_raw: features, model.num_frames: num_frames, **(extra_feed or {})}
+    try:
+        return model.session.run({"predictions": model.predictions, **(fetches or {})}, feed)
+    except tf.errors.InvalidArgumentError as err:
+        raise UserError(f"{model.model_dir}: the model rejects the input "
+                        f"({first_line(err)})") from None
+
+
+def _dataset_batches(model: LoadedModel, data_pattern: str, batch_size: int, reader,
+                     num_readers: int, flag_name: str, skip_corrupt: bool
+                     ) -> Iterator[Dict[str, np.ndarray]]:
+    """The parsed batches of data_pattern, read in the model's graph."""
+    with model.graph.as_default():
+        dataset = readers.make_dataset(reader, data_pattern, batch_size, training=False,
+                                       num_epochs=1, num_parallel_reads=num_readers,
+                                       flag_name=flag_name, skip_corrupt=skip_corrupt)
+        next_batch = tf.data.make_one_shot_iterator(dataset).get_next()
+    while True:
+        try:
+            yield model.session.run(next_batch)
+        except tf.errors.OutOfRangeError:
+            return
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+            raise UserError(f"--{flag_name}: {readers.describe_data_error(err, data_pattern)}"
+                            ) from None
+
+
+def _trimmed(batch: Dict[str, np.ndarray], take: int) -> Dict[str, np.ndarray]:
+    return {key: value[:take] for key, value in batch.items()}
+
+
+def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
+                        num_readers: int = 1, flag_name: str = "input_data_pattern",
+                        fetches: Optional[Fetches] = None, skip_corrupt: bool = False,
+                        max_videos: int = 0, reader=None, log: Log = None,
+                        verb: str = "predicted") -> Iterator[Batch]:
+    """Yields a Batch per batch of data_pattern (records in file order).
+
+    reader: default the model's own (model_flags.json). fetches: extra tensors
+    of the model's graph with their feeds. max_videos: stop after that many
+    (0: all). A corrupt or truncated file is a UserError naming it, unless
+    skip_corrupt. log: a progress line every 10 s and one at the end.
+    """
+    reader = reader or model_builder.make_reader(model.model_flags)
+    fetches = dict(fetches or {})
+    progress = Progress("videos", total=max_videos or None, log=log)
+    count = 0
+    for inputs in _dataset_batches(model, data_pattern, batch_size, reader, num_readers,
+                                   flag_name, skip_corrupt):
+        if max_videos:
+            inputs = _trimmed(inputs, max_videos - count)
+        extra_feed = {}
+        for _, feed_of in fetches.values():
+            extra_feed.update(feed_of(inputs))
+        out = predict_batch(model, inputs["features"], inputs["num_frames"],
+                            {name: tensor for name, (tensor, _) in fetches.items()}, extra_feed)
+        count += len(inputs["id"])
+        progress.tick(count, f"{verb} {count} videos")
+        yield Batch(inputs["id"], out.pop("predictions"), inputs["labels"], out, inputs)
+        if max_videos and count >= max_videos:
+            break
+    if count:
+        progress.tick(count, f"{verb} {count} videos", final=True)
+    if log and readers.skipped_files_summary():
+        log(readers.skipped_files_summary())
+
+
+def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
+                   top_k: int = 20, num_readers: int = 1, log: Log = None,
+                   flag_name: str = "eval_data_pattern",
+                   skip_corrupt: bool = False) -> Dict[str, float]:
+    """Hit@1, PERR, mAP, GAP@top_k and the loss (the label_loss of
+    model_flags.json on the predictions) over labelled data."""
+    with model.graph.as_default():
+        labels_in = tf.placeholder(tf.float32, [None, model.num_classes], name="eval_labels")
+        loss = losses.get_loss(model.model_flags.get("label_loss", "CrossEntropyLoss"))(
+            model.predictions, labels_in)
+    accumulator = metrics.EvaluationMetrics(model.num_classes, top_k)
+    fetches = {"loss": (loss, lambda batch: {labels_in: batch["labels"]})}
+    for batch in iterate_predictions(model, data_pattern, batch_size, num_readers, flag_name,
+                                     fetches, skip_corrupt, log=log, verb="evaluated"):
+        accumulator.accumulate(batch.predictions, batch.labels, float(batch.extras["loss"]))
+    result = accumulator.get()
+    if result["num_examples"] == 0:
+        raise UserError(f"--{flag_name}={data_pattern}: the files hold no examples")
+    return result
+
+
+def evaluate_model_dir(model_dir: str, data_pattern: str, batch_size: int = 64,
+                       top_k: int = 20, num_readers: int = 1, log: Log = None
+                       ) -> Dict[str, float]:
+    model = open_model(model_dir)
+    try:
+        return evaluate_model(model, data_pattern, batch_size, top_k, num_readers, log)
+    finally:
+        model.close()

@@ -1,0 +1,139 @@
+"""The train dir: what the trainer writes there, and how a run starts,
+resumes and saves without losing or mixing anything.
+
+The trainer owns the files it writes (model.ckpt-*, checkpoint, events,
+model_flags.json, graph.pbtxt) and only those: --start_new_model removes them
+and nothing else. A rerun removes the leftovers of a killed save, checks that
+the dir's latest checkpoint is a training checkpoint of the same model, and
+resumes from it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from typing import Any, Dict, Iterator, List
+
+from models.tf_compat import tf
+from training import checkpoints, compat
+from training.errors import UserError, first_line
+
+TRAINER_FILE_PREFIXES = (checkpoints.CHECKPOINT_PREFIX + "-", "events.out.tfevents.",
+                         "checkpoint", checkpoints.MODEL_FLAGS_FILE, "graph.pbtxt")
+
+
+def remove_trainer_files(train_dir: str) -> int:
+    """Deletes only what this trainer writes (checkpoints, events, flags)."""
+    removed = 0
+    if not os.path.isdir(train_dir):
+        return removed
+    for name in os.listdir(train_dir):
+        if name.startswith(TRAINER_FILE_PREFIXES):
+            path = os.path.join(train_dir, name)
+            if os.path.isfile(path):
+                os.remove(path)
+                removed += 1
+    return removed
+
+
+# What a killed save leaves: TensorFlow's temporary checkpoint parts and state files.
+_SAVE_LEFTOVER_RE = re.compile(re.escape(checkpoints.CHECKPOINT_PREFIX)
+                               + r"-\d+(\.[^/]*\.(tempstate\d+|tmp[0-9a-f]+)|_temp(_[0-9a-f]+)?)$"
+                               + r"|^checkpoint\.tmp[0-9a-f]+$")
+_CHECKPOINT_PART_RE = re.compile(r"^(" + re.escape(checkpoints.CHECKPOINT_PREFIX)
+                                 + r"-\d+)\.(data-\d{5}-of-\d{5}|meta)$")
+
+
+def remove_save_leftovers(train_dir: str) -> List[str]:
+    """Removes the temporary files of checkpoint saves that were killed
+    (model.ckpt-<step>.*.tempstate<n>, model.ckpt-<step>.meta.tmp<hex>,
+    model.ckpt-<step>_temp*/, checkpoint.tmp<hex>, and the .data/.meta files
+    of a checkpoint without .index). Complete checkpoints are never touched.
+    Call it only when no save is running (the trainer does, before it starts)."""
+    removed = []
+    if not os.path.isdir(train_dir):
+        return removed
+    names = os.listdir(train_dir)
+    complete = {name[:-len(".index")] for name in names if name.endswith(".index")}
+    for name in names:
+        # Parts of a checkpoint whose .index is gone (TensorFlow writes the
+        # index last and deletes it first) are leftovers too.
+        orphan = _CHECKPOINT_PART_RE.match(name)
+        if _SAVE_LEFTOVER_RE.match(name) or (orphan and orphan.group(1) not in complete):
+            path = os.path.join(train_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+            removed.append(path)
+    return removed
+
+
+def check_resumable(train_dir: str) -> None:
+    """The latest checkpoint of a train dir must be a training checkpoint of
+    this trainer: float32, with global_step (not an SWA or bfloat16 output)."""
+    latest = checkpoints.latest_checkpoint(train_dir)
+    if latest is None:
+        return
+    compat.require_float32(latest, "written by bfloat16_patch.convert; training resumes only "
+                                   "from its own float32 checkpoints; use another --train_dir "
+                                   "(distillation.train --warm_start_checkpoint can start from it)")
+    if "global_step" not in compat.checkpoint_specs(latest, model_only=False):
+        raise UserError(f"{latest}: has no global_step or optimizer state (an SWA or bfloat16 "
+                        f"dir?); training resumes only from its own checkpoints; use another "
+                        f"--train_dir")
+
+
+def prepare_train_dir(train_dir: str, model_flags: Dict[str, Any], start_new: bool) -> None:
+    if start_new:
+        remove_trainer_files(train_dir)
+    remove_save_leftovers(train_dir)
+    check_resumable(train_dir)
+    os.makedirs(train_dir, exist_ok=True)
+    flags_path = os.path.join(train_dir, checkpoints.MODEL_FLAGS_FILE)
+    if os.path.exists(flags_path):
+        old = checkpoints.read_model_flags(train_dir)
+        different = checkpoints.mismatched_keys(old, model_flags)
+        if different:
+            details = "; ".join(f"{key}: {old.get(key)!r} in the file, {model_flags.get(key)!r} now"
+                                for key in different)
+            raise UserError(f"{flags_path}: this train dir holds a different model ({details}); "
+                            f"use another --train_dir or --start_new_model")
+    checkpoints.write_model_flags(train_dir, model_flags)
+
+
+@contextlib.contextmanager
+def removed_on_failed_start(train_dir: str) -> Iterator[None]:
+    """On a UserError before the first checkpoint, removes what this run added
+    to train_dir (flags, events) and the dir itself when this run created it,
+    so a failed start leaves nothing behind. Checkpoints are never removed."""
+    created = not os.path.exists(train_dir)
+    before = set() if created else set(os.listdir(train_dir))
+    try:
+        yield
+    except UserError:
+        if os.path.isdir(train_dir) and checkpoints.latest_checkpoint(train_dir) is None:
+            for name in set(os.listdir(train_dir)) - before:
+                path = os.path.join(train_dir, name)
+                if name.startswith(TRAINER_FILE_PREFIXES) and os.path.isfile(path):
+                    os.remove(path)
+            if created:
+                with contextlib.suppress(OSError):
+                    os.rmdir(train_dir)
+        raise
+
+
+def save_checkpoint(saver, sess, train_dir: str, step: int) -> str:
+    """saver.save with a one-line UserError when the checkpoint cannot be
+    written (full disk, ...); the temporary files of the failed save are removed."""
+    try:
+        return saver.save(sess, os.path.join(train_dir, checkpoints.CHECKPOINT_PREFIX),
+                          global_step=step)
+    except (tf.errors.OpError, OSError) as err:
+        remove_save_leftovers(train_dir)
+        reason = (checkpoints.write_failure(err, train_dir)
+                  or first_line(err))
+        raise UserError(f"--train_dir={train_dir}: cannot write checkpoint "
+                        f"{checkpoints.CHECKPOINT_PREFIX}-{step} ({reason}); the checkpoints "
+                        f"written before are kept") from None
