@@ -98,11 +98,8 @@ def data_bytes(checkpoint_path: str) -> int:
     return sum(os.path.getsize(path) for path in glob.glob(checkpoint_path + ".data-*"))
 
 
-def convert_checkpoint(input_dir: str, output_dir: str, checkpoint_file: str = "",
-                       overwrite: bool = False,
-                       log: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
-    """Writes the bfloat16 copy; returns the summary that goes to bfloat16.json."""
-    log = log or (lambda line: None)
+def _source(input_dir: str, output_dir: str, checkpoint_file: str, overwrite: bool):
+    """(checkpoint to convert, the dir of its model_flags.json), checked."""
     if not input_dir and not checkpoint_file:
         raise UserError("--input_dir: required (or --checkpoint_file)")
     if not output_dir:
@@ -111,59 +108,74 @@ def convert_checkpoint(input_dir: str, output_dir: str, checkpoint_file: str = "
         raise UserError(f"--input_dir={input_dir}: no such dir")
     source = checkpoints.find_checkpoint(checkpoint_file or input_dir)
     flags_dir = input_dir or os.path.dirname(os.path.abspath(source))
-    model_flags = checkpoints.read_model_flags(flags_dir)
+    checkpoints.read_model_flags(flags_dir)
     _check_output_dir(flags_dir, output_dir)
     if os.path.exists(output_dir) and not overwrite:
         raise UserError(f"--output_dir={output_dir}: exists; choose another or pass --overwrite")
+    return source, flags_dir
 
-    reader = checkpoints.open_checkpoint(source)
+
+def _entries(source: str):
+    """(specs of the model variables, [(key, shape, output dtype)], dropped keys)."""
     all_specs = compat.checkpoint_specs(source, model_only=False)
     specs = compat.checkpoint_specs(source)
     if not specs:
         raise UserError(f"{source}: no model variables under {checkpoints.MODEL_SCOPE}/ "
                         f"(keys: {', '.join(sorted(all_specs)[:5])}...)")
-    keys = sorted(specs)
-    dropped = sorted(set(all_specs) - set(keys))
-    entries, input_bytes, converted = [], 0, 0
-    for key in keys:
-        shape, dtype = specs[key]
-        input_bytes += int(np.prod(shape, dtype=np.int64)) * dtype.size
-        if dtype.is_floating:
-            converted += 1
-            entries.append((key, shape, tf.bfloat16))
-        else:
-            entries.append((key, shape, dtype))
+    entries = [(key, shape, tf.bfloat16 if dtype.is_floating else dtype)
+               for key, (shape, dtype) in sorted(specs.items())]
+    return specs, entries, sorted(set(all_specs) - set(specs))
 
-    progress, done = Progress("tensors", total=len(entries)), [0]
+
+def _output_name(source: str) -> str:
+    """model.ckpt-<step> of the source checkpoint (step 0 when it has none)."""
+    name = os.path.basename(source)
+    if checkpoints.checkpoint_step(name) is None or not name.startswith(
+            checkpoints.CHECKPOINT_PREFIX + "-"):
+        name = f"{checkpoints.CHECKPOINT_PREFIX}-{checkpoints.checkpoint_step(name) or 0}"
+    return name
+
+
+def _write(tmp_dir: str, name: str, source: str, flags_dir: str, specs, entries, log) -> int:
+    """Writes the bf16 checkpoint, model_flags.json and swa.json; -> data bytes."""
+    reader = checkpoints.open_checkpoint(source)
+    progress = Progress("tensors", total=len(entries))
+    done = [0]
 
     def produce(key: str) -> np.ndarray:
         value = reader.get_tensor(key)
         done[0] += 1
         if done[0] % 50 == 0 or done[0] == len(entries):
             log(progress.line(done[0], f"converted {done[0]}/{len(entries)} tensors"))
-        if specs[key][1].is_floating:
-            return round_to_bfloat16(value)
-        return value
+        return round_to_bfloat16(value) if specs[key][1].is_floating else value
 
-    name = os.path.basename(source)
-    if checkpoints.checkpoint_step(name) is None or not name.startswith(
-            checkpoints.CHECKPOINT_PREFIX + "-"):
-        name = f"{checkpoints.CHECKPOINT_PREFIX}-{checkpoints.checkpoint_step(name) or 0}"
-    log(f"converting {source}: {len(keys)} model variables ({converted} floating), "
+    written = checkpoints.write_arrays_checkpoint(os.path.join(tmp_dir, name), entries, produce)
+    out_flags = dict(checkpoints.read_model_flags(flags_dir))
+    out_flags[precision.DTYPE_KEY] = compat.BFLOAT16
+    checkpoints.write_model_flags(tmp_dir, out_flags)
+    if os.path.isfile(os.path.join(flags_dir, "swa.json")):
+        shutil.copyfile(os.path.join(flags_dir, "swa.json"), os.path.join(tmp_dir, "swa.json"))
+    return data_bytes(written)
+
+
+def convert_checkpoint(input_dir: str, output_dir: str, checkpoint_file: str = "",
+                       overwrite: bool = False,
+                       log: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
+    """Writes the bfloat16 copy; returns the summary that goes to bfloat16.json."""
+    log = log or (lambda line: None)
+    source, flags_dir = _source(input_dir, output_dir, checkpoint_file, overwrite)
+    specs, entries, dropped = _entries(source)
+    converted = sum(dtype.is_floating for _, dtype in specs.values())
+    input_bytes = sum(int(np.prod(shape, dtype=np.int64)) * dtype.size
+                      for shape, dtype in specs.values())
+    name = _output_name(source)
+    log(f"converting {source}: {len(specs)} model variables ({converted} floating), "
         f"{len(dropped)} other tensors dropped")
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
-        written = checkpoints.write_arrays_checkpoint(os.path.join(tmp_dir, name), entries,
-                                                      produce)
-        output_bytes = data_bytes(written)
-        out_flags = dict(model_flags)
-        out_flags[precision.DTYPE_KEY] = compat.BFLOAT16
-        checkpoints.write_model_flags(tmp_dir, out_flags)
-        for extra in ("swa.json",):
-            if os.path.isfile(os.path.join(flags_dir, extra)):
-                shutil.copyfile(os.path.join(flags_dir, extra), os.path.join(tmp_dir, extra))
+        output_bytes = _write(tmp_dir, name, source, flags_dir, specs, entries, log)
         summary = {"source_checkpoint": os.path.abspath(source),
                    "checkpoint": name, "rounding": "nearest-even",
-                   "model_variables": len(keys), "converted_to_bfloat16": converted,
+                   "model_variables": len(specs), "converted_to_bfloat16": converted,
                    "dropped": dropped, "input_model_variable_bytes": input_bytes,
                    "output_data_bytes": output_bytes,
                    "ratio": output_bytes / input_bytes if input_bytes else 0.0}

@@ -6,8 +6,8 @@ feature ``ensemble_labels``: the raw little-endian float32[num_classes] bytes
 """
 from __future__ import annotations
 
-from training import readers
 from models.tf_compat import tf
+from training import readers
 
 TEACHER_FEATURE = "ensemble_labels"
 

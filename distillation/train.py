@@ -1,29 +1,22 @@
 """Knowledge distillation: python -m distillation.train --train_dir=... --model=...
 --train_data_pattern=<teacher records> [--distill_prob=0.5]
 
-Trains any model of the zoo exactly like ``training.train`` (same flags, same
-loop, checkpoints, towers, resume), on teacher records written by
+Trains any model of the zoo exactly like ``training.train`` (same flags, loop,
+checkpoints, towers, resume) on the teacher records of
 ``prediction2tfrecord.write``, with the loss (docs/original.md 7)
 
     (1 - p) * CE(predictions, hard labels) + p * CE(predictions, teacher)
 
-where p = ``--distill_prob`` in [0, 1] (default 0.5; the original's default
-1.0 meant "teacher only", and its p > 1 / p < 0 sentinels are replaced by
-p = 1 / p = 0). CE is the model's ``--label_loss`` (binary cross-entropy,
-which accepts soft targets). There is no temperature.
-
-The teacher scores are normalised explicitly (the original divided by a
-hard-coded 5.0 because its teacher CSV summed five models):
-``--teacher_normalization`` = ``none`` (use as stored), ``max`` (divide a row
-by its maximum when that exceeds 1) or ``sum_to_members`` (divide by
-``--teacher_num_members``, for a CSV of summed member probabilities); the
-result is clipped to [0, 1].
-
-``--warm_start_checkpoint`` (a checkpoint prefix or a model dir: train, SWA or
-bfloat16 dir) initialises the model variables of a *fresh* run from it; the
-global step, the learning-rate schedule and the Adam slots start anew (the
-original also restored global_step). It is ignored when --train_dir already
-holds a checkpoint: the run then resumes.
+p = ``--distill_prob`` in [0, 1] (default 0.5; the original's default 1.0
+meant "teacher only", and its p > 1 / p < 0 sentinels became p = 1 / p = 0).
+CE is the model's ``--label_loss``; there is no temperature. The teacher
+scores are normalised explicitly (the original divided by a fixed 5.0):
+``--teacher_normalization`` = none | max (divide a row by its maximum when it
+exceeds 1) | sum_to_members (divide by ``--teacher_num_members``), then
+clipped to [0, 1]. ``--warm_start_checkpoint`` (a checkpoint or a model dir,
+float32 or bfloat16) initialises the model variables of a fresh run; the
+step, learning-rate schedule and Adam slots start anew (the original also
+restored global_step); a dir that holds a checkpoint resumes instead.
 """
 from __future__ import annotations
 

@@ -31,8 +31,15 @@ from models.tf_compat import tf
 from training import checkpoints, member_graph, metrics, precision, predict, readers
 from training import flags as shared_flags
 from training.errors import UserError, run_main
-from training.members import (MATCH_KEYS, Member, check_members_agree, check_no_duplicates,
-                              load_member, normalise_weights, read_weights_file)
+from training.members import (
+    MATCH_KEYS,
+    Member,
+    check_members_agree,
+    check_no_duplicates,
+    load_member,
+    normalise_weights,
+    read_weights_file,
+)
 
 FLAGS = flags.FLAGS
 

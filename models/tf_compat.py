@@ -61,8 +61,10 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 tf.disable_v2_behavior()
 
-# The TF1 Saver's extension point (training.precision), imported only now that
-# TensorFlow is loaded quietly.
+# Internals used elsewhere, imported only now that TensorFlow is loaded quietly:
+# the TF1 Saver's extension point (training.precision) and the device list
+# (training.train_graph).
+from tensorflow.python.client import device_lib  # noqa: E402
 from tensorflow.python.training.saving import saveable_object  # noqa: E402
 
-__all__ = ["saveable_object", "tf"]
+__all__ = ["device_lib", "saveable_object", "tf"]

@@ -1,28 +1,21 @@
 """Teacher predictions into TFRecords: python -m prediction2tfrecord.write ...
 
-For every input shard (``--input_data_pattern``, YT8M frame-level
+For every input shard (``--input_data_pattern``, frame-level
 SequenceExamples) writes ``<output_dir>/<same file name>`` holding every
 record unchanged plus the context feature ``ensemble_labels``: the teacher's
 scores as raw little-endian float32[num_classes] bytes (what
 ``distillation.train`` reads; docs/original.md 8, docs/formats.md 3.1).
 
-The teacher is either
+The teacher is ``--teacher_csv`` (a submission CSV loaded once into an id
+table; all pairs of a row are encoded, the original kept 10 of 20, zeros
+elsewhere; a video missing from the CSV is an error, or left out and counted
+with ``--skip_missing``) or ``--teacher_dir`` (an ensemble or model dir whose
+full prediction vectors are computed directly by training.predict).
 
-* ``--teacher_csv``: a submission CSV (``VideoId,LabelConfidencePairs``),
-  loaded once into a table id -> (labels, scores) (constant-time lookup, compact
-  storage: about 0.3 kB per video). **All** pairs of a row are
-  encoded (the original kept only the top 10 of 20), zeros elsewhere. A video
-  missing from the CSV is an error, or with ``--skip_missing`` it is left out
-  of the output and counted;
-* ``--teacher_dir``: an ensemble dir (``inference_model.*``) or a model dir
-  (train, SWA or bfloat16 dir): its full prediction vectors are computed
-  directly, without a CSV round trip (so not only the top 20 classes).
-
-Each output shard is written under a temporary name and renamed into place
-once complete; shards whose output already exists are skipped, so a rerun
-after a crash continues where it stopped. ``--num_shard_groups`` /
-``--shard_index`` (or the original's ``--bstart`` / ``--bend``) split the
-sorted input file list between parallel runs.
+Each output shard is written under a temporary name and renamed into place;
+existing shards are skipped, so a rerun continues where it stopped.
+``--num_shard_groups`` / ``--shard_index`` (or the original's ``--bstart`` /
+``--bend``) split the sorted input files between parallel runs.
 """
 from __future__ import annotations
 
@@ -38,8 +31,8 @@ import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import model_builder, predict, readers
 from training import flags as shared_flags
+from training import model_builder, predict, readers
 from training.errors import UserError, first_line, run_main
 from training.progress import Progress
 

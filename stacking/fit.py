@@ -24,8 +24,8 @@ import numpy as np
 from absl import flags
 from scipy import optimize
 
-from training import losses, metrics, predict, readers
 from training import flags as shared_flags
+from training import losses, metrics, predict, readers
 from training.errors import UserError, run_main
 from training.members import write_weights_file
 

@@ -3,26 +3,18 @@
 Averages (uniform mean) the model variables of every model.ckpt-<step> of
 --train_dir with swa_start <= step <= swa_end (or the last --last_n of them)
 and writes a new dir (atomically; the train dir is only read) with
+model.ckpt-<last averaged step> (the float32 model variables under tower/,
+no optimizer slots or global_step), model_flags.json, and swa.json (the
+averaged checkpoints and the BN mode). The mean is streamed tensor by tensor
+(a float64 running sum per variable: peak memory about one model, whatever
+the number of checkpoints).
 
-* model.ckpt-<last averaged step>: the model variables only (the keys under
-  tower/; no optimizer slots, no global_step), float32;
-* model_flags.json, copied from the train dir;
-* swa.json: the averaged checkpoints (paths, steps), their count and the BN mode.
-
-The mean is computed tensor by tensor: for each variable, a float64 running
-sum over the checkpoints, divided by the count, then loaded into the output
-(peak memory about one model, whatever the number of checkpoints).
-
-BN moving statistics (--bn_statistics):
-  last       from the highest-step checkpoint (what the original avg_eval.py did);
-  average    averaged like the weights (what eval_avg.py did);
-  recompute  classic SWA: rebuild the training graph (is_training=True), load the
-             averaged weights and run --recompute_batches batches of
-             --train_data_pattern; each moving statistic becomes the exact mean
-             over those batches of the batch statistic that its moving-average
-             update tracks (batch mean; unbiased batch variance), not an EMA.
-
-With --eval_data_pattern the result is evaluated afterwards (training.eval).
+BN moving statistics (--bn_statistics): ``last`` from the highest-step
+checkpoint (the original avg_eval.py); ``average`` averaged like the weights
+(eval_avg.py); ``recompute`` (classic SWA) rebuilds the training graph, loads
+the averaged weights and sets each statistic to the exact mean, over
+--recompute_batches batches of --train_data_pattern, of the batch statistic
+its moving-average update tracks. --eval_data_pattern evaluates the result.
 """
 from __future__ import annotations
 

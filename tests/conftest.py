@@ -8,8 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from models import presets
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CLASSES = 10
+
+# The suite's model sizes are the presets' "test" size (models/presets.py):
+# hyper-parameter overrides for make_model_flags, and the same as flags for
+# the entry points.
+TEST_SIZE = "test"
+TINY_DBOF = presets.get("Soft-DBoF-4k").hparams_for(TEST_SIZE)
+TINY_GRU = presets.get("GRUModel").hparams_for(TEST_SIZE)
+DBOF_FLAGS = ["--model=Soft-DBoF-4k", *presets.size_flags("Soft-DBoF-4k", TEST_SIZE)]
+GRU_FLAGS = ["--model=GRUModel", *presets.size_flags("GRUModel", TEST_SIZE)]
 
 
 def train_config(**overrides) -> dict:

@@ -14,12 +14,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 import conftest
-from conftest import REPO_ROOT, TINY_CLASSES
-
-TINY_DBOF = {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}
-TINY_GRU = {"gru_cells": 8}
-DBOF_FLAGS = ["--model=Soft-DBoF-4k", "--cluster_size=8", "--hidden_size=8", "--num_samples=10"]
-GRU_FLAGS = ["--model=GRUModel", "--gru_cells=8"]
+from conftest import REPO_ROOT, TINY_CLASSES, TINY_DBOF, TINY_GRU
 
 
 def train_config(**overrides):
@@ -34,7 +29,7 @@ def build_tiny_models(root: Path, tiny_data: Path) -> Dict[str, str]:
     from bfloat16_patch import convert
     from ensemble import build
     from swa import average
-    from training import model_builder, train
+    from training import model_builder, train, train_dir as train_dirs
 
     pattern = str(tiny_data / "frame" / "train*.tfrecord")
     dirs = {}
@@ -43,7 +38,7 @@ def build_tiny_models(root: Path, tiny_data: Path) -> Dict[str, str]:
         flags = model_builder.make_model_flags(model, "rgb,audio", "1024,128", True,
                                                TINY_CLASSES, "CrossEntropyLoss", hparams)
         train_dir = str(root / f"{name}_train")
-        train.prepare_train_dir(train_dir, flags, start_new=False)
+        train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
         train.train(flags, train_dir, pattern, train_config(), log=lambda _: None)
         swa_dir, bf16_dir = str(root / f"{name}_swa"), str(root / f"{name}_bf16")
         average.average(train_dir, swa_dir, last_n=2, log=None)

@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import TINY_CLASSES, run_module
+from conftest import DBOF_FLAGS, GRU_FLAGS, TINY_CLASSES, TINY_DBOF, run_module
 from ensemble import inference
 from ensemble.check_submission import check_submission
-from reliability import (DBOF_FLAGS, GRU_FLAGS, TINY_DBOF, assert_user_error, good_records,
-                         read_checkpoint, run_with_file_size_limit, sequence_example,
-                         snapshot, temp_leftovers, train_config, write_records)
+from reliability import (assert_user_error, good_records, read_checkpoint,
+                         run_with_file_size_limit, sequence_example, snapshot, temp_leftovers,
+                         train_config, write_records)
 from training import model_builder, readers
 from training import train as train_stage
 from training.errors import UserError

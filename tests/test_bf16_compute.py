@@ -11,23 +11,21 @@ import numpy as np
 import pytest
 
 from bfloat16_patch import convert
-from bfloat16_patch import getter as bf16
-from conftest import run_module
-from ensemble import build, inference
-from models import layers
-from test_ensemble import (TINY_CLASSES, TINY_GRU, checkpoint_dtypes, make_member,
-                           random_batch, starter_predictions)
+from conftest import TEST_SIZE, run_module
+from ensemble import build, export
+from models import layers, presets
+from test_ensemble import (TINY_CLASSES, checkpoint_dtypes, make_member, random_batch,
+                           starter_predictions)
+from training import member_graph, predict as prediction
+from training import precision as bf16
 from training.errors import UserError
+from training.members import load_member
 from models.tf_compat import tf
 
 MODES = bf16.BF16_COMPUTE_MODES
-TINY = {"cluster_size": 8, "hidden_size": 8, "num_samples": 20}
-PRESETS = {
-    "netvlad": ("nonlocal-NetVLADModel", TINY),
-    "light": ("nonlocal-LightNetVLADModel", TINY),
-    "dbof": ("Soft-DBoF-8k", TINY),
-    "gru": ("GRUModel", TINY_GRU),
-}
+PRESETS = {key: (name, presets.get(name).hparams_for(TEST_SIZE)) for key, name in (
+    ("netvlad", "nonlocal-NetVLADModel"), ("light", "nonlocal-LightNetVLADModel"),
+    ("dbof", "Soft-DBoF-8k"), ("gru", "GRUModel"))}
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +43,15 @@ def pairs(tmp_path_factory):
 
 
 def predict(member_dirs, features, num_frames, mode=None, tile_num=3, graph_out=None):
-    members = [build.load_member(d) for d in member_dirs]
+    members = [load_member(d) for d in member_dirs]
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(666)
-        ensemble = build.build_ensemble_graph(members, [1.0 / len(members)] * len(members),
-                                              tile_num, bf16_compute=mode)
-        savers = build.member_savers(members, ensemble)
+        ensemble = member_graph.build_ensemble_graph(
+            members, [1.0 / len(members)] * len(members), tile_num, bf16_compute=mode)
+        savers = member_graph.member_savers(members, ensemble)
     with tf.Session(graph=graph) as sess:
-        build.restore_members(sess, members, savers)
+        member_graph.restore_members(sess, members, savers)
         out = sess.run(ensemble.predictions, {ensemble.input_batch_raw: features,
                                               ensemble.num_frames: num_frames})
     if graph_out is not None:
@@ -122,7 +120,7 @@ def test_export_stays_bf16_and_loads_like_starter(pairs, tmp_path, mode):
     built = predict(members, features, num_frames, mode, tile_num=2)
     np.testing.assert_allclose(exported, built, rtol=1e-5, atol=1e-6)
     # The starter's order (restore, then the local-variable initialiser) too.
-    model = inference.open_model(out_dir)
+    model = prediction.open_model(out_dir)
     try:
         again = model.session.run(model.predictions, {model.input_batch_raw: features,
                                                       model.num_frames: num_frames})
@@ -150,19 +148,19 @@ def test_single_model_dir_modes_and_upload(pairs, tmp_path):
     bf16_dir = pairs["dbof"][1]
     out = {}
     for mode in MODES:
-        model = inference.open_model(bf16_dir, bf16_compute=mode)
+        model = prediction.open_model(bf16_dir, bf16_compute=mode)
         try:
             out[mode] = model.session.run(model.predictions, {model.input_batch_raw: features,
                                                               model.num_frames: num_frames})
             if mode == "cast_at_load":
                 tgz = str(tmp_path / "upload.tgz")
-                inference.write_model_tgz(model, tgz)
+                export.write_model_tgz(model, tgz)
         finally:
             model.close()
     np.testing.assert_allclose(out["cast_at_load"], out["cast_each_step"], rtol=1e-5,
                                atol=1e-7)
     np.testing.assert_allclose(out["bfloat16"], out["cast_each_step"], atol=0.01)
-    with inference.extracted_model_tgz(tgz) as model_dir:
+    with export.extracted_model_tgz(tgz) as model_dir:
         dtypes = checkpoint_dtypes(os.path.join(model_dir, "inference_model"))
         assert set(dtypes.values()) == {"bfloat16"}
         loaded = starter_predictions(model_dir, features, num_frames)
@@ -177,7 +175,7 @@ def test_bad_modes(pairs, tmp_path):
     out_dir = str(tmp_path / "ensemble")
     build.build_and_export([pairs["dbof"][1]], [1], out_dir, tile_num=2, log=None)
     with pytest.raises(UserError, match="applies to a single model dir"):
-        inference.open_model(out_dir, bf16_compute="bfloat16")
+        prediction.open_model(out_dir, bf16_compute="bfloat16")
 
 
 def test_command_line_flag(pairs, tmp_path):

@@ -1,5 +1,6 @@
-"""bfloat16_patch: rounding, the converter, the getter, and the chain
-train -> run_scripts/swa.sh -> run_scripts/bfloat16.sh -> training.eval.
+"""bfloat16_patch.convert and training.precision: rounding, the converter, the
+getter, and the chain train -> run_scripts/swa.sh -> run_scripts/bfloat16.sh ->
+training.eval.
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, TINY_CLASSES, run_module
-from bfloat16_patch import convert, getter
+from conftest import DBOF_FLAGS, REPO_ROOT, TINY_CLASSES, run_module
+from bfloat16_patch import convert
 from models import layers
-from training import checkpoints, eval as evaluation, metrics
+from training import checkpoints, compat, metrics, precision, predict
 from training.errors import UserError
 from models.tf_compat import tf
 
@@ -194,9 +195,9 @@ def test_convert_checkpoint(tmp_path):
     flags = json.loads((tmp_path / "bf16" / "model_flags.json").read_text())
     assert flags == {"model": "FrameMeanMoeModel", "num_classes": 10,
                      "checkpoint_dtype": "bfloat16"}
-    assert getter.checkpoint_dtype(str(tmp_path / "src")) == "float32"
-    assert getter.checkpoint_dtype(str(tmp_path / "bf16")) == "bfloat16"
-    assert getter.checkpoint_dtype(str(out)) == "bfloat16"
+    assert compat.checkpoint_dtype(str(tmp_path / "src")) == "float32"
+    assert compat.checkpoint_dtype(str(tmp_path / "bf16")) == "bfloat16"
+    assert compat.checkpoint_dtype(str(out)) == "bfloat16"
     assert tf.train.latest_checkpoint(str(tmp_path / "bf16")) == str(out)
     # Converting again is idempotent.
     convert.convert_checkpoint(str(tmp_path / "bf16"), str(tmp_path / "again"), log=None)
@@ -240,7 +241,7 @@ def small_model(custom_getter=None):
 def test_getter_creates_bf16_variables_with_float32_views(tmp_path):
     graph = tf.Graph()
     with graph.as_default():
-        outputs, counter = small_model(getter.bfloat16_getter)
+        outputs, counter = small_model(precision.bfloat16_getter)
         variables = {v.op.name: v for v in tf.global_variables()}
         assert outputs.dtype == tf.float32
         assert {name: v.dtype.base_dtype for name, v in variables.items()} == {
@@ -276,12 +277,12 @@ def test_bf16_checkpoint_restores_through_getter(tmp_path):
     convert.convert_checkpoint(str(src), str(tmp_path / "bf16"), log=None)
     graph = tf.Graph()
     with graph.as_default():
-        outputs, _ = small_model(getter.getter_for_model_dir(str(tmp_path / "bf16")))
+        outputs, _ = small_model(precision.getter_for_model_dir(str(tmp_path / "bf16")))
         saver = tf.train.Saver()
         with tf.Session() as sess:
             saver.restore(sess, checkpoints.latest_checkpoint(str(tmp_path / "bf16")))
             bf16_outputs = sess.run(outputs)
-    assert getter.getter_for_model_dir(str(src)) is None
+    assert precision.getter_for_model_dir(str(src)) is None
     assert not np.array_equal(bf16_outputs, fp32_outputs)
     np.testing.assert_allclose(bf16_outputs, fp32_outputs, rtol=0.05, atol=0.05)
 
@@ -290,17 +291,17 @@ def test_dtype_mismatch_is_a_user_error(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     fp32_path, _ = save_small_model(str(tmp_path / "a"), None)
-    bf16_path, _ = save_small_model(str(tmp_path / "b"), getter.bfloat16_getter)
+    bf16_path, _ = save_small_model(str(tmp_path / "b"), precision.bfloat16_getter)
     for path, custom_getter, message in (
             (bf16_path, None, r"is a bfloat16 checkpoint .* but the graph is float32"),
-            (fp32_path, getter.bfloat16_getter,
+            (fp32_path, precision.bfloat16_getter,
              r"is a float32 checkpoint .* but the graph is bfloat16")):
         graph = tf.Graph()
         with graph.as_default():
             small_model(custom_getter)
             with tf.Session() as sess:
                 with pytest.raises(UserError, match=message) as raised:
-                    getter.restore(sess, path)
+                    precision.restore(sess, path)
         assert str(raised.value).startswith(path) and "\n" not in str(raised.value)
     graph = tf.Graph()
     with graph.as_default():
@@ -308,17 +309,16 @@ def test_dtype_mismatch_is_a_user_error(tmp_path):
             tf.get_variable("dense/weights", [5, 4])
         with pytest.raises(UserError, match=r"tower/dense/weights has shape \[5, 3\] in the "
                                             r"checkpoint but \[5, 4\]"):
-            getter.check_restore_compatible(fp32_path, tf.global_variables())
+            compat.check_fits(fp32_path, {v.op.name: v for v in tf.global_variables()})
 
 
 # ---------------------------------------------------------------------------
 # The chain on a trained model, through the run scripts
 
 
-DBOF_FLAGS = ["--model=Soft-DBoF-4k", "--cluster_size=8", "--hidden_size=8",
-              "--num_samples=10", f"--num_classes={TINY_CLASSES}", "--batch_size=4",
-              "--max_steps=30", "--save_checkpoint_steps=10", "--num_readers=1",
-              "--shuffle_buffer=32", "--log_steps=10", "--summary_steps=1000"]
+TRAIN_FLAGS = [*DBOF_FLAGS, f"--num_classes={TINY_CLASSES}", "--batch_size=4",
+               "--max_steps=30", "--save_checkpoint_steps=10", "--num_readers=1",
+               "--shuffle_buffer=32", "--log_steps=10", "--summary_steps=1000"]
 
 
 def run_script(name, env, *args):
@@ -335,7 +335,7 @@ def chain(tiny_data, tmp_path_factory):
     dirs = {"TRAIN_DIR": str(root / "train"), "SWA_DIR": str(root / "swa"),
             "BF16_DIR": str(root / "bf16"), "SWA_START": "20"}
     run_module("training.train", f"--train_dir={dirs['TRAIN_DIR']}",
-               f"--train_data_pattern={tiny_data / 'frame' / 'train*.tfrecord'}", *DBOF_FLAGS)
+               f"--train_data_pattern={tiny_data / 'frame' / 'train*.tfrecord'}", *TRAIN_FLAGS)
     swa_run = run_script("swa.sh", dirs, "--bn_statistics=recompute", "--recompute_batches=3",
                          "--batch_size=4",
                          f"--train_data_pattern={tiny_data / 'frame' / 'train*.tfrecord'}")
@@ -352,8 +352,8 @@ def test_chain_outputs(chain):
     swa_ckpt = checkpoints.latest_checkpoint(chain["SWA_DIR"])
     bf16_ckpt = checkpoints.latest_checkpoint(chain["BF16_DIR"])
     assert os.path.basename(swa_ckpt) == os.path.basename(bf16_ckpt) == "model.ckpt-30"
-    assert getter.checkpoint_dtype(swa_ckpt) == "float32"
-    assert getter.checkpoint_dtype(bf16_ckpt) == "bfloat16"
+    assert compat.checkpoint_dtype(swa_ckpt) == "float32"
+    assert compat.checkpoint_dtype(bf16_ckpt) == "bfloat16"
     ratio = convert.data_bytes(bf16_ckpt) / convert.data_bytes(swa_ckpt)
     assert ratio <= 0.51
     train_reader = tf.train.load_checkpoint(checkpoints.latest_checkpoint(chain["TRAIN_DIR"]))
@@ -384,31 +384,25 @@ def test_eval_cli_on_bf16_dir(chain):
     assert "Traceback" not in completed.stderr
 
 
-def collect_predictions(model_dir, data_pattern, custom_getter):
-    flags = checkpoints.read_model_flags(model_dir)
-    graph = tf.Graph()
-    with graph.as_default():
-        ops = evaluation.build_eval_graph(flags, data_pattern, 8, frame_sampling="uniform",
-                                          num_readers=1, custom_getter=custom_getter)
-        variables = tf.global_variables()
-        saver = tf.train.Saver(variables)
+def collect_predictions(model_dir, data_pattern):
+    """(predictions, labels) of the dir's latest checkpoint; a bf16 checkpoint
+    computes through precision.bfloat16_getter (cast_each_step: bf16
+    variables, float32 math), a float32 one with plain variables."""
+    model = predict.open_model(model_dir, frame_sampling="uniform",
+                               bf16_compute=precision.CAST_EACH_STEP)
     predictions, labels = [], []
-    with tf.Session(graph=graph) as sess:
-        getter.restore(sess, checkpoints.latest_checkpoint(model_dir), variables, saver)
-        while True:
-            try:
-                p, y = sess.run([ops["predictions"], ops["labels"]])
-            except tf.errors.OutOfRangeError:
-                break
-            predictions.append(p)
-            labels.append(y)
+    try:
+        for batch in predict.iterate_predictions(model, data_pattern, 8, num_readers=1):
+            predictions.append(batch.predictions)
+            labels.append(batch.labels)
+    finally:
+        model.close()
     return np.concatenate(predictions), np.concatenate(labels)
 
 
 def test_bf16_predictions_differ_only_by_rounding(chain):
-    fp32, labels = collect_predictions(chain["SWA_DIR"], chain["validate"], None)
-    bf16, labels16 = collect_predictions(chain["BF16_DIR"], chain["validate"],
-                                         getter.bfloat16_getter)
+    fp32, labels = collect_predictions(chain["SWA_DIR"], chain["validate"])
+    bf16, labels16 = collect_predictions(chain["BF16_DIR"], chain["validate"])
     np.testing.assert_array_equal(labels, labels16)
     difference = np.abs(bf16 - fp32)
     assert difference.max() > 0            # the bf16 weights were really used

@@ -1,4 +1,5 @@
-"""ensemble.build: the tiled ensemble graph, loading members, export, errors."""
+"""ensemble.build (with training.members, training.member_graph and
+ensemble.export): the tiled ensemble graph, loading members, export, errors."""
 from __future__ import annotations
 
 import json
@@ -7,15 +8,15 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TINY_CLASSES, run_module
-from ensemble import build
-from training import checkpoints, model_builder, train
+from conftest import TINY_CLASSES, TINY_DBOF, TINY_GRU, run_module
+from ensemble import build, export
+from training import checkpoints, compat, member_graph, model_builder, precision, train
+from training import train_dir as train_dirs
 from training.errors import UserError
+from training.members import load_member, normalise_weights, write_weights_file
 from models.tf_compat import tf
 
 FEATURES = 1024 + 128
-TINY_GRU = {"gru_cells": 8}
-TINY_DBOF = {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}
 
 
 # ---------------------------------------------------------------------------
@@ -26,8 +27,6 @@ def make_member(directory, model="FrameMeanMoeModel", bf16=False, seed=0,
                 feature_sizes="1024,128", num_classes=TINY_CLASSES, **hparams):
     """A model dir with a randomly initialised checkpoint model.ckpt-1 (as a
     train dir: variables under tower/, plus global_step)."""
-    from bfloat16_patch.getter import bfloat16_getter
-
     model_flags = model_builder.make_model_flags(model, "rgb,audio", feature_sizes, True,
                                                  num_classes, "CrossEntropyLoss", hparams)
     width = sum(int(size) for size in feature_sizes.split(","))
@@ -36,7 +35,7 @@ def make_member(directory, model="FrameMeanMoeModel", bf16=False, seed=0,
         tf.set_random_seed(seed)
         features = tf.placeholder(tf.float32, [None, 300, width])
         num_frames = tf.placeholder(tf.int32, [None])
-        with tf.variable_scope("tower", custom_getter=bfloat16_getter if bf16 else None):
+        with tf.variable_scope("tower", custom_getter=precision.bfloat16_getter if bf16 else None):
             model_builder.model_predictions(model_builder.build_model(model_flags), features,
                                             num_frames, is_training=False)
         tf.train.get_or_create_global_step()
@@ -66,24 +65,22 @@ def single_model_predictions(model_dir, features, num_frames, frame_sampling=Non
     """A member evaluated alone, independently of ensemble.build: its graph
     under tower/ (a bf16 checkpoint computes as bf16_compute says, default
     the ensemble's default), its checkpoint restored."""
-    from bfloat16_patch import getter as bf16_getter
-
     model_flags = checkpoints.read_model_flags(model_dir)
     checkpoint = checkpoints.latest_checkpoint(model_dir)
-    bf16 = bf16_getter.checkpoint_dtype(checkpoint) == "bfloat16"
-    mode = bf16_getter.check_bf16_compute(bf16_compute)
+    bf16 = compat.checkpoint_dtype(checkpoint) == "bfloat16"
+    mode = precision.check_bf16_compute(bf16_compute)
     graph = tf.Graph()
     with graph.as_default():
         x = tf.placeholder(tf.float32, [None, 300, features.shape[-1]])
         n = tf.placeholder(tf.int32, [None])
         with tf.variable_scope("tower",
-                               custom_getter=bf16_getter.getter_for_mode(mode) if bf16 else None):
+                               custom_getter=precision.getter_for_mode(mode) if bf16 else None):
             predictions = model_builder.model_predictions(
                 model_builder.build_model(model_flags, {"frame_sampling": frame_sampling}),
                 x, n, is_training=False)
         variables = {var.op.name: var for var in model_builder.model_variables("tower")}
-        if bf16 and mode == bf16_getter.CAST_AT_LOAD:
-            variables = bf16_getter.bfloat16_storage_saveables(variables)
+        if bf16 and mode == precision.CAST_AT_LOAD:
+            variables = precision.bfloat16_storage_saveables(variables)
         saver = tf.train.Saver(variables)
     with tf.Session(graph=graph) as sess:
         saver.restore(sess, checkpoint)
@@ -110,15 +107,15 @@ def starter_predictions(model_dir, features, num_frames):
 def builder_predictions(member_dirs, weights, tile_num, features, num_frames, seed=666,
                         force_tile=False, fetch_tiles=False):
     """Predictions of build_ensemble_graph in its own session (no export)."""
-    members = [build.load_member(d) for d in member_dirs]
+    members = [load_member(d) for d in member_dirs]
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(seed)
-        ensemble = build.build_ensemble_graph(members, build.normalise_weights(weights),
-                                              tile_num, force_tile=force_tile)
-        savers = build.member_savers(members, ensemble)
+        ensemble = member_graph.build_ensemble_graph(members, normalise_weights(weights),
+                                                     tile_num, force_tile=force_tile)
+        savers = member_graph.member_savers(members, ensemble)
     with tf.Session(graph=graph) as sess:
-        build.restore_members(sess, members, savers)
+        member_graph.restore_members(sess, members, savers)
         fetches = {"predictions": ensemble.predictions,
                    "members": ensemble.member_predictions}
         if fetch_tiles:
@@ -150,7 +147,7 @@ def zoo(tiny_data, tmp_path_factory):
     for name, seed in (("a", 1), ("b", 2)):
         dirs[name] = str(root / name)
         flags = tiny_flags()
-        train.prepare_train_dir(dirs[name], flags, start_new=False)
+        train_dirs.prepare_train_dir(dirs[name], flags, start_new=False)
         train.train(flags, dirs[name], train_pattern(tiny_data),
                     tiny_config(max_steps=8, save_checkpoint_steps=100, seed=seed),
                     log=lambda _: None)
@@ -237,7 +234,7 @@ def test_weighted_mean_of_members(zoo, tmp_path):
     assert weights == pytest.approx([0.75, 0.25])
     # The writer's format round-trips.
     written = str(tmp_path / "written.json")
-    build.write_weights_file(written, [zoo["a"], zoo["b"]], [2, 6])
+    write_weights_file(written, [zoo["a"], zoo["b"]], [2, 6])
     assert build.resolve_members_and_weights("", "", written)[1] == pytest.approx([0.25, 0.75])
 
 
@@ -299,10 +296,10 @@ def test_mixed_bf16_and_fp32_members(zoo, tmp_path):
 def test_scope_matching_is_exact(zoo):
     """model1 must not take model10's variables (11 members)."""
     dirs = [zoo["a"]] * 11
-    members = [build.load_member(d) for d in dirs]
+    members = [load_member(d) for d in dirs]
     graph = tf.Graph()
     with graph.as_default():
-        ensemble = build.build_ensemble_graph(members, [1 / 11] * 11, 1)
+        ensemble = member_graph.build_ensemble_graph(members, [1 / 11] * 11, 1)
     sizes = {len(mapping) for mapping in ensemble.restore_maps}
     assert sizes == {len(ensemble.restore_maps[0])}
     assert all(key.startswith("tower/") for key in ensemble.restore_maps[1])
@@ -374,7 +371,7 @@ def test_size_limit(zoo, tmp_path, monkeypatch):
     lines = []
     build.build_and_export([zoo["a"]], [1], str(tmp_path / "ok"), log=lines.append)
     assert any("exported size:" in line and "1,073,741,824" in line for line in lines)
-    monkeypatch.setattr(build, "SIZE_LIMIT_BYTES", 1000)
+    monkeypatch.setattr(export, "SIZE_LIMIT_BYTES", 1000)
     with pytest.raises(UserError, match="over the 1,000-byte"):
         build.build_and_export([zoo["a"]], [1], str(tmp_path / "big"), log=None)
     assert not (tmp_path / "big").exists()

@@ -7,23 +7,24 @@ import pytest
 
 from conftest import TINY_CLASSES, run_module
 from test_train import tiny_config, tiny_flags, train_pattern
-from training import checkpoints, eval as evaluation, metrics, train
+from training import checkpoints, eval as evaluation, metrics, predict, train
+from training import train_dir as train_dirs
 
 
 @pytest.fixture(scope="module")
 def trained_dir(tiny_data, tmp_path_factory):
     train_dir = str(tmp_path_factory.mktemp("eval_run"))
     flags = tiny_flags()
-    train.prepare_train_dir(train_dir, flags, start_new=False)
+    train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
     train.train(flags, train_dir, train_pattern(tiny_data),
                 tiny_config(max_steps=150, base_learning_rate=0.02), log=lambda _: None)
     return train_dir
 
 
 def test_evaluate_checkpoint_metrics(trained_dir, tiny_data):
-    flags = checkpoints.read_model_flags(trained_dir)
     pattern = str(tiny_data / "frame" / "validate*.tfrecord")
-    result = evaluation.evaluate_checkpoint(flags, checkpoints.latest_checkpoint(trained_dir),
+    result = evaluation.evaluate_checkpoint(trained_dir,
+                                            checkpoints.latest_checkpoint(trained_dir),
                                             pattern, batch_size=10)
     assert result["num_examples"] == 32
     # A trained model is far better than chance on the synthetic signal.
@@ -33,26 +34,18 @@ def test_evaluate_checkpoint_metrics(trained_dir, tiny_data):
 
 def test_eval_metrics_equal_numpy_on_collected_predictions(trained_dir, tiny_data):
     """The streaming accumulation over batches equals metrics on all data."""
-    from models.tf_compat import tf
-
-    flags = checkpoints.read_model_flags(trained_dir)
     pattern = str(tiny_data / "frame" / "validate*.tfrecord")
-    graph = tf.Graph()
-    with graph.as_default():
-        ops = evaluation.build_eval_graph(flags, pattern, batch_size=7)
-        saver = tf.train.Saver()
-    with tf.Session(graph=graph) as sess:
-        saver.restore(sess, checkpoints.latest_checkpoint(trained_dir))
+    model = predict.open_model(trained_dir, bf16_compute="cast_each_step")
+    try:
         all_predictions, all_labels = [], []
-        while True:
-            try:
-                p, y = sess.run([ops["predictions"], ops["labels"]])
-            except tf.errors.OutOfRangeError:
-                break
-            all_predictions.append(p)
-            all_labels.append(y)
+        for batch in predict.iterate_predictions(model, pattern, 7):
+            all_predictions.append(batch.predictions)
+            all_labels.append(batch.labels)
+    finally:
+        model.close()
     predictions, labels = np.concatenate(all_predictions), np.concatenate(all_labels)
-    streamed = evaluation.evaluate_checkpoint(flags, checkpoints.latest_checkpoint(trained_dir),
+    streamed = evaluation.evaluate_checkpoint(trained_dir,
+                                              checkpoints.latest_checkpoint(trained_dir),
                                               pattern, batch_size=7)
     assert streamed["gap"] == pytest.approx(metrics.global_average_precision(predictions, labels),
                                             abs=1e-6)
@@ -80,10 +73,9 @@ def test_eval_cli_errors(tmp_path, tiny_data):
 
 def test_bf16_compute_modes_of_a_bfloat16_checkpoint(tiny_models, tiny_data):
     bf16_dir = tiny_models["dbof_bf16"]
-    flags = checkpoints.read_model_flags(bf16_dir)
     path = checkpoints.find_checkpoint(bf16_dir)
     pattern = str(tiny_data / "frame" / "validate*.tfrecord")
-    results = {mode: evaluation.evaluate_checkpoint(flags, path, pattern, batch_size=16,
+    results = {mode: evaluation.evaluate_checkpoint(bf16_dir, path, pattern, batch_size=16,
                                                     frame_sampling="uniform", bf16_compute=mode)
                for mode in ("cast_each_step", "cast_at_load", "bfloat16")}
     # Casting on every step and once at load compute the very same numbers.

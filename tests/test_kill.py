@@ -24,9 +24,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, TINY_CLASSES
+from conftest import DBOF_FLAGS, REPO_ROOT, TINY_CLASSES
 from ensemble.check_submission import check_submission
-from reliability import DBOF_FLAGS, read_checkpoint, temp_leftovers
+from reliability import read_checkpoint, temp_leftovers
 from test_ensemble import make_member
 from training import checkpoints
 

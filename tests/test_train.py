@@ -10,7 +10,8 @@ import pytest
 from conftest import TINY_CLASSES, run_module
 from conftest import train_config as tiny_config
 from models import layers
-from training import checkpoints, model_builder, train
+from training import checkpoints, model_builder, train, train_graph
+from training import train_dir as train_dirs
 from training.errors import UserError
 from models.tf_compat import tf
 
@@ -27,7 +28,7 @@ def train_pattern(tiny_data):
 def test_trains_checkpoints_and_resumes(tiny_data, tmp_path):
     train_dir = str(tmp_path / "run")
     flags = tiny_flags()
-    train.prepare_train_dir(train_dir, flags, start_new=False)
+    train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
     lines = []
     result = train.train(flags, train_dir, train_pattern(tiny_data), tiny_config(),
                          log=lines.append)
@@ -91,8 +92,9 @@ def test_average_gradients_is_a_mean():
     with graph.as_default():
         var = tf.Variable([0.0, 0.0])
         other = tf.Variable(1.0)
-        grads = train.average_gradients([[(tf.constant([1.0, 2.0]), var), (None, other)],
-                                         [(tf.constant([3.0, 6.0]), var), (None, other)]])
+        grads = train_graph.average_gradients(
+            [[(tf.constant([1.0, 2.0]), var), (None, other)],
+             [(tf.constant([3.0, 6.0]), var), (None, other)]])
         assert len(grads) == 1 and grads[0][1] is var
         with tf.Session() as sess:
             np.testing.assert_allclose(sess.run(grads[0][0]), [2.0, 4.0])
@@ -102,8 +104,8 @@ def test_clipping_is_per_variable():
     graph = tf.Graph()
     with graph.as_default():
         a, b = tf.Variable([0.0, 0.0]), tf.Variable([0.0])
-        clipped = train.clip_per_variable([(tf.constant([3.0, 4.0]), a),
-                                           (tf.constant([0.5]), b)], 1.0)
+        clipped = train_graph.clip_per_variable([(tf.constant([3.0, 4.0]), a),
+                                                 (tf.constant([0.5]), b)], 1.0)
         with tf.Session() as sess:
             big, small = sess.run([clipped[0][0], clipped[1][0]])
     np.testing.assert_allclose(big, [0.6, 0.8], rtol=1e-6)  # norm 5 -> 1
@@ -117,8 +119,8 @@ def test_learning_rate_is_staircase_in_examples(tiny_data):
                  "labels": tf.zeros([8, TINY_CLASSES]), "id": tf.fill([8], "x")}
         config = tiny_config(base_learning_rate=2e-4, learning_rate_decay=0.8,
                              learning_rate_decay_examples=4000.0, batch_size=4)
-        ops = train.build_train_graph(tiny_flags(), batch, ["/cpu:0", "/cpu:1"], config)
-        with tf.Session(config=train.session_config(["/cpu:0", "/cpu:1"])) as sess:
+        ops = train_graph.build_train_graph(tiny_flags(), batch, ["/cpu:0", "/cpu:1"], config)
+        with tf.Session(config=train_graph.session_config(["/cpu:0", "/cpu:1"])) as sess:
             sess.run(tf.global_variables_initializer())
             # 2 towers x 4 examples = 8 examples per step: decay every 500 steps.
             for step, expected in ((0, 2e-4), (499, 2e-4), (500, 1.6e-4), (1250, 1.28e-4)):
@@ -147,19 +149,20 @@ def test_start_new_model_removes_only_trainer_files(tiny_data, tmp_path):
     (train_dir / "notes.txt").write_text("keep me")
     (train_dir / "data").mkdir()
     flags = tiny_flags()
-    train.prepare_train_dir(str(train_dir), flags, start_new=False)
+    train_dirs.prepare_train_dir(str(train_dir), flags, start_new=False)
     train.train(flags, str(train_dir), train_pattern(tiny_data), tiny_config(max_steps=3),
                 log=lambda _: None)
     assert checkpoints.list_checkpoints(str(train_dir))
-    train.prepare_train_dir(str(train_dir), flags, start_new=True)
+    train_dirs.prepare_train_dir(str(train_dir), flags, start_new=True)
     assert not checkpoints.list_checkpoints(str(train_dir))
     assert (train_dir / "notes.txt").read_text() == "keep me" and (train_dir / "data").is_dir()
 
 
 def test_model_flags_mismatch_is_a_clear_error(tmp_path):
-    train.prepare_train_dir(str(tmp_path), tiny_flags(), start_new=False)
+    train_dirs.prepare_train_dir(str(tmp_path), tiny_flags(), start_new=False)
     with pytest.raises(UserError, match="model_flags.json.*moe_num_mixtures|model_hparams"):
-        train.prepare_train_dir(str(tmp_path), tiny_flags(moe_num_mixtures=4), start_new=False)
+        train_dirs.prepare_train_dir(str(tmp_path), tiny_flags(moe_num_mixtures=4),
+                                     start_new=False)
 
 
 def test_cli_errors_are_one_line(tiny_data, tmp_path):
@@ -201,8 +204,8 @@ def _train_graph(model_flags, matmul_dtype, batch_size=4, seed=5):
                  "labels": tf.constant(rng.random((batch_size, TINY_CLASSES)) < 0.3,
                                        tf.float32),
                  "id": tf.constant([b"v"] * batch_size)}
-        ops = train.build_train_graph(model_flags, batch, ["/cpu:0"],
-                                      tiny_config(matmul_dtype=matmul_dtype))
+        ops = train_graph.build_train_graph(model_flags, batch, ["/cpu:0"],
+                                            tiny_config(matmul_dtype=matmul_dtype))
     return graph, ops
 
 
@@ -291,7 +294,7 @@ def test_bfloat16_training_learns_and_writes_float32_checkpoints(tiny_data, tmp_
 
 def test_matmul_dtype_flag_errors_are_one_line(tiny_data, tmp_path):
     with pytest.raises(UserError, match="--matmul_dtype"):
-        train.check_matmul_dtype("float16")
+        train_graph.check_matmul_dtype("float16")
     wrong = run_module("training.train", f"--train_dir={tmp_path}",
                        f"--train_data_pattern={train_pattern(tiny_data)}",
                        "--matmul_dtype=half", check=False)

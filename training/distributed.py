@@ -18,6 +18,7 @@ from training import model_builder, readers, train_graph
 from training.errors import UserError
 from training.progress import Progress
 
+
 def cluster_from_env() -> Optional[Dict[str, Any]]:
     """Parses TF_CONFIG ({"cluster": {...}, "task": {"type", "index"}}) or None."""
     raw = os.environ.get("TF_CONFIG", "")

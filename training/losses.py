@@ -10,8 +10,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from training.errors import UserError
 from models.tf_compat import tf
+from training.errors import UserError
 
 # The original wrote 10e-6, which is 1e-5; kept for parity.
 CROSS_ENTROPY_EPSILON = 1e-5

@@ -1,41 +1,21 @@
 """Evaluation metrics of the YouTube-8M 2018 starter code, in vectorised numpy.
 
 Re-implements ``eval_util.py``, ``average_precision_calculator.py`` and
-``mean_average_precision_calculator.py`` (docs/formats.md section 2 and
-docs/original.md section 10) without TensorFlow, without Python heaps and without
-per-video or per-pair Python loops:
+``mean_average_precision_calculator.py`` (docs/formats.md section 2,
+docs/original.md section 10) without TensorFlow, heaps or per-video loops:
+``hit_at_one`` (Hit@1), ``precision_at_equal_recall`` (PERR),
+``top_k_classes`` / ``top_k_pairs`` (the per-video top-k, also the CSV's),
+``average_precision``, ``global_average_precision`` (GAP@k, the Kaggle 2018
+metric), ``mean_average_precision``, ``EvaluationMetrics`` (the epoch
+accumulator of eval.py) and ``format_summary`` (its log line).
 
-* ``hit_at_one``                 Hit@1
-* ``precision_at_equal_recall``  PERR
-* ``top_k_classes``              the per-video top-k (class, score) pairs (also the CSV's)
-* ``top_k_pairs``                the per-video top-k (score, label, class) triplets
-* ``average_precision``          pooled AP (the ``AveragePrecisionCalculator`` with top_n=None)
-* ``global_average_precision``   GAP@k, the Kaggle 2018 metric
-* ``mean_average_precision``     mAP over the pooled top-k lists (2018 or HEAD semantics)
-* ``EvaluationMetrics``          the epoch accumulator of eval.py
-* ``format_summary``             the "epoch/eval number ... | Avg_Hit@1: ..." log line
-
-Conventions shared by every function:
-
-* ``predictions`` is a ``[V, C]`` score matrix and ``labels`` a ``[V, C]`` 0/1
-  matrix. Labels are binarised with ``labels > 0``.
-* Top-k selection is exact and canonical: a video's top-k are the first k
-  classes of a stable sort by descending score. Among exactly-equal scores,
-  the lower class index ranks first, as it does for ``np.argmax``. The original
-  used ``np.argpartition``, whose tie order is unspecified. The two agree
-  whenever the k-th and (k+1)-th scores differ. Because of this rule, Hit@1
-  and PERR can be read off the top-k lists.
-* Pooled rankings (GAP, AP, mAP) are sorted by descending score. Ties are
-  broken by a fixed pseudo-random order: the pooled pairs are permuted with
-  ``np.random.default_rng(0).permutation`` and then stable-sorted by
-  ``-score``. This is the vectorised counterpart of the original's
-  ``random.seed(0); random.shuffle`` followed by a stable sort. It is
-  deterministic and does not favour relevant pairs. Pooling goes video by
-  video, each video's pairs in its top-k order.
-* ``global_average_precision`` and ``mean_average_precision`` compare pooled
-  scores in float32, the precision at which ``EvaluationMetrics`` stores them.
-  The functional and accumulated results are therefore identical.
-* Predictions must not contain NaN (``ValueError``).
+predictions [V, C] scores, labels [V, C] 0/1 (binarised with labels > 0).
+Top-k is exact and canonical: a stable sort by descending score, the lower
+class first among equal scores. Pooled rankings break ties by a fixed
+pseudo-random order (the original's random.seed(0) shuffle, vectorised) and
+compare scores in float32, as EvaluationMetrics stores them, so the
+functional and accumulated results are identical (docs/architecture.md
+"Metrics"). NaN predictions are a ValueError.
 """
 
 from __future__ import annotations
@@ -104,7 +84,7 @@ def _nan_error() -> ValueError:
 # exact, canonical per-row top-k
 # --------------------------------------------------------------------------
 def _take_rows(a: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``np.take_along_axis(a, cols, axis=1)`` for 2-D ``a``, via a flat ``np.take`` when possible."""
+    """``np.take_along_axis(a, cols, axis=1)`` for 2-D ``a`` (a flat np.take when possible)."""
     if a.flags.c_contiguous and a.size < 2 ** 62:
         offsets = (np.arange(a.shape[0], dtype=np.int64) * a.shape[1])[:, None]
         return np.take(a.reshape(-1), cols + offsets)
@@ -173,6 +153,36 @@ def _topk_exact(x: np.ndarray, k: int, kth: Optional[np.ndarray] = None) -> np.n
     return out
 
 
+def _group_candidates(p: np.ndarray, k: int, g: int):
+    """(candidate columns [V, k * members], their values, each row's (k+1)-th
+    largest group maximum): every member of the k groups (of the G strided
+    groups g, g+G, ...) with the largest maxima."""
+    v, c = p.shape
+    n_rows = c // g
+    n_grid = n_rows * g
+    tail = c - n_grid
+    # Group maxima. Splitting the last axis of the slice stays a view.
+    gmax = p[:, :n_grid].reshape(v, n_rows, g).max(axis=1)
+    if tail:
+        np.maximum(gmax[:, :tail], p[:, n_grid:], out=gmax[:, :tail])
+    if np.isnan(gmax).any():
+        raise _nan_error()
+    gpart = np.argpartition(gmax, g - k - 1, axis=1)
+    next_group_max = _take_rows(gmax, gpart[:, g - k - 1:g - k])[:, 0]  # (k+1)-th largest
+    groups = gpart[:, g - k:]  # top-k groups, unordered
+    members = n_rows + (1 if tail else 0)
+    cand = groups[:, :, None] + g * np.arange(members)[None, None, :]
+    if tail:  # group j >= tail has no member in the tail: point it at column 0, value -inf
+        last = cand[:, :, -1]
+        invalid = last >= c
+        last[invalid] = 0
+    cand = cand.reshape(v, -1)
+    cvals = _take_rows(p, cand)
+    if tail:
+        cvals.reshape(v, k, members)[:, :, -1][invalid] = -np.inf
+    return cand, cvals, next_group_max
+
+
 def _topk_indices(p: np.ndarray, k: int) -> np.ndarray:
     """``[V, k]`` column indices of each row's top-k, ordered by (-score, column).
 
@@ -196,31 +206,7 @@ def _topk_indices(p: np.ndarray, k: int) -> np.ndarray:
     g = max(g, 4 * (k + 1))
     if c < 2 * g:  # too few columns for grouping to pay off
         return _topk_exact(p, k)
-
-    n_rows = c // g
-    n_grid = n_rows * g
-    tail = c - n_grid
-    # Group maxima. Splitting the last axis of the slice stays a view.
-    gmax = p[:, :n_grid].reshape(v, n_rows, g).max(axis=1)
-    if tail:
-        np.maximum(gmax[:, :tail], p[:, n_grid:], out=gmax[:, :tail])
-    if np.isnan(gmax).any():
-        raise _nan_error()
-    gpart = np.argpartition(gmax, g - k - 1, axis=1)
-    next_group_max = _take_rows(gmax, gpart[:, g - k - 1:g - k])[:, 0]  # (k+1)-th largest
-    groups = gpart[:, g - k:]  # top-k groups, unordered
-
-    # Candidate columns: every member of the top-k groups, [V, k * members].
-    members = n_rows + (1 if tail else 0)
-    cand = groups[:, :, None] + g * np.arange(members)[None, None, :]
-    if tail:  # group j >= tail has no member in the tail: point it at column 0, value -inf
-        last = cand[:, :, -1]
-        invalid = last >= c
-        last[invalid] = 0
-    cand = cand.reshape(v, -1)
-    cvals = _take_rows(p, cand)
-    if tail:
-        cvals.reshape(v, k, members)[:, :, -1][invalid] = -np.inf
+    cand, cvals, next_group_max = _group_candidates(p, k, g)
     nc = cand.shape[1]
     kth = np.partition(cvals, nc - k, axis=1)[:, nc - k]
 
@@ -458,8 +444,10 @@ def average_precision(scores: np.ndarray, relevant: np.ndarray,
     return _ap_of_sorted(r[order], num_positives)
 
 
-def global_average_precision(predictions: np.ndarray, labels: np.ndarray, top_k: int = 20) -> float:
-    """GAP@top_k (docs/formats.md 2.1). The denominator counts ALL positive labels, retrieved or not."""
+def global_average_precision(predictions: np.ndarray, labels: np.ndarray,
+                             top_k: int = 20) -> float:
+    """GAP@top_k (docs/formats.md 2.1). The denominator counts ALL positive
+    labels, retrieved or not."""
     top_k = _check_k(top_k)
     p, y = _as_pair(predictions, labels)
     if p.shape[0] == 0 or p.shape[1] == 0:
@@ -472,7 +460,8 @@ def global_average_precision(predictions: np.ndarray, labels: np.ndarray, top_k:
     return _ap_of_sorted(rel.ravel()[order], num_positives)
 
 
-def class_average_precisions(predictions: np.ndarray, labels: np.ndarray, top_k: int = 20) -> np.ndarray:
+def class_average_precisions(predictions: np.ndarray, labels: np.ndarray,
+                             top_k: int = 20) -> np.ndarray:
     """Per-class AP ``[C]`` over the pooled top-k pairs (docs/formats.md 2.4).
 
     Each denominator is the class's number of positives in ``labels``. A class
@@ -622,7 +611,8 @@ class EvaluationMetrics:
 
 def format_summary(metrics: dict, label: str = "") -> str:
     """The original epoch line, e.g.
-    ``epoch/eval number 1000 | Avg_Hit@1: 0.850 | Avg_PERR: 0.730 | MAP: 0.456 | GAP: 0.812 | Avg_Loss: 5.123456``.
+    ``epoch/eval number 1000 | Avg_Hit@1: 0.850 | Avg_PERR: 0.730 | MAP: 0.456 |
+    GAP: 0.812 | Avg_Loss: 5.123456`` (one line).
 
     ``label`` is the leading text (the original used "epoch/eval number <step>").
     The original key names (``avg_hit_at_one``, ``avg_perr``, ``aps``,

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from models import layers
 from models.tf_compat import saveable_object, tf
 from training import checkpoints, compat
-from training.compat import BFLOAT16, FLOAT32
+from training.compat import BFLOAT16
 from training.errors import UserError
 
 DTYPE_KEY = "checkpoint_dtype"   # model_flags.json marker written by the converter

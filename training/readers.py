@@ -1,39 +1,25 @@
 """YouTube-8M 2018 TFRecord readers and the tf.data input pipeline.
 
-Two record formats (docs/formats.md section 1):
+Two record formats (docs/formats.md section 1): frame level
+(``tf.train.SequenceExample``: context ``id``, ``labels``; feature lists
+``rgb`` and ``audio``, one uint8-quantised byte string per second) and video
+level (``tf.train.Example``: ``id``, ``labels``, ``mean_rgb``, ``mean_audio``).
 
-* Frame level, ``tf.train.SequenceExample``: context ``id`` (bytes) and
-  ``labels`` (int64 list, empty in the test set); feature lists ``rgb`` and
-  ``audio`` holding one uint8-quantised byte string per second of video
-  (1024 and 128 bytes).
-* Video level, ``tf.train.Example``: ``id``, ``labels``, ``mean_rgb`` (1024
-  floats) and ``mean_audio`` (128 floats).
-
-Both readers parse a whole *batch* of serialized records at once
-(``parse(serialized)`` with ``serialized`` a string tensor ``[B]``) and return
-a dict of tensors:
-
-* ``"id"``:         string  ``[B]``
-* ``"features"``:   float32 ``[B, max_frames, sum(feature_sizes)]`` (frame
-  level; dequantised, truncated to ``max_frames``, zero-padded after
-  dequantisation) or ``[B, sum(feature_sizes)]`` (video level); features are
-  concatenated in flag order along the last axis.
-* ``"labels"``:     float32 ``[B, num_classes]`` multi-hot (duplicate label
-  ids are tolerated; an empty label list gives a zero row).
-* ``"num_frames"``: int32   ``[B]``: ``min(frames, max_frames)`` (frame level,
-  counted on the first feature) or ones (video level).
-
-``make_dataset`` lists the files, reads them with a parallel interleave of
-``TFRecordDataset``, shuffles (training only), repeats, batches, *then*
-parses (vectorised), and prefetches.
+Both readers parse a whole batch of serialized records at once
+(``parse(serialized [B])``) into a dict of tensors: ``id`` string [B];
+``features`` float32 [B, max_frames, sum(feature_sizes)] (frame level:
+dequantised, truncated, zero-padded) or [B, sum(feature_sizes)] (video level),
+features concatenated in flag order; ``labels`` float32 [B, num_classes]
+multi-hot; ``num_frames`` int32 [B] = min(frames, max_frames) (ones at video
+level). ``make_dataset`` lists the files, interleaves ``TFRecordDataset``
+readers, shuffles (training only), repeats, batches, then parses and
+prefetches.
 """
 from __future__ import annotations
 
-import re
-
+from models.tf_compat import tf
 from training.errors import UserError, first_line
 from training.flags import comma_list, comma_numbers
-from models.tf_compat import tf
 
 MAX_FRAMES = 300
 
@@ -231,67 +217,72 @@ class FrameReader:
                     "labels": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
                 },
                 sequence_features={name: string_feature for name in self.feature_names})
-
-            # Decode every feature to uint8, join the features and pad/truncate
-            # while still 1 byte per value, then dequantise the padded batch in
-            # one pass with a per-frame mask (padded frames become exactly 0.0,
-            # valid values exactly dequantize(q)): a third fewer passes over the
-            # float32 [B, max_frames, D] batch than padding each feature after
-            # dequantising it and concatenating the floats.
-            quantized = []
-            num_frames = None
-            frame_checks = []
-            for name, size in zip(self.feature_names, self.feature_sizes):
-                frames = sequences[name]  # ragged [B, (frames), (values)]
-                checks = [
-                    tf.debugging.assert_equal(
-                        frames.values.row_lengths(), tf.constant(1, tf.int32),
-                        message=f"feature {name}: every frame must hold exactly "
-                                f"one byte string of {size} bytes",
-                        summarize=5),
-                ]
-                frames = frames.merge_dims(1, 2)  # ragged [B, (frames)] of strings
-                flat = frames.values
-                checks.append(tf.debugging.assert_equal(
-                    tf.strings.length(flat), tf.constant(size, tf.int32),
-                    message=f"feature {name}: a frame has the wrong byte length, "
-                            f"expected feature size {size} (check --feature_names/"
-                            f"--feature_sizes)",
-                    summarize=5))
-                with tf.control_dependencies(checks):
-                    flat = tf.identity(flat)
-                quantized.append(tf.reshape(tf.io.decode_raw(flat, tf.uint8), [-1, size]))
-                if num_frames is None:
-                    first_name, first_lengths = name, frames.row_lengths()
-                    first_splits = frames.row_splits
-                    num_frames = tf.minimum(first_lengths, self.max_frames)
-                else:
-                    # A record missing a feature (or a misspelt --feature_names)
-                    # shows up as a frame-count mismatch between features.
-                    frame_checks.append(tf.debugging.assert_equal(
-                        frames.row_lengths(), first_lengths,
-                        message=f"feature '{name}': its frame count differs from "
-                                f"'{first_name}' (missing from the record? check "
-                                f"--feature_names)", summarize=3))
-            with tf.control_dependencies(frame_checks):
-                joined = (tf.identity(quantized[0]) if len(quantized) == 1
-                          else tf.concat(quantized, axis=1))
-                num_frames = tf.identity(num_frames)
-            # to_tensor pads with zeros and truncates to max_frames.
-            padded = tf.RaggedTensor.from_row_splits(
-                joined, first_splits, validate=False).to_tensor(
-                    default_value=0, shape=[None, self.max_frames, self.feature_size])
-            scale, bias = dequantize_constants()
-            valid = tf.sequence_mask(num_frames, self.max_frames, dtype=tf.float32)[:, :, None]
-            features = tf.cast(padded, tf.float32) * (valid * scale) + valid * bias
+            joined, splits, num_frames = self._joined_uint8_frames(sequences)
             outputs = {
                 "id": context["id"],
-                "features": features,
+                "features": self._dequantized(joined, splits, num_frames),
                 "labels": _multi_hot(context["labels"], self.num_classes),
                 "num_frames": tf.cast(num_frames, tf.int32),
             }
             return _finish(outputs, batch, self.num_classes,
                            [self.max_frames, self.feature_size])
+
+    def _joined_uint8_frames(self, sequences):
+        """(uint8 [frames in the batch, D] of the features side by side, the
+        row splits of the videos, num_frames [B] capped at max_frames).
+
+        Every feature is decoded to uint8 and joined while still 1 byte per
+        value; dequantising once after padding (_dequantized) makes a third
+        fewer passes over the float32 batch than padding each feature."""
+        quantized, frame_checks = [], []
+        first_name = first_lengths = first_splits = None
+        for name, size in zip(self.feature_names, self.feature_sizes):
+            frames, values = _decoded_feature(sequences[name], name, size)
+            quantized.append(values)
+            if first_name is None:
+                first_name, first_lengths = name, frames.row_lengths()
+                first_splits = frames.row_splits
+            else:
+                # A record missing a feature (or a misspelt --feature_names)
+                # shows up as a frame-count mismatch between features.
+                frame_checks.append(tf.debugging.assert_equal(
+                    frames.row_lengths(), first_lengths,
+                    message=f"feature '{name}': its frame count differs from "
+                            f"'{first_name}' (missing from the record? check "
+                            f"--feature_names)", summarize=3))
+        num_frames = tf.minimum(first_lengths, self.max_frames)
+        with tf.control_dependencies(frame_checks):
+            joined = (tf.identity(quantized[0]) if len(quantized) == 1
+                      else tf.concat(quantized, axis=1))
+            num_frames = tf.identity(num_frames)
+        return joined, first_splits, num_frames
+
+    def _dequantized(self, joined, splits, num_frames):
+        """float32 [B, max_frames, D]: padded frames exactly 0.0, valid values
+        exactly dequantize(q) (to_tensor pads with zeros and truncates)."""
+        padded = tf.RaggedTensor.from_row_splits(joined, splits, validate=False).to_tensor(
+            default_value=0, shape=[None, self.max_frames, self.feature_size])
+        scale, bias = dequantize_constants()
+        valid = tf.sequence_mask(num_frames, self.max_frames, dtype=tf.float32)[:, :, None]
+        return tf.cast(padded, tf.float32) * (valid * scale) + valid * bias
+
+
+def _decoded_feature(frames, name: str, size: int):
+    """(ragged [B, (frames)] strings, uint8 [frames in the batch, size]) of one
+    feature, with the checks that every frame is one string of `size` bytes."""
+    checks = [tf.debugging.assert_equal(
+        frames.values.row_lengths(), tf.constant(1, tf.int32),
+        message=f"feature {name}: every frame must hold exactly one byte string of "
+                f"{size} bytes", summarize=5)]
+    frames = frames.merge_dims(1, 2)  # ragged [B, (frames)] of strings
+    flat = frames.values
+    checks.append(tf.debugging.assert_equal(
+        tf.strings.length(flat), tf.constant(size, tf.int32),
+        message=f"feature {name}: a frame has the wrong byte length, expected feature size "
+                f"{size} (check --feature_names/--feature_sizes)", summarize=5))
+    with tf.control_dependencies(checks):
+        flat = tf.identity(flat)
+    return frames, tf.reshape(tf.io.decode_raw(flat, tf.uint8), [-1, size])
 
 
 class VideoReader:

@@ -1,35 +1,16 @@
 """Deterministic synthetic YouTube-8M 2018 TFRecords with a learnable signal.
 
-Writes, for one split,
+Writes, for one split, ``<output_dir>/frame/<split>NN.tfrecord`` (frame-level
+SequenceExamples: ``id``, ``labels``, feature lists ``rgb`` 1024 and ``audio``
+128 uint8-quantised bytes per frame, docs/formats.md 1.3) and
+``<output_dir>/video/<split>NN.tfrecord`` (video-level Examples whose
+``mean_rgb`` / ``mean_audio`` are the means of the dequantised frames).
 
-* ``<output_dir>/frame/<split>NN.tfrecord``: frame-level ``SequenceExample``
-  (context ``id``, ``labels``; feature lists ``rgb`` 1024 bytes and ``audio``
-  128 bytes per frame, uint8-quantised as in docs/formats.md 1.3), and
-* ``<output_dir>/video/<split>NN.tfrecord``: video-level ``Example`` (``id``,
-  ``labels``, ``mean_rgb`` [1024], ``mean_audio`` [128] float lists), where
-  the means are the means of the *dequantised* frames of the same video.
-
-The data:
-
-* Ids: 4 characters from [0-9A-Za-z]; the last two are the shard number
-  ``NN``, as in the real data. The first two are taken from a fixed
-  permutation of the 3844 two-character codes, starting at an offset that
-  depends on the split, so ids are unique inside a shard, and the splits
-  train/validate/test never share an id while ``videos_per_shard <= 1281``.
-* Labels: 1 + Poisson(2) distinct labels (at most 8, mean about 3) drawn
-  without replacement from a Zipf-like distribution (class k has weight
-  ``1/(k+1)``), so class 0 is the most common and most classes are rare.
-  ``with_labels=False`` writes an empty label list (a test split); the
-  frames still carry the hidden labels' signal.
-* Signal: every class has fixed random prototype vectors for rgb and audio,
-  derived from the seed only (train/validate/test of one seed share them).
-  Frame t of a video is ``sum_l w_l(t) * proto_l / sqrt(#labels)`` plus a
-  per-video offset and per-frame Gaussian noise, where ``w_l(t)`` is a slow
-  sinusoid (labels fade in and out), so values stay mostly inside [-2, 2].
-* Frames per video: uniform in [min_frames, max_frames].
-
-Usable as ``python -m training.synthetic --output_dir=DIR ...`` or through
-``write_dataset``. Output files are written to a temporary name and renamed.
+Ids are unique across the splits of one seed, labels follow a Zipf-like
+skew, and every class has fixed prototype vectors that the frames carry
+under noise, so a model can learn; docs/architecture.md "Synthetic data" has
+the details. The same arguments give byte-identical files. Usable as
+``python -m training.synthetic --output_dir=DIR ...`` or ``write_dataset``.
 """
 from __future__ import annotations
 
@@ -39,9 +20,13 @@ import time
 import zlib
 
 import numpy as np
+from absl import flags
 
-from training.errors import UserError
 from models.tf_compat import tf
+from training import flags as shared_flags
+from training.errors import UserError, run_main
+
+FLAGS = flags.FLAGS
 
 ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 RGB_SIZE = 1024
@@ -174,7 +159,8 @@ def _validate(split, num_shards, videos_per_shard, num_classes, min_frames, max_
     if not split or not re.fullmatch(r"[A-Za-z0-9_-]+", split):
         raise UserError(f"--split: '{split}' must be a non-empty name of [A-Za-z0-9_-]")
     if not 1 <= num_shards <= 100:
-        raise UserError(f"--num_shards: must be in 1..100 (two-digit shard names), got {num_shards}")
+        raise UserError(f"--num_shards: must be in 1..100 (two-digit shard names), "
+                        f"got {num_shards}")
     if not 1 <= videos_per_shard <= _NUM_CODES:
         raise UserError(f"--videos_per_shard: must be in 1..{_NUM_CODES} "
                         f"(4-char ids per shard), got {videos_per_shard}")
@@ -210,6 +196,24 @@ def write_dataset(output_dir: str, split: str = "train", num_shards: int = 2,
         raise UserError("--output_dir: missing")
 
     protos = class_prototypes(num_classes, seed)
+    dirs = _level_dirs(output_dir, frame_level, video_level)
+    written = {"frame": [], "video": []}
+    for shard in range(num_shards):
+        start = time.time()
+        records, frames = _shard_records(split, shard, videos_per_shard, num_classes, seed,
+                                         min_frames, max_frames, protos, with_labels)
+        name = f"{split}{shard:02d}.tfrecord"
+        for level in sorted(dirs):
+            path = os.path.join(dirs[level], name)
+            _write_records(path, records[level])
+            written[level].append(path)
+        print(f"synthetic: {split} shard {shard + 1}/{num_shards}: {videos_per_shard} videos, "
+              f"{frames} frames -> {name} ({', '.join(sorted(dirs))}) "
+              f"in {time.time() - start:.2f}s", flush=True)
+    return written
+
+
+def _level_dirs(output_dir: str, frame_level: bool, video_level: bool) -> dict:
     dirs = {}
     for level, enabled in (("frame", frame_level), ("video", video_level)):
         if enabled:
@@ -219,72 +223,61 @@ def write_dataset(output_dir: str, split: str = "train", num_shards: int = 2,
             except tf.errors.OpError as err:
                 raise UserError(f"--output_dir: cannot create '{dirs[level]}': "
                                 f"{err.message}") from None
-    written = {"frame": [], "video": []}
-    for shard in range(num_shards):
-        start = time.time()
-        rng = np.random.default_rng([seed, _split_key(split), shard, 1])
-        ids = make_ids(split, shard, videos_per_shard)
-        labels = _draw_labels(rng, videos_per_shard, num_classes)
-        frame_counts = rng.integers(min_frames, max_frames + 1, size=videos_per_shard)
-        frame_records, video_records = [], []
-        for v in range(videos_per_shard):
-            rgb_q, audio_q = _video_frames(rng, labels[v], int(frame_counts[v]), protos)
-            stored_labels = labels[v] if with_labels else np.zeros([0], np.int64)
-            if frame_level:
-                frame_records.append(_sequence_example(ids[v], stored_labels, rgb_q, audio_q))
-            if video_level:
-                if frame_counts[v] > 0:
-                    mean_rgb = dequantize_np(rgb_q).mean(axis=0, dtype=np.float64)
-                    mean_audio = dequantize_np(audio_q).mean(axis=0, dtype=np.float64)
-                else:
-                    mean_rgb, mean_audio = np.zeros(RGB_SIZE), np.zeros(AUDIO_SIZE)
-                video_records.append(_video_example(
-                    ids[v], stored_labels, mean_rgb.astype(np.float32),
-                    mean_audio.astype(np.float32)))
-        name = f"{split}{shard:02d}.tfrecord"
-        for level, records in (("frame", frame_records), ("video", video_records)):
-            if level in dirs:
-                path = os.path.join(dirs[level], name)
-                _write_records(path, records)
-                written[level].append(path)
-        print(f"synthetic: {split} shard {shard + 1}/{num_shards}: {videos_per_shard} videos, "
-              f"{int(frame_counts.sum())} frames -> {name} ({', '.join(sorted(dirs))}) "
-              f"in {time.time() - start:.2f}s", flush=True)
-    return written
+    return dirs
 
 
-def _define_flags():
-    from absl import flags
+def _shard_records(split, shard, videos_per_shard, num_classes, seed, min_frames, max_frames,
+                   protos, with_labels):
+    """({"frame": [serialized], "video": [serialized]}, total frames) of one shard."""
+    rng = np.random.default_rng([seed, _split_key(split), shard, 1])
+    ids = make_ids(split, shard, videos_per_shard)
+    labels = _draw_labels(rng, videos_per_shard, num_classes)
+    frame_counts = rng.integers(min_frames, max_frames + 1, size=videos_per_shard)
+    records = {"frame": [], "video": []}
+    for v in range(videos_per_shard):
+        rgb_q, audio_q = _video_frames(rng, labels[v], int(frame_counts[v]), protos)
+        stored_labels = labels[v] if with_labels else np.zeros([0], np.int64)
+        records["frame"].append(_sequence_example(ids[v], stored_labels, rgb_q, audio_q))
+        if frame_counts[v] > 0:
+            mean_rgb = dequantize_np(rgb_q).mean(axis=0, dtype=np.float64)
+            mean_audio = dequantize_np(audio_q).mean(axis=0, dtype=np.float64)
+        else:
+            mean_rgb, mean_audio = np.zeros(RGB_SIZE), np.zeros(AUDIO_SIZE)
+        records["video"].append(_video_example(
+            ids[v], stored_labels, mean_rgb.astype(np.float32), mean_audio.astype(np.float32)))
+    return records, int(frame_counts.sum())
 
-    flags.DEFINE_string("output_dir", None, "Folder to write frame/ and video/ into.")
-    flags.DEFINE_string("split", "train", "Split name used in file names: train, validate, test.")
-    flags.DEFINE_integer("num_shards", 2, "Number of shards (files) per level, at most 100.")
-    flags.DEFINE_integer("videos_per_shard", 64, "Videos per shard.")
-    flags.DEFINE_integer("num_classes", 3862, "Size of the label vocabulary.")
-    flags.DEFINE_integer("seed", 0, "Random seed; the class prototypes depend on it only.")
-    flags.DEFINE_boolean("frame_level", True, "Write frame-level SequenceExamples.")
-    flags.DEFINE_boolean("video_level", True, "Write video-level Examples.")
-    flags.DEFINE_integer("min_frames", 30, "Fewest frames per video.")
-    flags.DEFINE_integer("max_frames", 300, "Most frames per video.")
-    flags.DEFINE_boolean("with_labels", True, "Store labels (false: empty lists, like test).")
-    return flags.FLAGS
+
+def define_flags() -> None:
+    shared_flags.define_shared_flags({
+        "output_dir": (None, "Folder to write frame/ and video/ into."),
+        "num_classes": (3862, "Size of the label vocabulary."),
+        "seed": (0, "The class prototypes depend on it only.")})
+    define = shared_flags.define
+    define(flags.DEFINE_string, "split", "train", "Split name used in file names: train, "
+           "validate, test.")
+    define(flags.DEFINE_integer, "num_shards", 2, "Number of shards (files) per level, at "
+           "most 100.")
+    define(flags.DEFINE_integer, "videos_per_shard", 64, "Videos per shard.")
+    define(flags.DEFINE_boolean, "frame_level", True, "Write frame-level SequenceExamples.")
+    define(flags.DEFINE_boolean, "video_level", True, "Write video-level Examples.")
+    define(flags.DEFINE_integer, "min_frames", 30, "Fewest frames per video.")
+    define(flags.DEFINE_integer, "max_frames", 300, "Most frames per video.")
+    define(flags.DEFINE_boolean, "with_labels", True, "Store labels (false: empty lists, "
+           "like test).")
 
 
-def main(argv):
-    from absl import flags
-
-    flags_ = flags.FLAGS
-    if not flags_.output_dir:
+def main(argv) -> None:
+    del argv
+    if not FLAGS.output_dir:
         raise UserError("--output_dir: missing; give the folder to write into")
-    write_dataset(flags_.output_dir, split=flags_.split, num_shards=flags_.num_shards,
-                  videos_per_shard=flags_.videos_per_shard, num_classes=flags_.num_classes,
-                  seed=flags_.seed, frame_level=flags_.frame_level,
-                  video_level=flags_.video_level, min_frames=flags_.min_frames,
-                  max_frames=flags_.max_frames, with_labels=flags_.with_labels)
+    write_dataset(FLAGS.output_dir, split=FLAGS.split, num_shards=FLAGS.num_shards,
+                  videos_per_shard=FLAGS.videos_per_shard, num_classes=FLAGS.num_classes,
+                  seed=FLAGS.seed, frame_level=FLAGS.frame_level,
+                  video_level=FLAGS.video_level, min_frames=FLAGS.min_frames,
+                  max_frames=FLAGS.max_frames, with_labels=FLAGS.with_labels)
 
 
 if __name__ == "__main__":
-    from training.errors import run_main
-
-    _define_flags()
+    define_flags()
     run_main(main)

@@ -22,10 +22,9 @@ from absl import flags
 
 from models import presets
 from models.tf_compat import tf
-from training import checkpoints, distributed, losses, metrics, model_builder, readers
+from training import checkpoints, distributed, losses, metrics, model_builder, readers, train_graph
 from training import flags as shared_flags
 from training import train_dir as train_dirs
-from training import train_graph
 from training.errors import UserError, first_line, run_main
 from training.progress import Progress
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Dict, List, Optional
 
-from tensorflow.python.client import device_lib
-
 from models import layers
-from models.tf_compat import tf
+from models.tf_compat import device_lib, tf
 from training import losses, model_builder, precision, readers
 from training.errors import UserError
 
