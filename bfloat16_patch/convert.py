@@ -102,8 +102,7 @@ def _source(input_dir: str, output_dir: str, checkpoint_file: str, overwrite: bo
     """(checkpoint to convert, the dir of its model_flags.json), checked."""
     if not input_dir and not checkpoint_file:
         raise UserError("--input_dir: required (or --checkpoint_file)")
-    if not output_dir:
-        raise UserError("--output_dir: required")
+    shared_flags.require(output_dir=output_dir)
     if input_dir and not os.path.isdir(input_dir):
         raise UserError(f"--input_dir={input_dir}: no such dir")
     source = checkpoints.find_checkpoint(checkpoint_file or input_dir)

@@ -122,8 +122,7 @@ def ensemble_model_flags(members: Sequence[Member]) -> Dict[str, Any]:
 
 
 def _check_output_dir(output_dir: str, member_dirs: Sequence[str], overwrite: bool) -> None:
-    if not output_dir:
-        raise UserError("--output_dir: required")
+    shared_flags.require(output_dir=output_dir)
     target = os.path.realpath(output_dir)
     for member in member_dirs:
         real = os.path.realpath(member)

@@ -127,8 +127,7 @@ def check_submission(path: str, num_classes: int = 3862, top_k: int = 20,
 
 def main(argv) -> None:
     del argv
-    if not FLAGS.submission:
-        raise UserError("--submission: required")
+    shared_flags.require(submission=FLAGS.submission)
     count = check_submission(FLAGS.submission, FLAGS.num_classes, FLAGS.top_k)
     print(f"ok: {count} videos")
 

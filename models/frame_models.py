@@ -181,7 +181,35 @@ def _classify(inputs: tf.Tensor, num_classes: int, hparams, is_training: bool) -
     return probabilities
 
 
-class NetVLADModelLF(_PooledFrameModel):
+class _LateFusionModel(_PooledFrameModel):
+    """One pooling branch per modality (scope ``<video|audio>_<BRANCH_SCOPE>``,
+    audio with cluster_size // audio_cluster_divisor clusters), concatenated."""
+
+    BRANCH_SCOPE = ""
+
+    def _pool(self, num_samples: int, feature_size: int, cluster_size: int):
+        raise NotImplementedError
+
+    def __call__(self, model_input, num_frames, is_training):
+        flat, num_samples = self._normalised_flat_frames(model_input, num_frames, is_training)
+        pooled = []
+        for index, (name, feature_size, frames) in enumerate(self._modalities(flat)):
+            with tf.variable_scope(f"{name}_{self.BRANCH_SCOPE}"):
+                module = self._pool(num_samples, feature_size, self._branch_clusters(index))
+                pooled.append(module(frames, is_training))
+        return self._head(tf.concat(pooled, axis=1), is_training)
+
+    def _pool_counts(self, frames, counts):
+        pooled = []
+        for index, (name, feature_size, part) in enumerate(self._modality_frames(frames)):
+            with tf.variable_scope(f"{name}_{self.BRANCH_SCOPE}"):
+                module = self._pool(self.hparams["num_samples"], feature_size,
+                                    self._branch_clusters(index))
+                pooled.append(module.pool_counts(part, counts, False))
+        return tf.concat(pooled, axis=1)
+
+
+class NetVLADModelLF(_LateFusionModel):
     """Model A: late-fusion NetVLAD with the embedded-Gaussian non-local block.
 
     [B, T, 1152] -> sample N=300 -> input_bn -> video_VLAD (F=1024, K=64) and
@@ -190,6 +218,7 @@ class NetVLADModelLF(_PooledFrameModel):
     context gating -> MoE-8 -> probability gating -> [B, 3862].
     """
 
+    BRANCH_SCOPE = "VLAD"
     DEFAULTS = {
         **_SAMPLING_DEFAULTS,
         "cluster_size": 64,
@@ -208,25 +237,6 @@ class NetVLADModelLF(_PooledFrameModel):
             feature_size, cluster_size, num_samples,
             temperature=self.hparams["nonlocal_temperature"],
             value_path=self.hparams["nonlocal_value_path"])
-
-    def __call__(self, model_input, num_frames, is_training):
-        flat, num_samples = self._normalised_flat_frames(model_input, num_frames, is_training)
-        pooled = []
-        for index, (name, feature_size, frames) in enumerate(self._modalities(flat)):
-            with tf.variable_scope(f"{name}_VLAD"):
-                module = self._pool(num_samples, feature_size,
-                                    self._branch_clusters(index))
-                pooled.append(module(frames, is_training))
-        return self._head(tf.concat(pooled, axis=1), is_training)
-
-    def _pool_counts(self, frames, counts):
-        pooled = []
-        for index, (name, feature_size, part) in enumerate(self._modality_frames(frames)):
-            with tf.variable_scope(f"{name}_VLAD"):
-                module = self._pool(self.hparams["num_samples"], feature_size,
-                                    self._branch_clusters(index))
-                pooled.append(module.pool_counts(part, counts, False))
-        return tf.concat(pooled, axis=1)
 
 
 class LightNetVLADModelLF(NetVLADModelLF):
@@ -271,27 +281,25 @@ class early_NetVLADModelLF(_PooledFrameModel):  # noqa: N801 (the original name)
         "moe_prob_gating": True,
     }
 
+    def _joint_pool(self, num_samples: int) -> pooling.NetVLADNonLocal:
+        return pooling.NetVLADNonLocal(
+            sum(self.feature_sizes), self.hparams["cluster_size"], num_samples,
+            temperature=self.hparams["nonlocal_temperature"],
+            value_path=self.hparams["nonlocal_value_path"])
+
     def __call__(self, model_input, num_frames, is_training):
         flat, num_samples = self._normalised_flat_frames(model_input, num_frames, is_training)
         with tf.variable_scope("video_audio_VLAD"):
-            module = pooling.NetVLADNonLocal(
-                sum(self.feature_sizes), self.hparams["cluster_size"], num_samples,
-                temperature=self.hparams["nonlocal_temperature"],
-                value_path=self.hparams["nonlocal_value_path"])
-            pooled = module(flat, is_training)
+            pooled = self._joint_pool(num_samples)(flat, is_training)
         return self._head(pooled, is_training)
 
     def _pool_counts(self, frames, counts):
         with tf.variable_scope("video_audio_VLAD"):
-            module = pooling.NetVLADNonLocal(
-                sum(self.feature_sizes), self.hparams["cluster_size"],
-                self.hparams["num_samples"],
-                temperature=self.hparams["nonlocal_temperature"],
-                value_path=self.hparams["nonlocal_value_path"])
-            return module.pool_counts(frames, counts, False)
+            return self._joint_pool(self.hparams["num_samples"]).pool_counts(frames, counts,
+                                                                             False)
 
 
-class SoftDbofModelLF(_PooledFrameModel):
+class SoftDbofModelLF(_LateFusionModel):
     """Models D: late-fusion Soft-DBoF, 4000 video / 500 audio clusters.
 
     [B, T, 1152] -> sample 300 -> input_bn -> video_DBOF (K) and audio_DBOF
@@ -299,6 +307,7 @@ class SoftDbofModelLF(_PooledFrameModel):
     hidden1 1024 (no activation, no gating) -> MoE-2 without GP.
     """
 
+    BRANCH_SCOPE = "DBOF"
     DEFAULTS = {
         **_SAMPLING_DEFAULTS,
         "cluster_size": 4000,
@@ -308,24 +317,8 @@ class SoftDbofModelLF(_PooledFrameModel):
         **_CLASSIFIER_DEFAULTS,
     }
 
-    def __call__(self, model_input, num_frames, is_training):
-        flat, num_samples = self._normalised_flat_frames(model_input, num_frames, is_training)
-        pooled = []
-        for index, (name, feature_size, frames) in enumerate(self._modalities(flat)):
-            with tf.variable_scope(f"{name}_DBOF"):
-                module = pooling.SoftDBoF(feature_size, self._branch_clusters(index),
-                                          num_samples)
-                pooled.append(module(frames, is_training))
-        return self._head(tf.concat(pooled, axis=1), is_training)
-
-    def _pool_counts(self, frames, counts):
-        pooled = []
-        for index, (name, feature_size, part) in enumerate(self._modality_frames(frames)):
-            with tf.variable_scope(f"{name}_DBOF"):
-                module = pooling.SoftDBoF(feature_size, self._branch_clusters(index),
-                                          self.hparams["num_samples"])
-                pooled.append(module.pool_counts(part, counts, False))
-        return tf.concat(pooled, axis=1)
+    def _pool(self, num_samples, feature_size, cluster_size):
+        return pooling.SoftDBoF(feature_size, cluster_size, num_samples)
 
 
 class SoftDbofModelLF_8k(SoftDbofModelLF):  # noqa: N801 (the original name)

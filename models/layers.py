@@ -286,17 +286,7 @@ def sample_frames(model_input: tf.Tensor, num_frames: tf.Tensor, num_samples: in
     mode "uniform": evenly spaced indices, deterministic.
     A video with n = 0 reads row 0, the all-zero padding, so outputs stay finite.
     """
-    batch_size = tf.shape(model_input)[0]
-    frames = tf.cast(tf.maximum(num_frames, 1), tf.float32)[:, None]
-    if mode == "random":
-        positions = tf.random_uniform([batch_size, num_samples], 0.0, 1.0, seed=seed)
-    elif mode == "uniform":
-        positions = tf.tile(((tf.range(num_samples, dtype=tf.float32) + 0.5)
-                             / num_samples)[None, :], [batch_size, 1])
-    else:
-        raise ValueError(f"unknown frame sampling mode {mode!r} (random or uniform)")
-    max_index = tf.cast(tf.maximum(num_frames, 1), tf.int32)[:, None] - 1
-    indices = tf.minimum(tf.cast(tf.floor(positions * frames), tf.int32), max_index)
+    indices = sample_frame_indices(num_frames, num_samples, mode, seed)
     return tf.gather(model_input, indices, batch_dims=1)
 
 

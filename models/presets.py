@@ -72,39 +72,38 @@ def schedule_for(schedule: Schedule, size: str) -> Schedule:
     return dataclasses.replace(schedule, **run)
 
 
-_NETVLAD_SIZES = {"tiny": {"cluster_size": 8, "hidden_size": 32, "num_samples": 30},
-                  "test": {"cluster_size": 4, "hidden_size": 8, "num_samples": 10}}
 _NETVLAD_SCHEDULE = Schedule(batch_size=80, learning_rate_decay=0.8, max_steps=700000)
 _DBOF_SCHEDULE = Schedule(batch_size=80, learning_rate_decay=0.9, max_steps=800000)
 
+
+def _netvlad(name: str, class_name: str, description: str) -> Preset:
+    return Preset(name, class_name, description, _NETVLAD_SCHEDULE,
+                  {"tiny": {"cluster_size": 8, "hidden_size": 32, "num_samples": 30},
+                   "test": {"cluster_size": 4, "hidden_size": 8, "num_samples": 10}},
+                  aliases=(class_name,))
+
+
+def _soft_dbof(name: str, class_name: str, clusters: str, tiny_clusters: int) -> Preset:
+    return Preset(name, class_name, f"Late-fusion Soft-DBoF, {clusters} clusters, MoE-2",
+                  _DBOF_SCHEDULE,
+                  {"tiny": {"cluster_size": tiny_clusters, "hidden_size": 32, "num_samples": 30},
+                   "test": {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}},
+                  aliases=(class_name,))
+
+
+# The order of the ensemble (pipeline.sh MODELS).
 PRESETS: Tuple[Preset, ...] = (
-    Preset("nonlocal-NetVLADModel", "NetVLADModelLF",
-           "Late-fusion NetVLAD with the embedded-Gaussian non-local block, MoE-8 + "
-           "probability gating", _NETVLAD_SCHEDULE, _NETVLAD_SIZES,
-           aliases=("NetVLADModelLF",)),
-    Preset("nonlocal-LightNetVLADModel", "LightNetVLADModelLF",
-           "Late-fusion LightVLAD with a non-local block, MoE-4 + probability gating",
-           _NETVLAD_SCHEDULE, _NETVLAD_SIZES, aliases=("LightNetVLADModelLF",)),
-    Preset("nonlocal-earlyNetVLADModel", "early_NetVLADModelLF",
-           "Early-fusion NetVLAD with a non-local block, MoE-2 + probability gating",
-           _NETVLAD_SCHEDULE, _NETVLAD_SIZES,
-           aliases=("early_NetVLADModelLF",)),
-    Preset("Soft-DBoF-4k", "SoftDbofModelLF",
-           "Late-fusion Soft-DBoF, 4000 video / 500 audio clusters, MoE-2",
-           _DBOF_SCHEDULE,
-           {"tiny": {"cluster_size": 64, "hidden_size": 32, "num_samples": 30},
-            "test": {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}},
-           aliases=("SoftDbofModelLF",)),
-    Preset("Soft-DBoF-8k", "SoftDbofModelLF_8k",
-           "Late-fusion Soft-DBoF, 8000 video / 1000 audio clusters, MoE-2",
-           _DBOF_SCHEDULE,
-           {"tiny": {"cluster_size": 128, "hidden_size": 32, "num_samples": 30},
-            "test": {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}},
-           aliases=("SoftDbofModelLF_8k",)),
+    _netvlad("nonlocal-NetVLADModel", "NetVLADModelLF", "Late-fusion NetVLAD with the "
+             "embedded-Gaussian non-local block, MoE-8 + probability gating"),
+    _netvlad("nonlocal-LightNetVLADModel", "LightNetVLADModelLF", "Late-fusion LightVLAD with "
+             "a non-local block, MoE-4 + probability gating"),
+    _netvlad("nonlocal-earlyNetVLADModel", "early_NetVLADModelLF", "Early-fusion NetVLAD with "
+             "a non-local block, MoE-2 + probability gating"),
+    _soft_dbof("Soft-DBoF-4k", "SoftDbofModelLF", "4000 video / 500 audio", 64),
+    _soft_dbof("Soft-DBoF-8k", "SoftDbofModelLF_8k", "8000 video / 1000 audio", 128),
     Preset("GRUModel", "GruModel", "Two stacked GRUs of 1200 units, MoE-2",
            Schedule(batch_size=128, learning_rate_decay=0.9, max_steps=300000),
-           {"tiny": {"gru_cells": 32}, "test": {"gru_cells": 8}},
-           aliases=("GruModel",)),
+           {"tiny": {"gru_cells": 32}, "test": {"gru_cells": 8}}, aliases=("GruModel",)),
 )
 
 PRESET_NAMES: Tuple[str, ...] = tuple(preset.name for preset in PRESETS)
@@ -128,3 +127,8 @@ def size_flags(name: str, size: str) -> list:
     """Command-line flags of the hyper-parameters of preset `name` at `size`
     (['--cluster_size=8', ...]; what tests pass to the entry points)."""
     return [f"--{key}={value}" for key, value in sorted(get(name).hparams_for(size).items())]
+
+
+if __name__ == "__main__":
+    # The preset names in ensemble order, for the shell scripts.
+    print(" ".join(PRESET_NAMES))

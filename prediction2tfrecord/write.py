@@ -382,8 +382,7 @@ def select_files(files: Sequence[str], num_shard_groups: int = 1, shard_index: i
 def write_teacher_records(files: Sequence[str], output_dir: str, teacher,
                           batch_size: int = 64, log: Log = print) -> Dict[str, int]:
     """Converts every file not yet present in output_dir; returns totals."""
-    if not output_dir:
-        raise UserError("--output_dir: required")
+    shared_flags.require(output_dir=output_dir)
     tf.io.gfile.makedirs(output_dir)
     totals = {"files": 0, "existing": 0, "written": 0, "skipped": 0}
     outputs = [os.path.join(output_dir, os.path.basename(path)) for path in files]
@@ -430,10 +429,8 @@ def make_teacher(teacher_csv: str, teacher_dir: str, num_classes: int,
 
 def main(argv) -> None:
     del argv
-    if not FLAGS.input_data_pattern:
-        raise UserError("--input_data_pattern: required")
-    if not FLAGS.output_dir:
-        raise UserError("--output_dir: required")
+    shared_flags.require(input_data_pattern=FLAGS.input_data_pattern,
+                         output_dir=FLAGS.output_dir)
     if FLAGS.batch_size <= 0:
         raise UserError(f"--batch_size: must be positive, got {FLAGS.batch_size}")
     files = readers.resolve_files(FLAGS.input_data_pattern, "input_data_pattern")

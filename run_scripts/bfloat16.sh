@@ -9,17 +9,15 @@
 # Usage: SWA_DIR=~/yt8m_models/Soft-DBoF-4k-swa BF16_DIR=~/ensemble_models/Soft-DBoF-4k run_scripts/bfloat16.sh [--flag=value ...]
 # Extra flags go to `python -m bfloat16_patch.convert`, e.g. --checkpoint_file=..., --overwrite.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 TRAIN_DIR=${TRAIN_DIR:-$HOME/yt8m_models/Soft-DBoF-4k}
 SWA_DIR=${SWA_DIR:-$TRAIN_DIR-swa}
 BF16_DIR=${BF16_DIR:-$SWA_DIR-bfloat16}
-PYTHON=${PYTHON:-python}
 
-# Relative paths are taken from where the script is called.
-absolute() { if [[ "$1" = /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
 SWA_DIR=$(absolute "$SWA_DIR")
 BF16_DIR=$(absolute "$BF16_DIR")
 
-cd "$(dirname "$0")/.."
+cd "$REPO_ROOT"
 
 "$PYTHON" -m bfloat16_patch.convert --input_dir="$SWA_DIR" --output_dir="$BF16_DIR" "$@"

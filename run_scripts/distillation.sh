@@ -14,6 +14,7 @@
 # --batch_size, --base_learning_rate, --max_steps, --num_gpu, model hyper-parameters, ...).
 # Then SWA / bfloat16 / ensemble the student like any trained model.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 WORK_DIR=${WORK_DIR:-$HOME/yt8m_work}
 MODEL=${MODEL:-GRUModel}
@@ -24,14 +25,9 @@ TEACHER_NORMALIZATION=${TEACHER_NORMALIZATION:-none}
 TEACHER_NUM_MEMBERS=${TEACHER_NUM_MEMBERS:-}
 WARM_START=${WARM_START:-}
 NUM_CLASSES=${NUM_CLASSES:-3862}
-export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
-PYTHON=${PYTHON:-python}
 
-# Relative paths are taken from where the script is called.
-absolute() { if [[ "$1" = /* || "$1" = *://* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
-TEACHER_RECORDS=$(absolute "$TEACHER_RECORDS")
-TRAIN_DIR=$(absolute "$TRAIN_DIR")
-args=()
+args=(--num_classes="$NUM_CLASSES" --distill_prob="$DISTILL_PROB"
+      --teacher_normalization="$TEACHER_NORMALIZATION")
 if [[ -n "$TEACHER_NUM_MEMBERS" ]]; then
   args+=(--teacher_num_members="$TEACHER_NUM_MEMBERS")
 fi
@@ -39,17 +35,6 @@ if [[ -n "$WARM_START" ]]; then
   args+=(--warm_start_checkpoint="$(absolute "$WARM_START")")
 fi
 
-cd "$(dirname "$0")/.."
-
-"$PYTHON" -m distillation.train \
-  --train_dir="$TRAIN_DIR" \
-  --train_data_pattern="$TEACHER_RECORDS" \
-  --model="$MODEL" \
-  --frame_features=True \
-  --feature_names=rgb,audio \
-  --feature_sizes=1024,128 \
-  --num_classes="$NUM_CLASSES" \
-  --distill_prob="$DISTILL_PROB" \
-  --teacher_normalization="$TEACHER_NORMALIZATION" \
-  "${args[@]}" \
-  "$@"
+TRAIN_MODULE=distillation.train TRAIN_PATTERN="$TEACHER_RECORDS" TRAIN_DIR="$TRAIN_DIR" \
+  MATMUL_DTYPE=${MATMUL_DTYPE:-float32} exec "$(dirname "$0")/train_model.sh" "$MODEL" \
+  "${args[@]}" "$@"

@@ -10,6 +10,7 @@
 # BATCH_SIZE: videos per batch; a 10-tile ensemble runs 10x as many, so keep it
 # near the original bf16 scripts' 80 (the starter's 8192 does not fit in memory).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 MODEL_DIR=${MODEL_DIR:-./ensemble_models/ensembled_models}
 MODEL_TGZ=${MODEL_TGZ:-}
@@ -19,22 +20,20 @@ OUTPUT_MODEL_TGZ=${OUTPUT_MODEL_TGZ:-}
 BATCH_SIZE=${BATCH_SIZE:-64}
 TOP_K=${TOP_K:-20}
 NUM_CLASSES=${NUM_CLASSES:-3862}
-PYTHON=${PYTHON:-python}
 
-abs() { case "$1" in /* | *://*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }   # keeps gs:// paths
 if [[ -n "$MODEL_TGZ" ]]; then
-  model_flag=(--input_model_tgz="$(abs "$MODEL_TGZ")")
+  model_flag=(--input_model_tgz="$(absolute "$MODEL_TGZ")")
 else
-  model_flag=(--train_dir="$(abs "$MODEL_DIR")")
+  model_flag=(--train_dir="$(absolute "$MODEL_DIR")")
 fi
 tgz_flag=()
 if [[ -n "$OUTPUT_MODEL_TGZ" ]]; then
-  tgz_flag=(--output_model_tgz="$(abs "$OUTPUT_MODEL_TGZ")")
+  tgz_flag=(--output_model_tgz="$(absolute "$OUTPUT_MODEL_TGZ")")
 fi
-TEST_PATTERN=$(abs "$TEST_PATTERN")
-OUTPUT_FILE=$(abs "$OUTPUT_FILE")
+TEST_PATTERN=$(absolute "$TEST_PATTERN")
+OUTPUT_FILE=$(absolute "$OUTPUT_FILE")
 
-cd "$(dirname "$0")/.."
+cd "$REPO_ROOT"
 
 "$PYTHON" -m ensemble.inference \
   "${model_flag[@]}" \

@@ -12,19 +12,21 @@
 # --weights=1,1,2,1,1,1, --weights_file=stacking/weights.json, --overwrite.
 # VALIDATE_PATTERN (optional) evaluates the exported ensemble afterwards.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 if [[ $# -gt 0 && "$1" != --* ]]; then
   ENSEMBLE_MODELS=${ENSEMBLE_MODELS:-$1}
   shift
 fi
 ENSEMBLE_MODELS=${ENSEMBLE_MODELS:-./ensemble_models}
-MEMBERS=${MEMBERS:-nonlocal-NetVLADModel-bfloat16,nonlocal-LightNetVLADModel-bfloat16,nonlocal-earlyNetVLADModel-bfloat16,Soft-DBoF-4k-bfloat16,Soft-DBoF-8k-bfloat16,GRUModel-bfloat16}
+if [[ -z "${MEMBERS:-}" ]]; then   # <preset>-bfloat16 of the six presets (models/presets.py)
+  MEMBERS=$(cd "$REPO_ROOT" && "$PYTHON" -m models.presets | sed 's/\([^ ]*\)/\1-bfloat16/g; s/ /,/g')
+fi
 OUTPUT_DIR=${OUTPUT_DIR:-$ENSEMBLE_MODELS/ensembled_models}
 TILE_NUM=${TILE_NUM:-10}
 SEED=${SEED:-666}
 VALIDATE_PATTERN=${VALIDATE_PATTERN:-}
 BATCH_SIZE=${BATCH_SIZE:-64}
-PYTHON=${PYTHON:-python}
 
 if [[ -z "${MODEL_DIRS:-}" ]]; then
   MODEL_DIRS=""
@@ -34,26 +36,11 @@ if [[ -z "${MODEL_DIRS:-}" ]]; then
   done
 fi
 
-# Resolve relative paths before leaving the caller's directory.
-abs() { case "$1" in /* | *://*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }   # keeps gs:// paths
-dirs=""
-IFS=',' read -r -a given <<< "$MODEL_DIRS"
-for dir in "${given[@]}"; do
-  dirs="${dirs:+$dirs,}$(abs "$dir")"
-done
-OUTPUT_DIR=$(abs "$OUTPUT_DIR")
-eval_flag=()
+args=(--model_dirs="$(absolute_list "$MODEL_DIRS")" --output_dir="$(absolute "$OUTPUT_DIR")"
+      --tile_num="$TILE_NUM" --seed="$SEED" --batch_size="$BATCH_SIZE")
 if [[ -n "$VALIDATE_PATTERN" ]]; then
-  eval_flag=(--eval_data_pattern="$(abs "$VALIDATE_PATTERN")")
+  args+=(--eval_data_pattern="$(absolute "$VALIDATE_PATTERN")")
 fi
 
-cd "$(dirname "$0")/.."
-
-"$PYTHON" -m ensemble.build \
-  --model_dirs="$dirs" \
-  --output_dir="$OUTPUT_DIR" \
-  --tile_num="$TILE_NUM" \
-  --seed="$SEED" \
-  --batch_size="$BATCH_SIZE" \
-  "${eval_flag[@]}" \
-  "$@"
+cd "$REPO_ROOT"
+"$PYTHON" -m ensemble.build "${args[@]}" "$@"

@@ -16,7 +16,8 @@ TRAIN_PATTERN=${TRAIN_PATTERN:-$DATA_DIR/train*.tfrecord}
 VALIDATE_PATTERN=${VALIDATE_PATTERN:-$DATA_DIR/validate*.tfrecord}
 TEST_PATTERN=${TEST_PATTERN:-$DATA_DIR/test*.tfrecord}
 WORK_DIR=${WORK_DIR:-$HOME/yt8m_work}
-MODELS=${MODELS:-"nonlocal-NetVLADModel nonlocal-LightNetVLADModel nonlocal-earlyNetVLADModel Soft-DBoF-4k Soft-DBoF-8k GRUModel"}
+PYTHON=${PYTHON:-python}
+MODELS=${MODELS:-$("$PYTHON" -m models.presets)}   # the six presets (models/presets.py)
 SWA_LAST_N=${SWA_LAST_N:-5}          # average the last N checkpoints of each model
 SWA_BN=${SWA_BN:-last}               # BN statistics: last (the original) | average | recompute
 TILE_NUM=${TILE_NUM:-10}
@@ -26,7 +27,6 @@ TINY=${TINY:-0}
 # Fixed seeds make a rerun write the same checkpoints and a byte-identical CSV.
 SEED=${SEED:-2018}                   # training (init, data order, sampling), SWA, evaluation
 ENSEMBLE_SEED=${ENSEMBLE_SEED:-666}  # the ensemble's frame sampling, baked into its graph
-PYTHON=${PYTHON:-python}
 export PYTHON
 
 # Extra training flags (TINY=1: the presets' tiny sizes and short runs, from

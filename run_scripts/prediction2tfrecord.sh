@@ -13,6 +13,7 @@
 # Extra flags go to `python -m prediction2tfrecord.write`, e.g. --skip_missing, --batch_size=64.
 # Next step: run_scripts/distillation.sh.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 DATA_DIR=${DATA_DIR:-/path/to/yt8m/frame}
 WORK_DIR=${WORK_DIR:-$HOME/yt8m_work}
@@ -23,10 +24,7 @@ TEACHER_DIR=${TEACHER_DIR:-$WORK_DIR/ensembled_models}
 NUM_CLASSES=${NUM_CLASSES:-3862}
 NUM_SHARD_GROUPS=${NUM_SHARD_GROUPS:-1}
 SHARD_INDEX=${SHARD_INDEX:-0}
-PYTHON=${PYTHON:-python}
 
-# Relative paths are taken from where the script is called.
-absolute() { if [[ "$1" = /* || "$1" = *://* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
 INPUT_PATTERN=$(absolute "$INPUT_PATTERN")
 OUTPUT_DIR=$(absolute "$OUTPUT_DIR")
 if [[ -n "$TEACHER_CSV" ]]; then
@@ -35,7 +33,7 @@ else
   teacher=(--teacher_dir="$(absolute "$TEACHER_DIR")")
 fi
 
-cd "$(dirname "$0")/.."
+cd "$REPO_ROOT"
 
 "$PYTHON" -m prediction2tfrecord.write \
   --input_data_pattern="$INPUT_PATTERN" \

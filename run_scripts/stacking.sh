@@ -11,6 +11,7 @@
 # Memory: MAX_VIDEOS x members x NUM_CLASSES x 4 bytes (20000 x 6 x 3862: 1.9 GB).
 # Then: python -m ensemble.build --weights_file="$WEIGHTS_FILE" --output_dir=... --tile_num=10
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 DATA_DIR=${DATA_DIR:-/path/to/yt8m/frame}
 WORK_DIR=${WORK_DIR:-$HOME/yt8m_work}
@@ -19,10 +20,7 @@ MODEL_DIRS=${MODEL_DIRS:-}
 WEIGHTS_FILE=${WEIGHTS_FILE:-$WORK_DIR/stacking_weights.json}
 PARAMETERIZATION=${PARAMETERIZATION:-simplex}
 MAX_VIDEOS=${MAX_VIDEOS:-20000}
-PYTHON=${PYTHON:-python}
 
-# Relative paths are taken from where the script is called.
-absolute() { if [[ "$1" = /* || "$1" = *://* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
 if [[ -z "$MODEL_DIRS" ]]; then
   dirs=()
   for dir in "$WORK_DIR"/ensemble_models/*-bfloat16; do
@@ -33,16 +31,12 @@ if [[ -z "$MODEL_DIRS" ]]; then
     exit 2
   fi
   MODEL_DIRS=$(IFS=,; echo "${dirs[*]}")
-else
-  dirs=()
-  IFS=, read -r -a given <<< "$MODEL_DIRS"
-  for dir in "${given[@]}"; do dirs+=("$(absolute "$dir")"); done
-  MODEL_DIRS=$(IFS=,; echo "${dirs[*]}")
 fi
+MODEL_DIRS=$(absolute_list "$MODEL_DIRS")
 VALIDATE_PATTERN=$(absolute "$VALIDATE_PATTERN")
 WEIGHTS_FILE=$(absolute "$WEIGHTS_FILE")
 
-cd "$(dirname "$0")/.."
+cd "$REPO_ROOT"
 
 "$PYTHON" -m stacking.fit \
   --model_dirs="$MODEL_DIRS" \

@@ -10,6 +10,7 @@
 # --eval_data_pattern=... to evaluate the result, --overwrite.
 # Next step: run_scripts/bfloat16.sh (SWA_DIR -> BF16_DIR).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 TRAIN_DIR=${TRAIN_DIR:-$HOME/yt8m_models/Soft-DBoF-4k}
 SWA_DIR=${SWA_DIR:-$TRAIN_DIR-swa}
@@ -17,14 +18,11 @@ BF16_DIR=${BF16_DIR:-$SWA_DIR-bfloat16}   # used by run_scripts/bfloat16.sh
 SWA_START=${SWA_START-300020}             # the original avg_eval.sh value; "" to omit
 BN_STATISTICS=${BN_STATISTICS:-last}      # last (the original) | average | recompute
 EVAL_DATA_PATTERN=${EVAL_DATA_PATTERN:-}  # optional: evaluate the averaged model
-PYTHON=${PYTHON:-python}
 
-# Relative paths are taken from where the script is called.
-absolute() { if [[ "$1" = /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
 TRAIN_DIR=$(absolute "$TRAIN_DIR")
 SWA_DIR=$(absolute "$SWA_DIR")
 
-cd "$(dirname "$0")/.."
+cd "$REPO_ROOT"
 
 args=(--train_dir="$TRAIN_DIR" --output_dir="$SWA_DIR" --bn_statistics="$BN_STATISTICS")
 if [[ -n "$SWA_START" ]]; then

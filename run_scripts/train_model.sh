@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# Shared body of the six model scripts (GRUModel.sh, nonlocal-*.sh, Soft-DBoF-*.sh):
-#   train_model.sh PRESET [extra training flags...]
-# Paths come from DATA_DIR and TRAIN_DIR; the schedule and hyper-parameters come
-# from the preset's record (models/presets.py); extra flags override them.
+# Shared body of the six model scripts (GRUModel.sh, nonlocal-*.sh, Soft-DBoF-*.sh)
+# and of distillation.sh:
+#   train_model.sh MODEL [extra training flags...]
+# Paths come from TRAIN_DIR and TRAIN_PATTERN (default DATA_DIR/train*.tfrecord);
+# the schedule and hyper-parameters come from the preset's record
+# (models/presets.py); extra flags override them. TRAIN_MODULE (default
+# training.train) is the Python entry point (distillation.sh: distillation.train).
 # MATMUL_DTYPE=bfloat16 trains with bfloat16 weight products (mixed precision,
 # float32 variables and checkpoints; README "Training throughput").
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 model=$1
 shift
 DATA_DIR=${DATA_DIR:-/path/to/yt8m/frame}
+TRAIN_PATTERN=${TRAIN_PATTERN:-$DATA_DIR/train*.tfrecord}
 TRAIN_DIR=${TRAIN_DIR:-$HOME/yt8m_models/$model}
+TRAIN_MODULE=${TRAIN_MODULE:-training.train}
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
-PYTHON=${PYTHON:-python}
 MATMUL_DTYPE=${MATMUL_DTYPE:-float32}
+TRAIN_PATTERN=$(absolute "$TRAIN_PATTERN")
+TRAIN_DIR=$(absolute "$TRAIN_DIR")
 
-cd "$(dirname "$0")/.."
+cd "$REPO_ROOT"
 
-"$PYTHON" -m training.train \
+"$PYTHON" -m "$TRAIN_MODULE" \
   --train_dir="$TRAIN_DIR" \
-  --train_data_pattern="$DATA_DIR/train*.tfrecord" \
+  --train_data_pattern="$TRAIN_PATTERN" \
   --model="$model" \
   --frame_features=True \
   --feature_names=rgb,audio \

@@ -231,8 +231,7 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
     if parameterization not in PARAMETERIZATIONS:
         raise UserError(f"--parameterization: must be one of {', '.join(PARAMETERIZATIONS)}, "
                         f"got {parameterization!r}")
-    if not output_file:
-        raise UserError("--output_file: required")
+    shared_flags.require(output_file=output_file)
     if not data_pattern:
         raise UserError("--data_pattern: required (held-out labelled TFRecords)")
     for name, value, minimum in (("max_videos", max_videos, 0), ("batch_size", batch_size, 1),

@@ -307,10 +307,7 @@ def recompute_and_save(model_flags: Dict[str, Any], specs, produce: Callable[[st
 
 
 def _check_dirs(train_dir: str, output_dir: str, overwrite: bool) -> None:
-    if not train_dir:
-        raise UserError("--train_dir: required")
-    if not output_dir:
-        raise UserError("--output_dir: required")
+    shared_flags.require(train_dir=train_dir, output_dir=output_dir)
     if not os.path.isdir(train_dir):
         raise UserError(f"--train_dir={train_dir}: no such dir")
     source, target = os.path.abspath(train_dir), os.path.abspath(output_dir)

@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 from absl import flags
 
-from models import frame_models, registry
+from models import frame_models, presets, registry
 from models.tf_compat import tf
+from training import model_builder
 
 from test_layers import (bn_params, np_bn, np_context_gating, np_moe, np_prob_gating,
                          np_stacked_gru_final, gru_cells_from, randomize_bn_statistics,
                          variable_values)
 from test_pooling import np_light_netvlad_nonlocal, np_netvlad_nonlocal, np_soft_dbof
 
-PRESETS = frame_models.PRESET_NAMES
+PRESETS = presets.PRESET_NAMES
+# The original class names (aliases) of the presets, from the records.
+ALIASES = {alias: preset.name for preset in presets.PRESETS for alias in preset.aliases}
 CLASS_OF_PRESET = {
     "GRUModel": "GruModel",
     "nonlocal-NetVLADModel": "NetVLADModelLF",
@@ -110,7 +113,7 @@ def test_presets_and_original_class_names_resolve_to_the_same_model(name):
     assert cls.__name__ == CLASS_OF_PRESET[name]
     alias_cls, alias_hparams = registry.resolve(CLASS_OF_PRESET[name])
     assert alias_cls is cls and alias_hparams == hparams
-    assert registry.ALIASES[CLASS_OF_PRESET[name]] == name
+    assert ALIASES[CLASS_OF_PRESET[name]] == name
 
 
 def test_original_constants_are_the_defaults():
@@ -184,13 +187,13 @@ def test_unknown_model_and_hparam_names_error():
 
 def test_hparams_from_command_line_flags():
     flag_values = flags.FlagValues()
-    registry.define_hparam_flags(flag_values)
+    model_builder.define_hparam_flags(flag_values)
     flag_values(["prog", "--cluster_size=4", "--nonlocal_value_path=g", "--gating=false",
                  "--moe_l2=1e-6"])
-    overrides = registry.hparams_from_flags("nonlocal-LightNetVLADModel", flag_values)
+    overrides = model_builder.hparams_from_flags("nonlocal-LightNetVLADModel", flag_values)
     assert overrides == {"cluster_size": 4, "nonlocal_value_path": "g", "gating": False,
                          "moe_l2": 1e-6}
-    assert registry.hparams_from_flags("GRUModel", flag_values) == {"moe_l2": 1e-6}
+    assert model_builder.hparams_from_flags("GRUModel", flag_values) == {"moe_l2": 1e-6}
 
 
 def test_bad_hparam_values_error():

@@ -1,4 +1,5 @@
-"""ensemble.inference: the submission CSV, upload archives, single model dirs."""
+"""ensemble.inference (with ensemble.export and training.predict): the
+submission CSV, upload archives, single model dirs."""
 from __future__ import annotations
 
 import io
@@ -8,11 +9,11 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import TINY_CLASSES, run_module
-from ensemble import build, inference
+from conftest import TINY_CLASSES, TINY_DBOF, TINY_GRU, run_module
+from ensemble import build, export, inference
 from ensemble.check_submission import check_submission
-from test_ensemble import TINY_DBOF, TINY_GRU, make_member, single_model_predictions
-from training import readers
+from test_ensemble import make_member, single_model_predictions
+from training import metrics, readers
 from training.errors import UserError
 from models.tf_compat import tf
 
@@ -106,7 +107,7 @@ def test_model_tgz_round_trip(models, unlabelled, tmp_path):
                   input_data_pattern=unlabelled, output_file=first, batch_size=8,
                   top_k=TOP_K, log=None)
     with tarfile.open(tgz) as tar:
-        assert sorted(tar.getnames()) == sorted(inference.UPLOAD_FILES)
+        assert sorted(tar.getnames()) == sorted(export.UPLOAD_FILES)
     inference.run(input_model_tgz=tgz, input_data_pattern=unlabelled, output_file=second,
                   batch_size=8, top_k=TOP_K, log=None)
     with open(first) as a, open(second) as b:
@@ -161,7 +162,7 @@ def test_unsafe_or_broken_tgz(tmp_path):
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
     with pytest.raises(UserError, match="outside the archive"):
-        with inference.extracted_model_tgz(evil):
+        with export.extracted_model_tgz(evil):
             pass
     linked = str(tmp_path / "link.tgz")
     with tarfile.open(linked, "w:gz") as tar:
@@ -169,12 +170,12 @@ def test_unsafe_or_broken_tgz(tmp_path):
         info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(info)
     with pytest.raises(UserError, match="not a regular file"):
-        with inference.extracted_model_tgz(linked):
+        with export.extracted_model_tgz(linked):
             pass
     broken = tmp_path / "broken.tgz"
     broken.write_bytes(b"not a tar file")
     with pytest.raises(UserError, match="not a readable .tgz"):
-        with inference.extracted_model_tgz(str(broken)):
+        with export.extracted_model_tgz(str(broken)):
             pass
     assert not (tmp_path.parent / "escape.txt").exists()
 
@@ -186,7 +187,7 @@ def test_score_format_and_top_k():
     assert inference.format_score(1.2345678e-05) == "0.0000123457"
     assert inference.format_score(0.123456789) == "0.123457"
     predictions = np.array([[0.1, 0.7, 0.7, 0.2], [0.0, 0.0, 1.0, 3e-7]], np.float32)
-    labels, scores = inference.top_k_pairs(predictions, 3)
+    labels, scores = metrics.top_k_classes(predictions, 3)
     assert labels.tolist() == [[1, 2, 3], [2, 3, 0]]
     lines = inference.format_lines(np.array([b"ab", b"cd"]), predictions, 3)
     assert lines == ["ab,1 0.7 2 0.7 3 0.2\n", "cd,2 1 3 0.0000003 0 0\n"]

@@ -9,15 +9,22 @@ import os
 import numpy as np
 import pytest
 
+from conftest import TEST_SIZE, TINY_GRU
 from ensemble import build
-from models import frame_models, layers
-from test_ensemble import TINY_CLASSES, TINY_GRU, make_member, starter_predictions
-from training import model_builder
+from models import layers, presets
+from test_ensemble import TINY_CLASSES, make_member, starter_predictions
+from training import member_graph, model_builder
+from training.members import load_member
 from models.tf_compat import tf
 
 FEATURES = 1024 + 128
-SAMPLING_PRESETS = [name for name in frame_models.PRESET_NAMES if name != "GRUModel"]
-TINY = {"cluster_size": 8, "hidden_size": 8, "num_samples": 20, "frame_sampling_seed": 5}
+SAMPLING_PRESETS = [name for name in presets.PRESET_NAMES if name != "GRUModel"]
+
+
+def tiny_hparams(name, frame_sampling_seed=5, **extra):
+    """The preset's test size with a fixed frame_sampling_seed."""
+    return {**presets.get(name).hparams_for(TEST_SIZE),
+            "frame_sampling_seed": frame_sampling_seed, **extra}
 
 
 def edge_batch(seed=0):
@@ -94,7 +101,7 @@ def test_frame_counts():
 def _tiny_model(name, **extra):
     model_flags = model_builder.make_model_flags(name, "rgb,audio", "1024,128", True,
                                                  TINY_CLASSES, "CrossEntropyLoss",
-                                                 {**TINY, **extra})
+                                                 tiny_hparams(name, **extra))
     return model_builder.build_model(model_flags)
 
 
@@ -137,12 +144,12 @@ def test_predict_tiles_equals_the_naive_tiled_graph(name):
 @pytest.mark.parametrize("name", ["nonlocal-NetVLADModel", "Soft-DBoF-8k"])
 def test_explicit_indices_equal_the_gathered_frames(name):
     """predict_tiles on given draws = the model on those frames (no sampling)."""
-    tiles, samples = 2, TINY["num_samples"]
+    model = _tiny_model(name)
+    tiles, samples = 2, model.hparams["num_samples"]
     features, num_frames = edge_batch(2)
     rng = np.random.RandomState(4)
     indices = np.stack([rng.randint(0, max(int(n), 1), size=(tiles, samples))
                         for n in num_frames], axis=1).astype(np.int32)       # [T, B, N]
-    model = _tiny_model(name)
     fixed = _tiny_model(name, frame_sampling="none")
     graph = tf.Graph()
     with graph.as_default():
@@ -184,11 +191,11 @@ def seeded_members(tmp_path_factory):
     root = tmp_path_factory.mktemp("seeded")
     return [
         make_member(root / "netvlad", "nonlocal-NetVLADModel", seed=1,
-                    **{**TINY, "frame_sampling_seed": 21}),
+                    **tiny_hparams("nonlocal-NetVLADModel", 21)),
         make_member(root / "dbof", "Soft-DBoF-4k", bf16=True, seed=2,
-                    **{**TINY, "frame_sampling_seed": 22}),
+                    **tiny_hparams("Soft-DBoF-4k", 22)),
         make_member(root / "early", "nonlocal-earlyNetVLADModel", bf16=True, seed=3,
-                    **{**TINY, "frame_sampling_seed": 23}),
+                    **tiny_hparams("nonlocal-earlyNetVLADModel", 23)),
         make_member(root / "gru", "GRUModel", seed=4, **TINY_GRU),
     ]
 
@@ -222,8 +229,8 @@ def test_shared_is_the_default_and_the_flag(seeded_members, tmp_path):
         assert json.load(handle)["shared_frame_work"] == [False, False]
     graph = tf.Graph()
     with graph.as_default():
-        members = [build.load_member(d) for d in seeded_members]
-        ensemble = build.build_ensemble_graph(members, [0.25] * 4, 3)
+        members = [load_member(d) for d in seeded_members]
+        ensemble = member_graph.build_ensemble_graph(members, [0.25] * 4, 3)
     assert ensemble.shared == [True, True, True, False]
     # The shared graph never tiles the input when only the GRU is left untiled.
     assert not [op for op in graph.get_operations() if op.name.startswith("tile/")]

@@ -69,10 +69,7 @@ def _checkpoint_to_evaluate() -> Optional[str]:
 
 def main(argv) -> None:
     del argv
-    if not FLAGS.train_dir:
-        raise UserError("--train_dir: required")
-    if not FLAGS.eval_data_pattern:
-        raise UserError("--eval_data_pattern: required")
+    shared_flags.require(train_dir=FLAGS.train_dir, eval_data_pattern=FLAGS.eval_data_pattern)
     checkpoints.read_model_flags(FLAGS.train_dir)
     readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
     precision.check_bf16_compute(FLAGS.bf16_compute or None)

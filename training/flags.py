@@ -20,36 +20,55 @@ from training.errors import UserError
 
 FLAGS = flags.FLAGS
 
-SHARED_FLAGS: Dict[str, Tuple[Callable, str]] = {
-    "train_dir": (flags.DEFINE_string, "Model dir: a train dir, or a dir with model_flags.json "
-                                       "and model.ckpt-* (SWA, bfloat16) or inference_model.*."),
-    "train_data_pattern": (flags.DEFINE_string, "Comma-separated globs of training TFRecords."),
-    "eval_data_pattern": (flags.DEFINE_string, "Comma-separated globs of labelled evaluation "
-                                               "TFRecords."),
-    "input_data_pattern": (flags.DEFINE_string, "Comma-separated globs of the TFRecords to read."),
-    "output_dir": (flags.DEFINE_string, "New dir to write (atomically)."),
-    "output_file": (flags.DEFINE_string, "File to write (atomically)."),
-    "model_dirs": (flags.DEFINE_string, "Comma-separated member model dirs (model_flags.json + "
-                                        "model.ckpt-*, float32 or bfloat16)."),
-    "checkpoint_file": (flags.DEFINE_string, "A checkpoint prefix (default: the latest "
-                                             "model.ckpt-* of the dir)."),
-    "num_classes": (flags.DEFINE_integer, "Number of classes."),
-    "batch_size": (flags.DEFINE_integer, "Videos per batch."),
-    "num_readers": (flags.DEFINE_integer, "TFRecord files read in parallel."),
-    "seed": (flags.DEFINE_integer, "Graph-level random seed (initialisation, data order, "
-                                   "frame sampling)."),
-    "top_k": (flags.DEFINE_integer, "k of GAP@k; label score pairs per video."),
-    "tile_num": (flags.DEFINE_integer, "Copies of the batch that the frame-sampling members "
-                                       "see (independent random draws)."),
-    "frame_sampling": (flags.DEFINE_string, "Override the models' frame sampling: random (the "
-                                            "original), uniform (deterministic) or none."),
-    "bf16_compute": (flags.DEFINE_string, "How bfloat16 checkpoints compute: cast_each_step, "
-                                          "cast_at_load or bfloat16 (default: bfloat16 on "
-                                          "CPUs with native bf16 products, else cast_at_load)."),
-    "skip_corrupt_records": (flags.DEFINE_bool, "Skip the damaged rest of corrupt or truncated "
-                                                "TFRecord files (default: stop with an error)."),
-    "overwrite": (flags.DEFINE_bool, "Replace an existing output."),
-}
+# name, type, help: every flag that more than one entry point defines.
+_SHARED_TABLE = """
+train_dir             string   Model dir: a train dir, or a dir with model_flags.json and
+                               model.ckpt-* (SWA, bfloat16) or inference_model.*.
+train_data_pattern    string   Comma-separated globs of training TFRecords.
+eval_data_pattern     string   Comma-separated globs of labelled evaluation TFRecords.
+input_data_pattern    string   Comma-separated globs of the TFRecords to read.
+output_dir            string   New dir to write (atomically).
+output_file           string   File to write (atomically).
+model_dirs            string   Comma-separated member model dirs (model_flags.json +
+                               model.ckpt-*, float32 or bfloat16).
+checkpoint_file       string   A checkpoint prefix (default: the latest model.ckpt-* of the dir).
+num_classes           integer  Number of classes.
+batch_size            integer  Videos per batch.
+num_readers           integer  TFRecord files read in parallel.
+seed                  integer  Graph-level random seed (initialisation, data order, frame
+                               sampling).
+top_k                 integer  k of GAP@k; label score pairs per video.
+tile_num              integer  Copies of the batch that the frame-sampling members see
+                               (independent random draws).
+frame_sampling        string   Override the models' frame sampling: random (the original),
+                               uniform (deterministic) or none.
+bf16_compute          string   How bfloat16 checkpoints compute: cast_each_step, cast_at_load or
+                               bfloat16 (default: bfloat16 on CPUs with native bf16 products,
+                               else cast_at_load).
+skip_corrupt_records  bool     Skip the damaged rest of corrupt or truncated TFRecord files
+                               (default: stop with an error).
+overwrite             bool     Replace an existing output.
+"""
+_DEFINERS_BY_TYPE = {"string": flags.DEFINE_string, "integer": flags.DEFINE_integer,
+                     "bool": flags.DEFINE_bool}
+
+
+def _parse_table(table: str) -> Dict[str, Tuple[Callable, str]]:
+    """{name: (definer, help)} of a table of `name type help` rows (an
+    indented line continues the help of the row above)."""
+    rows: Dict[str, Tuple[Callable, str]] = {}
+    name = ""
+    for line in table.strip("\n").splitlines():
+        if line.startswith(" "):
+            definer, text = rows[name]
+            rows[name] = (definer, f"{text} {line.strip()}")
+        else:
+            name, kind, text = line.split(None, 2)
+            rows[name] = (_DEFINERS_BY_TYPE[kind], text)
+    return rows
+
+
+SHARED_FLAGS: Dict[str, Tuple[Callable, str]] = _parse_table(_SHARED_TABLE)
 
 
 def define(definer: Callable, name: str, default: Any, help_text: str, **kwargs: Any) -> None:
@@ -68,6 +87,13 @@ def define_shared_flags(defaults: Mapping[str, Any]) -> None:
     for name, value in defaults.items():
         default, note = value if isinstance(value, tuple) else (value, "")
         define_shared(name, default, note)
+
+
+def require(**values: Any) -> None:
+    """A UserError `--<name>: required` for the first empty value (in order)."""
+    for name, value in values.items():
+        if value is None or value == "":
+            raise UserError(f"--{name}: required")
 
 
 def comma_list(value: Any) -> List[str]:

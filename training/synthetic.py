@@ -116,12 +116,16 @@ def _video_frames(rng, labels, num_frames, protos):
     return out[0], out[1]
 
 
+def _set_id_and_labels(features, video_id: bytes, labels) -> None:
+    """The id and labels features of a record (labels present even when empty)."""
+    features["id"].bytes_list.value.append(video_id)
+    features["labels"].int64_list.SetInParent()
+    features["labels"].int64_list.value.extend(int(x) for x in labels)
+
+
 def _sequence_example(video_id, labels, rgb_q, audio_q) -> bytes:
     example = tf.train.SequenceExample()
-    context = example.context.feature
-    context["id"].bytes_list.value.append(video_id)
-    context["labels"].int64_list.SetInParent()
-    context["labels"].int64_list.value.extend(int(x) for x in labels)
+    _set_id_and_labels(example.context.feature, video_id, labels)
     for name, matrix in (("rgb", rgb_q), ("audio", audio_q)):
         feature_list = example.feature_lists.feature_list[name]
         for row in matrix:
@@ -132,9 +136,7 @@ def _sequence_example(video_id, labels, rgb_q, audio_q) -> bytes:
 def _video_example(video_id, labels, mean_rgb, mean_audio) -> bytes:
     example = tf.train.Example()
     feature = example.features.feature
-    feature["id"].bytes_list.value.append(video_id)
-    feature["labels"].int64_list.SetInParent()
-    feature["labels"].int64_list.value.extend(int(x) for x in labels)
+    _set_id_and_labels(feature, video_id, labels)
     feature["mean_rgb"].float_list.value.extend(mean_rgb.tolist())
     feature["mean_audio"].float_list.value.extend(mean_audio.tolist())
     return example.SerializeToString(deterministic=True)

@@ -266,8 +266,7 @@ def _run_cluster_task(model_flags, config, cluster_info) -> None:
 
 def main(argv) -> None:
     del argv
-    if not FLAGS.train_data_pattern:
-        raise UserError("--train_data_pattern: required")
+    shared_flags.require(train_data_pattern=FLAGS.train_data_pattern)
     model_flags = model_flags_from_flags()
     losses.get_loss(FLAGS.label_loss)
     config = config_from_flags()
