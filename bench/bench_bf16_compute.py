@@ -32,18 +32,18 @@ import numpy as np
 from absl import app, flags
 
 from bench.full_size import full_size_member, random_batch
-from bfloat16_patch import getter as bf16
-from ensemble import build
-from models import frame_models
-from training import metrics, model_builder, readers
+from models import presets, registry
 from models.tf_compat import tf
+from training import compat, member_graph, metrics, model_builder, readers
+from training import precision as bf16
+from training.members import Member, load_member
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 8, "Videos per batch (speed).")
 flags.DEFINE_integer("num_frames", 300, "Frames of every video (speed).")
 flags.DEFINE_integer("tile_num", 10, "Tiles per frame-sampling member.")
 flags.DEFINE_integer("repeats", 3, "Timed runs per mode (best taken), after one warm-up.")
-flags.DEFINE_string("members", ",".join(frame_models.PRESET_NAMES), "Presets to time "
+flags.DEFINE_string("members", ",".join(presets.PRESET_NAMES), "Presets to time "
                     "(empty: skip the speed part).")
 flags.DEFINE_string("gap_fp32_dirs", "", "Float32 model dirs for the GAP part.")
 flags.DEFINE_string("gap_bf16_dirs", "", "Their bf16 conversions, same order.")
@@ -55,14 +55,14 @@ MODES = bf16.BF16_COMPUTE_MODES
 SAMPLING_SEED = 100
 
 
-def _with_sampling_seed(member: build.Member, seed: int) -> build.Member:
+def _with_sampling_seed(member: Member, seed: int) -> Member:
     """The member with its frame_sampling_seed fixed (same draws in every graph)."""
     model_flags = dict(member.model_flags)
     hparams = dict(model_flags.get("model_hparams", {}))
-    if "frame_sampling_seed" in model_builder.registry.resolve(model_flags["model"])[1]:
+    if "frame_sampling_seed" in registry.resolve(model_flags["model"])[1]:
         hparams["frame_sampling_seed"] = seed
     model_flags["model_hparams"] = hparams
-    return build.Member(member.model_dir, member.checkpoint, model_flags, member.dtype)
+    return Member(member.model_dir, member.checkpoint, model_flags, member.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def _with_sampling_seed(member: build.Member, seed: int) -> build.Member:
 
 
 def time_modes(name: str, features, num_frames, tile_num: int, repeats: int) -> Dict:
-    member = _with_sampling_seed(full_size_member(name, bf16.BFLOAT16), SAMPLING_SEED)
+    member = _with_sampling_seed(full_size_member(name, compat.BFLOAT16), SAMPLING_SEED)
     graph = tf.Graph()
     outputs = {}
     with graph.as_default():
@@ -80,8 +80,8 @@ def time_modes(name: str, features, num_frames, tile_num: int, repeats: int) -> 
                 # bf16 variables under model0 (shared by cast_each_step and
                 # bfloat16), float32 ones under model1 (cast_at_load).
                 scope = "model1" if mode == bf16.CAST_AT_LOAD else "model0"
-                ensemble = build.build_ensemble_graph([member], [1.0], tile_num, scopes=[scope],
-                                                      bf16_compute=mode)
+                ensemble = member_graph.build_ensemble_graph([member], [1.0], tile_num,
+                                                             scopes=[scope], bf16_compute=mode)
                 outputs[mode] = (ensemble.predictions, ensemble.input_batch_raw,
                                  ensemble.num_frames, ensemble.restore_maps[0])
         bf16_vars = outputs[bf16.CAST_EACH_STEP][3]
@@ -141,19 +141,20 @@ def load_data(model_flags, data_pattern: str, batch_size: int):
 def gaps_of(member_dirs: Sequence[str], mode: Optional[str], batches, tile_num: int
             ) -> Dict[str, List[float]]:
     """GAP@20 of each member and of their uniform ensemble; per-video predictions."""
-    members = [_with_sampling_seed(build.load_member(d), SAMPLING_SEED + i)
+    members = [_with_sampling_seed(load_member(d), SAMPLING_SEED + i)
                for i, d in enumerate(member_dirs)]
     weights = [1.0 / len(members)] * len(members)
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(666)
-        ensemble = build.build_ensemble_graph(members, weights, tile_num, bf16_compute=mode)
-        savers = build.member_savers(members, ensemble)
+        ensemble = member_graph.build_ensemble_graph(members, weights, tile_num,
+                                                     bf16_compute=mode)
+        savers = member_graph.member_savers(members, ensemble)
     num_classes = int(members[0].model_flags["num_classes"])
     accumulators = [metrics.EvaluationMetrics(num_classes, 20) for _ in range(len(members) + 1)]
     outputs = []
     with tf.Session(graph=graph) as sess:
-        build.restore_members(sess, members, savers)
+        member_graph.restore_members(sess, members, savers)
         for features, num_frames, labels in batches:
             out = sess.run([ensemble.predictions] + ensemble.member_predictions,
                            {ensemble.input_batch_raw: features, ensemble.num_frames: num_frames})
@@ -212,7 +213,7 @@ def gap_part() -> None:
     if len(fp32_dirs) != len(bf16_dirs) or not FLAGS.gap_data_pattern:
         raise app.UsageError("--gap_fp32_dirs, --gap_bf16_dirs (same length) and "
                              "--gap_data_pattern go together")
-    batches = load_data(build.load_member(fp32_dirs[0]).model_flags, FLAGS.gap_data_pattern,
+    batches = load_data(load_member(fp32_dirs[0]).model_flags, FLAGS.gap_data_pattern,
                         FLAGS.gap_batch_size)
     videos = sum(len(b[0]) for b in batches)
     print(f"\nGAP@20 on {videos} videos of {FLAGS.gap_data_pattern}, tile_num {FLAGS.tile_num}",
@@ -220,7 +221,7 @@ def gap_part() -> None:
     results = {"float32": gaps_of(fp32_dirs, None, batches, FLAGS.tile_num)}
     for mode in MODES:
         results[mode] = gaps_of(bf16_dirs, mode, batches, FLAGS.tile_num)
-    names = [build.load_member(d).name for d in fp32_dirs] + ["ensemble"]
+    names = [load_member(d).name for d in fp32_dirs] + ["ensemble"]
     print()
     print("| model | float32 | cast_each_step | cast_at_load | bfloat16 | "
           "bfloat16 - float32 | bfloat16 - cast_each_step |")

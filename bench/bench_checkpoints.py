@@ -54,8 +54,8 @@ def rss_mib() -> float:
 def make_checkpoints(workdir: str, size_mb: float, num_tensors: int, num_checkpoints: int
                      ) -> str:
     """train dir with model.ckpt-<k> (k = 1..N) and model_flags.json."""
-    from training import checkpoints
     from models.tf_compat import tf
+    from training import checkpoints
 
     train_dir = os.path.join(workdir, "train")
     os.makedirs(train_dir)

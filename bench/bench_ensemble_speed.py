@@ -4,8 +4,9 @@ python -m bench.bench_ensemble_speed [--batch_size=8] [--tile_num=10] [--repeats
 The six presets at full size (3862 classes, rgb 1024 + audio 128, random
 initialisation, bf16 checkpoints by default), a batch of --batch_size videos
 of --num_frames frames, the ensemble's tile count --tile_num. Every member is
-built by ensemble.build.build_ensemble_graph, one member per graph (so only
-one member's weights are in memory at a time), in these variants:
+built by training.member_graph.build_ensemble_graph (as ensemble.build builds
+it), one member per graph (so only one member's weights are in memory at a
+time), in these variants:
 
   original       the member on the input tiled tile_num times
                  (--noshared_frame_work), every member tiled, the GRU too, as
@@ -28,24 +29,24 @@ minutes on 2 cores.
 from __future__ import annotations
 
 import time
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 from absl import app, flags
 
 from bench.full_size import full_size_member, random_batch
-from bfloat16_patch import getter as bf16
-from ensemble import build
-from models import frame_models
-from training import model_builder
+from models import presets
 from models.tf_compat import tf
+from training import member_graph, model_builder
+from training import precision as bf16
+from training.members import Member
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 8, "Videos per batch.")
 flags.DEFINE_integer("num_frames", 300, "Frames of every video (at most 300).")
 flags.DEFINE_integer("tile_num", 10, "Tiles (independent draws) per frame-sampling member.")
 flags.DEFINE_integer("repeats", 3, "Timed runs per variant (best taken), after one warm-up.")
-flags.DEFINE_string("members", ",".join(frame_models.PRESET_NAMES), "Presets to time.")
+flags.DEFINE_string("members", ",".join(presets.PRESET_NAMES), "Presets to time.")
 flags.DEFINE_string("dtype", "bfloat16", "Checkpoint dtype of the members: bfloat16 or float32.")
 flags.DEFINE_string("bf16_compute", None, "How bf16 members compute in 'ours' (default: "
                     "ensemble.build's default).")
@@ -56,7 +57,7 @@ flags.DEFINE_integer("seed", 0, "Seed of the random batch.")
 VARIANTS = ("original", "gru_untiled", "shared", "ours")
 
 
-def time_member(member: build.Member, features, num_frames, tile_num: int, repeats: int,
+def time_member(member: Member, features, num_frames, tile_num: int, repeats: int,
                 original_mode: str, our_mode: str) -> Dict[str, float]:
     """Best seconds per batch of each variant of one member (one graph; the
     variants share variables where their storage dtypes agree)."""
@@ -74,7 +75,7 @@ def time_member(member: build.Member, features, num_frames, tile_num: int, repea
         with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
             for variant, (force_tile, shared, mode) in specs.items():
                 scope = "model1" if member.stored_bf16_in(mode) else "model0"
-                ensemble = build.build_ensemble_graph(
+                ensemble = member_graph.build_ensemble_graph(
                     [member], [1.0], tile_num, scopes=[scope], force_tile=force_tile,
                     shared_frame_work=shared, bf16_compute=mode)
                 outputs[variant] = (ensemble.predictions, ensemble.input_batch_raw,

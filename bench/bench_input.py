@@ -7,13 +7,13 @@
 Writes synthetic frame-level shards (``training.synthetic.write_dataset``,
 300 frames per video) to a temporary folder (removed at the end), then:
 
-1. the raw reader: ``training.readers.make_dataset`` exactly as
-   ``training.train`` builds it (file shuffle, parallel interleave of
-   --num_readers files, a --shuffle_buffer record shuffle, repeat, batch,
-   vectorised parse, prefetch, the full-batch filter), iterated alone:
-   videos/sec;
+1. the raw reader: ``training.readers.make_dataset`` exactly as the trainer
+   builds it (``training.train_graph.make_train_batch``: file shuffle,
+   parallel interleave of --num_readers files, a --shuffle_buffer record
+   shuffle, repeat, batch, vectorised parse, prefetch, the full-batch
+   filter), iterated alone: videos/sec;
 2. for every model: one training step (the real graph of
-   ``training.train.build_train_graph``, one CPU tower) fed from that
+   ``training.train_graph.build_train_graph``, one CPU tower) fed from that
    reader, against the same graph fed from a batch already in memory (the
    first batch of the reader, held in non-trainable variables). After
    --warmup steps each, they run in alternating blocks (--blocks pairs of
@@ -38,8 +38,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from training import model_builder, readers, synthetic, train
 from models.tf_compat import tf
+from training import model_builder, readers, synthetic, train_graph
 
 NUM_FRAMES = 300
 TRAIN_CONFIG = {"base_learning_rate": 2e-4, "learning_rate_decay": 0.8,
@@ -53,13 +53,11 @@ def model_flags_of(name: str) -> Dict:
 
 
 def reader_batch(pattern: str, batch_size: int, num_readers: int, shuffle_buffer: int):
-    """The training input exactly as training.train.train builds it."""
+    """The training input exactly as training.train.train builds it
+    (training.train_graph.make_train_batch)."""
     reader = readers.get_reader(True, "rgb,audio", "1024,128", 3862)
-    dataset = readers.make_dataset(reader, pattern, batch_size, training=True,
-                                   num_epochs=None, num_parallel_reads=num_readers,
-                                   shuffle_buffer=shuffle_buffer, seed=2018)
-    dataset = dataset.filter(lambda b: tf.equal(tf.shape(b["labels"])[0], batch_size))
-    return tf.data.make_one_shot_iterator(dataset).get_next()
+    config = {"num_epochs": 0, "num_readers": num_readers, "shuffle_buffer": shuffle_buffer}
+    return train_graph.make_train_batch(reader, pattern, config, batch_size, seed=2018)
 
 
 def raw_reader_rate(pattern: str, args) -> List[float]:
@@ -70,7 +68,7 @@ def raw_reader_rate(pattern: str, args) -> List[float]:
         # The whole element is computed whatever is fetched; fetch a small part.
         fetch = batch["num_frames"]
     rates = []
-    with tf.Session(graph=graph, config=train.session_config(["/cpu:0"])) as sess:
+    with tf.Session(graph=graph, config=train_graph.session_config(["/cpu:0"])) as sess:
         for _ in range(3):
             sess.run(fetch)
         for _ in range(args.rounds):
@@ -97,11 +95,11 @@ def memory_session(name: str, batch: Dict[str, np.ndarray], batch_size: int):
         tensors = {key: tf.Variable(value, trainable=False, name=f"bench_{key}",
                                     collections=[tf.GraphKeys.LOCAL_VARIABLES])
                    for key, value in batch.items()}
-        ops = train.build_train_graph(model_flags_of(name), tensors, ["/cpu:0"],
+        ops = train_graph.build_train_graph(model_flags_of(name), tensors, ["/cpu:0"],
                                       {**TRAIN_CONFIG, "batch_size": batch_size})
         init = [tf.global_variables_initializer(), tf.local_variables_initializer()]
         graph.finalize()
-    sess = tf.Session(graph=graph, config=train.session_config(["/cpu:0"]))
+    sess = tf.Session(graph=graph, config=train_graph.session_config(["/cpu:0"]))
     sess.run(init)
     return sess, ops["train_op"]
 
@@ -111,11 +109,11 @@ def bench_model(name: str, pattern: str, memory_batch: Dict, args) -> Dict:
     with graph_reader.as_default():
         tf.set_random_seed(2018)
         batch = reader_batch(pattern, args.batch_size, args.num_readers, args.shuffle_buffer)
-        ops = train.build_train_graph(model_flags_of(name), batch, ["/cpu:0"],
+        ops = train_graph.build_train_graph(model_flags_of(name), batch, ["/cpu:0"],
                                       {**TRAIN_CONFIG, "batch_size": args.batch_size})
         init = tf.global_variables_initializer()
         graph_reader.finalize()
-    fed = tf.Session(graph=graph_reader, config=train.session_config(["/cpu:0"]))
+    fed = tf.Session(graph=graph_reader, config=train_graph.session_config(["/cpu:0"]))
     fed.run(init)
     memory, memory_op = memory_session(name, memory_batch, args.batch_size)
     contenders = {"reader": (fed, ops["train_op"]), "memory": (memory, memory_op)}

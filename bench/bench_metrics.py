@@ -1,4 +1,4 @@
-"""Times training/metrics.py at YouTube-8M validation scale and compares it with the original's heap code.
+"""Times training/metrics.py at YouTube-8M validation scale against the original's heap code.
 
     python -m bench.bench_metrics [--num_videos=1100000] [--batch_size=10000]
                                   [--reference_videos=20000]
@@ -69,7 +69,8 @@ class BatchMaker:
         decoys = np.maximum(self.candidates - num_labels, 0)
         drows = np.repeat(np.arange(batch), decoys)
         dcols = self._classes(drows.size)
-        p[drows, dcols] = np.maximum(p[drows, dcols], (0.7 * rng.random(drows.size)).astype(np.float32))
+        p[drows, dcols] = np.maximum(p[drows, dcols],
+                                     (0.7 * rng.random(drows.size)).astype(np.float32))
         return p, y
 
 
@@ -210,7 +211,8 @@ def main(argv=None):
     print(f"  accumulate (top-k, hit@1, perr, batch gap) {t_acc:6.2f} s   {_rate(n, t_acc)}")
     print(f"  get() (GAP + mAP over {pairs:,} pairs)  {t_get:6.2f} s")
     print(f"  pooled GAP alone ({pairs:,} pairs)       {t_gap:6.2f} s   {_rate(n, t_gap)}")
-    print(f"  accumulate + get                          {t_acc + t_get:6.2f} s   {_rate(n, t_acc + t_get)}")
+    print(f"  accumulate + get                          {t_acc + t_get:6.2f} s   "
+          f"{_rate(n, t_acc + t_get)}")
     print(f"  metrics: {_fmt(result)}")
     print("  " + metrics.format_summary(result, "epoch/eval number 0"))
 

@@ -24,18 +24,17 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
-from swa import average as swa
-from training import checkpoints, eval as evaluation, model_builder, synthetic, train
+from models import presets
 from models.tf_compat import tf  # noqa: F401  (TF1 mode before any graph)
+from swa import average as swa
+from training import checkpoints, model_builder, synthetic, train, train_graph
+from training import eval as evaluation
+from training import train_dir as train_dirs
 
 NUM_CLASSES = 200
-# The quick start's sizes (run_scripts/pipeline.sh, TINY=1).
-SMALL_HPARAMS = {
-    "GRUModel": {"gru_cells": 32},
-    "Soft-DBoF-4k": {"cluster_size": 64, "hidden_size": 32, "num_samples": 30},
-    "Soft-DBoF-8k": {"cluster_size": 128, "hidden_size": 32, "num_samples": 30},
-}
-NETVLAD_HPARAMS = {"cluster_size": 8, "hidden_size": 32, "num_samples": 30}
+# The quick start's sizes and schedule (run_scripts/pipeline.sh, TINY=1: the
+# presets' "tiny" size, models/presets.py).
+SIZE = "tiny"
 
 
 def write_data(work_dir: str) -> str:
@@ -50,11 +49,16 @@ def write_data(work_dir: str) -> str:
 
 def train_and_evaluate(model: str, matmul_dtype: str, data: str, work_dir: str,
                        steps: int, seed: int) -> Dict[str, float]:
+    preset = presets.get(model)
+    schedule = preset.schedule_for(SIZE)
     model_flags = model_builder.make_model_flags(
         model, "rgb,audio", "1024,128", True, NUM_CLASSES, "CrossEntropyLoss",
-        SMALL_HPARAMS.get(model, NETVLAD_HPARAMS))
-    config = {"batch_size": 32, "base_learning_rate": 2e-3, "learning_rate_decay": 0.8,
-              "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
+        preset.hparams_for(SIZE))
+    config = {"batch_size": schedule.batch_size,
+              "base_learning_rate": schedule.base_learning_rate,
+              "learning_rate_decay": schedule.learning_rate_decay,
+              "learning_rate_decay_examples": schedule.learning_rate_decay_examples,
+              "regularization_penalty": 1.0,
               "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": steps,
               "save_checkpoint_steps": steps, "max_to_keep": 1,
               "keep_checkpoint_every_n_hours": 10000.0, "num_gpu": 1, "cpu_towers": 1,
@@ -63,16 +67,17 @@ def train_and_evaluate(model: str, matmul_dtype: str, data: str, work_dir: str,
     run = f"{model}-{matmul_dtype}-seed{seed}"
     train_dir = os.path.join(work_dir, "train", run)
     train_pattern = os.path.join(data, "train*.tfrecord")
-    train.prepare_train_dir(train_dir, model_flags, start_new=True)
+    train_dirs.prepare_train_dir(train_dir, model_flags, start_new=True)
     start = time.perf_counter()
     train.train(model_flags, train_dir, train_pattern, config, log=lambda _: None)
     seconds = time.perf_counter() - start
     recomputed = os.path.join(work_dir, "recomputed", run)
     swa.average(train_dir, recomputed, last_n=1, bn_statistics="recompute",
-                recompute_batches=20, train_data_pattern=train_pattern, batch_size=32,
+                recompute_batches=20, train_data_pattern=train_pattern,
+                batch_size=schedule.batch_size,
                 seed=seed, overwrite=True, log=lambda _: None)
     result = evaluation.evaluate_checkpoint(
-        model_flags, checkpoints.latest_checkpoint(recomputed),
+        recomputed, checkpoints.latest_checkpoint(recomputed),
         os.path.join(data, "validate*.tfrecord"), batch_size=64, frame_sampling="uniform")
     return {"gap": result["gap"], "hit_at_one": result["hit_at_one"], "seconds": seconds}
 
@@ -94,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             for seed in seeds:
                 results = {dtype: train_and_evaluate(model, dtype, data, work_dir,
                                                      args.steps, seed)
-                           for dtype in train.MATMUL_DTYPES}
+                           for dtype in train_graph.MATMUL_DTYPES}
                 rows.append((model, seed, results))
                 print(f"{model}, seed {seed}: " + ", ".join(
                     f"{dtype} GAP {r['gap']:.4f} Hit@1 {r['hit_at_one']:.4f} "
@@ -104,7 +109,7 @@ def main(argv: Optional[List[str]] = None) -> None:
           "| Hit@1 float32 | Hit@1 bfloat16 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for model, seed, results in rows:
-        f32, b16 = results[train.FLOAT32], results[train.BFLOAT16]
+        f32, b16 = results[train_graph.FLOAT32], results[train_graph.BFLOAT16]
         print(f"| {model} | {seed} | {f32['gap']:.4f} | {b16['gap']:.4f} | "
               f"{b16['gap'] - f32['gap']:+.4f} | {f32['hit_at_one']:.4f} | "
               f"{b16['hit_at_one']:.4f} |")

@@ -6,7 +6,7 @@
 
 For every preset (batch 80, 300 frames, rgb 1024 + audio 128, 3862 classes)
 and every --matmul_dtypes value (the trainer's --matmul_dtype), the real
-training graph is built with ``training.train.build_train_graph`` (Adam,
+training graph is built with ``training.train_graph.build_train_graph`` (Adam,
 clipping, batch-norm updates, L2 terms, the loss) on one CPU tower, fed from
 a batch held in memory (non-trainable variables: features [B, 300, 1152] ~
 N(0, 1), num_frames = 300, random multi-hot labels), so nothing but the model
@@ -42,7 +42,7 @@ were free.
 --trace=N prints the N most expensive op types and ops of one traced step
 (RunOptions FULL_TRACE), which is how the slow parts were found.
 Thread settings (--intra_op_threads, --inter_op_threads; 0 = the session
-default of training/train.py) are process-wide in TensorFlow, so compare
+default of training/train_graph.py) are process-wide in TensorFlow, so compare
 them in separate runs.
 """
 from __future__ import annotations
@@ -55,10 +55,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from models.frame_models import PRESET_NAMES
 from models.layers import in_while_loop
-from training import model_builder, train
+from models.presets import PRESET_NAMES
 from models.tf_compat import tf
+from training import model_builder, train_graph
 
 NUM_FRAMES = 300
 FEATURE_SIZES = (1024, 128)
@@ -191,7 +191,7 @@ def in_memory_batch(batch_size: int, seed: int = 0) -> Dict[str, tf.Tensor]:
 
 
 def session_config(intra: int, inter: int) -> tf.ConfigProto:
-    config = train.session_config(["/cpu:0"])
+    config = train_graph.session_config(["/cpu:0"])
     if intra:
         config.intra_op_parallelism_threads = intra
     if inter:
@@ -273,7 +273,7 @@ class UpdateAlone:
                                    collections=[tf.GraphKeys.LOCAL_VARIABLES])
                 pairs.append((grad.read_value(), variable))
             self.update = tf.train.AdamOptimizer(1e-4).apply_gradients(
-                train.clip_per_variable(pairs, TRAIN_CONFIG["clip_gradient_norm"]))
+                train_graph.clip_per_variable(pairs, TRAIN_CONFIG["clip_gradient_norm"]))
             init = [tf.global_variables_initializer(), tf.local_variables_initializer()]
             probe.finalize()
         self.sess = tf.Session(graph=probe, config=config)
@@ -292,7 +292,7 @@ class UpdateAlone:
 def bench_model(name: str, batch_size: int, steps: int, warmup: int,
                 config: tf.ConfigProto, probes: Dict[str, MatmulProbe], matmul_repeats: int,
                 trace: int = 0, own_matmuls: bool = True,
-                matmul_dtype: str = train.FLOAT32) -> Dict:
+                matmul_dtype: str = train_graph.FLOAT32) -> Dict:
     """Times `steps` training steps, each followed by the matmul probes.
 
     probes: {"float32": MatmulProbe, "bfloat16": MatmulProbe (optional)}.
@@ -305,7 +305,7 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
     with graph.as_default():
         tf.set_random_seed(2018)
         batch = in_memory_batch(batch_size)
-        ops = train.build_train_graph(
+        ops = train_graph.build_train_graph(
             model_flags_of(name), batch, ["/cpu:0"],
             {**TRAIN_CONFIG, "batch_size": batch_size, "matmul_dtype": matmul_dtype})
         flops = count_matmul_flops(graph, NUM_FRAMES)
@@ -359,7 +359,7 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
             own_matmul_share=statistics.median([o / t for o, t in zip(own_times, times)]),
             update_seconds=update_step,
             ceiling_ratio=(flop_per_step / (own_step + update_step) / 1e9
-                           / result[f"matmul_gflops_{train.FLOAT32}"]))
+                           / result[f"matmul_gflops_{train_graph.FLOAT32}"]))
     return result
 
 
@@ -422,17 +422,18 @@ def main(argv: Optional[List[str]] = None) -> None:
             parser.error(f"--models: unknown preset {n!r} (one of {', '.join(PRESET_NAMES)})")
     dtypes = [d.strip() for d in args.matmul_dtypes.split(",") if d.strip()]
     for d in dtypes:
-        if d not in train.MATMUL_DTYPES:
-            parser.error(f"--matmul_dtypes: {d!r} is not one of {', '.join(train.MATMUL_DTYPES)}")
+        if d not in train_graph.MATMUL_DTYPES:
+            parser.error(f"--matmul_dtypes: {d!r} is not one of "
+                         f"{', '.join(train_graph.MATMUL_DTYPES)}")
     config = session_config(args.intra_op_threads, args.inter_op_threads)
     print(f"session: intra_op {config.intra_op_parallelism_threads or 'default'}, "
           f"inter_op {config.inter_op_parallelism_threads or 'default'}; "
           f"batch {args.batch_size}, {NUM_FRAMES} frames")
     for n in [c.strip() for c in args.cross_check.split(",") if c.strip()]:
         cross_check(n, args.batch_size)
-    probes = {train.FLOAT32: MatmulProbe(config, args.matmul_size)}
-    if train.BFLOAT16 in dtypes:
-        probes[train.BFLOAT16] = MatmulProbe(config, args.matmul_size, tf.bfloat16)
+    probes = {train_graph.FLOAT32: MatmulProbe(config, args.matmul_size)}
+    if train_graph.BFLOAT16 in dtypes:
+        probes[train_graph.BFLOAT16] = MatmulProbe(config, args.matmul_size, tf.bfloat16)
     rows = []
     for n in names:
         gru = n == "GRUModel"
@@ -451,14 +452,14 @@ def main(argv: Optional[List[str]] = None) -> None:
                   f"({result['matmul_gflops_float32']:.1f} GFLOP/s)"
                   + (f", to the bfloat16 matmul {result['ratio_bfloat16']:.2f} "
                      f"({result['matmul_gflops_bfloat16']:.1f} GFLOP/s)"
-                     if train.BFLOAT16 in probes else "")
+                     if train_graph.BFLOAT16 in probes else "")
                   + f"; its own matmuls alone {result['own_matmul_gflops']:.1f} GFLOP/s "
                   f"({100 * result['own_matmul_share']:.0f}% of the step), update alone "
                   f"{1e3 * result['update_seconds']:.0f} ms, ceiling "
                   f"{result['ceiling_ratio']:.2f}", flush=True)
     for probe in probes.values():
         probe.close()
-    bf16 = train.BFLOAT16 in probes
+    bf16 = train_graph.BFLOAT16 in probes
     print()
     print("| model | matmuls | examples/sec | GFLOP/example | achieved GFLOP/s "
           "| ratio to float32 matmul" + (" | ratio to bfloat16 matmul" if bf16 else "")
@@ -476,15 +477,15 @@ def main(argv: Optional[List[str]] = None) -> None:
         for key in probes))
     if len(dtypes) > 1:
         print("bfloat16 / float32 examples/sec: " + ", ".join(
-            f"{n} {by[train.BFLOAT16]:.2f}x" for n, by in _speedups(rows).items()))
+            f"{n} {by[train_graph.BFLOAT16]:.2f}x" for n, by in _speedups(rows).items()))
 
 
 def _speedups(rows) -> Dict[str, Dict[str, float]]:
     rates: Dict[str, Dict[str, float]] = collections.defaultdict(dict)
     for name, dtype, result, _ in rows:
         rates[name][dtype] = result["examples_per_sec"]
-    return {name: {dtype: rate / by[train.FLOAT32] for dtype, rate in by.items()}
-            for name, by in rates.items() if train.FLOAT32 in by}
+    return {name: {dtype: rate / by[train_graph.FLOAT32] for dtype, rate in by.items()}
+            for name, by in rates.items() if train_graph.FLOAT32 in by}
 
 
 if __name__ == "__main__":

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ensemble import build
 from training import model_builder
+from training.members import Member
 
 FEATURES = 1024 + 128
 NUM_CLASSES = 3862
 
 
-def full_size_member(name: str, dtype: str) -> build.Member:
+def full_size_member(name: str, dtype: str) -> Member:
     """A member of preset `name` at full size (3862 classes, rgb 1024 + audio
     128) with no checkpoint (initialise its variables at random)."""
     model_flags = model_builder.make_model_flags(name, "rgb,audio", "1024,128", True,
                                                  NUM_CLASSES, "CrossEntropyLoss")
-    return build.Member(model_dir=f"<random {name}>", checkpoint="", model_flags=model_flags,
+    return Member(model_dir=f"<random {name}>", checkpoint="", model_flags=model_flags,
                         dtype=dtype)
 
 

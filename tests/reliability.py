@@ -29,7 +29,8 @@ def build_tiny_models(root: Path, tiny_data: Path) -> Dict[str, str]:
     from bfloat16_patch import convert
     from ensemble import build
     from swa import average
-    from training import model_builder, train, train_dir as train_dirs
+    from training import model_builder, train
+    from training import train_dir as train_dirs
 
     pattern = str(tiny_data / "frame" / "train*.tfrecord")
     dirs = {}

@@ -18,13 +18,22 @@ import pytest
 from conftest import DBOF_FLAGS, GRU_FLAGS, TINY_CLASSES, TINY_DBOF, run_module
 from ensemble import inference
 from ensemble.check_submission import check_submission
-from reliability import (assert_user_error, good_records, read_checkpoint,
-                         run_with_file_size_limit, sequence_example, snapshot, temp_leftovers,
-                         train_config, write_records)
+from models.tf_compat import tf
+from reliability import (
+    assert_user_error,
+    good_records,
+    read_checkpoint,
+    run_with_file_size_limit,
+    sequence_example,
+    snapshot,
+    temp_leftovers,
+    train_config,
+    write_records,
+)
 from training import model_builder, readers
 from training import train as train_stage
+from training import train_dir as train_dirs
 from training.errors import UserError
-from models.tf_compat import tf
 
 MOE = ["--model=FrameMeanMoeModel"]
 # Small, unshuffled runs: a bad first record fails the first step.
@@ -294,7 +303,7 @@ def test_bf16_checkpoint_where_fp32_is_required(tiny_models, tiny_data, tmp_path
     with open(copies["dbof_swa"] / "model_flags.json") as handle:
         flags = json.load(handle)
     with pytest.raises(UserError, match="model.ckpt-10: has no global_step .*--train_dir"):
-        train_stage.prepare_train_dir(str(copies["dbof_swa"]), flags, start_new=False)
+        train_dirs.prepare_train_dir(str(copies["dbof_swa"]), flags, start_new=False)
     assert {kind: snapshot(path) for kind, path in copies.items()} == before
 
 
@@ -302,7 +311,6 @@ def test_bf16_and_fp32_where_either_works(tiny_models, tmp_path):
     """Ensemble members may mix float32 and bf16; a distillation warm start
     takes either; converting a bf16 checkpoint again changes nothing."""
     from bfloat16_patch import convert
-
     from distillation import train as distillation
 
     run_module("ensemble.build",
@@ -397,7 +405,7 @@ def test_output_path_exists(tiny_models, tiny_data, tmp_path):
         flags = json.load(handle)
     with pytest.raises(UserError, match="model_flags.json: this train dir holds a different "
                                         "model .*--train_dir"):
-        train_stage.prepare_train_dir(str(run_copy), {**flags, "model": "GRUModel"}, False)
+        train_dirs.prepare_train_dir(str(run_copy), {**flags, "model": "GRUModel"}, False)
     # --overwrite replaces the CSV.
     inference.run(train_dir=tiny_models["ensemble"], input_data_pattern=test_pattern,
                   output_file=str(csv), overwrite=True, log=None)

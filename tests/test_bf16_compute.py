@@ -14,13 +14,19 @@ from bfloat16_patch import convert
 from conftest import TEST_SIZE, run_module
 from ensemble import build, export
 from models import layers, presets
-from test_ensemble import (TINY_CLASSES, checkpoint_dtypes, make_member, random_batch,
-                           starter_predictions)
-from training import member_graph, predict as prediction
+from models.tf_compat import tf
+from test_ensemble import (
+    TINY_CLASSES,
+    checkpoint_dtypes,
+    make_member,
+    random_batch,
+    starter_predictions,
+)
+from training import member_graph
 from training import precision as bf16
+from training import predict as prediction
 from training.errors import UserError
 from training.members import load_member
-from models.tf_compat import tf
 
 MODES = bf16.BF16_COMPUTE_MODES
 PRESETS = {key: (name, presets.get(name).hparams_for(TEST_SIZE)) for key, name in (

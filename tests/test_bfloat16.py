@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DBOF_FLAGS, REPO_ROOT, TINY_CLASSES, run_module
 from bfloat16_patch import convert
+from conftest import DBOF_FLAGS, REPO_ROOT, TINY_CLASSES, run_module
 from models import layers
+from models.tf_compat import tf
 from training import checkpoints, compat, metrics, precision, predict
 from training.errors import UserError
-from models.tf_compat import tf
 
 BF16_UNIT_ROUNDOFF = 2.0 ** -8     # bf16 keeps 8 significant bits: |x - bf16(x)| <= 2^-8 |x|
 

@@ -18,9 +18,9 @@ from ensemble.check_submission import check_submission
 
 PIPELINE = REPO_ROOT / "run_scripts" / "pipeline.sh"
 MODELS = ("Soft-DBoF-4k", "GRUModel")
-# pipeline.sh with TINY=1 (and the sizes below).
-TINY_HPARAMS = {"Soft-DBoF-4k": ["--cluster_size=64", "--hidden_size=32", "--num_samples=30"],
-                "GRUModel": ["--gru_cells=32"]}
+# pipeline.sh with TINY=1 passes --size=tiny: the presets' tiny sizes and
+# schedule (models/presets.py), with TINY_BATCH, TINY_STEPS and TINY_SAVE on top.
+TINY_SIZE = "--size=tiny"
 
 
 def stage_commands(work, data):
@@ -32,9 +32,8 @@ def stage_commands(work, data):
         bf16_dir = work / "ensemble_models" / f"{model}-bfloat16"
         commands += [
             ["training.train", f"--train_dir={train_dir}", train_pattern, f"--model={model}",
-             f"--num_classes={TINY_CLASSES}", "--seed=2018", "--batch_size=8",
-             "--max_steps=10", "--save_checkpoint_steps=5", "--base_learning_rate=2e-3",
-             *TINY_HPARAMS[model]],
+             f"--num_classes={TINY_CLASSES}", "--seed=2018", TINY_SIZE, "--batch_size=8",
+             "--max_steps=10", "--save_checkpoint_steps=5"],
             ["swa.average", f"--train_dir={train_dir}", f"--output_dir={swa_dir}",
              "--last_n=2", "--bn_statistics=recompute", train_pattern,
              "--recompute_batches=2", "--seed=2018"],

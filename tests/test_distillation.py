@@ -7,11 +7,12 @@ import pytest
 from conftest import QUIET, TINY_CLASSES, run_module, train_config
 from distillation import train as distill
 from distillation.reader import DistillationReader
-from prediction2tfrecord import write
-from training import checkpoints, model_builder, readers
-from training import train as trainer
-from training.errors import UserError
 from models.tf_compat import tf
+from prediction2tfrecord import write
+from training import checkpoints, losses, model_builder, predict, readers
+from training import train as trainer
+from training import train_dir as train_dirs
+from training.errors import UserError, first_line
 
 
 def tiny_config(**overrides):
@@ -21,6 +22,37 @@ def tiny_config(**overrides):
 def tiny_flags():
     return model_builder.make_model_flags("FrameMeanMoeModel", "rgb,audio", "1024,128", True,
                                           TINY_CLASSES, "CrossEntropyLoss", {})
+
+
+def teacher_metrics(student_dir, checkpoint_path, data_pattern, normalization="none",
+                    num_members=None, batch_size=64):
+    """One pass over teacher records: mean CE of a checkpoint's predictions to
+    the hard labels ("label_ce") and to the normalised teacher ("teacher_ce")
+    (is_training=False: BN moving statistics)."""
+    model = predict.open_model(student_dir, checkpoint=checkpoint_path)
+    try:
+        with model.graph.as_default():
+            labels = tf.placeholder(tf.float32, [None, model.num_classes], name="labels_in")
+            teacher = tf.placeholder(tf.float32, [None, model.num_classes], name="teacher_in")
+            loss_of = losses.get_loss(model.model_flags.get("label_loss", "CrossEntropyLoss"))
+            label_ce = loss_of(model.predictions, labels)
+            teacher_ce = loss_of(model.predictions,
+                                 distill.normalize_teacher(teacher, normalization, num_members))
+
+        def feed(batch):
+            return {labels: batch["labels"], teacher: batch["teacher"]}
+
+        totals = np.zeros(3)
+        for batch in predict.iterate_predictions(
+                model, data_pattern, batch_size, num_readers=2, flag_name="train_data_pattern",
+                reader=distill.make_reader(model.model_flags),
+                fetches={"label_ce": (label_ce, feed), "teacher_ce": (teacher_ce, feed)}):
+            count = len(batch.ids)
+            totals += [batch.extras["label_ce"] * count, batch.extras["teacher_ce"] * count, count]
+    finally:
+        model.close()
+    return {"label_ce": totals[0] / totals[2], "teacher_ce": totals[1] / totals[2],
+            "num_examples": int(totals[2])}
 
 
 class ShiftedTeacher:
@@ -69,7 +101,7 @@ def test_reader_rejects_records_without_or_with_wrong_teacher(tiny_data, teacher
             batch = tf.data.make_one_shot_iterator(dataset).get_next()
             with tf.Session() as sess, pytest.raises(tf.errors.InvalidArgumentError) as info:
                 sess.run(batch)
-        message = readers.data_error_message(info.value)
+        message = first_line(info.value)
         assert "ensemble_labels" in message and f"{4 * classes} bytes" in message
 
 
@@ -102,7 +134,7 @@ def test_settings_are_validated():
 def test_student_moves_toward_teacher(teacher_records, tmp_path):
     flags = tiny_flags()
     train_dir = str(tmp_path / "student")
-    trainer.prepare_train_dir(train_dir, flags, start_new=False)
+    train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
     settings = dict(distill_prob=1.0, normalization="sum_to_members", num_members=3)
     distill.distill(flags, train_dir, teacher_records, tiny_config(max_steps=1), log=lambda _: 0,
                     **settings)
@@ -113,8 +145,8 @@ def test_student_moves_toward_teacher(teacher_records, tmp_path):
     assert result["global_step"] == 80 and any("resumed from" in line for line in lines)
     assert any("p=1.0" in line and "sum_to_members" in line for line in lines)
     last = checkpoints.latest_checkpoint(train_dir)
-    before = distill.teacher_metrics(flags, first, teacher_records, "sum_to_members", 3)
-    after = distill.teacher_metrics(flags, last, teacher_records, "sum_to_members", 3)
+    before = teacher_metrics(train_dir, first, teacher_records, "sum_to_members", 3)
+    after = teacher_metrics(train_dir, last, teacher_records, "sum_to_members", 3)
     assert before["num_examples"] == 64
     assert after["teacher_ce"] < 0.8 * before["teacher_ce"]
     # The teacher contradicts the labels: learning it moves away from them.
@@ -139,7 +171,8 @@ def test_warm_start_loads_model_variables_only(tiny_data, teacher_records, tmp_p
                          if v.op.name.endswith("/Adam")]
 
     student = str(tmp_path / "student")
-    trainer.train(flags, student, teacher_records, tiny_config(max_steps=1), reader=distill.make_reader(flags),
+    trainer.train(flags, student, teacher_records, tiny_config(max_steps=1),
+                  reader=distill.make_reader(flags),
                   label_loss_fn=distill.distillation_loss_fn(flags, 0.5), warm_start=inspect,
                   log=lambda _: 0)
     assert seen["step"] == 0  # global step (and so the LR schedule) start fresh
@@ -167,7 +200,8 @@ def test_command_line(teacher_records, tmp_path):
     bad = run_module("distillation.train", f"--train_dir={tmp_path / 'a'}", *common,
                      "--distill_prob=1.5", check=False)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines()[-1] == "error: --distill_prob: must be in [0, 1], got 1.5"
+    assert bad.stderr.strip().splitlines()[-1] == \
+        "error: --distill_prob: must be in [0, 1], got 1.5"
 
     first = tmp_path / "first"
     run_module("distillation.train", f"--train_dir={first}", *common, "--max_steps=2")

@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from conftest import REPO_ROOT, TINY_CLASSES
-from training import checkpoints
 from models.tf_compat import tf
+from training import checkpoints
 
 
 def free_ports(count: int) -> list:

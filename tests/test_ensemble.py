@@ -10,11 +10,11 @@ import pytest
 
 from conftest import TINY_CLASSES, TINY_DBOF, TINY_GRU, run_module
 from ensemble import build, export
+from models.tf_compat import tf
 from training import checkpoints, compat, member_graph, model_builder, precision, train
 from training import train_dir as train_dirs
 from training.errors import UserError
 from training.members import load_member, normalise_weights, write_weights_file
-from models.tf_compat import tf
 
 FEATURES = 1024 + 128
 

@@ -5,9 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TINY_CLASSES, run_module
+from conftest import run_module
 from test_train import tiny_config, tiny_flags, train_pattern
-from training import checkpoints, eval as evaluation, metrics, predict, train
+from training import checkpoints, metrics, predict, train
+from training import eval as evaluation
 from training import train_dir as train_dirs
 
 

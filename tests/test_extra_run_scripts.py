@@ -13,6 +13,7 @@ import pytest
 from conftest import QUIET, TINY_CLASSES, train_config
 from training import checkpoints, model_builder
 from training import train as trainer
+from training import train_dir as train_dirs
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "run_scripts"
 
@@ -35,7 +36,7 @@ def test_scripts_after_the_pipeline(tiny_data, tmp_path):
     # What the pipeline leaves behind: <model>-bfloat16 dirs (the teacher here is one of them).
     for name, steps in (("A", 30), ("B", 10)):
         train_dir = str(work / "train" / name)
-        trainer.prepare_train_dir(train_dir, flags, start_new=False)
+        train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
         trainer.train(flags, train_dir, str(tiny_data / "frame" / "train*.tfrecord"),
                       {**config, "max_steps": steps}, log=lambda _: None)
         convert.convert_checkpoint(train_dir, str(work / "ensemble_models" / f"{name}-bfloat16"),

@@ -10,12 +10,19 @@ from absl import flags
 
 from models import frame_models, presets, registry
 from models.tf_compat import tf
-from training import model_builder
-
-from test_layers import (bn_params, np_bn, np_context_gating, np_moe, np_prob_gating,
-                         np_stacked_gru_final, gru_cells_from, randomize_bn_statistics,
-                         variable_values)
+from test_layers import (
+    bn_params,
+    gru_cells_from,
+    np_bn,
+    np_context_gating,
+    np_moe,
+    np_prob_gating,
+    np_stacked_gru_final,
+    randomize_bn_statistics,
+    variable_values,
+)
 from test_pooling import np_light_netvlad_nonlocal, np_netvlad_nonlocal, np_soft_dbof
+from training import model_builder
 
 PRESETS = presets.PRESET_NAMES
 # The original class names (aliases) of the presets, from the records.

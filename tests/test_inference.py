@@ -12,10 +12,10 @@ import pytest
 from conftest import TINY_CLASSES, TINY_DBOF, TINY_GRU, run_module
 from ensemble import build, export, inference
 from ensemble.check_submission import check_submission
+from models.tf_compat import tf
 from test_ensemble import make_member, single_model_predictions
 from training import metrics, readers
 from training.errors import UserError
-from models.tf_compat import tf
 
 TOP_K = 5
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
+from models.tf_compat import tf
 from training import losses
 from training.errors import UserError
-from models.tf_compat import tf
 
 
 def test_cross_entropy_matches_numpy():

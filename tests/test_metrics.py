@@ -108,7 +108,8 @@ def random_case(seed, num_videos, num_classes, dtype=np.float32, density=0.15):
 def test_worked_example():
     assert metrics.global_average_precision(WORKED_P, WORKED_Y, top_k=2) == pytest.approx(0.5)
     assert metrics.hit_at_one(WORKED_P, WORKED_Y) == pytest.approx(1 / 3)
-    assert metrics.precision_at_equal_recall(WORKED_P, WORKED_Y) == pytest.approx(0.166667, abs=1e-6)
+    assert metrics.precision_at_equal_recall(WORKED_P, WORKED_Y) == pytest.approx(0.166667,
+                                                                                  abs=1e-6)
     assert metrics.mean_average_precision(WORKED_P, WORKED_Y, top_k=2) == pytest.approx(0.4)
     assert metrics.mean_average_precision(WORKED_P, WORKED_Y, top_k=2,
                                           filter_empty_classes=True) == pytest.approx(2 / 3)
@@ -147,12 +148,14 @@ def test_worked_example_pairs_and_accumulator():
 def test_matches_reference(seed, num_videos, num_classes, k):
     P, Y = random_case(seed, num_videos, num_classes)
     Pl, Yl = P.tolist(), Y.tolist()
-    assert metrics.global_average_precision(P, Y, top_k=k) == pytest.approx(ref_gap(Pl, Yl, k), abs=1e-12)
+    assert metrics.global_average_precision(P, Y, top_k=k) == pytest.approx(ref_gap(Pl, Yl, k),
+                                                                            abs=1e-12)
     assert metrics.hit_at_one(P, Y) == pytest.approx(ref_hit_at_one(Pl, Yl), abs=1e-12)
     assert metrics.precision_at_equal_recall(P, Y) == pytest.approx(ref_perr(Pl, Yl), abs=1e-12)
-    assert metrics.mean_average_precision(P, Y, top_k=k) == pytest.approx(ref_map(Pl, Yl, k), abs=1e-12)
-    assert metrics.mean_average_precision(P, Y, top_k=k, filter_empty_classes=True) == pytest.approx(
-        ref_map(Pl, Yl, k, filter_empty=True), abs=1e-12)
+    assert metrics.mean_average_precision(P, Y, top_k=k) == pytest.approx(ref_map(Pl, Yl, k),
+                                                                          abs=1e-12)
+    assert metrics.mean_average_precision(P, Y, top_k=k, filter_empty_classes=True) == \
+        pytest.approx(ref_map(Pl, Yl, k, filter_empty=True), abs=1e-12)
 
     scores, labels, classes = metrics.top_k_pairs(P, Y, k=k)
     kk = min(k, num_classes)
@@ -174,7 +177,8 @@ def test_average_precision_matches_reference(seed):
     num_pos = int(relevant.sum()) + extra
     ref = ref_ap(list(zip(scores.tolist(), relevant.tolist())), num_pos)
     assert metrics.average_precision(scores, relevant, num_pos) == pytest.approx(ref, abs=1e-12)
-    assert metrics.average_precision(scores.astype(np.float32), relevant, num_pos) == pytest.approx(ref, abs=1e-12)
+    assert metrics.average_precision(scores.astype(np.float32), relevant, num_pos) == \
+        pytest.approx(ref, abs=1e-12)
     if extra == 0:
         assert metrics.average_precision(scores, relevant) == pytest.approx(ref, abs=1e-12)
 
@@ -364,8 +368,10 @@ def test_no_positives():
 
 def test_empty_inputs_and_top_k_larger_than_classes():
     P, Y = random_case(40, 30, 6)
-    assert metrics.global_average_precision(P, Y, top_k=50) == metrics.global_average_precision(P, Y, top_k=6)
-    assert metrics.mean_average_precision(P, Y, top_k=50) == metrics.mean_average_precision(P, Y, top_k=6)
+    assert metrics.global_average_precision(P, Y, top_k=50) == \
+        metrics.global_average_precision(P, Y, top_k=6)
+    assert metrics.mean_average_precision(P, Y, top_k=50) == \
+        metrics.mean_average_precision(P, Y, top_k=6)
     em = metrics.EvaluationMetrics(num_classes=6, top_k=50)
     em.accumulate(P, Y)
     assert em.get()["gap"] == pytest.approx(metrics.global_average_precision(P, Y, top_k=6))
@@ -398,12 +404,14 @@ def test_invalid_inputs():
 
 
 def test_format_summary():
-    line = metrics.format_summary({"hit_at_one": 0.85, "perr": 0.7312, "map": 0.4561, "gap": 0.81234,
-                                   "loss": 5.1234567, "num_examples": 3}, "epoch/eval number 1000")
+    line = metrics.format_summary({"hit_at_one": 0.85, "perr": 0.7312, "map": 0.4561,
+                                   "gap": 0.81234, "loss": 5.1234567, "num_examples": 3},
+                                  "epoch/eval number 1000")
     assert line == ("epoch/eval number 1000 | Avg_Hit@1: 0.850 | Avg_PERR: 0.731 | MAP: 0.456 "
                     "| GAP: 0.812 | Avg_Loss: 5.123457")
-    assert metrics.format_summary({"avg_hit_at_one": 1, "avg_perr": 0, "aps": [0.5, 1.0], "gap": 0.25,
-                                   "avg_loss": 2}).startswith("Avg_Hit@1: 1.000 | Avg_PERR: 0.000 | MAP: 0.750")
+    assert metrics.format_summary({"avg_hit_at_one": 1, "avg_perr": 0, "aps": [0.5, 1.0],
+                                   "gap": 0.25, "avg_loss": 2}).startswith(
+        "Avg_Hit@1: 1.000 | Avg_PERR: 0.000 | MAP: 0.750")
 
 
 def test_metrics_module_does_not_import_tensorflow():

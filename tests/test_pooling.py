@@ -8,9 +8,14 @@ import pytest
 
 from models import pooling
 from models.tf_compat import tf
-
-from test_layers import (bn_params, np_bn, np_l2n, np_softmax, randomize_bn_statistics,
-                         variable_values)
+from test_layers import (
+    bn_params,
+    np_bn,
+    np_l2n,
+    np_softmax,
+    randomize_bn_statistics,
+    variable_values,
+)
 
 # ---------------------------------------------------------------------------
 # numpy references (written from the formulas, with explicit loops where the

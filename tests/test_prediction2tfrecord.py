@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import QUIET, run_module, train_config
+from models.tf_compat import tf
 from prediction2tfrecord import write
 from training.errors import UserError
-from models.tf_compat import tf
 
 CSV_CLASSES = 50  # more than 20 so that all 20 pairs of a row are distinct labels
 
@@ -170,6 +170,7 @@ def teacher_model(tiny_data, tmp_path_factory):
     from ensemble import build
     from training import model_builder
     from training import train as trainer
+    from training import train_dir as train_dirs
 
     root = tmp_path_factory.mktemp("teacher_model")
     flags = model_builder.make_model_flags("FrameMeanMoeModel", "rgb,audio", "1024,128", True,
@@ -178,7 +179,7 @@ def teacher_model(tiny_data, tmp_path_factory):
     dirs = []
     for name, steps in (("model_a", 20), ("model_b", 5)):
         directory = str(root / name)
-        trainer.prepare_train_dir(directory, flags, start_new=False)
+        train_dirs.prepare_train_dir(directory, flags, start_new=False)
         trainer.train(flags, directory, str(tiny_data / "frame" / "train*.tfrecord"),
                       {**config, "max_steps": steps}, log=lambda _: None)
         dirs.append(directory)
@@ -189,7 +190,7 @@ def teacher_model(tiny_data, tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["model", "ensemble"])
 def test_teacher_dir_gives_the_models_predictions(tiny_data, teacher_model, tmp_path, kind):
-    from ensemble import inference
+    from training import predict
 
     pattern = str(tiny_data / "frame" / "validate*.tfrecord")
     out = tmp_path / "out"
@@ -198,11 +199,11 @@ def test_teacher_dir_gives_the_models_predictions(tiny_data, teacher_model, tmp_
                            "--num_classes=10", "--batch_size=12")
     assert "done: 32 videos in 1 files" in completed.stdout
 
-    model = inference.open_model(teacher_model[kind])
+    model = predict.open_model(teacher_model[kind])
     try:
         expected = {}
-        for ids, predictions, _, _ in inference.iterate_predictions(model, pattern, 16):
-            expected.update({i.decode(): p for i, p in zip(ids, predictions)})
+        for batch in predict.iterate_predictions(model, pattern, 16):
+            expected.update({i.decode(): p for i, p in zip(batch.ids, batch.predictions)})
     finally:
         model.close()
     outputs = read_examples(out / "validate00.tfrecord")
@@ -249,4 +250,5 @@ def test_rerun_removes_temporaries_of_a_killed_run(tiny_data, tmp_path):
     assert totals["written"] == 64 and totals["files"] == 2
     assert not stale.exists() and live.exists()
     assert any("left by an interrupted run" in line for line in lines)
-    assert all(np.all(write.decode_teacher(e) == 1) for e in read_examples(out / "train01.tfrecord"))
+    assert all(np.all(write.decode_teacher(e) == 1)
+               for e in read_examples(out / "train01.tfrecord"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import readers, synthetic
-from training.errors import UserError
 from models.tf_compat import tf
+from training import readers, synthetic
+from training.errors import UserError, first_line
 
 BIAS = 4.0 / 512.0 - 2.0
 SCALAR = 4.0 / 255.0
@@ -279,6 +279,6 @@ def test_data_error_message_is_one_line():
                                np.zeros((1, 128), np.uint8))
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         _parse(readers.FrameReader(num_classes=10), [record])
-    message = readers.data_error_message(info.value)
+    message = first_line(info.value)
     assert "\n" not in message
     assert message.startswith("labels: a label id is >= num_classes (10)")

@@ -1,9 +1,11 @@
 """The six run scripts, end to end on tiny synthetic data.
 
 Each script is run as a user would (DATA_DIR / TRAIN_DIR / PYTHON from the
-environment), with extra flags shrinking the model. One run trains a few
-dozen steps (a checkpoint appears, the loss is finite and falls), a second
-run of the same command resumes from that checkpoint.
+environment), with extra flags shrinking the model to the preset's "test"
+size (models/presets.py). One run trains a few dozen steps (a checkpoint
+appears, the loss is finite and falls), a second run of the same command
+resumes from that checkpoint. The scripts pass only the preset name; the
+original schedule comes from the preset's record through training.train.
 """
 from __future__ import annotations
 
@@ -17,17 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TEST_SIZE
+from models import presets
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "run_scripts"
 
-TINY_FLAGS = {
-    "GRUModel": ["--gru_cells=8"],
-    "nonlocal-NetVLADModel": ["--cluster_size=4", "--hidden_size=8", "--num_samples=10"],
-    "nonlocal-LightNetVLADModel": ["--cluster_size=4", "--hidden_size=8", "--num_samples=10"],
-    "nonlocal-earlyNetVLADModel": ["--cluster_size=4", "--hidden_size=8", "--num_samples=10"],
-    "Soft-DBoF-4k": ["--cluster_size=16", "--hidden_size=8", "--num_samples=10"],
-    "Soft-DBoF-8k": ["--cluster_size=16", "--hidden_size=8", "--num_samples=10"],
-}
+TINY_FLAGS = {name: presets.size_flags(name, TEST_SIZE) for name in presets.PRESET_NAMES}
 COMMON_FLAGS = ["--num_classes=10", "--batch_size=8", "--base_learning_rate=0.01",
                 "--log_steps=1", "--summary_steps=1000", "--num_readers=1",
                 "--shuffle_buffer=64"]
@@ -60,8 +58,26 @@ def run_script(name: str, data_dir: Path, train_dir: Path, *args: str):
     return completed.stdout, losses
 
 
+# Parses each script's arguments with training.train's own flags (in a fresh
+# process: absl's global FLAGS can define training.train's flags only once)
+# and prints the run config that training.train resolves from them.
+RESOLVE_CONFIG = """
+import json, sys
+from absl import flags
+from training import train
+train.define_flags()
+configs = {}
+for name, args in json.loads(sys.stdin.read()).items():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["training.train", *args])
+    configs[name] = train.config_from_flags()
+print(json.dumps(configs))
+"""
+
+
 def test_scripts_pass_the_original_hyper_parameters(tmp_path):
-    """Runs each script with a stand-in interpreter that records its arguments."""
+    """Runs each script with a stand-in interpreter that records its arguments;
+    the original schedule is the preset's record, which training.train applies."""
     recorder = tmp_path / "record_args"
     recorder.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
     recorder.chmod(0o755)
@@ -71,6 +87,7 @@ def test_scripts_pass_the_original_hyper_parameters(tmp_path):
                 "nonlocal-earlyNetVLADModel": ("80", "0.8", "700000"),
                 "Soft-DBoF-4k": ("80", "0.9", "800000"),
                 "Soft-DBoF-8k": ("80", "0.9", "800000")}
+    recorded = {}
     for name, (batch, decay, steps) in expected.items():
         env = {**os.environ, "PYTHON": str(recorder), "DATA_DIR": "/data", "TRAIN_DIR": "/runs/x"}
         env.pop("CUDA_VISIBLE_DEVICES", None)
@@ -78,13 +95,32 @@ def test_scripts_pass_the_original_hyper_parameters(tmp_path):
                                    capture_output=True, text=True, check=True)
         args = completed.stdout.splitlines()
         assert args[:2] == ["-m", "training.train"]
-        for flag in (f"--model={name}", f"--batch_size={batch}", "--base_learning_rate=2e-4",
-                     f"--learning_rate_decay={decay}", "--learning_rate_decay_examples=4000000",
-                     f"--max_steps={steps}", "--num_epochs=100", "--feature_sizes=1024,128",
+        for flag in (f"--model={name}", "--feature_sizes=1024,128",
                      "--feature_names=rgb,audio", "--frame_features=True",
                      "--train_dir=/runs/x", "--train_data_pattern=/data/train*.tfrecord"):
             assert flag in args, (name, flag)
         assert args[-1] == "--extra=1"  # user flags come last, so they override
+        recorded[name] = args[2:-1]
+        # The original run script's numbers are the preset's schedule.
+        schedule = presets.get(name).schedule
+        assert (str(schedule.batch_size), str(schedule.learning_rate_decay),
+                str(schedule.max_steps)) == (batch, decay, steps), name
+        assert schedule.base_learning_rate == 2e-4
+        assert schedule.learning_rate_decay_examples == 4000000
+
+    # ... and what training.train runs with, given only the scripts' arguments.
+    resolved = subprocess.run([sys.executable, "-c", RESOLVE_CONFIG], cwd=REPO_ROOT,
+                              input=json.dumps(recorded), capture_output=True, text=True,
+                              timeout=300)
+    assert resolved.returncode == 0, resolved.stderr[-3000:]
+    configs = json.loads(resolved.stdout.strip().splitlines()[-1])
+    for name, (batch, decay, steps) in expected.items():
+        config = configs[name]
+        assert (str(config["batch_size"]), str(config["learning_rate_decay"]),
+                str(config["max_steps"])) == (batch, decay, steps), name
+        assert config["base_learning_rate"] == 2e-4
+        assert config["learning_rate_decay_examples"] == 4000000
+        assert config["num_epochs"] == 100
 
 
 @pytest.mark.parametrize("name", list(TINY_FLAGS))

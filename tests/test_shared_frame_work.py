@@ -12,10 +12,10 @@ import pytest
 from conftest import TEST_SIZE, TINY_GRU
 from ensemble import build
 from models import layers, presets
+from models.tf_compat import tf
 from test_ensemble import TINY_CLASSES, make_member, starter_predictions
 from training import member_graph, model_builder
 from training.members import load_member
-from models.tf_compat import tf
 
 FEATURES = 1024 + 128
 SAMPLING_PRESETS = [name for name in presets.PRESET_NAMES if name != "GRUModel"]

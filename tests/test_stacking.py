@@ -10,6 +10,7 @@ from conftest import QUIET, TINY_CLASSES, run_module, train_config
 from stacking import fit
 from training import model_builder
 from training import train as trainer
+from training import train_dir as train_dirs
 from training.errors import UserError
 
 
@@ -72,7 +73,7 @@ def test_end_to_end_through_model_dirs(tiny_data, tmp_path):
     pattern = str(tiny_data / "frame" / "train*.tfrecord")
     good, noise = str(tmp_path / "good"), str(tmp_path / "noise")
     for directory, steps, seed in ((good, 80, 3), (noise, 0, 11)):  # noise: random init
-        trainer.prepare_train_dir(directory, flags, start_new=False)
+        train_dirs.prepare_train_dir(directory, flags, start_new=False)
         trainer.train(flags, directory, pattern, {**config, "max_steps": steps, "seed": seed},
                       log=lambda _: None)
     good_bf16 = str(tmp_path / "good-bfloat16")

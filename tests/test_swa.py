@@ -12,14 +12,13 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from conftest import QUIET, TINY_CLASSES, run_module, train_config
+from conftest import QUIET, TINY_CLASSES, TINY_DBOF, run_module, train_config
 from models import layers
+from models.tf_compat import tf
 from swa import average as swa
 from training import checkpoints, model_builder, train
+from training import train_dir as train_dirs
 from training.errors import UserError
-from models.tf_compat import tf
-
-TINY_DBOF = {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}
 
 
 def tiny_train_config(**overrides):
@@ -42,7 +41,7 @@ def dbof_dir(tiny_data, tmp_path_factory):
     """A Soft-DBoF (with batch norm) train dir with checkpoints 10, 20, 30."""
     train_dir = str(tmp_path_factory.mktemp("swa_train") / "run")
     flags = dbof_flags()
-    train.prepare_train_dir(train_dir, flags, start_new=False)
+    train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
     train.train(flags, train_dir, train_pattern(tiny_data), tiny_train_config(),
                 log=lambda _: None)
     assert [step for step, _ in checkpoints.list_checkpoints(train_dir)] == [10, 20, 30]

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.tf_compat import tf
 from training import synthetic
 from training.errors import UserError
-from models.tf_compat import tf
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,8 @@ def test_paths_and_determinism(tmp_path, capsys):
             assert Path(pa).read_bytes() != Path(pc).read_bytes()
     # No temporary files left behind; one progress line per shard.
     assert sorted(os.listdir(tmp_path / "a/frame")) == ["train00.tfrecord", "train01.tfrecord"]
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("synthetic:")]
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("synthetic:")]
     assert len(lines) == 6
 
 
@@ -78,10 +79,10 @@ def test_labels_skew_count_and_ids(tmp_path):
     for i, vid in enumerate(ids):
         assert re.fullmatch(r"[0-9A-Za-z]{2}0[01]", vid)
         assert vid.endswith("00" if i < 200 else "01")
-    counts_per_video = np.array([len(l) for l in labels])
+    counts_per_video = np.array([len(video_labels) for video_labels in labels])
     assert 2.0 <= counts_per_video.mean() <= 4.0
     assert counts_per_video.min() >= 1 and counts_per_video.max() <= 8
-    assert all(len(set(l)) == len(l) for l in labels)
+    assert all(len(set(l)) == len(l) for l in labels)  # noqa: E741
     counts = np.bincount(np.concatenate(labels), minlength=50)
     assert counts.max() >= 5 * np.median(counts)
     assert counts.argmax() == 0
@@ -107,7 +108,7 @@ def test_frames_range_and_video_means(tmp_path):
     lengths = [len(v[2]) for v in videos]
     assert min(lengths) >= 5 and max(lengths) <= 25 and len(set(lengths)) > 1
     scalar, bias = 4.0 / 255.0, 4.0 / 512.0 - 2.0
-    for (vid, _, rgb, audio), row in zip(videos, features):
+    for (_, _, rgb, audio), row in zip(videos, features):
         assert len(audio) == len(rgb)
         expected = np.concatenate([(rgb * scalar + bias).mean(axis=0),
                                    (audio * scalar + bias).mean(axis=0)])

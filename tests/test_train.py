@@ -10,10 +10,10 @@ import pytest
 from conftest import TINY_CLASSES, run_module
 from conftest import train_config as tiny_config
 from models import layers
+from models.tf_compat import tf
 from training import checkpoints, model_builder, train, train_graph
 from training import train_dir as train_dirs
 from training.errors import UserError
-from models.tf_compat import tf
 
 
 def tiny_flags(model="FrameMeanMoeModel", **hparams):

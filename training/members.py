@@ -37,10 +37,6 @@ class Member:
     model_flags: Dict[str, Any]
     dtype: str                     # FLOAT32 or BFLOAT16
 
-    @property
-    def getter(self):
-        return precision.bfloat16_getter if self.dtype == BFLOAT16 else None
-
     def getter_for(self, bf16_compute: Optional[str]):
         """The custom_getter of this member in a --bf16_compute mode."""
         return precision.getter_for_mode(bf16_compute) if self.dtype == BFLOAT16 else None

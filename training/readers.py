@@ -67,7 +67,7 @@ def resolve_files(data_pattern: str, flag_name: str = "data_pattern") -> list[st
       UserError: ``--<flag_name>: no files match '<pattern>'`` when a pattern
         (or the whole, empty, flag value) matches no file.
     """
-    patterns = [p.strip() for p in (data_pattern or "").split(",") if p.strip()]
+    patterns = comma_list(data_pattern)
     if not patterns:
         raise UserError(f"--{flag_name}: no files match '{data_pattern or ''}'")
     files = set()

@@ -24,6 +24,7 @@ from absl import flags
 
 from models.tf_compat import tf
 from training import flags as shared_flags
+from training import readers
 from training.errors import UserError, run_main
 
 FLAGS = flags.FLAGS
@@ -34,8 +35,7 @@ AUDIO_SIZE = 128
 MAX_LABELS = 8
 
 # Quantisation constants (docs/formats.md 1.3): x = q * SCALAR + BIAS.
-_SCALAR = 4.0 / 255.0
-_BIAS = 4.0 / 512.0 - 2.0
+_SCALAR, _BIAS = readers.dequantize_constants()
 
 # Signal / noise scales (per element standard deviations).
 _PROTO_STD = 0.4

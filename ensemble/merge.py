@@ -1,0 +1,159 @@
+"""Merges the parts of a sharded inference into the submission CSV:
+python -m ensemble.merge --input_data_pattern='test*.tfrecord' --output_file=S.csv
+
+``ensemble.inference --num_shards=P --shard_index=i`` writes, for each input
+file F of its shard, the part ``S.csv.parts/<F's name>.csv`` (the CSV lines of
+F's videos, no header) and its record ``<F's name>.json`` (the input file,
+its video count, the part's sha256 and the run key: a digest of the model
+and --top_k). This command writes the CSV once, atomically: the header, then
+every part in sorted input order. It refuses, with one line, a missing part,
+a part whose content or run key does not match (another model or --top_k), a
+part for a file outside --input_data_pattern, and a video id seen twice.
+``--progress`` prints how far the parts are instead (done of the total,
+the videos estimated from the file sizes).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Dict, List, Optional, Tuple
+
+from absl import flags
+
+from ensemble import check_submission
+from training import checkpoints, readers
+from training import flags as shared_flags
+from training.errors import UserError, run_main
+
+FLAGS = flags.FLAGS
+
+PARTS_SUFFIX = ".parts"
+PART_CSV = ".csv"
+PART_RECORD = ".json"
+
+
+def define_flags() -> None:
+    shared_flags.define_shared_flags({
+        "input_data_pattern": ("", "(the files the sharded inference read)"),
+        "output_file": ("", "The submission CSV (its parts are in <output_file>.parts/)."),
+        "overwrite": False})
+    shared_flags.define(flags.DEFINE_bool, "progress", False, "Print how many of the parts "
+                        "are done (and the estimated videos) instead of merging.")
+
+
+def parts_dir(output_file: str) -> str:
+    return os.path.abspath(output_file) + PARTS_SUFFIX
+
+
+def part_paths(output_file: str, input_file: str) -> Tuple[str, str]:
+    """(part CSV, part record) of one input file."""
+    base = os.path.join(parts_dir(output_file), os.path.basename(input_file))
+    return base + PART_CSV, base + PART_RECORD
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_part_record(record_path: str) -> Optional[Dict]:
+    """The record of a finished part, or None when the part is not done."""
+    if not os.path.isfile(record_path):
+        return None
+    record = checkpoints.load_json(record_path, record_path)
+    if not isinstance(record, dict) or not {"input", "videos", "sha256", "run"} <= set(record):
+        raise UserError(f"{record_path}: not a part record of ensemble.inference")
+    return record
+
+
+def _check_part(input_file: str, output_file: str, run: Optional[str]) -> Dict:
+    csv_path, record_path = part_paths(output_file, input_file)
+    record = read_part_record(record_path)
+    if record is None or not os.path.isfile(csv_path):
+        raise UserError(f"{csv_path}: missing; the part of {input_file} is not done (rerun "
+                        f"the sharded inference)")
+    if os.path.basename(record["input"]) != os.path.basename(input_file):
+        raise UserError(f"{record_path}: is the part of {record['input']}, not of {input_file}")
+    if run is not None and record["run"] != run:
+        raise UserError(f"{record_path}: written by another run (another model or --top_k: "
+                        f"run key {record['run'][:12]} vs {run[:12]}); remove "
+                        f"{parts_dir(output_file)} or rerun")
+    if file_digest(csv_path) != record["sha256"]:
+        raise UserError(f"{csv_path}: its content does not match {record_path} (damaged?)")
+    return record
+
+
+def _check_no_foreign_parts(input_files: List[str], output_file: str) -> None:
+    wanted = {os.path.basename(path) + suffix for path in input_files
+              for suffix in (PART_CSV, PART_RECORD)}
+    directory = parts_dir(output_file)
+    for name in sorted(os.listdir(directory)):
+        if not name.startswith(".") and name not in wanted:
+            raise UserError(f"{os.path.join(directory, name)}: a part of a file outside "
+                            f"--input_data_pattern; remove it or give the pattern it was "
+                            f"made from")
+
+
+def merge(input_files: List[str], output_file: str, overwrite: bool = False) -> int:
+    """Writes the CSV from the parts of input_files; returns the video count."""
+    if not os.path.isdir(parts_dir(output_file)):
+        raise UserError(f"--output_file={output_file}: no parts ({parts_dir(output_file)} "
+                        f"missing); run ensemble.inference --num_shards first")
+    _check_no_foreign_parts(input_files, output_file)
+    records = [_check_part(path, output_file, None) for path in input_files]
+    run = records[0]["run"]
+    for path in input_files:
+        _check_part(path, output_file, run)
+    seen, videos = set(), 0
+    with checkpoints.atomic_file(output_file, overwrite, "output_file") as tmp_path:
+        with open(tmp_path, "w", newline="") as out:
+            out.write(check_submission.CSV_HEADER + "\n")
+            for path in input_files:
+                csv_path, _ = part_paths(output_file, path)
+                with open(csv_path, newline="") as part:
+                    for line in part:
+                        video = line.split(",", 1)[0]
+                        if video in seen:
+                            raise UserError(f"{csv_path}: video {video} is also in an earlier "
+                                            f"part (a file given twice?)")
+                        seen.add(video)
+                        out.write(line)
+                        videos += 1
+            out.flush()
+            os.fsync(out.fileno())
+    return videos
+
+
+def progress(input_files: List[str], output_file: str) -> str:
+    """One line: parts done, videos done and the total estimated from file sizes."""
+    done_files = done_videos = done_bytes = 0
+    total_bytes = sum(os.path.getsize(path) for path in input_files)
+    for path in input_files:
+        record = read_part_record(part_paths(output_file, path)[1])
+        if record is not None:
+            done_files += 1
+            done_videos += int(record["videos"])
+            done_bytes += os.path.getsize(path)
+    estimate = (f"{done_videos * total_bytes / done_bytes:,.0f}" if done_bytes else "?")
+    return (f"{done_files}/{len(input_files)} files done, {done_videos:,} of about {estimate} "
+            f"videos (total estimated from the file sizes)")
+
+
+def main(argv) -> None:
+    del argv
+    shared_flags.require(input_data_pattern=FLAGS.input_data_pattern,
+                         output_file=FLAGS.output_file)
+    files = readers.resolve_files(FLAGS.input_data_pattern, "input_data_pattern")
+    if FLAGS.progress:
+        print(progress(files, FLAGS.output_file), flush=True)
+        return
+    videos = merge(files, FLAGS.output_file, FLAGS.overwrite)
+    print(f"wrote {FLAGS.output_file}: {videos} videos from {len(files)} parts", flush=True)
+
+
+if __name__ == "__main__":
+    define_flags()
+    run_main(main)
