@@ -141,8 +141,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size_mb", type=float, default=200.0,
                         help="Model-variable bytes of one checkpoint (MiB).")
-    parser.add_argument("--num_tensors", type=int, default=8)
-    parser.add_argument("--num_checkpoints", type=int, default=5)
+    for name, default in (("--num_tensors", 8), ("--num_checkpoints", 5)):
+        parser.add_argument(name, type=int, default=default)
     parser.add_argument("--repeats", type=int, default=3,
                         help="Runs of each contender (best time, highest peak memory).")
     parser.add_argument("--workdir", default="", help="Where to write (default: a temp dir, "

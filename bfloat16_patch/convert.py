@@ -75,13 +75,6 @@ def round_to_bfloat16(values: np.ndarray) -> np.ndarray:
     return float32_to_bfloat16_bits(values.astype(np.float32, copy=False)).view(BFLOAT16_NUMPY)
 
 
-def bfloat16_to_float32(values: np.ndarray) -> np.ndarray:
-    """Exact widening of bf16 values (or uint16 bit patterns) to float32."""
-    values = np.asarray(values)
-    bits = values.view(np.uint16) if values.dtype != np.uint16 else values
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
 # ---------------------------------------------------------------------------
 # Conversion
 

@@ -51,9 +51,3 @@ class FrameModel:
         """Inference on tile_num independent draws of frames -> [tile_num*B, C]
         (row t*B + b), as calling the model on the input tiled tile_num times."""
         raise NotImplementedError(f"{type(self).__name__} has no shared-frame-work path")
-
-    def predict_tiled(self, model_input: tf.Tensor, num_frames: tf.Tensor, tile_num: int,
-                      indices=None, seed=None) -> tf.Tensor:
-        """The mean over tile_num draws of ``predict_tiles`` -> [B, C]."""
-        tiles = self.predict_tiles(model_input, num_frames, tile_num, indices, seed)
-        return tf.reduce_mean(tf.reshape(tiles, [tile_num, -1, self.num_classes]), axis=0)

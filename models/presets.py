@@ -123,12 +123,6 @@ def get(name: str) -> Preset:
     return preset
 
 
-def size_flags(name: str, size: str) -> list:
-    """Command-line flags of the hyper-parameters of preset `name` at `size`
-    (['--cluster_size=8', ...]; what tests pass to the entry points)."""
-    return [f"--{key}={value}" for key, value in sorted(get(name).hparams_for(size).items())]
-
-
 if __name__ == "__main__":
     # The preset names in ensemble order, for the shell scripts.
     print(" ".join(PRESET_NAMES))

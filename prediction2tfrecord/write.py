@@ -270,12 +270,6 @@ def with_teacher(example: tf.train.SequenceExample, vector: np.ndarray) -> bytes
     return example.SerializeToString(deterministic=True)
 
 
-def decode_teacher(example: tf.train.SequenceExample) -> np.ndarray:
-    """ensemble_labels of a parsed record as float32 (the inverse of with_teacher)."""
-    raw = example.context.feature[TEACHER_FEATURE].bytes_list.value[0]
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
-
-
 def _records(path: str):
     try:
         for record in tf.io.tf_record_iterator(path):

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models import presets
+from models.tf_compat import tf
+from training import readers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CLASSES = 10
@@ -17,10 +20,34 @@ TINY_CLASSES = 10
 # hyper-parameter overrides for make_model_flags, and the same as flags for
 # the entry points.
 TEST_SIZE = "test"
+
+
+def size_flags(name: str, size: str) -> list:
+    """The hyper-parameters of preset `name` at `size` as command-line flags."""
+    hparams = presets.get(name).hparams_for(size)
+    return [f"--{key}={value}" for key, value in sorted(hparams.items())]
+
+
+def decode_teacher(example) -> np.ndarray:
+    """ensemble_labels of a teacher record as float32 (the inverse of
+    prediction2tfrecord.write.with_teacher)."""
+    raw = example.context.feature["ensemble_labels"].bytes_list.value[0]
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def dequantize(q):
+    """The starter's utils.Dequantize: x = q * 4/255 + (4/512 - 2) (tensors
+    of integers are cast to float32), from the reader's constants."""
+    scale, bias = readers.dequantize_constants()
+    if isinstance(q, tf.Tensor) and not q.dtype.is_floating:
+        q = tf.cast(q, tf.float32)
+    return q * scale + bias
+
+
 TINY_DBOF = presets.get("Soft-DBoF-4k").hparams_for(TEST_SIZE)
 TINY_GRU = presets.get("GRUModel").hparams_for(TEST_SIZE)
-DBOF_FLAGS = ["--model=Soft-DBoF-4k", *presets.size_flags("Soft-DBoF-4k", TEST_SIZE)]
-GRU_FLAGS = ["--model=GRUModel", *presets.size_flags("GRUModel", TEST_SIZE)]
+DBOF_FLAGS = ["--model=Soft-DBoF-4k", *size_flags("Soft-DBoF-4k", TEST_SIZE)]
+GRU_FLAGS = ["--model=GRUModel", *size_flags("GRUModel", TEST_SIZE)]
 
 
 def train_config(**overrides) -> dict:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import DBOF_FLAGS, GRU_FLAGS, TINY_CLASSES, TINY_DBOF, run_module
+from conftest import DBOF_FLAGS, GRU_FLAGS, TINY_CLASSES, TINY_DBOF, dequantize, run_module
 from ensemble import inference
 from ensemble.check_submission import check_submission
 from models.tf_compat import tf
@@ -203,7 +203,7 @@ def test_more_than_300_frames_are_truncated(bad, tiny_models, tmp_path):
         bad["long"].replace("*", "train00"))))
     frame_299 = np.frombuffer(first.feature_lists.feature_list["rgb"].feature[299]
                               .bytes_list.value[0], np.uint8)
-    np.testing.assert_allclose(data["features"][0, 299, :1024], readers.dequantize(frame_299),
+    np.testing.assert_allclose(data["features"][0, 299, :1024], dequantize(frame_299),
                                atol=1e-6)
     done = infer(tiny_models["ensemble"], bad["long"], tmp_path / "s.csv")
     assert done.returncode == 0, done.stderr[-2000:]

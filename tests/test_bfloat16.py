@@ -24,6 +24,26 @@ from training.errors import UserError
 BF16_UNIT_ROUNDOFF = 2.0 ** -8     # bf16 keeps 8 significant bits: |x - bf16(x)| <= 2^-8 |x|
 
 
+def bfloat16_to_float32(values: np.ndarray) -> np.ndarray:
+    """Exact widening of bf16 values (or uint16 bit patterns) to float32."""
+    values = np.asarray(values)
+    bits = values.view(np.uint16) if values.dtype != np.uint16 else values
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def getter_for_model_dir(model_dir: str):
+    """The getter the latest checkpoint of a model dir needs."""
+    return precision.getter_for_checkpoint(checkpoints.find_checkpoint(model_dir),
+                                           checkpoints.read_model_flags(model_dir))
+
+
+def restore(sess, checkpoint_path: str) -> None:
+    """Every global variable from the checkpoint, checked first (training.compat)."""
+    var_map = {variable.op.name: variable for variable in tf.global_variables()}
+    compat.check_fits(checkpoint_path, var_map)
+    tf.train.Saver(var_map).restore(sess, checkpoint_path)
+
+
 # ---------------------------------------------------------------------------
 # Rounding against an independent reference
 
@@ -97,7 +117,7 @@ def test_hand_picked_patterns():
 
 def test_nan_stays_nan_with_sign():
     got = convert_bits(NANS)
-    widened = convert.bfloat16_to_float32(got)
+    widened = bfloat16_to_float32(got)
     assert np.all(np.isnan(widened))
     # 0x7F800001 would become inf under truncation; the sign is kept.
     assert list(np.signbit(widened)) == [bool(p & 0x80000000) for p in NANS]
@@ -113,7 +133,7 @@ def test_random_patterns_match_reference_and_ml_dtypes():
     for pattern, result in zip(patterns, got):
         expected = reference_bits(int(pattern))
         if expected == "nan":
-            assert np.isnan(convert.bfloat16_to_float32(np.array([result], np.uint16)))[0]
+            assert np.isnan(bfloat16_to_float32(np.array([result], np.uint16)))[0]
         else:
             assert f"{int(result):04x}" == expected, hex(int(pattern))
     # A second, vectorised comparison on many normal floats.
@@ -125,7 +145,7 @@ def test_random_patterns_match_reference_and_ml_dtypes():
 
 def test_rounding_error_bound():
     values = np.random.RandomState(2).uniform(-1e3, 1e3, 10000).astype(np.float32)
-    rounded = convert.bfloat16_to_float32(convert.round_to_bfloat16(values))
+    rounded = bfloat16_to_float32(convert.round_to_bfloat16(values))
     assert np.all(np.abs(rounded - values) <= BF16_UNIT_ROUNDOFF * np.abs(values))
 
 
@@ -180,7 +200,7 @@ def test_convert_checkpoint(tmp_path):
         got = np.array([f"{int(b):04x}" for b in stored.ravel()[:50]])
         nan = expected == "nan"
         np.testing.assert_array_equal(got[~nan], expected[~nan])
-        assert np.all(np.isnan(convert.bfloat16_to_float32(stored.ravel()[:50][nan])))
+        assert np.all(np.isnan(bfloat16_to_float32(stored.ravel()[:50][nan])))
         np.testing.assert_array_equal(stored, convert.float32_to_bfloat16_bits(values[key]))
     # Integers untouched: same dtype, same values.
     assert dtypes["tower/counter"] == tf.int64 and dtypes["tower/table"] == tf.int32
@@ -277,12 +297,12 @@ def test_bf16_checkpoint_restores_through_getter(tmp_path):
     convert.convert_checkpoint(str(src), str(tmp_path / "bf16"), log=None)
     graph = tf.Graph()
     with graph.as_default():
-        outputs, _ = small_model(precision.getter_for_model_dir(str(tmp_path / "bf16")))
+        outputs, _ = small_model(getter_for_model_dir(str(tmp_path / "bf16")))
         saver = tf.train.Saver()
         with tf.Session() as sess:
             saver.restore(sess, checkpoints.latest_checkpoint(str(tmp_path / "bf16")))
             bf16_outputs = sess.run(outputs)
-    assert precision.getter_for_model_dir(str(src)) is None
+    assert getter_for_model_dir(str(src)) is None
     assert not np.array_equal(bf16_outputs, fp32_outputs)
     np.testing.assert_allclose(bf16_outputs, fp32_outputs, rtol=0.05, atol=0.05)
 
@@ -301,7 +321,7 @@ def test_dtype_mismatch_is_a_user_error(tmp_path):
             small_model(custom_getter)
             with tf.Session() as sess:
                 with pytest.raises(UserError, match=message) as raised:
-                    precision.restore(sess, path)
+                    restore(sess, path)
         assert str(raised.value).startswith(path) and "\n" not in str(raised.value)
     graph = tf.Graph()
     with graph.as_default():

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DBOF_FLAGS, REPO_ROOT, TINY_CLASSES
+from conftest import DBOF_FLAGS, REPO_ROOT, TINY_CLASSES, decode_teacher
 from ensemble.check_submission import check_submission
 from reliability import read_checkpoint, temp_leftovers
 from test_ensemble import make_member
@@ -212,7 +212,6 @@ def test_kill_csv_writing(tiny_models, tiny_data, tmp_path):
 
 
 def test_kill_teacher_record_writing(tiny_models, tiny_data, tmp_path):
-    from prediction2tfrecord import write
     from test_prediction2tfrecord import frame_files, read_examples
 
     files = frame_files(tiny_data)
@@ -228,7 +227,7 @@ def test_kill_teacher_record_writing(tiny_models, tiny_data, tmp_path):
     def assert_whole(name):
         records = read_examples(output / name)
         assert len(records) == len(read_examples(os.path.join(os.path.dirname(files[0]), name)))
-        assert all(write.decode_teacher(r).shape == (TINY_CLASSES,) for r in records)
+        assert all(decode_teacher(r).shape == (TINY_CLASSES,) for r in records)
 
     def check_after_kill(run):
         interrupted.append("done:" not in "".join(run.lines))

@@ -174,20 +174,13 @@ def test_batch_norm_variables_and_moving_average_update_with_bessel():
 # context gating, MoE, probability gating
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_context_gating_matches_numpy(training):
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(6, 8)).astype(np.float32)
+def gated_output_and_values(build, inputs, rng):
+    """(output, variable values) of a gating layer with random BN statistics."""
     with tf.Graph().as_default(), tf.Session() as sess:
-        out = layers.context_gating(tf.constant(x), training)
+        out = build(tf.constant(inputs))
         sess.run(tf.global_variables_initializer())
         randomize_bn_statistics(sess, rng)
-        values = variable_values(sess)
-        got = sess.run(out)
-    assert values["gating_weights_2"].shape == (8, 8)
-    want = np_context_gating(x, values["gating_weights_2"], bn_params(values, "gating_bn"),
-                             training)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        return sess.run(out), variable_values(sess)
 
 
 def test_moe_matches_numpy_with_column_layout_and_l2():
@@ -234,20 +227,26 @@ def test_moe_dummy_expert_can_switch_a_class_off():
     np.testing.assert_allclose(got[:, 0], 1.0 / 3.0, atol=1e-6)
 
 
+GATING_CASES = {
+    # layer: (build(inputs, training), input maker, weights, BN scope, numpy reference, atol)
+    "context_gating": (layers.context_gating, lambda rng: rng.normal(size=(6, 8)),
+                       "gating_weights_2", "gating_bn", np_context_gating, 1e-5),
+    "probability_gating": (classifiers.probability_gating, lambda rng: rng.uniform(size=(5, 7)),
+                           "gating_prob_weights", "gating_prob_bn", np_prob_gating, 1e-6),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(GATING_CASES))
 @pytest.mark.parametrize("training", [True, False])
-def test_probability_gating_matches_numpy(training):
-    rng = np.random.default_rng(4)
-    p = rng.uniform(size=(5, 7)).astype(np.float32)
-    with tf.Graph().as_default(), tf.Session() as sess:
-        out = classifiers.probability_gating(tf.constant(p), training)
-        sess.run(tf.global_variables_initializer())
-        randomize_bn_statistics(sess, rng)
-        values = variable_values(sess)
-        got = sess.run(out)
-    assert values["gating_prob_weights"].shape == (7, 7)
-    want = np_prob_gating(p, values["gating_prob_weights"], bn_params(values, "gating_prob_bn"),
-                          training)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+def test_gating_layers_match_numpy(layer, training):
+    build, make_input, weights, bn_scope, reference, atol = GATING_CASES[layer]
+    rng = np.random.default_rng(2 if layer == "context_gating" else 4)
+    x = make_input(rng).astype(np.float32)
+    got, values = gated_output_and_values(lambda t: build(t, training), x, rng)
+    width = x.shape[1]
+    assert values[weights].shape == (width, width)
+    want = reference(x, values[weights], bn_params(values, bn_scope), training)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol)
 
 
 # ---------------------------------------------------------------------------

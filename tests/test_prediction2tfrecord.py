@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import QUIET, run_module, train_config
+from conftest import QUIET, decode_teacher, run_module, train_config
 from models.tf_compat import tf
 from prediction2tfrecord import write
 from training.errors import UserError
@@ -59,7 +59,7 @@ def test_csv_round_trip_keeps_records_and_encodes_all_pairs(tiny_data, tmp_path)
         assert len(outputs) == len(inputs) > 0
         for before, after in zip(inputs, outputs):
             video_id = write.video_id_of(before, source)
-            teacher = write.decode_teacher(after)
+            teacher = decode_teacher(after)
             assert teacher.dtype == np.float32 and teacher.shape == (CSV_CLASSES,)
             np.testing.assert_array_equal(teacher, expected[video_id])
             assert np.count_nonzero(teacher) == 20  # all 20 pairs, not the original's 10
@@ -209,7 +209,7 @@ def test_teacher_dir_gives_the_models_predictions(tiny_data, teacher_model, tmp_
     outputs = read_examples(out / "validate00.tfrecord")
     assert len(outputs) == len(expected) == 32
     for example in outputs:
-        teacher = write.decode_teacher(example)
+        teacher = decode_teacher(example)
         # Full vectors (every class), equal to the model's own predictions.
         np.testing.assert_allclose(teacher, expected[write.video_id_of(example, "")],
                                    rtol=1e-5, atol=1e-7)
@@ -250,5 +250,5 @@ def test_rerun_removes_temporaries_of_a_killed_run(tiny_data, tmp_path):
     assert totals["written"] == 64 and totals["files"] == 2
     assert not stale.exists() and live.exists()
     assert any("left by an interrupted run" in line for line in lines)
-    assert all(np.all(write.decode_teacher(e) == 1)
+    assert all(np.all(decode_teacher(e) == 1)
                for e in read_examples(out / "train01.tfrecord"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import dequantize
 from models.tf_compat import tf
 from training import readers, synthetic
 from training.errors import UserError, first_line
@@ -93,10 +94,10 @@ def synthetic_dirs(tmp_path_factory):
 
 
 def test_dequantize_endpoints():
-    assert readers.dequantize(0) == pytest.approx(-1.9921875, abs=1e-12)
-    assert readers.dequantize(255) == pytest.approx(2.0078125, abs=1e-12)
+    assert dequantize(0) == pytest.approx(-1.9921875, abs=1e-12)
+    assert dequantize(255) == pytest.approx(2.0078125, abs=1e-12)
     with tf.Graph().as_default(), tf.Session() as sess:
-        out = sess.run(readers.dequantize(tf.constant([0, 128, 255], tf.uint8)))
+        out = sess.run(dequantize(tf.constant([0, 128, 255], tf.uint8)))
     np.testing.assert_allclose(out, [-1.9921875, 128 * SCALAR + BIAS, 2.0078125], atol=1e-6)
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TEST_SIZE
+from conftest import TEST_SIZE, size_flags
 from models import presets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "run_scripts"
 
-TINY_FLAGS = {name: presets.size_flags(name, TEST_SIZE) for name in presets.PRESET_NAMES}
+TINY_FLAGS = {name: size_flags(name, TEST_SIZE) for name in presets.PRESET_NAMES}
 COMMON_FLAGS = ["--num_classes=10", "--batch_size=8", "--base_learning_rate=0.01",
                 "--log_steps=1", "--summary_steps=1000", "--num_readers=1",
                 "--shuffle_buffer=64"]

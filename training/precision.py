@@ -218,19 +218,3 @@ def getter_for_checkpoint(checkpoint_path: str,
         raise UserError(f"{checkpoint_path}: is a {kind} checkpoint but its "
                         f"{checkpoints.MODEL_FLAGS_FILE} says {DTYPE_KEY}={marker!r}")
     return bfloat16_getter if kind == BFLOAT16 else None
-
-
-def getter_for_model_dir(model_dir: str) -> Optional[Callable]:
-    """The getter for the latest checkpoint of a model dir (SWA, bf16 or train dir)."""
-    return getter_for_checkpoint(checkpoints.find_checkpoint(model_dir),
-                                 checkpoints.read_model_flags(model_dir))
-
-
-def restore(sess, checkpoint_path: str, var_list=None) -> None:
-    """Checks that the checkpoint fits, then restores var_list (default: all
-    global variables) from it."""
-    var_list = tf.global_variables() if var_list is None else var_list
-    var_map = dict(var_list) if isinstance(var_list, Mapping) else {
-        variable.op.name: variable for variable in var_list}
-    compat.check_fits(checkpoint_path, var_map)
-    tf.train.Saver(var_map).restore(sess, checkpoint_path)

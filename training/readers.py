@@ -36,27 +36,6 @@ def dequantize_constants(max_quantized_value=2.0, min_quantized_value=-2.0):
     return quantized_range / 255.0, (quantized_range / 512.0) + min_quantized_value
 
 
-def dequantize(q, max_quantized_value=2.0, min_quantized_value=-2.0):
-    """Maps uint8-quantised values back to floats (starter ``utils.Dequantize``).
-
-    ``x = q * (max - min) / 255 + (max - min) / 512 + min``, i.e. with the
-    defaults ``x = q * 4/255 + (4/512 - 2)``: q=0 -> -1.9921875,
-    q=255 -> 2.0078125.
-
-    Args:
-      q: a tensor (any shape; integer tensors are cast to float32), a numpy
-        array or a number.
-      max_quantized_value: upper end of the quantisation range.
-      min_quantized_value: lower end of the quantisation range.
-    Returns:
-      Same shape as ``q``: float32 for tensors, float64 for numpy input.
-    """
-    scalar, bias = dequantize_constants(max_quantized_value, min_quantized_value)
-    if isinstance(q, (tf.Tensor, tf.Variable)) and not q.dtype.is_floating:
-        q = tf.cast(q, tf.float32)
-    return q * scalar + bias
-
-
 def resolve_files(data_pattern: str, flag_name: str = "data_pattern") -> list[str]:
     """Expands comma-separated glob patterns into a sorted, de-duplicated list.
 
