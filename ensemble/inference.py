@@ -20,16 +20,19 @@ place at the end; an existing output is replaced only with --overwrite.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import Callable, List, Optional
 
 import numpy as np
 from absl import flags
 
-from ensemble import check_submission, export
+from ensemble import check_submission, export, merge
 from training import checkpoints, metrics, predict, readers
 from training import flags as shared_flags
 from training.errors import UserError, run_main
+from training.progress import Progress
 
 FLAGS = flags.FLAGS
 
@@ -54,6 +57,13 @@ def define_flags() -> None:
                         "upload .tgz instead of --train_dir.")
     shared_flags.define(flags.DEFINE_string, "output_model_tgz", "", "Write the upload .tgz "
                         "(model_flags.json + inference_model.*) here.")
+    shared_flags.define(flags.DEFINE_integer, "num_shards", 0, "Split the sorted input files "
+                        "into this many shards and write this shard's parts to "
+                        "<output_file>.parts/ (ensemble.merge writes the CSV); 0: one CSV.")
+    shared_flags.define(flags.DEFINE_integer, "shard_index", 0, "The shard this process "
+                        "writes (0-based, with --num_shards).")
+    shared_flags.define(flags.DEFINE_integer, "num_threads", 0, "TensorFlow threads of this "
+                        "process (0: all cores; workers sharing a CPU divide them).")
 
 
 # ---------------------------------------------------------------------------
@@ -113,6 +123,69 @@ def write_submission(model: predict.LoadedModel, data_pattern: str, output_file:
     return videos
 
 
+def shard_files(files: List[str], num_shards: int, shard_index: int) -> List[str]:
+    """Every num_shards-th of the sorted files from shard_index on (a file is
+    never split; the shards are disjoint and cover every file)."""
+    if num_shards < 1:
+        raise UserError(f"--num_shards: must be >= 1, got {num_shards}")
+    if not 0 <= shard_index < num_shards:
+        raise UserError(f"--shard_index: must be in [0, {num_shards}), got {shard_index}")
+    return sorted(files)[shard_index::num_shards]
+
+
+def run_key(model: predict.LoadedModel, settings: dict) -> str:
+    """A digest of what decides the CSV lines: the model's files and the
+    settings (top_k, frame sampling, seed, bf16 mode). Parts of different
+    runs refuse to merge."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8"))
+    names = sorted(name for name in os.listdir(model.model_dir)
+                   if name.endswith((".index", ".meta", checkpoints.MODEL_FLAGS_FILE)))
+    for name in names:
+        digest.update(name.encode("utf-8"))
+        digest.update(merge.file_digest(os.path.join(model.model_dir, name)).encode("ascii"))
+    return digest.hexdigest()
+
+
+def _write_part(model, path: str, output_file: str, batch_size: int, top_k: int, run: str,
+                skip_corrupt: bool) -> int:
+    """Writes the part of one input file (CSV, then its record); -> videos."""
+    csv_path, record_path = merge.part_paths(output_file, path)
+    videos = 0
+    with checkpoints.atomic_file(csv_path, overwrite=True) as tmp_path:
+        with open(tmp_path, "w", newline="") as out:
+            for batch in predict.iterate_predictions(model, "", batch_size,
+                                                     skip_corrupt=skip_corrupt, files=[path]):
+                out.writelines(format_lines(batch.ids, batch.predictions, top_k))
+                videos += len(batch.ids)
+    checkpoints.write_json(record_path, {"input": os.path.abspath(path), "videos": videos,
+                                         "sha256": merge.file_digest(csv_path), "run": run})
+    return videos
+
+
+def write_parts(model: predict.LoadedModel, files: List[str], output_file: str,
+                batch_size: int, top_k: int, run: str, log: Log = print,
+                skip_corrupt: bool = False) -> int:
+    """The parts of `files` not done yet by this run (ensemble.merge); -> videos
+    written. A part whose record names another run is redone."""
+    os.makedirs(merge.parts_dir(output_file), exist_ok=True)
+    total_bytes = sum(os.path.getsize(path) for path in files) or 1
+    progress = Progress("MiB", total=total_bytes, units_per_count=1.0 / 2 ** 20)
+    done_bytes = videos = 0
+    for index, path in enumerate(files, start=1):
+        record = merge.read_part_record(merge.part_paths(output_file, path)[1])
+        if record is not None and record["run"] == run:
+            status = "done before"
+        else:
+            videos += _write_part(model, path, output_file, batch_size, top_k, run,
+                                  skip_corrupt)
+            status = "written"
+        done_bytes += os.path.getsize(path)
+        if log:
+            log(progress.line(done_bytes, f"[{index}/{len(files)}] {os.path.basename(path)} "
+                                          f"{status}, {videos} videos"))
+    return videos
+
+
 def _refuse_existing(outputs) -> None:
     for flag, path in outputs:
         if path and os.path.exists(path):
@@ -144,24 +217,37 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
         input_data_pattern: str = "", output_file: str = "", batch_size: int = 64,
         top_k: int = 20, num_readers: int = 1, seed: int = 2018,
         frame_sampling: Optional[str] = None, log: Log = print, overwrite: bool = True,
-        skip_corrupt: bool = False, bf16_compute: Optional[str] = None) -> Optional[int]:
+        skip_corrupt: bool = False, bf16_compute: Optional[str] = None,
+        num_shards: int = 0, shard_index: int = 0, num_threads: int = 0) -> Optional[int]:
     """The command: returns the number of videos written (None without a CSV).
     overwrite=False refuses an existing output_file / output_model_tgz (the
-    command line's default)."""
+    command line's default). num_shards > 0 writes this shard's parts instead
+    of the CSV (ensemble.merge writes it)."""
     _check_run_flags(train_dir, input_model_tgz, output_model_tgz, input_data_pattern,
                      output_file, batch_size)
+    if num_shards:
+        shard_files([], num_shards, shard_index)
+    settings = {"top_k": top_k, "frame_sampling": frame_sampling, "seed": seed,
+                "bf16_compute": bf16_compute, "batch_size": batch_size}
 
     def with_dir(model_dir: str) -> Optional[int]:
-        model = predict.open_model(model_dir, frame_sampling, seed, bf16_compute)
+        model = predict.open_model(model_dir, frame_sampling, seed, bf16_compute,
+                                   num_threads=num_threads)
         try:
             if not overwrite:
                 _refuse_existing((("output_model_tgz", output_model_tgz),
-                                  ("output_file", output_file)))
+                                  ("output_file", "" if num_shards else output_file)))
             if log:
                 log(f"loaded {model.kind} model from "
                     f"{input_model_tgz or model_dir} ({model.num_classes} classes)")
             if output_model_tgz:
                 export.write_model_tgz(model, output_model_tgz, log, overwrite)
+            if input_data_pattern and num_shards:
+                files = shard_files(readers.resolve_files(input_data_pattern,
+                                                          "input_data_pattern"),
+                                    num_shards, shard_index)
+                return write_parts(model, files, output_file, batch_size, top_k,
+                                   run_key(model, settings), log, skip_corrupt)
             if input_data_pattern:
                 return write_submission(model, input_data_pattern, output_file, batch_size,
                                         top_k, num_readers, log, overwrite, skip_corrupt)
@@ -181,7 +267,9 @@ def main(argv) -> None:
         FLAGS.input_data_pattern, FLAGS.output_file, FLAGS.batch_size, FLAGS.top_k,
         FLAGS.num_readers, FLAGS.seed, FLAGS.frame_sampling,
         log=lambda line: print(line, flush=True), overwrite=FLAGS.overwrite,
-        skip_corrupt=FLAGS.skip_corrupt_records, bf16_compute=FLAGS.bf16_compute)
+        skip_corrupt=FLAGS.skip_corrupt_records, bf16_compute=FLAGS.bf16_compute,
+        num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
+        num_threads=FLAGS.num_threads)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Base class of the model zoo: a small Sonnet-v1 style module."""
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from models.tf_compat import tf
 
@@ -36,8 +36,10 @@ class FrameModel:
         model is tiled at inference; a deterministic one, like the GRU, is not)."""
         return self.hparams.get("frame_sampling", "none") == "random"
 
-    def __call__(self, model_input: tf.Tensor, num_frames: tf.Tensor,
-                 is_training: bool) -> tf.Tensor:
+    def __call__(self, model_input: tf.Tensor, num_frames: tf.Tensor, is_training: bool,
+                 fingerprints: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """fingerprints [B, 2] (inference): a random frame draw depends only
+        on the video (models.layers.sample_frame_indices)."""
         raise NotImplementedError
 
     @property
@@ -47,7 +49,7 @@ class FrameModel:
         return False
 
     def predict_tiles(self, model_input: tf.Tensor, num_frames: tf.Tensor, tile_num: int,
-                      indices=None, seed=None) -> tf.Tensor:
+                      indices=None, seed=None, fingerprints=None) -> tf.Tensor:
         """Inference on tile_num independent draws of frames -> [tile_num*B, C]
         (row t*B + b), as calling the model on the input tiled tile_num times."""
         raise NotImplementedError(f"{type(self).__name__} has no shared-frame-work path")

@@ -15,7 +15,8 @@ class FrameMeanMoeModel(FrameModel):
 
     DEFAULTS = {"moe_num_mixtures": 2, "moe_l2": 1e-8}
 
-    def __call__(self, model_input, num_frames, is_training):
+    def __call__(self, model_input, num_frames, is_training, fingerprints=None):
+        del fingerprints  # (no frame sampling)
         frames = tf.cast(tf.maximum(num_frames, 1), tf.float32)[:, None]
         # Padded rows are zero, so the sum over all rows is the sum over valid ones.
         pooled = tf.reduce_sum(model_input, axis=1) / frames

@@ -69,9 +69,10 @@ class _PooledFrameModel(FrameModel):
             raise ValueError(f"{type(self).__name__} takes 1 or 2 features (rgb, audio), "
                              f"got feature_sizes {self.feature_sizes}")
 
-    def _sampled_frames(self, model_input: tf.Tensor, num_frames: tf.Tensor
-                        ) -> Tuple[tf.Tensor, object]:
-        """-> (frames [B, N, D], N). N is a python int unless mode is "none"."""
+    def _sampled_frames(self, model_input: tf.Tensor, num_frames: tf.Tensor,
+                        fingerprints: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, object]:
+        """-> (frames [B, N, D], N). N is a python int unless mode is "none".
+        fingerprints: per-video draws (layers.sample_frame_indices)."""
         mode = _sampling_mode(self.hparams)
         if mode == "none":
             steps = model_input.shape.as_list()[1]
@@ -79,13 +80,14 @@ class _PooledFrameModel(FrameModel):
         seed = self.hparams["frame_sampling_seed"]
         num_samples = self.hparams["num_samples"]
         frames = layers.sample_frames(model_input, num_frames, num_samples, mode=mode,
-                                      seed=None if seed < 0 else seed)
+                                      seed=None if seed < 0 else seed,
+                                      fingerprints=fingerprints)
         return frames, num_samples
 
-    def _normalised_flat_frames(self, model_input, num_frames, is_training):
+    def _normalised_flat_frames(self, model_input, num_frames, is_training, fingerprints):
         """Sampling, then BN ``input_bn`` over D. -> ([B*N, D], N)."""
         self._check_input(model_input)
-        frames, num_samples = self._sampled_frames(model_input, num_frames)
+        frames, num_samples = self._sampled_frames(model_input, num_frames, fingerprints)
         flat = tf.reshape(frames, [-1, sum(self.feature_sizes)])
         return layers.batch_norm(flat, is_training, "input_bn"), num_samples
 
@@ -106,23 +108,27 @@ class _PooledFrameModel(FrameModel):
         return _sampling_mode(self.hparams) in ("random", "uniform")
 
     def tile_indices(self, num_frames: tf.Tensor, tile_num: int,
-                     seed: Optional[int] = None) -> tf.Tensor:
+                     seed: Optional[int] = None,
+                     fingerprints: Optional[tf.Tensor] = None) -> tf.Tensor:
         """The frames tile t draws for video b -> int32 [tile_num, B, N].
 
         The same random process as calling the model on the input tiled
-        tile_num times (copy t of video b at row t*B + b): one RandomUniform
-        [tile_num*B, N] with the op seed frame_sampling_seed (or `seed`), so
-        equal graph and op seeds give the naive path's very draws.
+        tile_num times (copy t of video b at row t*B + b), with the op seed
+        frame_sampling_seed (or `seed`): equal seeds (and fingerprints [B, 2],
+        tiled as the input is) give the naive path's very draws.
         """
         mode = _sampling_mode(self.hparams)
         if seed is None:
             seed = self.hparams["frame_sampling_seed"]
         num_samples = self.hparams["num_samples"]
+        tiled = None if fingerprints is None else tf.tile(fingerprints, [tile_num, 1])
         indices = layers.sample_frame_indices(tf.tile(num_frames, [tile_num]), num_samples,
-                                              mode=mode, seed=None if seed < 0 else seed)
+                                              mode=mode, seed=None if seed < 0 else seed,
+                                              fingerprints=tiled)
         return tf.reshape(indices, [tile_num, -1, num_samples])
 
-    def predict_tiles(self, model_input, num_frames, tile_num, indices=None, seed=None):
+    def predict_tiles(self, model_input, num_frames, tile_num, indices=None, seed=None,
+                      fingerprints=None):
         """Inference on tile_num draws, the per-frame work done once per video.
 
         model_input [B, S, D] (L2-normalised frames), num_frames [B] ->
@@ -138,7 +144,7 @@ class _PooledFrameModel(FrameModel):
                              f"{self.hparams['frame_sampling']!r} has no per-tile draws")
         self._check_input(model_input)
         if indices is None:
-            indices = self.tile_indices(num_frames, tile_num, seed)
+            indices = self.tile_indices(num_frames, tile_num, seed, fingerprints)
         width = sum(self.feature_sizes)
         steps = tf.shape(model_input)[1]
         counts = layers.frame_counts(indices, steps)                       # [T, B, S]
@@ -190,8 +196,9 @@ class _LateFusionModel(_PooledFrameModel):
     def _pool(self, num_samples: int, feature_size: int, cluster_size: int):
         raise NotImplementedError
 
-    def __call__(self, model_input, num_frames, is_training):
-        flat, num_samples = self._normalised_flat_frames(model_input, num_frames, is_training)
+    def __call__(self, model_input, num_frames, is_training, fingerprints=None):
+        flat, num_samples = self._normalised_flat_frames(model_input, num_frames, is_training,
+                                                         fingerprints)
         pooled = []
         for index, (name, feature_size, frames) in enumerate(self._modalities(flat)):
             with tf.variable_scope(f"{name}_{self.BRANCH_SCOPE}"):
@@ -287,8 +294,9 @@ class early_NetVLADModelLF(_PooledFrameModel):  # noqa: N801 (the original name)
             temperature=self.hparams["nonlocal_temperature"],
             value_path=self.hparams["nonlocal_value_path"])
 
-    def __call__(self, model_input, num_frames, is_training):
-        flat, num_samples = self._normalised_flat_frames(model_input, num_frames, is_training)
+    def __call__(self, model_input, num_frames, is_training, fingerprints=None):
+        flat, num_samples = self._normalised_flat_frames(model_input, num_frames, is_training,
+                                                         fingerprints)
         with tf.variable_scope("video_audio_VLAD"):
             pooled = self._joint_pool(num_samples)(flat, is_training)
         return self._head(pooled, is_training)
@@ -346,7 +354,7 @@ class GruModel(FrameModel):
         **_CLASSIFIER_DEFAULTS,
     }
 
-    def __call__(self, model_input, num_frames, is_training):
+    def __call__(self, model_input, num_frames, is_training, fingerprints=None):
         _check_width(self, model_input)
         mode = _sampling_mode(self.hparams)
         sequence_length = num_frames
@@ -354,7 +362,7 @@ class GruModel(FrameModel):
             seed = self.hparams["frame_sampling_seed"]
             model_input = layers.sample_frames(
                 model_input, num_frames, self.hparams["num_samples"], mode=mode,
-                seed=None if seed < 0 else seed)
+                seed=None if seed < 0 else seed, fingerprints=fingerprints)
             sequence_length = tf.fill(tf.shape(num_frames), self.hparams["num_samples"])
         # = dynamic_rnn(StackedGRUCell(gru_cells, gru_layers)) in scope RNN,
         # computed layer by layer with the input products outside the loop.

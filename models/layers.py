@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import weakref
+import zlib
 from typing import Optional, Tuple
 
 from models.tf_compat import tf
@@ -277,35 +278,85 @@ def l2_normalize_frames(model_input: tf.Tensor) -> tf.Tensor:
 
 
 def sample_frames(model_input: tf.Tensor, num_frames: tf.Tensor, num_samples: int,
-                  mode: str = "random", seed: Optional[int] = None) -> tf.Tensor:
+                  mode: str = "random", seed: Optional[int] = None,
+                  fingerprints: Optional[tf.Tensor] = None) -> tf.Tensor:
     """Picks num_samples frames per video from its valid (unpadded) frames.
 
-    model_input [B, T, D], num_frames [B] -> [B, num_samples, D].
-    mode "random": index floor(u * n) with u ~ U[0, 1), i.e. with replacement
-    (the original's SampleRandomFrames), seeded by the graph seed and `seed`.
-    mode "uniform": evenly spaced indices, deterministic.
-    A video with n = 0 reads row 0, the all-zero padding, so outputs stay finite.
+    model_input [B, T, D], num_frames [B] -> [B, num_samples, D], the frames
+    of sample_frame_indices (which says how they are drawn).
     """
-    indices = sample_frame_indices(num_frames, num_samples, mode, seed)
+    indices = sample_frame_indices(num_frames, num_samples, mode, seed, fingerprints)
     return tf.gather(model_input, indices, batch_dims=1)
 
 
 # ---------------------------------------------------------------------------
-# Frame draws as counts (the tiled ensemble's shared per-frame work)
+# Frame draws: per video at inference, as counts for the tiled ensemble
+
+
+def video_fingerprints(input_raw: tf.Tensor, num_frames: tf.Tensor) -> tf.Tensor:
+    """int64 [B, 2] that depends only on each video's own features.
+
+    input_raw [B, T, D] as read from the records (dequantised, not
+    normalised: its values are exact). Built from the bit patterns of the
+    first, middle and last valid frames with integer sums, which are exact in
+    any order, so a video gets the same fingerprint in any batch.
+    """
+    n = tf.maximum(tf.cast(num_frames, tf.int32), 1)
+    picks = tf.stack([tf.zeros_like(n), n // 2, n - 1], axis=1)                  # [B, 3]
+    frames = tf.gather(input_raw, picks, batch_dims=1)                           # [B, 3, D]
+    bits = tf.bitwise.bitwise_and(tf.cast(tf.bitcast(frames, tf.int32), tf.int64), 0xFFFFFFFF)
+    flat = tf.reshape(bits, [tf.shape(bits)[0], -1])
+    weights = tf.cast(tf.range(1, tf.shape(flat)[1] + 1), tf.int64)[None, :]
+    return tf.stack([tf.reduce_sum(flat, axis=1) + tf.cast(n, tf.int64),
+                     tf.reduce_sum(flat * weights, axis=1)], axis=1)
+
+
+def _occurrences(fingerprints: tf.Tensor) -> tf.Tensor:
+    """int64 [R]: how many earlier rows have the same fingerprint (copy t of
+    a video tiled T times is occurrence t)."""
+    same = tf.reduce_all(tf.equal(fingerprints[:, None, :], fingerprints[None, :, :]), axis=2)
+    rows = tf.range(tf.shape(fingerprints)[0])
+    earlier = rows[None, :] < rows[:, None]
+    return tf.reduce_sum(tf.cast(tf.logical_and(same, earlier), tf.int64), axis=1)
+
+
+def _draw_salt(seed: Optional[int]) -> int:
+    """A stable number from the graph seed, the op seed and the variable
+    scope, so the members of an ensemble draw independently."""
+    graph_seed = tf.get_default_graph().seed
+    text = f"{graph_seed or 0}/{-1 if seed is None else seed}/{tf.get_variable_scope().name}"
+    return zlib.crc32(text.encode("utf-8")) & 0x7FFFFFFF
+
+
+def _per_video_uniform(fingerprints: tf.Tensor, num_samples: int,
+                       seed: Optional[int]) -> tf.Tensor:
+    """float32 [R, num_samples] in [0, 1): each row from a stateless
+    generator seeded by its fingerprint, its occurrence and the salt."""
+    seeds = tf.stack([fingerprints[:, 0] * 31 + _draw_salt(seed),
+                      fingerprints[:, 1] + _occurrences(fingerprints)], axis=1)
+    return tf.map_fn(lambda row: tf.random.stateless_uniform([num_samples], seed=row), seeds,
+                     fn_output_signature=tf.float32)
 
 
 def sample_frame_indices(num_frames: tf.Tensor, num_samples: int, mode: str = "random",
-                         seed: Optional[int] = None) -> tf.Tensor:
+                         seed: Optional[int] = None,
+                         fingerprints: Optional[tf.Tensor] = None) -> tf.Tensor:
     """The frame indices that ``sample_frames`` gathers, without gathering.
 
-    num_frames [B] -> int32 [B, num_samples]: floor(u * n) with u ~ U[0, 1)
-    (mode "random", with replacement; one RandomUniform op of shape
-    [B, num_samples], so the same graph and op seeds give the same draws as
-    sample_frames) or evenly spaced (mode "uniform"); n = 0 reads row 0.
+    num_frames [B] -> int32 [B, num_samples]. mode "uniform": evenly spaced,
+    deterministic. mode "random": floor(u * n) with u ~ U[0, 1), with
+    replacement (the original's SampleRandomFrames). Without fingerprints
+    (training) u comes from one RandomUniform op seeded by the graph seed and
+    `seed`: new frames every step. With fingerprints [B, 2] (inference,
+    video_fingerprints) each video's u depends only on the video, the seeds
+    and the variable scope: the same frames in any batch, order or shard.
+    n = 0 reads row 0 (the all-zero padding).
     """
     batch_size = tf.shape(num_frames)[0]
     frames = tf.cast(tf.maximum(num_frames, 1), tf.float32)[:, None]
-    if mode == "random":
+    if mode == "random" and fingerprints is not None:
+        positions = _per_video_uniform(fingerprints, num_samples, seed)
+    elif mode == "random":
         positions = tf.random_uniform([batch_size, num_samples], 0.0, 1.0, seed=seed)
     elif mode == "uniform":
         positions = tf.tile(((tf.range(num_samples, dtype=tf.float32) + 0.5)

@@ -121,7 +121,8 @@ def test_predict_tiles_equals_the_naive_tiled_graph(name):
             naive = model_builder.model_predictions(model, tf.tile(x, [tiles, 1, 1]),
                                                     tf.tile(n, [tiles]), is_training=False)
             shared = model_builder.model_tile_predictions(model, x, n, tiles)
-            tiles_out = model.predict_tiles(layers.l2_normalize_frames(x), n, tiles)
+            tiles_out = model.predict_tiles(layers.l2_normalize_frames(x), n, tiles,
+                                            fingerprints=layers.video_fingerprints(x, n))
             mean = tf.reduce_mean(tf.reshape(tiles_out, [tiles, -1, model.num_classes]), axis=0)
         variables = model_builder.model_variables("tower")
         init = tf.global_variables_initializer()

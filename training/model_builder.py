@@ -67,12 +67,16 @@ def make_reader(model_flags: Dict[str, Any]):
 def model_predictions(model: FrameModel, input_raw: tf.Tensor, num_frames: tf.Tensor,
                       is_training: bool) -> tf.Tensor:
     """L2-normalises each frame (video-level input becomes a 1-frame video)
-    and runs the model in the caller's variable scope. -> [B, C]."""
+    and runs the model in the caller's variable scope. -> [B, C]. At
+    inference a random frame draw depends only on the video (its fingerprint
+    of the raw features), not on the batch it is in."""
     if input_raw.shape.ndims == 2:
         input_raw = input_raw[:, None, :]
         num_frames = tf.ones_like(num_frames, dtype=tf.int32)
+    num_frames = tf.cast(num_frames, tf.int32)
+    fingerprints = None if is_training else layers.video_fingerprints(input_raw, num_frames)
     model_input = layers.l2_normalize_frames(input_raw)
-    return model(model_input, tf.cast(num_frames, tf.int32), is_training=is_training)
+    return model(model_input, num_frames, is_training=is_training, fingerprints=fingerprints)
 
 
 def model_tile_predictions(model: FrameModel, input_raw: tf.Tensor, num_frames: tf.Tensor,
@@ -80,9 +84,11 @@ def model_tile_predictions(model: FrameModel, input_raw: tf.Tensor, num_frames: 
     """Inference on tile_num draws of frames with the per-frame work shared
     (FrameModel.predict_tiles): L2-normalises each frame once, -> [tile_num*B, C]
     (row t*B + b), as model_predictions on the input tiled tile_num times."""
+    num_frames = tf.cast(num_frames, tf.int32)
+    fingerprints = layers.video_fingerprints(input_raw, num_frames)
     model_input = layers.l2_normalize_frames(input_raw)
-    return model.predict_tiles(model_input, tf.cast(num_frames, tf.int32), tile_num,
-                               indices=indices)
+    return model.predict_tiles(model_input, num_frames, tile_num, indices=indices,
+                               fingerprints=fingerprints)
 
 
 def model_variables(scope: str) -> List[tf.Variable]:

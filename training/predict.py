@@ -19,7 +19,7 @@ open_members(dirs) puts several model dirs in one graph (stacking).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -50,6 +50,7 @@ class LoadedModel:
     variables: Optional[List[Any]] = None        # single: what an export saves
     members: Optional[List[Member]] = None       # members: the member dirs
     member_predictions: Optional[List[Any]] = None
+    pipelines: Dict[Any, Any] = field(default_factory=dict)   # by-file input pipelines
 
     @property
     def num_classes(self) -> int:
@@ -85,7 +86,19 @@ def _one_from_collection(graph, name: str, meta: str):
     return items[0]
 
 
-def _open_exported(model_dir: str, model_flags: Dict[str, Any]) -> LoadedModel:
+def session_config(num_threads: int = 0):
+    """Session options: num_threads > 0 caps TensorFlow's thread pools (the
+    workers of a sharded inference share one CPU)."""
+    config = tf.ConfigProto(allow_soft_placement=True)
+    config.gpu_options.allow_growth = True
+    if num_threads > 0:
+        config.intra_op_parallelism_threads = num_threads
+        config.inter_op_parallelism_threads = num_threads
+    return config
+
+
+def _open_exported(model_dir: str, model_flags: Dict[str, Any],
+                   num_threads: int = 0) -> LoadedModel:
     prefix = os.path.join(model_dir, INFERENCE_MODEL)
     if not os.path.isfile(prefix + ".index"):
         raise UserError(f"{prefix}.index: missing (the meta graph has no checkpoint)")
@@ -101,7 +114,7 @@ def _open_exported(model_dir: str, model_flags: Dict[str, Any]) -> LoadedModel:
         tensors = [_one_from_collection(graph, name, prefix + ".meta")
                    for name in ("input_batch_raw", "num_frames", "predictions")]
         local_init = tf.local_variables_initializer()
-    session = tf.Session(graph=graph)
+    session = tf.Session(graph=graph, config=session_config(num_threads))
     try:
         saver.restore(session, prefix)
         session.run(local_init)
@@ -111,7 +124,7 @@ def _open_exported(model_dir: str, model_flags: Dict[str, Any]) -> LoadedModel:
     return LoadedModel(model_dir, "ensemble", model_flags, graph, session, *tensors)
 
 
-def _open_graph(members: Sequence[Member], seed: int, **graph_args: Any):
+def _open_graph(members: Sequence[Member], seed: int, num_threads: int = 0, **graph_args: Any):
     """(graph, session, EnsembleGraph) of members, restored."""
     graph = tf.Graph()
     with graph.as_default():
@@ -119,7 +132,7 @@ def _open_graph(members: Sequence[Member], seed: int, **graph_args: Any):
         built = member_graph.build_ensemble_graph(
             members, [1.0 / len(members)] * len(members), **graph_args)
         savers = member_graph.member_savers(members, built)
-    session = tf.Session(graph=graph)
+    session = tf.Session(graph=graph, config=session_config(num_threads))
     try:
         member_graph.restore_members(session, members, savers)
     except UserError:
@@ -129,10 +142,11 @@ def _open_graph(members: Sequence[Member], seed: int, **graph_args: Any):
 
 
 def open_model(model_dir: str, frame_sampling: Optional[str] = None, seed: int = 2018,
-               bf16_compute: Optional[str] = None, checkpoint: Optional[str] = None
-               ) -> LoadedModel:
+               bf16_compute: Optional[str] = None, checkpoint: Optional[str] = None,
+               num_threads: int = 0) -> LoadedModel:
     """An exported dir or a single model dir, ready to predict (module docstring).
-    checkpoint: a single model dir's checkpoint to use (default: its latest)."""
+    checkpoint: a single model dir's checkpoint to use (default: its latest);
+    num_threads: session_config."""
     if not os.path.isdir(model_dir):
         raise UserError(f"--train_dir={model_dir}: no such dir")
     model_flags = _read_model_flags(model_dir)
@@ -141,12 +155,12 @@ def open_model(model_dir: str, frame_sampling: Optional[str] = None, seed: int =
             if value:
                 raise UserError(f"--{flag}: applies to a single model dir; {model_dir} was "
                                 f"fixed by ensemble.build (rebuild it with --{flag})")
-        return _open_exported(model_dir, model_flags)
+        return _open_exported(model_dir, model_flags, num_threads)
     if checkpoint is None and checkpoints.latest_checkpoint(model_dir) is None:
         raise UserError(f"--train_dir={model_dir}: neither {INFERENCE_MODEL}.meta nor a "
                         f"{checkpoints.CHECKPOINT_PREFIX}-<step> checkpoint")
     member = load_member(model_dir, checkpoint)
-    graph, session, single = _open_graph([member], seed, tile_num=1,
+    graph, session, single = _open_graph([member], seed, num_threads, tile_num=1,
                                          frame_sampling=frame_sampling,
                                          scopes=[checkpoints.MODEL_SCOPE],
                                          bf16_compute=bf16_compute)
@@ -201,6 +215,30 @@ def _dataset_batches(model: LoadedModel, data_pattern: str, batch_size: int, rea
                             ) from None
 
 
+def _file_batches(model: LoadedModel, files: Sequence[str], batch_size: int, reader,
+                  flag_name: str, skip_corrupt: bool) -> Iterator[Dict[str, np.ndarray]]:
+    """The parsed batches of `files`, one file after the other (each file
+    batched from its start), through one input pipeline per model and batch
+    size that is fed the file names (the graph does not grow per file)."""
+    key = (batch_size, skip_corrupt, type(reader).__name__)
+    if key not in model.pipelines:
+        with model.graph.as_default():
+            names = tf.placeholder(tf.string, [None], name="input_files")
+            dataset = readers.make_file_dataset(reader, names, batch_size, skip_corrupt)
+            iterator = tf.data.make_initializable_iterator(dataset)
+            model.pipelines[key] = (names, iterator.initializer, iterator.get_next())
+    names, initializer, next_batch = model.pipelines[key]
+    model.session.run(initializer, {names: list(files)})
+    while True:
+        try:
+            yield model.session.run(next_batch)
+        except tf.errors.OutOfRangeError:
+            return
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+            raise UserError(f"--{flag_name}: {readers.describe_data_error(err, ','.join(files))}"
+                            ) from None
+
+
 def _trimmed(batch: Dict[str, np.ndarray], take: int) -> Dict[str, np.ndarray]:
     return {key: value[:take] for key, value in batch.items()}
 
@@ -209,20 +247,25 @@ def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
                         num_readers: int = 1, flag_name: str = "input_data_pattern",
                         fetches: Optional[Fetches] = None, skip_corrupt: bool = False,
                         max_videos: int = 0, reader=None, log: Log = None,
-                        verb: str = "predicted") -> Iterator[Batch]:
+                        verb: str = "predicted", files: Optional[Sequence[str]] = None
+                        ) -> Iterator[Batch]:
     """Yields a Batch per batch of data_pattern (records in file order).
 
     reader: default the model's own (model_flags.json). fetches: extra tensors
     of the model's graph with their feeds. max_videos: stop after that many
-    (0: all). A corrupt or truncated file is a UserError naming it, unless
-    skip_corrupt. log: a progress line every 10 s and one at the end.
+    (0: all). files: read these files one by one instead of data_pattern
+    (_file_batches). A corrupt or truncated file is a UserError naming it,
+    unless skip_corrupt. log: a progress line every 10 s and one at the end.
     """
     reader = reader or model_builder.make_reader(model.model_flags)
     fetches = dict(fetches or {})
     progress = Progress("videos", total=max_videos or None, log=log)
     count = 0
-    for inputs in _dataset_batches(model, data_pattern, batch_size, reader, num_readers,
-                                   flag_name, skip_corrupt):
+    batches = (_file_batches(model, files, batch_size, reader, flag_name, skip_corrupt)
+               if files is not None else
+               _dataset_batches(model, data_pattern, batch_size, reader, num_readers, flag_name,
+                                skip_corrupt))
+    for inputs in batches:
         if max_videos:
             inputs = _trimmed(inputs, max_videos - count)
         extra_feed = {}

@@ -414,6 +414,18 @@ def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
     return dataset.prefetch(_AUTOTUNE)
 
 
+def make_file_dataset(reader, files: tf.Tensor, batch_size: int, skip_corrupt: bool = False):
+    """The records of `files` (a string tensor [F], e.g. a placeholder fed
+    when the iterator is initialised) one file after the other, in record
+    order, batched per file and parsed: a file's batches never depend on the
+    other files (inference by file, training.predict)."""
+    read_file = _records_skipping_corruption if skip_corrupt else tf.data.TFRecordDataset
+    dataset = tf.data.Dataset.from_tensor_slices(files).flat_map(
+        lambda path: read_file(path).batch(int(batch_size), drop_remainder=False))
+    dataset = dataset.map(reader.parse, num_parallel_calls=_AUTOTUNE, deterministic=True)
+    return dataset.prefetch(_AUTOTUNE)
+
+
 # ---------------------------------------------------------------------------
 # Corrupt and truncated files
 # ---------------------------------------------------------------------------
