@@ -92,8 +92,9 @@ def session_config(num_threads: int = 0):
     config = tf.ConfigProto(allow_soft_placement=True)
     config.gpu_options.allow_growth = True
     if num_threads > 0:
+        # Two inter-op threads keep the input pipeline going beside the math.
         config.intra_op_parallelism_threads = num_threads
-        config.inter_op_parallelism_threads = num_threads
+        config.inter_op_parallelism_threads = max(2, num_threads)
     return config
 
 
