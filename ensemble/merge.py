@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from typing import Dict, List, Optional, Tuple
 
 from absl import flags
@@ -24,6 +25,7 @@ from ensemble import check_submission
 from training import checkpoints, readers
 from training import flags as shared_flags
 from training.errors import UserError, run_main
+from training.progress import format_seconds
 
 FLAGS = flags.FLAGS
 
@@ -39,6 +41,8 @@ def define_flags() -> None:
         "overwrite": False})
     shared_flags.define(flags.DEFINE_bool, "progress", False, "Print how many of the parts "
                         "are done (and the estimated videos) instead of merging.")
+    shared_flags.define(flags.DEFINE_float, "started_at", 0.0, "With --progress: when the "
+                        "run started (epoch seconds), for the rate and the ETA.")
 
 
 def parts_dir(output_file: str) -> str:
@@ -103,9 +107,8 @@ def merge(input_files: List[str], output_file: str, overwrite: bool = False) -> 
         raise UserError(f"--output_file={output_file}: no parts ({parts_dir(output_file)} "
                         f"missing); run ensemble.inference --num_shards first")
     _check_no_foreign_parts(input_files, output_file)
-    records = [_check_part(path, output_file, None) for path in input_files]
-    run = records[0]["run"]
-    for path in input_files:
+    run = _check_part(input_files[0], output_file, None)["run"]
+    for path in input_files[1:]:
         _check_part(path, output_file, run)
     seen, videos = set(), 0
     with checkpoints.atomic_file(output_file, overwrite, "output_file") as tmp_path:
@@ -127,19 +130,29 @@ def merge(input_files: List[str], output_file: str, overwrite: bool = False) -> 
     return videos
 
 
-def progress(input_files: List[str], output_file: str) -> str:
-    """One line: parts done, videos done and the total estimated from file sizes."""
-    done_files = done_videos = done_bytes = 0
+def progress(input_files: List[str], output_file: str, started_at: float = 0.0) -> str:
+    """One line: parts and videos done of the total (estimated from the file
+    sizes), and with started_at (epoch seconds) the rate since then and the ETA."""
+    done_files = done_videos = done_bytes = new_videos = 0
     total_bytes = sum(os.path.getsize(path) for path in input_files)
     for path in input_files:
-        record = read_part_record(part_paths(output_file, path)[1])
+        record_path = part_paths(output_file, path)[1]
+        record = read_part_record(record_path)
         if record is not None:
             done_files += 1
             done_videos += int(record["videos"])
             done_bytes += os.path.getsize(path)
-    estimate = (f"{done_videos * total_bytes / done_bytes:,.0f}" if done_bytes else "?")
-    return (f"{done_files}/{len(input_files)} files done, {done_videos:,} of about {estimate} "
-            f"videos (total estimated from the file sizes)")
+            if started_at and os.path.getmtime(record_path) >= started_at:
+                new_videos += int(record["videos"])
+    total = done_videos * total_bytes / done_bytes if done_bytes else None
+    head = (f"{done_files}/{len(input_files)} files done, {done_videos:,} of about "
+            f"{'?' if total is None else f'{total:,.0f}'} videos (total estimated from the "
+            f"file sizes)")
+    if not started_at or not new_videos:
+        return head
+    rate = new_videos / max(time.time() - started_at, 1e-9)
+    remaining = (total - done_videos) / rate
+    return f"{head} | {rate:.1f} videos/sec | ETA {format_seconds(remaining)}"
 
 
 def main(argv) -> None:
@@ -148,7 +161,7 @@ def main(argv) -> None:
                          output_file=FLAGS.output_file)
     files = readers.resolve_files(FLAGS.input_data_pattern, "input_data_pattern")
     if FLAGS.progress:
-        print(progress(files, FLAGS.output_file), flush=True)
+        print(progress(files, FLAGS.output_file, FLAGS.started_at), flush=True)
         return
     videos = merge(files, FLAGS.output_file, FLAGS.overwrite)
     print(f"wrote {FLAGS.output_file}: {videos} videos from {len(files)} parts", flush=True)

@@ -61,10 +61,8 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 tf.disable_v2_behavior()
 
-# Internals used elsewhere, imported only now that TensorFlow is loaded quietly:
-# the TF1 Saver's extension point (training.precision) and the device list
-# (training.train_graph).
-from tensorflow.python.client import device_lib  # noqa: E402
+# The TF1 Saver's extension point (training.precision), imported only now that
+# TensorFlow is loaded quietly.
 from tensorflow.python.training.saving import saveable_object  # noqa: E402
 
-__all__ = ["device_lib", "saveable_object", "tf"]
+__all__ = ["saveable_object", "tf"]

@@ -56,6 +56,7 @@ if (( ${#tgz_args[@]} )); then
 fi
 
 mkdir -p "$parts"
+started_at=$(date +%s)
 pids=()
 for (( i = 0; i < NUM_WORKERS; i++ )); do
   device=()
@@ -72,7 +73,7 @@ while any_alive; do
   sleep 2
   waited=$(( waited + 2 ))
   if (( waited % PROGRESS_SECONDS == 0 )); then
-    "$PYTHON" -m ensemble.merge "${data_args[@]}" --progress || true
+    "$PYTHON" -m ensemble.merge "${data_args[@]}" --progress --started_at="$started_at" || true
   fi
 done
 failed=0

@@ -50,6 +50,15 @@ def make_member(directory, model="FrameMeanMoeModel", bf16=False, seed=0,
     return str(directory)
 
 
+def tiny_gru_dbof_ensemble(root) -> dict:
+    """A float32 GRU, a bf16 Soft-DBoF and their 3-tile ensemble under root."""
+    gru = make_member(root / "gru", "GRUModel", seed=5, **TINY_GRU)
+    dbof = make_member(root / "dbof", "Soft-DBoF-4k", bf16=True, seed=6, **TINY_DBOF)
+    ensemble_dir = str(root / "ensemble")
+    build.build_and_export([gru, dbof], [1, 1], ensemble_dir, tile_num=3, log=None)
+    return {"gru": gru, "dbof": dbof, "ensemble": ensemble_dir}
+
+
 def random_batch(batch=5, seed=0, width=FEATURES):
     """Raw (dequantised-like) frames, zero after num_frames, and num_frames."""
     rng = np.random.RandomState(seed)

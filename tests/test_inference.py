@@ -9,11 +9,11 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import TINY_CLASSES, TINY_DBOF, TINY_GRU, run_module
-from ensemble import build, export, inference
+from conftest import TINY_CLASSES, run_module
+from ensemble import export, inference
 from ensemble.check_submission import check_submission
 from models.tf_compat import tf
-from test_ensemble import make_member, single_model_predictions
+from test_ensemble import single_model_predictions, tiny_gru_dbof_ensemble
 from training import metrics, readers
 from training.errors import UserError
 
@@ -34,12 +34,7 @@ def record_ids(pattern):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inference_models")
-    gru = make_member(root / "gru", "GRUModel", seed=5, **TINY_GRU)
-    dbof = make_member(root / "dbof", "Soft-DBoF-4k", bf16=True, seed=6, **TINY_DBOF)
-    ensemble_dir = str(root / "ensemble")
-    build.build_and_export([gru, dbof], [1, 1], ensemble_dir, tile_num=3, log=None)
-    return {"gru": gru, "dbof": dbof, "ensemble": ensemble_dir}
+    return tiny_gru_dbof_ensemble(tmp_path_factory.mktemp("inference_models"))
 
 
 @pytest.fixture(scope="module")

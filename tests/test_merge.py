@@ -7,16 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, TINY_CLASSES, TINY_DBOF, TINY_GRU, run_module
-from ensemble import build, inference, merge
+from conftest import REPO_ROOT, TINY_CLASSES, run_module
+from ensemble import inference, merge
 from ensemble.check_submission import check_submission
 from models import layers
 from models.tf_compat import tf
-from test_ensemble import make_member
+from test_ensemble import tiny_gru_dbof_ensemble
 from training import predict, readers, synthetic
 from training.errors import UserError
 
@@ -35,12 +36,7 @@ def test_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ensemble_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shard_models")
-    gru = make_member(root / "gru", "GRUModel", seed=5, **TINY_GRU)
-    dbof = make_member(root / "dbof", "Soft-DBoF-4k", bf16=True, seed=6, **TINY_DBOF)
-    out = str(root / "ensemble")
-    build.build_and_export([gru, dbof], [1, 1], out, tile_num=3, log=None)
-    return out
+    return tiny_gru_dbof_ensemble(tmp_path_factory.mktemp("shard_models"))["ensemble"]
 
 
 def all_videos(pattern):
@@ -185,6 +181,7 @@ def test_merge_refuses_missing_foreign_and_duplicate_parts(ensemble_dir, test_fi
 
 def test_merge_and_shards_on_the_command_line(ensemble_dir, test_files, tmp_path):
     output = str(tmp_path / "submission.csv")
+    started_at = time.time() - 1
     for index in range(2):
         run_module("ensemble.inference", f"--train_dir={ensemble_dir}",
                    f"--input_data_pattern={test_files}", f"--output_file={output}",
@@ -193,6 +190,9 @@ def test_merge_and_shards_on_the_command_line(ensemble_dir, test_files, tmp_path
     progress = run_module("ensemble.merge", f"--input_data_pattern={test_files}",
                           f"--output_file={output}", "--progress")
     assert "5/5 files done, 45 of about 45 videos" in progress.stdout
+    timed = run_module("ensemble.merge", f"--input_data_pattern={test_files}",
+                       f"--output_file={output}", "--progress", f"--started_at={started_at}")
+    assert "videos/sec | ETA 0:00:00" in timed.stdout
     done = run_module("ensemble.merge", f"--input_data_pattern={test_files}",
                       f"--output_file={output}")
     assert "45 videos from 5 parts" in done.stdout

@@ -128,12 +128,33 @@ def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return False
 
 
+def visible_gpus() -> list:
+    """The GPUs this process may use (CUDA_VISIBLE_DEVICES applies), found
+    without creating devices (no GPU memory is taken)."""
+    return tf.config.list_physical_devices("GPU")
+
+
+def gpu_has_native_bfloat16() -> bool:
+    """True when every visible GPU has bfloat16 tensor cores (compute
+    capability 8.0 or later: Ampere, Hopper, ...)."""
+    gpus = visible_gpus()
+    capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability")
+                    for gpu in gpus]
+    return bool(gpus) and all(cc is not None and tuple(cc) >= (8, 0) for cc in capabilities)
+
+
+def native_bfloat16() -> bool:
+    """True when the devices that will compute (the GPUs if any, else the
+    CPU) multiply bfloat16 natively."""
+    return gpu_has_native_bfloat16() if visible_gpus() else cpu_has_native_bfloat16()
+
+
 # The default: the fastest mode that keeps GAP@20 within 0.001 of float32
 # (bench/bench_bf16_compute.py, README "bfloat16 at inference"): bfloat16
-# compute where the CPU has native bf16 matmuls, else cast_at_load. The mode
-# is fixed in the exported graph, so build on the kind of machine that runs
-# the inference (or pass --bf16_compute).
-DEFAULT_BF16_COMPUTE = BFLOAT16_COMPUTE if cpu_has_native_bfloat16() else CAST_AT_LOAD
+# compute where the GPU or CPU multiplies bf16 natively, else cast_at_load.
+# The mode is fixed in the exported graph, so build on the kind of machine
+# that runs the inference (or pass --bf16_compute).
+DEFAULT_BF16_COMPUTE = BFLOAT16_COMPUTE if native_bfloat16() else CAST_AT_LOAD
 
 
 def check_bf16_compute(mode: Optional[str]) -> str:

@@ -197,6 +197,19 @@ def predict_batch(model: LoadedModel, features: np.ndarray, num_frames: np.ndarr
                         f"({first_line(err)})") from None
 
 
+def _run_batches(model: LoadedModel, next_batch, flag_name: str, files_text: str
+                 ) -> Iterator[Dict[str, np.ndarray]]:
+    """Runs next_batch until the data ends; data errors become UserErrors."""
+    while True:
+        try:
+            yield model.session.run(next_batch)
+        except tf.errors.OutOfRangeError:
+            return
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+            raise UserError(f"--{flag_name}: {readers.describe_data_error(err, files_text)}"
+                            ) from None
+
+
 def _dataset_batches(model: LoadedModel, data_pattern: str, batch_size: int, reader,
                      num_readers: int, flag_name: str, skip_corrupt: bool
                      ) -> Iterator[Dict[str, np.ndarray]]:
@@ -206,14 +219,7 @@ def _dataset_batches(model: LoadedModel, data_pattern: str, batch_size: int, rea
                                        num_epochs=1, num_parallel_reads=num_readers,
                                        flag_name=flag_name, skip_corrupt=skip_corrupt)
         next_batch = tf.data.make_one_shot_iterator(dataset).get_next()
-    while True:
-        try:
-            yield model.session.run(next_batch)
-        except tf.errors.OutOfRangeError:
-            return
-        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            raise UserError(f"--{flag_name}: {readers.describe_data_error(err, data_pattern)}"
-                            ) from None
+    return _run_batches(model, next_batch, flag_name, data_pattern)
 
 
 def _file_batches(model: LoadedModel, files: Sequence[str], batch_size: int, reader,
@@ -230,14 +236,7 @@ def _file_batches(model: LoadedModel, files: Sequence[str], batch_size: int, rea
             model.pipelines[key] = (names, iterator.initializer, iterator.get_next())
     names, initializer, next_batch = model.pipelines[key]
     model.session.run(initializer, {names: list(files)})
-    while True:
-        try:
-            yield model.session.run(next_batch)
-        except tf.errors.OutOfRangeError:
-            return
-        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            raise UserError(f"--{flag_name}: {readers.describe_data_error(err, ','.join(files))}"
-                            ) from None
+    return _run_batches(model, next_batch, flag_name, ",".join(files))
 
 
 def _trimmed(batch: Dict[str, np.ndarray], take: int) -> Dict[str, np.ndarray]:

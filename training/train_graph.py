@@ -16,7 +16,7 @@ import contextlib
 from typing import Any, Callable, Dict, List, Optional
 
 from models import layers
-from models.tf_compat import device_lib, tf
+from models.tf_compat import tf
 from training import losses, model_builder, precision, readers
 from training.errors import UserError
 
@@ -26,7 +26,9 @@ MATMUL_DTYPES = (FLOAT32, BFLOAT16)
 
 
 def tower_devices(num_gpu: int, cpu_towers: int) -> List[str]:
-    gpus = [d.name for d in device_lib.list_local_devices() if d.device_type == "GPU"]
+    """The towers' devices: the first num_gpu visible GPUs (0: all), else
+    cpu_towers virtual CPU devices."""
+    gpus = [f"/gpu:{index}" for index in range(len(precision.visible_gpus()))]
     if gpus:
         return gpus[:num_gpu] if num_gpu > 0 else gpus
     return [f"/cpu:{i}" for i in range(max(1, cpu_towers))]
@@ -178,9 +180,10 @@ def _bfloat16_views(pinning_getter):
 
 
 def native_bfloat16(devices: List[str]) -> bool:
-    """False only for CPU towers on a CPU without native bf16 products."""
+    """True when the towers' devices multiply bfloat16 natively (GPUs with
+    compute capability >= 8.0, or an AVX512-BF16/AMX CPU)."""
     if any(device and "gpu" in device.lower() for device in devices):
-        return True
+        return precision.gpu_has_native_bfloat16()
     return precision.cpu_has_native_bfloat16()
 
 
