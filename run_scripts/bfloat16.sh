@@ -4,7 +4,7 @@
 # bfloat16 (round to nearest even), integers untouched, optimizer slots dropped,
 # model_flags.json marked "checkpoint_dtype": "bfloat16". Nothing in the
 # TensorFlow installation is modified; training.eval, the ensemble and
-# inference load the result through bfloat16_patch.getter.
+# inference load the result through training.precision (bf16 getters).
 #
 # Usage: SWA_DIR=~/yt8m_models/Soft-DBoF-4k-swa BF16_DIR=~/ensemble_models/Soft-DBoF-4k run_scripts/bfloat16.sh [--flag=value ...]
 # Extra flags go to `python -m bfloat16_patch.convert`, e.g. --checkpoint_file=..., --overwrite.
