@@ -110,7 +110,7 @@ def _source(input_dir: str, output_dir: str, checkpoint_file: str, overwrite: bo
 def _entries(source: str):
     """(specs of the model variables, [(key, shape, output dtype)], dropped keys)."""
     all_specs = compat.checkpoint_specs(source, model_only=False)
-    specs = compat.checkpoint_specs(source)
+    specs = compat.model_variables_of(all_specs)
     if not specs:
         raise UserError(f"{source}: no model variables under {checkpoints.MODEL_SCOPE}/ "
                         f"(keys: {', '.join(sorted(all_specs)[:5])}...)")

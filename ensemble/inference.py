@@ -172,8 +172,9 @@ def write_parts(model: predict.LoadedModel, files: List[str], output_file: str,
     progress = Progress("MiB", total=total_bytes, units_per_count=1.0 / 2 ** 20)
     done_bytes = videos = 0
     for index, path in enumerate(files, start=1):
-        record = merge.read_part_record(merge.part_paths(output_file, path)[1])
-        if record is not None and record["run"] == run:
+        csv_path, record_path = merge.part_paths(output_file, path)
+        record = merge.read_part_record(record_path)
+        if record is not None and record["run"] == run and os.path.isfile(csv_path):
             status = "done before"
         else:
             videos += _write_part(model, path, output_file, batch_size, top_k, run,

@@ -106,15 +106,14 @@ def model_variable_specs(paths: Sequence[str]) -> List[Tuple[str, List[int], Any
     reference = compat.checkpoint_specs(paths[0])
     if not reference:
         raise UserError(f"{paths[0]}: no model variables under {checkpoints.MODEL_SCOPE}/")
-    specs = {paths[0]: reference}
     for path in paths:
+        specs = reference if path == paths[0] else compat.checkpoint_specs(path)
         # Averaging values already rounded to 8 bits of mantissa loses what
         # the mean is for; the pipeline averages, then converts.
         compat.require_float32(path, "SWA averages the float32 checkpoints of a train dir "
                                      "(convert the result with bfloat16_patch.convert "
-                                     "afterwards)")
-        specs[path] = compat.checkpoint_specs(path)
-        compat.check_same_specs(paths[0], reference, path, specs[path])
+                                     "afterwards)", specs)
+        compat.check_same_specs(paths[0], reference, path, specs)
     return [(key, shape, dtype) for key, (shape, dtype) in sorted(reference.items())]
 
 

@@ -30,8 +30,14 @@ def checkpoint_specs(path: str, model_only: bool = True) -> Specs:
     reader = checkpoints.open_checkpoint(path)
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
-    keys = checkpoints.model_variable_keys(shapes) if model_only else sorted(shapes)
-    return {key: (list(shapes[key]), tf.as_dtype(dtypes[key]).base_dtype) for key in keys}
+    specs = {key: (list(shapes[key]), tf.as_dtype(dtypes[key]).base_dtype) for key in shapes}
+    return model_variables_of(specs) if model_only else specs
+
+
+def model_variables_of(specs: Specs) -> Specs:
+    """The model variables among a checkpoint's specs (no optimizer slots,
+    no global_step)."""
+    return {key: specs[key] for key in checkpoints.model_variable_keys(specs)}
 
 
 def graph_specs(var_map: Mapping[str, Any], stored_bf16: bool = False) -> Specs:
@@ -109,10 +115,10 @@ def check_fits(checkpoint: str, var_map: Mapping[str, Any], owner: Optional[str]
     would fail. owner: the dir the message starts with (default: the
     checkpoint); check_extra: model variables the graph lacks are an error too."""
     wanted = graph_specs(var_map, stored_bf16)
-    mismatch = find_mismatch(checkpoint_specs(checkpoint, model_only=False), wanted,
-                             compare_dtypes=compare_dtypes)
+    stored = checkpoint_specs(checkpoint, model_only=False)
+    mismatch = find_mismatch(stored, wanted, compare_dtypes=compare_dtypes)
     if mismatch is None and check_extra:
-        mismatch = find_mismatch(checkpoint_specs(checkpoint), wanted, check_extra=True)
+        mismatch = find_mismatch(model_variables_of(stored), wanted, check_extra=True)
     if mismatch is not None:
         text = describe(mismatch, checkpoint, needer, name_checkpoint=owner is not None)
         raise UserError(f"{owner or checkpoint}: {text}")
@@ -137,7 +143,8 @@ def checkpoint_dtype(path: str) -> str:
     """FLOAT32 or BFLOAT16: how the checkpoint (a dir: its latest) stores its
     floating model variables; a checkpoint that mixes both is a UserError."""
     path = checkpoints.find_checkpoint(path)
-    specs = checkpoint_specs(path) or checkpoint_specs(path, model_only=False)
+    every = checkpoint_specs(path, model_only=False)
+    specs = model_variables_of(every) or every
     kinds: Dict[str, str] = {}
     for key, (_, dtype) in sorted(specs.items()):
         if dtype.is_floating:
@@ -148,10 +155,12 @@ def checkpoint_dtype(path: str) -> str:
     return next(iter(kinds), FLOAT32)
 
 
-def require_float32(path: str, why: str) -> None:
+def require_float32(path: str, why: str, specs: Optional[Specs] = None) -> None:
     """A UserError `<path>: is a bfloat16 checkpoint (<key>); <why>` for a
-    checkpoint whose model variables are stored as bfloat16."""
-    bf16 = [key for key, (_, dtype) in sorted(checkpoint_specs(path).items())
-            if dtype == tf.bfloat16]
+    checkpoint whose model variables are stored as bfloat16 (specs: its
+    checkpoint_specs when the caller has them)."""
+    specs = model_variables_of(checkpoint_specs(path, model_only=False) if specs is None
+                               else specs)
+    bf16 = [key for key, (_, dtype) in sorted(specs.items()) if dtype == tf.bfloat16]
     if bf16:
         raise UserError(f"{path}: is a bfloat16 checkpoint ({bf16[0]}); {why}")

@@ -53,16 +53,22 @@ class Member:
         return str(self.model_flags.get("model"))
 
 
-def load_member(model_dir: str, checkpoint: Optional[str] = None) -> Member:
-    """Reads a member dir: model_flags.json, the checkpoint (default: the
-    latest) and its storage dtype."""
-    if not os.path.isdir(model_dir):
-        raise UserError(f"{model_dir}: no such model dir")
+def read_member_flags(model_dir: str) -> Dict[str, Any]:
+    """model_flags.json of a model dir, with the keys every member needs."""
     model_flags = checkpoints.read_model_flags(model_dir)
     for key in MATCH_KEYS:
         if key not in model_flags:
             raise UserError(f"{os.path.join(model_dir, checkpoints.MODEL_FLAGS_FILE)}: "
                             f"has no {key!r} key")
+    return model_flags
+
+
+def load_member(model_dir: str, checkpoint: Optional[str] = None) -> Member:
+    """Reads a member dir: model_flags.json, the checkpoint (default: the
+    latest) and its storage dtype."""
+    if not os.path.isdir(model_dir):
+        raise UserError(f"{model_dir}: no such model dir")
+    model_flags = read_member_flags(model_dir)
     checkpoint = checkpoints.find_checkpoint(checkpoint or model_dir)
     getter = precision.getter_for_checkpoint(checkpoint, model_flags)
     return Member(os.path.abspath(model_dir), checkpoint, model_flags,

@@ -74,7 +74,8 @@ def model_predictions(model: FrameModel, input_raw: tf.Tensor, num_frames: tf.Te
         input_raw = input_raw[:, None, :]
         num_frames = tf.ones_like(num_frames, dtype=tf.int32)
     num_frames = tf.cast(num_frames, tf.int32)
-    fingerprints = None if is_training else layers.video_fingerprints(input_raw, num_frames)
+    per_video = model.samples_frames_randomly and not is_training
+    fingerprints = layers.video_fingerprints(input_raw, num_frames) if per_video else None
     model_input = layers.l2_normalize_frames(input_raw)
     return model(model_input, num_frames, is_training=is_training, fingerprints=fingerprints)
 

@@ -27,7 +27,7 @@ import numpy as np
 from models.tf_compat import tf
 from training import checkpoints, losses, member_graph, metrics, model_builder, readers
 from training.errors import UserError, first_line
-from training.members import MATCH_KEYS, Member, check_no_duplicates, load_member
+from training.members import Member, check_no_duplicates, load_member, read_member_flags
 from training.progress import Progress
 
 INFERENCE_MODEL = "inference_model"   # the exported graph and checkpoint prefix
@@ -67,15 +67,6 @@ class Batch:
     labels: np.ndarray              # [B, C]
     extras: Dict[str, np.ndarray]   # the fetches' values
     inputs: Dict[str, np.ndarray]   # the parsed batch of the reader
-
-
-def _read_model_flags(model_dir: str) -> Dict[str, Any]:
-    model_flags = checkpoints.read_model_flags(model_dir)
-    for key in MATCH_KEYS:
-        if key not in model_flags:
-            raise UserError(f"{os.path.join(model_dir, checkpoints.MODEL_FLAGS_FILE)}: has no "
-                            f"{key!r} key")
-    return model_flags
 
 
 def _one_from_collection(graph, name: str, meta: str):
@@ -150,7 +141,7 @@ def open_model(model_dir: str, frame_sampling: Optional[str] = None, seed: int =
     num_threads: session_config."""
     if not os.path.isdir(model_dir):
         raise UserError(f"--train_dir={model_dir}: no such dir")
-    model_flags = _read_model_flags(model_dir)
+    model_flags = read_member_flags(model_dir)
     if os.path.isfile(os.path.join(model_dir, INFERENCE_MODEL + ".meta")):
         for flag, value in (("frame_sampling", frame_sampling), ("bf16_compute", bf16_compute)):
             if value:

@@ -76,10 +76,12 @@ def check_resumable(train_dir: str) -> None:
     latest = checkpoints.latest_checkpoint(train_dir)
     if latest is None:
         return
+    specs = compat.checkpoint_specs(latest, model_only=False)
     compat.require_float32(latest, "written by bfloat16_patch.convert; training resumes only "
                                    "from its own float32 checkpoints; use another --train_dir "
-                                   "(distillation.train --warm_start_checkpoint can start from it)")
-    if "global_step" not in compat.checkpoint_specs(latest, model_only=False):
+                                   "(distillation.train --warm_start_checkpoint can start from it)",
+                           specs)
+    if "global_step" not in specs:
         raise UserError(f"{latest}: has no global_step or optimizer state (an SWA or bfloat16 "
                         f"dir?); training resumes only from its own checkpoints; use another "
                         f"--train_dir")
