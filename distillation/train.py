@@ -14,7 +14,7 @@ scores are normalised explicitly (the original divided by a fixed 5.0):
 ``--teacher_normalization`` = none | max (divide a row by its maximum when it
 exceeds 1) | sum_to_members (divide by ``--teacher_num_members``), then
 clipped to [0, 1]. ``--warm_start_checkpoint`` (a checkpoint or a model dir,
-float32 or bfloat16) initialises the model variables of a fresh run; the
+float32, bfloat16 or int8) initialises the model variables of a fresh run; the
 step, learning-rate schedule and Adam slots start anew (the original also
 restored global_step); a dir that holds a checkpoint resumes instead.
 """
@@ -28,7 +28,7 @@ from absl import flags
 
 from distillation.reader import DistillationReader
 from models.tf_compat import tf
-from training import checkpoints, compat, losses, model_builder, readers
+from training import checkpoints, compat, losses, model_builder, quantize, readers
 from training import flags as shared_flags
 from training import train as trainer
 from training import train_dir as train_dirs
@@ -125,8 +125,8 @@ def warm_start_from(path: str, log: Callable[[str], None] = print
     """A training.train warm_start hook: loads the model variables (under
     tower/, no optimizer slots, no global_step) from a checkpoint.
 
-    float32 and bfloat16 checkpoints both work (values are cast to the
-    variable's dtype). Raises UserError naming the checkpoint when a model
+    float32, bfloat16 and int8 checkpoints work (int8 is dequantised; values
+    are cast to the variable's dtype). Raises UserError naming the checkpoint when a model
     variable is missing or has another shape."""
     checkpoint = checkpoints.find_checkpoint(path)
     reader = checkpoints.open_checkpoint(checkpoint)
@@ -139,8 +139,10 @@ def warm_start_from(path: str, log: Callable[[str], None] = print
             compat.check_fits(checkpoint, variables, compare_dtypes=False)
         except UserError as err:
             raise UserError(f"--warm_start_checkpoint: {err}") from None
+        specs = compat.checkpoint_specs(checkpoint, model_only=False)
         for name, var in variables.items():
-            value = np.asarray(reader.get_tensor(name)).astype(var.dtype.base_dtype.as_numpy_dtype)
+            value = np.asarray(quantize.read_dequantized(reader, name, specs))
+            value = value.astype(var.dtype.base_dtype.as_numpy_dtype)
             var.load(value, sess)
         log(f"warm start: loaded {len(variables)} model variables from {checkpoint} "
             f"(global step, learning rate and optimizer state start fresh)")

@@ -28,7 +28,7 @@ from absl import flags
 
 from ensemble import export
 from models.tf_compat import tf
-from training import checkpoints, member_graph, metrics, precision, predict, readers
+from training import checkpoints, member_graph, metrics, precision, predict, quantize, readers
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 from training.members import (
@@ -56,7 +56,9 @@ def define_flags() -> None:
         "overwrite": False, "eval_data_pattern": ("", "Evaluate the export on them."),
         "seed": 666, "frame_sampling": None, "batch_size": (64, "(evaluation)"),
         "top_k": 20, "num_readers": 2,
-        "bf16_compute": (None, "The export stays bf16 on disk in every mode.")})
+        "bf16_compute": (None, "The export stays bf16 (or int8) on disk in every mode."),
+        "target_bytes": (None, "(of the whole export: inference_model.*)"),
+        "int8_min_values": quantize.DEFAULT_MIN_VALUES})
     define = shared_flags.define
     define(flags.DEFINE_string, "weights", "", "Comma-separated member weights, in "
            "--model_dirs order (default: uniform).")
@@ -160,6 +162,8 @@ def _ensemble_json(members, weights, ensemble, settings: Dict[str, Any], size: i
         "checkpoint_dtypes": [m.dtype for m in members],
         "frame_sampling": settings["frame_sampling"],
         "shared_frame_work": list(ensemble.shared), "bf16_compute": ensemble.bf16_compute,
+        "int8": [sorted(scales) for scales in ensemble.int8_scales],
+        "target_bytes": settings.get("target_bytes"),
         "seed": int(settings["seed"]), "exported_bytes": int(size), "size_limit_bytes": limit}
 
 
@@ -168,11 +172,16 @@ def _write_export(graph, members, savers, ensemble, output_dir: str, overwrite: 
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
         with tf.Session(graph=graph) as sess:
             member_graph.restore_members(sess, members, savers, log)
+            member_graph.quantize_in_session(sess, ensemble)
             size = export.export_model(sess, tmp_dir, ensemble.export_var_list)
         checkpoints.write_model_flags(tmp_dir, ensemble_model_flags(members))
         payload = _ensemble_json(members, settings["weights"], ensemble, settings, size, limit)
         checkpoints.write_json(os.path.join(tmp_dir, ENSEMBLE_JSON), payload)
         log(f"exported size: {export.format_size(size, limit)}")
+        target = settings.get("target_bytes")
+        if target and size > target:
+            raise UserError(f"--target_bytes={target}: the export is {size:,} bytes (the meta "
+                            f"graph is larger than planned); lower --target_bytes")
         if size > limit and not allow_oversize:
             raise UserError(f"--output_dir={output_dir}: the export is {size:,} bytes, over the "
                             f"{export.limit_text(limit)} limit; convert the members to "
@@ -180,17 +189,42 @@ def _write_export(graph, members, savers, ensemble, output_dir: str, overwrite: 
     return payload
 
 
+# The export's bytes besides the variables: the meta graph as measured before
+# the plan, plus an allowance per variable for the save and restore ops the
+# export adds (int8 ones included) and its index entry.
+META_BYTES_PER_VARIABLE = 3072
+META_MARGIN_BYTES = 1 << 14
+
+
+def _add_int8_for_target(graph, ensemble, target_bytes: int, min_values: int, log) -> None:
+    """Plans and adds the int8 matrices that bring the export under target_bytes."""
+    fixed = (graph.as_graph_def().ByteSize() + META_MARGIN_BYTES
+             + META_BYTES_PER_VARIABLE * len(ensemble.variables))
+    chosen = ensemble.plan_int8(target_bytes, min_values, fixed)
+    for index, key in chosen:
+        before = ensemble.stored_bytes(index, key)
+        ensemble.add_int8(index, [key])
+        log(f"int8: {ensemble.scopes[index]} {key} {before:,} -> "
+            f"{ensemble.stored_bytes(index, key):,} bytes")
+    if not chosen:
+        log(f"int8: no matrix needed for --target_bytes={target_bytes}")
+
+
 def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], output_dir: str,
                      tile_num: int = 10, seed: int = 666, overwrite: bool = False,
                      allow_oversize: bool = False, frame_sampling: Optional[str] = None,
                      log: Log = print, size_limit_bytes: Optional[int] = None,
-                     shared_frame_work: bool = True, bf16_compute: Optional[str] = None
-                     ) -> Dict[str, Any]:
+                     shared_frame_work: bool = True, bf16_compute: Optional[str] = None,
+                     target_bytes: Optional[int] = None,
+                     int8_min_values: int = quantize.DEFAULT_MIN_VALUES) -> Dict[str, Any]:
     """Builds the ensemble of member_dirs, exports it to output_dir; returns
-    the ensemble.json payload. size_limit_bytes: default 1 GiB."""
+    the ensemble.json payload. size_limit_bytes: default 1 GiB; target_bytes:
+    store the fewest, largest matrices as int8 that bring the export under it."""
     log = log or (lambda line: None)
-    if size_limit_bytes is not None and size_limit_bytes <= 0:
-        raise UserError(f"--size_limit_bytes: must be positive, got {size_limit_bytes}")
+    for flag, value in (("size_limit_bytes", size_limit_bytes), ("target_bytes", target_bytes),
+                        ("int8_min_values", int8_min_values)):
+        if value is not None and value <= 0:
+            raise UserError(f"--{flag}: must be positive, got {value}")
     limit = size_limit_bytes or export.SIZE_LIMIT_BYTES
     if len(weights) != len(member_dirs):
         raise UserError(f"--weights: {len(weights)} weights for {len(member_dirs)} members")
@@ -206,11 +240,13 @@ def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], outpu
         ensemble = member_graph.build_ensemble_graph(
             members, weights, tile_num, frame_sampling, shared_frame_work=shared_frame_work,
             bf16_compute=bf16_compute)
+        if target_bytes is not None:
+            _add_int8_for_target(graph, ensemble, target_bytes, int8_min_values, log)
         savers = member_graph.member_savers(members, ensemble)
     _describe_members(members, weights, ensemble, tile_num, log)
     start = time.time()
     settings = {"weights": weights, "tile_num": tile_num, "frame_sampling": frame_sampling,
-                "seed": seed}
+                "seed": seed, "target_bytes": target_bytes}
     payload = _write_export(graph, members, savers, ensemble, output_dir, overwrite, settings,
                             limit, allow_oversize, log)
     log(f"wrote {os.path.abspath(output_dir)} ({len(members)} member(s), "
@@ -233,7 +269,8 @@ def main(argv) -> None:
                      FLAGS.overwrite, FLAGS.allow_oversize, FLAGS.frame_sampling, log=log,
                      size_limit_bytes=FLAGS.size_limit_bytes,
                      shared_frame_work=FLAGS.shared_frame_work,
-                     bf16_compute=FLAGS.bf16_compute)
+                     bf16_compute=FLAGS.bf16_compute, target_bytes=FLAGS.target_bytes,
+                     int8_min_values=FLAGS.int8_min_values)
     if FLAGS.eval_data_pattern:
         result = predict.evaluate_model_dir(FLAGS.output_dir, FLAGS.eval_data_pattern,
                                             FLAGS.batch_size, FLAGS.top_k,

@@ -65,9 +65,13 @@ def limit_text(limit: int) -> str:
 
 
 def format_size(num_bytes: int, limit: Optional[int] = None) -> str:
+    """The size against the limit and against both readings of "1 GB"
+    (10^9 and 2^30 bytes: no public source says which the challenge meant)."""
     limit = limit or SIZE_LIMIT_BYTES
     return (f"{num_bytes:,} bytes ({num_bytes / 1e6:.2f} MB, {num_bytes / 2**20:.2f} MiB) "
-            f"of the {limit_text(limit)} limit, {100.0 * num_bytes / limit:.1f}%")
+            f"of the {limit_text(limit)} limit, {100.0 * num_bytes / limit:.1f}%; "
+            f"{100.0 * num_bytes / 1e9:.1f}% of 10^9 bytes, "
+            f"{100.0 * num_bytes / 2**30:.1f}% of 2^30 bytes")
 
 
 def _safe_members(tar: tarfile.TarFile, path: str) -> List[tarfile.TarInfo]:

@@ -33,8 +33,10 @@ def bfloat16_to_float32(values: np.ndarray) -> np.ndarray:
 
 def getter_for_model_dir(model_dir: str):
     """The getter the latest checkpoint of a model dir needs."""
-    return precision.getter_for_checkpoint(checkpoints.find_checkpoint(model_dir),
-                                           checkpoints.read_model_flags(model_dir))
+    checkpoint = checkpoints.find_checkpoint(model_dir)
+    kind = compat.checkpoint_dtype(checkpoint)
+    precision.check_dtype_marker(checkpoint, kind, checkpoints.read_model_flags(model_dir))
+    return None if kind == compat.FLOAT32 else precision.bfloat16_getter
 
 
 def restore(sess, checkpoint_path: str) -> None:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
 
 from models.tf_compat import tf
-from training import checkpoints
+from training import checkpoints, quantize
 from training.errors import UserError
 
 FLOAT32 = "float32"
 BFLOAT16 = "bfloat16"
+INT8 = quantize.INT8       # large matrices int8 + a scale per column, the rest bfloat16
 
 Specs = Dict[str, Tuple[List[int], Any]]    # key -> (shape, tf.DType)
 
@@ -40,22 +41,28 @@ def model_variables_of(specs: Specs) -> Specs:
     return {key: specs[key] for key in checkpoints.model_variable_keys(specs)}
 
 
-def graph_specs(var_map: Mapping[str, Any], stored_bf16: bool = False) -> Specs:
+def graph_specs(var_map: Mapping[str, Any], stored_bf16: bool = False,
+                int8: Collection[str] = ()) -> Specs:
     """What a checkpoint must hold to fill var_map ({key: variable}).
     stored_bf16: float32 variables are filled from bfloat16 tensors
-    (the cast_at_load mode of training.precision)."""
+    (the cast_at_load mode of training.precision); int8: keys filled from
+    int8 tensors and their scales (training.quantize)."""
     specs = {}
     for key, variable in var_map.items():
         dtype = variable.dtype.base_dtype
         if stored_bf16 and dtype == tf.float32:
             dtype = tf.bfloat16
         shape = variable.shape.as_list() if variable.shape.rank is not None else None
+        if key in int8:
+            dtype = tf.int8
+            specs[quantize.scale_key(key)] = ([shape[-1]] if shape else None, tf.float32)
         specs[key] = (shape, dtype)
     return specs
 
 
 def storage_kind(dtype) -> str:
-    return BFLOAT16 if tf.as_dtype(dtype).base_dtype == tf.bfloat16 else FLOAT32
+    dtype = tf.as_dtype(dtype).base_dtype
+    return BFLOAT16 if dtype == tf.bfloat16 else INT8 if dtype == tf.int8 else FLOAT32
 
 
 @dataclasses.dataclass
@@ -98,10 +105,11 @@ def describe(mismatch: Mismatch, checkpoint: str, needer: str = "the graph",
     if mismatch.kind == "shape":
         return (f"variable {key} has shape {list(stored_shape)} in the checkpoint but "
                 f"{list(wanted_shape)} in {needer}")
-    if tf.bfloat16 in (stored_dtype, wanted_dtype):
+    if {tf.bfloat16, tf.int8} & {stored_dtype, wanted_dtype}:
         stored_kind, graph_kind = storage_kind(stored_dtype), storage_kind(wanted_dtype)
-        hint = ("build the graph with training.precision.bfloat16_getter"
-                if stored_kind == BFLOAT16 else "build the graph without the bfloat16 getter")
+        hint = {BFLOAT16: "build the graph with training.precision.bfloat16_getter",
+                INT8: "load it through training.members, which dequantises int8 tensors",
+                FLOAT32: "build the graph without the bfloat16 getter"}[stored_kind]
         return (f"is a {stored_kind} checkpoint ({key} is {stored_dtype.name}) but {needer} "
                 f"is {graph_kind} ({wanted_dtype.name}); {hint}")
     return (f"variable {key} is {stored_dtype.name} in the checkpoint but {wanted_dtype.name} "
@@ -110,11 +118,13 @@ def describe(mismatch: Mismatch, checkpoint: str, needer: str = "the graph",
 
 def check_fits(checkpoint: str, var_map: Mapping[str, Any], owner: Optional[str] = None,
                needer: str = "the graph", stored_bf16: bool = False,
-               check_extra: bool = False, compare_dtypes: bool = True) -> None:
+               check_extra: bool = False, compare_dtypes: bool = True,
+               int8: Collection[str] = ()) -> None:
     """A UserError when restoring var_map ({key: variable}) from checkpoint
     would fail. owner: the dir the message starts with (default: the
-    checkpoint); check_extra: model variables the graph lacks are an error too."""
-    wanted = graph_specs(var_map, stored_bf16)
+    checkpoint); check_extra: model variables the graph lacks are an error
+    too; stored_bf16, int8: as graph_specs."""
+    wanted = graph_specs(var_map, stored_bf16, int8)
     stored = checkpoint_specs(checkpoint, model_only=False)
     mismatch = find_mismatch(stored, wanted, compare_dtypes=compare_dtypes)
     if mismatch is None and check_extra:
@@ -139,28 +149,41 @@ def check_same_specs(reference_path: str, reference: Specs, path: str, other: Sp
                     f"{mismatch.key} {text}")
 
 
-def checkpoint_dtype(path: str) -> str:
-    """FLOAT32 or BFLOAT16: how the checkpoint (a dir: its latest) stores its
-    floating model variables; a checkpoint that mixes both is a UserError."""
+def checkpoint_storage(path: str) -> Tuple[str, List[str]]:
+    """(kind, int8 keys) of a checkpoint (a dir: its latest). kind: FLOAT32,
+    BFLOAT16 or INT8, how it stores its floating model variables (INT8: the
+    int8 keys with their scales, the rest bfloat16); one that mixes bfloat16
+    and float32 is a UserError."""
     path = checkpoints.find_checkpoint(path)
     every = checkpoint_specs(path, model_only=False)
     specs = model_variables_of(every) or every
+    int8 = quantize.int8_keys(specs)
+    rest = {key: spec for key, spec in quantize.without_scales(specs).items()
+            if key not in set(int8)}
     kinds: Dict[str, str] = {}
-    for key, (_, dtype) in sorted(specs.items()):
+    for key, (_, dtype) in sorted(rest.items()):
         if dtype.is_floating:
             kinds.setdefault(storage_kind(dtype), key)
     if len(kinds) > 1:
         raise UserError(f"{path}: mixes bfloat16 ({kinds[BFLOAT16]}) and float32 "
                         f"({kinds[FLOAT32]}) model variables")
-    return next(iter(kinds), FLOAT32)
+    return (INT8 if int8 else next(iter(kinds), FLOAT32)), int8
+
+
+def checkpoint_dtype(path: str) -> str:
+    """The kind of checkpoint_storage."""
+    return checkpoint_storage(path)[0]
 
 
 def require_float32(path: str, why: str, specs: Optional[Specs] = None) -> None:
     """A UserError `<path>: is a bfloat16 checkpoint (<key>); <why>` for a
-    checkpoint whose model variables are stored as bfloat16 (specs: its
-    checkpoint_specs when the caller has them)."""
+    checkpoint whose model variables are stored as bfloat16 or int8 (specs:
+    its checkpoint_specs when the caller has them)."""
     specs = model_variables_of(checkpoint_specs(path, model_only=False) if specs is None
                                else specs)
+    int8 = quantize.int8_keys(specs)
+    if int8:
+        raise UserError(f"{path}: is an int8 checkpoint ({int8[0]}); {why}")
     bf16 = [key for key, (_, dtype) in sorted(specs.items()) if dtype == tf.bfloat16]
     if bf16:
         raise UserError(f"{path}: is a bfloat16 checkpoint ({bf16[0]}); {why}")

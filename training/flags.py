@@ -30,7 +30,7 @@ input_data_pattern    string   Comma-separated globs of the TFRecords to read.
 output_dir            string   New dir to write (atomically).
 output_file           string   File to write (atomically).
 model_dirs            string   Comma-separated member model dirs (model_flags.json +
-                               model.ckpt-*, float32 or bfloat16).
+                               model.ckpt-*, float32, bfloat16 or int8).
 checkpoint_file       string   A checkpoint prefix (default: the latest model.ckpt-* of the dir).
 num_classes           integer  Number of classes.
 batch_size            integer  Videos per batch.
@@ -48,6 +48,9 @@ bf16_compute          string   How bfloat16 checkpoints compute: cast_each_step,
 skip_corrupt_records  bool     Skip the damaged rest of corrupt or truncated TFRecord files
                                (default: stop with an error).
 overwrite             bool     Replace an existing output.
+target_bytes          integer  Store the fewest, largest matrices as int8 (training.quantize) that
+                               bring the output under this many bytes (default: none).
+int8_min_values       integer  Matrices with at least this many values may be stored as int8.
 """
 _DEFINERS_BY_TYPE = {"string": flags.DEFINE_string, "integer": flags.DEFINE_integer,
                      "bool": flags.DEFINE_bool}

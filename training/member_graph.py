@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
 
 from models.tf_compat import tf
-from training import checkpoints, compat, model_builder, precision, readers
+from training import checkpoints, compat, model_builder, precision, quantize, readers
 from training.errors import UserError, first_line
 from training.members import Member, check_members_agree, feature_signature
 
@@ -38,32 +40,72 @@ class EnsembleGraph:
     stored_bf16: List[bool] = field(default_factory=list)   # float32 vars, bf16 on disk
     shared: List[bool] = field(default_factory=list)        # tiled with shared frame work
     bf16_compute: str = precision.DEFAULT_BF16_COMPUTE
+    # Per member: {checkpoint key: scale variable} of the matrices stored int8
+    # in the export; which of them the checkpoint holds as int8 (the rest are
+    # quantised in the session by quantize_in_session).
+    int8_scales: List[Dict[str, tf.Variable]] = field(default_factory=list)
+    int8_restored: List[Tuple[str, ...]] = field(default_factory=list)
 
     @property
     def variables(self) -> List[tf.Variable]:
         return [var for mapping in self.restore_maps for var in mapping.values()]
 
     def saver_map(self, index: int) -> Dict[str, Any]:
-        """Member index's {checkpoint key: variable or BFloat16StorageSaveable}."""
-        mapping = self.restore_maps[index]
-        if self.stored_bf16 and self.stored_bf16[index]:
-            return precision.bfloat16_storage_saveables(mapping)
-        return dict(mapping)
+        """Member index's {checkpoint key: variable or storage saveable}."""
+        scales = {key: self.int8_scales[index][key] for key in self.int8_restored[index]}
+        return precision.storage_saveables(self.restore_maps[index],
+                                           self.stored_bf16[index], scales)
 
     @property
     def export_var_list(self) -> List[Any]:
         """What the export Saver writes under the graph names (model<i>/...):
-        the variables, cast_at_load members' through BFloat16StorageSaveable
-        so that they stay bf16 on disk."""
+        the variables, through the storage saveables of training.precision
+        where they are bf16 (cast_at_load) or int8 on disk."""
         out: List[Any] = []
         for index, mapping in enumerate(self.restore_maps):
-            stored = bool(self.stored_bf16 and self.stored_bf16[index])
-            for var in mapping.values():
-                if stored and var.dtype.base_dtype == tf.float32:
-                    out.append(precision.BFloat16StorageSaveable(var, var.op.name))
-                else:
-                    out.append(var)
+            by_name = {var.op.name: var for var in mapping.values()}
+            scales = {mapping[key].op.name: scale
+                      for key, scale in self.int8_scales[index].items()}
+            out.extend(precision.storage_saveables(by_name, self.stored_bf16[index],
+                                                   scales).values())
         return out
+
+    def add_int8(self, index: int, keys: Sequence[str]) -> None:
+        """Stores member index's `keys` as int8 in the export (scale
+        variables are created in the default graph: call it there)."""
+        for key in keys:
+            if key not in self.int8_scales[index]:
+                variable = self.restore_maps[index][key]
+                self.int8_scales[index][key] = precision.int8_scale_variable(variable)
+
+    def stored_bytes(self, index: int, key: str) -> int:
+        """Bytes of member index's variable `key` in the export."""
+        variable = self.restore_maps[index][key]
+        shape = variable.shape.as_list()
+        if key in self.int8_scales[index]:
+            return quantize.int8_bytes(shape)
+        dtype = variable.dtype.base_dtype
+        if dtype == tf.float32 and self.stored_bf16[index]:
+            dtype = tf.bfloat16
+        return int(np.prod(shape, dtype=np.int64)) * dtype.size
+
+    def plan_int8(self, target_bytes: Optional[int], min_values: int,
+                  fixed_bytes: int) -> List[Tuple[int, str]]:
+        """[(member index, key)]: the fewest, largest matrices (of at least
+        min_values values, not int8 yet) to store as int8 so that the export
+        fits target_bytes (None: all of them); fixed_bytes: the meta graph
+        and index."""
+        candidates, fixed = [], fixed_bytes
+        for index, mapping in enumerate(self.restore_maps):
+            for key, variable in sorted(mapping.items()):
+                size = self.stored_bytes(index, key)
+                shape = variable.shape.as_list()
+                if key not in self.int8_scales[index] and \
+                        quantize.is_candidate(shape, variable.dtype, min_values):
+                    candidates.append(((index, key), shape, size))
+                else:
+                    fixed += size
+        return quantize.plan_int8(candidates, fixed, target_bytes, "the export")
 
 
 def _build_model(member: Member, frame_sampling: Optional[str]):
@@ -185,10 +227,14 @@ def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], ti
     for name, tensor in (("input_batch_raw", input_raw), ("num_frames", num_frames),
                          ("predictions", predictions)):
         tf.add_to_collection(name, tensor)
-    return EnsembleGraph(input_raw, num_frames, predictions, member_predictions, member_tiles,
-                         tiled, scopes, restore_maps,
-                         [member.stored_bf16_in(bf16_compute) for member in members], shared,
-                         bf16_compute)
+    built = EnsembleGraph(input_raw, num_frames, predictions, member_predictions, member_tiles,
+                          tiled, scopes, restore_maps,
+                          [member.stored_bf16_in(bf16_compute) for member in members], shared,
+                          bf16_compute, [{} for _ in members],
+                          [tuple(member.int8_keys) for member in members])
+    for index, member in enumerate(members):
+        built.add_int8(index, member.int8_keys)
+    return built
 
 
 # ---------------------------------------------------------------------------
@@ -200,10 +246,29 @@ def member_savers(members: Sequence[Member], graph: EnsembleGraph) -> List[tf.tr
     for index, (member, mapping) in enumerate(zip(members, graph.restore_maps)):
         compat.check_fits(member.checkpoint, mapping, owner=member.model_dir,
                           needer=f"model {member.name} of its {checkpoints.MODEL_FLAGS_FILE}",
-                          stored_bf16=bool(graph.stored_bf16 and graph.stored_bf16[index]),
-                          check_extra=True)
+                          stored_bf16=graph.stored_bf16[index], check_extra=True,
+                          int8=member.int8_keys)
     return [tf.train.Saver(graph.saver_map(index), name=f"restore_{scope}", sharded=False)
             for index, scope in enumerate(graph.scopes)]
+
+
+def quantize_in_session(sess: tf.Session, graph: EnsembleGraph, log: Log = None) -> None:
+    """Rounds the int8-stored matrices that the checkpoints held in another
+    dtype (EnsembleGraph.add_int8) to their int8 values in the session, so
+    that what is evaluated is what the export holds; fills their scales."""
+    for index, scales in enumerate(graph.int8_scales):
+        for key, scale in sorted(scales.items()):
+            if key in graph.int8_restored[index]:
+                continue
+            variable = graph.restore_maps[index][key]
+            quantized, scale_value = quantize.quantize_columns(sess.run(variable),
+                                                               f"{graph.scopes[index]}/{key}")
+            numpy_dtype = variable.dtype.base_dtype.as_numpy_dtype
+            variable.load(quantize.dequantize_columns(quantized, scale_value)
+                          .astype(numpy_dtype), sess)
+            scale.load(scale_value, sess)
+            if log:
+                log(f"int8: {variable.op.name} {variable.shape.as_list()}")
 
 
 def restore_members(sess: tf.Session, members: Sequence[Member],

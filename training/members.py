@@ -20,10 +20,9 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from training import checkpoints, model_builder, precision
-from training.compat import BFLOAT16, FLOAT32
+from training import checkpoints, compat, model_builder, precision
 from training.errors import UserError
 from training.flags import comma_list
 
@@ -35,17 +34,21 @@ class Member:
     model_dir: str
     checkpoint: str
     model_flags: Dict[str, Any]
-    dtype: str                     # FLOAT32 or BFLOAT16
+    dtype: str                     # compat.FLOAT32, BFLOAT16 or INT8
+    int8_keys: Tuple[str, ...] = ()   # INT8: the keys stored int8 (training.quantize)
 
     def getter_for(self, bf16_compute: Optional[str]):
-        """The custom_getter of this member in a --bf16_compute mode."""
-        return precision.getter_for_mode(bf16_compute) if self.dtype == BFLOAT16 else None
+        """The custom_getter of this member in a --bf16_compute mode (bfloat16
+        and int8 checkpoints compute alike; int8 is dequantised at restore)."""
+        if self.dtype == compat.FLOAT32:
+            return None
+        return precision.getter_for_mode(bf16_compute)
 
     def stored_bf16_in(self, bf16_compute: Optional[str]) -> bool:
         """True when the graph holds float32 variables for bf16 checkpoint
         tensors (cast_at_load): they are restored and saved through
         BFloat16StorageSaveable."""
-        return self.dtype == BFLOAT16 and \
+        return self.dtype != compat.FLOAT32 and \
             precision.check_bf16_compute(bf16_compute) == precision.CAST_AT_LOAD
 
     @property
@@ -70,9 +73,9 @@ def load_member(model_dir: str, checkpoint: Optional[str] = None) -> Member:
         raise UserError(f"{model_dir}: no such model dir")
     model_flags = read_member_flags(model_dir)
     checkpoint = checkpoints.find_checkpoint(checkpoint or model_dir)
-    getter = precision.getter_for_checkpoint(checkpoint, model_flags)
-    return Member(os.path.abspath(model_dir), checkpoint, model_flags,
-                  BFLOAT16 if getter is not None else FLOAT32)
+    kind, int8_keys = compat.checkpoint_storage(checkpoint)
+    precision.check_dtype_marker(checkpoint, kind, model_flags)
+    return Member(os.path.abspath(model_dir), checkpoint, model_flags, kind, tuple(int8_keys))
 
 
 def feature_signature(model_flags: Mapping[str, Any]) -> Dict[str, Any]:

@@ -15,9 +15,11 @@ initializer is kept (cast to bfloat16) instead of being replaced by zeros.
 The graph is for inference: BN moving-average updates are not created for a
 view (models.layers.batch_norm checks for a Variable).
 
-``getter_for_checkpoint`` picks the getter a checkpoint needs (the storage
-dtype comes from training.compat, which also checks that a checkpoint fits a
-graph before any restore).
+int8 checkpoints (training.quantize) are built the same way; their int8
+matrices are dequantised once, by the restore op (Int8StorageSaveable).
+training.members.Member.getter_for picks the getter a checkpoint needs (its
+storage kind comes from training.compat, which also checks that a checkpoint
+fits a graph before any restore).
 """
 from __future__ import annotations
 
@@ -26,8 +28,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from models import layers
 from models.tf_compat import saveable_object, tf
-from training import checkpoints, compat
-from training.compat import BFLOAT16
+from training import checkpoints, quantize
 from training.errors import UserError
 
 DTYPE_KEY = "checkpoint_dtype"   # model_flags.json marker written by the converter
@@ -221,21 +222,71 @@ def bfloat16_storage_saveables(var_map: Mapping[str, Any]) -> Dict[str, Any]:
             for key, var in var_map.items()}
 
 
+class Int8StorageSaveable(saveable_object.SaveableObject):
+    """A variable (float32 or bfloat16) whose checkpoint holds an int8 matrix
+    and its float32 scale per column (training.quantize).
+
+    Restore reads both, assigns cast(q * scale) to the variable and the
+    scale to `scale_variable` (a float32 [columns] variable outside the
+    model's collections): the dequantisation runs once, in the Saver's
+    restore op, so an exported graph still loads the starter way. Save
+    writes round(variable / scale) as int8 and the scale: exact for values
+    that came from int8 (|q| <= 127, and even a bfloat16 variable's rounding
+    of q * scale moves q by at most 127 * 2^-9 < 1/2).
+    """
+
+    def __init__(self, variable, scale_variable, name: str):
+        self._variable, self._scale = variable, scale_variable
+
+        def quantized():
+            ratio = tf.cast(variable.value(), tf.float32) / scale_variable.value()
+            return tf.cast(tf.clip_by_value(tf.round(ratio), -quantize.INT8_MAX,
+                                            quantize.INT8_MAX), tf.int8, name="to_int8")
+
+        specs = [saveable_object.SaveSpec(quantized, "", name, dtype=tf.int8,
+                                          device=variable.device),
+                 saveable_object.SaveSpec(scale_variable.value, "", quantize.scale_key(name),
+                                          dtype=tf.float32, device=variable.device)]
+        super().__init__(variable, specs, name)
+
+    def restore(self, restored_tensors, restored_shapes):
+        del restored_shapes
+        quantized, scale = restored_tensors
+        value = tf.cast(tf.cast(quantized, tf.float32) * scale, self._variable.dtype.base_dtype,
+                        name="from_int8")
+        return tf.group(tf.assign(self._variable, value, validate_shape=True),
+                        tf.assign(self._scale, scale, validate_shape=True))
+
+
+def int8_scale_variable(variable) -> tf.Variable:
+    """The float32 [columns] scale that an Int8StorageSaveable of `variable`
+    fills at restore (kept out of every collection: no initializer runs it)."""
+    columns = variable.shape.as_list()[-1]
+    return tf.Variable(tf.ones([columns], tf.float32), trainable=False, collections=[],
+                       name=variable.op.name + "_int8_scale")
+
+
+def storage_saveables(var_map: Mapping[str, Any], stored_bf16: bool,
+                      int8_scales: Mapping[str, Any]) -> Dict[str, Any]:
+    """{checkpoint key: variable} -> what a Saver needs to keep the storage:
+    keys of int8_scales ({key: scale variable}) through Int8StorageSaveable,
+    then (stored_bf16) float32 variables through BFloat16StorageSaveable."""
+    out = {key: Int8StorageSaveable(var, int8_scales[key], key)
+           for key, var in var_map.items() if key in int8_scales}
+    rest = {key: var for key, var in var_map.items() if key not in int8_scales}
+    out.update(bfloat16_storage_saveables(rest) if stored_bf16 else rest)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Which getter a checkpoint needs
 
 
-def getter_for_checkpoint(checkpoint_path: str,
-                          model_flags: Optional[Mapping[str, Any]] = None
-                          ) -> Optional[Callable]:
-    """bfloat16_getter for a bfloat16 checkpoint, None for a float32 one.
-
-    The checkpoint itself decides; model_flags' "checkpoint_dtype" marker
-    (written by the converter) must agree when present.
-    """
-    kind = compat.checkpoint_dtype(checkpoint_path)
+def check_dtype_marker(checkpoint_path: str, kind: str,
+                       model_flags: Optional[Mapping[str, Any]] = None) -> None:
+    """model_flags' "checkpoint_dtype" marker (written by the converter) must
+    agree with the checkpoint's storage kind when present."""
     marker = (model_flags or {}).get(DTYPE_KEY)
     if marker is not None and marker != kind:
         raise UserError(f"{checkpoint_path}: is a {kind} checkpoint but its "
                         f"{checkpoints.MODEL_FLAGS_FILE} says {DTYPE_KEY}={marker!r}")
-    return bfloat16_getter if kind == BFLOAT16 else None
