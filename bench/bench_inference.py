@@ -25,11 +25,10 @@ import time
 
 import numpy as np
 
-from bench.bench_ensemble_size import full_size_members
-from ensemble import export, merge
+from bench.bench_ensemble_size import export_random_ensemble, full_size_members
+from ensemble import merge
 from ensemble.build import ensemble_model_flags
-from models.tf_compat import tf
-from training import checkpoints, member_graph, readers, synthetic
+from training import checkpoints, readers, synthetic
 
 TEST_VIDEOS = 1_133_323
 
@@ -37,15 +36,7 @@ TEST_VIDEOS = 1_133_323
 def export_ensemble(directory: str, tile_num: int) -> int:
     """The six full-size presets, random bf16 weights, exported to directory."""
     members = full_size_members()
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.set_random_seed(666)
-        ensemble = member_graph.build_ensemble_graph(members, [1 / 6] * 6, tile_num)
-        initializers = [var.initializer for var in ensemble.variables]
-    with tf.Session(graph=graph) as sess:
-        for initializer in initializers:
-            sess.run(initializer)
-        size = export.export_model(sess, directory, ensemble.export_var_list)
+    size = export_random_ensemble(members, directory, tile_num, log=lambda _: None)
     checkpoints.write_model_flags(directory, ensemble_model_flags(members))
     return size
 

@@ -7,7 +7,9 @@
 # inference load the result through training.precision (bf16 getters).
 #
 # Usage: SWA_DIR=~/yt8m_models/Soft-DBoF-4k-swa BF16_DIR=~/ensemble_models/Soft-DBoF-4k run_scripts/bfloat16.sh [--flag=value ...]
-# Extra flags go to `python -m bfloat16_patch.convert`, e.g. --checkpoint_file=..., --overwrite.
+# Extra flags go to `python -m bfloat16_patch.convert`, e.g. --checkpoint_file=..., --overwrite,
+# --dtype=int8 (large matrices as int8 with a scale per column; --int8_min_values,
+# --target_bytes=N: only the fewest, largest that bring the checkpoint under N bytes).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

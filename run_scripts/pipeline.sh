@@ -21,6 +21,8 @@ MODELS=${MODELS:-$("$PYTHON" -m models.presets)}   # the six presets (models/pre
 SWA_LAST_N=${SWA_LAST_N:-5}          # average the last N checkpoints of each model
 SWA_BN=${SWA_BN:-last}               # BN statistics: last (the original) | average | recompute
 TILE_NUM=${TILE_NUM:-10}
+STORAGE=${STORAGE:-bfloat16}         # member storage: bfloat16 | int8 (large matrices int8)
+TARGET_BYTES=${TARGET_BYTES:-}       # e.g. 1000000000: int8 for the fewest matrices that fit
 NUM_CLASSES=${NUM_CLASSES:-3862}
 SUBMISSION=${SUBMISSION:-$WORK_DIR/submission.csv}
 TINY=${TINY:-0}
@@ -43,7 +45,7 @@ members=()
 for model in $MODELS; do
   train_dir="$WORK_DIR/train/$model"
   swa_dir="$WORK_DIR/swa/$model"
-  bf16_dir="$WORK_DIR/ensemble_models/$model-bfloat16"
+  bf16_dir="$WORK_DIR/ensemble_models/$model-$STORAGE"
   echo "=== $model: train -> $train_dir"
   # shellcheck disable=SC2046
   TRAIN_DIR="$train_dir" DATA_DIR="$DATA_DIR" "run_scripts/$model.sh" \
@@ -55,8 +57,9 @@ for model in $MODELS; do
       --recompute_batches="${SWA_RECOMPUTE_BATCHES:-100}" --seed="$SEED"
   fi
   if [[ ! -d "$bf16_dir" ]]; then
-    echo "=== $model: bfloat16 -> $bf16_dir"
-    "$PYTHON" -m bfloat16_patch.convert --input_dir="$swa_dir" --output_dir="$bf16_dir"
+    echo "=== $model: $STORAGE -> $bf16_dir"
+    "$PYTHON" -m bfloat16_patch.convert --input_dir="$swa_dir" --output_dir="$bf16_dir" \
+      --dtype="$STORAGE"
   fi
   if [[ ! -f "$bf16_dir/eval_results.json" ]]; then
     "$PYTHON" -m training.eval --train_dir="$bf16_dir" --eval_data_pattern="$VALIDATE_PATTERN" \
@@ -70,6 +73,7 @@ model_dirs=$(IFS=,; echo "${members[*]}")
 if [[ ! -d "$ensemble_dir" ]]; then
   echo "=== ensemble of ${#members[@]} models, tile $TILE_NUM -> $ensemble_dir"
   "$PYTHON" -m ensemble.build --model_dirs="$model_dirs" --tile_num="$TILE_NUM" \
+    ${TARGET_BYTES:+--target_bytes=$TARGET_BYTES} \
     --output_dir="$ensemble_dir" --eval_data_pattern="$VALIDATE_PATTERN" --seed="$ENSEMBLE_SEED"
 fi
 if [[ ! -f "$SUBMISSION" ]]; then
