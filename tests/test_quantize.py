@@ -14,6 +14,8 @@ from conftest import TINY_CLASSES, run_module
 from distillation import train as distill
 from ensemble import build
 from models.tf_compat import tf
+from prediction2tfrecord import write
+from stacking import fit
 from training import checkpoints, compat, member_graph, precision, predict, quantize
 from training.errors import UserError
 from training.members import load_member
@@ -317,3 +319,21 @@ def test_member_graph_plans_nothing_when_it_fits(tiny_models):
         everything = built.plan_int8(None, 256, 0)
     assert everything and all(index == 0 for index, _ in everything)
 
+
+
+def test_stacking_and_teacher_records_take_int8_dirs(int8_dirs, tiny_models, tiny_data):
+    pattern = str(tiny_data / "frame" / "validate*.tfrecord")
+    ids, predictions, labels, members = fit.member_predictions(
+        [int8_dirs["dbof"], tiny_models["gru_bf16"]], pattern, batch_size=16, num_readers=1,
+        log=None)
+    assert predictions.shape == (32, 2, TINY_CLASSES) and [m.dtype for m in members] == [
+        "int8", "bfloat16"]
+    teacher = write.make_teacher("", int8_dirs["gru"], TINY_CLASSES)
+    try:
+        records = [record for _, record in zip(range(3), write._records(
+            str(tiny_data / "frame" / "validate00.tfrecord")))]
+        vectors = teacher([f"v{i}" for i in range(3)], records)
+    finally:
+        teacher.model.close()
+    assert all(vector.shape == (TINY_CLASSES,) and np.all((0 <= vector) & (vector <= 1))
+               for vector in vectors)
