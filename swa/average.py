@@ -14,20 +14,22 @@ checkpoint (the original avg_eval.py); ``average`` averaged like the weights
 (eval_avg.py); ``recompute`` (classic SWA) rebuilds the training graph, loads
 the averaged weights and sets each statistic to the exact mean, over
 --recompute_batches batches of --train_data_pattern, of the batch statistic
-its moving-average update tracks. --eval_data_pattern evaluates the result.
+its moving-average update tracks (training.bn_statistics, which
+training.eval --bn_statistics=recompute uses too). --eval_data_pattern
+evaluates the result.
 """
 from __future__ import annotations
 
 import os
 import shutil
-from collections import deque
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoints, compat, metrics, model_builder, readers
+from training import bn_statistics as bn_stats
+from training import checkpoints, compat, metrics, readers
 from training import eval as evaluation
 from training import flags as shared_flags
 from training.errors import UserError, first_line, run_main
@@ -36,8 +38,7 @@ from training.progress import Progress
 FLAGS = flags.FLAGS
 
 BN_MODES = ("last", "average", "recompute")
-BN_STAT_SUFFIXES = ("/moving_mean", "/moving_variance")
-SWA_INFO_FILE = "swa.json"
+SWA_INFO_FILE = bn_stats.SWA_INFO_FILE
 
 Log = Optional[Callable[[str], None]]
 
@@ -50,7 +51,8 @@ def define_flags() -> None:
         "eval_data_pattern": ("", "If set, evaluate the averaged model and write "
                                   "eval_results.json into --output_dir."),
         "batch_size": (80, "(the recompute and evaluation passes)"), "num_readers": 4,
-        "seed": 2018, "overwrite": False})
+        "seed": 2018, "overwrite": False,
+        "recompute_batches": bn_stats.DEFAULT_RECOMPUTE_BATCHES})
     define = shared_flags.define
     define(flags.DEFINE_integer, "swa_start", None, "First step averaged (inclusive).")
     define(flags.DEFINE_integer, "swa_end", None, "Last step averaged (inclusive; default: "
@@ -60,16 +62,10 @@ def define_flags() -> None:
     define(flags.DEFINE_enum, "bn_statistics", "last", "BN moving statistics: from the last "
            "checkpoint, averaged, or recomputed on --recompute_batches batches of "
            "--train_data_pattern.", enum_values=list(BN_MODES))
-    define(flags.DEFINE_integer, "recompute_batches", 100, "Batches used by "
-           "--bn_statistics=recompute.")
 
 
 # ---------------------------------------------------------------------------
 # Selection and compatibility
-
-
-def is_bn_statistic(key: str) -> bool:
-    return key.endswith(BN_STAT_SUFFIXES)
 
 
 def select_checkpoints(train_dir: str, swa_start: Optional[int] = None,
@@ -137,7 +133,7 @@ class CheckpointAverager:
         """True when the output of `key` is the mean over the checkpoints."""
         if not self.dtypes[key].is_floating:
             return False
-        return not is_bn_statistic(key) or self.bn_statistics == "average"
+        return not bn_stats.is_bn_statistic(key) or self.bn_statistics == "average"
 
     def read(self, index: int, key: str) -> np.ndarray:
         try:
@@ -172,136 +168,6 @@ class CheckpointAverager:
 
 
 # ---------------------------------------------------------------------------
-# BN statistics recomputation
-
-
-_ASSIGN_SUB_TYPES = ("AssignSub", "AssignSubVariableOp")
-_PASS_THROUGH_TYPES = ("Identity", "ReadVariableOp", "Enter", "Switch")
-
-
-def _variable_op_name(tensor) -> Optional[str]:
-    """Name of the variable a tensor reads (through Identity/ReadVariableOp)."""
-    for _ in range(8):
-        op = tensor.op
-        if op.type in ("VariableV2", "Variable", "VarHandleOp"):
-            return op.name
-        if op.type in _PASS_THROUGH_TYPES and op.inputs:
-            tensor = op.inputs[0]
-            continue
-        return None
-    return None
-
-
-def batch_statistics(update_ops: Sequence[Any]) -> Dict[str, tf.Tensor]:
-    """{moving variable name: batch statistic tensor} from moving-average updates.
-
-    A moving-average update is `var -= (1 - decay) * (var - x)`; x (the batch
-    mean, or the unbiased batch variance) is the tensor that the running
-    statistic tracks, read here from the `var - x` subtraction.
-    """
-    found: Dict[str, tf.Tensor] = {}
-    for item in update_ops:
-        op = getattr(item, "op", item)
-        if op.type not in _ASSIGN_SUB_TYPES:
-            continue
-        name = _variable_op_name(op.inputs[0])
-        if name is None:
-            continue
-        queue, seen = deque([(op.inputs[1].op, 0)]), set()
-        while queue:
-            current, depth = queue.popleft()
-            if current.name in seen or depth > 6:
-                continue
-            seen.add(current.name)
-            if current.type == "Sub" and _variable_op_name(current.inputs[0]) == name:
-                found[name] = current.inputs[1]
-                break
-            queue.extend((tensor.op, depth + 1) for tensor in current.inputs)
-    return found
-
-
-def mean_of_batch_statistics(sess: tf.Session, statistics: Dict[str, tf.Tensor],
-                             num_batches: int, feed_dicts=None, log: Log = None
-                             ) -> Dict[str, np.ndarray]:
-    """Exact mean over `num_batches` runs of each statistic (float64 sums).
-
-    feed_dicts: optional iterable of feed dicts, one per batch.
-    """
-    sums = None
-    feeds = iter(feed_dicts) if feed_dicts is not None else None
-    progress = Progress("batches", total=num_batches)
-    for index in range(num_batches):
-        feed = next(feeds) if feeds is not None else None
-        try:
-            values = sess.run(statistics, feed)
-        except tf.errors.OutOfRangeError:
-            raise UserError(f"--train_data_pattern: the data ran out after {index} of "
-                            f"--recompute_batches={num_batches} batches") from None
-        if sums is None:
-            sums = {key: np.asarray(value, dtype=np.float64) for key, value in values.items()}
-        else:
-            for key, value in values.items():
-                sums[key] += value
-        if log and ((index + 1) % 10 == 0 or index + 1 == num_batches):
-            log(progress.line(index + 1, f"BN statistics: batch {index + 1}/{num_batches}"))
-    return {key: value / num_batches for key, value in sums.items()}
-
-
-def recompute_and_save(model_flags: Dict[str, Any], specs, produce: Callable[[str], np.ndarray],
-                       save_path: str, data_pattern: str, num_batches: int, batch_size: int,
-                       seed: int = 2018, num_readers: int = 4, log: Log = None) -> str:
-    """Loads the averaged weights into the training-mode graph, recomputes the
-    BN moving statistics on `num_batches` batches and saves the model variables."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.set_random_seed(seed)
-        reader = model_builder.make_reader(model_flags)
-        with tf.device("/cpu:0"):
-            dataset = readers.make_dataset(reader, data_pattern, batch_size, training=True,
-                                           num_epochs=None, num_parallel_reads=num_readers,
-                                           seed=seed, flag_name="train_data_pattern")
-            batch = tf.data.make_one_shot_iterator(dataset).get_next()
-        model = model_builder.build_model(model_flags)
-        with tf.variable_scope(checkpoints.MODEL_SCOPE):
-            model_builder.model_predictions(model, batch["features"], batch["num_frames"],
-                                            is_training=True)
-        variables = {var.op.name: var
-                     for var in model_builder.model_variables(checkpoints.MODEL_SCOPE)}
-        wanted = {key for key, _, _ in specs}
-        if set(variables) != wanted:
-            diff = sorted(set(variables) ^ wanted)
-            raise UserError(f"model_flags.json: the rebuilt {model_flags['model']} graph does "
-                            f"not match the checkpoints (first differing variable: {diff[0]})")
-        statistics = batch_statistics(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
-        stat_keys = sorted(key for key in variables if is_bn_statistic(key))
-        missing = [key for key in stat_keys if key not in statistics]
-        if missing:
-            raise UserError(f"cannot recompute BN statistics of {missing[0]}: its "
-                            f"moving-average update was not found in the graph")
-        statistics = {key: statistics[key] for key in stat_keys}
-        loaders = {}
-        for key, var in variables.items():
-            placeholder = tf.placeholder(var.dtype.base_dtype, var.shape)
-            loaders[key] = (tf.assign(var, placeholder), placeholder)
-        others = [var for var in tf.global_variables() if var.op.name not in variables]
-        init_others = tf.variables_initializer(others)
-        saver = tf.train.Saver(variables, save_relative_paths=True, max_to_keep=None)
-    with tf.Session(graph=graph) as sess:
-        sess.run(init_others)
-        for key, _, _ in specs:
-            assign, placeholder = loaders[key]
-            sess.run(assign.op, {placeholder: produce(key)})
-        if log:
-            log(f"recomputing {len(stat_keys)} BN statistics on {num_batches} batches "
-                f"of {batch_size}")
-        means = mean_of_batch_statistics(sess, statistics, num_batches, log=log)
-        for key, value in means.items():
-            assign, placeholder = loaders[key]
-            sess.run(assign.op, {placeholder: value.astype(np.float32)})
-        return saver.save(sess, save_path, write_meta_graph=False)
-
-
-# ---------------------------------------------------------------------------
 # The stage
 
 
@@ -329,13 +195,7 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
     _check_dirs(train_dir, output_dir, overwrite)
     model_flags = checkpoints.read_model_flags(train_dir)
     if bn_statistics == "recompute":
-        if not train_data_pattern:
-            raise UserError("--train_data_pattern: required with --bn_statistics=recompute")
-        if recompute_batches <= 0:
-            raise UserError(f"--recompute_batches: must be positive, got {recompute_batches}")
-        if batch_size <= 0:
-            raise UserError(f"--batch_size: must be positive, got {batch_size}")
-        readers.resolve_files(train_data_pattern, "train_data_pattern")
+        bn_stats.check_recompute_flags(train_data_pattern, recompute_batches, batch_size)
     chosen = select_checkpoints(train_dir, swa_start, swa_end, last_n)
     paths = [path for _, path in chosen]
     last_step = chosen[-1][0]
@@ -348,9 +208,9 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
         save_path = os.path.join(tmp_dir, name)
         if bn_statistics == "recompute":
-            recompute_and_save(model_flags, averager.specs, averager, save_path,
-                               train_data_pattern, recompute_batches, batch_size, seed,
-                               num_readers, log)
+            bn_stats.recompute_and_save(model_flags, averager.specs, averager, save_path,
+                                        train_data_pattern, recompute_batches, batch_size,
+                                        seed, num_readers, log)
         else:
             checkpoints.write_arrays_checkpoint(save_path, averager.specs, averager)
         shutil.copyfile(os.path.join(train_dir, checkpoints.MODEL_FLAGS_FILE),
@@ -367,7 +227,8 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
             "swa_start": swa_start, "swa_end": swa_end, "last_n": last_n,
             "model_variables": len(averager.specs),
             "averaged_variables": sum(averager.averaged(key) for key, _, _ in averager.specs),
-            "bn_statistic_variables": sum(is_bn_statistic(key) for key, _, _ in averager.specs),
+            "bn_statistic_variables": sum(bn_stats.is_bn_statistic(key)
+                                          for key, _, _ in averager.specs),
         }
         checkpoints.write_json(os.path.join(tmp_dir, SWA_INFO_FILE), info)
     log(f"wrote {os.path.join(output_dir, name)} (mean of {len(chosen)} checkpoints)")

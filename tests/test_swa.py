@@ -16,7 +16,7 @@ from conftest import QUIET, TINY_CLASSES, TINY_DBOF, run_module, train_config
 from models import layers
 from models.tf_compat import tf
 from swa import average as swa
-from training import checkpoints, model_builder, train
+from training import bn_statistics, checkpoints, model_builder, train
 from training import train_dir as train_dirs
 from training.errors import UserError
 
@@ -133,14 +133,14 @@ def test_recompute_is_mean_of_batch_statistics_numpy():
         with tf.variable_scope("tower"):
             hidden = layers.batch_norm(inputs, True, "bn1")
             layers.batch_norm(hidden * 2.0 + 1.0, True, "bn2")
-        statistics = swa.batch_statistics(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
+        statistics = bn_statistics.batch_statistics(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
         assert sorted(statistics) == ["tower/bn1/moving_mean", "tower/bn1/moving_variance",
                                       "tower/bn2/moving_mean", "tower/bn2/moving_variance"]
         init = tf.global_variables_initializer()
     with tf.Session(graph=graph) as sess:
         sess.run(init)
-        means = swa.mean_of_batch_statistics(sess, statistics, len(batches),
-                                             feed_dicts=[{inputs: b} for b in batches])
+        means = bn_statistics.mean_of_batch_statistics(sess, statistics, len(batches),
+                                                       feed_dicts=[{inputs: b} for b in batches])
     np.testing.assert_allclose(means["tower/bn1/moving_mean"],
                                np.mean([b.mean(axis=0) for b in batches], axis=0), rtol=1e-5)
     np.testing.assert_allclose(means["tower/bn1/moving_variance"],

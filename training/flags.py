@@ -51,6 +51,8 @@ overwrite             bool     Replace an existing output.
 target_bytes          integer  Store the fewest, largest matrices as int8 (training.quantize) that
                                bring the output under this many bytes (default: none).
 int8_min_values       integer  Matrices with at least this many values may be stored as int8.
+recompute_batches     integer  Training batches (of --batch_size, from --train_data_pattern) on
+                               which --bn_statistics=recompute recomputes the BN statistics.
 """
 _DEFINERS_BY_TYPE = {"string": flags.DEFINE_string, "integer": flags.DEFINE_integer,
                      "bool": flags.DEFINE_bool}
