@@ -16,6 +16,11 @@ written positionally (``0.0000123457``, never ``1.23457e-05``), trailing
 zeros dropped. The file is streamed to a temporary name and renamed into
 place at the end; an existing output is replaced only with --overwrite.
 ``ensemble.check_submission`` validates the result.
+
+--label_names=V (a vocabulary CSV) also writes each video's top 5 labels
+with names to ``<CSV without .csv>.top5.tsv`` (ensemble.labels), the CSV
+unchanged; V is checked before the model is loaded. With --num_shards the
+workers only check it; ensemble.merge --label_names writes the TSV.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from typing import Callable, List, Optional
 import numpy as np
 from absl import flags
 
-from ensemble import check_submission, export, merge
-from training import checkpoints, metrics, predict, readers
+from ensemble import check_submission, export, labels, merge
+from training import checkpoints, members, metrics, predict, readers
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 from training.progress import Progress
@@ -64,6 +69,11 @@ def define_flags() -> None:
                         "writes (0-based, with --num_shards).")
     shared_flags.define(flags.DEFINE_integer, "num_threads", 0, "TensorFlow threads of this "
                         "process (0: all cores; workers sharing a CPU divide them).")
+    shared_flags.define(flags.DEFINE_string, "label_names", "", "A vocabulary CSV (columns "
+                        "Index and Name, or label_id and label_name): also write each "
+                        "video's top 5 labels with their names to <output_file without "
+                        ".csv>.top5.tsv (with --num_shards: only checked; ensemble.merge "
+                        "writes it).")
 
 
 # ---------------------------------------------------------------------------
@@ -98,13 +108,17 @@ def format_lines(ids: np.ndarray, predictions: np.ndarray, k: int) -> List[str]:
 def write_submission(model: predict.LoadedModel, data_pattern: str, output_file: str,
                      batch_size: int = 64, top_k: int = 20, num_readers: int = 1,
                      log: Log = print, overwrite: bool = True,
-                     skip_corrupt: bool = False) -> int:
+                     skip_corrupt: bool = False,
+                     vocabulary: Optional[labels.LabelNames] = None) -> int:
     """Streams the CSV to a temporary file, renames it into place; returns
-    the number of videos. Nothing is left behind on an error (or a kill: the
-    next run removes the dead run's temporary file)."""
+    the number of videos. With a vocabulary, also the top-5 TSV (made from
+    the temporary CSV before the rename). Nothing is left behind on an error
+    (or a kill: the next run removes the dead run's temporary files)."""
     if top_k < 1:
         raise UserError(f"--top_k: must be >= 1, got {top_k}")
     readers.resolve_files(data_pattern, "input_data_pattern")
+    if vocabulary is not None and not overwrite:
+        labels.refuse_existing_tsv(output_file)
     videos = 0
     with checkpoints.atomic_file(output_file, overwrite, "output_file") as tmp_path:
         with open(tmp_path, "w", newline="") as out:
@@ -118,8 +132,13 @@ def write_submission(model: predict.LoadedModel, data_pattern: str, output_file:
             os.fsync(out.fileno())
         if videos == 0:
             raise UserError(f"--input_data_pattern={data_pattern}: the files hold no videos")
+        if vocabulary is not None:
+            labels.write_top_tsv(tmp_path, vocabulary, labels.tsv_path(output_file), overwrite)
     if log:
         log(f"wrote {output_file} ({videos} videos)")
+        if vocabulary is not None:
+            log(f"wrote {labels.tsv_path(output_file)} (the top {labels.TOP_N} labels "
+                f"with names)")
     return videos
 
 
@@ -158,7 +177,8 @@ def _write_part(model, path: str, output_file: str, batch_size: int, top_k: int,
                 out.writelines(format_lines(batch.ids, batch.predictions, top_k))
                 videos += len(batch.ids)
     checkpoints.write_json(record_path, {"input": os.path.abspath(path), "videos": videos,
-                                         "sha256": merge.file_digest(csv_path), "run": run})
+                                         "sha256": merge.file_digest(csv_path), "run": run,
+                                         "num_classes": model.num_classes})
     return videos
 
 
@@ -210,6 +230,27 @@ def _check_run_flags(train_dir: str, input_model_tgz: str, output_model_tgz: str
         readers.resolve_files(input_data_pattern, "input_data_pattern")
 
 
+def _read_label_names(label_names: str, output_file: str, num_shards: int,
+                      overwrite: bool) -> Optional[labels.LabelNames]:
+    """The vocabulary of --label_names (None without), checked before any work."""
+    if not label_names:
+        return None
+    if not output_file:
+        raise UserError(f"--label_names={label_names}: needs --input_data_pattern and "
+                        f"--output_file (the TSV is made from the CSV)")
+    vocabulary = labels.read_label_names(label_names)
+    if not num_shards and not overwrite:
+        labels.refuse_existing_tsv(output_file)
+    return vocabulary
+
+
+def _check_label_classes(vocabulary: Optional[labels.LabelNames], model_dir: str) -> None:
+    """Every class of the model in model_dir has a name (from its
+    model_flags.json, before the model is loaded; open_model reports a bad dir)."""
+    if vocabulary is not None and os.path.isdir(model_dir):
+        vocabulary.check_covers(int(members.read_member_flags(model_dir)["num_classes"]))
+
+
 # ---------------------------------------------------------------------------
 # Command line
 
@@ -219,19 +260,23 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
         top_k: int = 20, num_readers: int = 1, seed: int = 2018,
         frame_sampling: Optional[str] = None, log: Log = print, overwrite: bool = True,
         skip_corrupt: bool = False, bf16_compute: Optional[str] = None,
-        num_shards: int = 0, shard_index: int = 0, num_threads: int = 0) -> Optional[int]:
+        num_shards: int = 0, shard_index: int = 0, num_threads: int = 0,
+        label_names: str = "") -> Optional[int]:
     """The command: returns the number of videos written (None without a CSV).
     overwrite=False refuses an existing output_file / output_model_tgz (the
     command line's default). num_shards > 0 writes this shard's parts instead
-    of the CSV (ensemble.merge writes it)."""
+    of the CSV (ensemble.merge writes it). label_names: a vocabulary CSV, for
+    the top-5 TSV beside the CSV (labels.tsv_path)."""
     _check_run_flags(train_dir, input_model_tgz, output_model_tgz, input_data_pattern,
                      output_file, batch_size)
+    vocabulary = _read_label_names(label_names, output_file, num_shards, overwrite)
     if num_shards:
         shard_files([], num_shards, shard_index)
     settings = {"top_k": top_k, "frame_sampling": frame_sampling, "seed": seed,
                 "bf16_compute": bf16_compute, "batch_size": batch_size}
 
     def with_dir(model_dir: str) -> Optional[int]:
+        _check_label_classes(vocabulary, model_dir)
         model = predict.open_model(model_dir, frame_sampling, seed, bf16_compute,
                                    num_threads=num_threads)
         try:
@@ -247,11 +292,15 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
                 files = shard_files(readers.resolve_files(input_data_pattern,
                                                           "input_data_pattern"),
                                     num_shards, shard_index)
+                if vocabulary is not None and log:
+                    log(f"--label_names={label_names}: checked; ensemble.merge "
+                        f"--label_names writes the TSV")
                 return write_parts(model, files, output_file, batch_size, top_k,
                                    run_key(model, settings), log, skip_corrupt)
             if input_data_pattern:
                 return write_submission(model, input_data_pattern, output_file, batch_size,
-                                        top_k, num_readers, log, overwrite, skip_corrupt)
+                                        top_k, num_readers, log, overwrite, skip_corrupt,
+                                        vocabulary)
             return None
         finally:
             model.close()
@@ -270,7 +319,7 @@ def main(argv) -> None:
         log=lambda line: print(line, flush=True), overwrite=FLAGS.overwrite,
         skip_corrupt=FLAGS.skip_corrupt_records, bf16_compute=FLAGS.bf16_compute,
         num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
-        num_threads=FLAGS.num_threads)
+        num_threads=FLAGS.num_threads, label_names=FLAGS.label_names)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ python -m ensemble.merge --input_data_pattern='test*.tfrecord' --output_file=S.c
 ``ensemble.inference --num_shards=P --shard_index=i`` writes, for each input
 file F of its shard, the part ``S.csv.parts/<F's name>.csv`` (the CSV lines of
 F's videos, no header) and its record ``<F's name>.json`` (the input file,
-its video count, the part's sha256 and the run key: a digest of the model
-and --top_k). This command writes the CSV once, atomically: the header, then
-every part in sorted input order. It refuses, with one line, a missing part,
-a part whose content or run key does not match (another model or --top_k), a
-part for a file outside --input_data_pattern, and a video id seen twice.
+its video count, the part's sha256, the model's num_classes and the run key:
+a digest of the model and --top_k). This command writes the CSV once,
+atomically: the header, then every part in sorted input order; with
+--label_names also the top-5 TSV of ensemble.labels, from the same CSV. It
+refuses, with one line, a missing part, a part whose content or run key does
+not match (another model or --top_k), a part for a file outside
+--input_data_pattern, and a video id seen twice.
 ``--progress`` prints how far the parts are instead (done of the total,
 the videos estimated from the file sizes).
 """
@@ -21,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 from absl import flags
 
-from ensemble import check_submission
+from ensemble import check_submission, labels
 from training import checkpoints, readers
 from training import flags as shared_flags
 from training.errors import UserError, run_main
@@ -43,6 +45,10 @@ def define_flags() -> None:
                         "are done (and the estimated videos) instead of merging.")
     shared_flags.define(flags.DEFINE_float, "started_at", 0.0, "With --progress: when the "
                         "run started (epoch seconds), for the rate and the ETA.")
+    shared_flags.define(flags.DEFINE_string, "label_names", "", "A vocabulary CSV (columns "
+                        "Index and Name, or label_id and label_name): also write each "
+                        "video's top 5 labels with their names to <output_file without "
+                        ".csv>.top5.tsv.")
 
 
 def parts_dir(output_file: str) -> str:
@@ -101,11 +107,29 @@ def _check_no_foreign_parts(input_files: List[str], output_file: str) -> None:
                             f"made from")
 
 
-def merge(input_files: List[str], output_file: str, overwrite: bool = False) -> int:
-    """Writes the CSV from the parts of input_files; returns the video count."""
+def _check_vocabulary(vocabulary: labels.LabelNames, input_files: List[str],
+                      output_file: str, overwrite: bool) -> None:
+    """Before any part is read: no TSV in the way, and a name for every class
+    of the model (its num_classes in the first part's record). Records of
+    older runs lack num_classes: then only the labels of the TSV are checked
+    as it is written (still before the CSV is in place)."""
+    if not overwrite:
+        labels.refuse_existing_tsv(output_file)
+    record = read_part_record(part_paths(output_file, input_files[0])[1])
+    if record is not None and "num_classes" in record:
+        vocabulary.check_covers(int(record["num_classes"]))
+
+
+def merge(input_files: List[str], output_file: str, overwrite: bool = False,
+          vocabulary: Optional[labels.LabelNames] = None) -> int:
+    """Writes the CSV from the parts of input_files; returns the video count.
+    With a vocabulary, also the top-5 TSV (labels.tsv_path), made from the
+    temporary CSV before its rename: an error leaves neither file."""
     if not os.path.isdir(parts_dir(output_file)):
         raise UserError(f"--output_file={output_file}: no parts ({parts_dir(output_file)} "
                         f"missing); run ensemble.inference --num_shards first")
+    if vocabulary is not None:
+        _check_vocabulary(vocabulary, input_files, output_file, overwrite)
     _check_no_foreign_parts(input_files, output_file)
     run = _check_part(input_files[0], output_file, None)["run"]
     for path in input_files[1:]:
@@ -127,6 +151,8 @@ def merge(input_files: List[str], output_file: str, overwrite: bool = False) -> 
                         videos += 1
             out.flush()
             os.fsync(out.fileno())
+        if vocabulary is not None:
+            labels.write_top_tsv(tmp_path, vocabulary, labels.tsv_path(output_file), overwrite)
     return videos
 
 
@@ -163,8 +189,12 @@ def main(argv) -> None:
     if FLAGS.progress:
         print(progress(files, FLAGS.output_file, FLAGS.started_at), flush=True)
         return
-    videos = merge(files, FLAGS.output_file, FLAGS.overwrite)
+    vocabulary = labels.read_label_names(FLAGS.label_names) if FLAGS.label_names else None
+    videos = merge(files, FLAGS.output_file, FLAGS.overwrite, vocabulary)
     print(f"wrote {FLAGS.output_file}: {videos} videos from {len(files)} parts", flush=True)
+    if vocabulary is not None:
+        print(f"wrote {labels.tsv_path(FLAGS.output_file)} (the top {labels.TOP_N} labels "
+              f"with names)", flush=True)
 
 
 if __name__ == "__main__":

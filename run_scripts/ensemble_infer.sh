@@ -13,6 +13,9 @@
 # divide). Each writes one part per input file into OUTPUT_FILE.parts/, then
 # ensemble.merge writes the CSV. Rerun the same command after a crash: the
 # finished parts are kept, only the rest is predicted.
+# LABEL_NAMES, if set, is a vocabulary CSV (Index,Name,... or label_id,label_name): the
+# workers check it before predicting and the merge also writes each video's top 5 labels
+# with their names to OUTPUT_FILE without .csv + .top5.tsv.
 # BATCH_SIZE: videos per batch; a 10-tile ensemble runs 10x as many, so keep it
 # near the original bf16 scripts' 80 (the starter's 8192 does not fit in memory).
 set -euo pipefail
@@ -23,6 +26,7 @@ MODEL_TGZ=${MODEL_TGZ:-}
 TEST_PATTERN=${TEST_PATTERN:-/path/to/yt8m/frame/test*.tfrecord}
 OUTPUT_FILE=${OUTPUT_FILE:-./submission.csv}
 OUTPUT_MODEL_TGZ=${OUTPUT_MODEL_TGZ:-}
+LABEL_NAMES=${LABEL_NAMES:-}
 BATCH_SIZE=${BATCH_SIZE:-64}
 TOP_K=${TOP_K:-20}
 NUM_CLASSES=${NUM_CLASSES:-3862}
@@ -47,6 +51,8 @@ data_args=(--input_data_pattern="$(absolute "$TEST_PATTERN")"
            --output_file="$(absolute "$OUTPUT_FILE")")
 tgz_args=()
 if [[ -n "$OUTPUT_MODEL_TGZ" ]]; then tgz_args=(--output_model_tgz="$(absolute "$OUTPUT_MODEL_TGZ")"); fi
+label_args=()
+if [[ -n "$LABEL_NAMES" ]]; then label_args=(--label_names="$(absolute "$LABEL_NAMES")"); fi
 OUTPUT_FILE=$(absolute "$OUTPUT_FILE")
 parts="$OUTPUT_FILE.parts"
 cd "$REPO_ROOT"
@@ -63,7 +69,7 @@ for (( i = 0; i < NUM_WORKERS; i++ )); do
   if (( num_gpus > 0 )); then device=(env CUDA_VISIBLE_DEVICES=$(( i % num_gpus ))); fi
   "${device[@]}" "$PYTHON" -m ensemble.inference "${model_args[@]}" "${data_args[@]}" \
     --batch_size="$BATCH_SIZE" --top_k="$TOP_K" --num_shards="$NUM_WORKERS" --shard_index="$i" \
-    --num_threads="$threads" "$@" > "$parts/.worker-$i.log" 2>&1 &
+    --num_threads="$threads" "${label_args[@]}" "$@" > "$parts/.worker-$i.log" 2>&1 &
   pids+=($!)
 done
 echo "inference: $NUM_WORKERS worker(s), $num_gpus GPU(s); logs: $parts/.worker-*.log"
@@ -86,6 +92,6 @@ for (( i = 0; i < NUM_WORKERS; i++ )); do
 done
 if (( failed )); then exit 2; fi
 # The parts are the run's record: the CSV is (re)written from them.
-"$PYTHON" -m ensemble.merge "${data_args[@]}" --overwrite
+"$PYTHON" -m ensemble.merge "${data_args[@]}" "${label_args[@]}" --overwrite
 "$PYTHON" -m ensemble.check_submission --submission="$OUTPUT_FILE" \
   --num_classes="$NUM_CLASSES" --top_k="$TOP_K"
