@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline for the six models: train -> SWA -> bfloat16 -> tiled
-# ensemble -> submission CSV. Every stage is skipped when its output exists
+# ensemble (uniform, and stacked when STACKING=1) -> submission CSV -> report
+# (REPORT.json, REPORT.png). Every stage is skipped when its output exists
 # (training resumes from its latest checkpoint), so a rerun after a crash
 # continues where it stopped.
 #
@@ -25,6 +26,12 @@ STORAGE=${STORAGE:-bfloat16}         # member storage: bfloat16 | int8 (large ma
 TARGET_BYTES=${TARGET_BYTES:-}       # e.g. 1000000000: int8 for the fewest matrices that fit
 NUM_CLASSES=${NUM_CLASSES:-3862}
 SUBMISSION=${SUBMISSION:-$WORK_DIR/submission.csv}
+REPORT=${REPORT:-${SUBMISSION%.csv}.report}   # REPORT.json and REPORT.png beside the CSV
+# STACKING=1 fits ensemble weights (stacking.fit) on the first half of the
+# validation files and measures every reported number on the second half;
+# STACKING=0 skips it. Default: 1 when the validation pattern has 2 files or more.
+STACKING=${STACKING:-auto}
+LABEL_NAMES=${LABEL_NAMES:-}         # a vocabulary CSV: also write the top-5 TSV with names
 TINY=${TINY:-0}
 # Fixed seeds make a rerun write the same checkpoints and a byte-identical CSV.
 SEED=${SEED:-2018}                   # training (init, data order, sampling), SWA, evaluation
@@ -41,7 +48,57 @@ train_flags() {
   fi
 }
 
+# The validation files, sorted, in two halves (a file is never split).
+mapfile -t validate_files < <(compgen -G "$VALIDATE_PATTERN" | sort || true)
+if [[ "$STACKING" == auto ]]; then
+  STACKING=$(( ${#validate_files[@]} >= 2 ? 1 : 0 ))
+fi
+HELDOUT_PATTERN=$VALIDATE_PATTERN
+if [[ "$STACKING" == 1 ]]; then
+  if (( ${#validate_files[@]} < 2 )); then
+    echo "error: STACKING=1: VALIDATE_PATTERN=$VALIDATE_PATTERN matches ${#validate_files[@]} file(s); stacking needs 2 or more (one half to fit, one to report)" >&2
+    exit 2
+  fi
+  half=$(( ${#validate_files[@]} / 2 ))
+  FIT_PATTERN=$(IFS=,; echo "${validate_files[*]:0:half}")
+  HELDOUT_PATTERN=$(IFS=,; echo "${validate_files[*]:half}")
+  echo "=== validation: stacking fits on ${half} file(s), the report measures the other $(( ${#validate_files[@]} - half ))"
+fi
+# The last checkpoint is evaluated with the averaged model's batch-norm
+# treatment, so that the report's comparison isolates the averaging.
+last_bn=moving
+[[ "$SWA_BN" == recompute ]] && last_bn=recompute
+
+# The evaluations only feed the report: they run in the background, beside
+# the next model's training (each Python process spends seconds importing
+# TensorFlow on one core), each with its own log; wait_background stops the
+# pipeline when one of them failed.
+background_pids=()
+background_logs=()
+mkdir -p "$WORK_DIR/logs"
+trap 'if (( ${#background_pids[@]} )); then kill "${background_pids[@]}" 2> /dev/null; fi' EXIT
+in_background() {  # what, log file, command...
+  echo "=== $1 (in the background, log: $2)"
+  "${@:3}" > "$2" 2>&1 &
+  background_pids+=($!)
+  background_logs+=("$2")
+}
+wait_background() {
+  local i
+  for i in "${!background_pids[@]}"; do
+    if ! wait "${background_pids[$i]}"; then
+      echo "error: a background evaluation failed; its log ${background_logs[$i]} ends with:" >&2
+      tail -n 5 "${background_logs[$i]}" >&2
+      exit 1
+    fi
+    grep -h "GAP" "${background_logs[$i]}" | tail -n 1 | sed "s|^|$(basename "${background_logs[$i]}" .log): |"
+  done
+  background_pids=()
+  background_logs=()
+}
+
 members=()
+train_dirs=()
 for model in $MODELS; do
   train_dir="$WORK_DIR/train/$model"
   swa_dir="$WORK_DIR/swa/$model"
@@ -62,24 +119,61 @@ for model in $MODELS; do
       --dtype="$STORAGE"
   fi
   if [[ ! -f "$bf16_dir/eval_results.json" ]]; then
-    "$PYTHON" -m training.eval --train_dir="$bf16_dir" --eval_data_pattern="$VALIDATE_PATTERN" \
+    in_background "$model: evaluation" "$WORK_DIR/logs/$model-eval.log" \
+      "$PYTHON" -m training.eval --train_dir="$bf16_dir" --eval_data_pattern="$HELDOUT_PATTERN" \
       --run_once --batch_size=64 --seed="$SEED"
   fi
+  if [[ ! -f "$train_dir/eval_results.json" ]]; then
+    in_background "$model: the last checkpoint before averaging (BN statistics: $last_bn)" \
+      "$WORK_DIR/logs/$model-last-checkpoint-eval.log" \
+      "$PYTHON" -m training.eval --train_dir="$train_dir" --eval_data_pattern="$HELDOUT_PATTERN" \
+      --run_once --batch_size=80 --seed="$SEED" --bn_statistics="$last_bn" \
+      --train_data_pattern="$TRAIN_PATTERN" --recompute_batches="${SWA_RECOMPUTE_BATCHES:-100}"
+  fi
   members+=("$bf16_dir")
+  train_dirs+=("$train_dir")
 done
 
 ensemble_dir="$WORK_DIR/ensembled_models"
+stacked_dir="$WORK_DIR/ensembled_models_stacked"
+weights_file="$WORK_DIR/stacking_weights.json"
 model_dirs=$(IFS=,; echo "${members[*]}")
-if [[ ! -d "$ensemble_dir" ]]; then
-  echo "=== ensemble of ${#members[@]} models, tile $TILE_NUM -> $ensemble_dir"
+build_ensemble() {  # output dir, extra ensemble.build flags...
+  local output=$1
+  shift
   "$PYTHON" -m ensemble.build --model_dirs="$model_dirs" --tile_num="$TILE_NUM" \
-    ${TARGET_BYTES:+--target_bytes=$TARGET_BYTES} \
-    --output_dir="$ensemble_dir" --eval_data_pattern="$VALIDATE_PATTERN" --seed="$ENSEMBLE_SEED"
+    ${TARGET_BYTES:+--target_bytes=$TARGET_BYTES} --output_dir="$output" \
+    --eval_data_pattern="$HELDOUT_PATTERN" --seed="$ENSEMBLE_SEED" "$@"
+}
+if [[ ! -d "$ensemble_dir" ]]; then
+  echo "=== uniform ensemble of ${#members[@]} models, tile $TILE_NUM -> $ensemble_dir"
+  build_ensemble "$ensemble_dir"
+fi
+chosen=$ensemble_dir
+report_flags=()
+if [[ "$STACKING" == 1 ]]; then
+  if [[ ! -f "$weights_file" ]]; then
+    echo "=== stacking: member weights fitted on the first half -> $weights_file"
+    "$PYTHON" -m stacking.fit --model_dirs="$model_dirs" --data_pattern="$FIT_PATTERN" \
+      --output_file="$weights_file" --tile_num="$TILE_NUM" --seed="$ENSEMBLE_SEED"
+  fi
+  if [[ ! -d "$stacked_dir" ]]; then
+    echo "=== stacked ensemble -> $stacked_dir"
+    build_ensemble "$stacked_dir" --weights_file="$weights_file"
+  fi
+  chosen=$("$PYTHON" -m ensemble.report --choose --ensemble_dir="$ensemble_dir" \
+    --stacked_dir="$stacked_dir" --weights_file="$weights_file")
+  report_flags=(--stacked_dir="$stacked_dir" --weights_file="$weights_file")
+  echo "=== the CSV uses $chosen (the better ensemble on the fitting half)"
 fi
 if [[ ! -f "$SUBMISSION" ]]; then
   echo "=== inference -> $SUBMISSION"
-  "$PYTHON" -m ensemble.inference --train_dir="$ensemble_dir" \
-    --input_data_pattern="$TEST_PATTERN" --output_file="$SUBMISSION"
+  "$PYTHON" -m ensemble.inference --train_dir="$chosen" \
+    --input_data_pattern="$TEST_PATTERN" --output_file="$SUBMISSION" \
+    ${LABEL_NAMES:+--label_names="$LABEL_NAMES"}
 fi
 "$PYTHON" -m ensemble.check_submission --submission="$SUBMISSION" --num_classes="$NUM_CLASSES"
-"$PYTHON" -m ensemble.report --model_dirs="$model_dirs" --ensemble_dir="$ensemble_dir"
+wait_background
+"$PYTHON" -m ensemble.report --model_dirs="$model_dirs" --train_dirs="$(IFS=,; echo "${train_dirs[*]}")" \
+  --ensemble_dir="$ensemble_dir" "${report_flags[@]}" \
+  --output_json="$REPORT.json" --output_png="$REPORT.png"
