@@ -89,6 +89,19 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+def unlabelled_shards(root: Path, num_shards: int, videos_per_shard: int, seed: int,
+                      max_frames: int) -> str:
+    """Unlabelled frame-level test files (TINY_CLASSES, 4 frames at least)
+    under root; -> their glob."""
+    from training import synthetic
+
+    synthetic.write_dataset(str(root), split="test", num_shards=num_shards,
+                            videos_per_shard=videos_per_shard, num_classes=TINY_CLASSES,
+                            seed=seed, min_frames=4, max_frames=max_frames, with_labels=False,
+                            video_level=False)
+    return str(root / "frame" / "test*.tfrecord")
+
+
 def run_module(module: str, *args: str, check: bool = True, env: dict | None = None,
                timeout: int = 600) -> subprocess.CompletedProcess:
     """Runs `python -m module args` from the repo root, capturing output."""

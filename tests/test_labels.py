@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_CLASSES, real_sample_dir, run_module
+from conftest import REPO_ROOT, TINY_CLASSES, real_sample_dir, run_module, unlabelled_shards
 from ensemble import inference, labels, merge
 from reliability import assert_user_error, temp_leftovers
 from test_ensemble import tiny_gru_dbof_ensemble
-from training import readers, synthetic
+from training import readers
 from training.errors import UserError
 
 TOP_K = 7
@@ -51,11 +51,8 @@ def unlabelled(tiny_data):
 @pytest.fixture(scope="module")
 def test_files(tmp_path_factory):
     """Three unlabelled test files of 6 videos."""
-    root = tmp_path_factory.mktemp("label_shards")
-    synthetic.write_dataset(str(root), split="test", num_shards=3, videos_per_shard=6,
-                            num_classes=TINY_CLASSES, seed=4, min_frames=4, max_frames=30,
-                            with_labels=False, video_level=False)
-    return str(root / "frame" / "test*.tfrecord")
+    return unlabelled_shards(tmp_path_factory.mktemp("label_shards"), 3, 6, seed=4,
+                             max_frames=30)
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, TINY_CLASSES, run_module
+from conftest import REPO_ROOT, TINY_CLASSES, run_module, unlabelled_shards
 from ensemble import inference, merge
 from ensemble.check_submission import check_submission
 from models import layers
 from models.tf_compat import tf
 from test_ensemble import tiny_gru_dbof_ensemble
-from training import predict, readers, synthetic
+from training import predict, readers
 from training.errors import UserError
 
 TOP_K = 5
@@ -27,11 +27,8 @@ TOP_K = 5
 @pytest.fixture(scope="module")
 def test_files(tmp_path_factory):
     """Five unlabelled test files of 9 videos (batches of 4 leave remainders)."""
-    root = tmp_path_factory.mktemp("shard_data")
-    synthetic.write_dataset(str(root), split="test", num_shards=5, videos_per_shard=9,
-                            num_classes=TINY_CLASSES, seed=3, min_frames=4, max_frames=40,
-                            with_labels=False, video_level=False)
-    return str(root / "frame" / "test*.tfrecord")
+    return unlabelled_shards(tmp_path_factory.mktemp("shard_data"), 5, 9, seed=3,
+                             max_frames=40)
 
 
 @pytest.fixture(scope="module")
