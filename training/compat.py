@@ -60,6 +60,11 @@ def graph_specs(var_map: Mapping[str, Any], stored_bf16: bool = False,
     return specs
 
 
+def a_kind(kind: str) -> str:
+    """'a float32', 'a bfloat16', 'an int8'."""
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
 def storage_kind(dtype) -> str:
     dtype = tf.as_dtype(dtype).base_dtype
     return BFLOAT16 if dtype == tf.bfloat16 else INT8 if dtype == tf.int8 else FLOAT32
@@ -110,8 +115,8 @@ def describe(mismatch: Mismatch, checkpoint: str, needer: str = "the graph",
         hint = {BFLOAT16: "build the graph with training.precision.bfloat16_getter",
                 INT8: "load it through training.members, which dequantises int8 tensors",
                 FLOAT32: "build the graph without the bfloat16 getter"}[stored_kind]
-        return (f"is a {stored_kind} checkpoint ({key} is {stored_dtype.name}) but {needer} "
-                f"is {graph_kind} ({wanted_dtype.name}); {hint}")
+        return (f"is {a_kind(stored_kind)} checkpoint ({key} is {stored_dtype.name}) but "
+                f"{needer} is {graph_kind} ({wanted_dtype.name}); {hint}")
     return (f"variable {key} is {stored_dtype.name} in the checkpoint but {wanted_dtype.name} "
             f"in {needer}")
 

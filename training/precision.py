@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from models import layers
 from models.tf_compat import saveable_object, tf
-from training import checkpoints, quantize
+from training import checkpoints, compat, quantize
 from training.errors import UserError
 
 DTYPE_KEY = "checkpoint_dtype"   # model_flags.json marker written by the converter
@@ -288,5 +288,5 @@ def check_dtype_marker(checkpoint_path: str, kind: str,
     agree with the checkpoint's storage kind when present."""
     marker = (model_flags or {}).get(DTYPE_KEY)
     if marker is not None and marker != kind:
-        raise UserError(f"{checkpoint_path}: is a {kind} checkpoint but its "
+        raise UserError(f"{checkpoint_path}: is {compat.a_kind(kind)} checkpoint but its "
                         f"{checkpoints.MODEL_FLAGS_FILE} says {DTYPE_KEY}={marker!r}")
