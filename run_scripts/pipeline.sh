@@ -91,7 +91,9 @@ wait_background() {
       tail -n 5 "${background_logs[$i]}" >&2
       exit 1
     fi
-    grep -h "GAP" "${background_logs[$i]}" | tail -n 1 | sed "s|^|$(basename "${background_logs[$i]}" .log): |"
+    # The summary line of the evaluation (none when PYTHON only records the calls).
+    { grep -h "GAP" "${background_logs[$i]}" || true; } | tail -n 1 \
+      | sed "s|^|$(basename "${background_logs[$i]}" .log): |"
   done
   background_pids=()
   background_logs=()
