@@ -136,10 +136,10 @@ def warm_start_from(path: str, log: Callable[[str], None] = print
                      for var in sess.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
                      if checkpoints.is_model_variable_key(var.op.name)}
         try:
-            compat.check_fits(checkpoint, variables, compare_dtypes=False)
+            specs = compat.checkpoint_specs(checkpoint, model_only=False)
+            compat.check_fits(checkpoint, variables, compare_dtypes=False, stored=specs)
         except UserError as err:
             raise UserError(f"--warm_start_checkpoint: {err}") from None
-        specs = compat.checkpoint_specs(checkpoint, model_only=False)
         for name, var in variables.items():
             value = np.asarray(quantize.read_dequantized(reader, name, specs))
             value = value.astype(var.dtype.base_dtype.as_numpy_dtype)

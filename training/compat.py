@@ -124,13 +124,14 @@ def describe(mismatch: Mismatch, checkpoint: str, needer: str = "the graph",
 def check_fits(checkpoint: str, var_map: Mapping[str, Any], owner: Optional[str] = None,
                needer: str = "the graph", stored_bf16: bool = False,
                check_extra: bool = False, compare_dtypes: bool = True,
-               int8: Collection[str] = ()) -> None:
+               int8: Collection[str] = (), stored: Optional[Specs] = None) -> None:
     """A UserError when restoring var_map ({key: variable}) from checkpoint
     would fail. owner: the dir the message starts with (default: the
     checkpoint); check_extra: model variables the graph lacks are an error
-    too; stored_bf16, int8: as graph_specs."""
+    too; stored_bf16, int8: as graph_specs; stored: the checkpoint's
+    checkpoint_specs(model_only=False) when the caller has them."""
     wanted = graph_specs(var_map, stored_bf16, int8)
-    stored = checkpoint_specs(checkpoint, model_only=False)
+    stored = checkpoint_specs(checkpoint, model_only=False) if stored is None else stored
     mismatch = find_mismatch(stored, wanted, compare_dtypes=compare_dtypes)
     if mismatch is None and check_extra:
         mismatch = find_mismatch(model_variables_of(stored), wanted, check_extra=True)
@@ -154,13 +155,14 @@ def check_same_specs(reference_path: str, reference: Specs, path: str, other: Sp
                     f"{mismatch.key} {text}")
 
 
-def checkpoint_storage(path: str) -> Tuple[str, List[str]]:
+def checkpoint_storage(path: str, every: Optional[Specs] = None) -> Tuple[str, List[str]]:
     """(kind, int8 keys) of a checkpoint (a dir: its latest). kind: FLOAT32,
     BFLOAT16 or INT8, how it stores its floating model variables (INT8: the
     int8 keys with their scales, the rest bfloat16); one that mixes bfloat16
-    and float32 is a UserError."""
+    and float32 is a UserError. every: its checkpoint_specs(model_only=False)
+    when the caller has them."""
     path = checkpoints.find_checkpoint(path)
-    every = checkpoint_specs(path, model_only=False)
+    every = checkpoint_specs(path, model_only=False) if every is None else every
     specs = model_variables_of(every) or every
     int8 = quantize.int8_keys(specs)
     rest = {key: spec for key, spec in quantize.without_scales(specs).items()

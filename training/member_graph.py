@@ -247,7 +247,7 @@ def member_savers(members: Sequence[Member], graph: EnsembleGraph) -> List[tf.tr
         compat.check_fits(member.checkpoint, mapping, owner=member.model_dir,
                           needer=f"model {member.name} of its {checkpoints.MODEL_FLAGS_FILE}",
                           stored_bf16=graph.stored_bf16[index], check_extra=True,
-                          int8=member.int8_keys)
+                          int8=member.int8_keys, stored=member.specs)
     return [tf.train.Saver(graph.saver_map(index), name=f"restore_{scope}", sharded=False)
             for index, scope in enumerate(graph.scopes)]
 

@@ -36,6 +36,7 @@ class Member:
     model_flags: Dict[str, Any]
     dtype: str                     # compat.FLOAT32, BFLOAT16 or INT8
     int8_keys: Tuple[str, ...] = ()   # INT8: the keys stored int8 (training.quantize)
+    specs: Optional[compat.Specs] = None   # the checkpoint's, read once by load_member
 
     def getter_for(self, bf16_compute: Optional[str]):
         """The custom_getter of this member in a --bf16_compute mode (bfloat16
@@ -73,9 +74,11 @@ def load_member(model_dir: str, checkpoint: Optional[str] = None) -> Member:
         raise UserError(f"{model_dir}: no such model dir")
     model_flags = read_member_flags(model_dir)
     checkpoint = checkpoints.find_checkpoint(checkpoint or model_dir)
-    kind, int8_keys = compat.checkpoint_storage(checkpoint)
+    specs = compat.checkpoint_specs(checkpoint, model_only=False)
+    kind, int8_keys = compat.checkpoint_storage(checkpoint, specs)
     precision.check_dtype_marker(checkpoint, kind, model_flags)
-    return Member(os.path.abspath(model_dir), checkpoint, model_flags, kind, tuple(int8_keys))
+    return Member(os.path.abspath(model_dir), checkpoint, model_flags, kind, tuple(int8_keys),
+                  specs)
 
 
 def feature_signature(model_flags: Mapping[str, Any]) -> Dict[str, Any]:
