@@ -143,7 +143,7 @@ def snapshot(path) -> Dict[str, tuple]:
     for root, _, files in os.walk(str(path)):
         for name in files:
             full = os.path.join(root, name)
-            stat = os.stat(full)
+            stat = os.lstat(full)
             result[os.path.relpath(full, str(path))] = (stat.st_size, stat.st_mtime_ns)
     return result
 
@@ -154,3 +154,35 @@ def read_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
 
     reader = tf.train.load_checkpoint(prefix)
     return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()}
+
+
+def run_cases(specs: Dict[str, dict], work_dir, timeout: int = 120) -> Dict[str, tuple]:
+    """Runs command lines of several entry points in one process
+    (tests/cli_driver.py: one TensorFlow import for all). specs: {module:
+    {"cases": [argv, ...], "per_path_flag": {kind: [values]}?, "budget_seconds"?}}
+    (per_path_flag: `--<flag>=<value>` for every path flag and each value of
+    its kind; no case of a module starts after its budget) -> {module:
+    ({flag: path kind}, its string flags, [subprocess.CompletedProcess per
+    case run, .flag set on the generated ones])}."""
+    import json
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    cases, results = work_dir / "cases.json", work_dir / "results.json"
+    cases.write_text(json.dumps({
+        module: {**spec, "cases": [{"argv": list(argv)} for argv in spec.get("cases", [])],
+                 "timeout": timeout} for module, spec in specs.items()}))
+    driver = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "cli_driver.py"),
+                             str(cases), str(results)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=timeout * 20 + 60)
+    assert driver.returncode == 0, (driver.stdout[-3000:], driver.stderr[-5000:])
+    outcome = {}
+    for module, payload in json.loads(results.read_text()).items():
+        completed = []
+        for row in payload["results"]:
+            result = subprocess.CompletedProcess([module, *row["argv"]], row["code"],
+                                                 row["stdout"], row["stderr"])
+            result.flag = row.get("flag")
+            completed.append(result)
+        outcome[module] = (payload["path_flags"], payload["string_flags"], completed)
+    return outcome

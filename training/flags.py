@@ -16,7 +16,8 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from absl import flags
 
-from training.errors import UserError
+from training import paths
+from training.errors import UserError, add_preflight_check
 
 FLAGS = flags.FLAGS
 
@@ -47,6 +48,8 @@ bf16_compute          string   How bfloat16 checkpoints compute: cast_each_step,
                                else cast_at_load).
 skip_corrupt_records  bool     Skip the damaged rest of corrupt or truncated TFRecord files
                                (default: stop with an error).
+compression           string   Compression of the TFRecord files: auto (detected per file from
+                               its first bytes), none, gzip or zlib.
 overwrite             bool     Replace an existing output.
 target_bytes          integer  Store the fewest, largest matrices as int8 (training.quantize) that
                                bring the output under this many bytes (default: none).
@@ -75,23 +78,50 @@ def _parse_table(table: str) -> Dict[str, Tuple[Callable, str]]:
 
 SHARED_FLAGS: Dict[str, Tuple[Callable, str]] = _parse_table(_SHARED_TABLE)
 
+# The path kind (training.paths) of each shared path flag; a stage that uses
+# one differently passes path= (training.train: its --train_dir is written).
+SHARED_PATH_KINDS: Dict[str, str] = {
+    "train_dir": paths.IN_DIR, "train_data_pattern": paths.IN_PATTERN,
+    "eval_data_pattern": paths.IN_PATTERN, "input_data_pattern": paths.IN_PATTERN,
+    "output_dir": paths.OUT_DIR, "output_file": paths.OUT_FILE, "model_dirs": paths.IN_DIRS,
+    "checkpoint_file": paths.IN_CHECKPOINT}
 
-def define(definer: Callable, name: str, default: Any, help_text: str, **kwargs: Any) -> None:
-    """Defines one flag of the running entry point (kwargs: e.g. enum_values)."""
+# {flag: path kind} of the running entry point's path flags, in definition
+# order; every one is checked before its main runs (check_path_flags).
+PATH_FLAGS: Dict[str, str] = {}
+
+
+def check_path_flags() -> None:
+    """training.paths.check of every path flag of the running entry point."""
+    paths.check_all(PATH_FLAGS, {name: FLAGS[name].value for name in PATH_FLAGS})
+
+
+add_preflight_check(check_path_flags)
+
+
+def define(definer: Callable, name: str, default: Any, help_text: str,
+           path: str | None = None, **kwargs: Any) -> None:
+    """Defines one flag of the running entry point (kwargs: e.g. enum_values).
+    path: the kind of path it holds (training.paths: IN_FILE, OUT_DIR, ...)."""
     definer(name, default, help=help_text, module_name=sys.argv[0], **kwargs)
+    if path is not None:
+        PATH_FLAGS[name] = path
 
 
-def define_shared(name: str, default: Any, note: str = "") -> None:
-    """Defines a shared flag with this stage's default (note: extra help text)."""
+def define_shared(name: str, default: Any, note: str = "", path: str | None = None) -> None:
+    """Defines a shared flag with this stage's default (note: extra help text;
+    path: its path kind when not the usual, SHARED_PATH_KINDS)."""
     definer, help_text = SHARED_FLAGS[name]
-    define(definer, name, default, f"{help_text} {note}".strip())
+    define(definer, name, default, f"{help_text} {note}".strip(),
+           path=path or SHARED_PATH_KINDS.get(name))
 
 
 def define_shared_flags(defaults: Mapping[str, Any]) -> None:
-    """define_shared for each {name: default} (or {name: (default, note)})."""
+    """define_shared for each {name: default} (or {name: (default, note)}, or
+    {name: (default, note, path kind)})."""
     for name, value in defaults.items():
-        default, note = value if isinstance(value, tuple) else (value, "")
-        define_shared(name, default, note)
+        default, note, *kind = value if isinstance(value, tuple) else (value, "")
+        define_shared(name, default, note, path=kind[0] if kind else None)
 
 
 def require(**values: Any) -> None:
