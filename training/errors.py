@@ -46,6 +46,14 @@ def first_line(err: BaseException) -> str:
     return text.strip()
 
 
+def excerpt(text: str, limit: int = 60) -> str:
+    """text quoted for a message; a longer text is shortened visibly
+    ('<start>...' (N characters)), never cut without a word."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def add_preflight_check(check: Callable[[], None]) -> None:
     """Runs check() before the main of every entry point (once per check)."""
     if check not in _PREFLIGHT_CHECKS:
