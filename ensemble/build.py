@@ -28,12 +28,23 @@ from absl import flags
 
 from ensemble import export
 from models.tf_compat import tf
-from training import checkpoints, member_graph, metrics, precision, predict, quantize, readers
+from training import (
+    checkpoints,
+    eval_results,
+    member_graph,
+    metrics,
+    paths,
+    precision,
+    predict,
+    quantize,
+    readers,
+)
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 from training.members import (
     MATCH_KEYS,
     Member,
+    check_dir_records,
     check_members_agree,
     check_no_duplicates,
     load_member,
@@ -44,7 +55,7 @@ from training.members import (
 FLAGS = flags.FLAGS
 
 ENSEMBLE_JSON = "ensemble.json"
-EVAL_RESULTS = "eval_results.json"
+EVAL_RESULTS = eval_results.EVAL_RESULTS
 ENSEMBLE_MODEL_NAME = "ensemble"
 
 Log = Optional[Callable[[str], None]]
@@ -55,7 +66,7 @@ def define_flags() -> None:
         "model_dirs": "", "tile_num": 10, "output_dir": ("", "The ensemble dir."),
         "overwrite": False, "eval_data_pattern": ("", "Evaluate the export on them."),
         "seed": 666, "frame_sampling": None, "batch_size": (64, "(evaluation)"),
-        "top_k": 20, "num_readers": 2,
+        "top_k": 20, "num_readers": 2, "compression": "auto",
         "bf16_compute": (None, "The export stays bf16 (or int8) on disk in every mode."),
         "target_bytes": (None, "(of the whole export: inference_model.*)"),
         "int8_min_values": quantize.DEFAULT_MIN_VALUES})
@@ -63,7 +74,7 @@ def define_flags() -> None:
     define(flags.DEFINE_string, "weights", "", "Comma-separated member weights, in "
            "--model_dirs order (default: uniform).")
     define(flags.DEFINE_string, "weights_file", "", "JSON {\"members\": [dir, ...], "
-           "\"weights\": [...]} as written by stacking.")
+           "\"weights\": [...]} as written by stacking.", path=paths.IN_FILE)
     define(flags.DEFINE_bool, "allow_oversize", False, "Keep an export larger than "
            "--size_limit_bytes.")
     define(flags.DEFINE_integer, "size_limit_bytes", None, "Upload size limit of the export "
@@ -81,6 +92,9 @@ def _weights_from_file(dirs: List[str], weights_file: str) -> Tuple[List[str], L
     spec = read_weights_file(weights_file)
     what = f"--weights_file={weights_file}"
     if not dirs:
+        for member in spec["members"]:
+            if not os.path.isdir(member):
+                raise UserError(f"{what}: member {member}: no such model dir")
         return spec["members"], normalise_weights(spec["weights"], what)
     by_dir = {os.path.realpath(m): w for m, w in zip(spec["members"], spec["weights"])}
     wanted = [os.path.realpath(d) for d in dirs]
@@ -263,7 +277,9 @@ def main(argv) -> None:
     member_dirs, weights = resolve_members_and_weights(FLAGS.model_dirs, FLAGS.weights,
                                                        FLAGS.weights_file)
     if FLAGS.eval_data_pattern:
-        readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
+        files = readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
+        check_dir_records(member_dirs[0], files, "eval_data_pattern", "evaluation",
+                          FLAGS.compression)
     log = lambda line: print(line, flush=True)  # noqa: E731
     build_and_export(member_dirs, weights, FLAGS.output_dir, FLAGS.tile_num, FLAGS.seed,
                      FLAGS.overwrite, FLAGS.allow_oversize, FLAGS.frame_sampling, log=log,
@@ -274,10 +290,14 @@ def main(argv) -> None:
     if FLAGS.eval_data_pattern:
         result = predict.evaluate_model_dir(FLAGS.output_dir, FLAGS.eval_data_pattern,
                                             FLAGS.batch_size, FLAGS.top_k,
-                                            FLAGS.num_readers, log=log)
+                                            FLAGS.num_readers, log=log,
+                                            compression=FLAGS.compression)
         print(metrics.format_summary(result, "ensemble"), flush=True)
-        checkpoints.write_json(os.path.join(FLAGS.output_dir, EVAL_RESULTS),
-                               {key: float(value) for key, value in result.items()})
+        eval_results.record(FLAGS.output_dir,
+                            os.path.join(FLAGS.output_dir, predict.INFERENCE_MODEL), result,
+                            FLAGS.eval_data_pattern, len(files),
+                            {"frame_sampling": FLAGS.frame_sampling, "seed": FLAGS.seed,
+                             "top_k": FLAGS.top_k, "bf16_compute": FLAGS.bf16_compute})
 
 
 if __name__ == "__main__":

@@ -113,7 +113,15 @@ def extracted_model_tgz(path: str) -> Iterator[str]:
         if len(found) != 1:
             raise UserError(f"--input_model_tgz={path}: expected one "
                             f"{checkpoints.MODEL_FLAGS_FILE}, found {len(found)}")
-        yield found[0]
+        try:
+            yield found[0]
+        except UserError as err:
+            # (A damaged file of the archive: named by its path in the archive.)
+            text = str(err)
+            if tmp_dir + os.sep not in text:
+                raise
+            raise UserError(f"--input_model_tgz={path}: "
+                            f"{text.replace(tmp_dir + os.sep, '')}") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 

@@ -69,6 +69,14 @@ def _read_rows(path: str) -> List[Tuple[int, List[str]]]:
             data = handle.read()
     except OSError as err:
         raise UserError(f"{shown}: cannot read ({err.strerror or err})") from None
+    if data.startswith(b"\x1f\x8b"):
+        raise UserError(f"{shown}: gzip-compressed, not a vocabulary CSV (gunzip it first)")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{shown}: UTF-16 text, not UTF-8 (save it as UTF-8)")
+    if b"\x00" in data:
+        line = data[:data.index(b"\x00")].count(b"\n") + 1
+        raise UserError(f"{shown}: a binary file, not a vocabulary CSV (a NUL byte on line "
+                        f"{line})")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -105,6 +113,9 @@ def read_label_names(path: str) -> LabelNames:
         raise UserError(f"{shown}: empty (expected a header row with the columns Index and "
                         f"Name, or label_id and label_name)")
     header = [cell.strip() for cell in rows[0][1]]
+    if len(header) == 1 and "\t" in header[0]:
+        raise UserError(f"{shown}: tab-separated; the vocabulary is a CSV (comma-separated "
+                        f"columns Index and Name, or label_id and label_name)")
     index_column = _column(header, INDEX_COLUMNS, shown)
     name_column = _column(header, NAME_COLUMNS, shown)
     index_name, name_name = header[index_column], header[name_column]

@@ -22,40 +22,41 @@ from absl import flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from training import checkpoints
+from training import checkpoints, eval_results, paths
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 from training.members import read_weights_file
 
 FLAGS = flags.FLAGS
 COLUMNS = ("gap", "hit_at_one", "perr", "map", "loss")
-EVAL_RESULTS = "eval_results.json"
+EVAL_RESULTS = eval_results.EVAL_RESULTS
 
 
 def define_flags() -> None:
     shared_flags.define_shared("model_dirs", "")
     define = shared_flags.define
-    define(flags.DEFINE_string, "ensemble_dir", "", "The (uniform) ensemble dir.")
-    define(flags.DEFINE_string, "stacked_dir", "", "The ensemble built with stacked weights.")
+    define(flags.DEFINE_string, "ensemble_dir", "", "The (uniform) ensemble dir.",
+           path=paths.IN_DIR)
+    define(flags.DEFINE_string, "stacked_dir", "", "The ensemble built with stacked weights.",
+           path=paths.IN_DIR)
     define(flags.DEFINE_string, "train_dirs", "", "Comma-separated train dirs of the members, "
-           "in --model_dirs order (their eval_results.json: the last checkpoint's GAP).")
-    define(flags.DEFINE_string, "weights_file", "", "stacking.fit's weights JSON.")
-    define(flags.DEFINE_string, "output_json", "", "Also write the report as JSON.")
-    define(flags.DEFINE_string, "output_png", "", "Also write a bar chart (PNG).")
+           "in --model_dirs order (their eval_results.json: the last checkpoint's GAP).",
+           path=paths.IN_DIRS)
+    define(flags.DEFINE_string, "weights_file", "", "stacking.fit's weights JSON.",
+           path=paths.IN_FILE)
+    define(flags.DEFINE_string, "output_json", "", "Also write the report as JSON.",
+           path=paths.OUT_FILE)
+    define(flags.DEFINE_string, "output_png", "", "Also write a bar chart (PNG).",
+           path=paths.OUT_FILE)
     define(flags.DEFINE_bool, "choose", False, "Print only the dir of the better ensemble on "
            "the fitting videos (--weights_file).")
     define(flags.DEFINE_bool, "overwrite", True, "Replace --output_json and --output_png.")
 
 
 def load_results(directory: str) -> Optional[Dict[str, Any]]:
-    """A dir's eval_results.json, or None when it has none."""
-    path = os.path.join(directory, EVAL_RESULTS)
-    if not os.path.isfile(path):
-        return None
-    results = checkpoints.load_json(path, path)
-    if not isinstance(results, dict):
-        raise UserError(f"{path}: expected a JSON object of metrics")
-    return results
+    """A dir's latest evaluation (training.eval_results), or None when it has
+    no eval_results.json."""
+    return eval_results.latest_evaluation(directory)
 
 
 def _gap(results: Optional[Dict[str, Any]]) -> Optional[float]:

@@ -25,8 +25,8 @@ from absl import flags
 from scipy import optimize
 
 from training import flags as shared_flags
-from training import losses, metrics, predict, readers
-from training.errors import UserError, run_main
+from training import locks, losses, metrics, predict, readers
+from training.errors import Interrupted, UserError, run_main
 from training.members import write_weights_file
 
 FLAGS = flags.FLAGS
@@ -277,10 +277,18 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
 def main(argv) -> None:
     del argv
     model_dirs = shared_flags.comma_list(FLAGS.model_dirs)
-    stack(model_dirs, FLAGS.data_pattern, FLAGS.output_file, FLAGS.parameterization,
-          FLAGS.max_videos, FLAGS.batch_size, FLAGS.tile_num, FLAGS.frame_sampling, FLAGS.seed,
-          FLAGS.num_readers, FLAGS.top_k, FLAGS.max_iterations,
-          log=lambda line: print(line, flush=True))
+    shared_flags.require(output_file=FLAGS.output_file)
+    # One writer per weights file, from the start (the fit takes minutes).
+    with locks.held(locks.lock_file_for(FLAGS.output_file), f"--output_file={FLAGS.output_file}",
+                    "wait for it to finish or choose another file", lend=True):
+        try:
+            stack(model_dirs, FLAGS.data_pattern, FLAGS.output_file, FLAGS.parameterization,
+                  FLAGS.max_videos, FLAGS.batch_size, FLAGS.tile_num, FLAGS.frame_sampling,
+                  FLAGS.seed, FLAGS.num_readers, FLAGS.top_k, FLAGS.max_iterations,
+                  log=lambda line: print(line, flush=True))
+        except Interrupted as interrupt:
+            raise interrupt.noted(f"nothing was written to --output_file={FLAGS.output_file}",
+                                  replace=False) from None
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from absl import flags
 
 from models.tf_compat import tf
 from training import bn_statistics as bn_stats
-from training import checkpoints, compat, metrics, readers
+from training import checkpoints, compat, members, metrics, readers
 from training import eval as evaluation
 from training import flags as shared_flags
 from training.errors import UserError, first_line, run_main
@@ -51,7 +51,7 @@ def define_flags() -> None:
         "eval_data_pattern": ("", "If set, evaluate the averaged model and write "
                                   "eval_results.json into --output_dir."),
         "batch_size": (80, "(the recompute and evaluation passes)"), "num_readers": 4,
-        "seed": 2018, "overwrite": False,
+        "seed": 2018, "overwrite": False, "compression": "auto",
         "recompute_batches": bn_stats.DEFAULT_RECOMPUTE_BATCHES})
     define = shared_flags.define
     define(flags.DEFINE_integer, "swa_start", None, "First step averaged (inclusive).")
@@ -187,7 +187,8 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
             swa_end: Optional[int] = None, last_n: Optional[int] = None,
             bn_statistics: str = "last", recompute_batches: int = 100,
             train_data_pattern: str = "", batch_size: int = 80, seed: int = 2018,
-            num_readers: int = 4, overwrite: bool = False, log: Log = print) -> Dict[str, Any]:
+            num_readers: int = 4, overwrite: bool = False, log: Log = print,
+            compression: str = "auto") -> Dict[str, Any]:
     """Writes the averaged dir; returns the content of swa.json."""
     if bn_statistics not in BN_MODES:
         raise UserError(f"--bn_statistics: must be one of {', '.join(BN_MODES)}, "
@@ -195,7 +196,9 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
     _check_dirs(train_dir, output_dir, overwrite)
     model_flags = checkpoints.read_model_flags(train_dir)
     if bn_statistics == "recompute":
-        bn_stats.check_recompute_flags(train_data_pattern, recompute_batches, batch_size)
+        bn_stats.check_recompute_flags(train_data_pattern, recompute_batches, batch_size,
+                                       model_flags, compression)
+    checkpoints.check_state_file(train_dir)
     chosen = select_checkpoints(train_dir, swa_start, swa_end, last_n)
     paths = [path for _, path in chosen]
     last_step = chosen[-1][0]
@@ -210,7 +213,7 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
         if bn_statistics == "recompute":
             bn_stats.recompute_and_save(model_flags, averager.specs, averager, save_path,
                                         train_data_pattern, recompute_batches, batch_size,
-                                        seed, num_readers, log)
+                                        seed, num_readers, log, compression)
         else:
             checkpoints.write_arrays_checkpoint(save_path, averager.specs, averager)
         shutil.copyfile(os.path.join(train_dir, checkpoints.MODEL_FLAGS_FILE),
@@ -236,28 +239,34 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
 
 
 def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int,
-             num_readers: int, log: Log = print) -> Dict[str, float]:
+             num_readers: int, log: Log = print, compression: str = "auto") -> Dict[str, float]:
     """Evaluates the averaged checkpoint; writes eval_results.json into output_dir."""
     path = checkpoints.find_checkpoint(output_dir)
     result = evaluation.evaluate_checkpoint(output_dir, path, eval_data_pattern, batch_size,
-                                            seed=seed, num_readers=num_readers, log=log)
+                                            seed=seed, num_readers=num_readers, log=log,
+                                            compression=compression)
     if log:
         log(metrics.format_summary(result, os.path.basename(path)))
-    evaluation.write_results(output_dir, path, result)
+    evaluation.write_results(output_dir, path, result, data_pattern=eval_data_pattern,
+                             settings={"frame_sampling": None, "seed": seed, "top_k": 20,
+                                       "bf16_compute": None})
     return result
 
 
 def main(argv) -> None:
     del argv
     if FLAGS.eval_data_pattern:
-        readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
+        files = readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
+        members.check_dir_records(FLAGS.train_dir, files, "eval_data_pattern", "evaluation",
+                                  FLAGS.compression)
     log = lambda line: print(line, flush=True)  # noqa: E731
     average(FLAGS.train_dir, FLAGS.output_dir, FLAGS.swa_start, FLAGS.swa_end, FLAGS.last_n,
             FLAGS.bn_statistics, FLAGS.recompute_batches, FLAGS.train_data_pattern,
-            FLAGS.batch_size, FLAGS.seed, FLAGS.num_readers, FLAGS.overwrite, log)
+            FLAGS.batch_size, FLAGS.seed, FLAGS.num_readers, FLAGS.overwrite, log,
+            FLAGS.compression)
     if FLAGS.eval_data_pattern:
         evaluate(FLAGS.output_dir, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.seed,
-                 FLAGS.num_readers, log)
+                 FLAGS.num_readers, log, FLAGS.compression)
 
 
 if __name__ == "__main__":

@@ -400,6 +400,8 @@ def test_command_line_with_evaluation(zoo, tiny_data, tmp_path):
     with open(os.path.join(out_dir, "eval_results.json")) as handle:
         result = json.load(handle)
     assert result["num_examples"] == 32 and 0 <= result["gap"] <= 1
+    assert result["checkpoint"] == os.path.join(out_dir, "inference_model")
+    assert result["eval_files"] == 1 and list(result["evaluations"]) == [result["key"]]
     failed = run_module("ensemble.build", f"--model_dirs={zoo['a']}", f"--output_dir={out_dir}",
                         check=False)
     assert failed.returncode == 2

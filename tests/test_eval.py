@@ -70,6 +70,8 @@ def test_eval_cli_writes_json_and_events(trained_dir, tiny_data):
     with open(os.path.join(trained_dir, "eval_results.json")) as handle:
         saved = json.load(handle)
     assert saved["global_step"] == 150 and 0 < saved["gap"] <= 1
+    assert saved["eval_data_pattern"] == str(tiny_data / "frame" / "validate*.tfrecord")
+    assert saved["eval_files"] == 1 and saved["evaluations"][saved["key"]]["gap"] == saved["gap"]
     assert os.listdir(os.path.join(trained_dir, "eval"))
 
 

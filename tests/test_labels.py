@@ -155,6 +155,28 @@ def test_unreadable_vocabularies(tmp_path):
             labels.read_label_names(str(path))
 
 
+def test_binary_and_other_shaped_vocabularies(tmp_path):
+    import gzip
+
+    cases = {"gzip": (gzip.compress(b"Index,Name\n0,a\n"),
+                      "gzip-compressed, not a vocabulary CSV (gunzip it first)"),
+             "png": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+                     "a binary file, not a vocabulary CSV (a NUL byte on line 3)"),
+             "nul": (b"Index,Name\n0,a\x00b\n",
+                     "a binary file, not a vocabulary CSV (a NUL byte on line 2)"),
+             "utf16": ("Index,Name\n0,a\n".encode("utf-16"),
+                       "UTF-16 text, not UTF-8 (save it as UTF-8)"),
+             "tsv": (b"Index\tName\n0\ta\n", "tab-separated; the vocabulary is a CSV")}
+    for name, (data, message) in cases.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_bytes(data)
+        with pytest.raises(UserError) as caught:
+            labels.read_label_names(str(path))
+        line = str(caught.value)
+        assert line.startswith(f"--label_names={path}: {message}"), line
+        assert "\n" not in line and "\x00" not in line and "\t" not in line
+
+
 def test_fewer_names_than_classes(vocab):
     short = labels.read_label_names(vocab["short"])
     with pytest.raises(UserError, match=r"^--label_names=.*short\.csv: names 8 of the model's "

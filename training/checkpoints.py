@@ -6,16 +6,18 @@ model_flags.json that is enough to rebuild the model graph exactly.
 from __future__ import annotations
 
 import errno
-import fcntl
+import glob
 import json
+import math
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from models.tf_compat import tf
+from training import errors, locks
 from training.errors import UserError, first_line
 
 MODEL_FLAGS_FILE = "model_flags.json"
@@ -30,7 +32,7 @@ def atomic_write_text(path: str, text: str) -> None:
     """Writes a file through a temporary name in the same dir and renames it
     (see atomic_file: a killed writer's temporary file is removed next time)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_file(path, overwrite=True) as tmp_path:
+    with atomic_file(path, overwrite=True, wait=True) as tmp_path:
         with open(tmp_path, "w") as out:
             out.write(text)
             out.flush()
@@ -50,6 +52,13 @@ def load_json(path: str, label: str) -> Any:
         raise UserError(f"{label}: not valid JSON ({err})") from None
 
 
+def json_kind(value: Any) -> str:
+    """'a list', 'a string', 'a number', ... of a parsed JSON value."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "a boolean"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
+
+
 def write_model_flags(directory: str, model_flags: Dict[str, Any]) -> None:
     write_json(os.path.join(directory, MODEL_FLAGS_FILE), model_flags)
 
@@ -59,6 +68,9 @@ def read_model_flags(directory: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise UserError(f"{path}: missing; is {directory} a model dir written by this pipeline?")
     flags = load_json(path, path)
+    if not isinstance(flags, dict):
+        raise UserError(f"{path}: expected a JSON object of model flags, found "
+                        f"{json_kind(flags)}")
     if "model" not in flags:
         raise UserError(f"{path}: has no 'model' key")
     return flags
@@ -96,40 +108,263 @@ def latest_checkpoint(directory: str, prefix: str = CHECKPOINT_PREFIX) -> Option
     return checkpoints[-1][1] if checkpoints else None
 
 
-def open_checkpoint(path: str):
-    """tf.train.load_checkpoint with a one-line UserError for a bad checkpoint."""
-    try:
-        return tf.train.load_checkpoint(path)
-    except (tf.errors.OpError, ValueError) as err:
-        raise UserError(f"{path}: cannot read the checkpoint ({first_line(err)})") from None
+def open_checkpoint(path: str) -> "CheckpointReader":
+    """The reader of a checkpoint, after verify_checkpoint's checks: a
+    damaged checkpoint is a one-line UserError naming the file."""
+    return verify_checkpoint(path)
+
+
+def checkpoint_in_dir(directory: str) -> Optional[str]:
+    """The latest complete checkpoint of a dir, None when it holds none; a
+    `checkpoint` state file naming a missing checkpoint, or (with no complete
+    checkpoint) data files without their index, are a UserError."""
+    check_state_file(directory)
+    latest = latest_checkpoint(directory)
+    if latest is None:
+        orphans = [path.rsplit(".data-", 1)[0] for path in glob.glob(os.path.join(
+            glob.escape(directory), f"{CHECKPOINT_PREFIX}-*.data-*"))]
+        if orphans:
+            raise UserError(_index_missing(max(orphans, key=lambda p: checkpoint_step(p) or 0)))
+    return latest
 
 
 def find_checkpoint(path: str) -> str:
     """A checkpoint prefix from a dir (its latest model.ckpt-*) or a prefix."""
     if os.path.isdir(path):
-        latest = latest_checkpoint(path)
+        latest = checkpoint_in_dir(path)
         if latest is None:
             raise UserError(f"{path}: no {CHECKPOINT_PREFIX}-<step> checkpoint in this dir")
         return latest
     if not os.path.isfile(path + ".index"):
-        raise UserError(f"{path}: no such checkpoint ({path}.index missing)")
+        raise UserError(_index_missing(path))
     return path
 
 
 # ---------------------------------------------------------------------------
-# Atomic outputs: temporary siblings, claimed by a lock, renamed into place
+# Damaged checkpoints: one line naming the file and what is wrong with it
+#
+# A (V2) checkpoint <prefix> is <prefix>.index, a table of every tensor's
+# dtype, shape, shard, offset, size and CRC32C, and the data files
+# <prefix>.data-0000i-of-0000N, which hold the tensors' bytes back to back
+# (this TensorFlow's writer adds no alignment padding; a string tensor is its
+# varint lengths, a 4-byte checksum and the bytes). verify_checkpoint does
+# the cheap checks before any graph is built; read_failure names what only
+# reading finds (a checksum mismatch) and the damage TensorFlow reports.
+
+STATE_FILE = "checkpoint"
+_DATA_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
+_INEXACT_DTYPES = ("string", "variant", "resource")
+# What TensorFlow says about an index it cannot read.
+_INDEX_DAMAGE = ("not an sstable", "too short to be an sstable", "block checksum mismatch",
+                 "corrupted compressed block", "bad block", "Unable to read file")
+# Tensors read to tell a truncated data file or a damaged spot from another
+# checkpoint's index (_checksum_failures).
+PROBED_SHORT, PROBED_MISMATCH = 16, 3
+
+
+def _index_missing(prefix: str) -> str:
+    data = data_files(prefix)
+    there = f" ({os.path.basename(data[0])} is there without it)" if data else ""
+    return f"{prefix}.index: missing, no such checkpoint{there}"
+
+
+def data_files(prefix: str) -> List[str]:
+    """The data files of the checkpoint `prefix` that exist, sorted."""
+    return sorted(path for path in glob.glob(glob.escape(prefix) + ".data-*")
+                  if _DATA_RE.search(path[len(prefix):]))
+
+
+def _reason(err: BaseException) -> str:
+    """TensorFlow's own line in an error (a restore op's message follows its
+    "Node: '...'" line, after the graph trace)."""
+    lines = [line.strip() for line in str(getattr(err, "message", None) or err).splitlines()]
+    nodes = [index for index, line in enumerate(lines) if line.startswith("Node: ")]
+    after = [line for line in lines[nodes[-1] + 1:] if line] if nodes else []
+    return after[0] if after else first_line(err)
+
+
+class CheckpointReader:
+    """tf.train.load_checkpoint's reader whose get_tensor reports a damaged
+    data file in one line (read_failure); everything else is the reader's."""
+
+    def __init__(self, prefix: str, reader: Any):
+        self.prefix, self._reader = prefix, reader
+
+    def get_tensor(self, key: str) -> Any:
+        try:
+            return self._reader.get_tensor(key)
+        except (tf.errors.OpError, IndexError, ValueError, RuntimeError) as err:
+            raise UserError(read_failure(err, self.prefix)
+                            or f"{self.prefix}: cannot read {key} ({_reason(err)})") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+
+def expected_data_bytes(shapes: Dict[str, Any], dtypes: Dict[str, Any]) -> Tuple[int, bool]:
+    """(bytes of the data files an index describes, exact?): a string tensor
+    counts one length byte per element and the 4-byte checksum, a lower bound."""
+    total, exact = 0, True
+    for key, shape in shapes.items():
+        dtype = tf.as_dtype(dtypes[key]).base_dtype
+        count = math.prod(int(dim) for dim in shape)
+        if dtype.name in _INEXACT_DTYPES:
+            total, exact = total + (count + 4 if count else 0), False
+        else:
+            total += count * dtype.size
+    return total, exact
+
+
+def _smallest_keys(reader: Any) -> List[str]:
+    shapes = reader.get_variable_to_shape_map()
+    return sorted(shapes, key=lambda key: (math.prod(int(d) for d in shapes[key]), key))
+
+
+def _checksum_failures(prefix: str, count: int) -> Tuple[int, int]:
+    """(tensors read, how many failed their checksum) of the `count` smallest
+    tensors of a checkpoint: in a damaged spot of the data one or two fail;
+    with the index of another checkpoint nearly all do that lie in the data."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except (tf.errors.OpError, ValueError):
+        return 0, 0
+    probed, failed = 0, 0
+    for key in _smallest_keys(reader)[:count]:
+        probed += 1
+        try:
+            reader.get_tensor(key)
+        except (tf.errors.OpError, IndexError, ValueError, RuntimeError) as err:
+            failed += "checksum does not match" in str(err).lower()
+    return probed, failed
+
+
+def _data_name(prefix: str, shard: Optional[int] = None) -> str:
+    """The data file (of `shard`) to name in a message."""
+    files = data_files(prefix)
+    if shard is not None:
+        files = [path for path in files if int(_DATA_RE.search(path).group(1)) == shard] or files
+    return files[0] if len(files) == 1 else f"{prefix}.data-*"
+
+
+def _size_damage(prefix: str, actual: int, wanted: int) -> str:
+    where, index = _data_name(prefix), os.path.basename(prefix) + ".index"
+    # (In a data file cut short every tensor before the cut still reads.)
+    if actual < wanted and _checksum_failures(prefix, PROBED_SHORT)[1] == 0:
+        return (f"{where}: truncated: {actual:,} bytes, fewer than the {wanted:,} bytes that "
+                f"{index} describes")
+    return (f"{where}: does not match its index {index}: {actual:,} bytes where the index "
+            f"describes {wanted:,} (the index or the data of another checkpoint?)")
+
+
+def _check_data(reader: CheckpointReader) -> None:
+    """Every data file present, their bytes those the index describes."""
+    prefix = reader.prefix
+    shapes = reader.get_variable_to_shape_map()
+    present = data_files(prefix)
+    if not present:
+        if shapes:      # (TensorFlow's error names the data file it needs)
+            reader.get_tensor(_smallest_keys(reader)[0])
+        return
+    count = max(int(_DATA_RE.search(path).group(2)) for path in present)
+    wanted_files = [f"{prefix}.data-{shard:05d}-of-{count:05d}" for shard in range(count)]
+    for path in wanted_files:
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: missing (a data file of {os.path.basename(prefix)}"
+                            f".index)")
+    actual = sum(os.path.getsize(path) for path in wanted_files)
+    wanted, exact = expected_data_bytes(shapes, reader.get_variable_to_dtype_map())
+    if actual < wanted or (exact and actual > wanted):
+        raise UserError(_size_damage(prefix, actual, wanted))
+
+
+def verify_checkpoint(prefix: str) -> CheckpointReader:
+    """The reader of the checkpoint `prefix` after the cheap checks: its index
+    present and readable, every data file present and of the size the index
+    describes. A damaged checkpoint is a UserError naming the file and the
+    damage: missing, truncated, corrupt, or not matching its index."""
+    index = prefix + ".index"
+    if not os.path.isfile(index):
+        raise UserError(_index_missing(prefix))
+    try:
+        reader = CheckpointReader(prefix, tf.train.load_checkpoint(prefix))
+    except (tf.errors.OpError, ValueError) as err:
+        raise UserError(f"{index}: corrupt or unreadable, not a checkpoint index "
+                        f"({_reason(err)})") from None
+    _check_data(reader)
+    return reader
+
+
+def read_failure(err: BaseException, prefix: str) -> Optional[str]:
+    """The one line for an error raised while reading or restoring the
+    checkpoint `prefix` when it is damage (a missing, truncated or corrupt
+    file, an index that does not match its data), else None."""
+    text = str(getattr(err, "message", None) or err)
+    index = f"{os.path.basename(prefix)}.index"
+    gone = re.search(r"(\S+\.data-\d{5}-of-\d{5}); (No such file or directory|Is a directory)",
+                     text)
+    if gone:
+        what = "missing" if gone.group(2).startswith("No such") else "unreadable (a dir)"
+        return f"{gone.group(1)}: {what} (a data file of {index})"
+    if "Read less bytes than requested" in text:
+        return f"{_data_name(prefix)}: truncated: fewer bytes than {index} describes"
+    if "checksum does not match" in text.lower():
+        shard = re.search(r" shard (\d+) ", text)
+        where = _data_name(prefix, int(shard.group(1)) if shard else None)
+        probed, failed = _checksum_failures(prefix, PROBED_MISMATCH)
+        if probed and failed >= min(2, probed):
+            return (f"{where}: does not match its index {index}: its tensors fail the "
+                    f"checksums the index holds (the index of another checkpoint?)")
+        return (f"{where}: corrupt: a checksum mismatch on read (the bytes are not those "
+                f"{index} describes); copy the checkpoint again")
+    if any(mark in text for mark in _INDEX_DAMAGE):
+        return f"{prefix}.index: corrupt or unreadable, not a checkpoint index ({_reason(err)})"
+    if "Failed to find any matching files" in text or "not a valid checkpoint" in text:
+        return _index_missing(prefix)
+    return None
+
+
+def check_state_file(directory: str) -> None:
+    """The `checkpoint` state file of a dir, when present, must name a
+    complete checkpoint of the dir (by name: a moved dir is fine)."""
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(1 << 20).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    match = re.search(r'^model_checkpoint_path:\s*"([^"]*)"', text, re.MULTILINE)
+    if match is None:
+        raise UserError(f"{path}: corrupt, not a TensorFlow checkpoint state file (no "
+                        f"model_checkpoint_path); restore or delete it")
+    name = os.path.basename(match.group(1))
+    prefix = os.path.join(directory, name)
+    if os.path.isfile(prefix + ".index"):
+        return
+    if data_files(prefix):
+        raise UserError(_index_missing(prefix) + f"; the state file {STATE_FILE} names it")
+    latest = latest_checkpoint(directory)
+    other = f"; the latest checkpoint here is {os.path.basename(latest)}" if latest else ""
+    raise UserError(f"{path}: names {name}, which is missing (no {name}.index){other}; "
+                    f"restore that checkpoint or correct this state file")
+
+
+# ---------------------------------------------------------------------------
+# Atomic outputs: one writer (a lock), a temporary sibling, a rename
 #
 # A stage writes its output dir (or file) <name> under the temporary sibling
-# .<name>.tmp-XXXXXXXX and renames it into place when it is complete. The
-# temporary name is claimed by the lock file .<name>.tmp-XXXXXXXX.lock, which
-# the writer holds (flock) while it works: the kernel drops the lock when the
-# writer dies, even by kill -9. So the next run for the same <name> can tell
-# the leftovers of a dead writer (lock free: removed) from the work of a live
-# one (lock held: left alone).
+# .<name>.tmp-XXXXXXXX and renames it into place when it is complete. While it
+# works it holds the lock of <name> (training.locks: the file .<name>.lock
+# beside it, flocked, holding the writer's pid), so a second writer of the
+# same <name> is refused in one line naming the first one's pid, and every
+# temporary sibling that the lock holder finds was left by a writer that died
+# (even by kill -9): it is removed. Interrupted (SIGINT, SIGTERM), a writer
+# removes its temporary output and says that nothing was written.
 
 TEMP_MARK = ".tmp-"
-LOCK_SUFFIX = ".lock"
 OLD_SUFFIX = ".old"
+_BUSY_ADVICE = "wait for it to finish or choose another output"
 
 # errno values that mean "the output could not be written".
 _WRITE_ERRNOS = {getattr(errno, name) for name in
@@ -153,64 +388,43 @@ def _remove_path(path: str) -> None:
             pass
 
 
-def clean_stale_temps(target: str) -> List[str]:
-    """Removes the temporary siblings of `target` left by writers that died
-    (their lock is free); returns the removed paths. Work of a live writer
-    (lock held) is left alone."""
+def _remove_leftovers(target: str) -> List[str]:
+    """Removes every temporary sibling of `target`; returns their paths. Call
+    it holding target's lock: then they are the leftovers of dead writers."""
     prefix = temp_prefix(target)
     parent, base = os.path.dirname(prefix), os.path.basename(prefix)
     removed = []
-    if not os.path.isdir(parent):
-        return removed
-    for name in sorted(os.listdir(parent)):
-        if not (name.startswith(base) and name.endswith(LOCK_SUFFIX)):
-            continue
-        lock_path = os.path.join(parent, name)
-        try:
-            fd = os.open(lock_path, os.O_RDWR)
-        except OSError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live writer holds it
-            temp = lock_path[:-len(LOCK_SUFFIX)]
-            for path in (temp, temp + OLD_SUFFIX):
-                if os.path.lexists(path):
-                    _remove_path(path)
-                    removed.append(path)
-            os.remove(lock_path)
-        finally:
-            os.close(fd)
+    for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+        if name.startswith(base):
+            _remove_path(os.path.join(parent, name))
+            removed.append(os.path.join(parent, name))
     return removed
 
 
-def _claim_temp(target: str) -> Tuple[int, str]:
-    """(locked fd, temporary path) for a new output of `target` (the path
-    itself is not created). Close the fd with _release_temp."""
-    prefix = temp_prefix(target)
-    os.makedirs(os.path.dirname(prefix), exist_ok=True)
-    while True:
-        fd, lock_path = tempfile.mkstemp(prefix=os.path.basename(prefix), suffix=LOCK_SUFFIX,
-                                         dir=os.path.dirname(prefix))
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        # A cleaner may have taken the fresh lock file for a stale one and
-        # removed it before we locked it: then claim another name.
-        try:
-            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
-                return fd, lock_path[:-len(LOCK_SUFFIX)]
-        except FileNotFoundError:
-            pass
-        os.close(fd)
+@contextmanager
+def _claimed(target: str, shown: str, exists_error: str, wait: bool) -> Iterator[str]:
+    """Holds the lock of `target` for the block (another live writer: refused
+    in one line, or waited for with wait=True), refuses an existing target
+    with exists_error (unless empty), removes dead writers' leftovers and
+    yields a fresh temporary sibling path (not created)."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with locks.held(locks.lock_file_for(target), shown, _BUSY_ADVICE, wait):
+        if exists_error and os.path.exists(target):
+            raise UserError(exists_error)
+        _remove_leftovers(target)
+        yield temp_prefix(target) + secrets.token_hex(4)
 
 
-def _release_temp(fd: int, temp: str) -> None:
-    try:
-        os.remove(temp + LOCK_SUFFIX)
-    except FileNotFoundError:
-        pass
-    os.close(fd)
+def _discard(temp: str, err: BaseException, shown: str, failure: str) -> None:
+    """After `err` inside an atomic output: removes `temp` (a second signal
+    waits), notes an interrupt, turns a write failure into a UserError."""
+    with errors.interrupts_deferred():
+        _remove_path(temp)
+    if isinstance(err, errors.Interrupted):
+        err.noted(f"nothing was written to {shown}")
+    reason = write_failure(err, temp)
+    if reason is not None:
+        raise UserError(failure.format(reason=reason)) from None
 
 
 def write_failure(err: BaseException, temp: str) -> Optional[str]:
@@ -235,69 +449,71 @@ def write_failure(err: BaseException, temp: str) -> Optional[str]:
     return None
 
 
+def _replace_dir(tmp_dir: str, target: str) -> None:
+    if os.path.exists(target):
+        old = tmp_dir + OLD_SUFFIX
+        os.rename(target, old)
+        os.rename(tmp_dir, target)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp_dir, target)
+
+
 @contextmanager
 def atomic_directory(target: str, overwrite: bool = False) -> Iterator[str]:
     """Yields a temporary sibling dir; renames it to `target` on success.
 
     An existing `target` is an error unless overwrite is set; then it is
-    replaced only after the new content is complete. On failure the
-    temporary dir is removed and `target` is untouched; a failure to write
-    (full disk, file size limit, ...) becomes a UserError naming `target`.
-    Leftovers of an earlier writer of `target` that died are removed first.
+    replaced only after the new content is complete. A second writer of
+    `target` is refused while this one works (the Atomic outputs comment).
+    On failure or interrupt the temporary dir is removed and `target` is
+    untouched; a failure to write (full disk, file size limit, ...) becomes a
+    UserError naming `target`. Leftovers of writers that died are removed.
     """
     target = os.path.abspath(target)
-    if os.path.exists(target) and not overwrite:
-        raise UserError(f"{target}: output dir exists; choose another or pass --overwrite")
-    clean_stale_temps(target)
-    fd, tmp_dir = _claim_temp(target)
-    try:
-        os.mkdir(tmp_dir, 0o777)  # mode & ~umask, like any new dir
-        yield tmp_dir
-        if os.path.exists(target):
-            old = tmp_dir + OLD_SUFFIX
-            os.rename(target, old)
-            os.rename(tmp_dir, target)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp_dir, target)
-    except BaseException as err:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        reason = write_failure(err, tmp_dir)
-        if reason is not None:
-            raise UserError(f"{target}: cannot write the output ({reason}); nothing was "
-                            f"written") from None
-        raise
-    finally:
-        _release_temp(fd, tmp_dir)
+    exists = "" if overwrite else f"{target}: output dir exists; choose another or pass " \
+                                  f"--overwrite"
+    with _claimed(target, target, exists, wait=False) as tmp_dir:
+        committed = False
+        try:
+            os.mkdir(tmp_dir, 0o777)  # mode & ~umask, like any new dir
+            yield tmp_dir
+            with errors.interrupts_deferred():   # (the swap is not cut in two)
+                _replace_dir(tmp_dir, target)
+                committed = True
+        except BaseException as err:
+            if not committed:
+                _discard(tmp_dir, err, target,
+                         f"{target}: cannot write the output ({{reason}}); nothing was written")
+            raise
 
 
 @contextmanager
-def atomic_file(target: str, overwrite: bool = False, flag: str = "") -> Iterator[str]:
+def atomic_file(target: str, overwrite: bool = False, flag: str = "",
+                wait: bool = False) -> Iterator[str]:
     """Yields a temporary sibling path to write; renames it to `target` when
     the block ends without an error (an existing `target` is an error unless
-    overwrite). On failure the temporary file is removed and `target` is
-    untouched; a failure to write becomes a UserError naming `target` (as
-    `--<flag>=<target>` when flag is given). Leftovers of an earlier writer
-    of `target` that died are removed first."""
+    overwrite). A second writer of `target` is refused while this one works
+    (wait=True: waits for it; for short writes). On failure or interrupt the
+    temporary file is removed and `target` is untouched; a failure to write
+    becomes a UserError naming `target` (as `--<flag>=<target>` when flag is
+    given). Leftovers of writers that died are removed first."""
     shown = f"--{flag}={target}" if flag else os.path.abspath(target)
     target = os.path.abspath(target)
-    if os.path.exists(target) and not overwrite:
-        raise UserError(f"{shown}: exists; choose another or pass --overwrite")
-    if os.path.isdir(target):
-        raise UserError(f"{shown}: is a dir")
-    clean_stale_temps(target)
-    fd, tmp_path = _claim_temp(target)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    except BaseException as err:
-        _remove_path(tmp_path)
-        reason = write_failure(err, tmp_path)
-        if reason is not None:
-            raise UserError(f"{shown}: cannot write ({reason}); nothing was written") from None
-        raise
-    finally:
-        _release_temp(fd, tmp_path)
+    exists = "" if overwrite else f"{shown}: exists; choose another or pass --overwrite"
+    with _claimed(target, shown, exists, wait) as tmp_path:
+        if os.path.isdir(target):
+            raise UserError(f"{shown}: is a dir")
+        committed = False
+        try:
+            yield tmp_path
+            os.replace(tmp_path, target)
+            committed = True
+        except BaseException as err:
+            if not committed:
+                _discard(tmp_path, err, shown,
+                         f"{shown}: cannot write ({{reason}}); nothing was written")
+            raise
 
 
 # ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Evaluates checkpoints: python -m training.eval --train_dir=... --eval_data_pattern=...
 
-Prints and writes Hit@1, PERR, mAP, GAP@20 and the loss (eval_results.json
+Prints and writes Hit@1, PERR, mAP, GAP@20 and the loss (eval_results.json,
+which keeps every evaluation keyed by what it measured: training.eval_results;
 and TensorBoard events under <train_dir>/eval). Evaluates the latest
 checkpoint (or --checkpoint_file) once with --run_once, otherwise keeps
 watching the train dir and evaluates each new checkpoint. Train, SWA and
@@ -17,24 +18,36 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from absl import flags
 
 from models.tf_compat import tf
 from training import bn_statistics as bn_stats
-from training import checkpoints, metrics, precision, predict, readers
+from training import (
+    checkpoints,
+    eval_results,
+    locks,
+    members,
+    metrics,
+    precision,
+    predict,
+    readers,
+)
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 
 FLAGS = flags.FLAGS
+
+# The lock of an evaluation's results in a dir (training.locks; not the trainer's).
+EVAL_LOCK = ".eval.lock"
 
 
 def define_flags() -> None:
     shared_flags.define_shared_flags({
         "train_dir": "", "eval_data_pattern": "", "checkpoint_file": "", "batch_size": 256,
         "top_k": 20, "num_readers": 4, "frame_sampling": None, "seed": 2018,
-        "skip_corrupt_records": False, "bf16_compute": "",
+        "skip_corrupt_records": False, "bf16_compute": "", "compression": "auto",
         "train_data_pattern": ("", "(for --bn_statistics=recompute)"),
         "recompute_batches": bn_stats.DEFAULT_RECOMPUTE_BATCHES})
     shared_flags.define(flags.DEFINE_bool, "run_once", False,
@@ -54,7 +67,8 @@ def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
                         num_readers: int = 4, log: Optional[Callable[[str], None]] = None,
                         skip_corrupt: bool = False,
                         bf16_compute: Optional[str] = None,
-                        recompute: Optional[bn_stats.Recompute] = None) -> Dict[str, float]:
+                        recompute: Optional[bn_stats.Recompute] = None,
+                        compression: str = "auto") -> Dict[str, float]:
     """Metrics of one checkpoint of a model dir (training.predict does the work;
     a bfloat16 checkpoint computes in the --bf16_compute mode, None: the default).
     recompute: evaluate it with BN statistics recomputed so (the checkpoint
@@ -64,26 +78,28 @@ def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
                                             log) as recomputed:
             return evaluate_checkpoint(model_dir, recomputed, data_pattern, batch_size, top_k,
                                        frame_sampling, seed, num_readers, log, skip_corrupt,
-                                       bf16_compute)
+                                       bf16_compute, compression=compression)
     model = predict.open_model(model_dir, frame_sampling, seed, bf16_compute,
                                checkpoint=checkpoint_path)
     try:
         return predict.evaluate_model(model, data_pattern, batch_size, top_k, num_readers, log,
-                                      skip_corrupt=skip_corrupt)
+                                      skip_corrupt=skip_corrupt, compression=compression)
     finally:
         model.close()
 
 
 def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, float],
-                  recompute: Optional[bn_stats.Recompute] = None) -> None:
-    """eval_results.json (with the BN statistics mode behind the numbers) and
-    the TensorBoard events under <train_dir>/eval."""
+                  recompute: Optional[bn_stats.Recompute] = None, data_pattern: str = "",
+                  settings: Optional[Dict[str, Any]] = None) -> None:
+    """Adds the evaluation to eval_results.json (training.eval_results: keyed by
+    the checkpoint, data_pattern, the BN statistics mode and settings:
+    frame_sampling, seed, top_k, bf16_compute) and writes the TensorBoard
+    events under <train_dir>/eval."""
     step = checkpoints.checkpoint_step(checkpoint_path) or 0
-    payload = {"checkpoint": checkpoint_path, "global_step": step,
-               "bn_statistics": "moving" if recompute is None else "recompute",
-               "recompute_batches": None if recompute is None else recompute.num_batches,
-               **{key: float(value) for key, value in result.items()}}
-    checkpoints.write_json(os.path.join(train_dir, "eval_results.json"), payload)
+    num_files = len(readers.resolve_files(data_pattern, "eval_data_pattern"))
+    eval_results.record(train_dir, checkpoint_path, result, data_pattern, num_files, {
+        **(settings or {}), "bn_statistics": "moving" if recompute is None else "recompute",
+        "recompute_batches": None if recompute is None else recompute.num_batches})
     writer = tf.summary.FileWriter(os.path.join(train_dir, "eval"))
     summary = tf.Summary(value=[tf.Summary.Value(tag=f"eval/{key}", simple_value=float(value))
                                 for key, value in result.items()])
@@ -94,6 +110,11 @@ def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, float]
 def _checkpoint_to_evaluate() -> Optional[str]:
     if FLAGS.checkpoint_file:
         return checkpoints.find_checkpoint(FLAGS.checkpoint_file)
+    if FLAGS.run_once:
+        return checkpoints.checkpoint_in_dir(FLAGS.train_dir)
+    # (Watching a live train dir: data files without their index yet are a save
+    # in progress.)
+    checkpoints.check_state_file(FLAGS.train_dir)
     return checkpoints.latest_checkpoint(FLAGS.train_dir)
 
 
@@ -102,9 +123,10 @@ def _recompute_settings() -> Optional[bn_stats.Recompute]:
     if bn_stats.check_eval_mode(FLAGS.bn_statistics) == "moving":
         return None
     bn_stats.check_recompute_flags(FLAGS.train_data_pattern, FLAGS.recompute_batches,
-                                   FLAGS.batch_size)
+                                   FLAGS.batch_size, checkpoints.read_model_flags(FLAGS.train_dir),
+                                   FLAGS.compression)
     return bn_stats.Recompute(FLAGS.train_data_pattern, FLAGS.recompute_batches,
-                              FLAGS.batch_size, FLAGS.seed, FLAGS.num_readers)
+                              FLAGS.batch_size, FLAGS.seed, FLAGS.num_readers, FLAGS.compression)
 
 
 def _evaluate(path: str, recompute: Optional[bn_stats.Recompute]) -> None:
@@ -121,19 +143,34 @@ def _evaluate(path: str, recompute: Optional[bn_stats.Recompute]) -> None:
         FLAGS.train_dir, path, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.top_k,
         FLAGS.frame_sampling, FLAGS.seed, FLAGS.num_readers, log=log,
         skip_corrupt=FLAGS.skip_corrupt_records, bf16_compute=FLAGS.bf16_compute or None,
-        recompute=recompute)
+        recompute=recompute, compression=FLAGS.compression)
     label = os.path.basename(path) + ("" if recompute is None else " (BN statistics recomputed)")
     log(metrics.format_summary(result, label))
-    write_results(FLAGS.train_dir, path, result, recompute)
+    write_results(FLAGS.train_dir, path, result, recompute, FLAGS.eval_data_pattern,
+                  {"frame_sampling": FLAGS.frame_sampling, "seed": FLAGS.seed,
+                   "top_k": FLAGS.top_k, "bf16_compute": FLAGS.bf16_compute or None})
 
 
 def main(argv) -> None:
     del argv
     shared_flags.require(train_dir=FLAGS.train_dir, eval_data_pattern=FLAGS.eval_data_pattern)
     checkpoints.read_model_flags(FLAGS.train_dir)
-    readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
+    files = readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
+    members.check_dir_records(FLAGS.train_dir, files, "eval_data_pattern", "evaluation",
+                              FLAGS.compression)
     precision.check_bf16_compute(FLAGS.bf16_compute or None)
+    eval_results.read_evaluations(FLAGS.train_dir)     # a damaged one: before the work
     recompute = _recompute_settings()
+    # One evaluator per dir (a trainer writing the dir meanwhile is fine).
+    with locks.held(os.path.join(FLAGS.train_dir, EVAL_LOCK),
+                    f"--train_dir={FLAGS.train_dir} (its evaluation results)",
+                    "wait for that evaluation to finish"):
+        _evaluate_until_done(recompute)
+
+
+def _evaluate_until_done(recompute: Optional[bn_stats.Recompute]) -> None:
+    """Evaluates the latest checkpoint once (--run_once, --checkpoint_file) or
+    each new one, watching --train_dir."""
     evaluated = set()
     while True:
         path = _checkpoint_to_evaluate()

@@ -277,7 +277,8 @@ def restore_members(sess: tf.Session, members: Sequence[Member],
         try:
             saver.restore(sess, member.checkpoint)
         except tf.errors.OpError as err:
-            raise UserError(f"{member.model_dir}: cannot restore {member.checkpoint} "
-                            f"({first_line(err)})") from None
+            raise UserError(checkpoints.read_failure(err, member.checkpoint)
+                            or f"{member.model_dir}: cannot restore {member.checkpoint} "
+                               f"({first_line(err)})") from None
         if log:
             log(f"restored {member.checkpoint}")

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from training import checkpoints, compat, model_builder, precision
+from training import checkpoints, compat, model_builder, precision, readers
 from training.errors import UserError
 from training.flags import comma_list
 
@@ -65,6 +65,18 @@ def read_member_flags(model_dir: str) -> Dict[str, Any]:
             raise UserError(f"{os.path.join(model_dir, checkpoints.MODEL_FLAGS_FILE)}: "
                             f"has no {key!r} key")
     return model_flags
+
+
+def check_dir_records(model_dir: str, files: Sequence[str], flag_name: str,
+                      labels_needed_by: str = "", compression: str = "auto") -> None:
+    """readers.check_records with the reader of model_dir's model_flags.json,
+    before the model is loaded (nothing when the dir has no model_flags.json:
+    loading the model reports that)."""
+    if not model_dir or not os.path.isfile(os.path.join(model_dir, checkpoints.MODEL_FLAGS_FILE)):
+        return
+    reader = model_builder.make_reader(read_member_flags(model_dir))
+    readers.check_records(files, flag_name, reader, labels_needed_by, compression,
+                          reader_of=f"the model of {model_dir}")
 
 
 def load_member(model_dir: str, checkpoint: Optional[str] = None) -> Member:
@@ -130,28 +142,47 @@ def write_weights_file(path: str, members: Sequence[str], weights: Sequence[floa
     checkpoints.write_json(path, payload)
 
 
-def read_weights_file(path: str) -> Dict[str, List]:
-    """-> {"members": [absolute dirs], "weights": [floats]} (not normalised)."""
+def _weights_payload(path: str) -> Tuple[List[Any], List[Any]]:
+    """(members, weights) of a weights file, as lists of one length."""
+    what = f"--weights_file={path}"
+    if os.path.isdir(path):
+        raise UserError(f"{what}: is a dir, not a weights file")
     if not os.path.isfile(path):
-        raise UserError(f"--weights_file={path}: no such file")
-    payload = checkpoints.load_json(path, f"--weights_file={path}")
+        raise UserError(f"{what}: no such file")
+    payload = checkpoints.load_json(path, what)
     if not isinstance(payload, dict) or not isinstance(payload.get("members"), list) \
             or not isinstance(payload.get("weights"), list):
-        raise UserError(f"--weights_file={path}: expected an object with the lists "
-                        f"\"members\" and \"weights\"")
+        raise UserError(f"{what}: expected an object with the lists \"members\" and "
+                        f"\"weights\", found {checkpoints.json_kind(payload)}"
+                        + (" without them" if isinstance(payload, dict) else ""))
     members, weights = payload["members"], payload["weights"]
     if len(members) != len(weights):
-        raise UserError(f"--weights_file={path}: {len(members)} members but "
-                        f"{len(weights)} weights")
+        raise UserError(f"{what}: {len(members)} members but {len(weights)} weights")
+    if not members:
+        raise UserError(f"{what}: holds no members")
+    return members, weights
+
+
+def read_weights_file(path: str) -> Dict[str, List]:
+    """-> {"members": [absolute dirs], "weights": [floats]} (not normalised),
+    checked: one finite weight >= 0 per member, not all 0, no member twice."""
+    members, weights = _weights_payload(path)
+    what = f"--weights_file={path}"
     base = os.path.dirname(os.path.abspath(path))
-    resolved = []
-    for member in members:
+    resolved: List[str] = []
+    for member, weight in zip(members, weights):
         if not isinstance(member, str) or not member:
-            raise UserError(f"--weights_file={path}: member {member!r} is not a dir path")
+            raise UserError(f"{what}: member {member!r} is not a dir path")
         resolved.append(os.path.normpath(os.path.join(base, member)))
-    for weight in weights:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise UserError(f"--weights_file={path}: weight {weight!r} is not a number")
+            raise UserError(f"{what}: weight {weight!r} is not a number")
+        if not math.isfinite(weight) or weight < 0:
+            raise UserError(f"{what}: weights must be finite and >= 0, got {weight} "
+                            f"(member {member})")
+        if os.path.realpath(resolved[-1]) in {os.path.realpath(m) for m in resolved[:-1]}:
+            raise UserError(f"{what}: member {member} is listed twice")
+    if sum(float(w) for w in weights) <= 0:
+        raise UserError(f"{what}: the weights sum to 0")
     return {"members": resolved, "weights": [float(w) for w in weights]}
 
 

@@ -92,8 +92,10 @@ def session_config(num_threads: int = 0):
 def _open_exported(model_dir: str, model_flags: Dict[str, Any],
                    num_threads: int = 0) -> LoadedModel:
     prefix = os.path.join(model_dir, INFERENCE_MODEL)
+    checkpoints.check_state_file(model_dir)
     if not os.path.isfile(prefix + ".index"):
         raise UserError(f"{prefix}.index: missing (the meta graph has no checkpoint)")
+    checkpoints.verify_checkpoint(prefix)
     graph = tf.Graph()
     with graph.as_default():
         try:
@@ -112,7 +114,8 @@ def _open_exported(model_dir: str, model_flags: Dict[str, Any],
         session.run(local_init)
     except tf.errors.OpError as err:
         session.close()
-        raise UserError(f"{prefix}: cannot restore ({first_line(err)})") from None
+        raise UserError(checkpoints.read_failure(err, prefix)
+                        or f"{prefix}: cannot restore ({first_line(err)})") from None
     return LoadedModel(model_dir, "ensemble", model_flags, graph, session, *tensors)
 
 
@@ -148,7 +151,7 @@ def open_model(model_dir: str, frame_sampling: Optional[str] = None, seed: int =
                 raise UserError(f"--{flag}: applies to a single model dir; {model_dir} was "
                                 f"fixed by ensemble.build (rebuild it with --{flag})")
         return _open_exported(model_dir, model_flags, num_threads)
-    if checkpoint is None and checkpoints.latest_checkpoint(model_dir) is None:
+    if checkpoint is None and checkpoints.checkpoint_in_dir(model_dir) is None:
         raise UserError(f"--train_dir={model_dir}: neither {INFERENCE_MODEL}.meta nor a "
                         f"{checkpoints.CHECKPOINT_PREFIX}-<step> checkpoint")
     member = load_member(model_dir, checkpoint)
@@ -188,8 +191,8 @@ def predict_batch(model: LoadedModel, features: np.ndarray, num_frames: np.ndarr
                         f"({first_line(err)})") from None
 
 
-def _run_batches(model: LoadedModel, next_batch, flag_name: str, files_text: str
-                 ) -> Iterator[Dict[str, np.ndarray]]:
+def _run_batches(model: LoadedModel, next_batch, flag_name: str, files_text: str,
+                 compression: str = "auto") -> Iterator[Dict[str, np.ndarray]]:
     """Runs next_batch until the data ends; data errors become UserErrors."""
     while True:
         try:
@@ -197,37 +200,43 @@ def _run_batches(model: LoadedModel, next_batch, flag_name: str, files_text: str
         except tf.errors.OutOfRangeError:
             return
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            raise UserError(f"--{flag_name}: {readers.describe_data_error(err, files_text)}"
+            raise UserError(f"--{flag_name}: "
+                            f"{readers.describe_data_error(err, files_text, compression)}"
                             ) from None
 
 
 def _dataset_batches(model: LoadedModel, data_pattern: str, batch_size: int, reader,
-                     num_readers: int, flag_name: str, skip_corrupt: bool
-                     ) -> Iterator[Dict[str, np.ndarray]]:
+                     num_readers: int, flag_name: str, skip_corrupt: bool,
+                     compression: str = "auto") -> Iterator[Dict[str, np.ndarray]]:
     """The parsed batches of data_pattern, read in the model's graph."""
     with model.graph.as_default():
         dataset = readers.make_dataset(reader, data_pattern, batch_size, training=False,
                                        num_epochs=1, num_parallel_reads=num_readers,
-                                       flag_name=flag_name, skip_corrupt=skip_corrupt)
+                                       flag_name=flag_name, skip_corrupt=skip_corrupt,
+                                       compression=compression)
         next_batch = tf.data.make_one_shot_iterator(dataset).get_next()
-    return _run_batches(model, next_batch, flag_name, data_pattern)
+    return _run_batches(model, next_batch, flag_name, data_pattern, compression)
 
 
 def _file_batches(model: LoadedModel, files: Sequence[str], batch_size: int, reader,
-                  flag_name: str, skip_corrupt: bool) -> Iterator[Dict[str, np.ndarray]]:
+                  flag_name: str, skip_corrupt: bool, compression: str = "auto"
+                  ) -> Iterator[Dict[str, np.ndarray]]:
     """The parsed batches of `files`, one file after the other (each file
     batched from its start), through one input pipeline per model and batch
-    size that is fed the file names (the graph does not grow per file)."""
+    size that is fed the file names and their compressions (the graph does
+    not grow per file)."""
     key = (batch_size, skip_corrupt, type(reader).__name__)
     if key not in model.pipelines:
         with model.graph.as_default():
             names = tf.placeholder(tf.string, [None], name="input_files")
-            dataset = readers.make_file_dataset(reader, names, batch_size, skip_corrupt)
+            kinds = tf.placeholder(tf.string, [None], name="input_compressions")
+            dataset = readers.make_file_dataset(reader, names, batch_size, skip_corrupt, kinds)
             iterator = tf.data.make_initializable_iterator(dataset)
-            model.pipelines[key] = (names, iterator.initializer, iterator.get_next())
-    names, initializer, next_batch = model.pipelines[key]
-    model.session.run(initializer, {names: list(files)})
-    return _run_batches(model, next_batch, flag_name, ",".join(files))
+            model.pipelines[key] = (names, kinds, iterator.initializer, iterator.get_next())
+    names, kinds, initializer, next_batch = model.pipelines[key]
+    model.session.run(initializer, {names: list(files),
+                                    kinds: readers.file_compressions(files, compression)})
+    return _run_batches(model, next_batch, flag_name, ",".join(files), compression)
 
 
 def _trimmed(batch: Dict[str, np.ndarray], take: int) -> Dict[str, np.ndarray]:
@@ -238,8 +247,8 @@ def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
                         num_readers: int = 1, flag_name: str = "input_data_pattern",
                         fetches: Optional[Fetches] = None, skip_corrupt: bool = False,
                         max_videos: int = 0, reader=None, log: Log = None,
-                        verb: str = "predicted", files: Optional[Sequence[str]] = None
-                        ) -> Iterator[Batch]:
+                        verb: str = "predicted", files: Optional[Sequence[str]] = None,
+                        compression: str = "auto") -> Iterator[Batch]:
     """Yields a Batch per batch of data_pattern (records in file order).
 
     reader: default the model's own (model_flags.json). fetches: extra tensors
@@ -247,15 +256,17 @@ def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
     (0: all). files: read these files one by one instead of data_pattern
     (_file_batches). A corrupt or truncated file is a UserError naming it,
     unless skip_corrupt. log: a progress line every 10 s and one at the end.
+    compression: --compression (readers.file_compressions).
     """
     reader = reader or model_builder.make_reader(model.model_flags)
     fetches = dict(fetches or {})
     progress = Progress("videos", total=max_videos or None, log=log)
     count = 0
-    batches = (_file_batches(model, files, batch_size, reader, flag_name, skip_corrupt)
+    batches = (_file_batches(model, files, batch_size, reader, flag_name, skip_corrupt,
+                             compression)
                if files is not None else
                _dataset_batches(model, data_pattern, batch_size, reader, num_readers, flag_name,
-                                skip_corrupt))
+                                skip_corrupt, compression))
     for inputs in batches:
         if max_videos:
             inputs = _trimmed(inputs, max_videos - count)
@@ -278,7 +289,7 @@ def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
 def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
                    top_k: int = 20, num_readers: int = 1, log: Log = None,
                    flag_name: str = "eval_data_pattern",
-                   skip_corrupt: bool = False) -> Dict[str, float]:
+                   skip_corrupt: bool = False, compression: str = "auto") -> Dict[str, float]:
     """Hit@1, PERR, mAP, GAP@top_k and the loss (the label_loss of
     model_flags.json on the predictions) over labelled data."""
     with model.graph.as_default():
@@ -288,7 +299,8 @@ def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
     accumulator = metrics.EvaluationMetrics(model.num_classes, top_k)
     fetches = {"loss": (loss, lambda batch: {labels_in: batch["labels"]})}
     for batch in iterate_predictions(model, data_pattern, batch_size, num_readers, flag_name,
-                                     fetches, skip_corrupt, log=log, verb="evaluated"):
+                                     fetches, skip_corrupt, log=log, verb="evaluated",
+                                     compression=compression):
         accumulator.accumulate(batch.predictions, batch.labels, float(batch.extras["loss"]))
     result = accumulator.get()
     if result["num_examples"] == 0:
@@ -297,10 +309,11 @@ def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
 
 
 def evaluate_model_dir(model_dir: str, data_pattern: str, batch_size: int = 64,
-                       top_k: int = 20, num_readers: int = 1, log: Log = None
-                       ) -> Dict[str, float]:
+                       top_k: int = 20, num_readers: int = 1, log: Log = None,
+                       compression: str = "auto") -> Dict[str, float]:
     model = open_model(model_dir)
     try:
-        return evaluate_model(model, data_pattern, batch_size, top_k, num_readers, log)
+        return evaluate_model(model, data_pattern, batch_size, top_k, num_readers, log,
+                              compression=compression)
     finally:
         model.close()

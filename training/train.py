@@ -7,7 +7,9 @@ per-variable gradient clipping, batch-norm updates on every step, optional
 bfloat16 weight products (--matmul_dtype). Saver checkpoints every
 --save_checkpoint_steps and at the end, TensorBoard summaries and a progress
 line. Rerunning the same command resumes from the latest checkpoint
-(training.train_dir); under TF_CONFIG it runs as one task of a cluster
+(training.train_dir), also after SIGINT or SIGTERM, which save the current
+step's checkpoint first; a second trainer of a train dir is refused (its
+lock). Under TF_CONFIG it runs as one task of a cluster
 (training.distributed). A preset's schedule (models.presets) fills every
 schedule flag left unset; --size=tiny|test shrinks the model and the run.
 """
@@ -22,10 +24,26 @@ from absl import flags
 
 from models import presets
 from models.tf_compat import tf
-from training import checkpoints, distributed, losses, metrics, model_builder, readers, train_graph
+from training import (
+    checkpoints,
+    distributed,
+    losses,
+    metrics,
+    model_builder,
+    paths,
+    readers,
+    train_graph,
+)
 from training import flags as shared_flags
 from training import train_dir as train_dirs
-from training.errors import UserError, first_line, run_main
+from training.errors import (
+    Interrupted,
+    UserError,
+    first_line,
+    interrupt_pending,
+    interrupts_deferred,
+    run_main,
+)
 from training.progress import Progress
 
 FLAGS = flags.FLAGS
@@ -34,7 +52,8 @@ SCHEDULE_KEYS = tuple(field.name for field in dataclasses.fields(presets.Schedul
 CONFIG_KEYS = SCHEDULE_KEYS + (
     "regularization_penalty", "clip_gradient_norm", "num_epochs", "max_to_keep",
     "keep_checkpoint_every_n_hours", "num_gpu", "cpu_towers", "num_readers",
-    "shuffle_buffer", "seed", "summary_steps", "skip_corrupt_records", "matmul_dtype")
+    "shuffle_buffer", "seed", "summary_steps", "skip_corrupt_records", "matmul_dtype",
+    "compression")
 
 
 def _define_schedule_flags() -> None:
@@ -62,9 +81,9 @@ def _define_schedule_flags() -> None:
 def define_flags() -> None:
     """Training flags (the original's names)."""
     shared_flags.define_shared_flags({
-        "train_dir": ("/tmp/yt8m_model/", "Where checkpoints and logs go."),
+        "train_dir": ("/tmp/yt8m_model/", "Where checkpoints and logs go.", paths.OUT_DIR),
         "train_data_pattern": "", "num_classes": 3862, "num_readers": 8, "seed": 2018,
-        "skip_corrupt_records": False})
+        "skip_corrupt_records": False, "compression": "auto"})
     _define_schedule_flags()
     define = shared_flags.define
     define(flags.DEFINE_string, "model", "FrameMeanMoeModel", "Model preset or class name.")
@@ -121,13 +140,16 @@ def _build(model_flags, data_pattern: str, config: Dict[str, Any], devices, labe
 def _restore_or_init(sess, saver, init, train_dir: str, warm_start, log) -> Optional[str]:
     """Resumes from the latest checkpoint of train_dir (returned), or
     initialises (and warm-starts) a fresh run (None)."""
+    checkpoints.check_state_file(train_dir)
     latest = checkpoints.latest_checkpoint(train_dir)
     if latest:
+        checkpoints.verify_checkpoint(latest)
         try:
             saver.restore(sess, latest)
         except (tf.errors.OpError, ValueError) as err:
-            raise UserError(f"{latest}: cannot resume from it ({first_line(err)}); is "
-                            f"it a checkpoint of this model?") from None
+            raise UserError(checkpoints.read_failure(err, latest)
+                            or f"{latest}: cannot resume from it ({first_line(err)}); is "
+                               f"it a checkpoint of this model?") from None
         log(f"resumed from {latest}")
         return latest
     sess.run(init)
@@ -169,7 +191,7 @@ def _loop(sess, ops, saver, config, writer, train_dir: str, data_pattern: str, s
     progress = Progress("examples", max_steps, start, units_per_count=examples_per_step)
     step, loss_value = start, float("nan")
     try:
-        while max_steps is None or step < max_steps:
+        while (max_steps is None or step < max_steps) and not interrupt_pending():
             step, loss_value = _train_step(sess, ops, step, config, writer, progress,
                                            train_dir, log)
             if step % config["save_checkpoint_steps"] == 0:
@@ -182,8 +204,9 @@ def _loop(sess, ops, saver, config, writer, train_dir: str, data_pattern: str, s
                             f"train on") from None
         log(f"reached the end of the data ({config['num_epochs']} epochs) at step {step}")
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-        raise UserError(f"--train_data_pattern: "
-                        f"{readers.describe_data_error(err, data_pattern)}") from None
+        described = readers.describe_data_error(err, data_pattern,
+                                                config.get("compression", "auto"))
+        raise UserError(f"--train_data_pattern: {described}") from None
     return step, loss_value, saved
 
 
@@ -193,7 +216,8 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
           log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Runs the training loop; returns {"global_step", "loss"} at the end.
 
-    config: the CONFIG_KEYS (matmul_dtype and skip_corrupt_records optional).
+    config: the CONFIG_KEYS (matmul_dtype, skip_corrupt_records and compression
+    optional).
     label_loss_fn, reader: distillation's loss and reader; warm_start(sess)
     initialises a fresh run's model variables.
     """
@@ -212,14 +236,20 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
         if matmul_dtype == train_graph.BFLOAT16 and not train_graph.native_bfloat16(devices):
             log("note: this CPU has no native bfloat16 matmul (AVX512-BF16 or AMX); "
                 "--matmul_dtype=bfloat16 is emulated and slower than float32 here")
-        step, loss_value, saved = _loop(sess, ops, saver, config, writer, train_dir,
-                                        data_pattern, start, start if latest else None,
-                                        config["batch_size"] * len(devices), log)
-        if readers.skipped_files_summary():
-            log(readers.skipped_files_summary())
-        if saved != step:
-            train_dirs.save_checkpoint(saver, sess, train_dir, step)
-        writer.close()
+        try:
+            # A SIGINT/SIGTERM ends the loop after its step; the checkpoint of
+            # that step is saved (a second signal waits for it), then it is raised.
+            with interrupts_deferred():
+                step, loss_value, saved = _loop(sess, ops, saver, config, writer, train_dir,
+                                                data_pattern, start, start if latest else None,
+                                                config["batch_size"] * len(devices), log)
+                if readers.skipped_files_summary():
+                    log(readers.skipped_files_summary())
+                if saved != step:
+                    train_dirs.save_checkpoint(saver, sess, train_dir, step)
+                writer.close()
+        except Interrupted as interrupt:
+            raise train_dirs.noted_with_checkpoint(interrupt, train_dir) from None
         log(f"done at step {step}, checkpoint {checkpoints.latest_checkpoint(train_dir)}")
     return {"global_step": step, "loss": loss_value}
 
@@ -256,12 +286,20 @@ def model_flags_from_flags() -> Dict[str, Any]:
 
 
 def _run_cluster_task(model_flags, config, cluster_info) -> None:
+    """One task of a TF_CONFIG cluster; the chief holds the train dir's lock."""
+    def run() -> None:
+        distributed.train_distributed(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern,
+                                      config, cluster_info,
+                                      log=lambda line: print(line, flush=True))
+
+    if cluster_info["type"] != "ps" and distributed.is_chief(cluster_info):
+        with train_dirs.removed_on_failed_start(FLAGS.train_dir):
+            train_dirs.prepare_train_dir(FLAGS.train_dir, model_flags, False)
+            run()
+        return
     if cluster_info["type"] != "ps":
         os.makedirs(FLAGS.train_dir, exist_ok=True)
-        if distributed.is_chief(cluster_info):
-            train_dirs.prepare_train_dir(FLAGS.train_dir, model_flags, False)
-    distributed.train_distributed(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config,
-                                  cluster_info, log=lambda line: print(line, flush=True))
+    run()
 
 
 def main(argv) -> None:
@@ -270,7 +308,10 @@ def main(argv) -> None:
     model_flags = model_flags_from_flags()
     losses.get_loss(FLAGS.label_loss)
     config = config_from_flags()
-    readers.resolve_files(FLAGS.train_data_pattern, "train_data_pattern")
+    files = readers.resolve_files(FLAGS.train_data_pattern, "train_data_pattern")
+    readers.check_records(files, "train_data_pattern", model_builder.make_reader(model_flags),
+                          "training", FLAGS.compression,
+                          hint="check --frame_features / --feature_names")
     cluster_info = distributed.cluster_from_env()
     if cluster_info is not None:
         _run_cluster_task(model_flags, config, cluster_info)

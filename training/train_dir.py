@@ -16,7 +16,7 @@ import shutil
 from typing import Any, Dict, Iterator, List
 
 from models.tf_compat import tf
-from training import checkpoints, compat
+from training import checkpoints, compat, errors, locks
 from training.errors import UserError, first_line
 
 TRAINER_FILE_PREFIXES = (checkpoints.CHECKPOINT_PREFIX + "-", "events.out.tfevents.",
@@ -90,6 +90,9 @@ def check_resumable(train_dir: str) -> None:
 def prepare_train_dir(train_dir: str, model_flags: Dict[str, Any], start_new: bool) -> None:
     if start_new:
         remove_trainer_files(train_dir)
+    # (Before the leftovers go: the data of a checkpoint that the state file
+    # names is a damaged checkpoint, not a killed save.)
+    checkpoints.check_state_file(train_dir)
     remove_save_leftovers(train_dir)
     check_resumable(train_dir)
     os.makedirs(train_dir, exist_ok=True)
@@ -105,24 +108,56 @@ def prepare_train_dir(train_dir: str, model_flags: Dict[str, Any], start_new: bo
     checkpoints.write_model_flags(train_dir, model_flags)
 
 
+TRAIN_DIR_LOCK = ".lock"
+
+
+def _make_dir(train_dir: str) -> bool:
+    """Makes train_dir (and its parents); True when this call created it."""
+    if os.path.isdir(train_dir):
+        return False
+    os.makedirs(os.path.dirname(os.path.abspath(train_dir)), exist_ok=True)
+    try:
+        os.mkdir(train_dir)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _remove_added(train_dir: str, before) -> None:
+    """Removes the trainer files that appeared in train_dir since `before`."""
+    for name in set(os.listdir(train_dir)) - before:
+        path = os.path.join(train_dir, name)
+        if name.startswith(TRAINER_FILE_PREFIXES) and os.path.isfile(path):
+            os.remove(path)
+
+
 @contextlib.contextmanager
 def removed_on_failed_start(train_dir: str) -> Iterator[None]:
-    """On a UserError before the first checkpoint, removes what this run added
-    to train_dir (flags, events) and the dir itself when this run created it,
-    so a failed start leaves nothing behind. Checkpoints are never removed."""
-    created = not os.path.exists(train_dir)
-    before = set() if created else set(os.listdir(train_dir))
+    """Holds the train dir's lock for the block: the file <train_dir>/.lock
+    (training.locks), so a second trainer of the same dir is refused at once
+    in one line naming this one's pid (a lock left by a killed trainer does
+    not block). On a UserError or an interrupt before the first checkpoint,
+    removes what this run added to train_dir (flags, events), the lock and the
+    dir itself when this run created it, so a failed start leaves nothing
+    behind. Checkpoints are never removed."""
+    created = _make_dir(train_dir)
     try:
-        yield
-    except UserError:
-        if os.path.isdir(train_dir) and checkpoints.latest_checkpoint(train_dir) is None:
-            for name in set(os.listdir(train_dir)) - before:
-                path = os.path.join(train_dir, name)
-                if name.startswith(TRAINER_FILE_PREFIXES) and os.path.isfile(path):
-                    os.remove(path)
-            if created:
-                with contextlib.suppress(OSError):
-                    os.rmdir(train_dir)
+        with locks.held(os.path.join(train_dir, TRAIN_DIR_LOCK), f"--train_dir={train_dir}",
+                        "wait for it to finish or choose another dir"):
+            before = set(os.listdir(train_dir))
+            try:
+                yield
+            except (UserError, errors.Interrupted) as err:
+                if checkpoints.latest_checkpoint(train_dir) is None:
+                    _remove_added(train_dir, before)
+                    if isinstance(err, errors.Interrupted):
+                        err.noted("before the first checkpoint; nothing was saved",
+                                  replace=False)
+                raise
+    except BaseException:
+        if created:   # (only when empty: a refused start leaves the holder's dir alone)
+            with contextlib.suppress(OSError):
+                os.rmdir(train_dir)
         raise
 
 
@@ -139,3 +174,13 @@ def save_checkpoint(saver, sess, train_dir: str, step: int) -> str:
         raise UserError(f"--train_dir={train_dir}: cannot write checkpoint "
                         f"{checkpoints.CHECKPOINT_PREFIX}-{step} ({reason}); the checkpoints "
                         f"written before are kept") from None
+
+
+def noted_with_checkpoint(interrupt: errors.Interrupted, train_dir: str) -> errors.Interrupted:
+    """The interrupt of a trainer that saved before it stopped, with the
+    checkpoint it saved (the latest) in its line."""
+    latest = checkpoints.latest_checkpoint(train_dir)
+    if latest is None:
+        return interrupt
+    return interrupt.noted(f"saved {latest}; run the same command to resume",
+                           at=f"at step {checkpoints.checkpoint_step(latest)}")
