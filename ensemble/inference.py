@@ -25,18 +25,19 @@ workers only check it; ensemble.merge --label_names writes the TSV.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 from absl import flags
 
 from ensemble import check_submission, export, labels, merge
-from training import checkpoints, members, metrics, predict, readers
+from training import checkpoints, locks, members, metrics, predict, readers
 from training import flags as shared_flags
-from training.errors import UserError, run_main
+from training.errors import Interrupted, UserError, run_main
 from training.progress import Progress
 
 FLAGS = flags.FLAGS
@@ -190,20 +191,27 @@ def write_parts(model: predict.LoadedModel, files: List[str], output_file: str,
     os.makedirs(merge.parts_dir(output_file), exist_ok=True)
     total_bytes = sum(os.path.getsize(path) for path in files) or 1
     progress = Progress("MiB", total=total_bytes, units_per_count=1.0 / 2 ** 20)
-    done_bytes = videos = 0
-    for index, path in enumerate(files, start=1):
-        csv_path, record_path = merge.part_paths(output_file, path)
-        record = merge.read_part_record(record_path)
-        if record is not None and record["run"] == run and os.path.isfile(csv_path):
-            status = "done before"
-        else:
-            videos += _write_part(model, path, output_file, batch_size, top_k, run,
-                                  skip_corrupt)
-            status = "written"
-        done_bytes += os.path.getsize(path)
-        if log:
-            log(progress.line(done_bytes, f"[{index}/{len(files)}] {os.path.basename(path)} "
-                                          f"{status}, {videos} videos"))
+    done_bytes = videos = done = 0
+    try:
+        for index, path in enumerate(files, start=1):
+            csv_path, record_path = merge.part_paths(output_file, path)
+            record = merge.read_part_record(record_path)
+            if record is not None and record["run"] == run and os.path.isfile(csv_path):
+                status = "done before"
+            else:
+                videos += _write_part(model, path, output_file, batch_size, top_k, run,
+                                      skip_corrupt)
+                status = "written"
+            done += 1
+            done_bytes += os.path.getsize(path)
+            if log:
+                log(progress.line(done_bytes, f"[{index}/{len(files)}] "
+                                              f"{os.path.basename(path)} {status}, "
+                                              f"{videos} videos"))
+    except Interrupted as interrupt:
+        raise interrupt.noted(f"{done} of {len(files)} parts of this shard are done in "
+                              f"{merge.parts_dir(output_file)}; run the same command to "
+                              f"continue") from None
     return videos
 
 
@@ -249,6 +257,30 @@ def _check_label_classes(vocabulary: Optional[labels.LabelNames], model_dir: str
     model_flags.json, before the model is loaded; open_model reports a bad dir)."""
     if vocabulary is not None and os.path.isdir(model_dir):
         vocabulary.check_covers(int(members.read_member_flags(model_dir)["num_classes"]))
+
+
+@contextlib.contextmanager
+def _output_lock(output_file: str, num_shards: int, shard_index: int) -> Iterator[None]:
+    """Holds the lock of what this run writes (training.locks), from before
+    the model loads: this shard's parts (<output_file>.parts/.shard-<i>-of-<n>.lock;
+    the workers of other shards write beside it) or the CSV (lent to its
+    atomic_file)."""
+    if not output_file:
+        yield
+    elif num_shards:
+        with locks.held(os.path.join(merge.parts_dir(output_file),
+                                     f".shard-{shard_index}-of-{num_shards}.lock"),
+                        f"--output_file={output_file} --shard_index={shard_index}",
+                        "wait for it to finish or give another --shard_index"):
+            yield
+    else:
+        with locks.held(locks.lock_file_for(output_file), f"--output_file={output_file}",
+                        "wait for it to finish or choose another file", lend=True):
+            try:
+                yield
+            except Interrupted as interrupt:
+                raise interrupt.noted(f"nothing was written to --output_file={output_file}",
+                                      replace=False) from None
 
 
 # ---------------------------------------------------------------------------
@@ -305,10 +337,11 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
         finally:
             model.close()
 
-    if input_model_tgz:
-        with export.extracted_model_tgz(input_model_tgz) as model_dir:
-            return with_dir(model_dir)
-    return with_dir(train_dir)
+    with _output_lock(output_file, num_shards, shard_index):
+        if input_model_tgz:
+            with export.extracted_model_tgz(input_model_tgz) as model_dir:
+                return with_dir(model_dir)
+        return with_dir(train_dir)
 
 
 def main(argv) -> None:

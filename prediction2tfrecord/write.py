@@ -12,28 +12,30 @@ elsewhere; a video missing from the CSV is an error, or left out and counted
 with ``--skip_missing``) or ``--teacher_dir`` (an ensemble or model dir whose
 full prediction vectors are computed directly by training.predict).
 
-Each output shard is written under a temporary name and renamed into place;
-existing shards are skipped, so a rerun continues where it stopped.
+Each output shard is written under a temporary name and renamed into place
+(training.checkpoints.atomic_file: one writer per shard, a second one is
+refused); existing shards are skipped, so a rerun continues where it stopped.
 ``--num_shard_groups`` / ``--shard_index`` (or the original's ``--bstart`` /
 ``--bend``) split the sorted input files between parallel runs.
 """
 from __future__ import annotations
 
 import array
+import contextlib
 import csv
 import math
 import os
 import socket
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
+from training import checkpoints, locks, model_builder, predict, readers
 from training import flags as shared_flags
-from training import model_builder, predict, readers
-from training.errors import UserError, first_line, run_main
+from training.errors import Interrupted, UserError, first_line, run_main
 from training.progress import Progress
 
 FLAGS = flags.FLAGS
@@ -305,7 +307,8 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_temporaries(output_path: str, log: Optional[Log] = None) -> None:
     """Removes this shard's temporary files left by a killed run on this host
-    (`.<name>.tmp-<host>-<pid>` whose process is gone); others are kept."""
+    (`.<name>.tmp-<host>-<pid>` whose process is gone); others are kept.
+    (Non-local output dirs only: a local one has the lock of atomic_file.)"""
     directory, name = os.path.split(output_path)
     prefix = f".{name}{_TMP_MARK}{socket.gethostname()}-"
     try:
@@ -320,15 +323,34 @@ def remove_stale_temporaries(output_path: str, log: Optional[Log] = None) -> Non
                 log(f"removed {entry}, left by an interrupted run")
 
 
+@contextlib.contextmanager
+def _output_temp(output_path: str, log: Optional[Log]) -> Iterator[str]:
+    """A temporary path for one output shard, renamed into place when the
+    block ends without an error, removed otherwise. A local output dir:
+    checkpoints.atomic_file (one writer per shard: its lock; a dead run's
+    temporary files are removed). gs:// and other URLs (no lock): a
+    host-and-pid-named temporary sibling, through tf.io.gfile."""
+    if locks.is_local(output_path):
+        with checkpoints.atomic_file(output_path, overwrite=True) as tmp_path:
+            yield tmp_path
+        return
+    remove_stale_temporaries(output_path, log)
+    tmp_path = os.path.join(os.path.dirname(output_path), f".{os.path.basename(output_path)}"
+                            f"{_TMP_MARK}{socket.gethostname()}-{os.getpid()}")
+    try:
+        yield tmp_path
+        tf.io.gfile.rename(tmp_path, output_path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(tmp_path):
+            tf.io.gfile.remove(tmp_path)
+        raise
+
+
 def convert_file(input_path: str, output_path: str, teacher, batch_size: int = 64,
                  log: Optional[Log] = None) -> Dict[str, int]:
     """Writes one output shard atomically; returns {"written", "skipped"}."""
-    directory = os.path.dirname(output_path)
-    remove_stale_temporaries(output_path, log)
-    tmp_path = os.path.join(directory, f".{os.path.basename(output_path)}"
-                                       f"{_TMP_MARK}{socket.gethostname()}-{os.getpid()}")
     written = skipped = 0
-    try:
+    with _output_temp(output_path, log) as tmp_path:
         with tf.io.TFRecordWriter(tmp_path) as writer:
             for serialized in _batches(_records(input_path), batch_size):
                 examples = []
@@ -346,11 +368,6 @@ def convert_file(input_path: str, output_path: str, teacher, batch_size: int = 6
                         continue
                     writer.write(with_teacher(example, vector))
                     written += 1
-        tf.io.gfile.rename(tmp_path, output_path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(tmp_path):
-            tf.io.gfile.remove(tmp_path)
-        raise
     return {"written": written, "skipped": skipped}
 
 
@@ -443,6 +460,11 @@ def main(argv) -> None:
     try:
         totals = write_teacher_records(selected, FLAGS.output_dir, teacher,
                                        FLAGS.batch_size, log)
+    except Interrupted as interrupt:
+        done = sum(tf.io.gfile.exists(os.path.join(FLAGS.output_dir, os.path.basename(path)))
+                   for path in selected)
+        raise interrupt.noted(f"{done} of {len(selected)} files are in {FLAGS.output_dir}; "
+                              f"run the same command to continue") from None
     finally:
         teacher.close()
     log(f"done: {totals['written']} videos in {totals['files']} files written, "

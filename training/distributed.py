@@ -5,17 +5,21 @@ Workers build the same graph with variables on the parameter servers
 (replica_device_setter) and read disjoint shards of the file list; the chief
 (the "chief" task, or worker 0 when there is none) initialises or restores
 the variables and writes the checkpoints to --train_dir. A worker that dies
-and restarts reconnects and goes on with the shared variables.
+and restarts reconnects and goes on with the shared variables. On SIGINT or
+SIGTERM (training.errors) a worker finishes its step and stops; the chief
+saves a checkpoint of the step it was at first.
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Callable, Dict, Optional
 
 from models.tf_compat import tf
 from training import model_builder, readers, train_graph
-from training.errors import UserError
+from training import train_dir as train_dir_files
+from training.errors import Interrupted, UserError, interrupt_pending, interrupts_deferred
 from training.progress import Progress
 
 
@@ -111,6 +115,16 @@ def _worker_session(chief: bool, server, train_dir: str, config, saver, task: st
         hooks=hooks)
 
 
+def _serve(task_index: int) -> None:
+    """A parameter server serves until it is killed or interrupted (not
+    server.join(): the signal handler would wait for it forever)."""
+    try:
+        while True:
+            time.sleep(3600)
+    except Interrupted as interrupt:
+        raise interrupt.noted(f"parameter server {task_index} stopped") from None
+
+
 def train_distributed(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
                       config: Dict[str, Any], cluster_info: Dict[str, Any],
                       log: Callable[[str], None] = print) -> Optional[Dict[str, Any]]:
@@ -122,7 +136,7 @@ def train_distributed(model_flags: Dict[str, Any], train_dir: str, data_pattern:
                              config=tf.ConfigProto(allow_soft_placement=True))
     if task_type == "ps":
         log(f"parameter server {task_index} serving at {server.target}")
-        server.join()
+        _serve(task_index)
         return None
     chief, task = is_chief(cluster_info), f"/job:{task_type}/task:{task_index}"
     shard, num_workers, files = _worker_files(cluster_info, data_pattern)
@@ -130,17 +144,25 @@ def train_distributed(model_flags: Dict[str, Any], train_dir: str, data_pattern:
     step, loss_value = 0, float("nan")
     log(f"{task_type} {task_index} of {num_workers} workers "
         f"({'chief' if chief else 'not chief'}), {len(files)} file(s)")
-    with graph.as_default():
-        session = _worker_session(chief, server, train_dir, config, saver, task)
-    with graph.as_default(), session as sess:
-        progress = Progress("examples", config["max_steps"],
-                            units_per_count=config["batch_size"])
-        while not sess.should_stop():
-            try:
-                step, loss_value = sess.run([ops["train_op"], ops["loss"]])
-            except tf.errors.OutOfRangeError:
-                break
-            if step % config["log_steps"] == 0:
-                log(progress.line(int(step), f"step {int(step):>7d} | loss {loss_value:9.3f}"))
+    try:
+        with graph.as_default():
+            session = _worker_session(chief, server, train_dir, config, saver, task)
+        # A SIGINT/SIGTERM ends the loop after its step; the session closes
+        # normally (the chief's saver hook saves the last step), then it is raised.
+        with interrupts_deferred(), graph.as_default(), session as sess:
+            progress = Progress("examples", config["max_steps"],
+                                units_per_count=config["batch_size"])
+            while not sess.should_stop() and not interrupt_pending():
+                try:
+                    step, loss_value = sess.run([ops["train_op"], ops["loss"]])
+                except tf.errors.OutOfRangeError:
+                    break
+                if step % config["log_steps"] == 0:
+                    log(progress.line(int(step), f"step {int(step):>7d} | loss {loss_value:9.3f}"))
+    except Interrupted as interrupt:
+        if chief:
+            raise train_dir_files.noted_with_checkpoint(interrupt, train_dir) from None
+        raise interrupt.noted("not the chief: the chief saves the checkpoints",
+                              at=f"at step {int(step)}") from None
     log(f"{task_type} {task_index} done at step {step}")
     return {"global_step": int(step), "loss": float(loss_value)}
