@@ -19,8 +19,13 @@ class DistillationReader(readers.FrameReader):
     the ``ensemble_labels`` context bytes, one ``decode_raw`` turns them into
     floats. A record without the feature, or whose bytes are not exactly
     4 * num_classes long, fails at run time with an InvalidArgumentError whose
-    check message (see ``readers.data_error_message``) says so.
+    check message (see ``readers.data_error_message``) says so; a file whose
+    first record has no ``ensemble_labels`` is refused before any work
+    (``required_context``, readers.check_records).
     """
+
+    required_context = ((TEACHER_FEATURE, "the teacher's scores: are these teacher records "
+                                          "of prediction2tfrecord.write?"),)
 
     def parse(self, serialized) -> dict:
         outputs = super().parse(serialized)

@@ -28,7 +28,7 @@ from absl import flags
 
 from distillation.reader import DistillationReader
 from models.tf_compat import tf
-from training import checkpoints, compat, losses, model_builder, quantize, readers
+from training import checkpoints, compat, losses, model_builder, paths, quantize, readers
 from training import flags as shared_flags
 from training import train as trainer
 from training import train_dir as train_dirs
@@ -50,7 +50,8 @@ def define_flags() -> None:
     define(flags.DEFINE_integer, "teacher_num_members", None,
            "Members summed in the teacher CSV (--teacher_normalization=sum_to_members).")
     define(flags.DEFINE_string, "warm_start_checkpoint", "",
-           "Checkpoint prefix or model dir whose model variables initialise a fresh run.")
+           "Checkpoint prefix or model dir whose model variables initialise a fresh run.",
+           path=paths.IN_CHECKPOINT)
 
 
 # ---------------------------------------------------------------------------
@@ -180,9 +181,13 @@ def main(argv) -> None:
     check_settings(FLAGS.distill_prob, FLAGS.teacher_normalization, FLAGS.teacher_num_members)
     model_flags = trainer.model_flags_from_flags()
     losses.get_loss(FLAGS.label_loss)
-    make_reader(model_flags)
+    reader = make_reader(model_flags)
     config = trainer.config_from_flags()
-    readers.resolve_files(FLAGS.train_data_pattern, "train_data_pattern")
+    files = readers.resolve_files(FLAGS.train_data_pattern, "train_data_pattern")
+    readers.check_records(files, "train_data_pattern", reader,
+                          "distillation with --distill_prob < 1" if FLAGS.distill_prob < 1 else "",
+                          FLAGS.compression,
+                          hint="give it the teacher records of prediction2tfrecord.write")
     if FLAGS.warm_start_checkpoint:
         warm = FLAGS.warm_start_checkpoint
         if os.path.isdir(warm):

@@ -35,7 +35,7 @@ import numpy as np
 from absl import flags
 
 from ensemble import check_submission, export, labels, merge
-from training import checkpoints, locks, members, metrics, predict, readers
+from training import checkpoints, locks, members, metrics, paths, predict, readers
 from training import flags as shared_flags
 from training.errors import Interrupted, UserError, run_main
 from training.progress import Progress
@@ -57,12 +57,12 @@ def define_flags() -> None:
         "frame_sampling": (None, "(single model dir only)"),
         "bf16_compute": (None, "(single model dir only; an ensemble dir's mode was fixed "
                                "by ensemble.build)"),
-        "overwrite": False,
+        "overwrite": False, "compression": "auto",
         "skip_corrupt_records": (False, "The videos skipped are missing from the CSV.")})
     shared_flags.define(flags.DEFINE_string, "input_model_tgz", "", "Read the model from this "
-                        "upload .tgz instead of --train_dir.")
+                        "upload .tgz instead of --train_dir.", path=paths.IN_FILE)
     shared_flags.define(flags.DEFINE_string, "output_model_tgz", "", "Write the upload .tgz "
-                        "(model_flags.json + inference_model.*) here.")
+                        "(model_flags.json + inference_model.*) here.", path=paths.OUT_FILE)
     shared_flags.define(flags.DEFINE_integer, "num_shards", 0, "Split the sorted input files "
                         "into this many shards and write this shard's parts to "
                         "<output_file>.parts/ (ensemble.merge writes the CSV); 0: one CSV.")
@@ -74,7 +74,7 @@ def define_flags() -> None:
                         "Index and Name, or label_id and label_name): also write each "
                         "video's top 5 labels with their names to <output_file without "
                         ".csv>.top5.tsv (with --num_shards: only checked; ensemble.merge "
-                        "writes it).")
+                        "writes it).", path=paths.IN_FILE)
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +110,8 @@ def write_submission(model: predict.LoadedModel, data_pattern: str, output_file:
                      batch_size: int = 64, top_k: int = 20, num_readers: int = 1,
                      log: Log = print, overwrite: bool = True,
                      skip_corrupt: bool = False,
-                     vocabulary: Optional[labels.LabelNames] = None) -> int:
+                     vocabulary: Optional[labels.LabelNames] = None,
+                     compression: str = "auto") -> int:
     """Streams the CSV to a temporary file, renames it into place; returns
     the number of videos. With a vocabulary, also the top-5 TSV (made from
     the temporary CSV before the rename). Nothing is left behind on an error
@@ -126,7 +127,7 @@ def write_submission(model: predict.LoadedModel, data_pattern: str, output_file:
             out.write(CSV_HEADER + "\n")
             for batch in predict.iterate_predictions(model, data_pattern, batch_size,
                                                      num_readers, skip_corrupt=skip_corrupt,
-                                                     log=log):
+                                                     log=log, compression=compression):
                 out.writelines(format_lines(batch.ids, batch.predictions, top_k))
                 videos += len(batch.ids)
             out.flush()
@@ -167,14 +168,15 @@ def run_key(model: predict.LoadedModel, settings: dict) -> str:
 
 
 def _write_part(model, path: str, output_file: str, batch_size: int, top_k: int, run: str,
-                skip_corrupt: bool) -> int:
+                skip_corrupt: bool, compression: str = "auto") -> int:
     """Writes the part of one input file (CSV, then its record); -> videos."""
     csv_path, record_path = merge.part_paths(output_file, path)
     videos = 0
     with checkpoints.atomic_file(csv_path, overwrite=True) as tmp_path:
         with open(tmp_path, "w", newline="") as out:
             for batch in predict.iterate_predictions(model, "", batch_size,
-                                                     skip_corrupt=skip_corrupt, files=[path]):
+                                                     skip_corrupt=skip_corrupt, files=[path],
+                                                     compression=compression):
                 out.writelines(format_lines(batch.ids, batch.predictions, top_k))
                 videos += len(batch.ids)
     checkpoints.write_json(record_path, {"input": os.path.abspath(path), "videos": videos,
@@ -185,7 +187,7 @@ def _write_part(model, path: str, output_file: str, batch_size: int, top_k: int,
 
 def write_parts(model: predict.LoadedModel, files: List[str], output_file: str,
                 batch_size: int, top_k: int, run: str, log: Log = print,
-                skip_corrupt: bool = False) -> int:
+                skip_corrupt: bool = False, compression: str = "auto") -> int:
     """The parts of `files` not done yet by this run (ensemble.merge); -> videos
     written. A part whose record names another run is redone."""
     os.makedirs(merge.parts_dir(output_file), exist_ok=True)
@@ -200,7 +202,7 @@ def write_parts(model: predict.LoadedModel, files: List[str], output_file: str,
                 status = "done before"
             else:
                 videos += _write_part(model, path, output_file, batch_size, top_k, run,
-                                      skip_corrupt)
+                                      skip_corrupt, compression)
                 status = "written"
             done += 1
             done_bytes += os.path.getsize(path)
@@ -259,6 +261,15 @@ def _check_label_classes(vocabulary: Optional[labels.LabelNames], model_dir: str
         vocabulary.check_covers(int(members.read_member_flags(model_dir)["num_classes"]))
 
 
+def _check_input_records(model_dir: str, input_data_pattern: str, compression: str) -> None:
+    """Input records of a kind the model of model_dir cannot read are refused
+    before the model is loaded (members.check_dir_records; no labels needed)."""
+    if input_data_pattern:
+        files = readers.resolve_files(input_data_pattern, "input_data_pattern")
+        members.check_dir_records(model_dir, files, "input_data_pattern",
+                                  compression=compression)
+
+
 @contextlib.contextmanager
 def _output_lock(output_file: str, num_shards: int, shard_index: int) -> Iterator[None]:
     """Holds the lock of what this run writes (training.locks), from before
@@ -293,7 +304,7 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
         frame_sampling: Optional[str] = None, log: Log = print, overwrite: bool = True,
         skip_corrupt: bool = False, bf16_compute: Optional[str] = None,
         num_shards: int = 0, shard_index: int = 0, num_threads: int = 0,
-        label_names: str = "") -> Optional[int]:
+        label_names: str = "", compression: str = "auto") -> Optional[int]:
     """The command: returns the number of videos written (None without a CSV).
     overwrite=False refuses an existing output_file / output_model_tgz (the
     command line's default). num_shards > 0 writes this shard's parts instead
@@ -309,6 +320,7 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
 
     def with_dir(model_dir: str) -> Optional[int]:
         _check_label_classes(vocabulary, model_dir)
+        _check_input_records(model_dir, input_data_pattern, compression)
         model = predict.open_model(model_dir, frame_sampling, seed, bf16_compute,
                                    num_threads=num_threads)
         try:
@@ -328,11 +340,11 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
                     log(f"--label_names={label_names}: checked; ensemble.merge "
                         f"--label_names writes the TSV")
                 return write_parts(model, files, output_file, batch_size, top_k,
-                                   run_key(model, settings), log, skip_corrupt)
+                                   run_key(model, settings), log, skip_corrupt, compression)
             if input_data_pattern:
                 return write_submission(model, input_data_pattern, output_file, batch_size,
                                         top_k, num_readers, log, overwrite, skip_corrupt,
-                                        vocabulary)
+                                        vocabulary, compression)
             return None
         finally:
             model.close()
@@ -352,7 +364,8 @@ def main(argv) -> None:
         log=lambda line: print(line, flush=True), overwrite=FLAGS.overwrite,
         skip_corrupt=FLAGS.skip_corrupt_records, bf16_compute=FLAGS.bf16_compute,
         num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
-        num_threads=FLAGS.num_threads, label_names=FLAGS.label_names)
+        num_threads=FLAGS.num_threads, label_names=FLAGS.label_names,
+        compression=FLAGS.compression)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ full prediction vectors are computed directly by training.predict).
 
 Each output shard is written under a temporary name and renamed into place
 (training.checkpoints.atomic_file: one writer per shard, a second one is
-refused); existing shards are skipped, so a rerun continues where it stopped.
+refused); existing shards are skipped, so a rerun continues where it stopped. A GZIP
+or ZLIB input file (``--compression``, default auto-detected) gives an output
+file of the same compression.
 ``--num_shard_groups`` / ``--shard_index`` (or the original's ``--bstart`` /
 ``--bend``) split the sorted input files between parallel runs.
 """
@@ -33,9 +35,9 @@ import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoints, locks, model_builder, predict, readers
+from training import checkpoints, locks, model_builder, paths, predict, readers
 from training import flags as shared_flags
-from training.errors import Interrupted, UserError, first_line, run_main
+from training.errors import Interrupted, UserError, excerpt, first_line, run_main
 from training.progress import Progress
 
 FLAGS = flags.FLAGS
@@ -53,12 +55,13 @@ def define_flags() -> None:
         "num_classes": (3862, "Length of the ensemble_labels vector."),
         "batch_size": (64, "(--teacher_dir only)"),
         "frame_sampling": (None, "(--teacher_dir only)"),
-        "seed": (2018, "(--teacher_dir only)")})
+        "seed": (2018, "(--teacher_dir only)"),
+        "compression": ("auto", "Each output file keeps its input file's compression.")})
     define = shared_flags.define
     define(flags.DEFINE_string, "teacher_csv", "",
-           "Submission CSV (VideoId,LabelConfidencePairs) of the teacher.")
+           "Submission CSV (VideoId,LabelConfidencePairs) of the teacher.", path=paths.IN_FILE)
     define(flags.DEFINE_string, "teacher_dir", "",
-           "Ensemble dir or model dir whose predictions are the teacher.")
+           "Ensemble dir or model dir whose predictions are the teacher.", path=paths.IN_DIR)
     define(flags.DEFINE_bool, "skip_missing", False,
            "Leave out (and count) videos missing from --teacher_csv instead of failing.")
     define(flags.DEFINE_integer, "num_shard_groups", 1,
@@ -137,28 +140,38 @@ class TeacherTable:
         return self.labels[begin:end], self.scores[begin:end]
 
 
+def _add_teacher_row(table: "TeacherTable", row: List[str], num_classes: int,
+                     where: str) -> None:
+    if not row:
+        return
+    if len(row) != 2:
+        raise UserError(f"{where}: expected 2 columns, got {len(row)}")
+    if row[0] in table:
+        raise UserError(f"{where}: duplicate VideoId {excerpt(row[0])}")
+    table.add(row[0], *parse_pairs(row[1], num_classes, where))
+
+
 def load_teacher_csv(path: str, num_classes: int) -> TeacherTable:
     """Reads a submission CSV once into a TeacherTable (constant-time lookup)."""
     if not tf.io.gfile.exists(path):
         raise UserError(f"--teacher_csv: {path}: no such file")
     table = TeacherTable()
-    with tf.io.gfile.GFile(path, "r") as handle:
-        rows = csv.reader(handle)
-        header = next(rows, None)
-        if header is None or [h.strip() for h in header[:1]] != [CSV_HEADER[0]] \
-                or len(header) != 2:
-            raise UserError(f"--teacher_csv: {path}: expected the header "
-                            f"'{','.join(CSV_HEADER)}', got {','.join(header or [])!r}")
-        for line_number, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            where = f"--teacher_csv: {path} line {line_number}"
-            if len(row) != 2:
-                raise UserError(f"{where}: expected 2 columns, got {len(row)}")
-            video_id = row[0]
-            if video_id in table:
-                raise UserError(f"{where}: duplicate VideoId {video_id!r}")
-            table.add(video_id, *parse_pairs(row[1], num_classes, where))
+    line_number = 1
+    try:
+        with tf.io.gfile.GFile(path, "r") as handle:
+            rows = csv.reader(handle)
+            header = next(rows, None)
+            if header is None or [h.strip() for h in header[:1]] != [CSV_HEADER[0]] \
+                    or len(header) != 2:
+                raise UserError(f"--teacher_csv: {path}: expected the header "
+                                f"'{','.join(CSV_HEADER)}', got "
+                                f"{excerpt(','.join(header or []))}")
+            for line_number, row in enumerate(rows, start=2):
+                _add_teacher_row(table, row, num_classes,
+                                 f"--teacher_csv: {path} line {line_number}")
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"--teacher_csv: {path} near line {line_number}: not a CSV of UTF-8 "
+                        f"text ({err})") from None
     if not len(table):
         raise UserError(f"--teacher_csv: {path}: holds no videos")
     return table.finish()
@@ -272,9 +285,9 @@ def with_teacher(example: tf.train.SequenceExample, vector: np.ndarray) -> bytes
     return example.SerializeToString(deterministic=True)
 
 
-def _records(path: str):
+def _records(path: str, compression_type: str = ""):
     try:
-        for record in tf.io.tf_record_iterator(path):
+        for record in tf.io.tf_record_iterator(path, compression_type):
             yield record
     except tf.errors.OpError as err:
         raise UserError(f"--input_data_pattern: {path}: cannot read "
@@ -347,12 +360,13 @@ def _output_temp(output_path: str, log: Optional[Log]) -> Iterator[str]:
 
 
 def convert_file(input_path: str, output_path: str, teacher, batch_size: int = 64,
-                 log: Optional[Log] = None) -> Dict[str, int]:
-    """Writes one output shard atomically; returns {"written", "skipped"}."""
+                 log: Optional[Log] = None, compression_type: str = "") -> Dict[str, int]:
+    """Writes one output shard atomically, read and written with
+    compression_type ('', 'GZIP' or 'ZLIB'); returns {"written", "skipped"}."""
     written = skipped = 0
     with _output_temp(output_path, log) as tmp_path:
-        with tf.io.TFRecordWriter(tmp_path) as writer:
-            for serialized in _batches(_records(input_path), batch_size):
+        with tf.io.TFRecordWriter(tmp_path, compression_type) as writer:
+            for serialized in _batches(_records(input_path, compression_type), batch_size):
                 examples = []
                 for record in serialized:
                     try:
@@ -391,8 +405,10 @@ def select_files(files: Sequence[str], num_shard_groups: int = 1, shard_index: i
 
 
 def write_teacher_records(files: Sequence[str], output_dir: str, teacher,
-                          batch_size: int = 64, log: Log = print) -> Dict[str, int]:
-    """Converts every file not yet present in output_dir; returns totals."""
+                          batch_size: int = 64, log: Log = print,
+                          compression: str = "auto") -> Dict[str, int]:
+    """Converts every file not yet present in output_dir (each in its own
+    compression, readers.file_compressions); returns totals."""
     shared_flags.require(output_dir=output_dir)
     tf.io.gfile.makedirs(output_dir)
     totals = {"files": 0, "existing": 0, "written": 0, "skipped": 0}
@@ -407,13 +423,14 @@ def write_teacher_records(files: Sequence[str], output_dir: str, teacher,
             raise UserError(f"--output_dir: {output_dir} is the input folder; the teacher "
                             f"records would overwrite {source}")
     progress = Progress("videos", total=len(files))
+    kinds = readers.file_compressions(files, compression)
     for index, (source, target) in enumerate(zip(files, outputs), start=1):
         if tf.io.gfile.exists(target):
             totals["existing"] += 1
             log(f"[{index}/{len(files)}] {os.path.basename(target)} exists, skipped")
             continue
         shard_start = time.time()
-        counts = convert_file(source, target, teacher, batch_size, log)
+        counts = convert_file(source, target, teacher, batch_size, log, kinds[index - 1])
         totals["files"] += 1
         totals["written"] += counts["written"]
         totals["skipped"] += counts["skipped"]
@@ -452,6 +469,8 @@ def main(argv) -> None:
               f"of {FLAGS.num_shard_groups}, bstart={FLAGS.bstart}, bend={FLAGS.bend})",
               flush=True)
         return
+    readers.check_records(selected, "input_data_pattern", readers.FrameReader(),
+                          compression=FLAGS.compression, reader_of="prediction2tfrecord.write")
     teacher = make_teacher(FLAGS.teacher_csv, FLAGS.teacher_dir, FLAGS.num_classes,
                            FLAGS.skip_missing, FLAGS.frame_sampling, FLAGS.seed)
     log = lambda line: print(line, flush=True)  # noqa: E731
@@ -459,7 +478,7 @@ def main(argv) -> None:
         f"-> {FLAGS.output_dir}")
     try:
         totals = write_teacher_records(selected, FLAGS.output_dir, teacher,
-                                       FLAGS.batch_size, log)
+                                       FLAGS.batch_size, log, FLAGS.compression)
     except Interrupted as interrupt:
         done = sum(tf.io.gfile.exists(os.path.join(FLAGS.output_dir, os.path.basename(path)))
                    for path in selected)

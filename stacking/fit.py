@@ -25,9 +25,9 @@ from absl import flags
 from scipy import optimize
 
 from training import flags as shared_flags
-from training import locks, losses, metrics, predict, readers
+from training import locks, losses, metrics, paths, predict, readers
 from training.errors import Interrupted, UserError, run_main
-from training.members import write_weights_file
+from training.members import check_dir_records, write_weights_file
 
 FLAGS = flags.FLAGS
 
@@ -43,10 +43,11 @@ def define_flags() -> None:
         "model_dirs": "", "output_file": ("", "The weights JSON (ensemble.build "
                                                 "--weights_file reads it)."),
         "batch_size": 64, "tile_num": 1, "frame_sampling": None, "seed": 2018,
-        "num_readers": 2, "top_k": 20})
+        "num_readers": 2, "top_k": 20, "compression": "auto"})
     define = shared_flags.define
     define(flags.DEFINE_string, "data_pattern", "",
-           "Comma-separated globs of held-out labelled TFRecords (e.g. validate*).")
+           "Comma-separated globs of held-out labelled TFRecords (e.g. validate*).",
+           path=paths.IN_PATTERN)
     define(flags.DEFINE_string, "parameterization", "simplex",
            "simplex (w >= 0, sum 1; SLSQP) or softmax (w = softmax(z); L-BFGS-B).")
     define(flags.DEFINE_integer, "max_videos", 20000,
@@ -160,7 +161,8 @@ def _log_memory(model: predict.LoadedModel, max_videos: int, log: Optional[Log])
 
 
 def _collect(model: predict.LoadedModel, data_pattern: str, max_videos: int, batch_size: int,
-             num_readers: int, log: Optional[Log]) -> Tuple[List, np.ndarray, np.ndarray]:
+             num_readers: int, log: Optional[Log], compression: str = "auto"
+             ) -> Tuple[List, np.ndarray, np.ndarray]:
     """(ids, predictions [N, V, C], labels uint8 [N, C]). With max_videos the
     arrays are allocated once (np.empty: pages never filled cost nothing)."""
     fetches = {"members": (model.member_predictions, lambda batch: {})}
@@ -168,7 +170,7 @@ def _collect(model: predict.LoadedModel, data_pattern: str, max_videos: int, bat
     predictions = labels = None
     for batch in predict.iterate_predictions(model, data_pattern, batch_size, num_readers,
                                              "data_pattern", fetches, max_videos=max_videos,
-                                             log=log):
+                                             log=log, compression=compression):
         block = np.stack(batch.extras["members"], axis=1).astype(np.float32)
         take = len(batch.ids)
         if max_videos:
@@ -192,16 +194,19 @@ def _collect(model: predict.LoadedModel, data_pattern: str, max_videos: int, bat
 def member_predictions(model_dirs: Sequence[str], data_pattern: str, max_videos: int = 20000,
                        batch_size: int = 64, tile_num: int = 1,
                        frame_sampling: Optional[str] = None, seed: int = 2018,
-                       num_readers: int = 2, log: Optional[Log] = print
+                       num_readers: int = 2, log: Optional[Log] = print,
+                       compression: str = "auto"
                        ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[Any]]:
     """(ids [N], predictions float32 [N, V, C], labels uint8 [N, C], members)."""
-    readers.resolve_files(data_pattern, "data_pattern")
+    files = readers.resolve_files(data_pattern, "data_pattern")
+    if model_dirs:
+        check_dir_records(model_dirs[0], files, "data_pattern", "stacking", compression)
     model = predict.open_members(model_dirs, tile_num, frame_sampling, seed)
     try:
         _log_memory(model, max_videos, log)
         start = time.time()
         ids, predictions, labels = _collect(model, data_pattern, max_videos, batch_size,
-                                            num_readers, log)
+                                            num_readers, log, compression)
     finally:
         model.close()
     if not labels.any():
@@ -226,7 +231,7 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
           parameterization: str = "simplex", max_videos: int = 20000, batch_size: int = 64,
           tile_num: int = 1, frame_sampling: Optional[str] = None, seed: int = 2018,
           num_readers: int = 2, top_k: int = 20, max_iterations: int = 500,
-          log: Log = print) -> Dict[str, Any]:
+          log: Log = print, compression: str = "auto") -> Dict[str, Any]:
     """The command: predictions, fit, report, weights JSON. Returns the report."""
     if parameterization not in PARAMETERIZATIONS:
         raise UserError(f"--parameterization: must be one of {', '.join(PARAMETERIZATIONS)}, "
@@ -241,7 +246,7 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
             raise UserError(f"--{name}: must be >= {minimum}, got {value}")
     ids, predictions, labels, members = member_predictions(
         model_dirs, data_pattern, max_videos, batch_size, tile_num, frame_sampling, seed,
-        num_readers, log)
+        num_readers, log, compression)
     num_videos = predictions.shape[0]
     start = time.time()
     fit = fit_weights(predictions, labels, parameterization, max_iterations)
@@ -285,7 +290,7 @@ def main(argv) -> None:
             stack(model_dirs, FLAGS.data_pattern, FLAGS.output_file, FLAGS.parameterization,
                   FLAGS.max_videos, FLAGS.batch_size, FLAGS.tile_num, FLAGS.frame_sampling,
                   FLAGS.seed, FLAGS.num_readers, FLAGS.top_k, FLAGS.max_iterations,
-                  log=lambda line: print(line, flush=True))
+                  log=lambda line: print(line, flush=True), compression=FLAGS.compression)
         except Interrupted as interrupt:
             raise interrupt.noted(f"nothing was written to --output_file={FLAGS.output_file}",
                                   replace=False) from None

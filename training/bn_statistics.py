@@ -49,15 +49,21 @@ def is_bn_statistic(key: str) -> bool:
 
 
 def check_recompute_flags(train_data_pattern: str, recompute_batches: int,
-                          batch_size: int) -> None:
-    """UserErrors naming the flag for settings a recompute cannot run with."""
+                          batch_size: int, model_flags: Optional[Dict[str, Any]] = None,
+                          compression: str = "auto") -> None:
+    """UserErrors naming the flag for settings a recompute cannot run with
+    (with model_flags: also records its reader cannot use, readers.check_records;
+    labels are not needed)."""
     if not train_data_pattern:
         raise UserError("--train_data_pattern: required with --bn_statistics=recompute")
     if recompute_batches <= 0:
         raise UserError(f"--recompute_batches: must be positive, got {recompute_batches}")
     if batch_size <= 0:
         raise UserError(f"--batch_size: must be positive, got {batch_size}")
-    readers.resolve_files(train_data_pattern, "train_data_pattern")
+    files = readers.resolve_files(train_data_pattern, "train_data_pattern")
+    if model_flags is not None:
+        readers.check_records(files, "train_data_pattern", model_builder.make_reader(model_flags),
+                              compression=compression)
 
 
 def check_eval_mode(mode: str) -> str:
@@ -148,7 +154,8 @@ def mean_of_batch_statistics(sess: tf.Session, statistics: Dict[str, tf.Tensor],
 
 def recompute_and_save(model_flags: Dict[str, Any], specs, produce: Callable[[str], np.ndarray],
                        save_path: str, data_pattern: str, num_batches: int, batch_size: int,
-                       seed: int = 2018, num_readers: int = 4, log: Log = None) -> str:
+                       seed: int = 2018, num_readers: int = 4, log: Log = None,
+                       compression: str = "auto") -> str:
     """Loads the weights (produce(key) for each (key, shape, dtype) of specs)
     into the training-mode graph, recomputes the BN moving statistics on
     `num_batches` batches and saves the model variables at save_path."""
@@ -159,7 +166,8 @@ def recompute_and_save(model_flags: Dict[str, Any], specs, produce: Callable[[st
         with tf.device("/cpu:0"):
             dataset = readers.make_dataset(reader, data_pattern, batch_size, training=True,
                                            num_epochs=None, num_parallel_reads=num_readers,
-                                           seed=seed, flag_name="train_data_pattern")
+                                           seed=seed, flag_name="train_data_pattern",
+                                           compression=compression)
             batch = tf.data.make_one_shot_iterator(dataset).get_next()
         model = model_builder.build_model(model_flags)
         with tf.variable_scope(checkpoints.MODEL_SCOPE):
@@ -209,6 +217,7 @@ class Recompute:
     batch_size: int = 80
     seed: int = 2018
     num_readers: int = 4
+    compression: str = "auto"
 
 
 @contextmanager
@@ -234,7 +243,7 @@ def recomputed_checkpoint(model_dir: str, checkpoint: str, settings: Recompute,
             path = recompute_and_save(checkpoints.read_model_flags(model_dir), entries,
                                       reader.get_tensor, save_path, settings.data_pattern,
                                       settings.num_batches, settings.batch_size, settings.seed,
-                                      settings.num_readers, log)
+                                      settings.num_readers, log, settings.compression)
         except (OSError, tf.errors.OpError) as err:
             reason = checkpoints.write_failure(err, tmp_dir)
             if reason is None:

@@ -13,9 +13,15 @@ features concatenated in flag order; ``labels`` float32 [B, num_classes]
 multi-hot; ``num_frames`` int32 [B] = min(frames, max_frames) (ones at video
 level). ``make_dataset`` lists the files, interleaves ``TFRecordDataset``
 readers, shuffles (training only), repeats, batches, then parses and
-prefetches.
+prefetches. Files may be GZIP or ZLIB compressed TFRecords: ``--compression``
+(default ``auto``: detected per file, ``file_compressions``). ``check_records``
+refuses input of the wrong kind (video-level for a frame-level model, the
+unlabelled test split for evaluation, ...) before any work.
 """
 from __future__ import annotations
+
+import concurrent.futures
+from typing import Sequence
 
 from models.tf_compat import tf
 from training.errors import UserError, first_line
@@ -61,6 +67,80 @@ def resolve_files(data_pattern: str, flag_name: str = "data_pattern") -> list[st
             raise UserError(f"--{flag_name}: no files match '{pattern}'")
         files.update(matched)
     return sorted(files)
+
+
+# ---------------------------------------------------------------------------
+# Compressed TFRecords (--compression)
+# ---------------------------------------------------------------------------
+
+COMPRESSIONS = ("auto", "none", "gzip", "zlib")
+_COMPRESSION_TYPES = {"none": "", "gzip": "GZIP", "zlib": "ZLIB"}
+
+
+def _masked_crc32c(data: bytes) -> int:
+    """The TFRecord framing's masked CRC-32C of `data` (bitwise; used on 8 bytes)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def detect_compression(path: str) -> str:
+    """TensorFlow's compression_type of a TFRecord file: '', 'GZIP' or 'ZLIB'.
+
+    From its first 12 bytes: an uncompressed file starts with the uint64
+    length of its first record and that length's masked CRC-32C (checked
+    first, so a length that happens to look like a magic number is not
+    taken for one); else the gzip magic 1f 8b, else a zlib header (deflate,
+    window <= 32K, (CMF*256 + FLG) % 31 == 0); else '' (an empty or damaged
+    file, which the reader then reports).
+    """
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        head = handle.read(12)
+    if len(head) == 12 and int.from_bytes(head[8:], "little") == _masked_crc32c(head[:8]):
+        return ""
+    if head[:2] == b"\x1f\x8b":
+        return "GZIP"
+    if len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 \
+            and (head[0] * 256 + head[1]) % 31 == 0:
+        return "ZLIB"
+    return ""
+
+
+def check_compression(compression: str) -> str:
+    """`compression` (--compression) if it is one of COMPRESSIONS, else a UserError."""
+    if compression not in COMPRESSIONS:
+        raise UserError(f"--compression: must be one of {', '.join(COMPRESSIONS)}, "
+                        f"got {compression!r}")
+    return compression
+
+
+def file_compressions(files: Sequence[str], compression: str = "auto",
+                      flag_name: str = "") -> list[str]:
+    """The compression_type ('', 'GZIP' or 'ZLIB') of each file.
+
+    compression: --compression; 'auto' detects each file's own
+    (detect_compression, a few files at a time: one small read per file),
+    'none', 'gzip' and 'zlib' apply to every file without reading any.
+    flag_name: the files' flag, named by the error for an unreadable file.
+    """
+    if check_compression(compression) != "auto":
+        return [_COMPRESSION_TYPES[compression]] * len(files)
+
+    def detect(path: str) -> str:
+        try:
+            return detect_compression(path)
+        except tf.errors.OpError as err:
+            prefix = f"--{flag_name}: " if flag_name else ""
+            raise UserError(f"{prefix}{path}: cannot read ({first_line(err)})") from None
+
+    if len(files) <= 1:
+        return [detect(path) for path in files]
+    with concurrent.futures.ThreadPoolExecutor(min(16, len(files))) as pool:
+        return list(pool.map(detect, files))
 
 
 # ---------------------------------------------------------------------------
@@ -152,6 +232,8 @@ class FrameReader:
     """
 
     frame_features = True
+    # (context feature, what it is) that every record must hold (check_records).
+    required_context: tuple = ()
 
     def __init__(self, num_classes=3862, feature_names=("rgb", "audio"),
                  feature_sizes=(1024, 128), max_frames=MAX_FRAMES):
@@ -273,6 +355,7 @@ class VideoReader:
     """
 
     frame_features = False
+    required_context: tuple = ()
 
     def __init__(self, num_classes=3862, feature_names=("mean_rgb", "mean_audio"),
                  feature_sizes=(1024, 128)):
@@ -353,13 +436,110 @@ def get_reader(frame_features: bool, feature_names, feature_sizes, num_classes: 
 
 
 # ---------------------------------------------------------------------------
+# Record kinds: the wrong kind of input named before any work
+# ---------------------------------------------------------------------------
+
+CHECKED_FILES = 64      # check_records reads the first record of this many files
+LABEL_RECORDS = 8       # records of a file looked at before calling it unlabelled
+
+
+def _parsed(record: bytes):
+    """The record as a SequenceExample (an Example parses as one: its
+    features become the context), or None when it is no such proto."""
+    try:
+        return tf.train.SequenceExample.FromString(record)
+    except Exception:  # protobuf's DecodeError (and the C++ parser's errors)
+        return None
+
+
+def _has_labels(example) -> bool:
+    context = example.context.feature if example is not None else {}
+    return "labels" in context and len(context["labels"].int64_list.value) > 0
+
+
+def _leading_records(path: str, compression_type: str, count: int, where: str) -> list:
+    """Up to `count` first records of a file; [] when it has none or its
+    first record is damaged (the reader reports that, or skips it)."""
+    records = []
+    try:
+        for record in tf.io.tf_record_iterator(path, compression_type):
+            records.append(record)
+            if len(records) >= count:
+                break
+    except tf.errors.DataLossError:
+        pass
+    except tf.errors.OpError as err:
+        raise UserError(f"{where}: cannot read ({first_line(err)})") from None
+    return records
+
+
+def _check_kind(example, reader, where: str, reader_of: str, hint: str) -> None:
+    """A UserError when the parsed first record is not of the reader's kind."""
+    if example is None:
+        raise UserError(f"{where}: its first record is not a tf.train.Example or "
+                        f"SequenceExample (is this YouTube-8M data?)")
+    feature_lists = sorted(example.feature_lists.feature_list)
+    floats = sorted(name for name, feature in example.context.feature.items()
+                    if feature.WhichOneof("kind") == "float_list")
+    if not feature_lists and not floats and "id" not in example.context.feature:
+        raise UserError(f"{where}: its first record is not a YouTube-8M record "
+                        f"(no id, no features)")
+    wanted = ", ".join(reader.feature_names)
+    tail = f"; {hint}" if hint else ""
+    if reader.frame_features and not feature_lists and floats:
+        raise UserError(f"{where}: holds video-level Examples (features {', '.join(floats)}), "
+                        f"but {reader_of} reads frame-level SequenceExamples ({wanted}){tail}")
+    if not reader.frame_features and feature_lists:
+        raise UserError(f"{where}: holds frame-level SequenceExamples (feature lists "
+                        f"{', '.join(feature_lists)}), but {reader_of} reads video-level "
+                        f"Examples ({wanted}){tail}")
+
+
+def check_records(files: Sequence[str], flag_name: str, reader, labels_needed_by: str = "",
+                  compression: str = "auto", reader_of: str = "the model",
+                  hint: str = "") -> None:
+    """Refuses, in one line naming --<flag_name> and the file, records that
+    `reader` cannot use; run by each entry point before any model is loaded.
+
+    Reads the first record of each of the first CHECKED_FILES (64) files of
+    `files` (resolve_files sorts them; a 3844-file pattern stays fast, the
+    rest are taken to be alike) with a Python-side proto parse, and refuses:
+    video-level Examples for a frame-level reader and the reverse; a record
+    that is no Example or SequenceExample; a record without a context
+    feature of reader.required_context (distillation: ensemble_labels); and,
+    when labels_needed_by (e.g. "evaluation") is set, a file whose first
+    LABEL_RECORDS (8) records all have no labels (the unlabelled test split).
+    A file without records, or whose first record is damaged, is left to the
+    reader (its usual errors, --skip_corrupt_records). reader_of: who reads
+    (e.g. "the model of <dir>"); hint: what to check, after a '; '.
+    """
+    checked = list(files)[:CHECKED_FILES]
+    for path, kind in zip(checked, file_compressions(checked, compression, flag_name)):
+        where = f"--{flag_name}: {path}"
+        first = _leading_records(path, kind, 1, where)
+        if not first:
+            continue
+        example = _parsed(first[0])
+        _check_kind(example, reader, where, reader_of, hint)
+        for name, what in getattr(reader, "required_context", ()):
+            if name not in example.context.feature:
+                raise UserError(f"{where}: its records have no {name} ({what})")
+        if labels_needed_by and not _has_labels(example) and not any(
+                _has_labels(_parsed(record))
+                for record in _leading_records(path, kind, LABEL_RECORDS, where)):
+            raise UserError(f"{where}: its records have no labels (the unlabelled test "
+                            f"split?); {labels_needed_by} needs labelled records")
+
+
+# ---------------------------------------------------------------------------
 # Dataset
 # ---------------------------------------------------------------------------
 
 def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
                  num_epochs: int | None = 1, num_parallel_reads: int = 8,
                  shuffle_buffer: int = 2048, seed: int | None = None,
-                 flag_name: str = "data_pattern", skip_corrupt: bool = False):
+                 flag_name: str = "data_pattern", skip_corrupt: bool = False,
+                 compression: str = "auto"):
     """Builds a batched, parsed ``tf.data.Dataset`` of ``reader.parse`` dicts.
 
     Each element is the dict of ``reader.parse`` for a batch of up to
@@ -374,6 +554,7 @@ def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
 
     training=False: files in sorted order, a deterministic interleave, no
     shuffle, ``num_epochs`` passes, every record exactly once per pass.
+    compression: --compression (file_compressions: 'auto' detects each file's).
 
     Raises:
       UserError naming ``--<flag_name>`` when no files match, or a bad
@@ -387,8 +568,8 @@ def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
     count = -1 if num_epochs is None else int(num_epochs)
     cycle = max(1, min(int(num_parallel_reads), len(files)))
 
-    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string))
-    read_file = _records_skipping_corruption if skip_corrupt else tf.data.TFRecordDataset
+    dataset = _file_pairs(files, compression, flag_name)
+    read_file = _records_skipping_corruption if skip_corrupt else _tfrecords
     if training:
         deterministic = seed is not None
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -414,16 +595,34 @@ def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
     return dataset.prefetch(_AUTOTUNE)
 
 
-def make_file_dataset(reader, files: tf.Tensor, batch_size: int, skip_corrupt: bool = False):
+def make_file_dataset(reader, files: tf.Tensor, batch_size: int, skip_corrupt: bool = False,
+                      compressions: tf.Tensor | None = None):
     """The records of `files` (a string tensor [F], e.g. a placeholder fed
     when the iterator is initialised) one file after the other, in record
     order, batched per file and parsed: a file's batches never depend on the
-    other files (inference by file, training.predict)."""
-    read_file = _records_skipping_corruption if skip_corrupt else tf.data.TFRecordDataset
-    dataset = tf.data.Dataset.from_tensor_slices(files).flat_map(
-        lambda path: read_file(path).batch(int(batch_size), drop_remainder=False))
+    other files (inference by file, training.predict). compressions: string
+    [F], each file's compression_type (file_compressions); None: uncompressed."""
+    read_file = _records_skipping_corruption if skip_corrupt else _tfrecords
+    if compressions is None:
+        compressions = tf.fill(tf.shape(files), "")
+    dataset = tf.data.Dataset.from_tensor_slices((files, compressions)).flat_map(
+        lambda path, kind: read_file(path, kind).batch(int(batch_size), drop_remainder=False))
     dataset = dataset.map(reader.parse, num_parallel_calls=_AUTOTUNE, deterministic=True)
     return dataset.prefetch(_AUTOTUNE)
+
+
+def _file_pairs(files: Sequence[str], compression: str, flag_name: str):
+    """A dataset of (path, compression_type) pairs: each file is read with its
+    own compression."""
+    return tf.data.Dataset.from_tensor_slices(
+        (tf.constant(files, dtype=tf.string),
+         tf.constant(file_compressions(files, compression, flag_name), dtype=tf.string)))
+
+
+@tf.autograph.experimental.do_not_convert
+def _tfrecords(path, compression_type):
+    """The records of one file (string tensors: path, '', 'GZIP' or 'ZLIB')."""
+    return tf.data.TFRecordDataset(path, compression_type=compression_type)
 
 
 # ---------------------------------------------------------------------------
@@ -434,16 +633,18 @@ def make_file_dataset(reader, files: tf.Tensor, batch_size: int, skip_corrupt: b
 SKIPPED_FILES: dict = {}
 
 
-def _read_records_skipping_corruption(path: bytes):
+def _read_records_skipping_corruption(path: bytes, compression_type: bytes = b""):
     """Yields a file's records up to the first corrupt or truncated one.
 
     The TFRecord framing cannot be resynchronised after a damaged record, so
     the rest of that file is skipped; the file is noted in SKIPPED_FILES.
     """
     path = path.decode() if isinstance(path, bytes) else path
+    if isinstance(compression_type, bytes):
+        compression_type = compression_type.decode()
     count = 0
     try:
-        for record in tf.io.tf_record_iterator(path):
+        for record in tf.io.tf_record_iterator(path, compression_type):
             count += 1
             yield record
     except tf.errors.DataLossError as err:
@@ -459,9 +660,10 @@ def _data_loss_text(err) -> str:
     return first_line(err).replace("' failed with ", ": ")
 
 
-def _records_skipping_corruption(path):
+@tf.autograph.experimental.do_not_convert
+def _records_skipping_corruption(path, compression_type):
     return tf.data.Dataset.from_generator(
-        _read_records_skipping_corruption, args=(path,),
+        _read_records_skipping_corruption, args=(path, compression_type),
         output_signature=tf.TensorSpec([], tf.string))
 
 
@@ -474,25 +676,35 @@ def skipped_files_summary() -> str:
     return f"skipped the damaged rest of {len(SKIPPED_FILES)} file(s): {names}"
 
 
-def describe_data_error(error, data_pattern: str) -> str:
+_READ_IT_AUTO = "--compression=auto reads it)"
+
+
+def describe_data_error(error, data_pattern: str, compression: str = "auto") -> str:
     """One line for a run-time data error, naming the damaged file if any."""
     if isinstance(error, tf.errors.DataLossError):
-        located = locate_damaged_file(data_pattern)
+        located = locate_damaged_file(data_pattern, compression)
+        if located.endswith(_READ_IT_AUTO):
+            return located      # not damaged: compressed, and read as uncompressed
         return ((located or first_line(error))
                 + " (corrupt or truncated TFRecord; --skip_corrupt_records skips the "
                   "damaged rest of such files)")
     return first_line(error)
 
 
-def locate_damaged_file(data_pattern: str) -> str:
+def locate_damaged_file(data_pattern: str, compression: str = "auto") -> str:
     """'<path>: <message>' of the first unreadable file of the pattern, or ''.
 
-    Used after a DataLossError, whose message does not name the file.
+    Used after a DataLossError, whose message does not name the file. Read
+    with --compression; a file that was forced to 'none' but looks
+    compressed says so.
     """
-    for path in resolve_files(data_pattern):
+    files = resolve_files(data_pattern)
+    for path, kind in zip(files, file_compressions(files, compression)):
         try:
-            for _ in tf.io.tf_record_iterator(path):
+            for _ in tf.io.tf_record_iterator(path, kind):
                 pass
         except tf.errors.DataLossError as err:
-            return f"{path}: {_data_loss_text(err)}"
+            detected = detect_compression(path) if not kind else ""
+            note = f" (the file looks {detected}-compressed; {_READ_IT_AUTO}" if detected else ""
+            return f"{path}: {_data_loss_text(err)}{note}"
     return ""

@@ -75,7 +75,8 @@ def make_train_batch(reader, data_pattern: str, config: Dict[str, Any], batch_si
             reader, data_pattern, batch_size, training=True,
             num_epochs=config["num_epochs"] or None, num_parallel_reads=config["num_readers"],
             shuffle_buffer=config["shuffle_buffer"], seed=seed, flag_name=files_flag,
-            skip_corrupt=config.get("skip_corrupt_records", False))
+            skip_corrupt=config.get("skip_corrupt_records", False),
+            compression=config.get("compression", "auto"))
         dataset = dataset.filter(lambda b: tf.equal(tf.shape(b["labels"])[0], batch_size))
         return tf.data.make_one_shot_iterator(dataset).get_next()
 
