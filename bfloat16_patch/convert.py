@@ -27,7 +27,7 @@ import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoints, compat, precision, quantize
+from training import checkpoints, compat, paths, precision, quantize
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 from training.progress import Progress
@@ -46,7 +46,7 @@ def define_flags() -> None:
         "overwrite": False, "target_bytes": (None, "(needs --dtype=int8)"),
         "int8_min_values": quantize.DEFAULT_MIN_VALUES})
     shared_flags.define(flags.DEFINE_string, "input_dir", "", "Model dir to convert (an SWA "
-                        "or train dir: model_flags.json and model.ckpt-*).")
+                        "or train dir: model_flags.json and model.ckpt-*).", path=paths.IN_DIR)
     shared_flags.define(flags.DEFINE_enum, "dtype", compat.BFLOAT16, "Storage: bfloat16, or "
                         "int8 for the large matrices (the rest bfloat16).",
                         enum_values=list(STORAGE_DTYPES))

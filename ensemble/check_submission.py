@@ -20,7 +20,8 @@ from typing import Iterable, Optional
 from absl import flags
 
 from training import flags as shared_flags
-from training.errors import UserError, run_main
+from training import paths
+from training.errors import UserError, excerpt, run_main
 
 FLAGS = flags.FLAGS
 
@@ -29,13 +30,14 @@ CSV_HEADER = "VideoId,LabelConfidencePairs"
 
 def define_flags() -> None:
     shared_flags.define_shared_flags({"num_classes": 3862, "top_k": 20})
-    shared_flags.define(flags.DEFINE_string, "submission", "", "The submission CSV to check.")
+    shared_flags.define(flags.DEFINE_string, "submission", "", "The submission CSV to check.",
+                        path=paths.IN_FILE)
 
 
 def _check_line(path: str, number: int, line: str, num_classes: int, pairs: int) -> str:
     where = f"{path}:{number}"
     if "," not in line:
-        raise UserError(f"{where}: expected '<id>,<label> <score> ...', got {line[:60]!r}")
+        raise UserError(f"{where}: expected '<id>,<label> <score> ...', got {excerpt(line)}")
     video_id, _, rest = line.partition(",")
     if not video_id or video_id != video_id.strip():
         raise UserError(f"{where}: empty or space-padded video id {video_id!r}")
@@ -103,7 +105,7 @@ def check_submission(path: str, num_classes: int = 3862, top_k: int = 20,
                 if number == 1:
                     if line.lstrip("\ufeff") != CSV_HEADER:
                         raise UserError(f"{path}:1: header must be {CSV_HEADER!r}, got "
-                                        f"{line[:60]!r}")
+                                        f"{excerpt(line)}")
                     continue
                 if not line.strip():
                     raise UserError(f"{path}:{number}: empty line")

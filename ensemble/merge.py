@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 from absl import flags
 
 from ensemble import check_submission, labels
-from training import checkpoints, readers
+from training import checkpoints, paths, readers
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 from training.progress import format_seconds
@@ -48,7 +48,7 @@ def define_flags() -> None:
     shared_flags.define(flags.DEFINE_string, "label_names", "", "A vocabulary CSV (columns "
                         "Index and Name, or label_id and label_name): also write each "
                         "video's top 5 labels with their names to <output_file without "
-                        ".csv>.top5.tsv.")
+                        ".csv>.top5.tsv.", path=paths.IN_FILE)
 
 
 def parts_dir(output_file: str) -> str:
