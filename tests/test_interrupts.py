@@ -20,7 +20,7 @@ import pytest
 from conftest import DBOF_FLAGS, REPO_ROOT, TINY_CLASSES, unlabelled_shards
 from reliability import read_checkpoint
 from test_ensemble import make_member
-from training import checkpoints, errors
+from training import checkpoints, errors, locks
 from training.errors import Interrupted
 
 PROGRESS = re.compile(r"^step\s+\d+ \|")
@@ -187,6 +187,19 @@ def test_atomic_outputs_interrupted_remove_their_temporary_output(tmp_path):
                 raise Interrupted(signal.SIGTERM)
         assert caught.value.line() == f"interrupted (SIGTERM); nothing was written to {target}"
         assert os.listdir(tmp_path) == []
+
+
+def test_a_trainer_interrupted_before_training_leaves_nothing(tmp_path):
+    from training import train_dir as train_dirs
+
+    train_dir = tmp_path / "new"
+    with pytest.raises(Interrupted) as caught:
+        with train_dirs.removed_on_failed_start(str(train_dir)):
+            checkpoints.write_model_flags(str(train_dir), {"model": "FrameMeanMoeModel"})
+            assert locks.holder_pid(str(train_dir / ".lock")) == os.getpid()
+            raise Interrupted(signal.SIGINT)
+    assert caught.value.line() == "interrupted (SIGINT) before training started; nothing was saved"
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.fixture

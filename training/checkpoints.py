@@ -30,7 +30,8 @@ IDENTITY_KEYS = ("model", "feature_names", "feature_sizes", "frame_features",
 
 def atomic_write_text(path: str, text: str) -> None:
     """Writes a file through a temporary name in the same dir and renames it
-    (see atomic_file: a killed writer's temporary file is removed next time)."""
+    (see atomic_file: a killed writer's temporary file is removed next time;
+    a live writer of the same file is waited for, not refused)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_file(path, overwrite=True, wait=True) as tmp_path:
         with open(tmp_path, "w") as out:

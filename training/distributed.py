@@ -144,9 +144,9 @@ def train_distributed(model_flags: Dict[str, Any], train_dir: str, data_pattern:
     step, loss_value = 0, float("nan")
     log(f"{task_type} {task_index} of {num_workers} workers "
         f"({'chief' if chief else 'not chief'}), {len(files)} file(s)")
+    with graph.as_default():
+        session = _worker_session(chief, server, train_dir, config, saver, task)
     try:
-        with graph.as_default():
-            session = _worker_session(chief, server, train_dir, config, saver, task)
         # A SIGINT/SIGTERM ends the loop after its step; the session closes
         # normally (the chief's saver hook saves the last step), then it is raised.
         with interrupts_deferred(), graph.as_default(), session as sess:

@@ -148,11 +148,13 @@ def removed_on_failed_start(train_dir: str) -> Iterator[None]:
             try:
                 yield
             except (UserError, errors.Interrupted) as err:
-                if checkpoints.latest_checkpoint(train_dir) is None:
+                latest = checkpoints.latest_checkpoint(train_dir)
+                if latest is None:
                     _remove_added(train_dir, before)
-                    if isinstance(err, errors.Interrupted):
-                        err.noted("before the first checkpoint; nothing was saved",
-                                  replace=False)
+                if isinstance(err, errors.Interrupted):   # (not noted: before training)
+                    err.noted("nothing was saved" if latest is None else
+                              f"the latest checkpoint is {latest}; run the same command to "
+                              f"resume", at="before training started", replace=False)
                 raise
     except BaseException:
         if created:   # (only when empty: a refused start leaves the holder's dir alone)
