@@ -114,6 +114,17 @@ def run_with_file_size_limit(module: str, *args: str, limit: int,
                           preexec_fn=_no_file_size_limit_signal(limit))
 
 
+def assert_not_cut(line: str) -> None:
+    """A message that was not cut in the middle: brackets balanced outside
+    quoted text, and it does not end in the middle of a clause."""
+    import re
+
+    unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "", line)
+    for opening, closing in ("()", "[]", "{}"):
+        assert unquoted.count(opening) == unquoted.count(closing), (opening + closing, line)
+    assert not line.rstrip().endswith((":", "(", ",", "[", "{", " -")), line
+
+
 def assert_user_error(completed: subprocess.CompletedProcess, *mentions: str) -> str:
     """A user error: exit 2, exactly one line on stderr, 'error: ...', naming
     each of `mentions` (the flag or file), no traceback. Returns the line."""
@@ -124,6 +135,7 @@ def assert_user_error(completed: subprocess.CompletedProcess, *mentions: str) ->
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr[-3000:]
     assert lines[0].startswith("error: "), lines[0]
+    assert_not_cut(lines[0])
     for mention in mentions:
         assert mention in lines[0], (mention, lines[0])
     return lines[0]

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import DBOF_FLAGS, TINY_CLASSES
-from reliability import run_cases, sequence_example, write_records
+from reliability import assert_not_cut, run_cases, sequence_example, write_records
 
 FUZZ_SEED = 2026
 CASES_PER_STAGE = 16
@@ -213,6 +213,14 @@ def _prepare(fuzz: Fuzz, stage: str, seed: int) -> tuple:
     return argvs, mutations
 
 
+def not_cut_failure(line: str) -> str:
+    try:
+        assert_not_cut(line)
+    except AssertionError as err:
+        return str(err)
+    return ""
+
+
 def _failure(stage: str, mutation: str, result) -> str:
     """Why a fuzzed run is not a success or a one-line error ('' when it is)."""
     lines = result.stderr.strip().splitlines()
@@ -222,6 +230,8 @@ def _failure(stage: str, mutation: str, result) -> str:
         why = "a traceback"
     elif result.returncode == 2 and not (len(lines) == 1 and lines[0].startswith("error: ")):
         why = f"{len(lines)} lines"
+    elif result.returncode == 2 and not_cut_failure(lines[0]):
+        why = f"a cut message ({not_cut_failure(lines[0])})"
     else:
         return ""
     return f"{stage} ({mutation}): {why}: {result.stderr.strip()[-600:]}"

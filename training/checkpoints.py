@@ -416,16 +416,29 @@ def _claimed(target: str, shown: str, exists_error: str, wait: bool) -> Iterator
         yield temp_prefix(target) + secrets.token_hex(4)
 
 
-def _discard(temp: str, err: BaseException, shown: str, failure: str) -> None:
-    """After `err` inside an atomic output: removes `temp` (a second signal
-    waits), notes an interrupt, turns a write failure into a UserError."""
-    with errors.interrupts_deferred():
-        _remove_path(temp)
-    if isinstance(err, errors.Interrupted):
-        err.noted(f"nothing was written to {shown}")
-    reason = write_failure(err, temp)
-    if reason is not None:
-        raise UserError(failure.format(reason=reason)) from None
+class _Commit:
+    done = False
+
+
+@contextmanager
+def _discarded_unless_committed(temp: str, shown: str, failure: str) -> Iterator[_Commit]:
+    """On an error or interrupt in the block before commit.done is set:
+    removes `temp` (a second signal waits), notes an interrupt, and turns a
+    write failure into a UserError (`failure` with its {reason})."""
+    commit = _Commit()
+    try:
+        yield commit
+    except BaseException as err:
+        if commit.done:
+            raise
+        with errors.interrupts_deferred():
+            _remove_path(temp)
+        if isinstance(err, errors.Interrupted):
+            err.noted(f"nothing was written to {shown}")
+        reason = write_failure(err, temp)
+        if reason is not None:
+            raise UserError(failure.format(reason=reason)) from None
+        raise
 
 
 def write_failure(err: BaseException, temp: str) -> Optional[str]:
@@ -474,19 +487,14 @@ def atomic_directory(target: str, overwrite: bool = False) -> Iterator[str]:
     target = os.path.abspath(target)
     exists = "" if overwrite else f"{target}: output dir exists; choose another or pass " \
                                   f"--overwrite"
-    with _claimed(target, target, exists, wait=False) as tmp_dir:
-        committed = False
-        try:
-            os.mkdir(tmp_dir, 0o777)  # mode & ~umask, like any new dir
-            yield tmp_dir
-            with errors.interrupts_deferred():   # (the swap is not cut in two)
-                _replace_dir(tmp_dir, target)
-                committed = True
-        except BaseException as err:
-            if not committed:
-                _discard(tmp_dir, err, target,
-                         f"{target}: cannot write the output ({{reason}}); nothing was written")
-            raise
+    failure = f"{target}: cannot write the output ({{reason}}); nothing was written"
+    with _claimed(target, target, exists, wait=False) as tmp_dir, \
+            _discarded_unless_committed(tmp_dir, target, failure) as commit:
+        os.mkdir(tmp_dir, 0o777)  # mode & ~umask, like any new dir
+        yield tmp_dir
+        with errors.interrupts_deferred():   # (the swap is not cut in two)
+            _replace_dir(tmp_dir, target)
+            commit.done = True
 
 
 @contextmanager
@@ -505,16 +513,10 @@ def atomic_file(target: str, overwrite: bool = False, flag: str = "",
     with _claimed(target, shown, exists, wait) as tmp_path:
         if os.path.isdir(target):
             raise UserError(f"{shown}: is a dir")
-        committed = False
-        try:
+        failure = f"{shown}: cannot write ({{reason}}); nothing was written"
+        with _discarded_unless_committed(tmp_path, shown, failure):
             yield tmp_path
             os.replace(tmp_path, target)
-            committed = True
-        except BaseException as err:
-            if not committed:
-                _discard(tmp_path, err, shown,
-                         f"{shown}: cannot write ({{reason}}); nothing was written")
-            raise
 
 
 # ---------------------------------------------------------------------------
