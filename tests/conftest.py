@@ -121,3 +121,18 @@ def tiny_models(tiny_data, tmp_path_factory) -> dict:
     from reliability import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny_models"), tiny_data)
+
+
+# The longest test files (minutes each), started first so that with several
+# workers (run_scripts/test.sh: pytest-xdist, whole files per worker) none of
+# them is left running alone at the end.
+SLOW_FILES_FIRST = ("test_pipeline_report.py", "test_determinism.py", "test_kill.py",
+                    "test_bad_inputs.py", "test_labels.py", "test_merge.py",
+                    "test_gpu_acceptance.py", "test_fuzz.py", "test_run_scripts.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        name = Path(str(item.fspath)).name
+        return SLOW_FILES_FIRST.index(name) if name in SLOW_FILES_FIRST else len(SLOW_FILES_FIRST)
+    items.sort(key=rank)    # (stable: the order inside a file is kept)
