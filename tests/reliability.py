@@ -8,6 +8,8 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -198,3 +200,63 @@ def run_cases(specs: Dict[str, dict], work_dir, timeout: int = 120) -> Dict[str,
             completed.append(result)
         outcome[module] = (payload["path_flags"], payload["string_flags"], completed)
     return outcome
+
+
+class Started:
+    """`python -m module args` started in the background, its stdout read
+    line by line (tests/test_kill.py kills it, tests/test_interrupts.py
+    signals it, both at a line they wait for)."""
+
+    def __init__(self, module: str, *args: str):
+        self.process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, bufsize=1)
+        self.lines: List[str] = []
+        self.marker = None
+        self.seen = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if self.marker is not None and self.marker(line):
+                self.seen.set()
+        self.seen.set()   # the process ended
+
+    def wait_for(self, marker, timeout: float = 120.0) -> None:
+        """Until a stdout line matches marker (a function of the line, or a
+        substring), or the process ends."""
+        self.marker = marker if callable(marker) else (lambda line: marker in line)
+        if any(self.marker(line) for line in self.lines):
+            self.seen.set()
+        assert self.seen.wait(timeout), (marker, self.lines)
+
+    def signal_when(self, marker, *signums: int, timeout: float = 120.0) -> None:
+        """Sends the signals (10 ms apart) as soon as a stdout line matches marker."""
+        self.wait_for(marker, timeout)
+        assert self.process.poll() is None, ("ended before the signal", self.output())
+        for signum in signums:
+            self.process.send_signal(signum)
+            time.sleep(0.01)
+
+    def kill_after(self, marker, delay: float, timeout: float = 120.0) -> bool:
+        """SIGKILL `delay` seconds after a stdout line matches marker; -> False
+        when the process had already ended by itself."""
+        self.wait_for(marker, timeout)
+        time.sleep(delay)
+        ended_by_itself = self.process.poll() is not None
+        self.process.kill()
+        self.process.wait(timeout=60)
+        self.reader.join(timeout=10)
+        return not ended_by_itself
+
+    def finish(self, timeout: float = 300.0) -> tuple:
+        """-> (exit code, stdout, stderr lines)."""
+        self.process.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return self.process.returncode, self.output(), \
+            self.process.stderr.read().strip().splitlines()
+
+    def output(self) -> str:
+        return "".join(self.lines)

@@ -10,62 +10,17 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
 
-from conftest import DBOF_FLAGS, REPO_ROOT, TINY_CLASSES, unlabelled_shards
-from reliability import read_checkpoint
+from conftest import DBOF_FLAGS, TINY_CLASSES, unlabelled_shards
+from reliability import Started, read_checkpoint
 from test_ensemble import make_member
 from training import checkpoints, errors, locks
 from training.errors import Interrupted
 
 PROGRESS = re.compile(r"^step\s+\d+ \|")
-
-
-class Started:
-    """`python -m module args`, its stdout read line by line."""
-
-    def __init__(self, module, *args):
-        self.process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, bufsize=1)
-        self.lines = []
-        self.marker = None
-        self.seen = threading.Event()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.append(line)
-            if self.marker is not None and self.marker(line):
-                self.seen.set()
-        self.seen.set()
-
-    def signal_when(self, marker, *signums, timeout=120.0):
-        """Sends the signals (10 ms apart) as soon as a stdout line matches marker."""
-        self.marker = marker
-        if any(marker(line) for line in self.lines):
-            self.seen.set()
-        assert self.seen.wait(timeout), self.lines
-        assert self.process.poll() is None, ("ended before the signal", self.output())
-        for signum in signums:
-            self.process.send_signal(signum)
-            time.sleep(0.01)
-
-    def finish(self, timeout=300.0):
-        """-> (exit code, stdout, stderr lines)."""
-        self.process.wait(timeout=timeout)
-        self.reader.join(timeout=10)
-        return self.process.returncode, "".join(self.lines), \
-            self.process.stderr.read().strip().splitlines()
-
-    def output(self):
-        return "".join(self.lines)
 
 
 def no_temporaries(directory):

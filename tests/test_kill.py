@@ -16,17 +16,13 @@ import os
 import random
 import re
 import shutil
-import subprocess
-import sys
-import threading
-import time
 
 import numpy as np
 import pytest
 
-from conftest import DBOF_FLAGS, REPO_ROOT, TINY_CLASSES, decode_teacher
+from conftest import DBOF_FLAGS, TINY_CLASSES, decode_teacher
 from ensemble.check_submission import check_submission
-from reliability import read_checkpoint, temp_leftovers
+from reliability import Started, read_checkpoint, temp_leftovers
 from test_ensemble import make_member
 from training import checkpoints
 
@@ -34,58 +30,23 @@ KILLS = 3
 BIG_DBOF = {"cluster_size": 2048, "hidden_size": 1024, "num_samples": 10}   # ~18 MB fp32
 
 
-class Run:
-    """`python -m module args` with its stdout collected line by line."""
-
-    def __init__(self, module, *args):
-        self.process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, bufsize=1)
-        self.lines = []
-        self.seen = threading.Event()
-        self.marker = None
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.append(line)
-            if self.marker and self.marker in line:
-                self.seen.set()
-        self.seen.set()   # the process ended
-
-    def kill_after(self, marker: str, delay: float, timeout: float = 120.0) -> bool:
-        """SIGKILL `delay` seconds after a stdout line holds `marker`;
-        returns False when the process had already ended by itself."""
-        self.marker = marker
-        if any(marker in line for line in self.lines):
-            self.seen.set()
-        assert self.seen.wait(timeout), f"no {marker!r} in {self.lines}"
-        time.sleep(delay)
-        ended_by_itself = self.process.poll() is not None
-        self.process.kill()
-        self.process.wait(timeout=60)
-        self.reader.join(timeout=10)
-        return not ended_by_itself
-
-    def finish(self, timeout: float = 300.0) -> str:
-        self.process.wait(timeout=timeout)
-        self.reader.join(timeout=10)
-        stderr = self.process.stderr.read()
-        assert self.process.returncode == 0, ("".join(self.lines)[-2000:], stderr[-3000:])
-        return "".join(self.lines)
+def finished(run: Started) -> str:
+    """The stdout of a run that must end well."""
+    code, output, stderr = run.finish()
+    assert code == 0, (output[-2000:], "\n".join(stderr)[-3000:])
+    return output
 
 
 def kill_cycle(module, args, marker, max_delay, check_after_kill, seed, watch=None):
     """KILLS kills of the same command, then a run to the end; returns its stdout."""
     rng = random.Random(seed)
     for _ in range(KILLS):
-        run = Run(module, *args)
+        run = Started(module, *args)
         run.kill_after(marker, rng.uniform(0.0, max_delay))
         if os.environ.get("KILL_DEBUG") and watch:
             print(module, "after kill:", sorted(os.listdir(watch)))
         check_after_kill(run)
-    return Run(module, *args).finish()
+    return finished(Started(module, *args))
 
 
 @pytest.fixture(scope="module")
