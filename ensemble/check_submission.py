@@ -76,6 +76,18 @@ def _check_line(path: str, number: int, line: str, num_classes: int, pairs: int)
     return video_id
 
 
+def _check_utf8(path: str, number: int, line: str) -> None:
+    """Refuses a line holding bytes that are not UTF-8. The file is decoded
+    with surrogateescape because a strict decoder fails on the whole chunk it
+    reads ahead (8 KiB), i.e. while the chunk's first line is being read, and
+    would blame that line; re-decoding the one line gives the reason."""
+    try:
+        line.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte "
+                        f"{err.start + 1} of the line)") from None
+
+
 def check_submission(path: str, num_classes: int = 3862, top_k: int = 20,
                      expected_ids: Optional[Iterable[str]] = None) -> int:
     """Validates the CSV at path; returns the number of videos (rows).
@@ -92,32 +104,32 @@ def check_submission(path: str, num_classes: int = 3862, top_k: int = 20,
         i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in expected_ids}
     ids = set()
     try:
-        handle = open(path, newline="", encoding="utf-8")
+        # (surrogateescape: a bad byte reaches its own line, see _check_utf8)
+        handle = open(path, newline="", encoding="utf-8", errors="surrogateescape")
     except OSError as err:
         raise UserError(f"--submission={path}: cannot open ({err.strerror})") from None
     with handle:
-        try:
-            number = 0
-            for number, raw in enumerate(handle, start=1):
-                line = raw[:-1] if raw.endswith("\n") else raw
-                if line.endswith("\r"):
-                    line = line[:-1]
-                if number == 1:
-                    if line.lstrip("\ufeff") != CSV_HEADER:
-                        raise UserError(f"{path}:1: header must be {CSV_HEADER!r}, got "
-                                        f"{excerpt(line)}")
-                    continue
-                if not line.strip():
-                    raise UserError(f"{path}:{number}: empty line")
-                video_id = _check_line(path, number, line, num_classes, pairs)
-                if video_id in ids:
-                    raise UserError(f"{path}:{number}: video {video_id} appears twice")
-                if expected is not None and video_id not in expected:
-                    raise UserError(f"{path}:{number}: video {video_id} is not one of the "
-                                    f"expected ids")
-                ids.add(video_id)
-        except UnicodeDecodeError as err:
-            raise UserError(f"{path}:{number + 1}: not UTF-8 text ({err.reason})") from None
+        number = 0
+        for number, raw in enumerate(handle, start=1):
+            line = raw[:-1] if raw.endswith("\n") else raw
+            if line.endswith("\r"):
+                line = line[:-1]
+            if not line.isascii():
+                _check_utf8(path, number, line)
+            if number == 1:
+                if line.lstrip("\ufeff") != CSV_HEADER:
+                    raise UserError(f"{path}:1: header must be {CSV_HEADER!r}, got "
+                                    f"{excerpt(line)}")
+                continue
+            if not line.strip():
+                raise UserError(f"{path}:{number}: empty line")
+            video_id = _check_line(path, number, line, num_classes, pairs)
+            if video_id in ids:
+                raise UserError(f"{path}:{number}: video {video_id} appears twice")
+            if expected is not None and video_id not in expected:
+                raise UserError(f"{path}:{number}: video {video_id} is not one of the "
+                                f"expected ids")
+            ids.add(video_id)
     if number == 0:
         raise UserError(f"{path}: empty file (no header)")
     if expected is not None and len(ids) != len(expected):

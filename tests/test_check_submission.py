@@ -62,6 +62,32 @@ def test_each_problem_names_its_line(tmp_path, rows, line, message):
     assert str(info.value).startswith(f"{path}:{line}: ")
 
 
+@pytest.mark.parametrize("bad_line,rows", [(1, 3), (17, 30), (2000, 3000)])
+def test_a_bad_byte_names_its_own_line(tmp_path, bad_line, rows):
+    """A byte that is not UTF-8 is reported on its line, also when the file
+    is read in chunks (line 2000 is past the first 8 KiB). The strict decoder
+    this replaced failed on the chunk read ahead and blamed the chunk's first
+    line: line 1 for the first two cases and 1966 for the third (the mutation
+    tried: the file opened with errors="strict" again and UnicodeDecodeError
+    caught around the loop)."""
+    lines = [CSV_HEADER.encode()] + [f"v{i:05d},3 0.9 1 0.5 0 0.5".encode()
+                                     for i in range(rows)]
+    lines[bad_line - 1] = lines[bad_line - 1].replace(b"9", b"\xe9", 1).replace(
+        b"Video", b"Vid\xe9o", 1)
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(UserError) as info:
+        check(str(path))
+    assert str(info.value).startswith(f"{path}:{bad_line}: not UTF-8 text (invalid "
+                                      f"continuation byte at byte "), str(info.value)
+    # Valid non-ASCII text elsewhere is accepted (only the check of the id's
+    # label pairs applies to it).
+    accented = tmp_path / "accented.csv"
+    accented.write_text("\n".join([CSV_HEADER, "vidéo1,3 0.9 1 0.5 0 0.5"]) + "\n",
+                        encoding="utf-8")
+    assert check(str(accented)) == 1
+
+
 def test_header_and_empty_file(tmp_path):
     for header in ("VideoId,LabelScorePairs", "VideoId,Labels", "videoid,labelconfidencepairs"):
         path = write(tmp_path, GOOD_ROWS, header=header)
