@@ -13,10 +13,42 @@ from conftest import REPO_ROOT
 from reliability import assert_user_error, run_cases, snapshot
 from training import paths
 
-ENTRY_POINTS = ("training.train", "training.eval", "training.synthetic", "swa.average",
-                "bfloat16_patch.convert", "ensemble.build", "ensemble.inference",
-                "ensemble.merge", "ensemble.check_submission", "ensemble.report",
-                "prediction2tfrecord.write", "distillation.train", "stacking.fit")
+# Every entry point's path flags and what each holds (training.paths). The
+# walk checks each flag over every bad place of its kind (CASES_BY_KIND) and
+# asserts the exact number of cases this table makes: a new path flag is
+# added here, which adds its cases to that number knowingly.
+PATH_FLAGS = {
+    "training.train": {"train_dir": paths.OUT_DIR, "train_data_pattern": paths.IN_PATTERN},
+    "training.eval": {"train_dir": paths.IN_DIR, "eval_data_pattern": paths.IN_PATTERN,
+                      "checkpoint_file": paths.IN_CHECKPOINT,
+                      "train_data_pattern": paths.IN_PATTERN},
+    "training.synthetic": {"output_dir": paths.OUT_DIR},
+    "swa.average": {"train_dir": paths.IN_DIR, "output_dir": paths.OUT_DIR,
+                    "train_data_pattern": paths.IN_PATTERN,
+                    "eval_data_pattern": paths.IN_PATTERN},
+    "bfloat16_patch.convert": {"output_dir": paths.OUT_DIR, "input_dir": paths.IN_DIR,
+                               "checkpoint_file": paths.IN_CHECKPOINT},
+    "ensemble.build": {"model_dirs": paths.IN_DIRS, "output_dir": paths.OUT_DIR,
+                       "eval_data_pattern": paths.IN_PATTERN, "weights_file": paths.IN_FILE},
+    "ensemble.inference": {"train_dir": paths.IN_DIR, "input_data_pattern": paths.IN_PATTERN,
+                           "output_file": paths.OUT_FILE, "input_model_tgz": paths.IN_FILE,
+                           "output_model_tgz": paths.OUT_FILE, "label_names": paths.IN_FILE},
+    "ensemble.merge": {"input_data_pattern": paths.IN_PATTERN, "output_file": paths.OUT_FILE,
+                       "label_names": paths.IN_FILE},
+    "ensemble.check_submission": {"submission": paths.IN_FILE},
+    "ensemble.report": {"model_dirs": paths.IN_DIRS, "ensemble_dir": paths.IN_DIR,
+                        "stacked_dir": paths.IN_DIR, "train_dirs": paths.IN_DIRS,
+                        "weights_file": paths.IN_FILE, "output_json": paths.OUT_FILE,
+                        "output_png": paths.OUT_FILE},
+    "prediction2tfrecord.write": {"input_data_pattern": paths.IN_PATTERN,
+                                  "output_dir": paths.OUT_DIR, "teacher_csv": paths.IN_FILE,
+                                  "teacher_dir": paths.IN_DIR},
+    "distillation.train": {"train_dir": paths.OUT_DIR, "train_data_pattern": paths.IN_PATTERN,
+                           "warm_start_checkpoint": paths.IN_CHECKPOINT},
+    "stacking.fit": {"model_dirs": paths.IN_DIRS, "output_file": paths.OUT_FILE,
+                     "data_pattern": paths.IN_PATTERN},
+}
+ENTRY_POINTS = tuple(PATH_FLAGS)
 STAGE_PACKAGES = ("training", "swa", "bfloat16_patch", "ensemble", "prediction2tfrecord",
                   "distillation", "stacking")
 # A string flag with such a name holds a path, so it must declare its kind.
@@ -85,30 +117,54 @@ def test_the_walk_covers_every_entry_point():
     assert entry_point_modules() == set(ENTRY_POINTS)
 
 
+# Places made only where the system allows them (as root nothing is
+# unreadable; /sys and /proc are Linux's).
+OPTIONAL_PLACES = {"unreadable file", "in a read-only dir", "in /sys", "in /proc"}
+
+
 def _per_kind(places: dict) -> dict:
     """{path kind: [bad values]} (a list flag: a good item first, the bad one
     must still be named)."""
     per_kind = {}
     for kind, labels in CASES_BY_KIND.items():
+        unknown = set(labels) - set(places) - OPTIONAL_PLACES
+        assert not unknown, (kind, unknown)        # (a label of no place: a typo)
         bad = [places[label] for label in labels if label in places]
         per_kind[kind] = ([f"{places['a dir']},{path}" for path in bad]
                           if kind == paths.IN_DIRS else bad)
     return per_kind
 
 
+def expected_cases(modules, per_kind: dict) -> int:
+    """The cases the walk must check: each path flag of the table times the
+    bad places of its kind."""
+    return sum(len(per_kind[kind]) for module in modules
+               for kind in PATH_FLAGS[module].values())
+
+
 @pytest.mark.parametrize("half", [0, 1])
 def test_every_path_flag_over_bad_paths(half, tmp_path):
+    """The exact number of cases, from PATH_FLAGS and CASES_BY_KIND (it was
+    'more than 50'). Mutations tried: tests/cli_driver.py generating every
+    value of a kind but the last (120 + 133 of 298 cases run; the old bound
+    passed) fails the count; bfloat16_patch.convert declaring --input_dir a
+    checkpoint instead of a dir (5 bad places instead of 8; the old bound
+    passed) fails the comparison with PATH_FLAGS."""
     places_root = tmp_path / "places"
     places_root.mkdir()
     places = make_bad_places(places_root)
     before = snapshot(places_root)
-    specs = {module: {"per_path_flag": _per_kind(places)} for module in ENTRY_POINTS[half::2]}
+    per_kind = _per_kind(places)
+    modules = ENTRY_POINTS[half::2]
+    specs = {module: {"per_path_flag": per_kind} for module in modules}
     checked = 0
     for module, (path_flags, string_flags, results) in run_cases(specs, tmp_path).items():
         unregistered = [name for name in string_flags
                         if PATH_LIKE.search(name) and name not in path_flags]
         assert not unregistered, (module, unregistered)
-        assert path_flags, module
+        assert path_flags == PATH_FLAGS[module], (
+            f"{module} declares the path flags {path_flags}; PATH_FLAGS in this file says "
+            f"{PATH_FLAGS[module]}: update it")
         for result in results:
             bad = result.args[1].split("=", 1)[1].split(",")[-1]
             line = assert_user_error(result, f"--{result.flag}=", bad)
@@ -119,5 +175,6 @@ def test_every_path_flag_over_bad_paths(half, tmp_path):
     assert sorted(os.listdir(places_root)) == sorted(
         ["a_dir", "a_file", "fifo", "dangling", "loop"]
         + ([] if AS_ROOT else ["unreadable", "read_only"]))
-    print(f"path-flag cases checked: {checked}")
-    assert checked > 50, checked
+    print(f"path-flag cases checked: {checked} (half {half}; both halves: "
+          f"{expected_cases(ENTRY_POINTS, per_kind)})")
+    assert checked == expected_cases(modules, per_kind), checked
