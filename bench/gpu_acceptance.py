@@ -9,14 +9,18 @@ On a machine with N >= 1 visible GPUs (CUDA_VISIBLE_DEVICES applies) it
    peak GPU memory and the N-tower scaling;
 2. checks one training step on a fixed batch: 1 tower against N towers (a
    model without batch norm, whose statistics a split batch changes) and GPU
-   against CPU (a tiny preset): the same loss and updated variables;
+   against CPU (a tiny preset): the same loss and updated variables
+   (--cpu_smoke has no GPU: it compares the two CPU devices and says so);
 3. averages, converts to bfloat16, builds the six-member tiled ensemble from
    the fresh checkpoints and predicts synthetic test videos: videos/sec and
    the exported size, and checks the CSV;
 4. prints a markdown summary, writes every figure to --json, and exits 0 only
-   when every check passed. Without a GPU it says so in one line and exits 0;
-   --cpu_smoke runs the same code at the presets' test size on 2 virtual CPU
-   devices (tests/test_gpu_acceptance.py runs it).
+   when every check passed (1 when one failed). Without a GPU it says so in
+   one line and exits NO_GPU_EXIT (3: nothing was checked, which is not a
+   pass), or 1 with --require_gpu (run_scripts/gpu_acceptance.sh passes it,
+   so a broken CUDA set-up fails there); --cpu_smoke runs the same code at
+   the presets' test size on 2 virtual CPU devices
+   (tests/test_gpu_acceptance.py runs it).
 """
 from __future__ import annotations
 
@@ -44,6 +48,9 @@ from training import train_dir as train_dirs
 
 RATE_LINE = re.compile(r"\| +([\d.]+) examples/sec")
 DTYPES = ("float32", "bfloat16")
+# Exit code when no GPU is visible (without --require_gpu): neither a pass
+# (0) nor a failed check (1), so that a script cannot mistake it for either.
+NO_GPU_EXIT = 3
 
 
 def setup(args) -> Dict:
@@ -208,9 +215,12 @@ def correctness(run: Dict) -> Dict:
         result["towers_loss"] = [one[1], many[1]]
         result["towers_mismatch"] = mismatch(one[2], many[2])
     tiny = model_flags_of("Soft-DBoF-4k", {**run, "size": "test"})
+    # Without a GPU (--cpu_smoke) the second CPU device stands in: the same
+    # code runs, but it compares two CPU devices, and the check is named so.
     other = devices[0] if run["gpus"] else "/cpu:1"
     host = one_step(tiny, ["/cpu:0"], fixed_batch(4, run["classes"]), config)
     device = one_step(tiny, [other], fixed_batch(4, run["classes"]), config, values=host[0])
+    result["device_vs_cpu_devices"] = [other, "/cpu:0"]
     result["device_vs_cpu_loss"] = [device[1], host[1]]
     result["device_vs_cpu_mismatch"] = mismatch(device[2], host[2])
     return result
@@ -253,7 +263,10 @@ def checks_of(result: Dict) -> List[tuple]:
     if "towers_loss" in c:
         checks.append(_step_check("1 tower = N towers (loss, updated variables)",
                                   c["towers_loss"], c["towers_mismatch"]))
-    checks.append(_step_check("device = CPU (loss, updated variables)",
+    device, host = c["device_vs_cpu_devices"]
+    what = ("GPU = CPU" if device.startswith("/gpu") else
+            "second CPU device = first (--cpu_smoke: no GPU compared)")
+    checks.append(_step_check(f"{what}: {device} vs {host} (loss, updated variables)",
                               c["device_vs_cpu_loss"], c["device_vs_cpu_mismatch"]))
     checks.append(("ensemble export under 2^30 bytes", p["exported_bytes"] <= 1 << 30,
                    f"{p['exported_bytes']:,} bytes"))
@@ -285,6 +298,15 @@ def summary(result: Dict) -> str:
     return "\n".join(lines)
 
 
+def no_gpu(required: bool) -> int:
+    """Says in one line that no GPU is visible; -> the exit code."""
+    code = 1 if required else NO_GPU_EXIT
+    verdict = "FAIL (--require_gpu)" if required else "nothing checked"
+    print(f"gpu_acceptance: no GPU visible (CUDA_VISIBLE_DEVICES="
+          f"{os.environ.get('CUDA_VISIBLE_DEVICES')}); {verdict}; exit {code}", flush=True)
+    return code
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu_smoke", action="store_true",
@@ -293,11 +315,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=4, help="training steps per run")
     parser.add_argument("--json", default="gpu_acceptance.json")
     parser.add_argument("--workdir", default="", help="default: a temporary dir, removed")
+    parser.add_argument("--require_gpu", action="store_true",
+                        help=f"no visible GPU is a failure (exit 1), not exit {NO_GPU_EXIT}")
     args = parser.parse_args()
     if not args.cpu_smoke and not precision.visible_gpus():
-        print(f"gpu_acceptance: no GPU visible (CUDA_VISIBLE_DEVICES="
-              f"{os.environ.get('CUDA_VISIBLE_DEVICES')}); nothing to check", flush=True)
-        return 0
+        return no_gpu(args.require_gpu)
     run = setup(args)
     try:
         size = 512 if args.cpu_smoke else 8192
