@@ -291,7 +291,7 @@ def main(argv) -> None:
         result = predict.evaluate_model_dir(FLAGS.output_dir, FLAGS.eval_data_pattern,
                                             FLAGS.batch_size, FLAGS.top_k,
                                             FLAGS.num_readers, log=log,
-                                            compression=FLAGS.compression)
+                                            compression=FLAGS.compression, keep_videos=True)
         print(metrics.format_summary(result, "ensemble"), flush=True)
         eval_results.record(FLAGS.output_dir,
                             os.path.join(FLAGS.output_dir, predict.INFERENCE_MODEL), result,

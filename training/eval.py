@@ -53,6 +53,9 @@ def define_flags() -> None:
     shared_flags.define(flags.DEFINE_bool, "run_once", False,
                         "Evaluate once and exit (else watch --train_dir).")
     shared_flags.define(flags.DEFINE_integer, "watch_seconds", 60, "Polling period while watching.")
+    shared_flags.define(flags.DEFINE_bool, "skip_evaluated", False, "Skip a checkpoint already "
+                        "evaluated with these settings on these files (its per-video record "
+                        "kept): a rerun of the pipeline does not measure it again.")
     # A string checked by bn_statistics.check_eval_mode, not an absl enum: an
     # unknown mode is then a one-line error like every other flag mistake.
     shared_flags.define(flags.DEFINE_string, "bn_statistics", "moving",
@@ -68,27 +71,30 @@ def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
                         skip_corrupt: bool = False,
                         bf16_compute: Optional[str] = None,
                         recompute: Optional[bn_stats.Recompute] = None,
-                        compression: str = "auto") -> Dict[str, float]:
+                        compression: str = "auto", keep_videos: bool = True) -> Dict[str, Any]:
     """Metrics of one checkpoint of a model dir (training.predict does the work;
     a bfloat16 checkpoint computes in the --bf16_compute mode, None: the default).
     recompute: evaluate it with BN statistics recomputed so (the checkpoint
-    itself is only read); None: with its moving statistics."""
+    itself is only read); None: with its moving statistics. keep_videos: the
+    result's "videos" holds each video's top-k (predict.evaluate_model)."""
     if recompute is not None:
         with bn_stats.recomputed_checkpoint(model_dir, checkpoint_path, recompute,
                                             log) as recomputed:
             return evaluate_checkpoint(model_dir, recomputed, data_pattern, batch_size, top_k,
                                        frame_sampling, seed, num_readers, log, skip_corrupt,
-                                       bf16_compute, compression=compression)
+                                       bf16_compute, compression=compression,
+                                       keep_videos=keep_videos)
     model = predict.open_model(model_dir, frame_sampling, seed, bf16_compute,
                                checkpoint=checkpoint_path)
     try:
         return predict.evaluate_model(model, data_pattern, batch_size, top_k, num_readers, log,
-                                      skip_corrupt=skip_corrupt, compression=compression)
+                                      skip_corrupt=skip_corrupt, compression=compression,
+                                      keep_videos=keep_videos)
     finally:
         model.close()
 
 
-def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, float],
+def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, Any],
                   recompute: Optional[bn_stats.Recompute] = None, data_pattern: str = "",
                   settings: Optional[Dict[str, Any]] = None) -> None:
     """Adds the evaluation to eval_results.json (training.eval_results: keyed by
@@ -102,7 +108,7 @@ def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, float]
         "recompute_batches": None if recompute is None else recompute.num_batches})
     writer = tf.summary.FileWriter(os.path.join(train_dir, "eval"))
     summary = tf.Summary(value=[tf.Summary.Value(tag=f"eval/{key}", simple_value=float(value))
-                                for key, value in result.items()])
+                                for key, value in result.items() if key != "videos"])
     writer.add_summary(summary, step)
     writer.close()
 
@@ -129,9 +135,23 @@ def _recompute_settings() -> Optional[bn_stats.Recompute]:
                               FLAGS.batch_size, FLAGS.seed, FLAGS.num_readers, FLAGS.compression)
 
 
+def _settings(recompute: Optional[bn_stats.Recompute]) -> Dict[str, Any]:
+    """What an evaluation records besides its checkpoint and files (eval_results)."""
+    return {"frame_sampling": FLAGS.frame_sampling, "seed": FLAGS.seed, "top_k": FLAGS.top_k,
+            "bf16_compute": FLAGS.bf16_compute or None,
+            "bn_statistics": "moving" if recompute is None else "recompute",
+            "recompute_batches": None if recompute is None else recompute.num_batches}
+
+
 def _evaluate(path: str, recompute: Optional[bn_stats.Recompute]) -> None:
     """Evaluates one checkpoint of --train_dir; prints and writes the results."""
     log = lambda line: print(line, flush=True)  # noqa: E731
+    if FLAGS.skip_evaluated:
+        done = eval_results.find(FLAGS.train_dir, path, FLAGS.eval_data_pattern,
+                                 _settings(recompute))
+        if done:
+            log(metrics.format_summary(done, os.path.basename(path) + " (evaluated before)"))
+            return
     if recompute is None:
         try:
             note = bn_stats.convergence_note(path)
@@ -147,8 +167,7 @@ def _evaluate(path: str, recompute: Optional[bn_stats.Recompute]) -> None:
     label = os.path.basename(path) + ("" if recompute is None else " (BN statistics recomputed)")
     log(metrics.format_summary(result, label))
     write_results(FLAGS.train_dir, path, result, recompute, FLAGS.eval_data_pattern,
-                  {"frame_sampling": FLAGS.frame_sampling, "seed": FLAGS.seed,
-                   "top_k": FLAGS.top_k, "bf16_compute": FLAGS.bf16_compute or None})
+                  _settings(recompute))
 
 
 def main(argv) -> None:

@@ -11,8 +11,10 @@ reads it)::
 An evaluation's fields: checkpoint (its path), global_step,
 eval_data_pattern (absolute), eval_files (how many files it matched),
 bn_statistics (moving or recompute), recompute_batches, frame_sampling, seed,
-top_k, bf16_compute (None: the default) and the metrics (gap, hit_at_one,
-perr, map, loss, num_examples). The top-level fields are the latest
+top_k, bf16_compute (None: the default), the metrics (gap, hit_at_one,
+perr, map, loss, num_examples) and, for evaluations that kept them,
+videos_file (each video's top-k pairs, training.intervals, under
+eval_videos/) and video_ids_sha1 (which videos they were). The top-level fields are the latest
 evaluation, so readers of the earlier format keep working. Its key is
 ``<checkpoint>|<eval_data_pattern>|bn_statistics=<mode>[:<batches>]|
 frame_sampling=..|seed=..|top_k=..|bf16_compute=..`` (the checkpoint relative
@@ -27,11 +29,13 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-from training import checkpoints
+from training import checkpoints, intervals
 from training.errors import UserError
 from training.flags import comma_list
 
 EVAL_RESULTS = "eval_results.json"
+# Per-video records (training.intervals) of the evaluations, by key digest.
+VIDEOS_DIR = "eval_videos"
 COLLECTION = "evaluations"
 UNRECORDED = "unrecorded"
 # The fields of an evaluation that say what was measured (and make its key).
@@ -117,23 +121,64 @@ def latest_evaluation(directory: str) -> Optional[Dict[str, Any]]:
     return {key: value for key, value in payload.items() if key not in (COLLECTION, "key")}
 
 
-def record(directory: str, checkpoint: str, result: Dict[str, float], data_pattern: str,
+def _save_videos(directory: str, key: str, videos: intervals.VideoTopK) -> Dict[str, Any]:
+    """Writes the per-video record of the evaluation `key`; -> its entry fields."""
+    name = os.path.join(VIDEOS_DIR, intervals.videos_file_name(key))
+    intervals.save(os.path.join(directory, name), videos)
+    return {"videos_file": name, "video_ids_sha1": videos.ids_digest()}
+
+
+def videos_of(directory: str, entry: Dict[str, Any]) -> intervals.VideoTopK:
+    """The per-video record of an evaluation of `directory`; one without it
+    (evaluated before records were kept) is a UserError saying so."""
+    name = entry.get("videos_file")
+    if not name:
+        raise UserError(f"{results_path(directory)}: the evaluation of {entry.get('checkpoint')} "
+                        f"has no per-video record; evaluate it again")
+    return intervals.load(os.path.join(directory, name))
+
+
+def _settings_entry(checkpoint: str, data_pattern: str,
+                    settings: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The fields of an evaluation that say what it measured (they make its key)."""
+    settings = dict(settings or {})
+    return {"checkpoint": checkpoint,
+            "global_step": checkpoints.checkpoint_step(checkpoint) or 0,
+            "eval_data_pattern": absolute_pattern(data_pattern),
+            "bn_statistics": settings.get("bn_statistics", "moving"),
+            "recompute_batches": settings.get("recompute_batches"),
+            **{field: settings.get(field) for field in SETTINGS}}
+
+
+def find(directory: str, checkpoint: str, data_pattern: str,
+         settings: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """The recorded evaluation with these settings, when it has its per-video
+    record (a rerun of the pipeline skips it), else None."""
+    key = evaluation_key(directory, _settings_entry(checkpoint, data_pattern, settings))
+    entry = read_evaluations(directory).get(key)
+    if entry and entry.get("videos_file") and os.path.isfile(
+            os.path.join(directory, entry["videos_file"])):
+        return entry
+    return None
+
+
+def record(directory: str, checkpoint: str, result: Dict[str, Any], data_pattern: str,
            num_files: Optional[int], settings: Optional[Dict[str, Any]] = None
            ) -> Dict[str, Any]:
     """Adds an evaluation of `checkpoint` on `data_pattern` to the dir's
     eval_results.json (replacing only the entry of the same key) and makes it
     the latest; returns the evaluation. settings: bn_statistics,
-    recompute_batches and SETTINGS (missing ones: None)."""
-    settings = dict(settings or {})
-    entry = {"checkpoint": checkpoint,
-             "global_step": checkpoints.checkpoint_step(checkpoint) or 0,
-             "eval_data_pattern": absolute_pattern(data_pattern), "eval_files": num_files,
-             "bn_statistics": settings.get("bn_statistics", "moving"),
-             "recompute_batches": settings.get("recompute_batches"),
-             **{field: settings.get(field) for field in SETTINGS},
+    recompute_batches and SETTINGS (missing ones: None). A "videos" item of
+    result (training.intervals.VideoTopK) is written beside it, under
+    eval_videos/, and named by the entry's videos_file."""
+    result = dict(result)
+    videos = result.pop("videos", None)
+    entry = {**_settings_entry(checkpoint, data_pattern, settings), "eval_files": num_files,
              **{name: float(value) for name, value in result.items()}}
     evaluations = read_evaluations(directory)
     key = evaluation_key(directory, entry)
+    if videos is not None:
+        entry.update(_save_videos(directory, key, videos))
     evaluations[key] = entry
     checkpoints.write_json(results_path(directory),
                            {**entry, "key": key, COLLECTION: evaluations})

@@ -515,6 +515,7 @@ class EvaluationMetrics:
         self._scores = []
         self._labels = []
         self._classes = []
+        self._num_labels = []
         self._positives = np.zeros(self.num_classes, dtype=np.int64)
         self.num_examples = 0
         self._sum_hit_at_one = 0.0
@@ -555,6 +556,7 @@ class EvaluationMetrics:
         self._scores.append(scores32)
         self._labels.append(rel8)
         self._classes.append(cols.astype(self._class_dtype))
+        self._num_labels.append(num_labels.astype(np.int32))
         self._positives += positives
         self.num_examples += batch
         batch_hit = float(hits.mean())
@@ -571,7 +573,19 @@ class EvaluationMetrics:
             self._scores = [np.concatenate(self._scores)]
             self._labels = [np.concatenate(self._labels)]
             self._classes = [np.concatenate(self._classes)]
+            self._num_labels = [np.concatenate(self._num_labels)]
         return self._scores[0].ravel(), self._labels[0].ravel(), self._classes[0].ravel()
+
+    def per_video(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each video's top-k pairs in accumulation order: (scores [V, k]
+        float32, relevant [V, k] int8, num_positives [V] int32), what GAP needs
+        (training.intervals keeps them for paired comparisons)."""
+        if self.num_examples == 0:
+            empty = np.zeros((0, self._k))
+            return (empty.astype(np.float32), empty.astype(np.int8),
+                    np.zeros(0, dtype=np.int32))
+        self._consolidate()
+        return self._scores[0], self._labels[0], self._num_labels[0]
 
     def class_average_precisions(self) -> np.ndarray:
         """Per-class AP ``[num_classes]`` over everything accumulated."""

@@ -25,7 +25,15 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 
 from models.tf_compat import tf
-from training import checkpoints, losses, member_graph, metrics, model_builder, readers
+from training import (
+    checkpoints,
+    intervals,
+    losses,
+    member_graph,
+    metrics,
+    model_builder,
+    readers,
+)
 from training.errors import UserError, first_line
 from training.members import Member, check_no_duplicates, load_member, read_member_flags
 from training.progress import Progress
@@ -289,31 +297,40 @@ def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
 def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
                    top_k: int = 20, num_readers: int = 1, log: Log = None,
                    flag_name: str = "eval_data_pattern",
-                   skip_corrupt: bool = False, compression: str = "auto") -> Dict[str, float]:
+                   skip_corrupt: bool = False, compression: str = "auto",
+                   keep_videos: bool = False) -> Dict[str, Any]:
     """Hit@1, PERR, mAP, GAP@top_k and the loss (the label_loss of
-    model_flags.json on the predictions) over labelled data."""
+    model_flags.json on the predictions) over labelled data; keep_videos:
+    also "videos", each video's top-k (training.intervals.VideoTopK), which
+    eval_results.record keeps beside the metrics."""
     with model.graph.as_default():
         labels_in = tf.placeholder(tf.float32, [None, model.num_classes], name="eval_labels")
         loss = losses.get_loss(model.model_flags.get("label_loss", "CrossEntropyLoss"))(
             model.predictions, labels_in)
     accumulator = metrics.EvaluationMetrics(model.num_classes, top_k)
     fetches = {"loss": (loss, lambda batch: {labels_in: batch["labels"]})}
+    ids = []
     for batch in iterate_predictions(model, data_pattern, batch_size, num_readers, flag_name,
                                      fetches, skip_corrupt, log=log, verb="evaluated",
                                      compression=compression):
         accumulator.accumulate(batch.predictions, batch.labels, float(batch.extras["loss"]))
-    result = accumulator.get()
+        ids.extend(batch.ids)
+    result: Dict[str, Any] = accumulator.get()
     if result["num_examples"] == 0:
         raise UserError(f"--{flag_name}={data_pattern}: the files hold no examples")
+    if keep_videos:
+        result["videos"] = intervals.VideoTopK(np.asarray(ids, dtype=bytes),
+                                               *accumulator.per_video())
     return result
 
 
 def evaluate_model_dir(model_dir: str, data_pattern: str, batch_size: int = 64,
                        top_k: int = 20, num_readers: int = 1, log: Log = None,
-                       compression: str = "auto") -> Dict[str, float]:
+                       compression: str = "auto", keep_videos: bool = False
+                       ) -> Dict[str, Any]:
     model = open_model(model_dir)
     try:
         return evaluate_model(model, data_pattern, batch_size, top_k, num_readers, log,
-                              compression=compression)
+                              compression=compression, keep_videos=keep_videos)
     finally:
         model.close()

@@ -1,0 +1,94 @@
+"""training.intervals: per-video records and paired bootstrap intervals of GAP."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training import intervals, metrics
+from training.errors import UserError
+
+
+def records(predictions, labels, ids=None) -> intervals.VideoTopK:
+    """The per-video record of dense predictions, as an evaluation keeps it."""
+    accumulator = metrics.EvaluationMetrics(predictions.shape[1], top_k=20)
+    accumulator.accumulate(predictions[: len(predictions) // 2], labels[: len(labels) // 2])
+    accumulator.accumulate(predictions[len(predictions) // 2:], labels[len(labels) // 2:])
+    if ids is None:
+        ids = [f"v{index:04d}".encode() for index in range(len(predictions))]
+    return intervals.VideoTopK(np.asarray(ids, dtype=bytes), *accumulator.per_video())
+
+
+def noisy_system(rng, labels, noise: float):
+    return np.clip(labels * 0.6 + rng.normal(0, noise, labels.shape) + 0.2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(7)
+    labels = (rng.random((400, 50)) < 0.06).astype(np.float32)
+    labels[np.arange(400), rng.integers(0, 50, 400)] = 1
+    return rng, labels
+
+
+def test_unit_weights_give_exactly_the_metric(data):
+    """Mutation: dropping the cumulative weights from the precision (hits / rank
+    instead of hits / cumulative weight) breaks the equality with unequal draws
+    and this test's duplicate check."""
+    rng, labels = data
+    predictions = noisy_system(rng, labels, 0.3)
+    videos = records(predictions, labels)
+    assert videos.gap() == pytest.approx(metrics.global_average_precision(predictions, labels),
+                                         abs=1e-12)
+    # A draw that takes video 0 twice and leaves video 1 out is the GAP of that set
+    # (the two copies tie at one rank).
+    weights = np.ones((1, 400))
+    weights[0, 0], weights[0, 1] = 2, 0
+    keep = [0, 0] + list(range(2, 400))
+    duplicated = metrics.global_average_precision(predictions[keep], labels[keep])
+    assert intervals.weighted_gaps(videos, weights)[0] == pytest.approx(duplicated, abs=2e-3)
+
+
+def test_paired_interval_resolves_a_real_gain_and_not_a_tie(data):
+    rng, labels = data
+    base = noisy_system(rng, labels, 0.25)
+    good = records(base, labels)
+    # The same system with extra noise: a small loss on the same videos.
+    worse = records(np.clip(base + rng.normal(0, 0.15, base.shape), 0, 1), labels)
+    same = records(noisy_system(np.random.default_rng(1), labels, 0.25), labels)
+    boot = intervals.PairedBootstrap({"good": good, "worse": worse, "same": same}, samples=300)
+    gain = boot.gain("good", "worse")
+    assert gain.low > 0 and gain.resolved and gain.estimate == pytest.approx(
+        good.gap() - worse.gap())
+    tie = boot.gain("good", "same")
+    assert tie.low < 0 < tie.high and not tie.resolved
+    own = boot.gap("good")
+    assert own.low < own.estimate < own.high
+    # Pairing: the difference's interval is narrower than either system's own one.
+    assert gain.high - gain.low < own.high - own.low
+
+
+def test_records_of_other_videos_are_refused(data, tmp_path):
+    rng, labels = data
+    first = records(noisy_system(rng, labels, 0.3), labels)
+    other_ids = [f"w{index:04d}".encode() for index in range(400)]
+    second = records(noisy_system(rng, labels, 0.3), labels, ids=other_ids)
+    with pytest.raises(UserError, match="were measured on different videos"):
+        intervals.PairedBootstrap({"a": first, "b": second}, samples=10)
+    # The same videos in another order are the same videos.
+    order = np.random.default_rng(0).permutation(400)
+    shuffled = intervals.VideoTopK(first.ids[order], first.scores[order],
+                                   first.relevant[order], first.num_positives[order])
+    boot = intervals.PairedBootstrap({"a": first, "b": shuffled}, samples=20)
+    assert boot.gain("a", "b").estimate == pytest.approx(0, abs=1e-12)
+
+
+def test_save_and_load(data, tmp_path):
+    rng, labels = data
+    videos = records(noisy_system(rng, labels, 0.3), labels)
+    path = tmp_path / "sub" / "v.npz"
+    intervals.save(str(path), videos)
+    loaded = intervals.load(str(path))
+    assert loaded.ids_digest() == videos.ids_digest() and loaded.gap() == videos.gap()
+    path.write_bytes(b"not a zip")
+    with pytest.raises(UserError, match=f"{path}: not a per-video evaluation record"):
+        intervals.load(str(path))

@@ -1,0 +1,192 @@
+"""Per-video evaluation records and paired bootstrap intervals of GAP.
+
+An evaluation keeps, for each video, its top-k (score, relevant) pairs and
+its number of positive labels (``VideoTopK``): all that GAP@k needs, about
+100 bytes a video. Two evaluations of the same videos can then be compared
+with a paired bootstrap over videos (``paired_gap_interval``): each draw
+resamples the videos with replacement, and both systems are scored on the
+same draw, so the interval is that of the *difference*, which is far
+narrower than either system's own interval when they err on the same videos.
+
+A draw is a vector of multiplicities ``w [V]``. The GAP of a draw weighs each
+pooled pair by its video's multiplicity, in the pooled order of the whole
+set (descending score, the metric's fixed tie order):
+
+    GAP_w = sum_i w_i rel_i P_i / sum_v w_v npos_v,
+    P_i = (sum_{j<=i} w_j rel_j) / (sum_{j<=i} w_j)
+
+With every multiplicity 1 this is exactly training.metrics' GAP; the copies of
+a resampled video count as tied at one rank, the usual treatment of ties.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Dict, Iterator, Sequence
+
+import numpy as np
+
+from training import checkpoints
+from training.errors import UserError
+from training.metrics import _descending_order
+
+DEFAULT_SAMPLES = 1000
+DEFAULT_SEED = 0
+CONFIDENCE = 0.95
+# Pairs times draws held in memory at once (float64): about 160 MB.
+_CHUNK_CELLS = 20_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoTopK:
+    """Each video's top-k pairs: ids [V] (bytes), scores [V, k] float32,
+    relevant [V, k] int8 (0/1), num_positives [V] int32 (all its labels,
+    retrieved or not)."""
+    ids: np.ndarray
+    scores: np.ndarray
+    relevant: np.ndarray
+    num_positives: np.ndarray
+
+    @property
+    def num_videos(self) -> int:
+        return int(self.ids.shape[0])
+
+    def ids_digest(self) -> str:
+        """sha1 of the sorted ids: equal digests, the same videos."""
+        digest = hashlib.sha1()
+        for video_id in sorted(self.ids.tolist()):
+            digest.update(video_id + b"\n")
+        return digest.hexdigest()
+
+    def sorted_by_id(self) -> "VideoTopK":
+        order = np.argsort(self.ids, kind="stable")
+        return VideoTopK(self.ids[order], self.scores[order], self.relevant[order],
+                         self.num_positives[order])
+
+    def gap(self) -> float:
+        return float(weighted_gaps(self, np.ones((1, self.num_videos)))[0])
+
+
+def concatenate(parts: Sequence[VideoTopK]) -> VideoTopK:
+    return VideoTopK(*(np.concatenate([getattr(part, field.name) for part in parts])
+                       for field in dataclasses.fields(VideoTopK)))
+
+
+def save(path: str, videos: VideoTopK) -> None:
+    """Writes the record as a compressed .npz, atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with checkpoints.atomic_file(path, overwrite=True, wait=True) as tmp_path:
+        with open(tmp_path, "wb") as out:
+            np.savez_compressed(out, **dataclasses.asdict(videos))
+
+
+def load(path: str) -> VideoTopK:
+    """The record at `path`; a missing or damaged file is a UserError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as payload:
+            videos = VideoTopK(*(payload[field.name] for field in dataclasses.fields(VideoTopK)))
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"{path}: not a per-video evaluation record ({err}); evaluate "
+                        f"again to rewrite it") from None
+    rows = videos.num_videos
+    if videos.scores.shape != videos.relevant.shape or videos.scores.shape[:1] != (rows,) \
+            or videos.num_positives.shape != (rows,):
+        raise UserError(f"{path}: its arrays disagree in shape; evaluate again to rewrite it")
+    return videos
+
+
+def weighted_gaps(videos: VideoTopK, weights: np.ndarray) -> np.ndarray:
+    """GAP of each draw: weights [B, V] multiplicities -> [B] (module docstring)."""
+    order = _descending_order(videos.scores.astype(np.float32).ravel())
+    k = videos.scores.shape[1]
+    video_of_pair = order // k
+    relevant = videos.relevant.ravel()[order].astype(np.float64)
+    denominators = weights @ videos.num_positives.astype(np.float64)
+    gaps = np.zeros(weights.shape[0])
+    chunk = max(1, _CHUNK_CELLS // max(1, order.size))
+    for start in range(0, weights.shape[0], chunk):
+        pair_weights = weights[start:start + chunk][:, video_of_pair]
+        hits = np.cumsum(pair_weights * relevant, axis=1)
+        precision = hits / np.maximum(np.cumsum(pair_weights, axis=1), 1e-12)
+        gaps[start:start + chunk] = (pair_weights * relevant * precision).sum(axis=1)
+    return np.divide(gaps, denominators, out=np.zeros_like(gaps), where=denominators > 0)
+
+
+def bootstrap_weights(num_videos: int, samples: int = DEFAULT_SAMPLES,
+                      seed: int = DEFAULT_SEED) -> np.ndarray:
+    """[samples, num_videos] multiplicities of resampling with replacement."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(num_videos, np.full(num_videos, 1.0 / num_videos),
+                           size=samples).astype(np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A point estimate and its percentile bootstrap interval."""
+    estimate: float
+    low: float
+    high: float
+
+    @property
+    def resolved(self) -> bool:
+        """The interval excludes 0."""
+        return self.low > 0 or self.high < 0
+
+    def as_dict(self) -> Dict[str, float]:
+        return {"estimate": self.estimate, "low": self.low, "high": self.high,
+                "resolved": self.resolved}
+
+    def text(self, signed: bool = True) -> str:
+        spec = "+.4f" if signed else ".4f"
+        return f"{self.estimate:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+
+
+def _interval(estimate: float, draws: np.ndarray) -> Interval:
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return Interval(float(estimate), float(low), float(high))
+
+
+def check_same_videos(named: Dict[str, VideoTopK]) -> None:
+    """Refuses records of different videos, naming the first two that differ."""
+    items = list(named.items())
+    first_name, first = items[0]
+    for name, videos in items[1:]:
+        if videos.ids_digest() != first.ids_digest():
+            raise UserError(f"{name} ({videos.num_videos} videos) and {first_name} "
+                            f"({first.num_videos} videos) were measured on different videos; "
+                            f"evaluate both on the same files")
+
+
+class PairedBootstrap:
+    """GAP intervals of several systems on the same videos, one set of draws
+    shared by all, so that every difference is paired."""
+
+    def __init__(self, named: Dict[str, VideoTopK], samples: int = DEFAULT_SAMPLES,
+                 seed: int = DEFAULT_SEED):
+        check_same_videos(named)
+        self.named = {name: videos.sorted_by_id() for name, videos in named.items()}
+        num_videos = next(iter(self.named.values())).num_videos
+        self.weights = bootstrap_weights(num_videos, samples, seed)
+        self.samples, self.seed, self.num_videos = samples, seed, num_videos
+        self._draws = {name: weighted_gaps(videos, self.weights)
+                       for name, videos in self.named.items()}
+        self._gaps = {name: videos.gap() for name, videos in self.named.items()}
+
+    def gap(self, name: str) -> Interval:
+        return _interval(self._gaps[name], self._draws[name])
+
+    def gain(self, name: str, over: str) -> Interval:
+        """GAP(name) - GAP(over), with its paired interval."""
+        return _interval(self._gaps[name] - self._gaps[over],
+                         self._draws[name] - self._draws[over])
+
+    def names(self) -> Iterator[str]:
+        return iter(self.named)
+
+
+def videos_file_name(key: str) -> str:
+    """The per-video record's file name of an evaluation key."""
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16] + ".npz"
+
