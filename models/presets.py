@@ -22,7 +22,11 @@ SIZES = ("full", "tiny", "test")
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """Training schedule: Adam at base_learning_rate, multiplied by
-    learning_rate_decay every learning_rate_decay_examples examples."""
+    learning_rate_decay every learning_rate_decay_examples examples, until
+    max_steps; then an optional averaging tail (docs/architecture.md
+    "Checkpoint averaging"): swa_tail_steps more steps at the constant
+    swa_learning_rate (None: the rate reached at max_steps), with a checkpoint
+    every swa_save_steps steps for swa.average to average."""
     batch_size: int = 80
     base_learning_rate: float = 2e-4
     learning_rate_decay: float = 0.8
@@ -30,15 +34,24 @@ class Schedule:
     max_steps: Optional[int] = None
     save_checkpoint_steps: int = 10000
     log_steps: int = 10
+    swa_tail_steps: int = 0
+    swa_learning_rate: Optional[float] = None
+    swa_save_steps: Optional[int] = None
 
 
 # The generic schedule: a model class given by name rather than by preset.
 DEFAULT_SCHEDULE = Schedule()
 
-# What a tiny run changes in any schedule (larger rate: 200 steps must learn).
+# What a tiny run changes in any schedule (larger rate: 200 steps must learn),
+# with an averaging tail of 200 more steps at that rate and a checkpoint every
+# 10: at 400 steps the tiny models still improve, so only short windows (2-4
+# checkpoints) average noise away faster than they lag (README "Checkpoint
+# averaging"; swa.average --choose_window_on picks the window).
 _TINY_RUN = {"batch_size": 32, "base_learning_rate": 2e-3, "max_steps": 200,
-             "save_checkpoint_steps": 50, "log_steps": 50}
-_TEST_RUN = {"batch_size": 4, "max_steps": 10, "save_checkpoint_steps": 5}
+             "save_checkpoint_steps": 50, "log_steps": 50, "swa_tail_steps": 200,
+             "swa_save_steps": 10}
+_TEST_RUN = {"batch_size": 4, "max_steps": 10, "save_checkpoint_steps": 5,
+             "swa_tail_steps": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +85,12 @@ def schedule_for(schedule: Schedule, size: str) -> Schedule:
     return dataclasses.replace(schedule, **run)
 
 
-_NETVLAD_SCHEDULE = Schedule(batch_size=80, learning_rate_decay=0.8, max_steps=700000)
-_DBOF_SCHEDULE = Schedule(batch_size=80, learning_rate_decay=0.9, max_steps=800000)
+# The original's schedules, each followed by an averaging tail of about 5% of
+# its steps at the rate it ended with, a checkpoint every 2500 (1000) steps.
+_NETVLAD_SCHEDULE = Schedule(batch_size=80, learning_rate_decay=0.8, max_steps=700000,
+                             swa_tail_steps=35000, swa_save_steps=2500)
+_DBOF_SCHEDULE = Schedule(batch_size=80, learning_rate_decay=0.9, max_steps=800000,
+                          swa_tail_steps=40000, swa_save_steps=2500)
 
 
 # The tiny sizes were chosen by a sweep (bench/sweep_tiny_sizes.py, README
@@ -108,7 +125,8 @@ PRESETS: Tuple[Preset, ...] = (
     _soft_dbof("Soft-DBoF-4k", "SoftDbofModelLF", "4000 video / 500 audio", 1024, 80),
     _soft_dbof("Soft-DBoF-8k", "SoftDbofModelLF_8k", "8000 video / 1000 audio", 2048, 64),
     Preset("GRUModel", "GruModel", "Two stacked GRUs of 1200 units, MoE-2",
-           Schedule(batch_size=128, learning_rate_decay=0.9, max_steps=300000),
+           Schedule(batch_size=128, learning_rate_decay=0.9, max_steps=300000,
+                    swa_tail_steps=15000, swa_save_steps=1000),
            {"tiny": {"gru_cells": 64}, "test": {"gru_cells": 8}}, aliases=("GruModel",)),
 )
 

@@ -130,6 +130,11 @@ def train_distributed(model_flags: Dict[str, Any], train_dir: str, data_pattern:
                       log: Callable[[str], None] = print) -> Optional[Dict[str, Any]]:
     """One task of a TF_CONFIG cluster (module docstring). A parameter server
     serves until killed; a worker trains and returns {"global_step", "loss"}."""
+    if train_graph.tail_steps(config):
+        # MonitoredTrainingSession saves at one fixed cadence; the tail's own
+        # cadence and its kept checkpoints are the local trainer's.
+        raise UserError("--swa_tail_steps: the averaging tail runs in the local trainer, not "
+                        "under TF_CONFIG; train the tail without TF_CONFIG (it resumes)")
     cluster = tf.train.ClusterSpec(cluster_info["cluster"])
     task_type, task_index = cluster_info["type"], cluster_info["index"]
     server = tf.train.Server(cluster, job_name=task_type, task_index=task_index,

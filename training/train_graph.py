@@ -13,6 +13,7 @@ cluster (devices [None], placed by the replica device setter).
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Dict, List, Optional
 
 from models import layers
@@ -81,12 +82,56 @@ def make_train_batch(reader, data_pattern: str, config: Dict[str, Any], batch_si
         return tf.data.make_one_shot_iterator(dataset).get_next()
 
 
+def tail_steps(config: Dict[str, Any]) -> int:
+    """Steps of the averaging tail after --max_steps (0: none)."""
+    tail = int(config.get("swa_tail_steps") or 0)
+    if tail < 0:
+        raise UserError(f"--swa_tail_steps must be 0 or more, got {tail}")
+    if tail and not config.get("max_steps"):
+        raise UserError("--swa_tail_steps: the averaging tail follows --max_steps; set it")
+    return tail
+
+
+def last_step(config: Dict[str, Any]) -> Optional[int]:
+    """The step training ends at: --max_steps plus the tail (None: no limit)."""
+    return config["max_steps"] + tail_steps(config) if config.get("max_steps") else None
+
+
+def save_every(config: Dict[str, Any], step: int) -> int:
+    """Steps between checkpoints at `step`: the tail's own cadence after --max_steps."""
+    if tail_steps(config) and step > config["max_steps"]:
+        return int(config.get("swa_save_steps") or config["save_checkpoint_steps"])
+    return int(config["save_checkpoint_steps"])
+
+
+def tail_checkpoints(config: Dict[str, Any]) -> int:
+    """How many checkpoints the tail writes (the Saver keeps them all)."""
+    tail = tail_steps(config)
+    return -(-tail // save_every(config, config["max_steps"] + 1)) if tail else 0
+
+
+def decayed_rate(config: Dict[str, Any], step: float, num_towers: int) -> float:
+    """base * decay^floor(examples / decay_examples) at `step` (plain Python)."""
+    examples = step * config["batch_size"] * num_towers
+    return config["base_learning_rate"] * config["learning_rate_decay"] ** math.floor(
+        examples / config["learning_rate_decay_examples"])
+
+
 def _learning_rate(global_step, config: Dict[str, Any], num_towers: int) -> tf.Tensor:
-    """base * decay^floor(examples / decay_examples), counted in examples."""
+    """base * decay^floor(examples / decay_examples), counted in examples; in
+    the averaging tail (steps after --max_steps) the constant tail rate."""
     examples_seen = tf.cast(global_step, tf.float32) * float(config["batch_size"] * num_towers)
-    return tf.train.exponential_decay(
+    decayed = tf.train.exponential_decay(
         config["base_learning_rate"], examples_seen, config["learning_rate_decay_examples"],
         config["learning_rate_decay"], staircase=True)
+    if not tail_steps(config):
+        return decayed
+    tail_rate = config.get("swa_learning_rate")
+    if tail_rate is None:
+        tail_rate = decayed_rate(config, config["max_steps"], num_towers)
+    # global_step counts the steps done: the step run at max_steps is the tail's first.
+    return tf.where(global_step < config["max_steps"], decayed,
+                    tf.constant(float(tail_rate), decayed.dtype))
 
 
 def _tower_getter(devices: List[str], matmul_dtype: str):
