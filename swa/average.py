@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,7 +30,7 @@ from absl import flags
 
 from models.tf_compat import tf
 from training import bn_statistics as bn_stats
-from training import checkpoints, compat, members, metrics, readers
+from training import checkpoints, compat, members, metrics, paths, readers
 from training import eval as evaluation
 from training import flags as shared_flags
 from training.errors import UserError, first_line, run_main
@@ -59,6 +60,12 @@ def define_flags() -> None:
            "the latest).")
     define(flags.DEFINE_integer, "last_n", None, "Average the last N checkpoints (of the "
            "--swa_start/--swa_end range when given).")
+    define(flags.DEFINE_string, "choose_window_on", "", "Choose N among --windows: average "
+           "each, evaluate it on these files (the fitting half, never the held-out one) and "
+           "keep the best (1: the last checkpoint).", path=paths.IN_PATTERN)
+    define(flags.DEFINE_string, "windows", "", "Candidate N for --choose_window_on, "
+           "comma-separated (default: 1 and the powers of 2 below the number of "
+           "checkpoints, and that number).")
     define(flags.DEFINE_enum, "bn_statistics", "last", "BN moving statistics: from the last "
            "checkpoint, averaged, or recomputed on --recompute_batches batches of "
            "--train_data_pattern.", enum_values=list(BN_MODES))
@@ -188,8 +195,10 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
             bn_statistics: str = "last", recompute_batches: int = 100,
             train_data_pattern: str = "", batch_size: int = 80, seed: int = 2018,
             num_readers: int = 4, overwrite: bool = False, log: Log = print,
-            compression: str = "auto") -> Dict[str, Any]:
-    """Writes the averaged dir; returns the content of swa.json."""
+            compression: str = "auto", window_choice: Optional[Dict[str, Any]] = None
+            ) -> Dict[str, Any]:
+    """Writes the averaged dir; returns the content of swa.json (with
+    window_choice, choose_window's record, when the window was chosen)."""
     if bn_statistics not in BN_MODES:
         raise UserError(f"--bn_statistics: must be one of {', '.join(BN_MODES)}, "
                         f"got {bn_statistics!r}")
@@ -232,10 +241,66 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
             "averaged_variables": sum(averager.averaged(key) for key, _, _ in averager.specs),
             "bn_statistic_variables": sum(bn_stats.is_bn_statistic(key)
                                           for key, _, _ in averager.specs),
+            "window_choice": window_choice,
         }
         checkpoints.write_json(os.path.join(tmp_dir, SWA_INFO_FILE), info)
     log(f"wrote {os.path.join(output_dir, name)} (mean of {len(chosen)} checkpoints)")
     return info
+
+
+def candidate_windows(text: str, num_checkpoints: int) -> List[int]:
+    """The windows --windows names (default: 1, 2, 4, ... below the number of
+    checkpoints, and that number), each at most that number, ascending."""
+    if text:
+        try:
+            windows = [int(part) for part in shared_flags.comma_list(text)]
+        except ValueError:
+            raise UserError(f"--windows={text}: expected comma-separated whole numbers") from None
+        if not windows or min(windows) < 1:
+            raise UserError(f"--windows={text}: every window must be 1 or more")
+    else:
+        windows = [2 ** power for power in range(num_checkpoints.bit_length())]
+        windows.append(num_checkpoints)
+    return sorted({min(window, num_checkpoints) for window in windows})
+
+
+def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
+                  settings: Dict[str, Any], log: Log = print) -> Dict[str, Any]:
+    """Averages the last N checkpoints for each N of windows, evaluates each
+    on fit_pattern (BN statistics as settings say) and returns the choice:
+    {"chosen": N, "data_pattern", "candidates": [{"window", "gap", "steps"}]}.
+    Ties keep the smaller window."""
+    log = log or (lambda line: None)
+    candidates = []
+    parent = os.path.dirname(os.path.abspath(settings["output_dir"]))
+    os.makedirs(parent, exist_ok=True)
+    # The candidates are written beside the output (same file system), then removed.
+    scratch = tempfile.mkdtemp(prefix=".swa-windows-", dir=parent)
+    try:
+        for window in windows:
+            out = os.path.join(scratch, f"window{window}")
+            info = average(train_dir, out, last_n=window, log=None, **settings["average"])
+            gap = evaluate_on(out, fit_pattern, settings, log=None)["gap"]
+            steps = [entry["step"] for entry in info["checkpoints"]]
+            log(f"window {window} (steps {steps[0]}-{steps[-1]}): GAP {gap:.4f} on "
+                f"{fit_pattern}")
+            candidates.append({"window": window, "gap": gap, "steps": steps})
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    best = max(candidates, key=lambda item: (item["gap"], -item["window"]))
+    log(f"chose window {best['window']} (GAP {best['gap']:.4f} on the fitting files)")
+    return {"chosen": best["window"], "data_pattern": fit_pattern, "candidates": candidates}
+
+
+def evaluate_on(model_dir: str, data_pattern: str, settings: Dict[str, Any],
+                log: Log = print) -> Dict[str, Any]:
+    """The metrics of the dir's checkpoint on data_pattern (no file written)."""
+    return evaluation.evaluate_checkpoint(
+        model_dir, checkpoints.find_checkpoint(model_dir), data_pattern,
+        settings["average"]["batch_size"], seed=settings["average"]["seed"],
+        num_readers=settings["average"]["num_readers"], log=log,
+        compression=settings["average"]["compression"], keep_videos=False)
 
 
 def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int,
@@ -253,6 +318,34 @@ def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int
     return result
 
 
+def _window_settings() -> Dict[str, Any]:
+    """The averaging settings of the flags, shared by the candidates and the result."""
+    return {"output_dir": FLAGS.output_dir, "average": {
+        "swa_start": FLAGS.swa_start, "swa_end": FLAGS.swa_end,
+        "bn_statistics": FLAGS.bn_statistics, "recompute_batches": FLAGS.recompute_batches,
+        "train_data_pattern": FLAGS.train_data_pattern, "batch_size": FLAGS.batch_size,
+        "seed": FLAGS.seed, "num_readers": FLAGS.num_readers, "compression": FLAGS.compression}}
+
+
+def _chosen_window(log: Log) -> Tuple[Optional[int], Optional[Dict[str, Any]]]:
+    """(--last_n, None), or with --choose_window_on the chosen window and its record."""
+    if not FLAGS.choose_window_on:
+        return FLAGS.last_n, None
+    if FLAGS.last_n is not None:
+        raise UserError("--last_n and --choose_window_on: give one (the choice sets N)")
+    files = readers.resolve_files(FLAGS.choose_window_on, "choose_window_on")
+    members.check_dir_records(FLAGS.train_dir, files, "choose_window_on", "evaluation",
+                              FLAGS.compression)
+    _check_dirs(FLAGS.train_dir, FLAGS.output_dir, FLAGS.overwrite)
+    available = select_checkpoints(FLAGS.train_dir, FLAGS.swa_start, FLAGS.swa_end,
+                                   None if FLAGS.swa_start is not None else 10 ** 9)
+    windows = candidate_windows(FLAGS.windows, len(available))
+    log(f"choosing the window among {windows} on {FLAGS.choose_window_on}")
+    choice = choose_window(FLAGS.train_dir, FLAGS.choose_window_on, windows,
+                           _window_settings(), log)
+    return choice["chosen"], choice
+
+
 def main(argv) -> None:
     del argv
     if FLAGS.eval_data_pattern:
@@ -260,10 +353,11 @@ def main(argv) -> None:
         members.check_dir_records(FLAGS.train_dir, files, "eval_data_pattern", "evaluation",
                                   FLAGS.compression)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    average(FLAGS.train_dir, FLAGS.output_dir, FLAGS.swa_start, FLAGS.swa_end, FLAGS.last_n,
+    last_n, choice = _chosen_window(log)
+    average(FLAGS.train_dir, FLAGS.output_dir, FLAGS.swa_start, FLAGS.swa_end, last_n,
             FLAGS.bn_statistics, FLAGS.recompute_batches, FLAGS.train_data_pattern,
             FLAGS.batch_size, FLAGS.seed, FLAGS.num_readers, FLAGS.overwrite, log,
-            FLAGS.compression)
+            FLAGS.compression, choice)
     if FLAGS.eval_data_pattern:
         evaluate(FLAGS.output_dir, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.seed,
                  FLAGS.num_readers, log, FLAGS.compression)
