@@ -1,47 +1,56 @@
-"""The final report: each member, the uniform and the stacked ensemble, and
-what averaging and ensembling gained, side by side:
+"""The final report: every single model state of the run, both ensembles, and
+what each stage gained, with paired bootstrap intervals, on held-out videos:
 
-python -m ensemble.report --model_dirs=a,b,... --ensemble_dir=U [--stacked_dir=S]
-    [--train_dirs=ta,tb,...] [--weights_file=W] [--output_json=R.json] [--output_png=R.png]
+python -m ensemble.report --data_pattern=HELDOUT --model_dirs=a,b,... --ensemble_dir=U
+    [--stacked_dir=S --weights_file=W] [--train_dirs=ta,tb,...]
+    [--output_json=R.json] [--output_png=R.png]
 python -m ensemble.report --choose --ensemble_dir=U --stacked_dir=S --weights_file=W
 
-Reads the eval_results.json that training.eval (members; --train_dirs: each
-member's last checkpoint before averaging, evaluated with the same batch-norm
-treatment) and ensemble.build --eval_data_pattern (ensembles) wrote: numbers
-measured on the same held-out videos. --weights_file is what stacking.fit
-wrote: the stacked weights and both ensembles' GAP on the fitting videos.
+Rows (each dir's evaluation on exactly --data_pattern, read from its
+eval_results.json with the per-video record training.eval_results keeps):
+  * each member's last checkpoint (--train_dirs: the latest checkpoint of
+    the train dir, which must be the one evaluated);
+  * each member as the ensemble holds it (--model_dirs: the averaged window,
+    or the last checkpoint where swa.average chose window 1);
+  * the uniform and the stacked ensemble; the chosen one (by --choose's rule,
+    on the fitting videos of --weights_file) is marked.
+Rows measured on different files or videos are refused. Every gain (member
+vs its last checkpoint, each ensemble vs the best single state and vs every
+state, stacked vs uniform) gets a paired bootstrap 95% interval over the
+videos (training.intervals) and "resolved" only when it excludes 0.
+
 --choose prints the dir of the ensemble with the better GAP on the fitting
 videos (the held-out numbers must not choose, or they would be fitted too).
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from training import checkpoints, eval_results, paths
+from training import checkpoints, eval_results, intervals, paths
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 from training.members import read_weights_file
 
 FLAGS = flags.FLAGS
-COLUMNS = ("gap", "hit_at_one", "perr", "map", "loss")
-EVAL_RESULTS = eval_results.EVAL_RESULTS
+SWA_INFO_FILE = "swa.json"
 
 
 def define_flags() -> None:
     shared_flags.define_shared("model_dirs", "")
     define = shared_flags.define
+    define(flags.DEFINE_string, "data_pattern", "", "The held-out files every row must have "
+           "been evaluated on (nothing was chosen on them).", path=paths.IN_PATTERN)
     define(flags.DEFINE_string, "ensemble_dir", "", "The (uniform) ensemble dir.",
            path=paths.IN_DIR)
     define(flags.DEFINE_string, "stacked_dir", "", "The ensemble built with stacked weights.",
            path=paths.IN_DIR)
     define(flags.DEFINE_string, "train_dirs", "", "Comma-separated train dirs of the members, "
-           "in --model_dirs order (their eval_results.json: the last checkpoint's GAP).",
-           path=paths.IN_DIRS)
+           "in --model_dirs order (their latest checkpoint's evaluation).", path=paths.IN_DIRS)
     define(flags.DEFINE_string, "weights_file", "", "stacking.fit's weights JSON.",
            path=paths.IN_FILE)
     define(flags.DEFINE_string, "output_json", "", "Also write the report as JSON.",
@@ -50,59 +59,155 @@ def define_flags() -> None:
            path=paths.OUT_FILE)
     define(flags.DEFINE_bool, "choose", False, "Print only the dir of the better ensemble on "
            "the fitting videos (--weights_file).")
+    define(flags.DEFINE_integer, "bootstrap_samples", intervals.DEFAULT_SAMPLES,
+           "Bootstrap draws over the videos for the intervals.")
     define(flags.DEFINE_bool, "overwrite", True, "Replace --output_json and --output_png.")
 
 
-def load_results(directory: str) -> Optional[Dict[str, Any]]:
-    """A dir's latest evaluation (training.eval_results), or None when it has
-    no eval_results.json."""
-    return eval_results.latest_evaluation(directory)
+# ---------------------------------------------------------------------------
+# Reading the evaluations
 
 
-def _gap(results: Optional[Dict[str, Any]]) -> Optional[float]:
-    return float(results["gap"]) if results and "gap" in results else None
+def _latest_step(train_dir: str) -> Optional[int]:
+    found = checkpoints.list_checkpoints(train_dir)
+    return found[-1][0] if found else None
 
 
-def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str],
-                 weights: Optional[Dict[str, float]]) -> List[Dict[str, Any]]:
+def evaluation_on(directory: str, data_pattern: str, train_dir: bool = False
+                  ) -> Dict[str, Any]:
+    """The dir's evaluation on exactly `data_pattern` (a train dir's: of its
+    latest checkpoint); a UserError when there is none or it is ambiguous."""
+    wanted = eval_results.absolute_pattern(data_pattern)
+    entries = [entry for entry in eval_results.read_evaluations(directory).values()
+               if entry.get("eval_data_pattern") == wanted]
+    if train_dir and entries:
+        step = _latest_step(directory)
+        entries = [entry for entry in entries if entry.get("global_step") == step]
+        if not entries:
+            raise UserError(f"{directory}: its latest checkpoint (step {step}) was not "
+                            f"evaluated on {data_pattern}; evaluate it (training.eval)")
+    if not entries:
+        measured = sorted({str(entry.get("eval_data_pattern")) for entry in
+                           eval_results.read_evaluations(directory).values()})
+        raise UserError(f"{directory}: no evaluation on {data_pattern} (it was evaluated on: "
+                        f"{'; '.join(measured) or 'nothing'}); evaluate it on those files")
+    if len(entries) > 1:
+        latest = eval_results.latest_evaluation(directory) or {}
+        entries = [entry for entry in entries if entry.get("checkpoint") ==
+                   latest.get("checkpoint") and entry.get("bn_statistics") ==
+                   latest.get("bn_statistics") and entry.get("seed") == latest.get("seed")]
+        if len(entries) != 1:
+            raise UserError(f"{directory}: several evaluations on {data_pattern} differ in "
+                            f"their settings; evaluate it again to make one the latest")
+    return entries[0]
+
+
+def _averaging(model_dir: str) -> Dict[str, Any]:
+    """What swa.average wrote into the member (swa.json; {} when absent)."""
+    path = os.path.join(model_dir, SWA_INFO_FILE)
+    if not os.path.isfile(path):
+        return {}
+    info = checkpoints.load_json(path, path)
+    return info if isinstance(info, dict) else {}
+
+
+def _name(directory: str) -> str:
+    return os.path.basename(os.path.normpath(directory))
+
+
+def _row(name: str, directory: str, kind: str, data_pattern: str, train_dir: bool = False,
+         **extra: Any) -> Dict[str, Any]:
+    entry = evaluation_on(directory, data_pattern, train_dir)
+    return {"name": name, "dir": directory, "kind": kind, "evaluation": entry,
+            "videos": eval_results.videos_of(directory, entry), **extra}
+
+
+def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str], data_pattern: str,
+                 weights: Dict[str, float]) -> List[Dict[str, Any]]:
     if train_dirs and len(train_dirs) != len(model_dirs):
         raise UserError(f"--train_dirs: {len(train_dirs)} dirs for {len(model_dirs)} "
                         f"--model_dirs")
     rows = []
     for index, model_dir in enumerate(model_dirs):
-        results = load_results(model_dir)
-        last = load_results(train_dirs[index]) if train_dirs else None
-        rows.append({"name": os.path.basename(os.path.normpath(model_dir)), "dir": model_dir,
-                     "kind": "member", "results": results, "gap": _gap(results),
-                     "last_checkpoint_gap": _gap(last),
-                     "stacked_weight": (weights or {}).get(os.path.realpath(model_dir))})
+        name, info = _name(model_dir), _averaging(model_dir)
+        window = info.get("count")
+        last = None
+        if train_dirs:
+            last = _row(f"{name} last checkpoint", train_dirs[index], "last checkpoint",
+                        data_pattern, train_dir=True, member=name)
+            rows.append(last)
+        label = (f"{name} (window {window})" if window else name)
+        rows.append(_row(label, model_dir, "member", data_pattern, member=name,
+                         window=window, window_choice=info.get("window_choice"),
+                         last_row=last["name"] if last else None,
+                         stacked_weight=weights.get(os.path.realpath(model_dir))))
     return rows
 
 
-def build_report(model_dirs: Sequence[str], ensemble_dir: str = "", stacked_dir: str = "",
-                 train_dirs: Sequence[str] = (), weights_file: str = "") -> Dict[str, Any]:
-    """The report as a dict: members, ensembles, gains over the best member."""
-    stacking = read_stacking(weights_file) if weights_file else None
-    weights = ({os.path.realpath(m): w for m, w in zip(stacking["members"], stacking["weights"])}
-               if stacking else None)
-    members = _member_rows(model_dirs, train_dirs, weights)
-    gaps = [row["gap"] for row in members if row["gap"] is not None]
-    best = max(gaps) if gaps else None
-    ensembles = []
+# ---------------------------------------------------------------------------
+# The report
+
+
+def _ensemble_rows(ensemble_dir: str, stacked_dir: str, data_pattern: str,
+                   chosen_dir: str) -> List[Dict[str, Any]]:
+    rows = []
     for name, directory in (("uniform ensemble", ensemble_dir),
                             ("stacked ensemble", stacked_dir)):
         if directory:
-            results = load_results(directory)
-            gap = _gap(results)
-            ensembles.append({"name": name, "dir": directory, "kind": "ensemble",
-                              "results": results, "gap": gap,
-                              "gain_over_best_member": (gap - best if gap is not None and
-                                                        best is not None else None)})
-    report = {"members": members, "ensembles": ensembles, "best_member_gap": best,
-              "best_member": next((row["name"] for row in members if row["gap"] == best), None)}
-    if stacking and ensemble_dir and stacked_dir:
-        report["choice"] = choose(ensemble_dir, stacked_dir, stacking)
-    return report
+            rows.append(_row(name, directory, "ensemble", data_pattern,
+                             chosen=os.path.realpath(directory) == os.path.realpath(chosen_dir)))
+    return rows
+
+
+def _gains(rows: List[Dict[str, Any]], boot: intervals.PairedBootstrap
+           ) -> List[Dict[str, Any]]:
+    """Every gain the report states, each with its paired interval."""
+    singles = [row for row in rows if row["kind"] != "ensemble"]
+    best = max(singles, key=lambda row: row["gap"]["estimate"]) if singles else None
+    gains = []
+
+    def add(what: str, name: str, over: str) -> None:
+        gains.append({"what": what, "system": name, "over": over,
+                      **boot.gain(name, over).as_dict()})
+
+    for row in rows:
+        if row["kind"] == "member" and row.get("last_row"):
+            add("averaging", row["name"], row["last_row"])
+    for row in rows:
+        if row["kind"] == "ensemble" and best is not None:
+            add("ensemble vs best single state", row["name"], best["name"])
+            for single in singles:
+                if single is not best:
+                    add("ensemble vs single state", row["name"], single["name"])
+    ensembles = {row["name"]: row for row in rows if row["kind"] == "ensemble"}
+    if len(ensembles) == 2:
+        add("stacked vs uniform", "stacked ensemble", "uniform ensemble")
+    return gains
+
+
+def build_report(model_dirs: Sequence[str], data_pattern: str, ensemble_dir: str = "",
+                 stacked_dir: str = "", train_dirs: Sequence[str] = (),
+                 weights_file: str = "", samples: int = intervals.DEFAULT_SAMPLES
+                 ) -> Dict[str, Any]:
+    """The report as a dict (module docstring); rows on other data are refused."""
+    shared_flags.require(data_pattern=data_pattern)
+    stacking = read_stacking(weights_file) if weights_file else None
+    weights = ({os.path.realpath(m): w for m, w in zip(stacking["members"], stacking["weights"])}
+               if stacking else {})
+    choice = (choose(ensemble_dir, stacked_dir, stacking) if stacking and stacked_dir
+              else {"chosen": "uniform", "dir": ensemble_dir})
+    rows = (_member_rows(model_dirs, train_dirs, data_pattern, weights)
+            + _ensemble_rows(ensemble_dir, stacked_dir, data_pattern, choice["dir"]))
+    if not rows:
+        raise UserError("--model_dirs or --ensemble_dir: give at least one")
+    boot = intervals.PairedBootstrap({row["name"]: row.pop("videos") for row in rows}, samples)
+    for row in rows:
+        row["gap"] = boot.gap(row["name"]).as_dict()
+    return {"data_pattern": eval_results.absolute_pattern(data_pattern),
+            "num_videos": boot.num_videos,
+            "bootstrap": {"samples": boot.samples, "seed": boot.seed,
+                          "confidence": intervals.CONFIDENCE},
+            "rows": rows, "gains": _gains(rows, boot), "choice": choice}
 
 
 def read_stacking(weights_file: str) -> Dict[str, Any]:
@@ -114,7 +219,7 @@ def read_stacking(weights_file: str) -> Dict[str, Any]:
             raise UserError(f"--weights_file={weights_file}: has no {key!r} (write it with "
                             f"stacking.fit)")
     return {**spec, "gap": float(payload["gap"]), "gap_uniform": float(payload["gap_uniform"]),
-            "num_videos": payload.get("num_videos")}
+            "num_videos": payload.get("num_videos"), "data_pattern": payload.get("data_pattern")}
 
 
 def choose(ensemble_dir: str, stacked_dir: str, stacking: Dict[str, Any]) -> Dict[str, Any]:
@@ -123,83 +228,111 @@ def choose(ensemble_dir: str, stacked_dir: str, stacking: Dict[str, Any]) -> Dic
     return {"chosen": "stacked" if stacked_wins else "uniform",
             "dir": stacked_dir if stacked_wins else ensemble_dir,
             "fit_gap_stacked": stacking["gap"], "fit_gap_uniform": stacking["gap_uniform"],
-            "fit_videos": stacking["num_videos"]}
+            "fit_videos": stacking["num_videos"], "fit_data_pattern": stacking["data_pattern"]}
 
 
-def _cell(value: Optional[float], signed: bool = False) -> str:
-    if value is None:
-        return f"{'-':>10}"
-    return f"{value:+10.4f}" if signed else f"{value:10.4f}"
+# ---------------------------------------------------------------------------
+# Text and chart
+
+
+def verdict(gain: Dict[str, Any]) -> str:
+    if not gain["resolved"]:
+        return "not resolved"
+    return "resolved, a gain" if gain["low"] > 0 else "resolved, a loss"
+
+
+def _interval_text(values: Dict[str, Any], signed: bool = True) -> str:
+    return intervals.Interval(values["estimate"], values["low"], values["high"]).text(signed)
 
 
 def format_report(report: Dict[str, Any]) -> str:
-    """The report as a fixed-width text table and a few lines of conclusions."""
-    rows = report["members"] + report["ensembles"]
-    width = max([len("model")] + [len(row["name"]) for row in rows])
-    header = (f"{'model':<{width}} | " + " | ".join(f"{c:>10}" for c in COLUMNS)
-              + f" | {'last ckpt':>10} | {'weight':>10} | {'vs best':>10}")
-    lines = [header, "-" * len(header)]
+    """The report as a fixed-width table and its conclusions, intervals included."""
+    rows = report["rows"]
+    width = max(len("state"), *(len(row["name"]) for row in rows)) + 2
+    header = (f"{'state':<{width}} | {'kind':<15} | {'GAP [95% interval]':<26} | "
+              f"{'weight':>6}")
+    lines = [f"held-out: {report['num_videos']} videos of {report['data_pattern']}; "
+             f"intervals: paired bootstrap over videos, {report['bootstrap']['samples']} draws",
+             header, "-" * len(header)]
     for row in rows:
-        results = row["results"] or {}
-        cells = [_cell(results.get(c)) for c in COLUMNS]
-        cells += [_cell(row.get("last_checkpoint_gap")), _cell(row.get("stacked_weight")),
-                  _cell(row.get("gain_over_best_member"), signed=True)]
-        lines.append(f"{row['name']:<{width}} | " + " | ".join(cells))
+        mark = " *" if row.get("chosen") else ""
+        weight = row.get("stacked_weight")
+        lines.append(f"{row['name'] + mark:<{width}} | {row['kind']:<15} | "
+                     f"{_interval_text(row['gap'], signed=False):<26} | "
+                     f"{'' if weight is None else f'{weight:.3f}':>6}")
+    lines.append("* the ensemble that writes the CSV (chosen on the fitting videos)")
     lines += _conclusions(report)
     return "\n".join(lines)
 
 
 def _conclusions(report: Dict[str, Any]) -> List[str]:
     lines = []
-    if report["best_member"] is not None:
-        lines.append(f"best member: {report['best_member']} (GAP {report['best_member_gap']:.4f})")
-    for row in report["ensembles"]:
-        if row["gain_over_best_member"] is not None:
-            verdict = "beats" if row["gain_over_best_member"] > 0 else "does not beat"
-            lines.append(f"{row['name']}: GAP {row['gap']:.4f}, {verdict} the best member by "
-                         f"{row['gain_over_best_member']:+.4f}")
-    averaged = [row for row in report["members"]
-                if row["gap"] is not None and row["last_checkpoint_gap"] is not None]
-    if averaged:
-        gains = ", ".join(f"{row['name']} {row['gap'] - row['last_checkpoint_gap']:+.4f}"
-                          for row in averaged)
-        lines.append(f"checkpoint averaging, GAP gain over the last checkpoint: {gains}")
-    choice = report.get("choice")
-    if choice:
-        lines.append(f"the CSV uses the {choice['chosen']} ensemble ({choice['dir']}): GAP on the "
-                     f"fitting videos stacked {choice['fit_gap_stacked']:.4f}, uniform "
+    by_kind: Dict[str, List[Dict[str, Any]]] = {}
+    for gain in report["gains"]:
+        by_kind.setdefault(gain["what"], []).append(gain)
+    for gain in by_kind.get("averaging", []):
+        lines.append(f"averaging: {gain['system']} vs its last checkpoint "
+                     f"{_interval_text(gain)} ({verdict(gain)})")
+    for gain in by_kind.get("ensemble vs best single state", []):
+        lines.append(f"{gain['system']} vs the best single state ({gain['over']}): "
+                     f"{_interval_text(gain)} ({verdict(gain)})")
+    chosen = next((row["name"] for row in report["rows"] if row.get("chosen")), None)
+    if chosen:
+        against = [g for g in report["gains"] if g["system"] == chosen
+                   and g["what"].startswith("ensemble vs")]
+        wins = sum(g["resolved"] and g["low"] > 0 for g in against)
+        lines.append(f"{chosen} (chosen) beats {wins} of {len(against)} single states with an "
+                     f"interval above 0")
+    for gain in by_kind.get("stacked vs uniform", []):
+        lines.append(f"stacked vs uniform: {_interval_text(gain)} ({verdict(gain)})")
+    choice = report.get("choice") or {}
+    if "fit_gap_stacked" in choice:
+        lines.append(f"the CSV uses the {choice['chosen']} ensemble: GAP on the fitting videos "
+                     f"stacked {choice['fit_gap_stacked']:.4f}, uniform "
                      f"{choice['fit_gap_uniform']:.4f}")
     return lines
 
 
+_COLOURS = {"last checkpoint": "#b0b0b0", "member": "#4c72b0", "ensemble": "#dd8452"}
+
+
+def _short(name: str) -> str:
+    return name.replace("nonlocal-", "").replace("-bfloat16", "").replace("-int8", "")
+
+
 def write_chart(report: Dict[str, Any], path: str, overwrite: bool = True) -> None:
-    """A bar chart (PNG) of the members' GAP (last checkpoint and averaged)
-    and the ensembles', with the best member as a dashed line."""
-    rows = report["members"] + report["ensembles"]
-    figure = Figure(figsize=(max(6.0, 1.1 * len(rows)) + 2.0, 4.0), dpi=100)
+    """A bar chart (PNG) of every row's GAP with its 95% interval, the best
+    single state as a dashed line."""
+    rows = report["rows"]
+    figure = Figure(figsize=(max(6.0, 0.7 * len(rows)) + 2.0, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    positions = list(range(len(rows)))
-    members = [p for p, row in zip(positions, rows) if row["kind"] == "member"]
-    ensembles = [p for p, row in zip(positions, rows) if row["kind"] == "ensemble"]
-    axes.bar([p - 0.2 for p in members],
-             [rows[p].get("last_checkpoint_gap") or 0.0 for p in members], width=0.4,
-             color="#b0b0b0", label="last checkpoint")
-    axes.bar([p + 0.2 for p in members], [rows[p]["gap"] or 0.0 for p in members], width=0.4,
-             color="#4c72b0", label="averaged member")
-    axes.bar(ensembles, [rows[p]["gap"] or 0.0 for p in ensembles], width=0.6,
-             color="#dd8452", label="ensemble")
-    if report["best_member_gap"] is not None:
-        axes.axhline(report["best_member_gap"], color="black", linestyle="--", linewidth=1,
-                     label="best member")
-    axes.set_xticks(positions)
-    axes.set_xticklabels([row["name"].replace("nonlocal-", "").replace("-bfloat16", "")
-                          for row in rows], rotation=30, ha="right", fontsize=8)
-    axes.set_ylabel("GAP@20, held-out videos")
+    for kind, colour in _COLOURS.items():
+        picked = [(p, row["gap"]) for p, row in enumerate(rows) if row["kind"] == kind]
+        if picked:
+            positions, gaps = zip(*picked)
+            errors = _error_bars(gaps)
+            axes.bar(positions, [gap["estimate"] for gap in gaps], width=0.7, color=colour,
+                     label=kind, yerr=errors, capsize=3)
+    singles = [row["gap"]["estimate"] for row in rows if row["kind"] != "ensemble"]
+    if singles:
+        axes.axhline(max(singles), color="black", linestyle="--", linewidth=1,
+                     label="best single state")
+    low = min(row["gap"]["low"] for row in rows)
+    axes.set_ylim(max(0.0, low - 0.05), None)
+    axes.set_xticks(range(len(rows)))
+    axes.set_xticklabels([_short(row["name"]) + (" *" if row.get("chosen") else "")
+                          for row in rows], rotation=40, ha="right", fontsize=7)
+    axes.set_ylabel(f"GAP@20, {report['num_videos']} held-out videos")
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     with checkpoints.atomic_file(path, overwrite, "output_png") as tmp_path:
         figure.savefig(tmp_path, format="png")
+
+
+def _error_bars(gaps: Sequence[Dict[str, Any]]) -> Tuple[List[float], List[float]]:
+    return ([gap["estimate"] - gap["low"] for gap in gaps],
+            [gap["high"] - gap["estimate"] for gap in gaps])
 
 
 def main(argv) -> None:
@@ -212,9 +345,10 @@ def main(argv) -> None:
         return
     if not FLAGS.model_dirs and not FLAGS.ensemble_dir:
         raise UserError("--model_dirs or --ensemble_dir: give at least one")
-    report = build_report(shared_flags.comma_list(FLAGS.model_dirs), FLAGS.ensemble_dir,
-                          FLAGS.stacked_dir, shared_flags.comma_list(FLAGS.train_dirs),
-                          FLAGS.weights_file)
+    report = build_report(shared_flags.comma_list(FLAGS.model_dirs), FLAGS.data_pattern,
+                          FLAGS.ensemble_dir, FLAGS.stacked_dir,
+                          shared_flags.comma_list(FLAGS.train_dirs), FLAGS.weights_file,
+                          FLAGS.bootstrap_samples)
     print(format_report(report))
     if FLAGS.output_json:
         with checkpoints.atomic_file(FLAGS.output_json, FLAGS.overwrite, "output_json") as tmp:

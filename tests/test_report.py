@@ -1,91 +1,149 @@
-"""ensemble.report: the table, the gains, the choice, the JSON and the chart."""
+"""ensemble.report: rows read on exactly the held-out files, paired intervals,
+the choice, refusals of rows measured on other data, the JSON and the chart."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import run_module
 from ensemble import report
-from training import checkpoints
+from training import checkpoints, eval_results, intervals, metrics
 from training.errors import UserError
 from training.members import write_weights_file
 
+NUM_VIDEOS, NUM_CLASSES = 300, 40
 
-def make_dirs(tmp_path):
-    """Two members (with their train dirs), both ensembles and a weights file."""
+
+def videos_of(noise: float, seed: int, ids_prefix: str = "v") -> intervals.VideoTopK:
+    """A system's per-video record: the labels plus noise (less noise, more GAP)."""
+    labels = (np.random.default_rng(0).random((NUM_VIDEOS, NUM_CLASSES)) < 0.08).astype(float)
+    scores = np.clip(0.5 * labels + np.random.default_rng(seed).normal(0.3, noise,
+                                                                        labels.shape), 0, 1)
+    accumulator = metrics.EvaluationMetrics(NUM_CLASSES)
+    accumulator.accumulate(scores, labels)
+    ids = np.asarray([f"{ids_prefix}{i:03d}".encode() for i in range(NUM_VIDEOS)])
+    return intervals.VideoTopK(ids, *accumulator.per_video())
+
+
+def evaluate(directory, pattern: str, videos: intervals.VideoTopK, checkpoint: str = "") -> None:
+    """Records an evaluation of `directory` on `pattern` as training.eval would."""
+    directory.mkdir(exist_ok=True)
+    eval_results.record(str(directory), checkpoint or str(directory / "model.ckpt-10"),
+                        {"gap": videos.gap(), "num_examples": videos.num_videos,
+                         "videos": videos}, pattern, 1, {"seed": 1, "top_k": 20})
+
+
+def make_run(tmp_path):
+    """Two members (with train dirs holding model.ckpt-10), both ensembles and
+    a weights file, all evaluated on the held-out file (and the members also
+    on the fitting one, which the report must not read)."""
+    heldout, fit = str(tmp_path / "validate01.tfrecord"), str(tmp_path / "validate00.tfrecord")
     dirs = {}
-    for name, gap, last in (("a-bfloat16", 0.50, 0.45), ("b-bfloat16", 0.40, 0.30)):
+    for index, (name, noise) in enumerate((("a-bfloat16", 0.30), ("b-bfloat16", 0.34))):
+        for suffix, extra in (("", 0.0), ("-train", 0.02)):
+            dirs[name + suffix] = tmp_path / (name + suffix)
+            evaluate(dirs[name + suffix], heldout, videos_of(noise + extra, 10 * index + 1))
+            evaluate(dirs[name + suffix], fit, videos_of(0.05, 99))   # better; not to be read
+        (dirs[name + "-train"] / "model.ckpt-10.index").write_bytes(b"")
+        checkpoints.write_json(str(dirs[name] / "swa.json"), {"count": 4,
+                               "window_choice": {"chosen": 4}})
+    for name, noise in (("uniform", 0.25), ("stacked", 0.24)):
         dirs[name] = tmp_path / name
-        dirs[name].mkdir()
-        checkpoints.write_json(str(dirs[name] / "eval_results.json"),
-                               {"gap": gap, "hit_at_one": 0.8, "perr": 0.5, "map": 0.1,
-                                "loss": 9.0})
-        train = tmp_path / f"{name}-train"
-        train.mkdir()
-        checkpoints.write_json(str(train / "eval_results.json"), {"gap": last})
-        dirs[name + "-train"] = train
-    for name, gap in (("uniform", 0.52), ("stacked", 0.55)):
-        dirs[name] = tmp_path / name
-        dirs[name].mkdir()
-        checkpoints.write_json(str(dirs[name] / "eval_results.json"), {"gap": gap})
+        evaluate(dirs[name], heldout, videos_of(noise, 5))
     dirs["weights"] = tmp_path / "weights.json"
     write_weights_file(str(dirs["weights"]), [str(dirs["a-bfloat16"]), str(dirs["b-bfloat16"])],
-                       [0.7, 0.3], gap=0.60, gap_uniform=0.58, num_videos=128)
-    return dirs
+                       [0.7, 0.3], gap=0.60, gap_uniform=0.58, num_videos=128,
+                       data_pattern=fit)
+    return dirs, heldout
 
 
-def test_report_gains_and_choice(tmp_path):
-    dirs = make_dirs(tmp_path)
-    built = report.build_report([str(dirs["a-bfloat16"]), str(dirs["b-bfloat16"])],
-                                str(dirs["uniform"]), str(dirs["stacked"]),
-                                [str(dirs["a-bfloat16-train"]), str(dirs["b-bfloat16-train"])],
-                                str(dirs["weights"]))
-    assert built["best_member"] == "a-bfloat16" and built["best_member_gap"] == 0.50
-    gains = {row["name"]: round(row["gain_over_best_member"], 6) for row in built["ensembles"]}
-    assert gains == {"uniform ensemble": 0.02, "stacked ensemble": 0.05}
-    assert [row["stacked_weight"] for row in built["members"]] == [0.7, 0.3]
-    assert [row["last_checkpoint_gap"] for row in built["members"]] == [0.45, 0.30]
-    assert built["choice"]["chosen"] == "stacked" and built["choice"]["dir"] == str(
-        dirs["stacked"])
+def build(dirs, heldout, **kwargs):
+    return report.build_report([str(dirs["a-bfloat16"]), str(dirs["b-bfloat16"])], heldout,
+                               str(dirs["uniform"]), str(dirs["stacked"]),
+                               [str(dirs["a-bfloat16-train"]), str(dirs["b-bfloat16-train"])],
+                               str(dirs["weights"]), samples=200, **kwargs)
+
+
+def test_rows_gains_intervals_and_choice(tmp_path):
+    """Mutation: letting evaluation_on ignore the data pattern (taking each dir's
+    latest evaluation, as the report did before) makes the rows the fitting
+    file's (GAP near 1) and fails the held-out GAP check."""
+    dirs, heldout = make_run(tmp_path)
+    built = build(dirs, heldout)
+    assert built["num_videos"] == NUM_VIDEOS and built["data_pattern"] == heldout
+    names = [row["name"] for row in built["rows"]]
+    assert names == ["a-bfloat16 last checkpoint", "a-bfloat16 (window 4)",
+                     "b-bfloat16 last checkpoint", "b-bfloat16 (window 4)",
+                     "uniform ensemble", "stacked ensemble"]
+    for row in built["rows"]:
+        assert row["evaluation"]["eval_data_pattern"] == heldout
+        assert row["evaluation"]["num_examples"] == NUM_VIDEOS
+        assert row["gap"]["low"] < row["gap"]["estimate"] < row["gap"]["high"] < 0.95
+    assert [row.get("chosen") for row in built["rows"][4:]] == [False, True]
+    gains = {(g["what"], g["system"], g["over"]): g for g in built["gains"]}
+    averaging = gains[("averaging", "a-bfloat16 (window 4)", "a-bfloat16 last checkpoint")]
+    assert averaging["low"] < averaging["estimate"] < averaging["high"]
+    best = max(built["rows"][:4], key=lambda row: row["gap"]["estimate"])["name"]
+    assert ("ensemble vs best single state", "stacked ensemble", best) in gains
+    assert len([g for g in built["gains"] if g["system"] == "stacked ensemble"
+                and g["what"].startswith("ensemble vs")]) == 4
     text = report.format_report(built)
-    assert "stacked ensemble: GAP 0.5500, beats the best member by +0.0500" in text
-    assert "checkpoint averaging, GAP gain over the last checkpoint: a-bfloat16 +0.0500, " \
-           "b-bfloat16 +0.1000" in text
+    assert f"held-out: {NUM_VIDEOS} videos of {heldout}" in text
+    assert "stacked ensemble *" in text and "stacked vs uniform: " in text
     assert "the CSV uses the stacked ensemble" in text
-    # A tie on the fitting videos keeps the uniform ensemble.
-    tie = report.choose("U", "S", {"gap": 0.5, "gap_uniform": 0.5, "num_videos": 1})
+    tie = report.choose("U", "S", {"gap": 0.5, "gap_uniform": 0.5, "num_videos": 1,
+                                   "data_pattern": None})
     assert tie["chosen"] == "uniform" and tie["dir"] == "U"
 
 
-def test_report_cli_writes_json_and_png(tmp_path):
-    dirs = make_dirs(tmp_path)
+def test_rows_measured_on_other_data_are_refused(tmp_path):
+    """Mutation: removing check_same_videos from PairedBootstrap lets the
+    relabelled ensemble through and fails the second check."""
+    dirs, heldout = make_run(tmp_path)
+    other = str(tmp_path / "validate02.tfrecord")
+    with pytest.raises(UserError, match=f"no evaluation on {other} .it was evaluated on: "):
+        build(dirs, other)
+    # The same file name but other videos (e.g. the file was regenerated).
+    evaluate(dirs["uniform"], heldout, videos_of(0.25, 5, ids_prefix="w"))
+    with pytest.raises(UserError, match="were measured on different videos"):
+        build(dirs, heldout)
+
+
+def test_a_stale_train_dir_evaluation_is_refused(tmp_path):
+    dirs, heldout = make_run(tmp_path)
+    (dirs["a-bfloat16-train"] / "model.ckpt-20.index").write_bytes(b"")
+    with pytest.raises(UserError, match=r"its latest checkpoint \(step 20\) was not evaluated"):
+        build(dirs, heldout)
+
+
+def test_cli_writes_json_and_png(tmp_path):
+    dirs, heldout = make_run(tmp_path)
     out = tmp_path / "out" / "report"
     (tmp_path / "out").mkdir()
     completed = run_module(
-        "ensemble.report", f"--model_dirs={dirs['a-bfloat16']},{dirs['b-bfloat16']}",
+        "ensemble.report", f"--data_pattern={heldout}",
+        f"--model_dirs={dirs['a-bfloat16']},{dirs['b-bfloat16']}",
         f"--train_dirs={dirs['a-bfloat16-train']},{dirs['b-bfloat16-train']}",
         f"--ensemble_dir={dirs['uniform']}", f"--stacked_dir={dirs['stacked']}",
         f"--weights_file={dirs['weights']}", f"--output_json={out}.json",
-        f"--output_png={out}.png")
-    assert "uniform ensemble: GAP 0.5200, beats the best member by +0.0200" in completed.stdout
+        f"--output_png={out}.png", "--bootstrap_samples=100")
+    assert "stacked ensemble (chosen) beats" in completed.stdout
     payload = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert payload["choice"]["chosen"] == "stacked"
-    assert [row["name"] for row in payload["ensembles"]] == ["uniform ensemble",
-                                                             "stacked ensemble"]
+    assert payload["choice"]["chosen"] == "stacked" and payload["bootstrap"]["samples"] == 100
+    assert len(payload["rows"]) == 6 and all("videos" not in row for row in payload["rows"])
     png = (tmp_path / "out" / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json",
-                                                                    "report.png"]
     chosen = run_module("ensemble.report", "--choose", f"--ensemble_dir={dirs['uniform']}",
                         f"--stacked_dir={dirs['stacked']}", f"--weights_file={dirs['weights']}")
     assert chosen.stdout.strip() == str(dirs["stacked"])
 
 
 def test_report_errors(tmp_path):
-    dirs = make_dirs(tmp_path)
+    dirs, heldout = make_run(tmp_path)
     with pytest.raises(UserError, match="--train_dirs: 1 dirs for 2 --model_dirs"):
-        report.build_report([str(dirs["a-bfloat16"]), str(dirs["b-bfloat16"])],
+        report.build_report([str(dirs["a-bfloat16"]), str(dirs["b-bfloat16"])], heldout,
                             train_dirs=[str(dirs["a-bfloat16-train"])])
     bare = tmp_path / "bare.json"
     write_weights_file(str(bare), [str(dirs["a-bfloat16"])], [1.0])
@@ -95,3 +153,5 @@ def test_report_errors(tmp_path):
                            check=False)
     assert completed.returncode == 2 and "Traceback" not in completed.stderr
     assert "error: --stacked_dir: required" in completed.stderr
+    completed = run_module("ensemble.report", f"--ensemble_dir={dirs['uniform']}", check=False)
+    assert completed.returncode == 2 and "error: --data_pattern: required" in completed.stderr
