@@ -123,7 +123,7 @@ def _set_id_and_labels(features, video_id: bytes, labels) -> None:
     features["labels"].int64_list.value.extend(int(x) for x in labels)
 
 
-def _sequence_example(video_id, labels, rgb_q, audio_q) -> bytes:
+def sequence_example(video_id, labels, rgb_q, audio_q) -> bytes:
     example = tf.train.SequenceExample()
     _set_id_and_labels(example.context.feature, video_id, labels)
     for name, matrix in (("rgb", rgb_q), ("audio", audio_q)):
@@ -142,7 +142,7 @@ def _video_example(video_id, labels, mean_rgb, mean_audio) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
-def _write_records(path: str, records) -> None:
+def write_records(path: str, records) -> None:
     """Writes records to ``path`` through a temporary file and a rename."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
@@ -207,7 +207,7 @@ def write_dataset(output_dir: str, split: str = "train", num_shards: int = 2,
         name = f"{split}{shard:02d}.tfrecord"
         for level in sorted(dirs):
             path = os.path.join(dirs[level], name)
-            _write_records(path, records[level])
+            write_records(path, records[level])
             written[level].append(path)
         print(f"synthetic: {split} shard {shard + 1}/{num_shards}: {videos_per_shard} videos, "
               f"{frames} frames -> {name} ({', '.join(sorted(dirs))}) "
@@ -239,7 +239,7 @@ def _shard_records(split, shard, videos_per_shard, num_classes, seed, min_frames
     for v in range(videos_per_shard):
         rgb_q, audio_q = _video_frames(rng, labels[v], int(frame_counts[v]), protos)
         stored_labels = labels[v] if with_labels else np.zeros([0], np.int64)
-        records["frame"].append(_sequence_example(ids[v], stored_labels, rgb_q, audio_q))
+        records["frame"].append(sequence_example(ids[v], stored_labels, rgb_q, audio_q))
         if frame_counts[v] > 0:
             mean_rgb = dequantize_np(rgb_q).mean(axis=0, dtype=np.float64)
             mean_audio = dequantize_np(audio_q).mean(axis=0, dtype=np.float64)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The main job on real label structure: frame-level records derived from the
+# real YouTube-8M 2018 video-level sample in data/ (real ids, 3862-class labels
+# and mean features; frames varying around each real mean:
+# training.frames_from_videos), then pipeline.sh at the tiny sizes. Train: 3
+# files (839 videos); validation: 3 files, the first (301 videos) to fit every
+# choice on, the other two (551 videos) held out for the report; test: the last
+# file without its labels. Output: $WORK_DIR (default ./real_labels_output).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source run_scripts/setup_env.sh
+WORK_DIR=${WORK_DIR:-$PWD/real_labels_output}
+sample=data/yt8m-2018-video-sample
+data="$WORK_DIR/data"
+if [[ ! -d "$data/frame" ]]; then
+  derive() {  # split, files..., then flags after --
+    local split=$1
+    shift
+    local files=()
+    while [[ "$1" != -- ]]; do files+=("$sample/$1"); shift; done
+    shift
+    "$PYTHON" -m training.frames_from_videos --input_pattern="$(IFS=,; echo "${files[*]}")" \
+      --output_dir="$data" --split="$split" "$@"
+  }
+  derive train validate2L.tfrecord validate3227.tfrecord validateEZ.tfrecord --
+  derive validate validateoR.tfrecord validater7.tfrecord validatezQ.tfrecord --
+  derive test validatezQ.tfrecord -- --with_labels=false
+fi
+SWA_BN=recompute SWA_RECOMPUTE_BATCHES=20 TINY=1 FIT_FILES=1 DATA_DIR="$data/frame" \
+  WORK_DIR="$WORK_DIR" NUM_CLASSES=3862 LABEL_NAMES="$sample/label_names_2018.csv" \
+  SUBMISSION="$WORK_DIR/submission.csv" exec run_scripts/pipeline.sh
