@@ -74,6 +74,12 @@ def _define_schedule_flags() -> None:
            + unset(default.save_checkpoint_steps) + ".")
     define(flags.DEFINE_integer, "log_steps", None, "Print a progress line every N steps"
            + unset(default.log_steps) + ".")
+    define(flags.DEFINE_integer, "swa_tail_steps", None, "Steps of the averaging tail after "
+           "--max_steps, at a constant rate, for swa.average" + unset(0) + ".")
+    define(flags.DEFINE_float, "swa_learning_rate", None, "The tail's constant rate (unset: "
+           "the preset's, else the rate reached at --max_steps).")
+    define(flags.DEFINE_integer, "swa_save_steps", None, "Checkpoint every N steps in the tail"
+           + unset("--save_checkpoint_steps") + ".")
     define(flags.DEFINE_enum, "size", "full", "Model and run size: full (the original), tiny "
            "(minutes on a CPU) or test (the suite's).", enum_values=list(presets.SIZES))
 
@@ -130,7 +136,9 @@ def _build(model_flags, data_pattern: str, config: Dict[str, Any], devices, labe
         batch = train_graph.make_train_batch(reader, data_pattern, config,
                                              config["batch_size"] * len(devices), config["seed"])
         ops = train_graph.build_train_graph(model_flags, batch, devices, config, label_loss_fn)
-        saver = tf.train.Saver(max_to_keep=config["max_to_keep"],
+        # Every checkpoint of the averaging tail is kept for swa.average.
+        keep = max(config["max_to_keep"], train_graph.tail_checkpoints(config) + 1)
+        saver = tf.train.Saver(max_to_keep=keep,
                                keep_checkpoint_every_n_hours=config["keep_checkpoint_every_n_hours"])
         init = tf.global_variables_initializer()
         graph.finalize()
@@ -186,15 +194,16 @@ def _train_step(sess, ops, step: int, config, writer, progress, train_dir: str, 
 
 def _loop(sess, ops, saver, config, writer, train_dir: str, data_pattern: str, start: int,
           saved: Optional[int], examples_per_step: int, log) -> tuple:
-    """Steps until --max_steps or the end of the data; -> (step, loss, last saved step)."""
-    max_steps = config["max_steps"]
+    """Steps until --max_steps and the averaging tail, or the end of the data;
+    -> (step, loss, last saved step)."""
+    max_steps = train_graph.last_step(config)
     progress = Progress("examples", max_steps, start, units_per_count=examples_per_step)
     step, loss_value = start, float("nan")
     try:
         while (max_steps is None or step < max_steps) and not interrupt_pending():
             step, loss_value = _train_step(sess, ops, step, config, writer, progress,
                                            train_dir, log)
-            if step % config["save_checkpoint_steps"] == 0:
+            if step % train_graph.save_every(config, step) == 0:
                 train_dirs.save_checkpoint(saver, sess, train_dir, step)
                 saved = step
     except tf.errors.OutOfRangeError:
@@ -231,7 +240,8 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
         writer = tf.summary.FileWriter(train_dir, graph if not latest else None)
         matmul_dtype = config.get("matmul_dtype", train_graph.FLOAT32)
         log(f"training {model_flags['model']} on {len(devices)} tower(s) {devices} "
-            f"from step {start}" + (f" to {config['max_steps']}" if config["max_steps"] else "")
+            f"from step {start}" + (f" to {train_graph.last_step(config)}"
+                                    if config["max_steps"] else "")
             + f", {matmul_dtype} matmuls")
         if matmul_dtype == train_graph.BFLOAT16 and not train_graph.native_bfloat16(devices):
             log("note: this CPU has no native bfloat16 matmul (AVX512-BF16 or AMX); "
@@ -269,9 +279,11 @@ def config_from_flags() -> Dict[str, Any]:
         if config[key] is None:
             config[key] = getattr(schedule, key)
     train_graph.check_matmul_dtype(config["matmul_dtype"])
-    for key in ("batch_size", "save_checkpoint_steps", "summary_steps", "log_steps"):
-        if config[key] <= 0:
+    for key in ("batch_size", "save_checkpoint_steps", "summary_steps", "log_steps",
+                "swa_save_steps"):
+        if config[key] is not None and config[key] <= 0:
             raise UserError(f"--{key} must be positive, got {config[key]}")
+    train_graph.tail_steps(config)
     return config
 
 
