@@ -23,9 +23,12 @@ PATH_FLAGS = {
                       "checkpoint_file": paths.IN_CHECKPOINT,
                       "train_data_pattern": paths.IN_PATTERN},
     "training.synthetic": {"output_dir": paths.OUT_DIR},
+    "training.frames_from_videos": {"output_dir": paths.OUT_DIR,
+                                    "input_pattern": paths.IN_PATTERN},
     "swa.average": {"train_dir": paths.IN_DIR, "output_dir": paths.OUT_DIR,
                     "train_data_pattern": paths.IN_PATTERN,
-                    "eval_data_pattern": paths.IN_PATTERN},
+                    "eval_data_pattern": paths.IN_PATTERN,
+                    "choose_window_on": paths.IN_PATTERN},
     "bfloat16_patch.convert": {"output_dir": paths.OUT_DIR, "input_dir": paths.IN_DIR,
                                "checkpoint_file": paths.IN_CHECKPOINT},
     "ensemble.build": {"model_dirs": paths.IN_DIRS, "output_dir": paths.OUT_DIR,
@@ -36,7 +39,8 @@ PATH_FLAGS = {
     "ensemble.merge": {"input_data_pattern": paths.IN_PATTERN, "output_file": paths.OUT_FILE,
                        "label_names": paths.IN_FILE},
     "ensemble.check_submission": {"submission": paths.IN_FILE},
-    "ensemble.report": {"model_dirs": paths.IN_DIRS, "ensemble_dir": paths.IN_DIR,
+    "ensemble.report": {"model_dirs": paths.IN_DIRS, "data_pattern": paths.IN_PATTERN,
+                        "ensemble_dir": paths.IN_DIR,
                         "stacked_dir": paths.IN_DIR, "train_dirs": paths.IN_DIRS,
                         "weights_file": paths.IN_FILE, "output_json": paths.OUT_FILE,
                         "output_png": paths.OUT_FILE},
@@ -146,7 +150,7 @@ def expected_cases(modules, per_kind: dict) -> int:
 def test_every_path_flag_over_bad_paths(half, tmp_path):
     """The exact number of cases, from PATH_FLAGS and CASES_BY_KIND (it was
     'more than 50'). Mutations tried: tests/cli_driver.py generating every
-    value of a kind but the last (120 + 133 of 298 cases run; the old bound
+    value of a kind but the last (253 of 298 cases run then; the old bound
     passed) fails the count; bfloat16_patch.convert declaring --input_dir a
     checkpoint instead of a dir (5 bad places instead of 8; the old bound
     passed) fails the comparison with PATH_FLAGS."""
