@@ -23,14 +23,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import zipfile
+import zlib
 from typing import Dict, Iterator, Sequence
 
 import numpy as np
 
 from training import checkpoints
-from training.errors import UserError
+from training.errors import UserError, excerpt
 from training.metrics import _descending_order
 
+# What np.load raises on a damaged .npz (a zip archive; found by fuzzing,
+# tests/test_fuzz.py): a bad CRC or header (BadZipFile), a bad deflate
+# stream (zlib.error), a cut member (EOFError), a damaged compression or
+# version field (NotImplementedError), a damaged flag bit ("encrypted":
+# RuntimeError), a bad .npy header (ValueError), a lost member (KeyError).
+_DAMAGED_NPZ = (OSError, ValueError, KeyError, EOFError, NotImplementedError, RuntimeError,
+                zipfile.BadZipFile, zlib.error)
 DEFAULT_SAMPLES = 1000
 DEFAULT_SEED = 0
 CONFIDENCE = 0.95
@@ -86,9 +95,13 @@ def load(path: str) -> VideoTopK:
     try:
         with np.load(path, allow_pickle=False) as payload:
             videos = VideoTopK(*(payload[field.name] for field in dataclasses.fields(VideoTopK)))
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"{path}: not a per-video evaluation record ({err}); evaluate "
-                        f"again to rewrite it") from None
+    except _DAMAGED_NPZ as err:
+        kind = type(err).__name__
+        if type(err).__module__ != "builtins":
+            kind = f"{type(err).__module__}.{kind}"     # zlib.error, not "error"
+        # (excerpt: zipfile quotes whole binary headers in its messages)
+        raise UserError(f"{path}: not a per-video evaluation record ({kind} "
+                        f"{excerpt(str(err))}); evaluate again to rewrite it") from None
     rows = videos.num_videos
     if videos.scores.shape != videos.relevant.shape or videos.scores.shape[:1] != (rows,) \
             or videos.num_positives.shape != (rows,):
