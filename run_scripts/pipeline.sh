@@ -19,7 +19,14 @@ TEST_PATTERN=${TEST_PATTERN:-$DATA_DIR/test*.tfrecord}
 WORK_DIR=${WORK_DIR:-$HOME/yt8m_work}
 PYTHON=${PYTHON:-python}
 MODELS=${MODELS:-$("$PYTHON" -m models.presets)}   # the six presets (models/presets.py)
-SWA_LAST_N=${SWA_LAST_N:-5}          # average the last N checkpoints of each model
+# Checkpoint averaging (docs/architecture.md "Checkpoint averaging"): each
+# preset's schedule ends with an averaging tail at a constant rate, with
+# frequent checkpoints; SWA_TAIL_STEPS, SWA_LR and SWA_SAVE_STEPS override it.
+# SWA_LAST_N=auto chooses each model's window on the fitting validation files
+# among SWA_WINDOWS (default 1, 2, 4, ... and all; 1 is the last checkpoint);
+# a number N averages the last N checkpoints.
+SWA_LAST_N=${SWA_LAST_N:-auto}
+SWA_WINDOWS=${SWA_WINDOWS:-}
 SWA_BN=${SWA_BN:-last}               # BN statistics: last (the original) | average | recompute
 TILE_NUM=${TILE_NUM:-10}
 STORAGE=${STORAGE:-bfloat16}         # member storage: bfloat16 | int8 (large matrices int8)
@@ -27,9 +34,12 @@ TARGET_BYTES=${TARGET_BYTES:-}       # e.g. 1000000000: int8 for the fewest matr
 NUM_CLASSES=${NUM_CLASSES:-3862}
 SUBMISSION=${SUBMISSION:-$WORK_DIR/submission.csv}
 REPORT=${REPORT:-${SUBMISSION%.csv}.report}   # REPORT.json and REPORT.png beside the CSV
-# STACKING=1 fits ensemble weights (stacking.fit) on the first half of the
-# validation files and measures every reported number on the second half;
+# The validation files (sorted) split in two: the first FIT_FILES (default:
+# half) are the fitting files, on which everything is chosen (SWA windows,
+# stacking weights, uniform or stacked); the rest are held out, and only the
+# report reads them. STACKING=1 fits ensemble weights on the fitting files;
 # STACKING=0 skips it. Default: 1 when the validation pattern has 2 files or more.
+FIT_FILES=${FIT_FILES:-}
 STACKING=${STACKING:-auto}
 LABEL_NAMES=${LABEL_NAMES:-}         # a vocabulary CSV: also write the top-5 TSV with names
 TINY=${TINY:-0}
@@ -42,27 +52,41 @@ export PYTHON
 # models/presets.py; TINY_BATCH, TINY_STEPS, TINY_SAVE and TINY_LR override them).
 train_flags() {
   echo "--num_classes=$NUM_CLASSES --seed=$SEED ${EXTRA_TRAIN_FLAGS:-}"
+  echo "${SWA_TAIL_STEPS:+--swa_tail_steps=$SWA_TAIL_STEPS} ${SWA_LR:+--swa_learning_rate=$SWA_LR}"
+  echo "${SWA_SAVE_STEPS:+--swa_save_steps=$SWA_SAVE_STEPS}"
   if [[ "$TINY" == 1 ]]; then
     echo "--size=tiny ${TINY_BATCH:+--batch_size=$TINY_BATCH} ${TINY_STEPS:+--max_steps=$TINY_STEPS}"
     echo "${TINY_SAVE:+--save_checkpoint_steps=$TINY_SAVE} ${TINY_LR:+--base_learning_rate=$TINY_LR}"
   fi
 }
 
-# The validation files, sorted, in two halves (a file is never split).
+# The validation files, sorted: the fitting ones, then the held-out ones (a
+# file is never split).
 mapfile -t validate_files < <(compgen -G "$VALIDATE_PATTERN" | sort || true)
 if [[ "$STACKING" == auto ]]; then
   STACKING=$(( ${#validate_files[@]} >= 2 ? 1 : 0 ))
 fi
 HELDOUT_PATTERN=$VALIDATE_PATTERN
-if [[ "$STACKING" == 1 ]]; then
-  if (( ${#validate_files[@]} < 2 )); then
-    echo "error: STACKING=1: VALIDATE_PATTERN=$VALIDATE_PATTERN matches ${#validate_files[@]} file(s); stacking needs 2 or more (one half to fit, one to report)" >&2
+FIT_PATTERN=
+if (( ${#validate_files[@]} >= 2 )); then
+  fit=${FIT_FILES:-$(( ${#validate_files[@]} / 2 ))}
+  if (( fit < 1 || fit >= ${#validate_files[@]} )); then
+    echo "error: FIT_FILES=$fit: must leave at least one of the ${#validate_files[@]} validation files on each side" >&2
     exit 2
   fi
-  half=$(( ${#validate_files[@]} / 2 ))
-  FIT_PATTERN=$(IFS=,; echo "${validate_files[*]:0:half}")
-  HELDOUT_PATTERN=$(IFS=,; echo "${validate_files[*]:half}")
-  echo "=== validation: stacking fits on ${half} file(s), the report measures the other $(( ${#validate_files[@]} - half ))"
+  FIT_PATTERN=$(IFS=,; echo "${validate_files[*]:0:fit}")
+  HELDOUT_PATTERN=$(IFS=,; echo "${validate_files[*]:fit}")
+  echo "=== validation: choices fit on ${fit} file(s), the report measures the other $(( ${#validate_files[@]} - fit ))"
+fi
+for needs_fit in "STACKING=1:$STACKING" "SWA_LAST_N=auto:$SWA_LAST_N"; do
+  if [[ "${needs_fit%%:*}" == "${needs_fit#*:}" && -z "$FIT_PATTERN" ]]; then
+    echo "error: ${needs_fit%%:*}: VALIDATE_PATTERN=$VALIDATE_PATTERN matches ${#validate_files[@]} file(s); it chooses on fitting files and needs 2 or more (one part to fit, one to report)" >&2
+    exit 2
+  fi
+done
+swa_window_flags=(--last_n="$SWA_LAST_N")
+if [[ "$SWA_LAST_N" == auto ]]; then
+  swa_window_flags=(--choose_window_on="$FIT_PATTERN" ${SWA_WINDOWS:+--windows="$SWA_WINDOWS"})
 fi
 # The last checkpoint is evaluated with the averaged model's batch-norm
 # treatment, so that the report's comparison isolates the averaging.
@@ -110,9 +134,9 @@ for model in $MODELS; do
   TRAIN_DIR="$train_dir" DATA_DIR="$DATA_DIR" "run_scripts/$model.sh" \
     --train_data_pattern="$TRAIN_PATTERN" $(train_flags)
   if [[ ! -d "$swa_dir" ]]; then
-    echo "=== $model: SWA over the last $SWA_LAST_N checkpoints -> $swa_dir"
+    echo "=== $model: SWA (window: $SWA_LAST_N) -> $swa_dir"
     "$PYTHON" -m swa.average --train_dir="$train_dir" --output_dir="$swa_dir" \
-      --last_n="$SWA_LAST_N" --bn_statistics="$SWA_BN" --train_data_pattern="$TRAIN_PATTERN" \
+      "${swa_window_flags[@]}" --bn_statistics="$SWA_BN" --train_data_pattern="$TRAIN_PATTERN" \
       --recompute_batches="${SWA_RECOMPUTE_BATCHES:-100}" --seed="$SEED"
   fi
   if [[ ! -d "$bf16_dir" ]]; then
@@ -120,18 +144,15 @@ for model in $MODELS; do
     "$PYTHON" -m bfloat16_patch.convert --input_dir="$swa_dir" --output_dir="$bf16_dir" \
       --dtype="$STORAGE"
   fi
-  if [[ ! -f "$bf16_dir/eval_results.json" ]]; then
-    in_background "$model: evaluation" "$WORK_DIR/logs/$model-eval.log" \
-      "$PYTHON" -m training.eval --train_dir="$bf16_dir" --eval_data_pattern="$HELDOUT_PATTERN" \
-      --run_once --batch_size=64 --seed="$SEED"
-  fi
-  if [[ ! -f "$train_dir/eval_results.json" ]]; then
-    in_background "$model: the last checkpoint before averaging (BN statistics: $last_bn)" \
-      "$WORK_DIR/logs/$model-last-checkpoint-eval.log" \
-      "$PYTHON" -m training.eval --train_dir="$train_dir" --eval_data_pattern="$HELDOUT_PATTERN" \
-      --run_once --batch_size=80 --seed="$SEED" --bn_statistics="$last_bn" \
-      --train_data_pattern="$TRAIN_PATTERN" --recompute_batches="${SWA_RECOMPUTE_BATCHES:-100}"
-  fi
+  # (--skip_evaluated: a rerun measures only what was not measured on these files.)
+  in_background "$model: evaluation" "$WORK_DIR/logs/$model-eval.log" \
+    "$PYTHON" -m training.eval --train_dir="$bf16_dir" --eval_data_pattern="$HELDOUT_PATTERN" \
+    --run_once --skip_evaluated --batch_size=64 --seed="$SEED"
+  in_background "$model: the last checkpoint before averaging (BN statistics: $last_bn)" \
+    "$WORK_DIR/logs/$model-last-checkpoint-eval.log" \
+    "$PYTHON" -m training.eval --train_dir="$train_dir" --eval_data_pattern="$HELDOUT_PATTERN" \
+    --run_once --skip_evaluated --batch_size=80 --seed="$SEED" --bn_statistics="$last_bn" \
+    --train_data_pattern="$TRAIN_PATTERN" --recompute_batches="${SWA_RECOMPUTE_BATCHES:-100}"
   members+=("$bf16_dir")
   train_dirs+=("$train_dir")
 done
@@ -176,6 +197,6 @@ if [[ ! -f "$SUBMISSION" ]]; then
 fi
 "$PYTHON" -m ensemble.check_submission --submission="$SUBMISSION" --num_classes="$NUM_CLASSES"
 wait_background
-"$PYTHON" -m ensemble.report --model_dirs="$model_dirs" --train_dirs="$(IFS=,; echo "${train_dirs[*]}")" \
+"$PYTHON" -m ensemble.report --data_pattern="$HELDOUT_PATTERN" --model_dirs="$model_dirs" --train_dirs="$(IFS=,; echo "${train_dirs[*]}")" \
   --ensemble_dir="$ensemble_dir" "${report_flags[@]}" \
   --output_json="$REPORT.json" --output_png="$REPORT.png"

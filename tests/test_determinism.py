@@ -32,8 +32,8 @@ def stage_commands(work, data):
         bf16_dir = work / "ensemble_models" / f"{model}-bfloat16"
         commands += [
             ["training.train", f"--train_dir={train_dir}", train_pattern, f"--model={model}",
-             f"--num_classes={TINY_CLASSES}", "--seed=2018", TINY_SIZE, "--batch_size=8",
-             "--max_steps=10", "--save_checkpoint_steps=5"],
+             f"--num_classes={TINY_CLASSES}", "--seed=2018", "--swa_tail_steps=0", TINY_SIZE,
+             "--batch_size=8", "--max_steps=10", "--save_checkpoint_steps=5"],
             ["swa.average", f"--train_dir={train_dir}", f"--output_dir={swa_dir}",
              "--last_n=2", "--bn_statistics=recompute", train_pattern,
              "--recompute_batches=2", "--seed=2018"],
@@ -61,6 +61,7 @@ def pipeline_env(work_dir, data_dir, python=sys.executable, **extra):
     return {**os.environ, "PYTHON": str(python), "DATA_DIR": str(data_dir),
             "WORK_DIR": str(work_dir), "MODELS": " ".join(MODELS), "TINY": "1",
             "TINY_BATCH": "8", "TINY_STEPS": "10", "TINY_SAVE": "5", "SWA_LAST_N": "2",
+            "SWA_TAIL_STEPS": "0",
             "SWA_BN": "recompute", "SWA_RECOMPUTE_BATCHES": "2",
             "NUM_CLASSES": str(TINY_CLASSES), "TILE_NUM": "2", **extra}
 

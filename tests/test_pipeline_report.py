@@ -1,11 +1,10 @@
-"""The main job end to end (run_scripts/pipeline.sh, TINY=1) with stacking on
-its own synthetic data: the validation files split into a fitting and a
-held-out half, both ensembles built, the better one on the fitting half
-writes the CSV, and the report (text, JSON, PNG) is measured on the held-out
-half. With the fixed seed the run is deterministic (tests/test_determinism.py);
-over the training seeds 2018, 2019 and 2020 the stacked ensemble beat the best
-member by +0.0066, +0.0152 and +0.0068 GAP and the uniform one by +0.0222,
-+0.0187 and +0.0287, far above float rounding, so the assertions are stable.
+"""The main job end to end (run_scripts/pipeline.sh, TINY=1) on its own
+synthetic data: the validation files split into fitting files (one, 160
+videos) and held-out files (two, 320 videos); every choice (SWA windows,
+stacking weights, uniform or stacked) is made on the fitting file, and the
+report is measured on the held-out files only, with paired bootstrap
+intervals. A second, fast test records the pipeline's commands to show that
+no chooser is given a held-out file.
 """
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from conftest import REPO_ROOT
 from ensemble.check_submission import check_submission
@@ -23,48 +21,85 @@ PIPELINE = REPO_ROOT / "run_scripts" / "pipeline.sh"
 # Three members of comparable strength at their tiny sizes (README "Quick start").
 MODELS = "nonlocal-earlyNetVLADModel Soft-DBoF-8k GRUModel"
 NUM_CLASSES = 200
+FIT, HELDOUT = ["validate00.tfrecord"], ["validate01.tfrecord", "validate02.tfrecord"]
 
 
 def write_data(root) -> None:
-    """The quick start's train and validation data (its seed and sizes), a small test split."""
-    for split, shards, labels in (("train", 8, True), ("validate", 2, True), ("test", 1, False)):
+    """The quick start's train data (its seed and sizes), three validation
+    files of 160 videos and a small test split."""
+    for split, shards, videos, labels in (("train", 8, 128, True), ("validate", 3, 160, True),
+                                          ("test", 1, 64, False)):
         synthetic.write_dataset(str(root), split=split, num_shards=shards,
-                                videos_per_shard=128 if labels else 64, num_classes=NUM_CLASSES,
-                                seed=1, min_frames=30, max_frames=120, with_labels=labels)
+                                videos_per_shard=videos, num_classes=NUM_CLASSES, seed=1,
+                                min_frames=30, max_frames=120, with_labels=labels)
 
 
-def run_pipeline(work, data, seed: str = "2018") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable, "DATA_DIR": str(data / "frame"),
-           "WORK_DIR": str(work), "MODELS": MODELS, "TINY": "1", "SWA_BN": "recompute",
-           "SWA_RECOMPUTE_BATCHES": "20", "NUM_CLASSES": str(NUM_CLASSES), "TILE_NUM": "4",
-           "SEED": seed}
-    return subprocess.run(["bash", str(PIPELINE)], cwd="/", env=env, capture_output=True,
-                          text=True, timeout=1200)
+def pipeline_env(work, data, python=sys.executable, **extra) -> dict:
+    return {**os.environ, "PYTHON": str(python), "DATA_DIR": str(data / "frame"),
+            "WORK_DIR": str(work), "MODELS": MODELS, "TINY": "1", "SWA_BN": "recompute",
+            "SWA_RECOMPUTE_BATCHES": "20", "NUM_CLASSES": str(NUM_CLASSES), "TILE_NUM": "4",
+            "FIT_FILES": "1", "SWA_WINDOWS": "1,2,4", **extra}
 
 
-def test_pipeline_stacks_on_one_half_and_reports_on_the_other(tmp_path):
-    write_data(tmp_path / "data")
-    work = tmp_path / "work"
-    completed = run_pipeline(work, tmp_path / "data")
+def files(data, names) -> str:
+    return ",".join(str(data / "frame" / name) for name in names)
+
+
+def test_choices_on_the_fitting_file_report_on_the_held_out_ones(tmp_path):
+    data, work = tmp_path / "data", tmp_path / "work"
+    write_data(data)
+    completed = subprocess.run(["bash", str(PIPELINE)], cwd="/", env=pipeline_env(work, data),
+                               capture_output=True, text=True, timeout=1500)
     assert completed.returncode == 0, (completed.stdout[-3000:], completed.stderr[-3000:])
-    assert "stacking fits on 1 file(s), the report measures the other 1" in completed.stdout
+    assert "choices fit on 1 file(s), the report measures the other 2" in completed.stdout
     report = json.loads((work / "submission.report.json").read_text())
+    # Every row was measured on the held-out files, by name and video count.
+    assert report["data_pattern"] == files(data, HELDOUT) and report["num_videos"] == 320
+    for row in report["rows"]:
+        assert row["evaluation"]["eval_data_pattern"] == files(data, HELDOUT), row["name"]
+        assert row["evaluation"]["num_examples"] == 320, row["name"]
+    assert len(report["rows"]) == 3 * 2 + 2
+    # Every choice was made on the fitting file.
+    for model in MODELS.split():
+        choice = json.loads((work / "swa" / model / "swa.json").read_text())["window_choice"]
+        assert choice["data_pattern"] == files(data, FIT)
+    weights = json.loads((work / "stacking_weights.json").read_text())
+    assert weights["data_pattern"] == files(data, FIT)
+    assert report["choice"]["fit_data_pattern"] == files(data, FIT)
+    # The chosen ensemble beats every single model state, each gain's paired
+    # interval above 0.
+    chosen = next(row for row in report["rows"] if row.get("chosen"))
+    gains = [gain for gain in report["gains"] if gain["system"] == chosen["name"]
+             and gain["what"].startswith("ensemble vs")]
+    assert len(gains) == 6 and all(gain["low"] > 0 for gain in gains), gains
     assert (work / "submission.report.png").read_bytes()[:4] == b"\x89PNG"
-    members, ensembles = report["members"], report["ensembles"]
-    assert len(members) == 3 and [row["name"] for row in ensembles] == ["uniform ensemble",
-                                                                        "stacked ensemble"]
-    assert all(row["gap"] and row["last_checkpoint_gap"] for row in members)
-    weights = [row["stacked_weight"] for row in members]
-    assert abs(sum(weights) - 1) < 1e-6
-    uniform, stacked = ensembles
-    assert stacked["gap"] >= report["best_member_gap"], report
-    assert uniform["gap"] >= report["best_member_gap"], report
-    # The weights were fitted on the first validation file; the numbers are of the second.
-    fitted = json.loads((work / "stacking_weights.json").read_text())
-    assert fitted["data_pattern"].endswith("validate00.tfrecord")
-    for row in members + ensembles:
-        results = json.loads((Path(row["dir"]) / "eval_results.json").read_text())
-        assert results["num_examples"] == 128
-    chosen = report["choice"]["dir"]
-    assert f"the CSV uses {chosen}" in completed.stdout
     assert check_submission(str(work / "submission.csv"), num_classes=NUM_CLASSES) == 64
+
+
+def test_no_chooser_is_given_a_held_out_file(tmp_path):
+    """The pipeline's commands, recorded (PYTHON prints them instead of running
+    Python): the choosers (swa.average's window, stacking.fit, report
+    --choose) name only the fitting file; only the evaluations for the report
+    and the report name the held-out files. Mutation: splitting with
+    FIT_PATTERN=$VALIDATE_PATTERN in pipeline.sh fails the first check."""
+    data = tmp_path / "data" / "frame"
+    data.mkdir(parents=True)
+    for name in FIT + HELDOUT:
+        (data / name).write_bytes(b"")
+    log, recorder = tmp_path / "calls.txt", tmp_path / "python"
+    recorder.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "{log}"\n')
+    recorder.chmod(0o755)
+    env = pipeline_env(tmp_path / "work", tmp_path / "data", python=recorder)
+    subprocess.run(["bash", str(PIPELINE)], cwd="/", env=env, check=True, capture_output=True,
+                   timeout=60)
+    calls = log.read_text().splitlines()
+    held_out = [str(data / name) for name in HELDOUT]
+    choosers = [call for call in calls if call.split()[1] in ("swa.average", "stacking.fit")
+                or "--choose" in call.split()]
+    assert len(choosers) == 3 + 1 + 1
+    for call in choosers:
+        assert not any(path in call for path in held_out), call
+        assert str(data / FIT[0]) in call or "--choose" in call, call
+    readers = [call for call in calls if any(path in call for path in held_out)]
+    assert {call.split()[1] for call in readers} == {"training.eval", "ensemble.build",
+                                                     "ensemble.report"}
