@@ -15,7 +15,7 @@ from models.tf_compat import tf
 from reliability import assert_user_error
 from swa import average as swa
 from test_train import tiny_config, tiny_flags, train_pattern
-from training import bn_statistics, checkpoints, metrics, predict, train
+from training import bn_statistics, checkpoints, eval_results, metrics, predict, train
 from training import eval as evaluation
 from training import train_dir as train_dirs
 from training.errors import UserError
@@ -305,3 +305,24 @@ def test_recompute_on_an_swa_dir(tiny_models, tiny_data):
                                             str(tiny_data / "frame" / "validate*.tfrecord"),
                                             batch_size=16, recompute=settings)
     assert result["num_examples"] == 32 and 0 < result["gap"] <= 1
+
+
+def test_eval_keeps_per_video_records_and_skips_what_was_measured(trained_dir, tiny_data):
+    """The evaluation keeps each video's top-k beside eval_results.json; with
+    --skip_evaluated a second run of the same measurement does not measure
+    again, and another data pattern does. Mutation: making eval_results.find
+    return None re-evaluates and fails the "(evaluated before)" check."""
+    pattern = str(tiny_data / "frame" / "validate*.tfrecord")
+    args = (f"--train_dir={trained_dir}", f"--eval_data_pattern={pattern}", "--run_once",
+            "--batch_size=16", "--skip_evaluated")
+    run_module("training.eval", *args)
+    saved = json.loads(open(os.path.join(trained_dir, "eval_results.json")).read())
+    videos = eval_results.videos_of(trained_dir, saved)
+    assert videos.num_videos == saved["num_examples"] and videos.gap() == pytest.approx(
+        saved["gap"], abs=1e-9)
+    assert saved["video_ids_sha1"] == videos.ids_digest()
+    again = run_module("training.eval", *args)
+    assert "(evaluated before)" in again.stdout
+    one_file = tiny_data / "frame" / "validate00.tfrecord"
+    other = run_module("training.eval", *args[:1], f"--eval_data_pattern={one_file}", *args[2:])
+    assert "(evaluated before)" not in other.stdout

@@ -300,3 +300,30 @@ def test_memory_does_not_grow_with_checkpoints(tmp_path):
     assert peaks[1] < 5 * model_bytes, peaks
     result = read_all(str(tmp_path / "out1" / "model.ckpt-6"))
     np.testing.assert_allclose(result["tower/big"], 3.5)
+
+
+def test_window_chosen_on_the_fitting_files(dbof_dir, tiny_data, tmp_path):
+    """--choose_window_on averages each candidate window, evaluates it on the
+    given files only and keeps the best (ties: the smaller window); swa.json
+    records every candidate. Mutation: choosing with min() instead of max()
+    picks the worst window and fails the chosen == best check."""
+    fit = str(tiny_data / "frame" / "validate*.tfrecord")
+    out = tmp_path / "chosen"
+    completed = run_module("swa.average", f"--train_dir={dbof_dir}", f"--output_dir={out}",
+                           f"--choose_window_on={fit}", "--windows=1,2,3,7")
+    info = json.loads((out / "swa.json").read_text())
+    choice = info["window_choice"]
+    assert [item["window"] for item in choice["candidates"]] == [1, 2, 3]   # 7 -> all 3
+    assert [item["steps"] for item in choice["candidates"]] == [[30], [20, 30], [10, 20, 30]]
+    best = max(choice["candidates"], key=lambda item: (item["gap"], -item["window"]))
+    assert choice["chosen"] == best["window"] == info["count"] and choice["data_pattern"] == fit
+    assert f"chose window {best['window']}" in completed.stdout
+    assert sorted(os.listdir(tmp_path)) == ["chosen"]          # the candidates are gone
+    assert swa.candidate_windows("", 20) == [1, 2, 4, 8, 16, 20]
+    both = run_module("swa.average", f"--train_dir={dbof_dir}", f"--output_dir={tmp_path / 'x'}",
+                      f"--choose_window_on={fit}", "--last_n=2", check=False)
+    assert both.returncode == 2
+    assert "--last_n and --choose_window_on: give one" in both.stderr
+    bad = run_module("swa.average", f"--train_dir={dbof_dir}", f"--output_dir={tmp_path / 'y'}",
+                     f"--choose_window_on={fit}", "--windows=0,2", check=False)
+    assert bad.returncode == 2 and "--windows=0,2: every window must be 1 or more" in bad.stderr

@@ -301,3 +301,38 @@ def test_matmul_dtype_flag_errors_are_one_line(tiny_data, tmp_path):
     assert wrong.returncode != 0
     assert wrong.stderr.strip().splitlines() == [
         "error: --matmul_dtype: one of float32, bfloat16, got 'half'"]
+
+
+def test_averaging_tail_rate_cadence_and_kept_checkpoints(tiny_data, tmp_path):
+    """After --max_steps the tail runs at its constant rate, saving every
+    swa_save_steps, and every tail checkpoint is kept (max_to_keep=2 would drop
+    them). Mutation: using save_checkpoint_steps in the tail (dropping
+    save_every's tail branch) leaves only steps 15, 30 and 40 and fails."""
+    train_dir = str(tmp_path / "run")
+    flags = tiny_flags()
+    train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
+    config = tiny_config(max_steps=30, swa_tail_steps=10, swa_save_steps=2, max_to_keep=2,
+                         swa_learning_rate=1e-4)
+    lines = []
+    result = train.train(flags, train_dir, train_pattern(tiny_data), config, log=lines.append)
+    assert result["global_step"] == 40 and "to 40" in lines[0]
+    steps = [step for step, _ in checkpoints.list_checkpoints(train_dir)]
+    assert steps == [30, 32, 34, 36, 38, 40]     # the main run's last one too
+    assert train_graph.tail_checkpoints(config) == 5
+    graph = tf.Graph()
+    with graph.as_default():
+        step = tf.Variable(0, dtype=tf.int64)
+        rate = train_graph._learning_rate(step, config, 1)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            rates = []
+            for value in (0, 29, 30, 39):
+                sess.run(step.assign(value))
+                rates.append(float(sess.run(rate)))
+    assert rates == pytest.approx([0.01, 0.01, 1e-4, 1e-4])
+    # Unset, the tail's rate is the one the main schedule reached.
+    assert train_graph.decayed_rate(tiny_config(learning_rate_decay_examples=80), 30, 1) == \
+        pytest.approx(0.01 * 0.9 ** 3)
+    with pytest.raises(UserError, match="--swa_tail_steps: the averaging tail follows "
+                                        "--max_steps; set it"):
+        train_graph.tail_steps(tiny_config(max_steps=None, swa_tail_steps=5))
