@@ -23,8 +23,8 @@ SIZES = ("full", "tiny", "test")
 class Schedule:
     """Training schedule: Adam at base_learning_rate, multiplied by
     learning_rate_decay every learning_rate_decay_examples examples, until
-    max_steps; then an optional averaging tail (docs/architecture.md
-    "Checkpoint averaging"): swa_tail_steps more steps at the constant
+    max_steps; then an optional averaging tail (README "Checkpoint averaging
+    (SWA)"): swa_tail_steps more steps at the constant
     swa_learning_rate (None: the rate reached at max_steps), with a checkpoint
     every swa_save_steps steps for swa.average to average."""
     batch_size: int = 80
@@ -46,7 +46,7 @@ DEFAULT_SCHEDULE = Schedule()
 # with an averaging tail of 200 more steps at that rate and a checkpoint every
 # 10: at 400 steps the tiny models still improve, so only short windows (2-4
 # checkpoints) average noise away faster than they lag (README "Checkpoint
-# averaging"; swa.average --choose_window_on picks the window).
+# averaging (SWA)"; swa.average --choose_window_on picks the window).
 _TINY_RUN = {"batch_size": 32, "base_learning_rate": 2e-3, "max_steps": 200,
              "save_checkpoint_steps": 50, "log_steps": 50, "swa_tail_steps": 200,
              "swa_save_steps": 10}
