@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-from ensemble import report
 from training import eval_results
 from training.errors import UserError
 
@@ -56,14 +55,14 @@ def test_a_file_of_the_earlier_format_is_kept_as_the_first_entry(tmp_path):
     old = {"checkpoint": str(tmp_path / "model.ckpt-10"), "global_step": 10,
            "bn_statistics": "moving", "recompute_batches": None, **RESULT, "gap": 0.25}
     (tmp_path / "eval_results.json").write_text(json.dumps(old))
-    assert report.load_results(str(tmp_path))["gap"] == 0.25
+    assert eval_results.latest_evaluation(str(tmp_path))["gap"] == 0.25
     add(tmp_path, gap=0.5)
     payload = saved(tmp_path)
     kept = {key: entry for key, entry in payload["evaluations"].items() if entry == old}
     assert len(payload["evaluations"]) == 2 and payload["gap"] == 0.5
     assert list(kept) == ["model.ckpt-10|unrecorded|bn_statistics=moving|frame_sampling="
                           "unrecorded|seed=unrecorded|top_k=unrecorded|bf16_compute=unrecorded"]
-    latest = report.load_results(str(tmp_path))
+    latest = eval_results.latest_evaluation(str(tmp_path))
     assert latest["gap"] == 0.5 and "evaluations" not in latest and "key" not in latest
 
 
@@ -77,7 +76,7 @@ def test_a_file_of_the_earlier_format_is_kept_as_the_first_entry(tmp_path):
 def test_a_damaged_file_is_refused_in_one_line_and_kept(tmp_path, content, says):
     path = tmp_path / "eval_results.json"
     path.write_bytes(content)
-    for call in (lambda: add(tmp_path), lambda: report.load_results(str(tmp_path))):
+    for call in (lambda: add(tmp_path), lambda: eval_results.latest_evaluation(str(tmp_path))):
         with pytest.raises(UserError) as caught:
             call()
         line = str(caught.value)
