@@ -200,3 +200,4 @@ wait_background
 "$PYTHON" -m ensemble.report --data_pattern="$HELDOUT_PATTERN" --model_dirs="$model_dirs" --train_dirs="$(IFS=,; echo "${train_dirs[*]}")" \
   --ensemble_dir="$ensemble_dir" "${report_flags[@]}" \
   --output_json="$REPORT.json" --output_png="$REPORT.png"
+echo "=== pipeline done in $(( SECONDS / 60 )) min $(( SECONDS % 60 )) s"

@@ -282,8 +282,8 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
             info = average(train_dir, out, last_n=window, log=None, **settings["average"])
             gap = evaluate_on(out, fit_pattern, settings, log=None)["gap"]
             steps = [entry["step"] for entry in info["checkpoints"]]
-            log(f"window {window} (steps {steps[0]}-{steps[-1]}): GAP {gap:.4f} on "
-                f"{fit_pattern}")
+            log(f"window {window} (steps {steps[0]}-{steps[-1]}): GAP {gap:.4f} on the "
+                f"fitting files")
             candidates.append({"window": window, "gap": gap, "steps": steps})
             shutil.rmtree(out)
     finally:
