@@ -9,6 +9,17 @@ or half-written (an output either does not exist or is complete and loadable),
 and the next run is not blocked by what the killed one left; training resumes
 from the latest complete checkpoint. After the final run nothing temporary is
 left next to the output.
+
+A kill that comes after the work ended tests nothing, so for SWA, bf16
+conversion, ensemble export and CSV writing every kill must land while the
+work is in progress (the process still running and its output not yet
+there); a kill that came too late is tried again with half the delay, at
+most MAX_TRIES times (kill_cycle). Mutations tried: swa.average printing
+its "averaging ..." line after the work instead of before (every kill then
+lands after the output is written: the kill test used to pass, now it fails
+after 6 tries); checkpoints.atomic_directory yielding the output dir itself
+instead of a temporary one (a killed writer leaves a partial dir) fails the
+SWA and conversion tests at their first kill.
 """
 from __future__ import annotations
 
@@ -27,6 +38,9 @@ from test_ensemble import make_member
 from training import checkpoints
 
 KILLS = 3
+# Tries per kill to land it while the work is in progress (the delay halves
+# after each one that came too late).
+MAX_TRIES = 6
 BIG_DBOF = {"cluster_size": 2048, "hidden_size": 1024, "num_samples": 10}   # ~18 MB fp32
 
 
@@ -37,16 +51,37 @@ def finished(run: Started) -> str:
     return output
 
 
-def kill_cycle(module, args, marker, max_delay, check_after_kill, seed, watch=None):
-    """KILLS kills of the same command, then a run to the end; returns its stdout."""
+def kill_cycle(module, args, marker, max_delay, check_after_kill, seed, watch=None,
+               in_progress=None):
+    """KILLS kills of the same command, then a run to the end; returns its stdout.
+
+    in_progress(run), asked right after a kill: whether the work had not
+    ended yet (its output not there). Given, each kill must land while the
+    process still ran and in_progress holds; one that came too late is tried
+    again with half the delay, up to MAX_TRIES times."""
     rng = random.Random(seed)
-    for _ in range(KILLS):
-        run = Started(module, *args)
-        run.kill_after(marker, rng.uniform(0.0, max_delay))
-        if os.environ.get("KILL_DEBUG") and watch:
-            print(module, "after kill:", sorted(os.listdir(watch)))
-        check_after_kill(run)
+    for number in range(KILLS):
+        delay = rng.uniform(0.0, max_delay)
+        for _ in range(MAX_TRIES):
+            run = Started(module, *args)
+            landed = run.kill_after(marker, delay) and (in_progress is None or in_progress(run))
+            if os.environ.get("KILL_DEBUG") and watch:
+                print(module, f"kill {number + 1} after {delay:.3f} s, landed {landed}:",
+                      sorted(os.listdir(watch)))
+            check_after_kill(run)
+            if landed:
+                break
+            delay /= 2
+        else:
+            raise AssertionError(f"{module}: kill {number + 1} never landed while the work was "
+                                 f"in progress ({MAX_TRIES} tries, the last {delay * 2:.3f} s "
+                                 f"after {marker!r})")
     return finished(Started(module, *args))
+
+
+def absent(path):
+    """in_progress of a stage whose (atomic) output is `path`: not there yet."""
+    return lambda run: not os.path.exists(path)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +113,8 @@ def test_kill_training(tiny_data, tmp_path):
     args = [f"--train_dir={train_dir}",
             f"--train_data_pattern={tiny_data / 'frame' / 'train*.tfrecord'}",
             *DBOF_FLAGS, f"--num_classes={TINY_CLASSES}", "--batch_size=4", "--num_readers=2",
-            "--shuffle_buffer=16", "--max_steps=150", "--save_checkpoint_steps=3",
+            "--shuffle_buffer=16", "--max_steps=150", "--swa_tail_steps=0",
+            "--save_checkpoint_steps=3",
             "--log_steps=1000", "--summary_steps=1000"]
     expected_start = [0]
 
@@ -113,7 +149,7 @@ def test_kill_swa(big_train_dir, tmp_path):
             shutil.rmtree(output)   # finished before the kill: start over
 
     kill_cycle("swa.average", args, "averaging", 0.4, check_after_kill, seed=12,
-               watch=tmp_path)
+               watch=tmp_path, in_progress=absent(output))
     assert assert_complete_dir(output, ["model.ckpt-3.index", "swa.json", "model_flags.json"])
     assert temp_leftovers(tmp_path, "swa") == []
     source = read_checkpoint(str(big_train_dir / "model.ckpt-3"))
@@ -133,7 +169,7 @@ def test_kill_bf16_conversion(big_train_dir, tmp_path):
             shutil.rmtree(output)
 
     kill_cycle("bfloat16_patch.convert", args, "converting", 0.3, check_after_kill,
-               seed=13, watch=tmp_path)
+               seed=13, watch=tmp_path, in_progress=absent(output))
     assert assert_complete_dir(output, files)
     assert temp_leftovers(tmp_path, "bf16") == []
 
@@ -150,7 +186,7 @@ def test_kill_ensemble_export(big_train_dir, tiny_models, tmp_path):
             shutil.rmtree(output)
 
     kill_cycle("ensemble.build", args, "model1:", 0.3, check_after_kill, seed=14,
-               watch=tmp_path)
+               watch=tmp_path, in_progress=absent(output))
     assert assert_complete_dir(output, files)
     assert temp_leftovers(tmp_path, "ens") == []
 
@@ -167,7 +203,7 @@ def test_kill_csv_writing(tiny_models, tiny_data, tmp_path):
             output.unlink()
 
     kill_cycle("ensemble.inference", args, "loaded ensemble model", 0.8, check_after_kill,
-               seed=15, watch=tmp_path)
+               seed=15, watch=tmp_path, in_progress=absent(output))
     assert check_submission(str(output), num_classes=TINY_CLASSES) == 32
     assert temp_leftovers(tmp_path, "submission.csv") == []
 
