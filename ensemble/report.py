@@ -133,8 +133,8 @@ def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str], data_patt
         window = info.get("count")
         last = None
         if train_dirs:
-            last = _row(f"{name} last checkpoint", train_dirs[index], "last checkpoint",
-                        data_pattern, train_dir=True, member=name)
+            last = _row(f"{_name(train_dirs[index])} last checkpoint", train_dirs[index],
+                        "last checkpoint", data_pattern, train_dir=True, member=name)
             rows.append(last)
         label = (f"{name} (window {window})" if window else name)
         rows.append(_row(label, model_dir, "member", data_pattern, member=name,

@@ -26,6 +26,6 @@ if [[ ! -d "$data/frame" ]]; then
   derive validate validateoR.tfrecord validater7.tfrecord validatezQ.tfrecord --
   derive test validatezQ.tfrecord -- --with_labels=false
 fi
-SWA_BN=recompute SWA_RECOMPUTE_BATCHES=20 TINY=1 FIT_FILES=1 DATA_DIR="$data/frame" \
+SWA_BN=recompute SWA_RECOMPUTE_BATCHES=20 SWA_WINDOWS=${SWA_WINDOWS:-1,2,4} TINY=1 FIT_FILES=1 DATA_DIR="$data/frame" \
   WORK_DIR="$WORK_DIR" NUM_CLASSES=3862 LABEL_NAMES="$sample/label_names_2018.csv" \
   SUBMISSION="$WORK_DIR/submission.csv" exec run_scripts/pipeline.sh

@@ -74,8 +74,8 @@ def test_rows_gains_intervals_and_choice(tmp_path):
     built = build(dirs, heldout)
     assert built["num_videos"] == NUM_VIDEOS and built["data_pattern"] == heldout
     names = [row["name"] for row in built["rows"]]
-    assert names == ["a-bfloat16 last checkpoint", "a-bfloat16 (window 4)",
-                     "b-bfloat16 last checkpoint", "b-bfloat16 (window 4)",
+    assert names == ["a-bfloat16-train last checkpoint", "a-bfloat16 (window 4)",
+                     "b-bfloat16-train last checkpoint", "b-bfloat16 (window 4)",
                      "uniform ensemble", "stacked ensemble"]
     for row in built["rows"]:
         assert row["evaluation"]["eval_data_pattern"] == heldout
@@ -83,7 +83,7 @@ def test_rows_gains_intervals_and_choice(tmp_path):
         assert row["gap"]["low"] < row["gap"]["estimate"] < row["gap"]["high"] < 0.95
     assert [row.get("chosen") for row in built["rows"][4:]] == [False, True]
     gains = {(g["what"], g["system"], g["over"]): g for g in built["gains"]}
-    averaging = gains[("averaging", "a-bfloat16 (window 4)", "a-bfloat16 last checkpoint")]
+    averaging = gains[("averaging", "a-bfloat16 (window 4)", "a-bfloat16-train last checkpoint")]
     assert averaging["low"] < averaging["estimate"] < averaging["high"]
     best = max(built["rows"][:4], key=lambda row: row["gap"]["estimate"])["name"]
     assert ("ensemble vs best single state", "stacked ensemble", best) in gains
