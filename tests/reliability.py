@@ -173,9 +173,8 @@ def read_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
 def run_cases(specs: Dict[str, dict], work_dir, timeout: int = 120) -> Dict[str, tuple]:
     """Runs command lines of several entry points in one process
     (tests/cli_driver.py: one TensorFlow import for all). specs: {module:
-    {"cases": [argv, ...], "per_path_flag": {kind: [values]}?, "budget_seconds"?}}
-    (per_path_flag: `--<flag>=<value>` for every path flag and each value of
-    its kind; no case of a module starts after its budget) -> {module:
+    {"cases": [argv, ...], "per_path_flag": {kind: [values]}?}} (per_path_flag:
+    `--<flag>=<value>` for every path flag and each value of its kind) -> {module:
     ({flag: path kind}, its string flags, [subprocess.CompletedProcess per
     case run, .flag set on the generated ones])}."""
     import json
