@@ -27,6 +27,7 @@ import os
 import random
 import re
 import shutil
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def kill_cycle(module, args, marker, max_delay, check_after_kill, seed, watch=No
     return finished(Started(module, *args))
 
 
-def absent(path):
+def absent(path) -> Callable[[Started], bool]:
     """in_progress of a stage whose (atomic) output is `path`: not there yet."""
     return lambda run: not os.path.exists(path)
 

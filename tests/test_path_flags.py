@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -139,7 +140,7 @@ def _per_kind(places: dict) -> dict:
     return per_kind
 
 
-def expected_cases(modules, per_kind: dict) -> int:
+def expected_cases(modules: Sequence[str], per_kind: dict) -> int:
     """The cases the walk must check: each path flag of the table times the
     bad places of its kind."""
     return sum(len(per_kind[kind]) for module in modules
