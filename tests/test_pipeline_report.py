@@ -72,6 +72,8 @@ def test_choices_on_the_fitting_file_report_on_the_held_out_ones(tmp_path):
     gains = [gain for gain in report["gains"] if gain["system"] == chosen["name"]
              and gain["what"].startswith("ensemble vs")]
     assert len(gains) == 6 and all(gain["low"] > 0 for gain in gains), gains
+    singles = [row["gap"]["estimate"] for row in report["rows"] if row["kind"] != "ensemble"]
+    assert chosen["gap"]["low"] > max(singles), (chosen["gap"], singles)
     assert (work / "submission.report.png").read_bytes()[:4] == b"\x89PNG"
     assert check_submission(str(work / "submission.csv"), num_classes=NUM_CLASSES) == 64
 
