@@ -16,6 +16,8 @@ import shutil
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
+
 from models.tf_compat import tf
 from training import errors, locks
 from training.errors import UserError, first_line
@@ -279,10 +281,11 @@ def _check_data(reader: CheckpointReader) -> None:
 
 
 def verify_checkpoint(prefix: str) -> CheckpointReader:
-    """The reader of the checkpoint `prefix` after the cheap checks: its index
+    """The reader of the checkpoint `prefix` after the checks: its index
     present and readable, every data file present and of the size the index
-    describes. A damaged checkpoint is a UserError naming the file and the
-    damage: missing, truncated, corrupt, or not matching its index."""
+    describes, and every tensor a stage uses finite (check_finite). A damaged
+    checkpoint is a UserError naming the file and the damage: missing,
+    truncated, corrupt, not matching its index, or holding NaN or Inf."""
     index = prefix + ".index"
     if not os.path.isfile(index):
         raise UserError(_index_missing(prefix))
@@ -292,7 +295,65 @@ def verify_checkpoint(prefix: str) -> CheckpointReader:
         raise UserError(f"{index}: corrupt or unreadable, not a checkpoint index "
                         f"({_reason(err)})") from None
     _check_data(reader)
+    check_finite(reader)
     return reader
+
+
+# ---------------------------------------------------------------------------
+# Non-finite tensors: a diverged run's NaN or Inf must not travel into the
+# averages, conversions, ensembles and teacher records made from it. Every
+# stage opens its checkpoints through verify_checkpoint, so this is the one
+# place that refuses them, before the stage builds or writes anything.
+
+# Elements tested at a time: the bool temporary stays small for 10^8-weight
+# tensors.
+FINITE_CHUNK = 1 << 22
+# prefix -> the file signature of the checkpoint found finite (a process
+# opens one checkpoint several times: specs, storage kind, restore).
+_FOUND_FINITE: Dict[str, Tuple] = {}
+
+
+def non_finite_summary(value: Any) -> str:
+    """'3 NaN, 1 +Inf of 64 values' of an array holding non-finite values."""
+    value = np.asarray(value)
+    counts = ((int(np.isnan(value).sum()), "NaN"), (int(np.isposinf(value).sum()), "+Inf"),
+              (int(np.isneginf(value).sum()), "-Inf"))
+    found = ", ".join(f"{count:,} {kind}" for count, kind in counts if count)
+    return f"{found} of {value.size:,} values"
+
+
+def all_finite(value: Any) -> bool:
+    """True when every element of a floating array is finite (tested in chunks)."""
+    flat = np.asarray(value).reshape(-1)
+    return all(np.isfinite(flat[start:start + FINITE_CHUNK]).all()
+               for start in range(0, flat.size, FINITE_CHUNK))
+
+
+def _file_signature(prefix: str) -> Tuple:
+    paths = [prefix + ".index"] + data_files(prefix)
+    return tuple((path, os.stat(path).st_mtime_ns, os.path.getsize(path)) for path in paths)
+
+
+def check_finite(reader: CheckpointReader) -> None:
+    """A UserError naming the checkpoint and the first tensor (by key) that
+    holds NaN or Inf. Reads one tensor at a time (peak memory: the largest
+    tensor). Optimizer slots are not read: no stage uses them, and they
+    would triple the reading of a train checkpoint (the trainer checks them
+    before every save)."""
+    prefix = os.path.abspath(reader.prefix)
+    signature = _file_signature(prefix)
+    if _FOUND_FINITE.get(prefix) == signature:
+        return
+    dtypes = reader.get_variable_to_dtype_map()
+    for key in sorted(dtypes):
+        if not tf.as_dtype(dtypes[key]).is_floating or OPTIMIZER_SLOT_RE.search(key):
+            continue
+        value = reader.get_tensor(key)
+        if not all_finite(value):
+            raise UserError(f"{reader.prefix}: tensor {key} is not finite "
+                            f"({non_finite_summary(value)}); a diverged run? use an "
+                            f"earlier checkpoint")
+    _FOUND_FINITE[prefix] = signature
 
 
 def read_failure(err: BaseException, prefix: str) -> Optional[str]:
