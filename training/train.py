@@ -141,6 +141,7 @@ def _build(model_flags, data_pattern: str, config: Dict[str, Any], devices, labe
         saver = tf.train.Saver(max_to_keep=keep,
                                keep_checkpoint_every_n_hours=config["keep_checkpoint_every_n_hours"])
         init = tf.global_variables_initializer()
+        ops["finite_check"] = train_dirs.finite_check(tf.global_variables())
         graph.finalize()
     return graph, ops, saver, init
 
@@ -175,8 +176,7 @@ def _train_step(sess, ops, step: int, config, writer, progress, train_dir: str, 
     results = sess.run(fetches)
     step, loss_value, learning_rate = int(results[0]), float(results[1]), results[2]
     if not np.isfinite(loss_value):
-        raise UserError(f"--train_dir={train_dir}: loss became {loss_value} at step {step}; "
-                        f"lower --base_learning_rate")
+        raise train_dirs.non_finite_error(train_dir, step, f"the loss is {loss_value}")
     if want_metrics or step % config["log_steps"] == 0:
         rate = progress.rate(step)
         extra = ""
@@ -204,7 +204,7 @@ def _loop(sess, ops, saver, config, writer, train_dir: str, data_pattern: str, s
             step, loss_value = _train_step(sess, ops, step, config, writer, progress,
                                            train_dir, log)
             if step % train_graph.save_every(config, step) == 0:
-                train_dirs.save_checkpoint(saver, sess, train_dir, step)
+                train_dirs.save_checkpoint(saver, sess, train_dir, step, ops["finite_check"])
                 saved = step
     except tf.errors.OutOfRangeError:
         if step == start:
@@ -256,7 +256,7 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
                 if readers.skipped_files_summary():
                     log(readers.skipped_files_summary())
                 if saved != step:
-                    train_dirs.save_checkpoint(saver, sess, train_dir, step)
+                    train_dirs.save_checkpoint(saver, sess, train_dir, step, ops["finite_check"])
                 writer.close()
         except Interrupted as interrupt:
             raise train_dirs.noted_with_checkpoint(interrupt, train_dir) from None
