@@ -90,13 +90,29 @@ def format_score(score: float) -> str:
     return text
 
 
+class NonFiniteScoreError(UserError):
+    """A video whose predictions hold NaN or Inf: no line of it is written
+    (the writer names its input file and removes the partial output)."""
+
+    def __init__(self, video_id: bytes):
+        self.video_id = bytes(video_id)
+        self.video = self.video_id.decode("utf-8", "replace")
+        super().__init__(f"the model predicts NaN or inf for video {self.video}; is the "
+                         f"checkpoint corrupt?")
+
+    def naming(self, input_file: str, output: str) -> UserError:
+        """The one line: the video's input file, and that `output` was not written."""
+        where = f"--input_data_pattern: {input_file}" if input_file else "--input_data_pattern"
+        return UserError(f"{where}: the model predicts NaN or inf for video {self.video}; "
+                         f"nothing was written to {output} (is the checkpoint corrupt?)")
+
+
 def format_lines(ids: np.ndarray, predictions: np.ndarray, k: int) -> List[str]:
+    """The CSV lines of a batch; NonFiniteScoreError for a video scored NaN or Inf."""
     predictions = np.asarray(predictions, dtype=np.float32)
     bad = ~np.isfinite(predictions).all(axis=1)
     if bad.any():
-        video = ids[int(np.argmax(bad))]
-        raise UserError(f"the model predicts NaN or inf for video "
-                        f"{video.decode('utf-8', 'replace')}; is the checkpoint corrupt?")
+        raise NonFiniteScoreError(ids[int(np.argmax(bad))])
     labels, scores = metrics.top_k_classes(np.clip(predictions, 0.0, 1.0), k)
     lines = []
     for video, row_labels, row_scores in zip(ids, labels, scores):
@@ -128,7 +144,12 @@ def write_submission(model: predict.LoadedModel, data_pattern: str, output_file:
             for batch in predict.iterate_predictions(model, data_pattern, batch_size,
                                                      num_readers, skip_corrupt=skip_corrupt,
                                                      log=log, compression=compression):
-                out.writelines(format_lines(batch.ids, batch.predictions, top_k))
+                try:
+                    out.writelines(format_lines(batch.ids, batch.predictions, top_k))
+                except NonFiniteScoreError as err:
+                    files = readers.resolve_files(data_pattern, "input_data_pattern")
+                    raise err.naming(readers.file_of_video(files, err.video_id, compression),
+                                     f"--output_file={output_file}") from None
                 videos += len(batch.ids)
             out.flush()
             os.fsync(out.fileno())
@@ -177,7 +198,10 @@ def _write_part(model, path: str, output_file: str, batch_size: int, top_k: int,
             for batch in predict.iterate_predictions(model, "", batch_size,
                                                      skip_corrupt=skip_corrupt, files=[path],
                                                      compression=compression):
-                out.writelines(format_lines(batch.ids, batch.predictions, top_k))
+                try:
+                    out.writelines(format_lines(batch.ids, batch.predictions, top_k))
+                except NonFiniteScoreError as err:
+                    raise err.naming(path, csv_path) from None
                 videos += len(batch.ids)
     checkpoints.write_json(record_path, {"input": os.path.abspath(path), "videos": videos,
                                          "sha256": merge.file_digest(csv_path), "run": run,

@@ -691,6 +691,25 @@ def describe_data_error(error, data_pattern: str, compression: str = "auto") -> 
     return first_line(error)
 
 
+def file_of_video(files: Sequence[str], video_id: bytes, compression: str = "auto") -> str:
+    """The first of `files` holding a record with this id ('' when none does).
+
+    For an error about one video (its predictions are NaN): a batch does not
+    know which file each of its videos came from, so the files are read
+    again, in order, until the id is found.
+    """
+    for path, kind in zip(files, file_compressions(files, compression)):
+        try:
+            for record in tf.io.tf_record_iterator(path, kind):
+                example = _parsed(record)
+                feature = example.context.feature.get("id") if example is not None else None
+                if feature is not None and list(feature.bytes_list.value) == [video_id]:
+                    return path
+        except tf.errors.OpError:
+            continue        # (a damaged file was reported, or skipped, while reading)
+    return ""
+
+
 def locate_damaged_file(data_pattern: str, compression: str = "auto") -> str:
     """'<path>: <message>' of the first unreadable file of the pattern, or ''.
 
