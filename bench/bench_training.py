@@ -3,6 +3,7 @@
     python -m bench.bench_training [--models=Soft-DBoF-4k,...] [--steps=5]
                                    [--matmul_dtypes=float32,bfloat16]
                                    [--batch_size=80] [--gru_steps=2] [--trace=0]
+                                   [--finite_check=yes|no|only]
 
 For every preset (batch 80, 300 frames, rgb 1024 + audio 128, 3862 classes)
 and every --matmul_dtypes value (the trainer's --matmul_dtype), the real
@@ -39,6 +40,11 @@ in memory (memory-bound). The ceiling is FLOPs / (own matmuls + update) as a
 ratio to the float32 yardstick: the best the step could do if every other op
 were free.
 
+--finite_check=yes|no|only also times (only: times nothing else) the
+trainer's finiteness check beside the step: the check of every variable a
+checkpoint saves, which the trainer runs before each save (its cost per step
+at the preset's save interval), and of the model variables alone.
+
 --trace=N prints the N most expensive op types and ops of one traced step
 (RunOptions FULL_TRACE), which is how the slow parts were found.
 Thread settings (--intra_op_threads, --inter_op_threads; 0 = the session
@@ -55,10 +61,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from models import presets
 from models.layers import in_while_loop
 from models.presets import PRESET_NAMES
 from models.tf_compat import tf
-from training import model_builder, train_graph
+from training import checkpoints, model_builder, train_graph
+from training import train_dir as train_dirs
 
 NUM_FRAMES = 300
 FEATURE_SIZES = (1024, 128)
@@ -363,6 +371,69 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
     return result
 
 
+def bench_finite_check(name: str, batch_size: int, steps: int, warmup: int,
+                       config: tf.ConfigProto) -> Dict:
+    """The trainer's finiteness check (training.train_dir.finite_check) beside
+    the step it guards: each timed step (no check) is followed by the check
+    of every variable a checkpoint saves (what the trainer runs before each
+    save) and by the check of the model variables alone (weights and
+    batch-norm statistics: what a per-step check would need at least)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(2018)
+        ops = train_graph.build_train_graph(model_flags_of(name), in_memory_batch(batch_size),
+                                            ["/cpu:0"], {**TRAIN_CONFIG, "batch_size": batch_size})
+        saved = tf.global_variables()
+        checks = {"all": train_dirs.finite_check(saved),
+                  "model": train_dirs.finite_check(
+                      [v for v in saved if checkpoints.is_model_variable_key(v.op.name)])}
+        init = [tf.global_variables_initializer(), tf.local_variables_initializer()]
+        graph.finalize()
+    times: Dict[str, List[float]] = {"step": [], "all": [], "model": []}
+    with tf.Session(graph=graph, config=config) as sess:
+        sess.run(init)
+        for _ in range(warmup):
+            sess.run([ops["train_op"]] + [check.flags for check in checks.values()])
+        for _ in range(steps):
+            for key, fetch in (("step", ops["train_op"]), ("all", checks["all"].flags),
+                               ("model", checks["model"].flags)):
+                start = time.perf_counter()
+                sess.run(fetch)
+                times[key].append(time.perf_counter() - start)
+    step = statistics.median(times["step"])
+    save_every = presets.get(name).schedule_for("full").save_checkpoint_steps
+    result = {"step_seconds": step, "save_every": save_every,
+              "saved_values": sum(v.shape.num_elements() for v in checks["all"].variables),
+              "model_values": sum(v.shape.num_elements() for v in checks["model"].variables)}
+    for key in ("all", "model"):
+        # Each check against its own step (a shared machine's slow patch hits both).
+        result[f"{key}_seconds"] = statistics.median(times[key])
+        result[f"{key}_share"] = statistics.median(
+            [c / t for c, t in zip(times[key], times["step"])])
+    result["per_save_share"] = result["all_share"] / save_every
+    return result
+
+
+def finite_check_table(names: List[str], args, config: tf.ConfigProto) -> None:
+    """bench_finite_check of each model, printed beside the step without it."""
+    print("\nfiniteness check (float32 matmuls; the trainer runs it before each save):")
+    print("| model | step ms, no check | + check before each save: step ms | cost "
+          "| check of all saved variables ms (% of a step) | check of the model variables "
+          "alone ms (% of a step) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in names:
+        gru = name == "GRUModel"
+        r = bench_finite_check(name, args.batch_size, args.gru_steps if gru else args.steps,
+                               args.gru_warmup if gru else args.warmup, config)
+        step_ms = 1e3 * r["step_seconds"]
+        print(f"| {name} | {step_ms:.1f} | {step_ms * (1 + r['per_save_share']):.1f} "
+              f"(one save per {r['save_every']} steps) | {100 * r['per_save_share']:.5f}% "
+              f"| {1e3 * r['all_seconds']:.1f} ({100 * r['all_share']:.2f}%, "
+              f"{r['saved_values'] / 1e6:.1f}M values) | {1e3 * r['model_seconds']:.1f} "
+              f"({100 * r['model_share']:.2f}%, {r['model_values'] / 1e6:.1f}M values) |",
+              flush=True)
+
+
 def cross_check(name: str, batch_size: int) -> None:
     """Forward matmul FLOPs: ours vs tf.profiler's float_operation."""
     graph = tf.Graph()
@@ -415,6 +486,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--cross_check", default="",
                         help="comma-separated models whose forward FLOPs are also "
                              "counted by tf.profiler")
+    parser.add_argument("--finite_check", choices=("yes", "no", "only"), default="yes",
+                        help="also time the trainer's finiteness check beside the step "
+                             "(only: nothing else)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     for n in names:
@@ -426,6 +500,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             parser.error(f"--matmul_dtypes: {d!r} is not one of "
                          f"{', '.join(train_graph.MATMUL_DTYPES)}")
     config = session_config(args.intra_op_threads, args.inter_op_threads)
+    if args.finite_check == "only":
+        finite_check_table(names, args, config)
+        return
     print(f"session: intra_op {config.intra_op_parallelism_threads or 'default'}, "
           f"inter_op {config.inter_op_parallelism_threads or 'default'}; "
           f"batch {args.batch_size}, {NUM_FRAMES} frames")
@@ -478,6 +555,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if len(dtypes) > 1:
         print("bfloat16 / float32 examples/sec: " + ", ".join(
             f"{n} {by[train_graph.BFLOAT16]:.2f}x" for n, by in _speedups(rows).items()))
+    if args.finite_check == "yes":
+        finite_check_table(names, args, config)
 
 
 def _speedups(rows) -> Dict[str, Dict[str, float]]:
