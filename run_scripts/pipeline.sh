@@ -78,9 +78,9 @@ if (( ${#validate_files[@]} >= 2 )); then
   HELDOUT_PATTERN=$(IFS=,; echo "${validate_files[*]:fit}")
   echo "=== validation: choices fit on ${fit} file(s), the report measures the other $(( ${#validate_files[@]} - fit ))"
 fi
-for needs_fit in "STACKING=1:$STACKING" "SWA_LAST_N=auto:$SWA_LAST_N"; do
-  if [[ "${needs_fit%%:*}" == "${needs_fit#*:}" && -z "$FIT_PATTERN" ]]; then
-    echo "error: ${needs_fit%%:*}: VALIDATE_PATTERN=$VALIDATE_PATTERN matches ${#validate_files[@]} file(s); it chooses on fitting files and needs 2 or more (one part to fit, one to report)" >&2
+for setting in "STACKING=$STACKING" "SWA_LAST_N=$SWA_LAST_N"; do
+  if [[ ( "$setting" == STACKING=1 || "$setting" == SWA_LAST_N=auto ) && -z "$FIT_PATTERN" ]]; then
+    echo "error: $setting: VALIDATE_PATTERN=$VALIDATE_PATTERN matches ${#validate_files[@]} file(s); it chooses on fitting files and needs 2 or more (one part to fit, one to report)" >&2
     exit 2
   fi
 done

@@ -105,3 +105,23 @@ def test_no_chooser_is_given_a_held_out_file(tmp_path):
     readers = [call for call in calls if any(path in call for path in held_out)]
     assert {call.split()[1] for call in readers} == {"training.eval", "ensemble.build",
                                                      "ensemble.report"}
+
+
+def test_a_choice_without_fitting_files_is_refused(tmp_path):
+    """With one validation file nothing can be chosen without reading what the
+    report measures: SWA_LAST_N=auto (the default) stops before any work."""
+    data = tmp_path / "data" / "frame"
+    data.mkdir(parents=True)
+    (data / "validate00.tfrecord").write_bytes(b"")
+    log, recorder = tmp_path / "calls.txt", tmp_path / "python"
+    recorder.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "{log}"\n')
+    recorder.chmod(0o755)
+    env = pipeline_env(tmp_path / "work", tmp_path / "data", python=recorder, STACKING="0")
+    env.pop("FIT_FILES")
+    completed = subprocess.run(["bash", str(PIPELINE)], cwd="/", env=env, capture_output=True,
+                               text=True, timeout=60)
+    assert completed.returncode == 2, completed.stderr
+    assert "error: SWA_LAST_N=auto: VALIDATE_PATTERN=" in completed.stderr
+    assert "matches 1 file(s); it chooses on fitting files and needs 2 or more" in \
+        completed.stderr
+    assert not log.exists() or "training.train" not in log.read_text()
