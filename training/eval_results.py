@@ -1,8 +1,7 @@
 """eval_results.json: every evaluation of a model dir, keyed by what it measured.
 
-The one writer and reader of the file (training.eval, swa.average
---eval_data_pattern, ensemble.build --eval_data_pattern; ensemble.report
-reads it)::
+The one writer and reader of the file (training.eval, swa.average and
+ensemble.build --eval_data_pattern write it; ensemble.report reads it)::
 
     {<the latest evaluation's fields>,
      "key": "<the latest evaluation's key>",
@@ -12,17 +11,17 @@ An evaluation's fields: checkpoint (its path), global_step,
 eval_data_pattern (absolute), eval_files (how many files it matched),
 bn_statistics (moving or recompute), recompute_batches, frame_sampling, seed,
 top_k, bf16_compute (None: the default), the metrics (gap, hit_at_one,
-perr, map, loss, num_examples) and, for evaluations that kept them,
-videos_file (each video's top-k pairs, training.intervals, under
-eval_videos/) and video_ids_sha1 (which videos they were). The top-level fields are the latest
-evaluation, so readers of the earlier format keep working. Its key is
+perr, map, loss, num_examples), and videos_file (each video's top-k pairs
+under eval_videos/, training.intervals) with video_ids_sha1 where kept. The
+top-level fields are the latest evaluation (readers of the earlier format
+keep working). Its key is
 ``<checkpoint>|<eval_data_pattern>|bn_statistics=<mode>[:<batches>]|
 frame_sampling=..|seed=..|top_k=..|bf16_compute=..`` (the checkpoint relative
 to the dir when inside it): an evaluation with the same key is the same
 measurement taken again and replaces that entry; every other entry is kept.
 A file of the earlier format (no "evaluations") is kept as an entry, its
-unrecorded parts shown as such in its key (entries are written sorted by
-key). A damaged file is a UserError naming it, and is left as it is.
+unrecorded parts so named in its key. A damaged file is a UserError naming it,
+and is left as it is.
 """
 from __future__ import annotations
 

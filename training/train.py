@@ -75,7 +75,8 @@ def _define_schedule_flags() -> None:
     define(flags.DEFINE_integer, "log_steps", None, "Print a progress line every N steps"
            + unset(default.log_steps) + ".")
     define(flags.DEFINE_integer, "swa_tail_steps", None, "Steps of the averaging tail after "
-           "--max_steps, at a constant rate, for swa.average" + unset(0) + ".")
+           "--max_steps, at a constant rate, for swa.average (unset: the preset's, or 0 when "
+           "--max_steps is given).")
     define(flags.DEFINE_float, "swa_learning_rate", None, "The tail's constant rate (unset: "
            "the preset's, else the rate reached at --max_steps).")
     define(flags.DEFINE_integer, "swa_save_steps", None, "Checkpoint every N steps in the tail"
@@ -278,6 +279,9 @@ def config_from_flags() -> Dict[str, Any]:
     for key in SCHEDULE_KEYS:
         if config[key] is None:
             config[key] = getattr(schedule, key)
+    if FLAGS.max_steps is not None and FLAGS.swa_tail_steps is None:
+        # A preset's averaging tail is sized for its own --max_steps.
+        config["swa_tail_steps"] = 0
     train_graph.check_matmul_dtype(config["matmul_dtype"])
     for key in ("batch_size", "save_checkpoint_steps", "summary_steps", "log_steps",
                 "swa_save_steps"):

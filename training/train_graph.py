@@ -87,14 +87,16 @@ def tail_steps(config: Dict[str, Any]) -> int:
     tail = int(config.get("swa_tail_steps") or 0)
     if tail < 0:
         raise UserError(f"--swa_tail_steps must be 0 or more, got {tail}")
-    if tail and not config.get("max_steps"):
+    if tail and config.get("max_steps") is None:
         raise UserError("--swa_tail_steps: the averaging tail follows --max_steps; set it")
     return tail
 
 
 def last_step(config: Dict[str, Any]) -> Optional[int]:
     """The step training ends at: --max_steps plus the tail (None: no limit)."""
-    return config["max_steps"] + tail_steps(config) if config.get("max_steps") else None
+    if config.get("max_steps") is None:
+        return None
+    return config["max_steps"] + tail_steps(config)
 
 
 def save_every(config: Dict[str, Any], step: int) -> int:
