@@ -36,6 +36,8 @@ __all__ = [
     "class_average_precisions",
     "EvaluationMetrics",
     "format_summary",
+    "segment_metrics",
+    "format_segment_summary",
 ]
 
 _TIE_SEED = 0
@@ -651,4 +653,50 @@ def format_summary(metrics: dict, label: str = "") -> str:
     loss = float(pick("loss", "avg_loss", default=0.0))
     body = (f"Avg_Hit@1: {hit:.3f} | Avg_PERR: {perr:.3f} | MAP: {mean_ap:.3f} "
             f"| GAP: {gap:.3f} | Avg_Loss: {loss:3f}")
+    return f"{label} | {body}" if label else body
+
+
+# --------------------------------------------------------------------------
+# 2019 segment-rated evaluation (docs/formats.md 2.4)
+# --------------------------------------------------------------------------
+
+def segment_metrics(scores: np.ndarray, labels: np.ndarray, ratings: np.ndarray
+                    ) -> dict:
+    """The 2019 metrics of rated segments; entry i is one rating: the model's
+    score of class labels[i] on the segment's frames, the 0/1 rating.
+
+    ``segment_map``: the mean over the rated classes with a positive rating
+    of the class's AP, its rated segments ranked by score (the starter's
+    segment_eval_inference.py: a class's ranking keeps only its rated
+    segments, the denominator is its positive ratings; a class with no
+    positive rating would stop that script, so it is left out and counted in
+    ``num_classes_without_positives``). ``segment_gap``: the AP of all
+    ratings pooled in one ranking. Ties: the fixed order of average_precision.
+    """
+    s = np.asarray(scores, dtype=np.float32).ravel()
+    c = np.asarray(labels, dtype=np.int64).ravel()
+    r = np.asarray(ratings).ravel() > 0
+    if not s.shape == c.shape == r.shape:
+        raise ValueError(f"scores ({s.size}), labels ({c.size}) and ratings ({r.size}) "
+                         f"differ in size")
+    order = np.argsort(c, kind="stable")
+    classes, starts = np.unique(c[order], return_index=True)
+    aps = []
+    for rows in np.split(order, starts[1:]):
+        if r[rows].any():
+            aps.append(average_precision(s[rows], r[rows]))
+    return {"segment_map": float(np.mean(aps)) if aps else 0.0,
+            "segment_gap": average_precision(s, r),
+            "num_segments": int(s.size), "num_positive_segments": int(r.sum()),
+            "num_rated_classes": int(classes.size),
+            "num_classes_without_positives": int(classes.size - len(aps))}
+
+
+def format_segment_summary(metrics: dict, label: str = "") -> str:
+    """One line: ``<label> | segments 1234 (567 rated 1) over 12 classes |
+    Segment_MAP: 0.812 | Segment_GAP: 0.790``."""
+    body = (f"segments {metrics['num_segments']} ({metrics['num_positive_segments']} rated 1) "
+            f"over {metrics['num_rated_classes']} classes | "
+            f"Segment_MAP: {metrics['segment_map']:.3f} | "
+            f"Segment_GAP: {metrics['segment_gap']:.3f}")
     return f"{label} | {body}" if label else body
