@@ -16,6 +16,7 @@ a one-line note (training.bn_statistics.convergence_note).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Callable, Dict, Optional
@@ -30,17 +31,21 @@ from training import (
     locks,
     members,
     metrics,
+    model_builder,
     precision,
     predict,
     readers,
+    segment_readers,
 )
 from training import flags as shared_flags
-from training.errors import UserError, run_main
+from training.errors import UserError, first_line, run_main
 
 FLAGS = flags.FLAGS
 
 # The lock of an evaluation's results in a dir (training.locks; not the trainer's).
 EVAL_LOCK = ".eval.lock"
+# --segment_labels results (write_segment_results).
+SEGMENT_RESULTS = "segment_eval_results.json"
 
 
 def define_flags() -> None:
@@ -62,6 +67,12 @@ def define_flags() -> None:
                         "BN moving statistics: the checkpoint's (moving), or recomputed "
                         "(recompute) on --recompute_batches batches of --train_data_pattern; "
                         "the user's checkpoint is never changed.")
+    shared_flags.define(flags.DEFINE_bool, "segment_labels", False,
+                        "2019 segment-rated data (YouTube-8M 3/frame/validate): score each "
+                        "rated segment on its frames; prints and writes Segment_MAP and "
+                        "Segment_GAP to segment_eval_results.json (docs/formats.md 2.4).")
+    shared_flags.define(flags.DEFINE_integer, "segment_size", 5,
+                        "Frames per rated segment (--segment_labels).")
 
 
 def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
@@ -71,22 +82,29 @@ def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
                         skip_corrupt: bool = False,
                         bf16_compute: Optional[str] = None,
                         recompute: Optional[bn_stats.Recompute] = None,
-                        compression: str = "auto", keep_videos: bool = True) -> Dict[str, Any]:
+                        compression: str = "auto", keep_videos: bool = True,
+                        segment_size: int = 0) -> Dict[str, Any]:
     """Metrics of one checkpoint of a model dir (training.predict does the work;
     a bfloat16 checkpoint computes in the --bf16_compute mode, None: the default).
     recompute: evaluate it with BN statistics recomputed so (the checkpoint
     itself is only read); None: with its moving statistics. keep_videos: the
-    result's "videos" holds each video's top-k (predict.evaluate_model)."""
+    result's "videos" holds each video's top-k (predict.evaluate_model).
+    segment_size > 0: the 2019 segment metrics of segment-rated records
+    instead (predict.evaluate_segments)."""
     if recompute is not None:
         with bn_stats.recomputed_checkpoint(model_dir, checkpoint_path, recompute,
                                             log) as recomputed:
             return evaluate_checkpoint(model_dir, recomputed, data_pattern, batch_size, top_k,
                                        frame_sampling, seed, num_readers, log, skip_corrupt,
                                        bf16_compute, compression=compression,
-                                       keep_videos=keep_videos)
+                                       keep_videos=keep_videos, segment_size=segment_size)
     model = predict.open_model(model_dir, frame_sampling, seed, bf16_compute,
                                checkpoint=checkpoint_path)
     try:
+        if segment_size:
+            return predict.evaluate_segments(model, data_pattern, segment_size, batch_size,
+                                             num_readers, log, skip_corrupt=skip_corrupt,
+                                             compression=compression)
         return predict.evaluate_model(model, data_pattern, batch_size, top_k, num_readers, log,
                                       skip_corrupt=skip_corrupt, compression=compression,
                                       keep_videos=keep_videos)
@@ -111,6 +129,46 @@ def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, Any],
                                 for key, value in result.items() if key != "videos"])
     writer.add_summary(summary, step)
     writer.close()
+
+
+def write_segment_results(train_dir: str, checkpoint_path: str, result: Dict[str, Any],
+                          data_pattern: str, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """Adds a segment evaluation to <train_dir>/segment_eval_results.json: the
+    latest at the top level, every one under "evaluations" keyed by checkpoint,
+    data pattern and settings. A file of its own: eval_results.json's readers
+    (ensemble.report, --skip_evaluated) compare video-level metrics only."""
+    path = os.path.join(train_dir, SEGMENT_RESULTS)
+    try:
+        with open(path) as handle:
+            evaluations = json.load(handle).get("evaluations", {})
+    except FileNotFoundError:
+        evaluations = {}
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"{path}: cannot be read ({first_line(err)}); left as it is "
+                        f"(move it away to start a new one)") from None
+    entry = {"checkpoint": checkpoint_path,
+             "global_step": checkpoints.checkpoint_step(checkpoint_path) or 0,
+             "eval_data_pattern": eval_results.absolute_pattern(data_pattern),
+             **settings, **result}
+    key = "|".join([os.path.basename(checkpoint_path), entry["eval_data_pattern"]]
+                   + [f"{name}={value}" for name, value in sorted(settings.items())])
+    evaluations[key] = entry
+    checkpoints.write_json(path, {**entry, "key": key, "evaluations": evaluations})
+    return entry
+
+
+def _evaluate_segments(path: str, recompute: Optional[bn_stats.Recompute]) -> None:
+    """--segment_labels: one checkpoint's 2019 segment metrics, printed and written."""
+    result = evaluate_checkpoint(
+        FLAGS.train_dir, path, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.top_k,
+        FLAGS.frame_sampling, FLAGS.seed, FLAGS.num_readers,
+        log=lambda line: print(line, flush=True), skip_corrupt=FLAGS.skip_corrupt_records,
+        bf16_compute=FLAGS.bf16_compute or None, recompute=recompute,
+        compression=FLAGS.compression, segment_size=FLAGS.segment_size)
+    print(metrics.format_segment_summary(result, os.path.basename(path)), flush=True)
+    settings = {key: value for key, value in _settings(recompute).items() if key != "top_k"}
+    write_segment_results(FLAGS.train_dir, path, result, FLAGS.eval_data_pattern,
+                          {**settings, "segment_size": FLAGS.segment_size})
 
 
 def _checkpoint_to_evaluate() -> Optional[str]:
@@ -145,6 +203,8 @@ def _settings(recompute: Optional[bn_stats.Recompute]) -> Dict[str, Any]:
 
 def _evaluate(path: str, recompute: Optional[bn_stats.Recompute]) -> None:
     """Evaluates one checkpoint of --train_dir; prints and writes the results."""
+    if FLAGS.segment_labels:
+        return _evaluate_segments(path, recompute)
     log = lambda line: print(line, flush=True)  # noqa: E731
     if FLAGS.skip_evaluated:
         done = eval_results.find(FLAGS.train_dir, path, FLAGS.eval_data_pattern,
@@ -175,8 +235,15 @@ def main(argv) -> None:
     shared_flags.require(train_dir=FLAGS.train_dir, eval_data_pattern=FLAGS.eval_data_pattern)
     checkpoints.read_model_flags(FLAGS.train_dir)
     files = readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
-    members.check_dir_records(FLAGS.train_dir, files, "eval_data_pattern", "evaluation",
-                              FLAGS.compression)
+    if FLAGS.segment_labels:
+        reader = model_builder.make_reader(members.read_member_flags(FLAGS.train_dir))
+        readers.check_records(files, "eval_data_pattern",
+                              segment_readers.SegmentReader.like(reader, FLAGS.segment_size),
+                              compression=FLAGS.compression,
+                              reader_of=f"--segment_labels with the model of {FLAGS.train_dir}")
+    else:
+        members.check_dir_records(FLAGS.train_dir, files, "eval_data_pattern", "evaluation",
+                                  FLAGS.compression)
     precision.check_bf16_compute(FLAGS.bf16_compute or None)
     eval_results.read_evaluations(FLAGS.train_dir)     # a damaged one: before the work
     recompute = _recompute_settings()

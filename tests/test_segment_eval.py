@@ -1,0 +1,150 @@
+"""--segment_labels evaluation: the 2019 metrics (numpy reference), the
+model's scores of each segment, and the CLI on train, SWA and bf16 dirs."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import TINY_CLASSES, run_module
+from test_train import tiny_config, tiny_flags, train_pattern
+from training import checkpoints, metrics, predict, synthetic, synthetic_segments, train
+from training import eval as evaluation
+from training import train_dir as train_dirs
+
+
+def reference_segment_map(scores, labels, ratings):
+    """The starter's segment_eval_inference.py, re-told in plain Python: per
+    class, its rated segments in descending score order, AP = sum over the
+    positives of (positives so far / rank) / the class's positives; the mean
+    over the classes with a positive."""
+    aps = []
+    for c in sorted(set(labels)):
+        rows = sorted((i for i in range(len(labels)) if labels[i] == c),
+                      key=lambda i: -scores[i])
+        positives = sum(ratings[i] > 0 for i in rows)
+        if not positives:
+            continue
+        hits, total = 0, 0.0
+        for rank, i in enumerate(rows, start=1):
+            if ratings[i] > 0:
+                hits += 1
+                total += hits / rank
+        aps.append(total / positives)
+    return sum(aps) / len(aps)
+
+
+def reference_pooled_ap(scores, ratings):
+    rows = sorted(range(len(scores)), key=lambda i: -scores[i])
+    hits, total = 0, 0.0
+    for rank, i in enumerate(rows, start=1):
+        if ratings[i] > 0:
+            hits += 1
+            total += hits / rank
+    return total / hits
+
+
+def test_segment_metrics_equal_the_numpy_reference():
+    """Mutation tried: each class's AP divided by all positive ratings (the
+    pooled denominator) instead of the class's -> segment_map differed."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        n = int(rng.integers(5, 200))
+        scores = rng.permutation(n).astype(np.float32) / n     # no ties
+        labels = rng.integers(0, 7, size=n)
+        ratings = rng.integers(0, 2, size=n).astype(np.float32)
+        ratings[0] = 1.0
+        got = metrics.segment_metrics(scores, labels, ratings)
+        assert got["segment_map"] == pytest.approx(
+            reference_segment_map(scores.tolist(), labels.tolist(), ratings.tolist()), abs=1e-12)
+        assert got["segment_gap"] == pytest.approx(
+            reference_pooled_ap(scores.tolist(), ratings.tolist()), abs=1e-12)
+        with_positive = {c for c, r in zip(labels, ratings) if r > 0}
+        assert got["num_classes_without_positives"] == len(set(labels)) - len(with_positive)
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tiny_data, tmp_path_factory):
+    train_dir = str(tmp_path_factory.mktemp("segment_eval_run"))
+    flags = tiny_flags()
+    train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
+    train.train(flags, train_dir, train_pattern(tiny_data),
+                tiny_config(max_steps=150, base_learning_rate=0.02), log=lambda _: None)
+    return train_dir
+
+
+@pytest.fixture(scope="module")
+def segment_pattern(tmp_path_factory):
+    """Segment-rated videos with tiny_data's prototypes (seed 7, 10 classes)."""
+    root = tmp_path_factory.mktemp("segment_data")
+    synthetic_segments.write_segment_dataset(str(root), videos_per_shard=24,
+                                             num_classes=TINY_CLASSES, seed=7,
+                                             min_frames=25, max_frames=40)
+    return str(root / "segments" / "validate*.tfrecord")
+
+
+def _segment_scores_one_by_one(model, pattern):
+    """Each rated segment fed alone from its numpy frames (not the reader)."""
+    from models.tf_compat import tf
+    scores, labels, ratings = [], [], []
+    for path in sorted(tf.io.gfile.glob(pattern)):
+        for record in tf.io.tf_record_iterator(path):
+            ex = tf.train.SequenceExample.FromString(record)
+            frames = np.concatenate(
+                [np.stack([np.frombuffer(f.bytes_list.value[0], np.uint8)
+                           for f in ex.feature_lists.feature_list[name].feature])
+                 for name in ("rgb", "audio")], axis=1)
+            context = ex.context.feature
+            for label, start, score in zip(context["segment_labels"].int64_list.value,
+                                           context["segment_start_times"].int64_list.value,
+                                           context["segment_scores"].float_list.value):
+                batch = np.zeros([1, 300, 1152], np.float32)
+                batch[0, :5] = synthetic.dequantize_np(frames[start:start + 5])
+                out = predict.predict_batch(model, batch, np.array([5], np.int32))
+                scores.append(out["predictions"][0, label])
+                labels.append(label)
+                ratings.append(score)
+    return np.array(scores, np.float32), np.array(labels), np.array(ratings)
+
+
+def test_segment_eval_scores_each_segment_on_its_frames(trained_dir, segment_pattern):
+    """The batched reader path equals feeding each segment alone, and the
+    model trained on video labels ranks the rated segments well.
+
+    Mutation tried: scoring column 0 instead of the rated class in
+    predict.evaluate_segments -> the metrics differed from the one-by-one ones."""
+    checkpoint = checkpoints.latest_checkpoint(trained_dir)
+    result = evaluation.evaluate_checkpoint(trained_dir, checkpoint, segment_pattern,
+                                            batch_size=20, segment_size=5)
+    model = predict.open_model(trained_dir, checkpoint=checkpoint)
+    try:
+        expected = metrics.segment_metrics(*_segment_scores_one_by_one(model, segment_pattern))
+    finally:
+        model.close()
+    for key in ("segment_map", "segment_gap", "num_segments", "num_positive_segments"):
+        assert result[key] == pytest.approx(expected[key], abs=1e-5), key
+    chance = result["num_positive_segments"] / result["num_segments"]
+    assert result["num_segments"] == 24 * 5 and result["segment_map"] > chance + 0.2
+
+
+@pytest.mark.parametrize("kind", ["dbof_train", "dbof_swa", "dbof_bf16"])
+def test_eval_cli_segment_labels(tiny_models, segment_pattern, kind):
+    """Mutation tried: _evaluate ignoring --segment_labels -> the video-level
+    evaluation of the same records ran and no Segment_MAP line was printed."""
+    model_dir = tiny_models[kind]
+    completed = run_module("training.eval", f"--train_dir={model_dir}",
+                           f"--eval_data_pattern={segment_pattern}", "--run_once",
+                           "--segment_labels", "--batch_size=25")
+    assert "Segment_MAP" in completed.stdout and "scored 120 segments" in completed.stdout
+    with open(os.path.join(model_dir, evaluation.SEGMENT_RESULTS)) as handle:
+        saved = json.load(handle)
+    assert 0 < saved["segment_map"] <= 1 and saved["num_segments"] == 120
+    assert saved["evaluations"][saved["key"]]["segment_size"] == 5
+
+
+def test_eval_cli_segment_labels_refuses_2018_records(tiny_models, tiny_data):
+    completed = run_module("training.eval", f"--train_dir={tiny_models['dbof_train']}",
+                           f"--eval_data_pattern={tiny_data / 'frame' / 'validate*.tfrecord'}",
+                           "--run_once", "--segment_labels", check=False)
+    assert completed.returncode != 0 and "no segment_labels" in completed.stderr
+    assert "Traceback" not in completed.stderr and len(completed.stderr.strip().splitlines()) == 1
