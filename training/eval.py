@@ -70,7 +70,7 @@ def define_flags() -> None:
     shared_flags.define(flags.DEFINE_bool, "segment_labels", False,
                         "2019 segment-rated data (YouTube-8M 3/frame/validate): score each "
                         "rated segment on its frames; prints and writes Segment_MAP and "
-                        "Segment_GAP to segment_eval_results.json (docs/formats.md 2.4).")
+                        "Segment_GAP to segment_eval_results.json (docs/formats.md 2.7).")
     shared_flags.define(flags.DEFINE_integer, "segment_size", 5,
                         "Frames per rated segment (--segment_labels).")
 

@@ -657,7 +657,7 @@ def format_summary(metrics: dict, label: str = "") -> str:
 
 
 # --------------------------------------------------------------------------
-# 2019 segment-rated evaluation (docs/formats.md 2.4)
+# 2019 segment-rated evaluation (docs/formats.md 2.7)
 # --------------------------------------------------------------------------
 
 def segment_metrics(scores: np.ndarray, labels: np.ndarray, ratings: np.ndarray
