@@ -1,0 +1,207 @@
+"""The 2019 segment submission (docs/formats.md 3.5): write it, check it.
+
+``ensemble.inference --segment_labels`` scores every segment of the 2019
+records (each distinct ``segment_start_times`` entry of a video, read by
+training.segment_readers) with the model and writes, for each class of
+``--segment_label_ids_file`` (the starter's ``segment_label_ids.csv``: a
+header ``Index``, one class id a line; none: every class of the model), the
+``--segment_max_pred`` best segments by descending score:
+``Class,Segments`` then ``<class>,<vid>:<start> <vid>:<start> ...``.
+Streaming: memory holds per class at most 2 x max_pred (score, segment
+number) pairs plus one "vid:start" string per segment seen, never the
+[segments, classes] scores.
+
+``python -m ensemble.segment_submission --submission=S.csv`` checks a file:
+the header; each line ``<class>,<entries>``; a class once, in the whitelist
+when given; entries ``<id>:<start>`` with start a multiple of
+--segment_size, none twice in a class, at most --segment_max_pred.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable, Optional
+
+import numpy as np
+from absl import flags
+
+from training import checkpoints, model_builder, paths, predict, segment_readers
+from training import flags as shared_flags
+from training.errors import UserError, excerpt, run_main
+
+FLAGS = flags.FLAGS
+
+SEGMENT_HEADER = "Class,Segments"
+_ENTRY = re.compile(r"[^\s:,]+:(\d+)")
+
+
+def read_label_ids(path: str, num_classes: int) -> np.ndarray:
+    """The class ids of a segment_label_ids.csv (header ``Index``), sorted."""
+    try:
+        with open(path) as handle:
+            lines = [line.strip() for line in handle if line.strip()]
+    except OSError as err:
+        raise UserError(f"--segment_label_ids_file={path}: cannot read ({err.strerror})") from None
+    if not lines or lines[0] != "Index":
+        raise UserError(f"--segment_label_ids_file={path}: the first line must be 'Index'")
+    ids = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.isdigit() or int(line) >= num_classes:
+            raise UserError(f"--segment_label_ids_file={path}:{number}: expected a class id "
+                            f"in 0..{num_classes - 1}, got {excerpt(line)}")
+        ids.append(int(line))
+    if not ids or len(set(ids)) != len(ids):
+        raise UserError(f"--segment_label_ids_file={path}: no class ids, or one twice")
+    return np.asarray(sorted(ids), dtype=np.int64)
+
+
+class ClassTopK:
+    """Per class, the max_pred best (score, segment number) pairs seen so far.
+
+    New pairs above a class's current floor are buffered and cut back to
+    max_pred once the buffer exceeds max_pred, so the work is amortised and
+    memory stays under 2 x max_pred pairs per class. Ties keep the segment
+    seen first (stable order on segment number).
+    """
+
+    def __init__(self, num_kept: int, max_pred: int):
+        self.max_pred = int(max_pred)
+        self.scores = [np.empty(0, np.float32) for _ in range(num_kept)]
+        self.numbers = [np.empty(0, np.int64) for _ in range(num_kept)]
+        self.floor = np.full(num_kept, -np.inf, np.float32)
+
+    def add(self, scores: np.ndarray, first_number: int) -> None:
+        """scores [S, num_kept] of segments first_number .. first_number + S - 1."""
+        numbers = np.arange(first_number, first_number + scores.shape[0], dtype=np.int64)
+        above = scores > self.floor[None, :]
+        for j in np.flatnonzero(above.any(axis=0)):
+            rows = np.flatnonzero(above[:, j])
+            self.scores[j] = np.concatenate([self.scores[j], scores[rows, j]])
+            self.numbers[j] = np.concatenate([self.numbers[j], numbers[rows]])
+            if self.scores[j].size > 2 * self.max_pred:
+                self._cut(j)
+
+    def _cut(self, j: int) -> None:
+        order = np.lexsort((self.numbers[j], -self.scores[j]))[:self.max_pred]
+        self.scores[j], self.numbers[j] = self.scores[j][order], self.numbers[j][order]
+        if self.scores[j].size == self.max_pred:
+            # Strictly above: a later segment with the floor's score loses the tie.
+            self.floor[j] = self.scores[j][-1]
+
+    def ranked(self, j: int) -> np.ndarray:
+        """Segment numbers of class j, best first."""
+        self._cut(j)
+        return self.numbers[j]
+
+
+def _distinct_segments(batch: predict.Batch):
+    """Rows of a SegmentReader batch with a new (video, start): a segment rated
+    for several classes is one segment of the submission."""
+    keys = [f"{vid.decode()}:{int(start)}"
+            for vid, start in zip(batch.ids, batch.inputs["start_time"])]
+    first = {}
+    for row, key in enumerate(keys):
+        first.setdefault(key, row)
+    rows = np.fromiter(first.values(), dtype=np.int64)
+    return rows, list(first)
+
+
+def write_segment_submission(model: predict.LoadedModel, data_pattern: str, output_file: str,
+                             class_ids: Optional[np.ndarray] = None, max_pred: int = 100000,
+                             segment_size: int = 5, batch_size: int = 64,
+                             log: Optional[Callable[[str], None]] = print,
+                             overwrite: bool = True, compression: str = "auto") -> int:
+    """Streams every segment through the model, keeps the per-class top
+    max_pred, writes the CSV atomically; returns the number of segments."""
+    if max_pred < 1:
+        raise UserError(f"--segment_max_pred: must be >= 1, got {max_pred}")
+    class_ids = (np.arange(model.num_classes) if class_ids is None else class_ids)
+    reader = segment_readers.SegmentReader.like(model_builder.make_reader(model.model_flags),
+                                                segment_size)
+    top, names = ClassTopK(class_ids.size, max_pred), []
+    for batch in predict.iterate_predictions(model, data_pattern, max(1, batch_size // 5),
+                                             flag_name="input_data_pattern", reader=reader,
+                                             log=log, compression=compression,
+                                             unit="segments"):
+        rows, keys = _distinct_segments(batch)
+        top.add(batch.predictions[rows][:, class_ids].astype(np.float32), len(names))
+        names.extend(keys)
+    if not names:
+        raise UserError(f"--input_data_pattern={data_pattern}: the files hold no segments")
+    with checkpoints.atomic_file(output_file, overwrite, "output_file") as tmp_path:
+        with open(tmp_path, "w", newline="") as out:
+            out.write(SEGMENT_HEADER + "\n")
+            for j, class_id in enumerate(class_ids):
+                entries = " ".join(names[n] for n in top.ranked(j))
+                out.write(f"{int(class_id)},{entries}\n")
+            out.flush()
+            os.fsync(out.fileno())
+    if log:
+        log(f"wrote {output_file} ({class_ids.size} classes, {len(names)} segments, "
+            f"at most {max_pred} a class)")
+    return len(names)
+
+
+def _check_line(where: str, line: str, seen: set, allowed, max_pred: int,
+                segment_size: int) -> None:
+    head, _, body = line.partition(",")
+    if not head.isdigit() or not _:
+        raise UserError(f"{where}: expected '<class>,<vid>:<start> ...', got {excerpt(line)}")
+    if int(head) in seen or (allowed is not None and int(head) not in allowed):
+        raise UserError(f"{where}: class {head} twice, or not in the class ids")
+    seen.add(int(head))
+    entries = body.split(" ") if body else []
+    if len(entries) > max_pred or len(set(entries)) != len(entries):
+        raise UserError(f"{where}: {len(entries)} entries ({len(set(entries))} distinct); "
+                        f"at most {max_pred}, none twice")
+    for entry in entries:
+        match = _ENTRY.fullmatch(entry)
+        if not match or int(match.group(1)) % segment_size:
+            raise UserError(f"{where}: entry {excerpt(entry)} is not '<vid>:<start>' with "
+                            f"start a multiple of {segment_size}")
+
+
+def check_segment_submission(path: str, class_ids: Optional[np.ndarray] = None,
+                             max_pred: int = 100000, segment_size: int = 5) -> int:
+    """Checks a segment submission (module docstring); returns its classes."""
+    allowed = None if class_ids is None else {int(c) for c in class_ids}
+    seen: set = set()
+    try:
+        with open(path, newline="") as handle:
+            header = handle.readline().rstrip("\n")
+            if header != SEGMENT_HEADER:
+                raise UserError(f"{path}:1: expected the header '{SEGMENT_HEADER}', got "
+                                f"{excerpt(header)}")
+            for number, line in enumerate(handle, start=2):
+                _check_line(f"{path}:{number}", line.rstrip("\n"), seen, allowed, max_pred,
+                            segment_size)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    if allowed is not None and seen != allowed:
+        raise UserError(f"{path}: {len(allowed - seen)} classes of the class ids missing")
+    return len(seen)
+
+
+def define_flags() -> None:
+    shared_flags.define(flags.DEFINE_string, "submission", "", "The segment CSV to check.",
+                        path=paths.IN_FILE)
+    shared_flags.define(flags.DEFINE_string, "segment_label_ids_file", "", "Its classes "
+                        "(header Index); none: any.", path=paths.IN_FILE)
+    shared_flags.define_shared_flags({"num_classes": 3862})
+    shared_flags.define(flags.DEFINE_integer, "segment_max_pred", 100000, "Most entries a class.")
+    shared_flags.define(flags.DEFINE_integer, "segment_size", 5, "Frames per segment.")
+
+
+def main(argv) -> None:
+    del argv
+    shared_flags.require(submission=FLAGS.submission)
+    ids = (read_label_ids(FLAGS.segment_label_ids_file, FLAGS.num_classes)
+           if FLAGS.segment_label_ids_file else None)
+    classes = check_segment_submission(FLAGS.submission, ids, FLAGS.segment_max_pred,
+                                       FLAGS.segment_size)
+    print(f"ok: {classes} classes")
+
+
+if __name__ == "__main__":
+    define_flags()
+    run_main(main)

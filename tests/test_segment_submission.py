@@ -1,0 +1,88 @@
+"""The 2019 segment submission: per-class top-k streaming, the CSV, its checker."""
+import numpy as np
+import pytest
+
+from conftest import TINY_CLASSES, run_module
+from ensemble import segment_submission as seg
+from training import synthetic_segments
+from training.errors import UserError
+
+
+def test_class_top_k_equals_a_full_sort():
+    """Mutation tried: the floor set to the best kept score instead of the
+    max_pred-th -> good segments were dropped and this failed."""
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.random((500, 3)), 2).astype(np.float32)     # many ties
+    top = seg.ClassTopK(3, max_pred=17)
+    for start in range(0, 500, 23):
+        top.add(scores[start:start + 23], start)
+        assert all(top.scores[j].size <= 2 * 17 + 23 for j in range(3))
+    for j in range(3):
+        expected = np.lexsort((np.arange(500), -scores[:, j]))[:17]
+        np.testing.assert_array_equal(top.ranked(j), expected)
+
+
+@pytest.fixture(scope="module")
+def segment_pattern(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segment_submission_data")
+    synthetic_segments.write_segment_dataset(str(root), videos_per_shard=12,
+                                             num_classes=TINY_CLASSES, seed=7,
+                                             min_frames=25, max_frames=40)
+    return str(root / "segments" / "validate*.tfrecord")
+
+
+def test_inference_segment_labels_writes_a_checked_submission(tiny_models, segment_pattern,
+                                                             tmp_path):
+    """Mutation tried: ClassTopK.ranked returning the buffer without the final
+    cut (unsorted, more than max_pred) -> this test failed."""
+    ids = tmp_path / "ids.csv"
+    ids.write_text("Index\n1\n3\n4\n")
+    out = tmp_path / "segments.csv"
+    run_module("ensemble.inference", f"--train_dir={tiny_models['dbof_bf16']}",
+               f"--input_data_pattern={segment_pattern}", f"--output_file={out}",
+               "--segment_labels", "--segment_max_pred=7", f"--segment_label_ids_file={ids}")
+    lines = out.read_text().splitlines()
+    assert lines[0] == "Class,Segments" and [line.split(",")[0] for line in lines[1:]] == [
+        "1", "3", "4"]
+    assert all(len(line.split(",")[1].split(" ")) == 7 for line in lines[1:])
+    checked = run_module("ensemble.segment_submission", f"--submission={out}",
+                         f"--segment_label_ids_file={ids}", "--segment_max_pred=7",
+                         f"--num_classes={TINY_CLASSES}")
+    assert "ok: 3 classes" in checked.stdout
+    from training import predict
+    model = predict.open_model(tiny_models["dbof_bf16"])
+    try:
+        seg.write_segment_submission(model, segment_pattern, str(tmp_path / "all.csv"),
+                                     max_pred=1000, log=None)
+    finally:
+        model.close()
+    full = (tmp_path / "all.csv").read_text().splitlines()
+    # Every distinct segment of the data once per class, and the top 7 of the
+    # full ranking are the file's 7.
+    assert len(full[2].split(",")[1].split(" ")) == 12 * 5
+    assert full[2].split(",")[1].split(" ")[:7] == lines[1].split(",")[1].split(" ")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("Class,Seg\n", "header"),
+    ("Class,Segments\n1,a:5 a:5\n", "none twice"),
+    ("Class,Segments\n1,a:3\n", "multiple of 5"),
+    ("Class,Segments\n1,a:5\n1,b:5\n", "twice"),
+    ("Class,Segments\n1,a:5 b:5 c:5\n", "at most 2"),
+    ("Class,Segments\n9,a:5\n", "not in the class ids"),
+])
+def test_checker_refuses_in_one_line(tmp_path, text, message):
+    """Mutation tried: no duplicate check -> the 'a:5 a:5' case passed."""
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as err:
+        seg.check_segment_submission(str(path), np.array([1, 2]) if "9," in text else None,
+                                     max_pred=2)
+    assert "\n" not in str(err.value)
+
+
+def test_label_ids_file_errors(tmp_path):
+    path = tmp_path / "ids.csv"
+    path.write_text("Index\n1\n12\n")
+    with pytest.raises(UserError, match=r"ids.csv:3: expected a class id in 0..9"):
+        seg.read_label_ids(str(path), 10)
