@@ -34,7 +34,7 @@ from typing import Callable, Iterator, List, Optional
 import numpy as np
 from absl import flags
 
-from ensemble import check_submission, export, labels, merge
+from ensemble import check_submission, export, labels, merge, segment_submission
 from training import checkpoints, locks, members, metrics, paths, predict, readers
 from training import flags as shared_flags
 from training.errors import Interrupted, UserError, run_main
@@ -75,6 +75,15 @@ def define_flags() -> None:
                         "video's top 5 labels with their names to <output_file without "
                         ".csv>.top5.tsv (with --num_shards: only checked; ensemble.merge "
                         "writes it).", path=paths.IN_FILE)
+    shared_flags.define(flags.DEFINE_bool, "segment_labels", False, "2019 segment-rated "
+                        "records: write the 2019 submission (Class,Segments) instead "
+                        "(ensemble.segment_submission).")
+    shared_flags.define(flags.DEFINE_integer, "segment_max_pred", 100000, "Segments kept a "
+                        "class (--segment_labels).")
+    shared_flags.define(flags.DEFINE_string, "segment_label_ids_file", "", "The classes "
+                        "of the segment submission (header Index); none: every class.",
+                        path=paths.IN_FILE)
+    shared_flags.define(flags.DEFINE_integer, "segment_size", 5, "Frames per segment.")
 
 
 # ---------------------------------------------------------------------------
@@ -380,8 +389,38 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
         return with_dir(train_dir)
 
 
+def run_segments() -> int:
+    """--segment_labels: the 2019 submission of --train_dir on --input_data_pattern
+    (one process; --num_shards and the model tgz flags are refused)."""
+    if FLAGS.num_shards or FLAGS.input_model_tgz or FLAGS.output_model_tgz:
+        raise UserError("--segment_labels: writes one CSV from --train_dir; --num_shards, "
+                        "--input_model_tgz and --output_model_tgz are not supported with it")
+    shared_flags.require(train_dir=FLAGS.train_dir, input_data_pattern=FLAGS.input_data_pattern,
+                         output_file=FLAGS.output_file)
+    model_flags = members.read_member_flags(FLAGS.train_dir)
+    class_ids = (segment_submission.read_label_ids(FLAGS.segment_label_ids_file,
+                                                   int(model_flags["num_classes"]))
+                 if FLAGS.segment_label_ids_file else None)
+    if not FLAGS.overwrite:
+        _refuse_existing((("output_file", FLAGS.output_file),))
+    with _output_lock(FLAGS.output_file, 0, 0):
+        model = predict.open_model(FLAGS.train_dir, FLAGS.frame_sampling, FLAGS.seed,
+                                   FLAGS.bf16_compute, num_threads=FLAGS.num_threads)
+        try:
+            return segment_submission.write_segment_submission(
+                model, FLAGS.input_data_pattern, FLAGS.output_file, class_ids,
+                FLAGS.segment_max_pred, FLAGS.segment_size, FLAGS.batch_size,
+                log=lambda line: print(line, flush=True), overwrite=FLAGS.overwrite,
+                compression=FLAGS.compression)
+        finally:
+            model.close()
+
+
 def main(argv) -> None:
     del argv
+    if FLAGS.segment_labels:
+        run_segments()
+        return
     run(FLAGS.train_dir, FLAGS.input_model_tgz, FLAGS.output_model_tgz,
         FLAGS.input_data_pattern, FLAGS.output_file, FLAGS.batch_size, FLAGS.top_k,
         FLAGS.num_readers, FLAGS.seed, FLAGS.frame_sampling,
