@@ -133,3 +133,27 @@ def test_check_records_names_missing_segment_fields(tmp_path):
     with pytest.raises(UserError, match="no segment_labels"):
         readers.check_records(paths["frame"], "eval_data_pattern",
                               segment_readers.SegmentReader(num_classes=NUM_CLASSES))
+
+
+def test_unrated_reader_reads_start_times_only(segment_files, tmp_path):
+    """A test-split record without labels and scores: the submission's reader
+    (rated=False) yields its segments; the evaluation's refuses it first.
+
+    Mutation tried: the rated checks kept in unrated mode -> "three lists
+    differ in length" on these records and this failed."""
+    from training import readers
+    records = _records(segment_files)
+    for ex in records:
+        del ex.context.feature["segment_labels"]
+        del ex.context.feature["segment_scores"]
+    out = _parse(records, segment_readers.SegmentReader(num_classes=NUM_CLASSES, rated=False))
+    starts = [s for ex in records
+              for s in ex.context.feature["segment_start_times"].int64_list.value]
+    assert list(out["start_time"]) == starts and (out["labels"] == -1).all()
+    path = str(tmp_path / "unrated.tfrecord")
+    synthetic.write_records(path, [ex.SerializeToString() for ex in records])
+    with pytest.raises(UserError, match="no segment_labels"):
+        readers.check_records([path], "eval_data_pattern",
+                              segment_readers.SegmentReader(num_classes=NUM_CLASSES))
+    readers.check_records([path], "input_data_pattern",
+                          segment_readers.SegmentReader(num_classes=NUM_CLASSES, rated=False))

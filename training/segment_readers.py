@@ -36,26 +36,28 @@ class SegmentReader(readers.FrameReader):
     int64 [S], ``score`` float32 [S].
     """
 
-    required_context = _CONTEXT
-
     def __init__(self, num_classes=3862, feature_names=("rgb", "audio"),
                  feature_sizes=(1024, 128), max_frames=readers.MAX_FRAMES,
-                 segment_size: int = SEGMENT_SIZE):
+                 segment_size: int = SEGMENT_SIZE, rated: bool = True):
         super().__init__(num_classes, feature_names, feature_sizes, max_frames)
+        # rated=False (a submission of the test split): only the start times
+        # are needed; labels and scores come out as -1 and 0.
+        self.rated = bool(rated)
+        self.required_context = _CONTEXT if rated else _CONTEXT[1:2]
         self.segment_size = int(segment_size)
         if not 1 <= self.segment_size <= self.max_frames:
             raise UserError(f"--segment_size: must be in 1..{self.max_frames} (the model's "
                             f"max_frames), got {segment_size}")
 
     @classmethod
-    def like(cls, reader: readers.FrameReader, segment_size: int = SEGMENT_SIZE
-             ) -> "SegmentReader":
+    def like(cls, reader: readers.FrameReader, segment_size: int = SEGMENT_SIZE,
+             rated: bool = True) -> "SegmentReader":
         """The segment reader with a model's frame reader's features and classes."""
         if not getattr(reader, "frame_features", False):
             raise UserError("--segment_labels: needs a frame-level model (segments are "
                             "frames of a video); this one reads video-level features")
         return cls(reader.num_classes, reader.feature_names, reader.feature_sizes,
-                   reader.max_frames, segment_size)
+                   reader.max_frames, segment_size, rated)
 
     def parse(self, serialized) -> dict:
         """Parses a batch of serialized segment-rated SequenceExamples.
@@ -84,15 +86,19 @@ class SegmentReader(readers.FrameReader):
             with tf.control_dependencies(self._checks(context, splits)):
                 video = tf.identity(starts.value_rowids())
             first = tf.gather(splits, video) + tf.cast(starts.values, tf.int32)
+            labels, scores = context["segment_labels"].values, context["segment_scores"].values
+            if not self.rated:
+                labels = tf.fill(tf.shape(video), tf.constant(-1, tf.int64))
+                scores = tf.zeros(tf.shape(video), tf.float32)
             rows = first[:, None] + tf.range(self.segment_size, dtype=tf.int32)[None, :]
             return {
                 "id": tf.gather(context["id"], video),
                 "features": self._segment_frames(tf.gather(joined, rows)),
                 "num_frames": tf.fill(tf.shape(video), tf.constant(self.segment_size,
                                                                    tf.int32)),
-                "labels": context["segment_labels"].values,
+                "labels": labels,
                 "start_time": starts.values,
-                "score": context["segment_scores"].values,
+                "score": scores,
             }
 
     def _segment_frames(self, quantized):
@@ -110,11 +116,7 @@ class SegmentReader(readers.FrameReader):
         ends = tf.gather(splits[1:] - splits[:-1], starts.value_rowids())
         size = tf.constant(self.segment_size, tf.int64)
         assert_true = tf.debugging.Assert
-        return [
-            assert_true(tf.reduce_all(tf.equal(labels.row_lengths(), starts.row_lengths()))
-                        & tf.reduce_all(tf.equal(scores.row_lengths(), starts.row_lengths())),
-                        ["segment_labels, segment_start_times and segment_scores: a record's "
-                         "three lists differ in length"]),
+        checks = [
             assert_true(tf.reduce_all(tf.equal(tf.math.floormod(starts.values, size), 0)
                                       & (starts.values >= 0)),
                         [f"segment_start_times: a start time is negative or not a multiple "
@@ -122,6 +124,14 @@ class SegmentReader(readers.FrameReader):
             assert_true(tf.reduce_all(starts.values + size <= tf.cast(ends, tf.int64)),
                         [f"segment_start_times: a segment of {self.segment_size} frames ends "
                          f"after the video's last frame"]),
+        ]
+        if not self.rated:
+            return checks   # (a submission reads the start times only)
+        return checks + [
+            assert_true(tf.reduce_all(tf.equal(labels.row_lengths(), starts.row_lengths()))
+                        & tf.reduce_all(tf.equal(scores.row_lengths(), starts.row_lengths())),
+                        ["segment_labels, segment_start_times and segment_scores: a record's "
+                         "three lists differ in length"]),
             assert_true(tf.reduce_all((labels.values >= 0)
                                       & (labels.values < self.num_classes)),
                         [f"segment_labels: a label id is outside 0..{self.num_classes - 1}, "
