@@ -35,7 +35,17 @@ import numpy as np
 from absl import flags
 
 from ensemble import check_submission, export, labels, merge, segment_submission
-from training import checkpoints, locks, members, metrics, paths, predict, readers
+from training import (
+    checkpoints,
+    locks,
+    members,
+    metrics,
+    model_builder,
+    paths,
+    predict,
+    readers,
+    segment_readers,
+)
 from training import flags as shared_flags
 from training.errors import Interrupted, UserError, run_main
 from training.progress import Progress
@@ -401,6 +411,11 @@ def run_segments() -> int:
     class_ids = (segment_submission.read_label_ids(FLAGS.segment_label_ids_file,
                                                    int(model_flags["num_classes"]))
                  if FLAGS.segment_label_ids_file else None)
+    reader = segment_readers.SegmentReader.like(model_builder.make_reader(model_flags),
+                                                FLAGS.segment_size, rated=False)
+    readers.check_records(readers.resolve_files(FLAGS.input_data_pattern, "input_data_pattern"),
+                          "input_data_pattern", reader, compression=FLAGS.compression,
+                          reader_of=f"--segment_labels with the model of {FLAGS.train_dir}")
     if not FLAGS.overwrite:
         _refuse_existing((("output_file", FLAGS.output_file),))
     with _output_lock(FLAGS.output_file, 0, 0):

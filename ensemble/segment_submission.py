@@ -117,7 +117,7 @@ def write_segment_submission(model: predict.LoadedModel, data_pattern: str, outp
         raise UserError(f"--segment_max_pred: must be >= 1, got {max_pred}")
     class_ids = (np.arange(model.num_classes) if class_ids is None else class_ids)
     reader = segment_readers.SegmentReader.like(model_builder.make_reader(model.model_flags),
-                                                segment_size)
+                                                segment_size, rated=False)
     top, names = ClassTopK(class_ids.size, max_pred), []
     for batch in predict.iterate_predictions(model, data_pattern, max(1, batch_size // 5),
                                              flag_name="input_data_pattern", reader=reader,
