@@ -401,10 +401,13 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
 
 def run_segments() -> int:
     """--segment_labels: the 2019 submission of --train_dir on --input_data_pattern
-    (one process; --num_shards and the model tgz flags are refused)."""
-    if FLAGS.num_shards or FLAGS.input_model_tgz or FLAGS.output_model_tgz:
-        raise UserError("--segment_labels: writes one CSV from --train_dir; --num_shards, "
-                        "--input_model_tgz and --output_model_tgz are not supported with it")
+    (with --num_shards: this shard's part; ensemble.segment_submission --merge
+    writes the CSV). The model tgz flags are refused."""
+    if FLAGS.input_model_tgz or FLAGS.output_model_tgz:
+        raise UserError("--segment_labels: reads --train_dir; --input_model_tgz and "
+                        "--output_model_tgz are not supported with it")
+    if FLAGS.num_shards:
+        shard_files([], FLAGS.num_shards, FLAGS.shard_index)
     shared_flags.require(train_dir=FLAGS.train_dir, input_data_pattern=FLAGS.input_data_pattern,
                          output_file=FLAGS.output_file)
     model_flags = members.read_member_flags(FLAGS.train_dir)
@@ -418,10 +421,17 @@ def run_segments() -> int:
                           reader_of=f"--segment_labels with the model of {FLAGS.train_dir}")
     if not FLAGS.overwrite:
         _refuse_existing((("output_file", FLAGS.output_file),))
-    with _output_lock(FLAGS.output_file, 0, 0):
+    with _output_lock(FLAGS.output_file, FLAGS.num_shards, FLAGS.shard_index):
         model = predict.open_model(FLAGS.train_dir, FLAGS.frame_sampling, FLAGS.seed,
                                    FLAGS.bf16_compute, num_threads=FLAGS.num_threads)
         try:
+            if FLAGS.num_shards:
+                segment_submission.write_segment_part(
+                    model, FLAGS.input_data_pattern, FLAGS.output_file, FLAGS.num_shards,
+                    FLAGS.shard_index, class_ids, FLAGS.segment_max_pred, FLAGS.segment_size,
+                    FLAGS.batch_size, log=lambda line: print(line, flush=True),
+                    compression=FLAGS.compression)
+                return 0
             return segment_submission.write_segment_submission(
                 model, FLAGS.input_data_pattern, FLAGS.output_file, class_ids,
                 FLAGS.segment_max_pred, FLAGS.segment_size, FLAGS.batch_size,

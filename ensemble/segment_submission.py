@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 from absl import flags
 
-from training import checkpoints, model_builder, paths, predict, segment_readers
+from ensemble import merge
+from training import checkpoints, model_builder, paths, predict, readers, segment_readers
 from training import flags as shared_flags
 from training.errors import UserError, excerpt, run_main
 
 FLAGS = flags.FLAGS
 
 SEGMENT_HEADER = "Class,Segments"
+Log = Optional[Callable[[str], None]]
 _ENTRY = re.compile(r"[^\s:,]+:(\d+)")
 
 
@@ -106,40 +108,131 @@ def _distinct_segments(batch: predict.Batch):
     return rows, list(first)
 
 
-def write_segment_submission(model: predict.LoadedModel, data_pattern: str, output_file: str,
-                             class_ids: Optional[np.ndarray] = None, max_pred: int = 100000,
-                             segment_size: int = 5, batch_size: int = 64,
-                             log: Optional[Callable[[str], None]] = print,
-                             overwrite: bool = True, compression: str = "auto") -> int:
-    """Streams every segment through the model, keeps the per-class top
-    max_pred, writes the CSV atomically; returns the number of segments."""
+_FILE_SHIFT = 32     # a segment's number: its file's index << 32 | its place in the file
+
+
+def collect_top(model: predict.LoadedModel, files: List[str], indices: List[int],
+                class_ids: np.ndarray, max_pred: int, segment_size: int = 5,
+                batch_size: int = 64, log: Log = print, compression: str = "auto"):
+    """(ClassTopK, {segment number: "vid:start"}) of files, one after the other.
+
+    A segment's number is its file's index in the sorted input (indices) and
+    its place in the file: ties go to the segment first in the whole input,
+    whichever shard read it, so merged parts equal one process's CSV."""
     if max_pred < 1:
         raise UserError(f"--segment_max_pred: must be >= 1, got {max_pred}")
-    class_ids = (np.arange(model.num_classes) if class_ids is None else class_ids)
     reader = segment_readers.SegmentReader.like(model_builder.make_reader(model.model_flags),
                                                 segment_size, rated=False)
-    top, names = ClassTopK(class_ids.size, max_pred), []
-    for batch in predict.iterate_predictions(model, data_pattern, max(1, batch_size // 5),
-                                             flag_name="input_data_pattern", reader=reader,
-                                             log=log, compression=compression,
-                                             unit="segments"):
-        rows, keys = _distinct_segments(batch)
-        top.add(batch.predictions[rows][:, class_ids].astype(np.float32), len(names))
-        names.extend(keys)
-    if not names:
-        raise UserError(f"--input_data_pattern={data_pattern}: the files hold no segments")
+    top, names = ClassTopK(class_ids.size, max_pred), {}
+    for path, index in zip(files, indices):
+        place = 0
+        for batch in predict.iterate_predictions(
+                model, "", max(1, batch_size // 5), flag_name="input_data_pattern",
+                reader=reader, log=log, compression=compression, unit="segments",
+                files=[path]):
+            rows, keys = _distinct_segments(batch)
+            first = (index << _FILE_SHIFT) + place
+            top.add(batch.predictions[rows][:, class_ids].astype(np.float32), first)
+            names.update(zip(range(first, first + len(keys)), keys))
+            place += len(keys)
+    return top, names
+
+
+def _write_csv(output_file: str, class_ids: np.ndarray, ranked, overwrite: bool) -> None:
+    """The CSV through a temporary file; ranked(j) -> class j's entries, best first."""
     with checkpoints.atomic_file(output_file, overwrite, "output_file") as tmp_path:
         with open(tmp_path, "w", newline="") as out:
             out.write(SEGMENT_HEADER + "\n")
             for j, class_id in enumerate(class_ids):
-                entries = " ".join(names[n] for n in top.ranked(j))
-                out.write(f"{int(class_id)},{entries}\n")
+                out.write(f"{int(class_id)},{' '.join(ranked(j))}\n")
             out.flush()
             os.fsync(out.fileno())
+
+
+def write_segment_submission(model: predict.LoadedModel, data_pattern: str, output_file: str,
+                             class_ids: Optional[np.ndarray] = None, max_pred: int = 100000,
+                             segment_size: int = 5, batch_size: int = 64, log: Log = print,
+                             overwrite: bool = True, compression: str = "auto") -> int:
+    """Streams every segment through the model, keeps the per-class top
+    max_pred, writes the CSV atomically; returns the number of segments."""
+    class_ids = np.arange(model.num_classes) if class_ids is None else class_ids
+    files = readers.resolve_files(data_pattern, "input_data_pattern")
+    top, names = collect_top(model, files, list(range(len(files))), class_ids, max_pred,
+                             segment_size, batch_size, log, compression)
+    if not names:
+        raise UserError(f"--input_data_pattern={data_pattern}: the files hold no segments")
+    _write_csv(output_file, class_ids,
+               lambda j: (names[n] for n in top.ranked(j)), overwrite)
     if log:
         log(f"wrote {output_file} ({class_ids.size} classes, {len(names)} segments, "
             f"at most {max_pred} a class)")
     return len(names)
+
+
+def part_path(output_file: str, num_shards: int, shard_index: int) -> str:
+    return os.path.join(merge.parts_dir(output_file),
+                        f"segments-{shard_index:05d}-of-{num_shards:05d}.npz")
+
+
+def write_segment_part(model: predict.LoadedModel, data_pattern: str, output_file: str,
+                       num_shards: int, shard_index: int,
+                       class_ids: Optional[np.ndarray] = None, max_pred: int = 100000,
+                       segment_size: int = 5, batch_size: int = 64, log: Log = print,
+                       compression: str = "auto") -> str:
+    """This shard's per-class top max_pred (every num_shards-th sorted file, as
+    ensemble.inference shards) to part_path; merge_segment_parts writes the CSV."""
+    class_ids = np.arange(model.num_classes) if class_ids is None else class_ids
+    files = readers.resolve_files(data_pattern, "input_data_pattern")
+    indices = list(range(shard_index, len(files), num_shards))
+    top, names = collect_top(model, [files[i] for i in indices], indices, class_ids,
+                             max_pred, segment_size, batch_size, log, compression)
+    ranked = [top.ranked(j) for j in range(class_ids.size)]
+    path = part_path(output_file, num_shards, shard_index)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with checkpoints.atomic_file(path, True, "output_file") as tmp_path:
+        with open(tmp_path, "wb") as out:
+            np.savez(out, class_ids=class_ids, max_pred=max_pred,
+                     counts=np.array([r.size for r in ranked], np.int64),
+                     numbers=np.concatenate(ranked).astype(np.int64),
+                     scores=np.concatenate([top.scores[j] for j in range(class_ids.size)]),
+                     names=np.array([names[n] for r in ranked for n in r], dtype=object
+                                    ).astype(str))
+    if log:
+        log(f"wrote {path} ({len(names)} segments of {len(indices)} files)")
+    return path
+
+
+def merge_segment_parts(output_file: str, num_shards: int, overwrite: bool = True,
+                        log: Log = print) -> int:
+    """The CSV of all num_shards parts: per class the best max_pred of the
+    parts' lists by (score descending, segment number): exactly one process's
+    CSV. Returns the number of classes."""
+    parts = []
+    for shard in range(num_shards):
+        path = part_path(output_file, num_shards, shard)
+        try:
+            with np.load(path) as part:
+                parts.append({key: part[key] for key in part.files})
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(f"{path}: missing or unreadable part ({err}); run shard "
+                            f"{shard} of --num_shards={num_shards} again") from None
+    class_ids, max_pred = parts[0]["class_ids"], int(parts[0]["max_pred"])
+    if any(not np.array_equal(p["class_ids"], class_ids) or int(p["max_pred"]) != max_pred
+           for p in parts):
+        raise UserError(f"{output_file}.parts: the parts differ in classes or max_pred")
+    splits = [np.concatenate([[0], np.cumsum(p["counts"])]) for p in parts]
+
+    def ranked(j: int):
+        rows = [(p, slice(s[j], s[j + 1])) for p, s in zip(parts, splits)]
+        scores = np.concatenate([p["scores"][r] for p, r in rows])
+        numbers = np.concatenate([p["numbers"][r] for p, r in rows])
+        names = np.concatenate([p["names"][r] for p, r in rows])
+        return names[np.lexsort((numbers, -scores))[:max_pred]]
+
+    _write_csv(output_file, class_ids, ranked, overwrite)
+    if log:
+        log(f"wrote {output_file} from {num_shards} parts ({class_ids.size} classes)")
+    return int(class_ids.size)
 
 
 def _check_line(where: str, line: str, seen: set, allowed, max_pred: int,
@@ -190,10 +283,18 @@ def define_flags() -> None:
     shared_flags.define_shared_flags({"num_classes": 3862})
     shared_flags.define(flags.DEFINE_integer, "segment_max_pred", 100000, "Most entries a class.")
     shared_flags.define(flags.DEFINE_integer, "segment_size", 5, "Frames per segment.")
+    shared_flags.define(flags.DEFINE_string, "merge_output_file", "", "Instead of checking: "
+                        "merge the --num_shards parts of ensemble.inference --segment_labels "
+                        "--output_file=<this> into it (then checked).", path=paths.OUT_FILE)
+    shared_flags.define(flags.DEFINE_integer, "num_shards", 0, "The parts' --num_shards.")
 
 
 def main(argv) -> None:
     del argv
+    if FLAGS.merge_output_file:
+        shared_flags.require(num_shards=FLAGS.num_shards or "")
+        merge_segment_parts(FLAGS.merge_output_file, FLAGS.num_shards)
+        FLAGS.submission = FLAGS.merge_output_file
     shared_flags.require(submission=FLAGS.submission)
     ids = (read_label_ids(FLAGS.segment_label_ids_file, FLAGS.num_classes)
            if FLAGS.segment_label_ids_file else None)

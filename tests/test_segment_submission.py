@@ -86,3 +86,33 @@ def test_label_ids_file_errors(tmp_path):
     path.write_text("Index\n1\n12\n")
     with pytest.raises(UserError, match=r"ids.csv:3: expected a class id in 0..9"):
         seg.read_label_ids(str(path), 10)
+
+
+def test_sharded_parts_merge_to_the_one_process_csv(tiny_models, tmp_path):
+    """Mutation tried: the merge breaking ties by the later segment number
+    (lexsort((-numbers, -scores))) -> with the rounded scores the merged CSV
+    differed from the one-process one. (np.argsort(-scores) alone was not
+    caught: on these short lists numpy's sort happens to be stable.)"""
+    from training import predict
+    synthetic_segments.write_segment_dataset(str(tmp_path), num_shards=3, videos_per_shard=6,
+                                             num_classes=TINY_CLASSES, seed=7,
+                                             min_frames=25, max_frames=40)
+    pattern = str(tmp_path / "segments" / "*.tfrecord")
+    model = predict.open_model(tiny_models["dbof_bf16"])
+    original = model.predictions
+    try:
+        # Rounded scores: many ties, so the tie rule is tested too.
+        from models.tf_compat import tf
+        with model.graph.as_default():
+            model.predictions = tf.round(original * 10.0) / 10.0
+        one = tmp_path / "one.csv"
+        seg.write_segment_submission(model, pattern, str(one), max_pred=8, log=None)
+        sharded = tmp_path / "sharded.csv"
+        for shard in range(2):
+            seg.write_segment_part(model, pattern, str(sharded), 2, shard, max_pred=8, log=None)
+    finally:
+        model.close()
+    run_module("ensemble.segment_submission", f"--merge_output_file={sharded}",
+               "--num_shards=2", "--segment_max_pred=8", f"--num_classes={TINY_CLASSES}")
+    assert sharded.read_text() == one.read_text()
+    assert len(one.read_text().splitlines()) == TINY_CLASSES + 1
