@@ -148,3 +148,22 @@ def test_eval_cli_segment_labels_refuses_2018_records(tiny_models, tiny_data):
                            "--run_once", "--segment_labels", check=False)
     assert completed.returncode != 0 and "no segment_labels" in completed.stderr
     assert "Traceback" not in completed.stderr and len(completed.stderr.strip().splitlines()) == 1
+
+
+def test_segment_eval_of_the_exported_ensemble(tiny_models, segment_pattern):
+    """The exported ensemble dir (loaded the starter way) scores segments
+    through the same loop; its members' bf16 dirs too, and the ensemble's
+    Segment_MAP is in their range or above (no gross wiring error).
+
+    Mutation tried: segments padded to max_frames + 1 frames (301) -> the
+    exported graph's [None, 300, D] placeholder refused the feed and this failed."""
+    results = {}
+    for kind in ("ensemble", "dbof_bf16", "gru_bf16"):
+        model = predict.open_model(tiny_models[kind])
+        try:
+            results[kind] = predict.evaluate_segments(model, segment_pattern, batch_size=25)
+        finally:
+            model.close()
+    assert results["ensemble"]["num_segments"] == 120
+    worst = min(results["dbof_bf16"]["segment_map"], results["gru_bf16"]["segment_map"])
+    assert results["ensemble"]["segment_map"] >= worst - 0.05
