@@ -24,4 +24,19 @@ fi
 # out for the report. Windows: 1 (the last checkpoint), 2 or 4 of the tail.
 SWA_BN=recompute SWA_RECOMPUTE_BATCHES=20 SWA_WINDOWS=${SWA_WINDOWS:-1,2,4} FIT_FILES=2 \
   TINY=1 DATA_DIR="$data/frame" WORK_DIR="$WORK_DIR" NUM_CLASSES="$NUM_CLASSES" \
-  SUBMISSION="$WORK_DIR/submission.csv" exec run_scripts/pipeline.sh
+  SUBMISSION="$WORK_DIR/submission.csv" run_scripts/pipeline.sh
+# 2019 segment-rated data (README "2019 segment-rated data"): the same
+# prototypes rated on 5-frame segments; one model's Segment_MAP and the
+# ensemble's 2019 submission (Class,Segments), checked.
+seg="$WORK_DIR/segment_data"
+if [[ ! -d "$seg/segments" ]]; then
+  "$PYTHON" -m training.synthetic_segments --output_dir="$seg" --split=validate --num_shards=2 \
+    --videos_per_shard=64 --num_classes="$NUM_CLASSES" --min_frames=30 --max_frames=120 --seed=1
+fi
+"$PYTHON" -m training.eval --train_dir="$WORK_DIR/ensemble_models/Soft-DBoF-8k-bfloat16" \
+  --eval_data_pattern="$seg/segments/validate*.tfrecord" --run_once --segment_labels
+"$PYTHON" -m ensemble.inference --train_dir="$WORK_DIR/ensembled_models" --overwrite \
+  --input_data_pattern="$seg/segments/validate*.tfrecord" --segment_labels \
+  --output_file="$WORK_DIR/segment_submission.csv"
+"$PYTHON" -m ensemble.segment_submission --submission="$WORK_DIR/segment_submission.csv" \
+  --num_classes="$NUM_CLASSES"
