@@ -332,14 +332,18 @@ def test_accumulator_keeps_only_top_k_copies():
     em = metrics.EvaluationMetrics(num_classes=50, top_k=5)
     em.accumulate(P, Y)
     before = em.get()
+    Y_before = Y.copy()
     P[:] = 0  # later changes to the inputs must not matter
     Y[:] = 1
     assert em.get() == before
-    stored = [a for a in vars(em).values() if isinstance(a, list)]
-    for arrays in stored:
+    stored = {name: a for name, a in vars(em).items() if isinstance(a, list)}
+    for name, arrays in stored.items():
         for a in arrays:
-            assert a.shape == (20, 5)
+            # The top-k pairs, and each video's label count (what GAP's
+            # denominator and the per-video records need).
+            assert a.shape == ((20,) if name == "_num_labels" else (20, 5)), name
     assert em._scores[0].dtype == np.float32
+    assert list(em.per_video()[2]) == list(np.count_nonzero(Y_before, axis=1))
 
 
 def test_accumulator_rejects_wrong_class_count():
