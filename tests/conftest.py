@@ -73,6 +73,18 @@ def real_sample_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
+def segment_data(tmp_path_factory, name: str, videos_per_shard: int) -> str:
+    """Segment-rated videos with tiny_data's prototypes (seed 7, TINY_CLASSES
+    classes), 25-40 frames each; -> their file pattern."""
+    from training import synthetic_segments
+
+    root = tmp_path_factory.mktemp(name)
+    synthetic_segments.write_segment_dataset(str(root), videos_per_shard=videos_per_shard,
+                                             num_classes=TINY_CLASSES, seed=7,
+                                             min_frames=25, max_frames=40)
+    return str(root / "segments" / "validate*.tfrecord")
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """train/validate/test splits, 10 classes, 5-20 frames per video."""

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TINY_CLASSES, run_module
+from conftest import run_module, segment_data
 from test_train import tiny_config, tiny_flags, train_pattern
-from training import checkpoints, metrics, predict, synthetic, synthetic_segments, train
+from training import checkpoints, metrics, predict, synthetic, train
 from training import eval as evaluation
 from training import train_dir as train_dirs
 
@@ -75,12 +75,7 @@ def trained_dir(tiny_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def segment_pattern(tmp_path_factory):
-    """Segment-rated videos with tiny_data's prototypes (seed 7, 10 classes)."""
-    root = tmp_path_factory.mktemp("segment_data")
-    synthetic_segments.write_segment_dataset(str(root), videos_per_shard=24,
-                                             num_classes=TINY_CLASSES, seed=7,
-                                             min_frames=25, max_frames=40)
-    return str(root / "segments" / "validate*.tfrecord")
+    return segment_data(tmp_path_factory, "segment_data", videos_per_shard=24)
 
 
 def _segment_scores_one_by_one(model, pattern):

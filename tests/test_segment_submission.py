@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import TINY_CLASSES, run_module
+from conftest import TINY_CLASSES, run_module, segment_data
 from ensemble import segment_submission as seg
 from training import synthetic_segments
 from training.errors import UserError
@@ -24,11 +24,7 @@ def test_class_top_k_equals_a_full_sort():
 
 @pytest.fixture(scope="module")
 def segment_pattern(tmp_path_factory):
-    root = tmp_path_factory.mktemp("segment_submission_data")
-    synthetic_segments.write_segment_dataset(str(root), videos_per_shard=12,
-                                             num_classes=TINY_CLASSES, seed=7,
-                                             min_frames=25, max_frames=40)
-    return str(root / "segments" / "validate*.tfrecord")
+    return segment_data(tmp_path_factory, "segment_submission_data", videos_per_shard=12)
 
 
 def test_inference_segment_labels_writes_a_checked_submission(tiny_models, segment_pattern,
