@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on real label structure: frame-level records derived from the
-# real YouTube-8M 2018 video-level sample in data/ (real ids, 3862-class labels
+# real YouTube-8M 2018 video-level sample in SAMPLE_DIR (default
+# ../shared/data/yt8m-2018-video-sample; YouTube-8M is CC BY 4.0) (real ids, 3862-class labels
 # and mean features; frames varying around each real mean:
 # training.frames_from_videos), then pipeline.sh at the tiny sizes. Train: 3
 # files (839 videos); validation: 3 files, the first (301 videos) to fit every
@@ -10,7 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source run_scripts/setup_env.sh
 WORK_DIR=${WORK_DIR:-$PWD/real_labels_output}
-sample=data/yt8m-2018-video-sample
+sample=${SAMPLE_DIR:-$PWD/../shared/data/yt8m-2018-video-sample}
+if [[ ! -f "$sample/validate2L.tfrecord" ]]; then
+  echo "error: SAMPLE_DIR=$sample: no validate2L.tfrecord; point SAMPLE_DIR at the YT8M 2018 video-level sample (its six validate*.tfrecord files and label_names_2018.csv)" >&2
+  exit 2
+fi
 data="$WORK_DIR/data"
 if [[ ! -d "$data/frame" ]]; then
   derive() {  # split, files..., then flags after --

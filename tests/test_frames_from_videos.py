@@ -9,7 +9,7 @@ from models.tf_compat import tf
 from training import frames_from_videos, synthetic
 
 SAMPLE = real_sample_dir()
-pytestmark = pytest.mark.skipif(SAMPLE is None, reason="no data/yt8m-2018-video-sample")
+pytestmark = pytest.mark.skipif(SAMPLE is None, reason="no ../shared/data/yt8m-2018-video-sample")
 
 
 def frames_of(path):

@@ -1,7 +1,7 @@
 """Frame-level records derived from real video-level YouTube-8M records:
 
 python -m training.frames_from_videos --output_dir=DIR --split=train \
-    --input_pattern=data/yt8m-2018-video-sample/validate2L.tfrecord \
+    --input_pattern=SAMPLE_DIR/validate2L.tfrecord \
     [--with_labels=false] [--min_frames=30 --max_frames=120]
 
 Each input Example (``id``, ``labels``, ``mean_rgb`` 1024, ``mean_audio`` 128)
