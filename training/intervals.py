@@ -165,8 +165,9 @@ def check_same_videos(named: Dict[str, VideoTopK]) -> None:
     """Refuses records of different videos, naming the first two that differ."""
     items = list(named.items())
     first_name, first = items[0]
+    first_digest = first.ids_digest()      # (sorts the ids: once, not per comparison)
     for name, videos in items[1:]:
-        if videos.ids_digest() != first.ids_digest():
+        if videos.ids_digest() != first_digest:
             raise UserError(f"{name} ({videos.num_videos} videos) and {first_name} "
                             f"({first.num_videos} videos) were measured on different videos; "
                             f"evaluate both on the same files")
