@@ -23,8 +23,8 @@ SIZES = ("full", "tiny", "test")
 class Schedule:
     """Training schedule: Adam at base_learning_rate, multiplied by
     learning_rate_decay every learning_rate_decay_examples examples, until
-    max_steps; then an optional averaging tail (README "Checkpoint averaging
-    (SWA)"): swa_tail_steps more steps at the constant
+    max_steps; then an optional averaging tail (docs/training.md "Checkpoint
+    averaging (SWA)"): swa_tail_steps more steps at the constant
     swa_learning_rate (None: the rate reached at max_steps), with a checkpoint
     every swa_save_steps steps for swa.average to average."""
     batch_size: int = 80
@@ -45,8 +45,8 @@ DEFAULT_SCHEDULE = Schedule()
 # What a tiny run changes in any schedule (larger rate: 200 steps must learn),
 # with an averaging tail of 200 more steps at that rate and a checkpoint every
 # 10: at 400 steps the tiny models still improve, so only short windows (2-4
-# checkpoints) average noise away faster than they lag (README "Checkpoint
-# averaging (SWA)"; swa.average --choose_window_on picks the window).
+# checkpoints) average noise away faster than they lag (docs/training.md
+# "Checkpoint averaging (SWA)"; swa.average --choose_window_on picks the window).
 _TINY_RUN = {"batch_size": 32, "base_learning_rate": 2e-3, "max_steps": 200,
              "save_checkpoint_steps": 50, "log_steps": 50, "swa_tail_steps": 200,
              "swa_save_steps": 10}
@@ -93,8 +93,8 @@ _DBOF_SCHEDULE = Schedule(batch_size=80, learning_rate_decay=0.9, max_steps=8000
                           swa_tail_steps=40000, swa_save_steps=2500)
 
 
-# The tiny sizes were chosen by a sweep (bench/sweep_tiny_sizes.py, README
-# "Quick start") so that on the quick start's data every member ends within
+# The tiny sizes were chosen by a sweep (bench/sweep_tiny_sizes.py,
+# docs/sweep.md) so that on the quick start's data every member ends within
 # 0.05 validation GAP of the best: at hidden 32 the Soft-DBoF and GRU members
 # reached only 0.33-0.40 against the NetVLAD family's 0.50-0.57.
 def _netvlad(name: str, class_name: str, description: str, tiny_hidden: int = 32) -> Preset:

@@ -19,7 +19,7 @@ TEST_PATTERN=${TEST_PATTERN:-$DATA_DIR/test*.tfrecord}
 WORK_DIR=${WORK_DIR:-$HOME/yt8m_work}
 PYTHON=${PYTHON:-python}
 MODELS=${MODELS:-$("$PYTHON" -m models.presets)}   # the six presets (models/presets.py)
-# Checkpoint averaging (README "Checkpoint averaging (SWA)"): each
+# Checkpoint averaging (docs/training.md "Checkpoint averaging (SWA)"): each
 # preset's schedule ends with an averaging tail at a constant rate, with
 # frequent checkpoints; SWA_TAIL_STEPS, SWA_LR and SWA_SAVE_STEPS override it.
 # SWA_LAST_N=auto chooses each model's window on the fitting validation files

@@ -25,7 +25,7 @@ fi
 SWA_BN=recompute SWA_RECOMPUTE_BATCHES=20 SWA_WINDOWS=${SWA_WINDOWS:-1,2,4} FIT_FILES=2 \
   TINY=1 DATA_DIR="$data/frame" WORK_DIR="$WORK_DIR" NUM_CLASSES="$NUM_CLASSES" \
   SUBMISSION="$WORK_DIR/submission.csv" run_scripts/pipeline.sh
-# 2019 segment-rated data (README "2019 segment-rated data"): the same
+# 2019 segment-rated data (docs/segments.md): the same
 # prototypes rated on 5-frame segments; one model's Segment_MAP and the
 # ensemble's 2019 submission (Class,Segments), checked.
 seg="$WORK_DIR/segment_data"

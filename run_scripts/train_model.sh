@@ -7,7 +7,7 @@
 # (models/presets.py); extra flags override them. TRAIN_MODULE (default
 # training.train) is the Python entry point (distillation.sh: distillation.train).
 # MATMUL_DTYPE=bfloat16 trains with bfloat16 weight products (mixed precision,
-# float32 variables and checkpoints; README "Training throughput").
+# float32 variables and checkpoints; docs/benchmarks.md "Training throughput").
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 model=$1

@@ -151,7 +151,7 @@ def native_bfloat16() -> bool:
 
 
 # The default: the fastest mode that keeps GAP@20 within 0.001 of float32
-# (bench/bench_bf16_compute.py, README "bfloat16 at inference"): bfloat16
+# (bench/bench_bf16_compute.py, docs/benchmarks.md "bfloat16 at inference"): bfloat16
 # compute where the GPU or CPU multiplies bf16 natively, else cast_at_load.
 # The mode is fixed in the exported graph, so build on the kind of machine
 # that runs the inference (or pass --bf16_compute).
