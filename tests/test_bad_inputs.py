@@ -3,7 +3,7 @@ naming the flag or file, exit 2, no traceback and no partial output (no output
 dir or file, no temporary sibling); or, where the input is legal (over 300
 frames, zero frames, bf16 members), the stage works.
 
-One test per row of the README table "Bad inputs".
+One test per case of docs/reliability.md whose test column names this file.
 """
 from __future__ import annotations
 

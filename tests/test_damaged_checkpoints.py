@@ -1,7 +1,7 @@
 """Damaged model dirs: every kind of damage to a checkpoint, given to each main
 stage (eval, SWA, bf16 conversion, ensemble build, inference on an ensemble
 dir, resumed training), ends with one line that names the damaged file and
-says what is wrong with it (README "Bad input, crashes and determinism").
+says what is wrong with it (docs/reliability.md).
 
 In-process: each test copies a dir of the session's `tiny_models` and damages
 the copy; three CLI runs check the whole path to stderr.

@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM (README "Bad input, crashes and determinism").
+"""SIGINT and SIGTERM (docs/reliability.md).
 
 Training saves a checkpoint at the step it was at and exits 128 + the signal
 number with one line saying where the checkpoint is; the same command resumes

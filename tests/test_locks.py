@@ -1,4 +1,4 @@
-"""One writer per output (training.locks; README "Bad input, crashes and determinism").
+"""One writer per output (training.locks; docs/reliability.md).
 
 A second writer of a train dir or of any stage's output that a live process
 is writing is refused in one line naming the output and the holder's pid; a

@@ -1,4 +1,4 @@
-"""Non-finite weights never travel (issue 23, first item; README "Bad input").
+"""Non-finite weights never travel (issue 23, first item; docs/reliability.md).
 
 The trainer checks every variable a checkpoint saves before each save
 (training.train_dir.check_finite) and the loss on every step; every stage

@@ -1,6 +1,6 @@
 """Every path flag of every entry point, given a path that cannot be read or
 written, ends with exit 2 and one line naming the flag and the path, before
-any work, and leaves nothing behind (training.paths; README "Bad input")."""
+any work, and leaves nothing behind (training.paths; docs/reliability.md, case 20)."""
 from __future__ import annotations
 
 import os

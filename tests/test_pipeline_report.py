@@ -18,7 +18,7 @@ from ensemble.check_submission import check_submission
 from training import synthetic
 
 PIPELINE = REPO_ROOT / "run_scripts" / "pipeline.sh"
-# Three members of comparable strength at their tiny sizes (README "Quick start").
+# Three members of comparable strength at their tiny sizes (docs/quickstart.md).
 MODELS = "nonlocal-earlyNetVLADModel Soft-DBoF-8k GRUModel"
 NUM_CLASSES = 200
 FIT, HELDOUT = ["validate00.tfrecord"], ["validate01.tfrecord", "validate02.tfrecord"]
