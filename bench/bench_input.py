@@ -30,6 +30,7 @@ the benchmark measures the parsing and batching work, not the disk.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import statistics
 import tempfile
@@ -40,11 +41,12 @@ import numpy as np
 
 from models.tf_compat import tf
 from training import model_builder, readers, synthetic, train_graph
+from training.train_config import TrainConfig
 
 NUM_FRAMES = 300
-TRAIN_CONFIG = {"base_learning_rate": 2e-4, "learning_rate_decay": 0.8,
-                "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
-                "clip_gradient_norm": 1.0}
+TRAIN_CONFIG = TrainConfig(base_learning_rate=2e-4, learning_rate_decay=0.8,
+                           learning_rate_decay_examples=4e6, regularization_penalty=1.0,
+                           clip_gradient_norm=1.0)
 
 
 def model_flags_of(name: str) -> Dict:
@@ -56,7 +58,7 @@ def reader_batch(pattern: str, batch_size: int, num_readers: int, shuffle_buffer
     """The training input exactly as training.train.train builds it
     (training.train_graph.make_train_batch)."""
     reader = readers.get_reader(True, "rgb,audio", "1024,128", 3862)
-    config = {"num_epochs": 0, "num_readers": num_readers, "shuffle_buffer": shuffle_buffer}
+    config = TrainConfig(num_epochs=0, num_readers=num_readers, shuffle_buffer=shuffle_buffer)
     return train_graph.make_train_batch(reader, pattern, config, batch_size, seed=2018)
 
 
@@ -95,8 +97,9 @@ def memory_session(name: str, batch: Dict[str, np.ndarray], batch_size: int):
         tensors = {key: tf.Variable(value, trainable=False, name=f"bench_{key}",
                                     collections=[tf.GraphKeys.LOCAL_VARIABLES])
                    for key, value in batch.items()}
-        ops = train_graph.build_train_graph(model_flags_of(name), tensors, ["/cpu:0"],
-                                      {**TRAIN_CONFIG, "batch_size": batch_size})
+        ops = train_graph.build_train_graph(
+            model_flags_of(name), tensors, ["/cpu:0"],
+            dataclasses.replace(TRAIN_CONFIG, batch_size=batch_size))
         init = [tf.global_variables_initializer(), tf.local_variables_initializer()]
         graph.finalize()
     sess = tf.Session(graph=graph, config=train_graph.session_config(["/cpu:0"]))
@@ -109,8 +112,9 @@ def bench_model(name: str, pattern: str, memory_batch: Dict, args) -> Dict:
     with graph_reader.as_default():
         tf.set_random_seed(2018)
         batch = reader_batch(pattern, args.batch_size, args.num_readers, args.shuffle_buffer)
-        ops = train_graph.build_train_graph(model_flags_of(name), batch, ["/cpu:0"],
-                                      {**TRAIN_CONFIG, "batch_size": args.batch_size})
+        ops = train_graph.build_train_graph(
+            model_flags_of(name), batch, ["/cpu:0"],
+            dataclasses.replace(TRAIN_CONFIG, batch_size=args.batch_size))
         init = tf.global_variables_initializer()
         graph_reader.finalize()
     fed = tf.Session(graph=graph_reader, config=train_graph.session_config(["/cpu:0"]))

@@ -30,6 +30,7 @@ from swa import average as swa
 from training import checkpoints, model_builder, synthetic, train, train_graph
 from training import eval as evaluation
 from training import train_dir as train_dirs
+from training.train_config import TrainConfig
 
 NUM_CLASSES = 200
 # The quick start's sizes and schedule (run_scripts/pipeline.sh, TINY=1: the
@@ -54,16 +55,16 @@ def train_and_evaluate(model: str, matmul_dtype: str, data: str, work_dir: str,
     model_flags = model_builder.make_model_flags(
         model, "rgb,audio", "1024,128", True, NUM_CLASSES, "CrossEntropyLoss",
         preset.hparams_for(SIZE))
-    config = {"batch_size": schedule.batch_size,
-              "base_learning_rate": schedule.base_learning_rate,
-              "learning_rate_decay": schedule.learning_rate_decay,
-              "learning_rate_decay_examples": schedule.learning_rate_decay_examples,
-              "regularization_penalty": 1.0,
-              "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": steps,
-              "save_checkpoint_steps": steps, "max_to_keep": 1,
-              "keep_checkpoint_every_n_hours": 10000.0, "num_gpu": 1, "cpu_towers": 1,
-              "num_readers": 4, "shuffle_buffer": 512, "seed": seed, "summary_steps": 100,
-              "log_steps": steps, "matmul_dtype": matmul_dtype}
+    config = TrainConfig(batch_size=schedule.batch_size,
+                         base_learning_rate=schedule.base_learning_rate,
+                         learning_rate_decay=schedule.learning_rate_decay,
+                         learning_rate_decay_examples=schedule.learning_rate_decay_examples,
+                         regularization_penalty=1.0,
+                         clip_gradient_norm=1.0, num_epochs=0, max_steps=steps,
+                         save_checkpoint_steps=steps, max_to_keep=1,
+                         keep_checkpoint_every_n_hours=10000.0, num_gpu=1, cpu_towers=1,
+                         num_readers=4, shuffle_buffer=512, seed=seed, summary_steps=100,
+                         log_steps=steps, matmul_dtype=matmul_dtype)
     run = f"{model}-{matmul_dtype}-seed{seed}"
     train_dir = os.path.join(work_dir, "train", run)
     train_pattern = os.path.join(data, "train*.tfrecord")

@@ -20,14 +20,15 @@ import numpy as np
 from ensemble import segment_submission
 from training import model_builder, predict, synthetic, synthetic_segments, train
 from training import train_dir as train_dirs
+from training.train_config import TrainConfig
 
-CONFIG = {"batch_size": 8, "base_learning_rate": 0.01, "learning_rate_decay": 0.9,
-          "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
-          "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 5,
-          "save_checkpoint_steps": 1000, "max_to_keep": 2,
-          "keep_checkpoint_every_n_hours": 1.0, "num_gpu": 1, "cpu_towers": 1,
-          "num_readers": 1, "shuffle_buffer": 16, "seed": 1, "summary_steps": 1000,
-          "log_steps": 1000}
+CONFIG = TrainConfig(batch_size=8, base_learning_rate=0.01, learning_rate_decay=0.9,
+                     learning_rate_decay_examples=4e6, regularization_penalty=1.0,
+                     clip_gradient_norm=1.0, num_epochs=0, max_steps=5,
+                     save_checkpoint_steps=1000, max_to_keep=2,
+                     keep_checkpoint_every_n_hours=1.0, num_gpu=1, cpu_towers=1,
+                     num_readers=1, shuffle_buffer=16, seed=1, summary_steps=1000,
+                     log_steps=1000)
 
 
 def main() -> None:

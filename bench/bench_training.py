@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import statistics
 import time
 from typing import Dict, List, Optional
@@ -67,14 +68,15 @@ from models.presets import PRESET_NAMES
 from models.tf_compat import tf
 from training import checkpoints, model_builder, train_graph
 from training import train_dir as train_dirs
+from training.train_config import TrainConfig
 
 NUM_FRAMES = 300
 FEATURE_SIZES = (1024, 128)
 NUM_CLASSES = 3862
 MATMUL_OPS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
-TRAIN_CONFIG = {"base_learning_rate": 2e-4, "learning_rate_decay": 0.8,
-                "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
-                "clip_gradient_norm": 1.0}
+TRAIN_CONFIG = TrainConfig(base_learning_rate=2e-4, learning_rate_decay=0.8,
+                           learning_rate_decay_examples=4e6, regularization_penalty=1.0,
+                           clip_gradient_norm=1.0)
 
 
 # ---------------------------------------------------------------------------
@@ -281,7 +283,7 @@ class UpdateAlone:
                                    collections=[tf.GraphKeys.LOCAL_VARIABLES])
                 pairs.append((grad.read_value(), variable))
             self.update = tf.train.AdamOptimizer(1e-4).apply_gradients(
-                train_graph.clip_per_variable(pairs, TRAIN_CONFIG["clip_gradient_norm"]))
+                train_graph.clip_per_variable(pairs, TRAIN_CONFIG.clip_gradient_norm))
             init = [tf.global_variables_initializer(), tf.local_variables_initializer()]
             probe.finalize()
         self.sess = tf.Session(graph=probe, config=config)
@@ -315,7 +317,7 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
         batch = in_memory_batch(batch_size)
         ops = train_graph.build_train_graph(
             model_flags_of(name), batch, ["/cpu:0"],
-            {**TRAIN_CONFIG, "batch_size": batch_size, "matmul_dtype": matmul_dtype})
+            dataclasses.replace(TRAIN_CONFIG, batch_size=batch_size, matmul_dtype=matmul_dtype))
         flops = count_matmul_flops(graph, NUM_FRAMES)
         init = [tf.global_variables_initializer(), tf.local_variables_initializer()]
         graph.finalize()
@@ -381,8 +383,9 @@ def bench_finite_check(name: str, batch_size: int, steps: int, warmup: int,
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(2018)
+        run_config = dataclasses.replace(TRAIN_CONFIG, batch_size=batch_size)
         ops = train_graph.build_train_graph(model_flags_of(name), in_memory_batch(batch_size),
-                                            ["/cpu:0"], {**TRAIN_CONFIG, "batch_size": batch_size})
+                                            ["/cpu:0"], run_config)
         saved = tf.global_variables()
         checks = {"all": train_dirs.finite_check(saved),
                   "model": train_dirs.finite_check(

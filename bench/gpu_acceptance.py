@@ -25,6 +25,7 @@ On a machine with N >= 1 visible GPUs (CUDA_VISIBLE_DEVICES applies) it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -45,6 +46,7 @@ from models.tf_compat import tf
 from swa import average
 from training import model_builder, precision, synthetic, train, train_graph
 from training import train_dir as train_dirs
+from training.train_config import TrainConfig
 
 RATE_LINE = re.compile(r"\| +([\d.]+) examples/sec")
 DTYPES = ("float32", "bfloat16")
@@ -79,28 +81,28 @@ def model_flags_of(name: str, run: Dict) -> Dict:
                                           "CrossEntropyLoss", size=run["size"])
 
 
-def config_of(name: str, run: Dict, dtype: str, towers: int, steps: int) -> Dict:
+def config_of(name: str, run: Dict, dtype: str, towers: int, steps: int) -> TrainConfig:
     schedule = presets.get(name).schedule_for(run["size"])
-    return {"batch_size": schedule.batch_size, "base_learning_rate": 2e-4,
-            "learning_rate_decay": schedule.learning_rate_decay,
-            "learning_rate_decay_examples": schedule.learning_rate_decay_examples,
-            "regularization_penalty": 1.0, "clip_gradient_norm": 1.0, "num_epochs": 0,
-            "max_steps": steps, "save_checkpoint_steps": 1, "max_to_keep": 5,
-            "keep_checkpoint_every_n_hours": 10000.0, "num_gpu": towers,
-            "cpu_towers": towers, "num_readers": 2, "shuffle_buffer": 16, "seed": 1,
-            "summary_steps": 10 ** 6, "log_steps": 1, "matmul_dtype": dtype}
+    return TrainConfig(batch_size=schedule.batch_size, base_learning_rate=2e-4,
+                       learning_rate_decay=schedule.learning_rate_decay,
+                       learning_rate_decay_examples=schedule.learning_rate_decay_examples,
+                       regularization_penalty=1.0, clip_gradient_norm=1.0, num_epochs=0,
+                       max_steps=steps, save_checkpoint_steps=1, max_to_keep=5,
+                       keep_checkpoint_every_n_hours=10000.0, num_gpu=towers,
+                       cpu_towers=towers, num_readers=2, shuffle_buffer=16, seed=1,
+                       summary_steps=10 ** 6, log_steps=1, matmul_dtype=dtype)
 
 
-def gflop_per_example(model_flags: Dict, config: Dict) -> float:
+def gflop_per_example(model_flags: Dict, config: TrainConfig) -> float:
     """Matmul FLOPs of one training step (forward and backward) per example."""
     graph = tf.Graph()
     with graph.as_default():
-        batch = {"features": tf.zeros([config["batch_size"], 300, 1152]),
-                 "num_frames": tf.fill([config["batch_size"]], 300),
-                 "labels": tf.zeros([config["batch_size"], int(model_flags["num_classes"])])}
+        batch = {"features": tf.zeros([config.batch_size, 300, 1152]),
+                 "num_frames": tf.fill([config.batch_size], 300),
+                 "labels": tf.zeros([config.batch_size, int(model_flags["num_classes"])])}
         train_graph.build_train_graph(model_flags, batch, ["/cpu:0"], config)
     counts = count_matmul_flops(graph, loop_iterations=300)
-    return (counts["forward"] + counts["backward"]) / config["batch_size"] / 1e9
+    return (counts["forward"] + counts["backward"]) / config.batch_size / 1e9
 
 
 def peak_gpu_mib(reset: bool = False):
@@ -161,7 +163,8 @@ def throughput(run: Dict, steps: int, matmul: Dict[str, float]) -> List[Dict]:
     return rows
 
 
-def one_step(model_flags: Dict, devices: List[str], batch: Dict, config: Dict, values=None):
+def one_step(model_flags: Dict, devices: List[str], batch: Dict, config: TrainConfig,
+             values=None):
     """(model variables before, loss, after) of one training step on a fixed
     batch; values: the initial model variables to load (another run's)."""
     graph = tf.Graph()
@@ -205,12 +208,12 @@ def correctness(run: Dict) -> Dict:
     towers = len(devices) if len(devices) > 1 else 1
     flags = model_builder.make_model_flags("FrameMeanMoeModel", "rgb,audio", "1024,128", True,
                                            run["classes"], "CrossEntropyLoss")
-    config = config_of("GRUModel", run, "float32", towers, 1)
-    config["batch_size"] = 4
+    config = dataclasses.replace(config_of("GRUModel", run, "float32", towers, 1), batch_size=4)
     batch = fixed_batch(4 * towers, run["classes"])
     result = {"towers": towers, "devices": devices}
     if towers > 1:
-        one = one_step(flags, devices[:1], batch, {**config, "batch_size": 4 * towers})
+        one = one_step(flags, devices[:1], batch,
+                       dataclasses.replace(config, batch_size=4 * towers))
         many = one_step(flags, devices, batch, config, values=one[0])
         result["towers_loss"] = [one[1], many[1]]
         result["towers_mismatch"] = mismatch(one[2], many[2])

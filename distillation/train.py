@@ -33,6 +33,7 @@ from training import flags as shared_flags
 from training import train as trainer
 from training import train_dir as train_dirs
 from training.errors import UserError, run_main
+from training.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
 
@@ -156,7 +157,7 @@ def warm_start_from(path: str, log: Callable[[str], None] = print
 
 
 def distill(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
-            config: Dict[str, Any], distill_prob: float = 0.5, normalization: str = "none",
+            config: TrainConfig, distill_prob: float = 0.5, normalization: str = "none",
             num_members: Optional[int] = None, warm_start_checkpoint: str = "",
             log: Callable[[str], None] = print) -> Dict[str, Any]:
     """training.train.train with the distillation reader and loss."""

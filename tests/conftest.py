@@ -12,6 +12,7 @@ import pytest
 from models import presets
 from models.tf_compat import tf
 from training import readers
+from training.train_config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CLASSES = 10
@@ -50,8 +51,8 @@ DBOF_FLAGS = ["--model=Soft-DBoF-4k", *size_flags("Soft-DBoF-4k", TEST_SIZE)]
 GRU_FLAGS = ["--model=GRUModel", *size_flags("GRUModel", TEST_SIZE)]
 
 
-def train_config(**overrides) -> dict:
-    """The trainer's config dict (training.train.config_from_flags) for tiny runs."""
+def train_config(**overrides) -> TrainConfig:
+    """The trainer's config (training.train.config_from_flags) for tiny runs."""
     config = {"batch_size": 8, "base_learning_rate": 0.01, "learning_rate_decay": 0.9,
               "learning_rate_decay_examples": 4e6, "regularization_penalty": 1.0,
               "clip_gradient_norm": 1.0, "num_epochs": 0, "max_steps": 40,
@@ -60,7 +61,7 @@ def train_config(**overrides) -> dict:
               "num_readers": 2, "shuffle_buffer": 64, "seed": 3, "summary_steps": 10,
               "log_steps": 10}
     config.update(overrides)
-    return config
+    return TrainConfig(**config)
 
 
 # Runs that neither save nor log on the way (only at the end).

@@ -2,6 +2,7 @@
 after a (tiny) main pipeline: teacher records -> distilled student -> stacking weights."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -38,7 +39,7 @@ def test_scripts_after_the_pipeline(tiny_data, tmp_path):
         train_dir = str(work / "train" / name)
         train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
         trainer.train(flags, train_dir, str(tiny_data / "frame" / "train*.tfrecord"),
-                      {**config, "max_steps": steps}, log=lambda _: None)
+                      dataclasses.replace(config, max_steps=steps), log=lambda _: None)
         convert.convert_checkpoint(train_dir, str(work / "ensemble_models" / f"{name}-bfloat16"),
                                    log=None)
     env = {"DATA_DIR": str(tiny_data / "frame"), "WORK_DIR": str(work),

@@ -1,6 +1,7 @@
 """prediction2tfrecord.write: teacher records from a CSV or a model dir."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -181,7 +182,7 @@ def teacher_model(tiny_data, tmp_path_factory):
         directory = str(root / name)
         train_dirs.prepare_train_dir(directory, flags, start_new=False)
         trainer.train(flags, directory, str(tiny_data / "frame" / "train*.tfrecord"),
-                      {**config, "max_steps": steps}, log=lambda _: None)
+                      dataclasses.replace(config, max_steps=steps), log=lambda _: None)
         dirs.append(directory)
     ensemble_dir = str(root / "ensemble")
     build.build_and_export(dirs, [0.25, 0.75], ensemble_dir, tile_num=1, log=None)

@@ -70,7 +70,7 @@ configs = {}
 for name, args in json.loads(sys.stdin.read()).items():
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["training.train", *args])
-    configs[name] = train.config_from_flags()
+    configs[name] = train.config_from_flags().to_json()
 print(json.dumps(configs))
 """
 

@@ -1,6 +1,7 @@
 """stacking.fit: the weight optimiser and an end-to-end fit through real model dirs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -74,8 +75,8 @@ def test_end_to_end_through_model_dirs(tiny_data, tmp_path):
     good, noise = str(tmp_path / "good"), str(tmp_path / "noise")
     for directory, steps, seed in ((good, 80, 3), (noise, 0, 11)):  # noise: random init
         train_dirs.prepare_train_dir(directory, flags, start_new=False)
-        trainer.train(flags, directory, pattern, {**config, "max_steps": steps, "seed": seed},
-                      log=lambda _: None)
+        trainer.train(flags, directory, pattern,
+                      dataclasses.replace(config, max_steps=steps, seed=seed), log=lambda _: None)
     good_bf16 = str(tmp_path / "good-bfloat16")
     convert.convert_checkpoint(good, good_bf16, log=None)
 

@@ -21,6 +21,7 @@ from training import model_builder, readers, train_graph
 from training import train_dir as train_dir_files
 from training.errors import Interrupted, UserError, interrupt_pending, interrupts_deferred
 from training.progress import Progress
+from training.train_config import TrainConfig
 
 
 def cluster_from_env() -> Optional[Dict[str, Any]]:
@@ -79,26 +80,25 @@ def _worker_files(cluster_info: Dict[str, Any], data_pattern: str):
     return shard, len(workers), files
 
 
-def _worker_graph(model_flags, config, cluster, task: str, shard: int, files):
+def _worker_graph(model_flags, config: TrainConfig, cluster, task: str, shard: int, files):
     """(graph, ops, saver): the training graph with variables on the parameter servers."""
     graph = tf.Graph()
     with graph.as_default():
-        tf.set_random_seed(config["seed"] + shard)
+        tf.set_random_seed(config.seed + shard)
         with tf.device(f"{task}/cpu:0"):
             batch = train_graph.make_train_batch(
                 model_builder.make_reader(model_flags), ",".join(files), config,
-                config["batch_size"], config["seed"] + shard)
+                config.batch_size, config.seed + shard)
         setter = tf.train.replica_device_setter(worker_device=task, cluster=cluster)
         with tf.device(setter):
             ops = train_graph.build_train_graph(model_flags, batch, [None], config)
-            saver = tf.train.Saver(max_to_keep=config["max_to_keep"],
-                                   keep_checkpoint_every_n_hours=config[
-                                       "keep_checkpoint_every_n_hours"])
+            saver = tf.train.Saver(max_to_keep=config.max_to_keep,
+                                   keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours)
     return graph, ops, saver
 
 
-def _worker_session(chief: bool, server, train_dir: str, config, saver, task: str):
-    hooks = [tf.train.StopAtStepHook(last_step=config["max_steps"])] if config["max_steps"] else []
+def _worker_session(chief: bool, server, train_dir: str, config: TrainConfig, saver, task: str):
+    hooks = [tf.train.StopAtStepHook(last_step=config.max_steps)] if config.max_steps else []
     scaffold = tf.train.Scaffold(saver=saver)
     # Talk only to the parameter servers and this task, so a worker does not
     # wait for (or hang on) the other workers.
@@ -107,7 +107,7 @@ def _worker_session(chief: bool, server, train_dir: str, config, saver, task: st
     if chief:
         return tf.train.MonitoredTrainingSession(
             master=server.target, is_chief=True, checkpoint_dir=train_dir,
-            scaffold=scaffold, hooks=hooks, save_checkpoint_steps=config["save_checkpoint_steps"],
+            scaffold=scaffold, hooks=hooks, save_checkpoint_steps=config.save_checkpoint_steps,
             save_checkpoint_secs=None, save_summaries_steps=None,
             save_summaries_secs=None, log_step_count_steps=None, config=session_config)
     return tf.train.MonitoredSession(
@@ -126,7 +126,7 @@ def _serve(task_index: int) -> None:
 
 
 def train_distributed(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
-                      config: Dict[str, Any], cluster_info: Dict[str, Any],
+                      config: TrainConfig, cluster_info: Dict[str, Any],
                       log: Callable[[str], None] = print) -> Optional[Dict[str, Any]]:
     """One task of a TF_CONFIG cluster (module docstring). A parameter server
     serves until killed; a worker trains and returns {"global_step", "loss"}."""
@@ -155,14 +155,14 @@ def train_distributed(model_flags: Dict[str, Any], train_dir: str, data_pattern:
         # A SIGINT/SIGTERM ends the loop after its step; the session closes
         # normally (the chief's saver hook saves the last step), then it is raised.
         with interrupts_deferred(), graph.as_default(), session as sess:
-            progress = Progress("examples", config["max_steps"],
-                                units_per_count=config["batch_size"])
+            progress = Progress("examples", config.max_steps,
+                                units_per_count=config.batch_size)
             while not sess.should_stop() and not interrupt_pending():
                 try:
                     step, loss_value = sess.run([ops["train_op"], ops["loss"]])
                 except tf.errors.OutOfRangeError:
                     break
-                if step % config["log_steps"] == 0:
+                if step % config.log_steps == 0:
                     log(progress.line(int(step), f"step {int(step):>7d} | loss {loss_value:9.3f}"))
     except Interrupted as interrupt:
         if chief:

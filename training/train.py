@@ -15,7 +15,6 @@ schedule flag left unset; --size=tiny|test shrinks the model and the run.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Callable, Dict, Optional
 
@@ -32,6 +31,7 @@ from training import (
     model_builder,
     paths,
     readers,
+    train_config,
     train_graph,
 )
 from training import flags as shared_flags
@@ -45,15 +45,12 @@ from training.errors import (
     run_main,
 )
 from training.progress import Progress
+from training.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
 
-SCHEDULE_KEYS = tuple(field.name for field in dataclasses.fields(presets.Schedule))
-CONFIG_KEYS = SCHEDULE_KEYS + (
-    "regularization_penalty", "clip_gradient_norm", "num_epochs", "max_to_keep",
-    "keep_checkpoint_every_n_hours", "num_gpu", "cpu_towers", "num_readers",
-    "shuffle_buffer", "seed", "summary_steps", "skip_corrupt_records", "matmul_dtype",
-    "compression")
+SCHEDULE_KEYS = train_config.SCHEDULE_KEYS
+CONFIG_KEYS = train_config.CONFIG_KEYS
 
 
 def _define_schedule_flags() -> None:
@@ -128,19 +125,19 @@ def scalar_summary(writer, step: int, values: Dict[str, float]) -> None:
     writer.add_summary(summary, step)
 
 
-def _build(model_flags, data_pattern: str, config: Dict[str, Any], devices, label_loss_fn,
+def _build(model_flags, data_pattern: str, config: TrainConfig, devices, label_loss_fn,
            reader):
     """(graph, ops, saver, init) of a local training run, the graph finalised."""
     graph = tf.Graph()
     with graph.as_default():
-        tf.set_random_seed(config["seed"])
+        tf.set_random_seed(config.seed)
         batch = train_graph.make_train_batch(reader, data_pattern, config,
-                                             config["batch_size"] * len(devices), config["seed"])
+                                             config.batch_size * len(devices), config.seed)
         ops = train_graph.build_train_graph(model_flags, batch, devices, config, label_loss_fn)
         # Every checkpoint of the averaging tail is kept for swa.average.
-        keep = max(config["max_to_keep"], train_graph.tail_checkpoints(config) + 1)
+        keep = max(config.max_to_keep, train_graph.tail_checkpoints(config) + 1)
         saver = tf.train.Saver(max_to_keep=keep,
-                               keep_checkpoint_every_n_hours=config["keep_checkpoint_every_n_hours"])
+                               keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours)
         init = tf.global_variables_initializer()
         ops["finite_check"] = train_dirs.finite_check(tf.global_variables())
         graph.finalize()
@@ -168,9 +165,10 @@ def _restore_or_init(sess, saver, init, train_dir: str, warm_start, log) -> Opti
     return None
 
 
-def _train_step(sess, ops, step: int, config, writer, progress, train_dir: str, log) -> tuple:
+def _train_step(sess, ops, step: int, config: TrainConfig, writer, progress,
+                train_dir: str, log) -> tuple:
     """One step, its summaries and progress line; -> (step, loss)."""
-    want_metrics = (step + 1) % config["summary_steps"] == 0
+    want_metrics = (step + 1) % config.summary_steps == 0
     fetches = [ops["train_op"], ops["loss"], ops["learning_rate"]]
     if want_metrics:
         fetches += [ops["predictions"], ops["labels"]]
@@ -178,7 +176,7 @@ def _train_step(sess, ops, step: int, config, writer, progress, train_dir: str, 
     step, loss_value, learning_rate = int(results[0]), float(results[1]), results[2]
     if not np.isfinite(loss_value):
         raise train_dirs.non_finite_error(train_dir, step, f"the loss is {loss_value}")
-    if want_metrics or step % config["log_steps"] == 0:
+    if want_metrics or step % config.log_steps == 0:
         rate = progress.rate(step)
         extra = ""
         if want_metrics:
@@ -188,13 +186,13 @@ def _train_step(sess, ops, step: int, config, writer, progress, train_dir: str, 
                 "loss": loss_value, "learning_rate": learning_rate,
                 "hit_at_one": batch_hit, "gap": batch_gap, "examples_per_sec": rate})
             extra = f" | hit@1 {batch_hit:.3f} | gap {batch_gap:.3f}"
-        if step % config["log_steps"] == 0:
+        if step % config.log_steps == 0:
             log(progress.line(step, f"step {step:>7d} | loss {loss_value:9.3f}", rate, extra))
     return step, loss_value
 
 
-def _loop(sess, ops, saver, config, writer, train_dir: str, data_pattern: str, start: int,
-          saved: Optional[int], examples_per_step: int, log) -> tuple:
+def _loop(sess, ops, saver, config: TrainConfig, writer, train_dir: str, data_pattern: str,
+          start: int, saved: Optional[int], examples_per_step: int, log) -> tuple:
     """Steps until --max_steps and the averaging tail, or the end of the data;
     -> (step, loss, last saved step)."""
     max_steps = train_graph.last_step(config)
@@ -212,26 +210,24 @@ def _loop(sess, ops, saver, config, writer, train_dir: str, data_pattern: str, s
             raise UserError(f"--train_data_pattern={data_pattern}: the files hold no full "
                             f"batch of {examples_per_step} records (--batch_size); nothing to "
                             f"train on") from None
-        log(f"reached the end of the data ({config['num_epochs']} epochs) at step {step}")
+        log(f"reached the end of the data ({config.num_epochs} epochs) at step {step}")
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-        described = readers.describe_data_error(err, data_pattern,
-                                                config.get("compression", "auto"))
+        described = readers.describe_data_error(err, data_pattern, config.compression)
         raise UserError(f"--train_data_pattern: {described}") from None
     return step, loss_value, saved
 
 
 def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
-          config: Dict[str, Any], label_loss_fn=None, reader=None,
+          config: TrainConfig, label_loss_fn=None, reader=None,
           warm_start: Optional[Callable[[tf.Session], None]] = None,
           log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Runs the training loop; returns {"global_step", "loss"} at the end.
 
-    config: the CONFIG_KEYS (matmul_dtype, skip_corrupt_records and compression
-    optional).
+    config: the run's TrainConfig (config_from_flags).
     label_loss_fn, reader: distillation's loss and reader; warm_start(sess)
     initialises a fresh run's model variables.
     """
-    devices = train_graph.tower_devices(config["num_gpu"], config["cpu_towers"])
+    devices = train_graph.tower_devices(config.num_gpu, config.cpu_towers)
     reader = reader or model_builder.make_reader(model_flags)
     graph, ops, saver, init = _build(model_flags, data_pattern, config, devices,
                                      label_loss_fn, reader)
@@ -239,10 +235,10 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
         latest = _restore_or_init(sess, saver, init, train_dir, warm_start, log)
         start = int(sess.run(ops["global_step"]))
         writer = tf.summary.FileWriter(train_dir, graph if not latest else None)
-        matmul_dtype = config.get("matmul_dtype", train_graph.FLOAT32)
+        matmul_dtype = config.matmul_dtype
         log(f"training {model_flags['model']} on {len(devices)} tower(s) {devices} "
             f"from step {start}" + (f" to {train_graph.last_step(config)}"
-                                    if config["max_steps"] else "")
+                                    if config.max_steps else "")
             + f", {matmul_dtype} matmuls")
         if matmul_dtype == train_graph.BFLOAT16 and not train_graph.native_bfloat16(devices):
             log("note: this CPU has no native bfloat16 matmul (AVX512-BF16 or AMX); "
@@ -253,7 +249,7 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
             with interrupts_deferred():
                 step, loss_value, saved = _loop(sess, ops, saver, config, writer, train_dir,
                                                 data_pattern, start, start if latest else None,
-                                                config["batch_size"] * len(devices), log)
+                                                config.batch_size * len(devices), log)
                 if readers.skipped_files_summary():
                     log(readers.skipped_files_summary())
                 if saved != step:
@@ -269,24 +265,27 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
 # Command line
 
 
-def config_from_flags() -> Dict[str, Any]:
+def config_from_flags() -> TrainConfig:
     """The run's config: flags, with the unset schedule flags taken from the
-    preset's schedule at --size (or the generic schedule for a class name)."""
+    preset's schedule at --size (or the generic schedule for a class name);
+    a non-positive count or an unknown --matmul_dtype is a UserError."""
     preset = presets.find(FLAGS.model)
     schedule = (preset.schedule_for(FLAGS.size) if preset else
                 presets.schedule_for(presets.DEFAULT_SCHEDULE, FLAGS.size))
-    config = {key: FLAGS[key].value for key in CONFIG_KEYS}
+    values: Dict[str, Any] = {key: FLAGS[key].value for key in CONFIG_KEYS}
     for key in SCHEDULE_KEYS:
-        if config[key] is None:
-            config[key] = getattr(schedule, key)
+        if values[key] is None:
+            values[key] = getattr(schedule, key)
     if FLAGS.max_steps is not None and FLAGS.swa_tail_steps is None:
         # A preset's averaging tail is sized for its own --max_steps.
-        config["swa_tail_steps"] = 0
-    train_graph.check_matmul_dtype(config["matmul_dtype"])
+        values["swa_tail_steps"] = 0
+    config = TrainConfig(**values)
+    train_graph.check_matmul_dtype(config.matmul_dtype)
     for key in ("batch_size", "save_checkpoint_steps", "summary_steps", "log_steps",
                 "swa_save_steps"):
-        if config[key] is not None and config[key] <= 0:
-            raise UserError(f"--{key} must be positive, got {config[key]}")
+        value = getattr(config, key)
+        if value is not None and value <= 0:
+            raise UserError(f"--{key} must be positive, got {value}")
     train_graph.tail_steps(config)
     return config
 

@@ -20,6 +20,7 @@ from models import layers
 from models.tf_compat import tf
 from training import losses, model_builder, precision, readers
 from training.errors import UserError
+from training.train_config import TrainConfig
 
 FLOAT32 = "float32"
 BFLOAT16 = "bfloat16"
@@ -66,73 +67,75 @@ def clip_per_variable(grads_and_vars: List[tuple], max_norm: float) -> List[tupl
     return clipped
 
 
-def make_train_batch(reader, data_pattern: str, config: Dict[str, Any], batch_size: int,
+def make_train_batch(reader, data_pattern: str, config: TrainConfig, batch_size: int,
                      seed: int, files_flag: str = "train_data_pattern") -> Dict[str, tf.Tensor]:
     """The next full training batch (batch_size records) of data_pattern, read
-    on the CPU: shuffled, config["num_epochs"] passes (0: forever). The one
+    on the CPU: shuffled, config.num_epochs passes (0: forever). The one
     input pipeline of the local and the distributed trainer."""
     with tf.device("/cpu:0"):
         dataset = readers.make_dataset(
             reader, data_pattern, batch_size, training=True,
-            num_epochs=config["num_epochs"] or None, num_parallel_reads=config["num_readers"],
-            shuffle_buffer=config["shuffle_buffer"], seed=seed, flag_name=files_flag,
-            skip_corrupt=config.get("skip_corrupt_records", False),
-            compression=config.get("compression", "auto"))
+            num_epochs=config.num_epochs or None, num_parallel_reads=config.num_readers,
+            shuffle_buffer=config.shuffle_buffer, seed=seed, flag_name=files_flag,
+            skip_corrupt=config.skip_corrupt_records, compression=config.compression)
         dataset = dataset.filter(lambda b: tf.equal(tf.shape(b["labels"])[0], batch_size))
         return tf.data.make_one_shot_iterator(dataset).get_next()
 
 
-def tail_steps(config: Dict[str, Any]) -> int:
-    """Steps of the averaging tail after --max_steps (0: none)."""
-    tail = int(config.get("swa_tail_steps") or 0)
+def tail_steps(config: TrainConfig) -> int:
+    """Steps of the averaging tail after --max_steps (0: none); a UserError
+    when negative or without --max_steps."""
+    tail = int(config.swa_tail_steps or 0)
     if tail < 0:
         raise UserError(f"--swa_tail_steps must be 0 or more, got {tail}")
-    if tail and config.get("max_steps") is None:
+    if tail and config.max_steps is None:
         raise UserError("--swa_tail_steps: the averaging tail follows --max_steps; set it")
     return tail
 
 
-def last_step(config: Dict[str, Any]) -> Optional[int]:
+def last_step(config: TrainConfig) -> Optional[int]:
     """The step training ends at: --max_steps plus the tail (None: no limit)."""
-    if config.get("max_steps") is None:
+    if config.max_steps is None:
         return None
-    return config["max_steps"] + tail_steps(config)
+    return config.max_steps + tail_steps(config)
 
 
-def save_every(config: Dict[str, Any], step: int) -> int:
+def save_every(config: TrainConfig, step: int) -> int:
     """Steps between checkpoints at `step`: the tail's own cadence after --max_steps."""
-    if tail_steps(config) and step > config["max_steps"]:
-        return int(config.get("swa_save_steps") or config["save_checkpoint_steps"])
-    return int(config["save_checkpoint_steps"])
+    if tail_steps(config) and config.max_steps is not None and step > config.max_steps:
+        return int(config.swa_save_steps or config.save_checkpoint_steps)
+    return int(config.save_checkpoint_steps)
 
 
-def tail_checkpoints(config: Dict[str, Any]) -> int:
+def tail_checkpoints(config: TrainConfig) -> int:
     """How many checkpoints the tail writes (the Saver keeps them all)."""
     tail = tail_steps(config)
-    return -(-tail // save_every(config, config["max_steps"] + 1)) if tail else 0
+    if not tail or config.max_steps is None:
+        return 0
+    return -(-tail // save_every(config, config.max_steps + 1))
 
 
-def decayed_rate(config: Dict[str, Any], step: float, num_towers: int) -> float:
+def decayed_rate(config: TrainConfig, step: float, num_towers: int) -> float:
     """base * decay^floor(examples / decay_examples) at `step` (plain Python)."""
-    examples = step * config["batch_size"] * num_towers
-    return config["base_learning_rate"] * config["learning_rate_decay"] ** math.floor(
-        examples / config["learning_rate_decay_examples"])
+    examples = step * config.batch_size * num_towers
+    return config.base_learning_rate * config.learning_rate_decay ** math.floor(
+        examples / config.learning_rate_decay_examples)
 
 
-def _learning_rate(global_step, config: Dict[str, Any], num_towers: int) -> tf.Tensor:
+def _learning_rate(global_step, config: TrainConfig, num_towers: int) -> tf.Tensor:
     """base * decay^floor(examples / decay_examples), counted in examples; in
     the averaging tail (steps after --max_steps) the constant tail rate."""
-    examples_seen = tf.cast(global_step, tf.float32) * float(config["batch_size"] * num_towers)
+    examples_seen = tf.cast(global_step, tf.float32) * float(config.batch_size * num_towers)
     decayed = tf.train.exponential_decay(
-        config["base_learning_rate"], examples_seen, config["learning_rate_decay_examples"],
-        config["learning_rate_decay"], staircase=True)
-    if not tail_steps(config):
+        config.base_learning_rate, examples_seen, config.learning_rate_decay_examples,
+        config.learning_rate_decay, staircase=True)
+    if not tail_steps(config) or config.max_steps is None:
         return decayed
-    tail_rate = config.get("swa_learning_rate")
+    tail_rate = config.swa_learning_rate
     if tail_rate is None:
-        tail_rate = decayed_rate(config, config["max_steps"], num_towers)
+        tail_rate = decayed_rate(config, config.max_steps, num_towers)
     # global_step counts the steps done: the step run at max_steps is the tail's first.
-    return tf.where(global_step < config["max_steps"], decayed,
+    return tf.where(global_step < config.max_steps, decayed,
                     tf.constant(float(tail_rate), decayed.dtype))
 
 
@@ -148,7 +151,7 @@ def _tower_getter(devices: List[str], matmul_dtype: str):
 def _towers(model_flags, batch, devices, config, optimizer, label_loss_fn):
     """(gradients, label losses, predictions) of each tower."""
     parts = {key: tf.split(value, len(devices)) for key, value in batch.items()}
-    getter = _tower_getter(devices, config.get("matmul_dtype", FLOAT32))
+    getter = _tower_getter(devices, config.matmul_dtype)
     tower_grads, tower_losses, tower_predictions = [], [], []
     for index, device in enumerate(devices):
         part = {key: values[index] for key, values in parts.items()}
@@ -158,7 +161,7 @@ def _towers(model_flags, batch, devices, config, optimizer, label_loss_fn):
             predictions = model_builder.model_predictions(
                 model, part["features"], part["num_frames"], is_training=True)
             label_loss = label_loss_fn(predictions, part)
-            total = label_loss + config["regularization_penalty"] * losses.regularization_loss()
+            total = label_loss + config.regularization_penalty * losses.regularization_loss()
             tower_grads.append(optimizer.compute_gradients(total))
             tower_losses.append(label_loss)
             tower_predictions.append(predictions)
@@ -166,7 +169,7 @@ def _towers(model_flags, batch, devices, config, optimizer, label_loss_fn):
 
 
 def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
-                      devices: List[str], config: Dict[str, Any],
+                      devices: List[Optional[str]], config: TrainConfig,
                       label_loss_fn: Optional[Callable[..., tf.Tensor]] = None
                       ) -> Dict[str, Any]:
     """Adds the towers, loss, optimizer and train op to the default graph.
@@ -174,7 +177,7 @@ def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
     batch: the reader's dict with batch size batch_size * len(devices).
     label_loss_fn(predictions, batch) -> scalar; defaults to the model's
     label loss against batch["labels"] (distillation passes its own).
-    config["matmul_dtype"] = bfloat16 makes every weight product of the towers
+    config.matmul_dtype = bfloat16 makes every weight product of the towers
     a bfloat16 matmul (models.layers.bfloat16_matmul_getter).
     Returns the tensors the loop needs.
     """
@@ -186,7 +189,7 @@ def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
         label_loss_fn = lambda predictions, part: loss_of(predictions, part["labels"])  # noqa: E731
     tower_grads, tower_losses, tower_predictions = _towers(
         model_flags, batch, devices, config, optimizer, label_loss_fn)
-    grads = clip_per_variable(average_gradients(tower_grads), config["clip_gradient_norm"])
+    grads = clip_per_variable(average_gradients(tower_grads), config.clip_gradient_norm)
     with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
         apply_op = optimizer.apply_gradients(grads, global_step=global_step)
     # The train op's value is the global step after the update, so the loop
