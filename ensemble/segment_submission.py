@@ -26,7 +26,7 @@ import numpy as np
 from absl import flags
 
 from ensemble import merge
-from training import checkpoints, model_builder, paths, predict, readers, segment_readers
+from training import checkpoints, paths, predict, readers
 from training import flags as shared_flags
 from training.errors import UserError, excerpt, run_main
 
@@ -113,16 +113,17 @@ _FILE_SHIFT = 32     # a segment's number: its file's index << 32 | its place in
 
 def collect_top(model: predict.LoadedModel, files: List[str], indices: List[int],
                 class_ids: np.ndarray, max_pred: int, segment_size: int = 5,
-                batch_size: int = 64, log: Log = print, compression: str = "auto"):
+                batch_size: int = 64, log: Log = print, compression: str = "auto",
+                padded: Optional[bool] = None):
     """(ClassTopK, {segment number: "vid:start"}) of files, one after the other.
+    padded: predict.segment_reader's (None: as the model's graph allows).
 
     A segment's number is its file's index in the sorted input (indices) and
     its place in the file: ties go to the segment first in the whole input,
     whichever shard read it, so merged parts equal one process's CSV."""
     if max_pred < 1:
         raise UserError(f"--segment_max_pred: must be >= 1, got {max_pred}")
-    reader = segment_readers.SegmentReader.like(model_builder.make_reader(model.model_flags),
-                                                segment_size, rated=False)
+    reader = predict.segment_reader(model, segment_size, rated=False, padded=padded)
     top, names = ClassTopK(class_ids.size, max_pred), {}
     for path, index in zip(files, indices):
         place = 0
@@ -152,13 +153,14 @@ def _write_csv(output_file: str, class_ids: np.ndarray, ranked, overwrite: bool)
 def write_segment_submission(model: predict.LoadedModel, data_pattern: str, output_file: str,
                              class_ids: Optional[np.ndarray] = None, max_pred: int = 100000,
                              segment_size: int = 5, batch_size: int = 64, log: Log = print,
-                             overwrite: bool = True, compression: str = "auto") -> int:
+                             overwrite: bool = True, compression: str = "auto",
+                             padded: Optional[bool] = None) -> int:
     """Streams every segment through the model, keeps the per-class top
     max_pred, writes the CSV atomically; returns the number of segments."""
     class_ids = np.arange(model.num_classes) if class_ids is None else class_ids
     files = readers.resolve_files(data_pattern, "input_data_pattern")
     top, names = collect_top(model, files, list(range(len(files))), class_ids, max_pred,
-                             segment_size, batch_size, log, compression)
+                             segment_size, batch_size, log, compression, padded)
     if not names:
         raise UserError(f"--input_data_pattern={data_pattern}: the files hold no segments")
     _write_csv(output_file, class_ids,

@@ -1,5 +1,7 @@
 """--segment_labels evaluation: the 2019 metrics (numpy reference), the
 model's scores of each segment, and the CLI on train, SWA and bf16 dirs."""
+import dataclasses
+import glob
 import json
 import os
 
@@ -7,8 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import run_module, segment_data
+from models import presets, registry
 from test_train import tiny_config, tiny_flags, train_pattern
-from training import checkpoints, metrics, predict, synthetic, train
+from training import checkpoints, metrics, model_builder, predict, synthetic, train
 from training import eval as evaluation
 from training import train_dir as train_dirs
 
@@ -162,3 +165,70 @@ def test_segment_eval_of_the_exported_ensemble(tiny_models, segment_pattern):
     assert results["ensemble"]["num_segments"] == 120
     worst = min(results["dbof_bf16"]["segment_map"], results["gru_bf16"]["segment_map"])
     assert results["ensemble"]["segment_map"] >= worst - 0.05
+
+
+@pytest.mark.parametrize("name", [*presets.PRESET_NAMES, "FrameMeanMoeModel"])
+def test_a_segment_at_its_real_length_scores_as_padded(name):
+    """Every model, as the evaluation and the tiled ensemble run it (frame
+    draws by video fingerprint; shared frame work with 3 tiles), scores a
+    5-frame segment fed at its real length as the same segment padded to 300:
+    the models read the first num_frames rows only. (The starter's segment
+    reader fed 5 frames too.)
+
+    Mutation tried: models.layers.sample_frame_indices drawing among 300
+    rows whatever num_frames -> the padded segment drew zero rows (and the
+    real one out of range) and this failed for the five sampling models."""
+    from models.tf_compat import tf
+    from test_layers import randomize_bn_statistics
+    hparams = presets.get(name).hparams_for("test") if name in presets.PRESET_NAMES else {}
+    rng = np.random.default_rng(3)
+    segments = rng.normal(0, 1, [4, 5, 1152]).astype(np.float32)
+    padded = np.zeros([4, 300, 1152], np.float32)
+    padded[:, :5] = segments
+    with tf.Graph().as_default():
+        tf.set_random_seed(1)
+        model = registry.build(name, 7, [1024, 128], hparams)
+        frames = tf.placeholder(tf.float32, [None, None, 1152])
+        num_frames = tf.fill([tf.shape(frames)[0]], 5)
+        with tf.variable_scope("tower"):
+            outputs = [model_builder.model_predictions(model, frames, num_frames, False)]
+        if getattr(model, "supports_shared_frame_work", False):
+            with tf.variable_scope("tower", reuse=True):
+                outputs.append(model_builder.model_tile_predictions(model, frames, num_frames, 3))
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            randomize_bn_statistics(session, rng)
+            real = session.run(outputs, {frames: segments})
+            long = session.run(outputs, {frames: padded})
+    for got, expected in zip(real, long):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_exported_ensemble_scores_real_length_segments_as_padded(tiny_models,
+                                                                     segment_pattern):
+    """The tiled export (shared frame work, bf16 members) takes 5-frame
+    segments and scores them as the 300-frame padded ones; an export of a
+    fixed 300 frames gets them padded.
+
+    Mutation tried: predict._file_batches keying its cached pipeline by the
+    reader's class only -> the unpadded reader got the padded pipeline
+    (300 rows) and this failed."""
+    files = sorted(glob.glob(segment_pattern))
+    model = predict.open_model(tiny_models["ensemble"])
+    try:
+        assert predict.takes_any_frames(model)
+        from models.tf_compat import tf
+        with model.graph.as_default():
+            fixed = tf.placeholder(tf.float32, [None, 300, 1152])    # an export built before
+        assert predict.segment_reader(dataclasses.replace(model, input_batch_raw=fixed)).padded
+        scores, rows = {}, {}
+        for padded in (True, None):
+            reader = predict.segment_reader(model, 5, padded=padded)
+            batches = list(predict.iterate_predictions(model, "", 5, reader=reader, files=files))
+            scores[padded] = np.concatenate([b.predictions for b in batches])
+            rows[padded] = {b.inputs["features"].shape[1] for b in batches}
+    finally:
+        model.close()
+    assert rows == {True: {300}, None: {5}}
+    np.testing.assert_allclose(scores[None], scores[True], rtol=1e-5, atol=1e-6)
+    assert scores[None].shape == (120, 10)

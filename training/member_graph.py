@@ -3,8 +3,9 @@
 
 Member i is built from its model_flags.json under the variable scope
 ``model<i>`` (or the scopes given; single-model inference uses ``tower``),
-fed by the placeholders ``input_batch_raw`` float32 [None, 300, D] (video
-level: [None, D]) and ``num_frames`` int32 [None]. A member that samples
+fed by the placeholders ``input_batch_raw`` float32 [None, None, D] (any
+number of frames: the readers pad a video to 300, a 2019 segment comes at
+its 5; video level: [None, D]) and ``num_frames`` int32 [None]. A member that samples
 frames at random sees tile_num independent draws per video and predicts
 their mean; with shared frame work its per-frame work runs once per video
 and each draw aggregates it with its counts (exact). Deterministic members
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from models.tf_compat import tf
-from training import checkpoints, compat, model_builder, precision, quantize, readers
+from training import checkpoints, compat, model_builder, precision, quantize
 from training.errors import UserError, first_line
 from training.members import Member, check_members_agree, feature_signature
 
@@ -129,10 +130,13 @@ def _check_graph_args(members: Sequence[Member], weights: Sequence[float], tile_
 
 
 def _input_placeholders(signature: Mapping[str, Any]):
-    """(input_batch_raw, num_frames) placeholders for the members' features."""
+    """(input_batch_raw, num_frames) placeholders for the members' features.
+    Frame level: any number of frames, so a 5-frame segment is scored without
+    295 padding rows (the models read only the first num_frames rows; the
+    starter's segment reader fed 5-frame batches too)."""
     feature_size = sum(signature["feature_sizes"])
     if signature["frame_features"]:
-        shape = [None, readers.MAX_FRAMES, feature_size]
+        shape = [None, None, feature_size]
     else:
         shape = [None, feature_size]
     return (tf.placeholder(tf.float32, shape, name="input_batch_raw"),

@@ -234,7 +234,9 @@ def _file_batches(model: LoadedModel, files: Sequence[str], batch_size: int, rea
     batched from its start), through one input pipeline per model and batch
     size that is fed the file names and their compressions (the graph does
     not grow per file)."""
-    key = (batch_size, skip_corrupt, type(reader).__name__)
+    # Keyed by the reader's settings too: a padded and an unpadded segment
+    # reader (or two segment sizes) need pipelines of their own.
+    key = (batch_size, skip_corrupt, type(reader).__name__, repr(sorted(vars(reader).items())))
     if key not in model.pipelines:
         with model.graph.as_default():
             names = tf.placeholder(tf.string, [None], name="input_files")
@@ -327,18 +329,37 @@ def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
 
 
 def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int = 5,
+def takes_any_frames(model: LoadedModel) -> bool:
+    """Whether the model's input_batch_raw takes any number of frames (every
+    graph built now: training.member_graph), not the 300 of an export built
+    before (its placeholder [None, 300, D] refuses another length)."""
+    shape = model.input_batch_raw.shape
+    return shape.ndims == 3 and shape.as_list()[1] is None
+
+
+def segment_reader(model: LoadedModel, segment_size: int = 5, rated: bool = True,
+                   padded: Optional[bool] = None) -> segment_readers.SegmentReader:
+    """The reader of 2019 segments for this model: a segment at its real
+    length when the graph takes it, else padded to 300 (equal scores: the
+    models read the first num_frames rows only). padded=True forces the
+    padding (bench.bench_segments times both)."""
+    if padded is None:
+        padded = not takes_any_frames(model)
+    return segment_readers.SegmentReader.like(model_builder.make_reader(model.model_flags),
+                                              segment_size, rated, padded)
+
+
                       batch_size: int = 64, num_readers: int = 1, log: Log = None,
                       flag_name: str = "eval_data_pattern", skip_corrupt: bool = False,
                       compression: str = "auto") -> Dict[str, Any]:
     """The 2019 segment metrics (metrics.segment_metrics) of 2019 segment-rated
     records: each rated segment scored by the model on its segment_size frames
-    (segment_readers.SegmentReader), only the rated class's score kept, so
-    memory grows by 9 bytes per rating, not by the classes."""
-    reader = segment_readers.SegmentReader.like(model_builder.make_reader(model.model_flags),
-                                                segment_size)
+    (segment_reader), only the rated class's score kept, so memory grows by 9
+    bytes per rating, not by the classes."""
+    reader = segment_reader(model, segment_size)
     # A batch of videos becomes about five times as many segments (the 2019
-    # data rates about 5 per video), each padded to max_frames: read fewer
-    # videos so a batch holds about batch_size segments.
+    # data rates about 5 per video): read fewer videos so a batch holds about
+    # batch_size segments.
     videos = max(1, int(batch_size) // 5)
     scores, labels, ratings = [], [], []
     for batch in iterate_predictions(model, data_pattern, videos, num_readers, flag_name,

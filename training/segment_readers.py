@@ -4,9 +4,11 @@ A 2019 validation or test record (docs/formats.md 1.8) is a frame-level
 SequenceExample whose context also holds ``segment_labels``,
 ``segment_start_times`` and ``segment_scores``, one entry per rated segment.
 ``SegmentReader.parse`` turns a batch of such videos into a batch of their
-rated segments: each segment's ``segment_size`` frames (zero-padded to the
-model's ``max_frames``, so every model graph takes them unchanged), its video
-id, start time, rated class and 0/1 rating. It plugs into the one predict
+rated segments: each segment's ``segment_size`` frames (at their real
+length for a model graph that takes any number of frames, as every graph
+built now does; zero-padded to ``max_frames`` with ``padded``, for an export
+whose graph fixed 300 frames), its video id, start time, rated class and 0/1
+rating. It plugs into the one predict
 loop (``training.predict.iterate_predictions(reader=...)``) like the other
 readers, and into ``readers.check_records`` through ``required_context``.
 """
@@ -30,16 +32,19 @@ class SegmentReader(readers.FrameReader):
     """Reads 2019 segment-rated SequenceExamples, yielding rated segments.
 
     ``parse(serialized [B])`` returns, for the S rated segments of the batch:
-    ``id`` string [S] (the video's), ``features`` float32 [S, max_frames, D]
-    (the segment's frames, then zeros), ``num_frames`` int32 [S] =
+    ``id`` string [S] (the video's), ``features`` float32 [S, segment_size, D]
+    (padded: [S, max_frames, D], the segment's frames then zeros; the models
+    read the first num_frames rows only, so both score alike), ``num_frames`` int32 [S] =
     segment_size, ``labels`` int64 [S] (the rated class), ``start_time``
     int64 [S], ``score`` float32 [S].
     """
 
     def __init__(self, num_classes=3862, feature_names=("rgb", "audio"),
                  feature_sizes=(1024, 128), max_frames=readers.MAX_FRAMES,
-                 segment_size: int = SEGMENT_SIZE, rated: bool = True):
+                 segment_size: int = SEGMENT_SIZE, rated: bool = True,
+                 padded: bool = True):
         super().__init__(num_classes, feature_names, feature_sizes, max_frames)
+        self.padded = bool(padded)
         # rated=False (a submission of the test split): only the start times
         # are needed; labels and scores come out as -1 and 0.
         self.rated = bool(rated)
@@ -51,13 +56,13 @@ class SegmentReader(readers.FrameReader):
 
     @classmethod
     def like(cls, reader: readers.FrameReader, segment_size: int = SEGMENT_SIZE,
-             rated: bool = True) -> "SegmentReader":
+             rated: bool = True, padded: bool = True) -> "SegmentReader":
         """The segment reader with a model's frame reader's features and classes."""
         if not getattr(reader, "frame_features", False):
             raise UserError("--segment_labels: needs a frame-level model (segments are "
                             "frames of a video); this one reads video-level features")
         return cls(reader.num_classes, reader.feature_names, reader.feature_sizes,
-                   reader.max_frames, segment_size, rated)
+                   reader.max_frames, segment_size, rated, padded)
 
     def parse(self, serialized) -> dict:
         """Parses a batch of serialized segment-rated SequenceExamples.
@@ -102,9 +107,13 @@ class SegmentReader(readers.FrameReader):
             }
 
     def _segment_frames(self, quantized):
-        """uint8 [S, segment_size, D] -> float32 [S, max_frames, D], padding exactly 0.0."""
+        """uint8 [S, segment_size, D] -> float32 [S, segment_size, D], or with
+        padded [S, max_frames, D], the padding exactly 0.0."""
         scale, bias = readers.dequantize_constants()
         frames = tf.cast(quantized, tf.float32) * scale + bias
+        if not self.padded:
+            frames.set_shape([None, self.segment_size, self.feature_size])
+            return frames
         frames = tf.pad(frames, [[0, 0], [0, self.max_frames - self.segment_size], [0, 0]])
         frames.set_shape([None, self.max_frames, self.feature_size])
         return frames
