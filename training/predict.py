@@ -328,7 +328,6 @@ def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
     return result
 
 
-def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int = 5,
 def takes_any_frames(model: LoadedModel) -> bool:
     """Whether the model's input_batch_raw takes any number of frames (every
     graph built now: training.member_graph), not the 300 of an export built
@@ -349,6 +348,7 @@ def segment_reader(model: LoadedModel, segment_size: int = 5, rated: bool = True
                                               segment_size, rated, padded)
 
 
+def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int = 5,
                       batch_size: int = 64, num_readers: int = 1, log: Log = None,
                       flag_name: str = "eval_data_pattern", skip_corrupt: bool = False,
                       compression: str = "auto") -> Dict[str, Any]:
