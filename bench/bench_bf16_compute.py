@@ -25,6 +25,7 @@ member's frame_sampling_seed is fixed to 100 + its index).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -57,11 +58,10 @@ SAMPLING_SEED = 100
 
 def _with_sampling_seed(member: Member, seed: int) -> Member:
     """The member with its frame_sampling_seed fixed (same draws in every graph)."""
-    model_flags = dict(member.model_flags)
-    hparams = dict(model_flags.get("model_hparams", {}))
-    if "frame_sampling_seed" in registry.resolve(model_flags["model"])[1]:
+    hparams = member.model_flags.hparams()
+    if "frame_sampling_seed" in registry.resolve(member.model_flags.model)[1]:
         hparams["frame_sampling_seed"] = seed
-    model_flags["model_hparams"] = hparams
+    model_flags = dataclasses.replace(member.model_flags, model_hparams=hparams)
     return Member(member.model_dir, member.checkpoint, model_flags, member.dtype)
 
 
@@ -150,7 +150,7 @@ def gaps_of(member_dirs: Sequence[str], mode: Optional[str], batches, tile_num: 
         ensemble = member_graph.build_ensemble_graph(members, weights, tile_num,
                                                      bf16_compute=mode)
         savers = member_graph.member_savers(members, ensemble)
-    num_classes = int(members[0].model_flags["num_classes"])
+    num_classes = members[0].model_flags.num_classes
     accumulators = [metrics.EvaluationMetrics(num_classes, 20) for _ in range(len(members) + 1)]
     outputs = []
     with tf.Session(graph=graph) as sess:

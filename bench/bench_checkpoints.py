@@ -56,10 +56,13 @@ def make_checkpoints(workdir: str, size_mb: float, num_tensors: int, num_checkpo
     """train dir with model.ckpt-<k> (k = 1..N) and model_flags.json."""
     from models.tf_compat import tf
     from training import checkpoints
+    from training.model_flags import ModelFlags
 
     train_dir = os.path.join(workdir, "train")
     os.makedirs(train_dir)
-    checkpoints.write_model_flags(train_dir, {"model": "FrameMeanMoeModel", "num_classes": 10})
+    checkpoints.write_model_flags(train_dir, ModelFlags(
+        model="FrameMeanMoeModel", feature_names="rgb,audio", feature_sizes="1024,128",
+        frame_features=True, num_classes=10))
     total = int(size_mb * 2**20 / 4)
     sizes = [total // num_tensors] * num_tensors
     sizes[-1] += total - sum(sizes)

@@ -41,6 +41,7 @@ import numpy as np
 
 from models.tf_compat import tf
 from training import model_builder, readers, synthetic, train_graph
+from training.model_flags import ModelFlags
 from training.train_config import TrainConfig
 
 NUM_FRAMES = 300
@@ -49,7 +50,7 @@ TRAIN_CONFIG = TrainConfig(base_learning_rate=2e-4, learning_rate_decay=0.8,
                            clip_gradient_norm=1.0)
 
 
-def model_flags_of(name: str) -> Dict:
+def model_flags_of(name: str) -> ModelFlags:
     return model_builder.make_model_flags(name, "rgb,audio", "1024,128", True, 3862,
                                           "CrossEntropyLoss")
 

@@ -68,6 +68,7 @@ from models.presets import PRESET_NAMES
 from models.tf_compat import tf
 from training import checkpoints, model_builder, train_graph
 from training import train_dir as train_dirs
+from training.model_flags import ModelFlags
 from training.train_config import TrainConfig
 
 NUM_FRAMES = 300
@@ -174,7 +175,7 @@ class OwnMatmuls:
 # Graphs
 
 
-def model_flags_of(name: str) -> Dict:
+def model_flags_of(name: str) -> ModelFlags:
     return model_builder.make_model_flags(
         name, "rgb,audio", ",".join(str(s) for s in FEATURE_SIZES), True, NUM_CLASSES,
         "CrossEntropyLoss")

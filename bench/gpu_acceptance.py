@@ -46,6 +46,7 @@ from models.tf_compat import tf
 from swa import average
 from training import model_builder, precision, synthetic, train, train_graph
 from training import train_dir as train_dirs
+from training.model_flags import ModelFlags
 from training.train_config import TrainConfig
 
 RATE_LINE = re.compile(r"\| +([\d.]+) examples/sec")
@@ -76,7 +77,7 @@ def setup(args) -> Dict:
     return run
 
 
-def model_flags_of(name: str, run: Dict) -> Dict:
+def model_flags_of(name: str, run: Dict) -> ModelFlags:
     return model_builder.make_model_flags(name, "rgb,audio", "1024,128", True, run["classes"],
                                           "CrossEntropyLoss", size=run["size"])
 
@@ -93,13 +94,13 @@ def config_of(name: str, run: Dict, dtype: str, towers: int, steps: int) -> Trai
                        summary_steps=10 ** 6, log_steps=1, matmul_dtype=dtype)
 
 
-def gflop_per_example(model_flags: Dict, config: TrainConfig) -> float:
+def gflop_per_example(model_flags: ModelFlags, config: TrainConfig) -> float:
     """Matmul FLOPs of one training step (forward and backward) per example."""
     graph = tf.Graph()
     with graph.as_default():
         batch = {"features": tf.zeros([config.batch_size, 300, 1152]),
                  "num_frames": tf.fill([config.batch_size], 300),
-                 "labels": tf.zeros([config.batch_size, int(model_flags["num_classes"])])}
+                 "labels": tf.zeros([config.batch_size, model_flags.num_classes])}
         train_graph.build_train_graph(model_flags, batch, ["/cpu:0"], config)
     counts = count_matmul_flops(graph, loop_iterations=300)
     return (counts["forward"] + counts["backward"]) / config.batch_size / 1e9
@@ -163,7 +164,7 @@ def throughput(run: Dict, steps: int, matmul: Dict[str, float]) -> List[Dict]:
     return rows
 
 
-def one_step(model_flags: Dict, devices: List[str], batch: Dict, config: TrainConfig,
+def one_step(model_flags: ModelFlags, devices: List[str], batch: Dict, config: TrainConfig,
              values=None):
     """(model variables before, loss, after) of one training step on a fixed
     batch; values: the initial model variables to load (another run's)."""

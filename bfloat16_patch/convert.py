@@ -18,6 +18,7 @@ dirs (training.members) loads the result; int8 is dequantised at restore.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import shutil
@@ -27,7 +28,7 @@ import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoints, compat, paths, precision, quantize
+from training import checkpoints, compat, paths, quantize
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 from training.progress import Progress
@@ -196,8 +197,8 @@ def _write(tmp_dir: str, name: str, source: str, flags_dir: str, specs, int8, lo
     entries = _entries(specs, int8)
     produce = _producer(source, specs, int8, len(entries), log)
     written = checkpoints.write_arrays_checkpoint(os.path.join(tmp_dir, name), entries, produce)
-    out_flags = dict(checkpoints.read_model_flags(flags_dir))
-    out_flags[precision.DTYPE_KEY] = compat.INT8 if int8 else compat.BFLOAT16
+    out_flags = dataclasses.replace(checkpoints.read_model_flags(flags_dir),
+                                    checkpoint_dtype=compat.INT8 if int8 else compat.BFLOAT16)
     checkpoints.write_model_flags(tmp_dir, out_flags)
     if os.path.isfile(os.path.join(flags_dir, "swa.json")):
         shutil.copyfile(os.path.join(flags_dir, "swa.json"), os.path.join(tmp_dir, "swa.json"))

@@ -33,6 +33,7 @@ from training import flags as shared_flags
 from training import train as trainer
 from training import train_dir as train_dirs
 from training.errors import UserError, run_main
+from training.model_flags import ModelFlags
 from training.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
@@ -89,12 +90,12 @@ def normalize_teacher(teacher: tf.Tensor, normalization: str,
     return tf.clip_by_value(teacher, 0.0, 1.0)
 
 
-def distillation_loss_fn(model_flags: Dict[str, Any], distill_prob: float,
+def distillation_loss_fn(model_flags: ModelFlags, distill_prob: float,
                          normalization: str = "none", num_members: Optional[int] = None
                          ) -> Callable[[tf.Tensor, Dict[str, tf.Tensor]], tf.Tensor]:
     """label_loss_fn(predictions, batch part) for training.train.build_train_graph."""
     check_settings(distill_prob, normalization, num_members)
-    loss_of = losses.get_loss(model_flags.get("label_loss", "CrossEntropyLoss"))
+    loss_of = losses.get_loss(model_flags.label_loss)
     p = float(distill_prob)
 
     def label_loss(predictions: tf.Tensor, part: Dict[str, tf.Tensor]) -> tf.Tensor:
@@ -109,8 +110,8 @@ def distillation_loss_fn(model_flags: Dict[str, Any], distill_prob: float,
     return label_loss
 
 
-def make_reader(model_flags: Dict[str, Any]) -> DistillationReader:
-    if not model_flags.get("frame_features", True):
+def make_reader(model_flags: ModelFlags) -> DistillationReader:
+    if not model_flags.frame_features:
         raise UserError("--frame_features: distillation reads frame-level teacher records "
                         "(SequenceExamples); use --frame_features=true")
     plain = model_builder.make_reader(model_flags)
@@ -156,7 +157,7 @@ def warm_start_from(path: str, log: Callable[[str], None] = print
 # Entry point
 
 
-def distill(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
+def distill(model_flags: ModelFlags, train_dir: str, data_pattern: str,
             config: TrainConfig, distill_prob: float = 0.5, normalization: str = "none",
             num_members: Optional[int] = None, warm_start_checkpoint: str = "",
             log: Callable[[str], None] = print) -> Dict[str, Any]:

@@ -42,7 +42,6 @@ from training import (
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 from training.members import (
-    MATCH_KEYS,
     Member,
     check_dir_records,
     check_members_agree,
@@ -51,6 +50,7 @@ from training.members import (
     normalise_weights,
     read_weights_file,
 )
+from training.model_flags import ModelFlags
 
 FLAGS = flags.FLAGS
 
@@ -129,12 +129,13 @@ def resolve_members_and_weights(model_dirs: str, weights: str, weights_file: str
 # Export
 
 
-def ensemble_model_flags(members: Sequence[Member]) -> Dict[str, Any]:
+def ensemble_model_flags(members: Sequence[Member]) -> ModelFlags:
+    """The ensemble dir's model_flags.json: the members' features and classes
+    (MATCH_KEYS) and label loss; no hyper-parameters, no storage marker."""
     first = members[0].model_flags
-    flags_out = {key: first[key] for key in MATCH_KEYS}
-    flags_out["model"] = ENSEMBLE_MODEL_NAME
-    flags_out["label_loss"] = first.get("label_loss", "CrossEntropyLoss")
-    return flags_out
+    return ModelFlags(model=ENSEMBLE_MODEL_NAME, feature_names=first.feature_names,
+                      feature_sizes=first.feature_sizes, frame_features=first.frame_features,
+                      num_classes=first.num_classes, label_loss=first.label_loss)
 
 
 def _check_output_dir(output_dir: str, member_dirs: Sequence[str], overwrite: bool) -> None:

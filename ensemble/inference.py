@@ -301,7 +301,7 @@ def _check_label_classes(vocabulary: Optional[labels.LabelNames], model_dir: str
     """Every class of the model in model_dir has a name (from its
     model_flags.json, before the model is loaded; open_model reports a bad dir)."""
     if vocabulary is not None and os.path.isdir(model_dir):
-        vocabulary.check_covers(int(members.read_member_flags(model_dir)["num_classes"]))
+        vocabulary.check_covers(members.read_member_flags(model_dir).num_classes)
 
 
 def _check_input_records(model_dir: str, input_data_pattern: str, compression: str) -> None:
@@ -412,7 +412,7 @@ def run_segments() -> int:
                          output_file=FLAGS.output_file)
     model_flags = members.read_member_flags(FLAGS.train_dir)
     class_ids = (segment_submission.read_label_ids(FLAGS.segment_label_ids_file,
-                                                   int(model_flags["num_classes"]))
+                                                   model_flags.num_classes)
                  if FLAGS.segment_label_ids_file else None)
     reader = segment_readers.SegmentReader.like(model_builder.make_reader(model_flags),
                                                 FLAGS.segment_size, rated=False)

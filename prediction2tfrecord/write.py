@@ -234,7 +234,7 @@ class ModelTeacher:
             self.model.close()
             raise UserError(f"--teacher_dir: {path} predicts {self.model.num_classes} classes "
                             f"but --num_classes={num_classes}")
-        if not self.model.model_flags.get("frame_features", True):
+        if not self.model.model_flags.frame_features:
             self.model.close()
             raise UserError(f"--teacher_dir: {path} reads video-level features; teacher "
                             f"records are frame-level SequenceExamples")

@@ -7,6 +7,7 @@ One test per case of docs/reliability.md whose test column names this file.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ from reliability import (
     train_config,
     write_records,
 )
-from training import model_builder, readers
+from training import checkpoints, model_builder, readers
 from training import train as train_stage
 from training import train_dir as train_dirs
 from training.errors import UserError
@@ -401,11 +402,11 @@ def test_output_path_exists(tiny_models, tiny_data, tmp_path):
         {k: v for k, v in before.items() if not k.startswith("run")}
     assert f"resumed from {run_copy / 'model.ckpt-10'}" in resumed.stdout
     assert "from step 10 to 12" in resumed.stdout
-    with open(run_copy / "model_flags.json") as handle:
-        flags = json.load(handle)
+    flags = checkpoints.read_model_flags(str(run_copy))
     with pytest.raises(UserError, match="model_flags.json: this train dir holds a different "
                                         "model .*--train_dir"):
-        train_dirs.prepare_train_dir(str(run_copy), {**flags, "model": "GRUModel"}, False)
+        train_dirs.prepare_train_dir(str(run_copy), dataclasses.replace(flags, model="GRUModel"),
+                                     False)
     # --overwrite replaces the CSV.
     inference.run(train_dir=tiny_models["ensemble"], input_data_pattern=test_pattern,
                   output_file=str(csv), overwrite=True, log=None)

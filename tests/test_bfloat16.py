@@ -20,6 +20,7 @@ from models import layers
 from models.tf_compat import tf
 from training import checkpoints, compat, metrics, precision, predict
 from training.errors import UserError
+from training.model_flags import ModelFlags
 
 BF16_UNIT_ROUNDOFF = 2.0 ** -8     # bf16 keeps 8 significant bits: |x - bf16(x)| <= 2^-8 |x|
 
@@ -183,8 +184,8 @@ def make_source_dir(directory: Path) -> dict:
             sess.run(tf.global_variables_initializer())
             saver.save(sess, str(directory / "model.ckpt"), global_step=1234,
                        write_meta_graph=False)
-    checkpoints.write_model_flags(str(directory), {"model": "FrameMeanMoeModel",
-                                                   "num_classes": 10})
+    checkpoints.write_model_flags(str(directory), ModelFlags(
+        "FrameMeanMoeModel", "rgb,audio", "1024,128", True, 10))
     return values
 
 
@@ -297,7 +298,7 @@ def test_bf16_checkpoint_restores_through_getter(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     path, fp32_outputs = save_small_model(str(src), None)
-    checkpoints.write_model_flags(str(src), {"model": "x"})
+    checkpoints.write_model_flags(str(src), ModelFlags("x", "rgb,audio", "1024,128", True, 10))
     convert.convert_checkpoint(str(src), str(tmp_path / "bf16"), log=None)
     graph = tf.Graph()
     with graph.as_default():
@@ -386,7 +387,7 @@ def test_chain_outputs(chain):
                       if checkpoints.is_model_variable_key(key))
     assert convert.data_bytes(bf16_ckpt) <= 0.51 * model_bytes
     flags = checkpoints.read_model_flags(chain["BF16_DIR"])
-    assert flags["checkpoint_dtype"] == "bfloat16" and flags["model"] == "Soft-DBoF-4k"
+    assert flags.checkpoint_dtype == "bfloat16" and flags.model == "Soft-DBoF-4k"
 
 
 def test_eval_cli_on_bf16_dir(chain):

@@ -5,11 +5,12 @@ import pytest
 
 from training import checkpoints
 from training.errors import UserError
+from training.model_flags import ModelFlags
 
 
 def test_model_flags_round_trip_and_errors(tmp_path):
-    checkpoints.write_model_flags(str(tmp_path), {"model": "GRUModel", "num_classes": 5})
-    assert checkpoints.read_model_flags(str(tmp_path))["model"] == "GRUModel"
+    checkpoints.write_model_flags(str(tmp_path), ModelFlags("GRUModel", "rgb", "1024", True, 5))
+    assert checkpoints.read_model_flags(str(tmp_path)).model == "GRUModel"
     with pytest.raises(UserError, match="model_flags.json: missing"):
         checkpoints.read_model_flags(str(tmp_path / "nowhere"))
     (tmp_path / "bad").mkdir()

@@ -34,7 +34,7 @@ def teacher_metrics(student_dir, checkpoint_path, data_pattern, normalization="n
         with model.graph.as_default():
             labels = tf.placeholder(tf.float32, [None, model.num_classes], name="labels_in")
             teacher = tf.placeholder(tf.float32, [None, model.num_classes], name="teacher_in")
-            loss_of = losses.get_loss(model.model_flags.get("label_loss", "CrossEntropyLoss"))
+            loss_of = losses.get_loss(model.model_flags.label_loss)
             label_ce = loss_of(model.predictions, labels)
             teacher_ce = loss_of(model.predictions,
                                  distill.normalize_teacher(teacher, normalization, num_members))

@@ -85,7 +85,7 @@ def test_ps_and_two_workers_with_a_worker_restart(tiny_data, tmp_path):
     reader = tf.train.load_checkpoint(latest)
     weights = reader.get_tensor("tower/experts/weights")
     assert np.all(np.isfinite(weights)) and np.abs(weights).max() > 0
-    assert checkpoints.read_model_flags(train_dir)["model"] == "FrameMeanMoeModel"
+    assert checkpoints.read_model_flags(train_dir).model == "FrameMeanMoeModel"
 
 
 def test_bad_tf_config_is_a_clear_error(tiny_data, tmp_path):

@@ -2,6 +2,7 @@
 ensemble.export): the tiled ensemble graph, loading members, export, errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -45,7 +46,7 @@ def make_member(directory, model="FrameMeanMoeModel", bf16=False, seed=0,
         sess.run(init)
         saver.save(sess, os.path.join(str(directory), "model.ckpt"), global_step=1)
     if bf16:
-        model_flags["checkpoint_dtype"] = "bfloat16"
+        model_flags = dataclasses.replace(model_flags, checkpoint_dtype="bfloat16")
     checkpoints.write_model_flags(str(directory), model_flags)
     return str(directory)
 

@@ -19,6 +19,7 @@ from reliability import Started, read_checkpoint
 from test_ensemble import make_member
 from training import checkpoints, errors, locks
 from training.errors import Interrupted
+from training.model_flags import ModelFlags
 
 PROGRESS = re.compile(r"^step\s+\d+ \|")
 
@@ -150,7 +151,8 @@ def test_a_trainer_interrupted_before_training_leaves_nothing(tmp_path):
     train_dir = tmp_path / "new"
     with pytest.raises(Interrupted) as caught:
         with train_dirs.removed_on_failed_start(str(train_dir)):
-            checkpoints.write_model_flags(str(train_dir), {"model": "FrameMeanMoeModel"})
+            checkpoints.write_model_flags(str(train_dir), ModelFlags(
+                "FrameMeanMoeModel", "rgb,audio", "1024,128", True, 10))
             assert locks.holder_pid(str(train_dir / ".lock")) == os.getpid()
             raise Interrupted(signal.SIGINT)
     assert caught.value.line() == "interrupted (SIGINT) before training started; nothing was saved"

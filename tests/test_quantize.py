@@ -19,6 +19,7 @@ from stacking import fit
 from training import checkpoints, compat, intervals, member_graph, precision, predict, quantize
 from training.errors import UserError
 from training.members import load_member
+from training.model_flags import ModelFlags
 
 # ---------------------------------------------------------------------------
 # The quantiser
@@ -108,8 +109,8 @@ def write_source(directory: Path) -> dict:
     entries = [(key, list(value.shape), tf.as_dtype(value.dtype)) for key, value in values.items()]
     checkpoints.write_arrays_checkpoint(str(directory / "model.ckpt-9"), entries,
                                         lambda key: values[key])
-    checkpoints.write_model_flags(str(directory), {"model": "FrameMeanMoeModel",
-                                                   "num_classes": 10})
+    checkpoints.write_model_flags(str(directory), ModelFlags(
+        "FrameMeanMoeModel", "rgb,audio", "1024,128", True, 10))
     return values
 
 
@@ -131,7 +132,7 @@ def test_convert_int8(tmp_path):
                                   convert.round_to_bfloat16(values["tower/small/weights"]))
     assert summary["int8"] == ["tower/big/weights"] and summary["dtype"] == "int8"
     assert compat.checkpoint_storage(checkpoint) == ("int8", ["tower/big/weights"])
-    assert checkpoints.read_model_flags(str(tmp_path / "int8"))["checkpoint_dtype"] == "int8"
+    assert checkpoints.read_model_flags(str(tmp_path / "int8")).checkpoint_dtype == "int8"
     on_disk = json.loads((tmp_path / "int8" / "bfloat16.json").read_text())
     assert on_disk["output_bytes"] == convert.data_bytes(checkpoint) + os.path.getsize(
         checkpoint + ".index")
@@ -329,7 +330,7 @@ def test_int8_refused_by_swa_and_training(int8_dirs, tiny_data, tmp_path):
     assert len(errors) == 1 and "is an int8 checkpoint" in errors[0]
     flags = checkpoints.read_model_flags(int8_dirs["dbof"])
     completed = run_module("training.train", f"--train_dir={int8_dirs['dbof']}",
-                           f"--model={flags['model']}", "--max_steps=1",
+                           f"--model={flags.model}", "--max_steps=1",
                            f"--train_data_pattern={tiny_data / 'frame' / 'train*.tfrecord'}",
                            check=False)
     assert completed.returncode == 2 and "Traceback" not in completed.stderr

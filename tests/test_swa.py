@@ -19,6 +19,7 @@ from swa import average as swa
 from training import bn_statistics, checkpoints, model_builder, train
 from training import train_dir as train_dirs
 from training.errors import UserError
+from training.model_flags import ModelFlags
 
 
 def tiny_train_config(**overrides):
@@ -203,7 +204,8 @@ def write_fake_checkpoint(directory, step, shapes, dtype=np.float32):
 def fake_train_dir(tmp_path, shape_by_step):
     directory = tmp_path / "train"
     directory.mkdir()
-    checkpoints.write_model_flags(str(directory), {"model": "FrameMeanMoeModel"})
+    checkpoints.write_model_flags(str(directory), ModelFlags(
+        "FrameMeanMoeModel", "rgb,audio", "1024,128", True, 10))
     for step, shapes in shape_by_step.items():
         write_fake_checkpoint(str(directory), step, shapes)
     return str(directory)

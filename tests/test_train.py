@@ -183,7 +183,7 @@ def test_cli_trains_and_writes_flags(tiny_data, tmp_path):
                f"--num_classes={TINY_CLASSES}", "--batch_size=8", "--max_steps=4",
                "--moe_num_mixtures=3")
     saved = checkpoints.read_model_flags(str(tmp_path))
-    assert saved["model_hparams"]["moe_num_mixtures"] == 3
+    assert saved.hparams()["moe_num_mixtures"] == 3
     assert checkpoints.latest_checkpoint(str(tmp_path)).endswith("model.ckpt-4")
 
 

@@ -33,6 +33,7 @@ from models import layers
 from models.tf_compat import tf
 from training import checkpoints, compat, model_builder, readers
 from training.errors import UserError
+from training.model_flags import ModelFlags
 from training.progress import Progress
 
 BN_STAT_SUFFIXES = ("/moving_mean", "/moving_variance")
@@ -49,7 +50,7 @@ def is_bn_statistic(key: str) -> bool:
 
 
 def check_recompute_flags(train_data_pattern: str, recompute_batches: int,
-                          batch_size: int, model_flags: Optional[Dict[str, Any]] = None,
+                          batch_size: int, model_flags: Optional[ModelFlags] = None,
                           compression: str = "auto") -> None:
     """UserErrors naming the flag for settings a recompute cannot run with
     (with model_flags: also records its reader cannot use, readers.check_records;
@@ -152,7 +153,7 @@ def mean_of_batch_statistics(sess: tf.Session, statistics: Dict[str, tf.Tensor],
 # Recomputation
 
 
-def recompute_and_save(model_flags: Dict[str, Any], specs, produce: Callable[[str], np.ndarray],
+def recompute_and_save(model_flags: ModelFlags, specs, produce: Callable[[str], np.ndarray],
                        save_path: str, data_pattern: str, num_batches: int, batch_size: int,
                        seed: int = 2018, num_readers: int = 4, log: Log = None,
                        compression: str = "auto") -> str:
@@ -178,7 +179,7 @@ def recompute_and_save(model_flags: Dict[str, Any], specs, produce: Callable[[st
         wanted = {key for key, _, _ in specs}
         if set(variables) != wanted:
             diff = sorted(set(variables) ^ wanted)
-            raise UserError(f"model_flags.json: the rebuilt {model_flags['model']} graph does "
+            raise UserError(f"model_flags.json: the rebuilt {model_flags.model} graph does "
                             f"not match the checkpoints (first differing variable: {diff[0]})")
         statistics = batch_statistics(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
         stat_keys = sorted(key for key in variables if is_bn_statistic(key))

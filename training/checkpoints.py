@@ -21,13 +21,10 @@ import numpy as np
 from models.tf_compat import tf
 from training import errors, locks
 from training.errors import UserError, first_line
+from training.model_flags import ModelFlags
 
 MODEL_FLAGS_FILE = "model_flags.json"
 CHECKPOINT_PREFIX = "model.ckpt"
-
-# Keys that must agree when a train dir is resumed.
-IDENTITY_KEYS = ("model", "feature_names", "feature_sizes", "frame_features",
-                 "label_loss", "num_classes", "model_hparams")
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -62,25 +59,22 @@ def json_kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
 
 
-def write_model_flags(directory: str, model_flags: Dict[str, Any]) -> None:
-    write_json(os.path.join(directory, MODEL_FLAGS_FILE), model_flags)
+def write_model_flags(directory: str, model_flags: ModelFlags) -> None:
+    """<directory>/model_flags.json (atomically, sorted keys)."""
+    write_json(os.path.join(directory, MODEL_FLAGS_FILE), model_flags.to_json())
 
 
-def read_model_flags(directory: str) -> Dict[str, Any]:
+def read_model_flags(directory: str) -> ModelFlags:
+    """<directory>/model_flags.json; a missing or bad file (not JSON, not an
+    object, a missing or unknown key) is a one-line UserError naming it."""
     path = os.path.join(directory, MODEL_FLAGS_FILE)
     if not os.path.isfile(path):
         raise UserError(f"{path}: missing; is {directory} a model dir written by this pipeline?")
-    flags = load_json(path, path)
-    if not isinstance(flags, dict):
+    payload = load_json(path, path)
+    if not isinstance(payload, dict):
         raise UserError(f"{path}: expected a JSON object of model flags, found "
-                        f"{json_kind(flags)}")
-    if "model" not in flags:
-        raise UserError(f"{path}: has no 'model' key")
-    return flags
-
-
-def mismatched_keys(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-    return [key for key in IDENTITY_KEYS if key in old and old.get(key) != new.get(key)]
+                        f"{json_kind(payload)}")
+    return ModelFlags.from_json(payload, path)
 
 
 def checkpoint_step(path: str) -> Optional[int]:

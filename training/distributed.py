@@ -20,6 +20,7 @@ from models.tf_compat import tf
 from training import model_builder, readers, train_graph
 from training import train_dir as train_dir_files
 from training.errors import Interrupted, UserError, interrupt_pending, interrupts_deferred
+from training.model_flags import ModelFlags
 from training.progress import Progress
 from training.train_config import TrainConfig
 
@@ -80,7 +81,8 @@ def _worker_files(cluster_info: Dict[str, Any], data_pattern: str):
     return shard, len(workers), files
 
 
-def _worker_graph(model_flags, config: TrainConfig, cluster, task: str, shard: int, files):
+def _worker_graph(model_flags: ModelFlags, config: TrainConfig, cluster, task: str,
+                  shard: int, files):
     """(graph, ops, saver): the training graph with variables on the parameter servers."""
     graph = tf.Graph()
     with graph.as_default():
@@ -92,8 +94,9 @@ def _worker_graph(model_flags, config: TrainConfig, cluster, task: str, shard: i
         setter = tf.train.replica_device_setter(worker_device=task, cluster=cluster)
         with tf.device(setter):
             ops = train_graph.build_train_graph(model_flags, batch, [None], config)
-            saver = tf.train.Saver(max_to_keep=config.max_to_keep,
-                                   keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours)
+            saver = tf.train.Saver(
+                max_to_keep=config.max_to_keep,
+                keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours)
     return graph, ops, saver
 
 
@@ -125,7 +128,7 @@ def _serve(task_index: int) -> None:
         raise interrupt.noted(f"parameter server {task_index} stopped") from None
 
 
-def train_distributed(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
+def train_distributed(model_flags: ModelFlags, train_dir: str, data_pattern: str,
                       config: TrainConfig, cluster_info: Dict[str, Any],
                       log: Callable[[str], None] = print) -> Optional[Dict[str, Any]]:
     """One task of a TF_CONFIG cluster (module docstring). A parameter server

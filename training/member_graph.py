@@ -221,7 +221,7 @@ def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], ti
             try:
                 prediction, tiles = _member_prediction(
                     model, mode, (input_raw, num_frames, batch_size, *tiled_inputs), tile_num,
-                    signature["num_classes"])
+                    members[0].model_flags.num_classes)
             except ValueError as err:
                 raise UserError(f"{member.model_dir}: {err}") from None
         member_predictions.append(prediction)

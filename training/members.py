@@ -20,11 +20,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from training import checkpoints, compat, model_builder, precision, readers
 from training.errors import UserError
-from training.flags import comma_list
+from training.model_flags import ModelFlags
 
 MATCH_KEYS = ("frame_features", "feature_names", "feature_sizes", "num_classes")
 
@@ -33,7 +33,7 @@ MATCH_KEYS = ("frame_features", "feature_names", "feature_sizes", "num_classes")
 class Member:
     model_dir: str
     checkpoint: str
-    model_flags: Dict[str, Any]
+    model_flags: ModelFlags
     dtype: str                     # compat.FLOAT32, BFLOAT16 or INT8
     int8_keys: Tuple[str, ...] = ()   # INT8: the keys stored int8 (training.quantize)
     specs: Optional[compat.Specs] = None   # the checkpoint's, read once by load_member
@@ -54,17 +54,13 @@ class Member:
 
     @property
     def name(self) -> str:
-        return str(self.model_flags.get("model"))
+        return self.model_flags.model
 
 
-def read_member_flags(model_dir: str) -> Dict[str, Any]:
-    """model_flags.json of a model dir, with the keys every member needs."""
-    model_flags = checkpoints.read_model_flags(model_dir)
-    for key in MATCH_KEYS:
-        if key not in model_flags:
-            raise UserError(f"{os.path.join(model_dir, checkpoints.MODEL_FLAGS_FILE)}: "
-                            f"has no {key!r} key")
-    return model_flags
+def read_member_flags(model_dir: str) -> ModelFlags:
+    """model_flags.json of a model dir (every member key is required by
+    ModelFlags.from_json)."""
+    return checkpoints.read_model_flags(model_dir)
 
 
 def check_dir_records(model_dir: str, files: Sequence[str], flag_name: str,
@@ -93,11 +89,15 @@ def load_member(model_dir: str, checkpoint: Optional[str] = None) -> Member:
                   specs)
 
 
-def feature_signature(model_flags: Mapping[str, Any]) -> Dict[str, Any]:
-    return {"frame_features": bool(model_flags["frame_features"]),
-            "feature_names": comma_list(model_flags["feature_names"]),
-            "feature_sizes": model_builder.feature_sizes_of(model_flags),
-            "num_classes": int(model_flags["num_classes"])}
+SignatureValue = Union[bool, int, List[str], List[int]]
+
+
+def feature_signature(model_flags: ModelFlags) -> Dict[str, SignatureValue]:
+    """{MATCH_KEYS: value}: what the members of one ensemble share."""
+    return {"frame_features": model_flags.frame_features,
+            "feature_names": model_flags.feature_name_list(),
+            "feature_sizes": model_flags.feature_size_list(),
+            "num_classes": model_flags.num_classes}
 
 
 def check_members_agree(members: Sequence[Member]) -> None:

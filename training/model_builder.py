@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from absl import flags
 
@@ -12,20 +12,18 @@ from models.tf_compat import tf
 from training import readers
 from training.errors import UserError
 from training.flags import comma_list, comma_numbers
+from training.model_flags import ModelFlags
 
 FLAGS = flags.FLAGS
-
-
-def feature_sizes_of(model_flags: Dict[str, Any]) -> List[int]:
-    return comma_numbers(model_flags["feature_sizes"], "feature_sizes", int)
 
 
 def make_model_flags(model: str, feature_names: str, feature_sizes: str,
                      frame_features: bool, num_classes: int, label_loss: str,
                      hparam_overrides: Optional[Dict[str, Any]] = None,
-                     size: str = "full") -> Dict[str, Any]:
-    """The model_flags.json payload: everything needed to rebuild the graph
-    (size: the preset's size, models.presets.SIZES)."""
+                     size: str = "full") -> ModelFlags:
+    """The model_flags.json record of a new model: everything needed to
+    rebuild the graph (size: the preset's size, models.presets.SIZES); a
+    UserError naming the flag for an unknown model or bad features."""
     try:
         _, hparams = registry.resolve(model, hparam_overrides, size)
     except KeyError as err:
@@ -37,31 +35,30 @@ def make_model_flags(model: str, feature_names: str, feature_sizes: str,
     if len(names) != len(sizes):
         raise UserError(f"--feature_names has {len(names)} entries but --feature_sizes "
                         f"has {len(sizes)}")
-    flags = {"model": model, "feature_names": ",".join(names),
-             "feature_sizes": ",".join(sizes), "frame_features": bool(frame_features),
-             "num_classes": int(num_classes), "label_loss": label_loss,
-             "model_hparams": hparams}
-    feature_sizes_of(flags)
-    return flags
+    comma_numbers(sizes, "feature_sizes", int)
+    return ModelFlags(model=model, feature_names=",".join(names),
+                      feature_sizes=",".join(sizes), frame_features=bool(frame_features),
+                      num_classes=int(num_classes), label_loss=label_loss,
+                      model_hparams=hparams)
 
 
-def build_model(model_flags: Dict[str, Any],
+def build_model(model_flags: ModelFlags,
                 hparam_overrides: Optional[Dict[str, Any]] = None) -> FrameModel:
     """The model object described by model_flags (plus optional overrides
     that apply, e.g. frame_sampling at inference)."""
-    hparams = dict(model_flags.get("model_hparams", {}))
-    cls, _ = registry.resolve(model_flags["model"])
+    hparams = model_flags.hparams()
+    cls, _ = registry.resolve(model_flags.model)
     for key, value in (hparam_overrides or {}).items():
         if key in cls.DEFAULTS and value is not None:
             hparams[key] = value
-    return registry.build(model_flags["model"], int(model_flags["num_classes"]),
-                          feature_sizes_of(model_flags), hparams)
+    return registry.build(model_flags.model, model_flags.num_classes,
+                          model_flags.feature_size_list(), hparams)
 
 
-def make_reader(model_flags: Dict[str, Any]):
-    return readers.get_reader(bool(model_flags["frame_features"]),
-                              model_flags["feature_names"], model_flags["feature_sizes"],
-                              int(model_flags["num_classes"]))
+def make_reader(model_flags: ModelFlags) -> Union[readers.FrameReader, readers.VideoReader]:
+    """The reader of the records this model reads (frame- or video-level)."""
+    return readers.get_reader(model_flags.frame_features, model_flags.feature_names,
+                              model_flags.feature_sizes, model_flags.num_classes)
 
 
 def model_predictions(model: FrameModel, input_raw: tf.Tensor, num_frames: tf.Tensor,

@@ -30,6 +30,7 @@ from models import layers
 from models.tf_compat import saveable_object, tf
 from training import checkpoints, compat, quantize
 from training.errors import UserError
+from training.model_flags import ModelFlags
 
 DTYPE_KEY = "checkpoint_dtype"   # model_flags.json marker written by the converter
 
@@ -283,10 +284,10 @@ def storage_saveables(var_map: Mapping[str, Any], stored_bf16: bool,
 
 
 def check_dtype_marker(checkpoint_path: str, kind: str,
-                       model_flags: Optional[Mapping[str, Any]] = None) -> None:
+                       model_flags: Optional[ModelFlags] = None) -> None:
     """model_flags' "checkpoint_dtype" marker (written by the converter) must
     agree with the checkpoint's storage kind when present."""
-    marker = (model_flags or {}).get(DTYPE_KEY)
+    marker = model_flags.checkpoint_dtype if model_flags is not None else None
     if marker is not None and marker != kind:
         raise UserError(f"{checkpoint_path}: is {compat.a_kind(kind)} checkpoint but its "
                         f"{checkpoints.MODEL_FLAGS_FILE} says {DTYPE_KEY}={marker!r}")

@@ -37,6 +37,7 @@ from training import (
 )
 from training.errors import UserError, first_line
 from training.members import Member, check_no_duplicates, load_member, read_member_flags
+from training.model_flags import ModelFlags
 from training.progress import Progress
 
 INFERENCE_MODEL = "inference_model"   # the exported graph and checkpoint prefix
@@ -50,7 +51,7 @@ Fetches = Mapping[str, Tuple[Any, Callable[[Dict[str, np.ndarray]], Dict]]]
 class LoadedModel:
     model_dir: str
     kind: str                       # "ensemble", "single" or "members"
-    model_flags: Dict[str, Any]
+    model_flags: ModelFlags
     graph: Any
     session: Any
     input_batch_raw: Any
@@ -63,7 +64,7 @@ class LoadedModel:
 
     @property
     def num_classes(self) -> int:
-        return int(self.model_flags["num_classes"])
+        return self.model_flags.num_classes
 
     def close(self) -> None:
         self.session.close()
@@ -98,7 +99,7 @@ def session_config(num_threads: int = 0):
     return config
 
 
-def _open_exported(model_dir: str, model_flags: Dict[str, Any],
+def _open_exported(model_dir: str, model_flags: ModelFlags,
                    num_threads: int = 0) -> LoadedModel:
     prefix = os.path.join(model_dir, INFERENCE_MODEL)
     checkpoints.check_state_file(model_dir)
@@ -309,7 +310,7 @@ def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
     eval_results.record keeps beside the metrics."""
     with model.graph.as_default():
         labels_in = tf.placeholder(tf.float32, [None, model.num_classes], name="eval_labels")
-        loss = losses.get_loss(model.model_flags.get("label_loss", "CrossEntropyLoss"))(
+        loss = losses.get_loss(model.model_flags.label_loss)(
             model.predictions, labels_in)
     accumulator = metrics.EvaluationMetrics(model.num_classes, top_k)
     fetches = {"loss": (loss, lambda batch: {labels_in: batch["labels"]})}

@@ -44,6 +44,7 @@ from training.errors import (
     interrupts_deferred,
     run_main,
 )
+from training.model_flags import ModelFlags
 from training.progress import Progress
 from training.train_config import TrainConfig
 
@@ -125,7 +126,7 @@ def scalar_summary(writer, step: int, values: Dict[str, float]) -> None:
     writer.add_summary(summary, step)
 
 
-def _build(model_flags, data_pattern: str, config: TrainConfig, devices, label_loss_fn,
+def _build(model_flags: ModelFlags, data_pattern: str, config: TrainConfig, devices, label_loss_fn,
            reader):
     """(graph, ops, saver, init) of a local training run, the graph finalised."""
     graph = tf.Graph()
@@ -217,7 +218,7 @@ def _loop(sess, ops, saver, config: TrainConfig, writer, train_dir: str, data_pa
     return step, loss_value, saved
 
 
-def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
+def train(model_flags: ModelFlags, train_dir: str, data_pattern: str,
           config: TrainConfig, label_loss_fn=None, reader=None,
           warm_start: Optional[Callable[[tf.Session], None]] = None,
           log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -236,7 +237,7 @@ def train(model_flags: Dict[str, Any], train_dir: str, data_pattern: str,
         start = int(sess.run(ops["global_step"]))
         writer = tf.summary.FileWriter(train_dir, graph if not latest else None)
         matmul_dtype = config.matmul_dtype
-        log(f"training {model_flags['model']} on {len(devices)} tower(s) {devices} "
+        log(f"training {model_flags.model} on {len(devices)} tower(s) {devices} "
             f"from step {start}" + (f" to {train_graph.last_step(config)}"
                                     if config.max_steps else "")
             + f", {matmul_dtype} matmuls")
@@ -290,8 +291,8 @@ def config_from_flags() -> TrainConfig:
     return config
 
 
-def model_flags_from_flags() -> Dict[str, Any]:
-    """model_flags.json content from the command line; rejects hyper-parameter
+def model_flags_from_flags() -> ModelFlags:
+    """model_flags.json's record from the command line; rejects hyper-parameter
     flags that the chosen model does not have."""
     model_builder.check_hparam_flags(FLAGS.model)
     return model_builder.make_model_flags(
@@ -300,7 +301,8 @@ def model_flags_from_flags() -> Dict[str, Any]:
         FLAGS.size)
 
 
-def _run_cluster_task(model_flags, config, cluster_info) -> None:
+def _run_cluster_task(model_flags: ModelFlags, config: TrainConfig,
+                      cluster_info: Dict[str, Any]) -> None:
     """One task of a TF_CONFIG cluster; the chief holds the train dir's lock."""
     def run() -> None:
         distributed.train_distributed(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern,

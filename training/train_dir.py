@@ -21,6 +21,7 @@ import numpy as np
 from models.tf_compat import tf
 from training import checkpoints, compat, errors, locks
 from training.errors import UserError, first_line
+from training.model_flags import ModelFlags, mismatched_keys
 
 TRAINER_FILE_PREFIXES = (checkpoints.CHECKPOINT_PREFIX + "-", "events.out.tfevents.",
                          "checkpoint", checkpoints.MODEL_FLAGS_FILE, "graph.pbtxt")
@@ -90,7 +91,10 @@ def check_resumable(train_dir: str) -> None:
                         f"--train_dir")
 
 
-def prepare_train_dir(train_dir: str, model_flags: Dict[str, Any], start_new: bool) -> None:
+def prepare_train_dir(train_dir: str, model_flags: ModelFlags, start_new: bool) -> None:
+    """Readies train_dir for a run of model_flags: (start_new) removes the
+    trainer's files, then the leftovers of killed saves; a dir of another
+    model or a non-training checkpoint is a UserError; writes model_flags.json."""
     if start_new:
         remove_trainer_files(train_dir)
     # (Before the leftovers go: the data of a checkpoint that the state file
@@ -102,10 +106,10 @@ def prepare_train_dir(train_dir: str, model_flags: Dict[str, Any], start_new: bo
     flags_path = os.path.join(train_dir, checkpoints.MODEL_FLAGS_FILE)
     if os.path.exists(flags_path):
         old = checkpoints.read_model_flags(train_dir)
-        different = checkpoints.mismatched_keys(old, model_flags)
+        different = mismatched_keys(old, model_flags)
         if different:
-            details = "; ".join(f"{key}: {old.get(key)!r} in the file, {model_flags.get(key)!r} now"
-                                for key in different)
+            details = "; ".join(f"{key}: {getattr(old, key)!r} in the file, "
+                                f"{getattr(model_flags, key)!r} now" for key in different)
             raise UserError(f"{flags_path}: this train dir holds a different model ({details}); "
                             f"use another --train_dir or --start_new_model")
     checkpoints.write_model_flags(train_dir, model_flags)

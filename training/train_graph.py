@@ -20,6 +20,7 @@ from models import layers
 from models.tf_compat import tf
 from training import losses, model_builder, precision, readers
 from training.errors import UserError
+from training.model_flags import ModelFlags
 from training.train_config import TrainConfig
 
 FLOAT32 = "float32"
@@ -148,7 +149,8 @@ def _tower_getter(devices: List[str], matmul_dtype: str):
     return getter
 
 
-def _towers(model_flags, batch, devices, config, optimizer, label_loss_fn):
+def _towers(model_flags: ModelFlags, batch, devices, config: TrainConfig, optimizer,
+            label_loss_fn):
     """(gradients, label losses, predictions) of each tower."""
     parts = {key: tf.split(value, len(devices)) for key, value in batch.items()}
     getter = _tower_getter(devices, config.matmul_dtype)
@@ -168,7 +170,7 @@ def _towers(model_flags, batch, devices, config, optimizer, label_loss_fn):
     return tower_grads, tower_losses, tower_predictions
 
 
-def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
+def build_train_graph(model_flags: ModelFlags, batch: Dict[str, tf.Tensor],
                       devices: List[Optional[str]], config: TrainConfig,
                       label_loss_fn: Optional[Callable[..., tf.Tensor]] = None
                       ) -> Dict[str, Any]:
@@ -185,7 +187,7 @@ def build_train_graph(model_flags: Dict[str, Any], batch: Dict[str, tf.Tensor],
     learning_rate = _learning_rate(global_step, config, len(devices))
     optimizer = tf.train.AdamOptimizer(learning_rate)
     if label_loss_fn is None:
-        loss_of = losses.get_loss(model_flags.get("label_loss", "CrossEntropyLoss"))
+        loss_of = losses.get_loss(model_flags.label_loss)
         label_loss_fn = lambda predictions, part: loss_of(predictions, part["labels"])  # noqa: E731
     tower_grads, tower_losses, tower_predictions = _towers(
         model_flags, batch, devices, config, optimizer, label_loss_fn)
