@@ -14,7 +14,7 @@ import dataclasses
 import os
 import re
 import shutil
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 import numpy as np
 
