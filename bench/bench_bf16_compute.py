@@ -83,7 +83,7 @@ def time_modes(name: str, features, num_frames, tile_num: int, repeats: int) -> 
                 ensemble = member_graph.build_ensemble_graph([member], [1.0], tile_num,
                                                              scopes=[scope], bf16_compute=mode)
                 outputs[mode] = (ensemble.predictions, ensemble.input_batch_raw,
-                                 ensemble.num_frames, ensemble.restore_maps[0])
+                                 ensemble.num_frames, ensemble.members[0].restore_map)
         bf16_vars = outputs[bf16.CAST_EACH_STEP][3]
         fp32_vars = outputs[bf16.CAST_AT_LOAD][3]
         initializers = [var.initializer for var in bf16_vars.values()]

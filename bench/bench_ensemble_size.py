@@ -63,10 +63,10 @@ def export_random_ensemble(members: Sequence[Member], directory: str, tile_num: 
                                                      tile_num)
         if int8_min_values is not None:
             for index, key in ensemble.plan_int8(None, int8_min_values, 0):
-                ensemble.add_int8(index, [key])
+                ensemble.members[index].add_int8([key])
         initializers = [var.initializer for var in ensemble.variables]
     params = sum(int(np.prod(var.shape.as_list())) for var in ensemble.variables)
-    int8_count = sum(len(scales) for scales in ensemble.int8_scales)
+    int8_count = sum(len(part.int8_scales) for part in ensemble.members)
     log(f"graph: {len(members)} members, {len(ensemble.variables)} variables "
         f"({int8_count} int8), {params:,} parameters; {time.time() - start:.1f}s")
     with tf.Session(graph=graph) as sess:

@@ -159,25 +159,26 @@ def _check_output_dir(output_dir: str, member_dirs: Sequence[str], overwrite: bo
 
 
 def _describe_members(members, weights, ensemble, tile_num: int, log) -> None:
-    for index, (member, weight, tile) in enumerate(zip(members, weights, ensemble.tiled)):
-        count = sum(int(var.shape.num_elements()) for var in ensemble.restore_maps[index].values())
+    for index, (member, weight, part) in enumerate(zip(members, weights, ensemble.members)):
+        count = sum(int(var.shape.num_elements()) for var in part.restore_map.values())
         log(f"model{index}: {member.model_dir} ({member.name}, {member.dtype}, "
             f"{count:,} values, weight {weight:.4f}, "
-            f"{f'tiled x{tile_num}' if tile else 'not tiled'}"
-            f"{', shared frame work' if ensemble.shared[index] else ''})")
+            f"{f'tiled x{tile_num}' if part.tiled else 'not tiled'}"
+            f"{', shared frame work' if part.shared else ''})")
 
 
 def _ensemble_json(members, weights, ensemble, settings: Dict[str, Any], size: int,
                    limit: int) -> Dict[str, Any]:
     return {
         "members": [m.model_dir for m in members], "weights": list(weights),
-        "tile_num": int(settings["tile_num"]), "tiled": list(ensemble.tiled),
-        "scopes": list(ensemble.scopes), "models": [m.name for m in members],
+        "tile_num": int(settings["tile_num"]), "tiled": [p.tiled for p in ensemble.members],
+        "scopes": [p.scope for p in ensemble.members], "models": [m.name for m in members],
         "checkpoints": [m.checkpoint for m in members],
         "checkpoint_dtypes": [m.dtype for m in members],
         "frame_sampling": settings["frame_sampling"],
-        "shared_frame_work": list(ensemble.shared), "bf16_compute": ensemble.bf16_compute,
-        "int8": [sorted(scales) for scales in ensemble.int8_scales],
+        "shared_frame_work": [p.shared for p in ensemble.members],
+        "bf16_compute": ensemble.bf16_compute,
+        "int8": [sorted(p.int8_scales) for p in ensemble.members],
         "target_bytes": settings.get("target_bytes"),
         "seed": int(settings["seed"]), "exported_bytes": int(size), "size_limit_bytes": limit}
 
@@ -217,10 +218,10 @@ def _add_int8_for_target(graph, ensemble, target_bytes: int, min_values: int, lo
              + META_BYTES_PER_VARIABLE * len(ensemble.variables))
     chosen = ensemble.plan_int8(target_bytes, min_values, fixed)
     for index, key in chosen:
-        before = ensemble.stored_bytes(index, key)
-        ensemble.add_int8(index, [key])
-        log(f"int8: {ensemble.scopes[index]} {key} {before:,} -> "
-            f"{ensemble.stored_bytes(index, key):,} bytes")
+        part = ensemble.members[index]
+        before = part.stored_bytes(key)
+        part.add_int8([key])
+        log(f"int8: {part.scope} {key} {before:,} -> {part.stored_bytes(key):,} bytes")
     if not chosen:
         log(f"int8: no matrix needed for --target_bytes={target_bytes}")
 

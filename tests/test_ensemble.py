@@ -129,7 +129,7 @@ def builder_predictions(member_dirs, weights, tile_num, features, num_frames, se
         fetches = {"predictions": ensemble.predictions,
                    "members": ensemble.member_predictions}
         if fetch_tiles:
-            fetches["tiles"] = [t for t in ensemble.member_tiles if t is not None]
+            fetches["tiles"] = [m.tiles for m in ensemble.members if m.tiles is not None]
         out = sess.run(fetches, {ensemble.input_batch_raw: features,
                                  ensemble.num_frames: num_frames})
     return out, ensemble
@@ -263,7 +263,7 @@ def test_tiles_only_frame_sampling_members(zoo):
     members = [zoo["gru"], zoo["dbof_bf16"]]
     out, ensemble = builder_predictions(members, [1, 1], 4, features, num_frames,
                                         fetch_tiles=True)
-    assert ensemble.tiled == [False, True]
+    assert [m.tiled for m in ensemble.members] == [False, True]
     (tiles,) = out["tiles"]
     assert tiles.shape == (4, 4, TINY_CLASSES)
     # Independent draws per copy, and the member's prediction is their mean.
@@ -277,7 +277,7 @@ def test_tiles_only_frame_sampling_members(zoo):
     np.testing.assert_allclose(out["members"][0], gru_alone, rtol=1e-5, atol=1e-7)
     forced, forced_graph = builder_predictions([zoo["gru"]], [1], 4, features, num_frames,
                                                force_tile=True, fetch_tiles=True)
-    assert forced_graph.tiled == [True]
+    assert [m.tiled for m in forced_graph.members] == [True]
     for copy in forced["tiles"][0]:
         np.testing.assert_allclose(copy, gru_alone, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(forced["predictions"], gru_alone, rtol=1e-5, atol=1e-7)
@@ -310,10 +310,11 @@ def test_scope_matching_is_exact(zoo):
     graph = tf.Graph()
     with graph.as_default():
         ensemble = member_graph.build_ensemble_graph(members, [1 / 11] * 11, 1)
-    sizes = {len(mapping) for mapping in ensemble.restore_maps}
-    assert sizes == {len(ensemble.restore_maps[0])}
-    assert all(key.startswith("tower/") for key in ensemble.restore_maps[1])
-    assert all(var.op.name.startswith("model1/") for var in ensemble.restore_maps[1].values())
+    sizes = {len(member.restore_map) for member in ensemble.members}
+    assert sizes == {len(ensemble.members[0].restore_map)}
+    second = ensemble.members[1].restore_map
+    assert all(key.startswith("tower/") for key in second)
+    assert all(var.op.name.startswith("model1/") for var in second.values())
 
 
 # ---------------------------------------------------------------------------

@@ -361,7 +361,7 @@ def test_member_graph_plans_nothing_when_it_fits(tiny_models):
     graph = tf.Graph()
     with graph.as_default():
         built = member_graph.build_ensemble_graph([member], [1.0], 1)
-        total = sum(built.stored_bytes(0, key) for key in built.restore_maps[0])
+        total = sum(built.members[0].stored_bytes(key) for key in built.members[0].restore_map)
         assert built.plan_int8(total + 1, 256, 0) == []
         everything = built.plan_int8(None, 256, 0)
     assert everything and all(index == 0 for index, _ in everything)

@@ -233,6 +233,6 @@ def test_shared_is_the_default_and_the_flag(seeded_members, tmp_path):
     with graph.as_default():
         members = [load_member(d) for d in seeded_members]
         ensemble = member_graph.build_ensemble_graph(members, [0.25] * 4, 3)
-    assert ensemble.shared == [True, True, True, False]
+    assert [member.shared for member in ensemble.members] == [True, True, True, False]
     # The shared graph never tiles the input when only the GRU is left untiled.
     assert not [op for op in graph.get_operations() if op.name.startswith("tile/")]

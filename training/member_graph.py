@@ -29,66 +29,78 @@ from training.members import Member, check_members_agree, feature_signature
 Log = Optional[Callable[[str], None]]
 
 @dataclass
+class GraphMember:
+    """Member i of an EnsembleGraph: its scope, outputs and how its variables
+    are stored. restore_map: {checkpoint key tower/<x>: graph variable
+    <scope>/<x>}; stored_bf16: float32 variables filled from bfloat16
+    tensors (cast_at_load); int8_scales: {key: scale variable} of the
+    matrices stored int8 in the export, int8_restored the ones the checkpoint
+    holds as int8 (the rest are quantised in the session, quantize_in_session)."""
+    scope: str
+    prediction: tf.Tensor                  # [B, C] (mean over its tiles)
+    tiles: Optional[tf.Tensor]             # [T, B, C] for a tiled member, else None
+    tiled: bool
+    shared: bool                           # tiled with shared frame work
+    restore_map: Dict[str, tf.Variable]
+    stored_bf16: bool
+    int8_restored: Tuple[str, ...] = ()
+    int8_scales: Dict[str, tf.Variable] = field(default_factory=dict)
+
+    def saver_map(self) -> Dict[str, Any]:
+        """{checkpoint key: variable or storage saveable} to restore it."""
+        scales = {key: self.int8_scales[key] for key in self.int8_restored}
+        return precision.storage_saveables(self.restore_map, self.stored_bf16, scales)
+
+    def export_vars(self) -> List[Any]:
+        """Its variables under their graph names, through the storage
+        saveables where they are bf16 (cast_at_load) or int8 on disk."""
+        by_name = {var.op.name: var for var in self.restore_map.values()}
+        scales = {self.restore_map[key].op.name: scale
+                  for key, scale in self.int8_scales.items()}
+        return list(precision.storage_saveables(by_name, self.stored_bf16, scales).values())
+
+    def add_int8(self, keys: Sequence[str]) -> None:
+        """Stores `keys` as int8 in the export (scale variables are created in
+        the default graph: call it there)."""
+        for key in keys:
+            if key not in self.int8_scales:
+                self.int8_scales[key] = precision.int8_scale_variable(self.restore_map[key])
+
+    def stored_bytes(self, key: str) -> int:
+        """Bytes of variable `key` in the export."""
+        variable = self.restore_map[key]
+        shape = variable.shape.as_list()
+        if key in self.int8_scales:
+            return quantize.int8_bytes(shape)
+        dtype = variable.dtype.base_dtype
+        if dtype == tf.float32 and self.stored_bf16:
+            dtype = tf.bfloat16
+        return int(np.prod(shape, dtype=np.int64)) * dtype.size
+
+
+@dataclass
 class EnsembleGraph:
+    """The members in one graph: the placeholders, the combined predictions
+    and one GraphMember per member (in the order given)."""
     input_batch_raw: tf.Tensor
     num_frames: tf.Tensor
     predictions: tf.Tensor
-    member_predictions: List[tf.Tensor]          # [B, C] each (mean over its tiles)
-    member_tiles: List[Optional[tf.Tensor]]      # [T, B, C] for tiled members, else None
-    tiled: List[bool]
-    scopes: List[str]
-    restore_maps: List[Dict[str, tf.Variable]] = field(default_factory=list)
-    stored_bf16: List[bool] = field(default_factory=list)   # float32 vars, bf16 on disk
-    shared: List[bool] = field(default_factory=list)        # tiled with shared frame work
+    members: List[GraphMember]
     bf16_compute: str = precision.DEFAULT_BF16_COMPUTE
-    # Per member: {checkpoint key: scale variable} of the matrices stored int8
-    # in the export; which of them the checkpoint holds as int8 (the rest are
-    # quantised in the session by quantize_in_session).
-    int8_scales: List[Dict[str, tf.Variable]] = field(default_factory=list)
-    int8_restored: List[Tuple[str, ...]] = field(default_factory=list)
+
+    @property
+    def member_predictions(self) -> List[tf.Tensor]:
+        """Each member's [B, C] predictions (what stacking fetches)."""
+        return [member.prediction for member in self.members]
 
     @property
     def variables(self) -> List[tf.Variable]:
-        return [var for mapping in self.restore_maps for var in mapping.values()]
-
-    def saver_map(self, index: int) -> Dict[str, Any]:
-        """Member index's {checkpoint key: variable or storage saveable}."""
-        scales = {key: self.int8_scales[index][key] for key in self.int8_restored[index]}
-        return precision.storage_saveables(self.restore_maps[index],
-                                           self.stored_bf16[index], scales)
+        return [var for member in self.members for var in member.restore_map.values()]
 
     @property
     def export_var_list(self) -> List[Any]:
-        """What the export Saver writes under the graph names (model<i>/...):
-        the variables, through the storage saveables of training.precision
-        where they are bf16 (cast_at_load) or int8 on disk."""
-        out: List[Any] = []
-        for index, mapping in enumerate(self.restore_maps):
-            by_name = {var.op.name: var for var in mapping.values()}
-            scales = {mapping[key].op.name: scale
-                      for key, scale in self.int8_scales[index].items()}
-            out.extend(precision.storage_saveables(by_name, self.stored_bf16[index],
-                                                   scales).values())
-        return out
-
-    def add_int8(self, index: int, keys: Sequence[str]) -> None:
-        """Stores member index's `keys` as int8 in the export (scale
-        variables are created in the default graph: call it there)."""
-        for key in keys:
-            if key not in self.int8_scales[index]:
-                variable = self.restore_maps[index][key]
-                self.int8_scales[index][key] = precision.int8_scale_variable(variable)
-
-    def stored_bytes(self, index: int, key: str) -> int:
-        """Bytes of member index's variable `key` in the export."""
-        variable = self.restore_maps[index][key]
-        shape = variable.shape.as_list()
-        if key in self.int8_scales[index]:
-            return quantize.int8_bytes(shape)
-        dtype = variable.dtype.base_dtype
-        if dtype == tf.float32 and self.stored_bf16[index]:
-            dtype = tf.bfloat16
-        return int(np.prod(shape, dtype=np.int64)) * dtype.size
+        """What the export Saver writes under the graph names (model<i>/...)."""
+        return [var for member in self.members for var in member.export_vars()]
 
     def plan_int8(self, target_bytes: Optional[int], min_values: int,
                   fixed_bytes: int) -> List[Tuple[int, str]]:
@@ -97,11 +109,11 @@ class EnsembleGraph:
         fits target_bytes (None: all of them); fixed_bytes: the meta graph
         and index."""
         candidates, fixed = [], fixed_bytes
-        for index, mapping in enumerate(self.restore_maps):
-            for key, variable in sorted(mapping.items()):
-                size = self.stored_bytes(index, key)
+        for index, member in enumerate(self.members):
+            for key, variable in sorted(member.restore_map.items()):
+                size = member.stored_bytes(key)
                 shape = variable.shape.as_list()
-                if key not in self.int8_scales[index] and \
+                if key not in member.int8_scales and \
                         quantize.is_candidate(shape, variable.dtype, min_values):
                     candidates.append(((index, key), shape, size))
                 else:
@@ -186,6 +198,17 @@ def _restore_map(scope: str) -> Dict[str, tf.Variable]:
             for var in model_builder.model_variables(scope)}
 
 
+def _in_scope(member: Member, model, scope: str, mode: str, inputs: Sequence[tf.Tensor],
+              tile_num: int, bf16_compute: str) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
+    """_member_prediction of one member under its variable scope and getter."""
+    with tf.variable_scope(scope, custom_getter=member.getter_for(bf16_compute)):
+        try:
+            return _member_prediction(model, mode, inputs, tile_num,
+                                      member.model_flags.num_classes)
+        except ValueError as err:
+            raise UserError(f"{member.model_dir}: {err}") from None
+
+
 def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], tile_num: int,
                          frame_sampling: Optional[str] = None,
                          scopes: Optional[Sequence[str]] = None,
@@ -203,8 +226,7 @@ def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], ti
     bf16_compute = precision.check_bf16_compute(bf16_compute)
     _check_graph_args(members, weights, tile_num, frame_sampling)
     scopes = list(scopes) if scopes is not None else [f"model{i}" for i in range(len(members))]
-    signature = feature_signature(members[0].model_flags)
-    input_raw, num_frames = _input_placeholders(signature)
+    input_raw, num_frames = _input_placeholders(feature_signature(members[0].model_flags))
     batch_size = tf.shape(input_raw)[0]
     models = [_build_model(member, frame_sampling) for member in members]
     tiled = [tile_num > 1 and (force_tile or bool(model.samples_frames_randomly))
@@ -214,31 +236,23 @@ def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], ti
     tiled_inputs = (None, None)
     if any(tile and not share for tile, share in zip(tiled, shared)):
         tiled_inputs = _tiled_inputs(input_raw, num_frames, tile_num)
-    member_predictions, member_tiles = [], []
-    for member, model, scope, tile, share in zip(members, models, scopes, tiled, shared):
-        mode = "shared" if share else "tiled" if tile else "plain"
-        with tf.variable_scope(scope, custom_getter=member.getter_for(bf16_compute)):
-            try:
-                prediction, tiles = _member_prediction(
-                    model, mode, (input_raw, num_frames, batch_size, *tiled_inputs), tile_num,
-                    members[0].model_flags.num_classes)
-            except ValueError as err:
-                raise UserError(f"{member.model_dir}: {err}") from None
-        member_predictions.append(prediction)
-        member_tiles.append(tiles)
-    predictions = _weighted_mean(weights, member_predictions)
-    restore_maps = [_restore_map(scope) for scope in scopes]
+    inputs = (input_raw, num_frames, batch_size, *tiled_inputs)
+    outputs = [_in_scope(member, model, scope,
+                         "shared" if share else "tiled" if tile else "plain", inputs, tile_num,
+                         bf16_compute)
+               for member, model, scope, tile, share in zip(members, models, scopes, tiled,
+                                                            shared)]
+    predictions = _weighted_mean(weights, [prediction for prediction, _ in outputs])
+    parts = [GraphMember(scope, prediction, tiles, tile, share, _restore_map(scope),
+                         member.stored_bf16_in(bf16_compute), tuple(member.int8_keys))
+             for member, scope, (prediction, tiles), tile, share
+             in zip(members, scopes, outputs, tiled, shared)]
     for name, tensor in (("input_batch_raw", input_raw), ("num_frames", num_frames),
                          ("predictions", predictions)):
         tf.add_to_collection(name, tensor)
-    built = EnsembleGraph(input_raw, num_frames, predictions, member_predictions, member_tiles,
-                          tiled, scopes, restore_maps,
-                          [member.stored_bf16_in(bf16_compute) for member in members], shared,
-                          bf16_compute, [{} for _ in members],
-                          [tuple(member.int8_keys) for member in members])
-    for index, member in enumerate(members):
-        built.add_int8(index, member.int8_keys)
-    return built
+    for part, member in zip(parts, members):
+        part.add_int8(member.int8_keys)
+    return EnsembleGraph(input_raw, num_frames, predictions, parts, bf16_compute)
 
 
 # ---------------------------------------------------------------------------
@@ -247,26 +261,26 @@ def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], ti
 
 def member_savers(members: Sequence[Member], graph: EnsembleGraph) -> List[tf.train.Saver]:
     """One name-mapping Saver per member (call in the graph, before finalising)."""
-    for index, (member, mapping) in enumerate(zip(members, graph.restore_maps)):
-        compat.check_fits(member.checkpoint, mapping, owner=member.model_dir,
+    for member, part in zip(members, graph.members):
+        compat.check_fits(member.checkpoint, part.restore_map, owner=member.model_dir,
                           needer=f"model {member.name} of its {checkpoints.MODEL_FLAGS_FILE}",
-                          stored_bf16=graph.stored_bf16[index], check_extra=True,
+                          stored_bf16=part.stored_bf16, check_extra=True,
                           int8=member.int8_keys, stored=member.specs)
-    return [tf.train.Saver(graph.saver_map(index), name=f"restore_{scope}", sharded=False)
-            for index, scope in enumerate(graph.scopes)]
+    return [tf.train.Saver(part.saver_map(), name=f"restore_{part.scope}", sharded=False)
+            for part in graph.members]
 
 
 def quantize_in_session(sess: tf.Session, graph: EnsembleGraph, log: Log = None) -> None:
     """Rounds the int8-stored matrices that the checkpoints held in another
-    dtype (EnsembleGraph.add_int8) to their int8 values in the session, so
+    dtype (GraphMember.add_int8) to their int8 values in the session, so
     that what is evaluated is what the export holds; fills their scales."""
-    for index, scales in enumerate(graph.int8_scales):
-        for key, scale in sorted(scales.items()):
-            if key in graph.int8_restored[index]:
+    for part in graph.members:
+        for key, scale in sorted(part.int8_scales.items()):
+            if key in part.int8_restored:
                 continue
-            variable = graph.restore_maps[index][key]
+            variable = part.restore_map[key]
             quantized, scale_value = quantize.quantize_columns(sess.run(variable),
-                                                               f"{graph.scopes[index]}/{key}")
+                                                               f"{part.scope}/{key}")
             numpy_dtype = variable.dtype.base_dtype.as_numpy_dtype
             variable.load(quantize.dequantize_columns(quantized, scale_value)
                           .astype(numpy_dtype), sess)
