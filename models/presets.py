@@ -81,7 +81,8 @@ def check_size(size: str) -> str:
 
 def schedule_for(schedule: Schedule, size: str) -> Schedule:
     """`schedule` as run at `size` (tiny and test runs are short)."""
-    run = {"full": {}, "tiny": _TINY_RUN, "test": _TEST_RUN}[check_size(size)]
+    runs: Dict[str, Dict[str, Any]] = {"full": {}, "tiny": _TINY_RUN, "test": _TEST_RUN}
+    run = runs[check_size(size)]
     return dataclasses.replace(schedule, **run)
 
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The lint (ruff, ruff.toml) and the test suite, in ./.venv (created on first
-# use), on every core (pytest-xdist). Extra args go to pytest.
+# The lint (ruff, ruff.toml), the type check (mypy, mypy.ini: models/ and
+# training/) and the test suite, in ./.venv (created on first use), on every
+# core (pytest-xdist). Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source run_scripts/setup_env.sh
 "$VENV/bin/ruff" check .
+"$VENV/bin/mypy"
 # One worker per core (TEST_WORKERS=0: all in this process), each taking whole test
 # files (their module fixtures are built once).
 exec "$PYTHON" -m pytest -q -n "${TEST_WORKERS:-auto}" --dist loadfile "$@" tests

@@ -129,7 +129,7 @@ def mean_of_batch_statistics(sess: tf.Session, statistics: Dict[str, tf.Tensor],
 
     feed_dicts: optional iterable of feed dicts, one per batch.
     """
-    sums = None
+    sums: Dict[str, np.ndarray] = {}
     feeds = iter(feed_dicts) if feed_dicts is not None else None
     progress = Progress("batches", total=num_batches)
     for index in range(num_batches):
@@ -139,7 +139,7 @@ def mean_of_batch_statistics(sess: tf.Session, statistics: Dict[str, tf.Tensor],
         except tf.errors.OutOfRangeError:
             raise UserError(f"--train_data_pattern: the data ran out after {index} of "
                             f"--recompute_batches={num_batches} batches") from None
-        if sums is None:
+        if not sums:
             sums = {key: np.asarray(value, dtype=np.float64) for key, value in values.items()}
         else:
             for key, value in values.items():

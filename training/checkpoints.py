@@ -56,7 +56,8 @@ def json_kind(value: Any) -> str:
     """'a list', 'a string', 'a number', ... of a parsed JSON value."""
     if value is None or isinstance(value, bool):
         return "null" if value is None else "a boolean"
-    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
+    kinds: Dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
+    return kinds.get(type(value), "a number")
 
 
 def write_model_flags(directory: str, model_flags: ModelFlags) -> None:
@@ -89,7 +90,7 @@ def list_checkpoints(directory: str, prefix: str = CHECKPOINT_PREFIX
     A checkpoint counts when its .index file exists (TensorFlow writes the
     index last, after the data files).
     """
-    found = []
+    found: List[Tuple[int, str]] = []
     if not os.path.isdir(directory):
         return found
     pattern = re.compile(re.escape(prefix) + r"-(\d+)\.index$")
@@ -235,11 +236,19 @@ def _checksum_failures(prefix: str, count: int) -> Tuple[int, int]:
     return probed, failed
 
 
+def _data_numbers(path: str) -> Tuple[int, int]:
+    """(shard, count) of a data file name <prefix>.data-<shard>-of-<count>."""
+    match = _DATA_RE.search(path)
+    if match is None:
+        raise ValueError(f"{path}: not a checkpoint data file name")
+    return int(match.group(1)), int(match.group(2))
+
+
 def _data_name(prefix: str, shard: Optional[int] = None) -> str:
     """The data file (of `shard`) to name in a message."""
     files = data_files(prefix)
     if shard is not None:
-        files = [path for path in files if int(_DATA_RE.search(path).group(1)) == shard] or files
+        files = [path for path in files if _data_numbers(path)[0] == shard] or files
     return files[0] if len(files) == 1 else f"{prefix}.data-*"
 
 
@@ -262,7 +271,7 @@ def _check_data(reader: CheckpointReader) -> None:
         if shapes:      # (TensorFlow's error names the data file it needs)
             reader.get_tensor(_smallest_keys(reader)[0])
         return
-    count = max(int(_DATA_RE.search(path).group(2)) for path in present)
+    count = max(_data_numbers(path)[1] for path in present)
     wanted_files = [f"{prefix}.data-{shard:05d}-of-{count:05d}" for shard in range(count)]
     for path in wanted_files:
         if not os.path.isfile(path):

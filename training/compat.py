@@ -22,7 +22,7 @@ FLOAT32 = "float32"
 BFLOAT16 = "bfloat16"
 INT8 = quantize.INT8       # large matrices int8 + a scale per column, the rest bfloat16
 
-Specs = Dict[str, Tuple[List[int], Any]]    # key -> (shape, tf.DType)
+Specs = Dict[str, Tuple[Optional[List[int]], Any]]    # key -> (shape or None, tf.DType)
 
 
 def checkpoint_specs(path: str, model_only: bool = True) -> Specs:
@@ -31,7 +31,8 @@ def checkpoint_specs(path: str, model_only: bool = True) -> Specs:
     reader = checkpoints.open_checkpoint(path)
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
-    specs = {key: (list(shapes[key]), tf.as_dtype(dtypes[key]).base_dtype) for key in shapes}
+    specs: Specs = {key: (list(shapes[key]), tf.as_dtype(dtypes[key]).base_dtype)
+                    for key in shapes}
     return model_variables_of(specs) if model_only else specs
 
 
@@ -86,7 +87,7 @@ def find_mismatch(stored: Specs, wanted: Specs, check_extra: bool = False,
         if key not in stored:
             return Mismatch("missing", key, None, wanted[key])
         (stored_shape, stored_dtype), (wanted_shape, wanted_dtype) = stored[key], wanted[key]
-        if wanted_shape is not None and list(stored_shape) != list(wanted_shape):
+        if wanted_shape is not None and list(stored_shape or []) != list(wanted_shape):
             return Mismatch("shape", key, stored[key], wanted[key])
         if compare_dtypes and stored_dtype != wanted_dtype:
             return Mismatch("dtype", key, stored[key], wanted[key])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -131,14 +132,21 @@ class Interrupted(BaseException):
         return text + (f" {self.at}" if self.at else "") + (f"; {self.note}" if self.note else "")
 
 
-# Signals received inside interrupts_deferred blocks, raised when the outermost one ends.
-_deferred = {"depth": 0, "pending": []}
+@dataclasses.dataclass
+class _Deferred:
+    """Signals received inside interrupts_deferred blocks (pending), raised
+    when the outermost one (depth: how many are open) ends."""
+    depth: int = 0
+    pending: List[int] = dataclasses.field(default_factory=list)
+
+
+_deferred = _Deferred()
 
 
 def _raise_interrupted(signum: int, frame) -> None:
     del frame
-    if _deferred["depth"]:
-        _deferred["pending"].append(signum)
+    if _deferred.depth:
+        _deferred.pending.append(signum)
         return
     raise Interrupted(signum)
 
@@ -148,13 +156,13 @@ def interrupts_deferred() -> Iterator[None]:
     """A SIGINT or SIGTERM received inside the block waits for its end (a
     training step and its save finish; a cleanup is not cut short) and is
     raised then as Interrupted, unless an Interrupted is already on its way."""
-    _deferred["depth"] += 1
+    _deferred.depth += 1
     try:
         yield
     finally:
-        _deferred["depth"] -= 1
-        pending = _deferred["pending"]
-        if not _deferred["depth"] and pending:
+        _deferred.depth -= 1
+        pending = _deferred.pending
+        if not _deferred.depth and pending:
             signum = pending[0]
             pending.clear()
             if not isinstance(sys.exc_info()[1], Interrupted):
@@ -163,7 +171,7 @@ def interrupts_deferred() -> Iterator[None]:
 
 def interrupt_pending() -> bool:
     """True when a signal received in an interrupts_deferred block waits."""
-    return bool(_deferred["pending"])
+    return bool(_deferred.pending)
 
 
 def _exit_interrupted(interrupt: Interrupted) -> None:

@@ -57,8 +57,8 @@ int8_min_values       integer  Matrices with at least this many values may be st
 recompute_batches     integer  Training batches (of --batch_size, from --train_data_pattern) on
                                which --bn_statistics=recompute recomputes the BN statistics.
 """
-_DEFINERS_BY_TYPE = {"string": flags.DEFINE_string, "integer": flags.DEFINE_integer,
-                     "bool": flags.DEFINE_bool}
+_DEFINERS_BY_TYPE: Dict[str, Callable] = {
+    "string": flags.DEFINE_string, "integer": flags.DEFINE_integer, "bool": flags.DEFINE_bool}
 
 
 def _parse_table(table: str) -> Dict[str, Tuple[Callable, str]]:

@@ -71,7 +71,8 @@ def _busy_line(lock_path: str, label: str, advice: str) -> str:
 
 def _make_parents(path: str) -> List[str]:
     """Makes the missing parent dirs of `path`; -> those this call made, outermost first."""
-    missing, parent = [], os.path.dirname(path)
+    missing: List[str] = []
+    parent = os.path.dirname(path)
     while parent and not os.path.isdir(parent):
         missing.insert(0, parent)
         parent = os.path.dirname(parent)
@@ -113,6 +114,7 @@ def _open_locked(lock_path: str, wait: bool, made: List[str]) -> Optional[int]:
         except FileNotFoundError:
             pass
         os.close(fd)  # released and removed by its holder meanwhile: take the new one
+    raise AssertionError("itertools.count() never ends")
 
 
 def _release(fd: int, lock_path: str) -> None:

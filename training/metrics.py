@@ -21,7 +21,7 @@ functional and accumulated results are identical (docs/architecture.md
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -349,8 +349,8 @@ def _perr_per_video(p: np.ndarray, y: np.ndarray, num_labels: np.ndarray,
     kmax = int(num_labels.max())
     if kmax == 0:
         return out
-    k_have = 0 if scores is None else scores.shape[1]
-    if k_have == 0:
+    k_have = 0 if scores is None or rel is None else scores.shape[1]
+    if scores is None or rel is None or k_have == 0:
         _, scores, rel = _topk_arrays(p, y, kmax)
         k_have = kmax
 
@@ -435,15 +435,15 @@ def average_precision(scores: np.ndarray, relevant: np.ndarray,
     r = np.asarray(relevant).ravel()
     if s.shape != r.shape:
         raise ValueError(f"scores ({s.size}) and relevant ({r.size}) differ in size")
-    r = r > 0
+    hits = r > 0
     if num_positives is None:
-        num_positives = int(np.count_nonzero(r))
+        num_positives = int(np.count_nonzero(hits))
     if num_positives <= 0 or s.size == 0:
         return 0.0
     if not np.issubdtype(s.dtype, np.floating):
         s = s.astype(np.float64)
     order = _descending_order(s)
-    return _ap_of_sorted(r[order], num_positives)
+    return _ap_of_sorted(hits[order], num_positives)
 
 
 def global_average_precision(predictions: np.ndarray, labels: np.ndarray,
@@ -514,10 +514,10 @@ class EvaluationMetrics:
         self.clear()
 
     def clear(self) -> None:
-        self._scores = []
-        self._labels = []
-        self._classes = []
-        self._num_labels = []
+        self._scores: List[np.ndarray] = []
+        self._labels: List[np.ndarray] = []
+        self._classes: List[np.ndarray] = []
+        self._num_labels: List[np.ndarray] = []
         self._positives = np.zeros(self.num_classes, dtype=np.int64)
         self.num_examples = 0
         self._sum_hit_at_one = 0.0

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from absl import flags
 
@@ -97,8 +97,9 @@ def model_variables(scope: str) -> List[tf.Variable]:
 # ---------------------------------------------------------------------------
 # Model hyper-parameters: one flag each (default None = the preset's value)
 
-_DEFINERS = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
-             float: flags.DEFINE_float, str: flags.DEFINE_string}
+_DEFINERS: Dict[type, Callable[..., flags.FlagHolder]] = {
+    bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+    str: flags.DEFINE_string}
 
 
 def define_hparam_flags(flag_values: flags.FlagValues = FLAGS) -> None:

@@ -17,7 +17,7 @@ import glob
 import os
 import stat
 import tempfile
-from typing import Callable, Dict
+from typing import Callable, Dict, Mapping, Optional
 
 from training.errors import UserError
 
@@ -189,7 +189,7 @@ def check(kind: str, flag: str, value: str) -> None:
     CHECKS[kind](flag, value)
 
 
-def check_all(kinds: Dict[str, str], values: Dict[str, str]) -> None:
+def check_all(kinds: Dict[str, str], values: Mapping[str, Optional[str]]) -> None:
     """check() for every {flag: kind}, with values {flag: value}, in order."""
     for flag, kind in kinds.items():
         check(kind, flag, values.get(flag) or "")

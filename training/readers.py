@@ -21,7 +21,7 @@ unlabelled test split for evaluation, ...) before any work.
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Sequence
+from typing import Sequence, Union
 
 from models.tf_compat import tf
 from training.errors import UserError, first_line
@@ -633,7 +633,8 @@ def _tfrecords(path, compression_type):
 SKIPPED_FILES: dict = {}
 
 
-def _read_records_skipping_corruption(path: bytes, compression_type: bytes = b""):
+def _read_records_skipping_corruption(path: Union[bytes, str],
+                                      compression_type: Union[bytes, str] = b""):
     """Yields a file's records up to the first corrupt or truncated one.
 
     The TFRecord framing cannot be resynchronised after a damaged record, so

@@ -14,6 +14,8 @@ readers, and into ``readers.check_records`` through ``required_context``.
 """
 from __future__ import annotations
 
+from typing import Union
+
 from models.tf_compat import tf
 from training import readers
 from training.errors import UserError
@@ -55,10 +57,12 @@ class SegmentReader(readers.FrameReader):
                             f"max_frames), got {segment_size}")
 
     @classmethod
-    def like(cls, reader: readers.FrameReader, segment_size: int = SEGMENT_SIZE,
-             rated: bool = True, padded: bool = True) -> "SegmentReader":
-        """The segment reader with a model's frame reader's features and classes."""
-        if not getattr(reader, "frame_features", False):
+    def like(cls, reader: Union[readers.FrameReader, readers.VideoReader],
+             segment_size: int = SEGMENT_SIZE, rated: bool = True,
+             padded: bool = True) -> "SegmentReader":
+        """The segment reader with a model's frame reader's features and
+        classes; a video-level reader is a UserError."""
+        if not isinstance(reader, readers.FrameReader):
             raise UserError("--segment_labels: needs a frame-level model (segments are "
                             "frames of a video); this one reads video-level features")
         return cls(reader.num_classes, reader.feature_names, reader.feature_sizes,

@@ -18,6 +18,7 @@ import os
 import re
 import time
 import zlib
+from typing import Dict, List
 
 import numpy as np
 from absl import flags
@@ -199,7 +200,7 @@ def write_dataset(output_dir: str, split: str = "train", num_shards: int = 2,
 
     protos = class_prototypes(num_classes, seed)
     dirs = _level_dirs(output_dir, frame_level, video_level)
-    written = {"frame": [], "video": []}
+    written: Dict[str, List[str]] = {"frame": [], "video": []}
     for shard in range(num_shards):
         start = time.time()
         records, frames = _shard_records(split, shard, videos_per_shard, num_classes, seed,

@@ -55,7 +55,7 @@ def remove_save_leftovers(train_dir: str) -> List[str]:
     model.ckpt-<step>_temp*/, checkpoint.tmp<hex>, and the .data/.meta files
     of a checkpoint without .index). Complete checkpoints are never touched.
     Call it only when no save is running (the trainer does, before it starts)."""
-    removed = []
+    removed: List[str] = []
     if not os.path.isdir(train_dir):
         return removed
     names = os.listdir(train_dir)
