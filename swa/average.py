@@ -195,8 +195,7 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
             bn_statistics: str = "last", recompute_batches: int = 100,
             train_data_pattern: str = "", batch_size: int = 80, seed: int = 2018,
             num_readers: int = 4, overwrite: bool = False, log: Log = print,
-            compression: str = "auto", window_choice: Optional[Dict[str, Any]] = None
-            ) -> Dict[str, Any]:
+            compression: str = "auto") -> Dict[str, Any]:
     """Writes the averaged dir; returns the content of swa.json (with
     window_choice, choose_window's record, when the window was chosen)."""
     if bn_statistics not in BN_MODES:
@@ -241,7 +240,7 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
             "averaged_variables": sum(averager.averaged(key) for key, _, _ in averager.specs),
             "bn_statistic_variables": sum(bn_stats.is_bn_statistic(key)
                                           for key, _, _ in averager.specs),
-            "window_choice": window_choice,
+            "window_choice": None,   # (choose_window records its choice here)
         }
         checkpoints.write_json(os.path.join(tmp_dir, SWA_INFO_FILE), info)
     log(f"wrote {os.path.join(output_dir, name)} (mean of {len(chosen)} checkpoints)")
@@ -267,16 +266,19 @@ def candidate_windows(text: str, num_checkpoints: int) -> List[int]:
 def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
                   settings: Dict[str, Any], log: Log = print) -> Dict[str, Any]:
     """Averages the last N checkpoints for each N of windows, evaluates each
-    on fit_pattern (BN statistics as settings say) and returns the choice:
-    {"chosen": N, "data_pattern", "candidates": [{"window", "gap", "steps"}]}.
-    Ties keep the smaller window."""
+    on fit_pattern (BN statistics as settings say), installs the best one as
+    settings["output_dir"] (its swa.json records the choice) and returns the
+    choice: {"chosen": N, "data_pattern", "candidates": [{"window", "gap",
+    "steps"}]}. Ties keep the smaller window."""
     log = log or (lambda line: None)
-    candidates = []
+    candidates: List[Dict[str, Any]] = []
     parent = os.path.dirname(os.path.abspath(settings["output_dir"]))
     os.makedirs(parent, exist_ok=True)
-    # The candidates are written beside the output (same file system), then removed.
+    # The candidates are written beside the output (same file system): the
+    # best one is moved there rather than averaged again.
     scratch = tempfile.mkdtemp(prefix=".swa-windows-", dir=parent)
     try:
+        best_dir = ""
         for window in windows:
             out = os.path.join(scratch, f"window{window}")
             info = average(train_dir, out, last_n=window, log=None, **settings["average"])
@@ -284,13 +286,37 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
             steps = [entry["step"] for entry in info["checkpoints"]]
             log(f"window {window} (steps {steps[0]}-{steps[-1]}): GAP {gap:.4f} on the "
                 f"fitting files")
+            better = not candidates or gap > max(item["gap"] for item in candidates)
             candidates.append({"window": window, "gap": gap, "steps": steps})
-            shutil.rmtree(out)
+            if better and best_dir:
+                shutil.rmtree(best_dir)
+            if better:
+                best_dir = out
+            else:
+                shutil.rmtree(out)
+        best = max(candidates, key=lambda item: (item["gap"], -item["window"]))
+        log(f"chose window {best['window']} (GAP {best['gap']:.4f} on the fitting files)")
+        choice = {"chosen": best["window"], "data_pattern": fit_pattern,
+                  "candidates": candidates}
+        _install_candidate(best_dir, settings["output_dir"], settings["overwrite"], choice, log)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    best = max(candidates, key=lambda item: (item["gap"], -item["window"]))
-    log(f"chose window {best['window']} (GAP {best['gap']:.4f} on the fitting files)")
-    return {"chosen": best["window"], "data_pattern": fit_pattern, "candidates": candidates}
+    return choice
+
+
+def _install_candidate(candidate_dir: str, output_dir: str, overwrite: bool,
+                       choice: Dict[str, Any], log: Log) -> None:
+    """Moves the chosen candidate's files into output_dir (atomically, as
+    average writes it) and records the choice in its swa.json."""
+    with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
+        for name in os.listdir(candidate_dir):
+            os.replace(os.path.join(candidate_dir, name), os.path.join(tmp_dir, name))
+        info_path = os.path.join(tmp_dir, SWA_INFO_FILE)
+        info = checkpoints.load_json(info_path, "swa.json")
+        info["window_choice"] = choice
+        checkpoints.write_json(info_path, info)
+    log(f"wrote {os.path.join(output_dir, info['checkpoint'])} (mean of {info['count']} "
+        f"checkpoints)")
 
 
 def evaluate_on(model_dir: str, data_pattern: str, settings: Dict[str, Any],
@@ -320,17 +346,15 @@ def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int
 
 def _window_settings() -> Dict[str, Any]:
     """The averaging settings of the flags, shared by the candidates and the result."""
-    return {"output_dir": FLAGS.output_dir, "average": {
+    return {"output_dir": FLAGS.output_dir, "overwrite": FLAGS.overwrite, "average": {
         "swa_start": FLAGS.swa_start, "swa_end": FLAGS.swa_end,
         "bn_statistics": FLAGS.bn_statistics, "recompute_batches": FLAGS.recompute_batches,
         "train_data_pattern": FLAGS.train_data_pattern, "batch_size": FLAGS.batch_size,
         "seed": FLAGS.seed, "num_readers": FLAGS.num_readers, "compression": FLAGS.compression}}
 
 
-def _chosen_window(log: Log) -> Tuple[Optional[int], Optional[Dict[str, Any]]]:
-    """(--last_n, None), or with --choose_window_on the chosen window and its record."""
-    if not FLAGS.choose_window_on:
-        return FLAGS.last_n, None
+def _choose_and_install(log: Log) -> None:
+    """--choose_window_on: writes the output dir as the best window's average."""
     if FLAGS.last_n is not None:
         raise UserError("--last_n and --choose_window_on: give one (the choice sets N)")
     files = readers.resolve_files(FLAGS.choose_window_on, "choose_window_on")
@@ -341,9 +365,7 @@ def _chosen_window(log: Log) -> Tuple[Optional[int], Optional[Dict[str, Any]]]:
                                    None if FLAGS.swa_start is not None else 10 ** 9)
     windows = candidate_windows(FLAGS.windows, len(available))
     log(f"choosing the window among {windows} on {FLAGS.choose_window_on}")
-    choice = choose_window(FLAGS.train_dir, FLAGS.choose_window_on, windows,
-                           _window_settings(), log)
-    return choice["chosen"], choice
+    choose_window(FLAGS.train_dir, FLAGS.choose_window_on, windows, _window_settings(), log)
 
 
 def main(argv) -> None:
@@ -353,11 +375,13 @@ def main(argv) -> None:
         members.check_dir_records(FLAGS.train_dir, files, "eval_data_pattern", "evaluation",
                                   FLAGS.compression)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    last_n, choice = _chosen_window(log)
-    average(FLAGS.train_dir, FLAGS.output_dir, FLAGS.swa_start, FLAGS.swa_end, last_n,
-            FLAGS.bn_statistics, FLAGS.recompute_batches, FLAGS.train_data_pattern,
-            FLAGS.batch_size, FLAGS.seed, FLAGS.num_readers, FLAGS.overwrite, log,
-            FLAGS.compression, choice)
+    if FLAGS.choose_window_on:
+        _choose_and_install(log)
+    else:
+        average(FLAGS.train_dir, FLAGS.output_dir, FLAGS.swa_start, FLAGS.swa_end,
+                FLAGS.last_n, FLAGS.bn_statistics, FLAGS.recompute_batches,
+                FLAGS.train_data_pattern, FLAGS.batch_size, FLAGS.seed, FLAGS.num_readers,
+                FLAGS.overwrite, log, FLAGS.compression)
     if FLAGS.eval_data_pattern:
         evaluate(FLAGS.output_dir, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.seed,
                  FLAGS.num_readers, log, FLAGS.compression)

@@ -307,8 +307,10 @@ def test_memory_does_not_grow_with_checkpoints(tmp_path):
 def test_window_chosen_on_the_fitting_files(dbof_dir, tiny_data, tmp_path):
     """--choose_window_on averages each candidate window, evaluates it on the
     given files only and keeps the best (ties: the smaller window); swa.json
-    records every candidate. Mutation: choosing with min() instead of max()
-    picks the worst window and fails the chosen == best check."""
+    records every candidate; the best candidate's files become the output.
+    Mutations: choosing with min() instead of max() picks the worst window
+    and fails the chosen == best check; installing the last candidate (3)
+    instead of the best (1) fails the chosen == count check."""
     fit = str(tiny_data / "frame" / "validate*.tfrecord")
     out = tmp_path / "chosen"
     completed = run_module("swa.average", f"--train_dir={dbof_dir}", f"--output_dir={out}",
@@ -321,6 +323,12 @@ def test_window_chosen_on_the_fitting_files(dbof_dir, tiny_data, tmp_path):
     assert choice["chosen"] == best["window"] == info["count"] and choice["data_pattern"] == fit
     assert f"chose window {best['window']}" in completed.stdout
     assert sorted(os.listdir(tmp_path)) == ["chosen"]          # the candidates are gone
+    # The chosen candidate is installed, not averaged again: the same tensors.
+    again = swa.average(str(dbof_dir), str(tmp_path / "again"), last_n=best["window"], log=None)
+    installed = read_all(str(out / info["checkpoint"]))
+    fresh = read_all(str(tmp_path / "again" / again["checkpoint"]))
+    assert installed.keys() == fresh.keys()
+    assert all(np.array_equal(installed[key], fresh[key]) for key in fresh)
     assert swa.candidate_windows("", 20) == [1, 2, 4, 8, 16, 20]
     both = run_module("swa.average", f"--train_dir={dbof_dir}", f"--output_dir={tmp_path / 'x'}",
                       f"--choose_window_on={fit}", "--last_n=2", check=False)
