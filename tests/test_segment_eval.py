@@ -232,3 +232,64 @@ def test_the_exported_ensemble_scores_real_length_segments_as_padded(tiny_models
     assert rows == {True: {300}, None: {5}}
     np.testing.assert_allclose(scores[None], scores[True], rtol=1e-5, atol=1e-6)
     assert scores[None].shape == (120, 10)
+
+
+def test_eval_cli_segment_labels_on_the_exported_ensemble(tiny_models, segment_pattern,
+                                                         tmp_path):
+    """training.eval --segment_labels takes the ensemble dir of ensemble.build
+    (evaluated once, like ensemble.build --eval_data_pattern): its Segment_MAP
+    and Segment_GAP equal the plain-Python reference on each rated segment
+    fed alone, padded to 300 frames, to the same export.
+
+    Mutation tried: _checkpoint_to_evaluate not returning the export's
+    inference_model -> "no checkpoint to evaluate" and this failed."""
+    import shutil
+    ensemble = str(tmp_path / "ensemble")
+    shutil.copytree(tiny_models["ensemble"], ensemble)
+    completed = run_module("training.eval", f"--train_dir={ensemble}",
+                           f"--eval_data_pattern={segment_pattern}", "--run_once",
+                           "--segment_labels", "--batch_size=25")
+    assert "inference_model | segments 120" in completed.stdout
+    with open(os.path.join(ensemble, evaluation.SEGMENT_RESULTS)) as handle:
+        saved = json.load(handle)
+    model = predict.open_model(ensemble)
+    try:
+        scores, labels, ratings = _segment_scores_one_by_one(model, segment_pattern)
+    finally:
+        model.close()
+    assert saved["num_segments"] == len(scores) == 120
+    assert saved["segment_map"] == pytest.approx(
+        reference_segment_map(scores.tolist(), labels.tolist(), ratings.tolist()), abs=1e-5)
+    assert saved["segment_gap"] == pytest.approx(
+        reference_pooled_ap(scores.tolist(), ratings.tolist()), abs=1e-5)
+    refused = run_module("training.eval", f"--train_dir={ensemble}",
+                         f"--eval_data_pattern={segment_pattern}", "--segment_labels",
+                         "--bn_statistics=recompute", check=False)
+    assert refused.returncode != 0 and "is an export" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_skip_evaluated_keeps_segment_and_video_records_apart(tiny_models, segment_pattern,
+                                                             tmp_path):
+    """--skip_evaluated: a segment evaluation on record is printed, not run
+    again; a video-level evaluation of the same files and checkpoint does
+    not count for it, nor it for a video-level one.
+
+    Mutation tried: _evaluate_segments ignoring --skip_evaluated -> the
+    second segment run scored again and this failed."""
+    import shutil
+    model_dir = str(tmp_path / "dbof")
+    shutil.copytree(tiny_models["dbof_train"], model_dir)
+    base = [f"--train_dir={model_dir}", f"--eval_data_pattern={segment_pattern}",
+            "--run_once", "--skip_evaluated", "--batch_size=25"]
+
+    def run(*extra):
+        out = run_module("training.eval", *base, *extra).stdout
+        return "(evaluated before)" in out
+
+    assert not run()                        # video level, first time
+    assert not run("--segment_labels")      # the video record does not count
+    assert run("--segment_labels")          # now on record
+    os.remove(os.path.join(model_dir, "eval_results.json"))
+    assert not run()                        # the segment record does not count
+    assert run()

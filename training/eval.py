@@ -1,5 +1,9 @@
 """Evaluates checkpoints: python -m training.eval --train_dir=... --eval_data_pattern=...
 
+--train_dir may also be an export (ensemble.build's ensemble dir, or an
+extracted upload): its one model is evaluated once, as ensemble.build
+--eval_data_pattern evaluates it, video level or with --segment_labels.
+
 Prints and writes Hit@1, PERR, mAP, GAP@20 and the loss (eval_results.json,
 which keeps every evaluation keyed by what it measured: training.eval_results;
 and TensorBoard events under <train_dir>/eval). Evaluates the latest
@@ -131,6 +135,40 @@ def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, Any],
     writer.close()
 
 
+def _segment_key(checkpoint_path: str, data_pattern: str, settings: Dict[str, Any]) -> str:
+    """The key of a segment evaluation: checkpoint, data pattern, settings."""
+    return "|".join([os.path.basename(checkpoint_path),
+                     eval_results.absolute_pattern(data_pattern)]
+                    + [f"{name}={value}" for name, value in sorted(settings.items())])
+
+
+def read_segment_evaluations(train_dir: str) -> Dict[str, Dict[str, Any]]:
+    """{key: evaluation} of <train_dir>/segment_eval_results.json ({} without
+    it); a damaged file is a one-line UserError naming it."""
+    path = os.path.join(train_dir, SEGMENT_RESULTS)
+    try:
+        with open(path) as handle:
+            evaluations = json.load(handle).get("evaluations", {})
+        if not isinstance(evaluations, dict):
+            raise ValueError("'evaluations' is not an object")
+        return evaluations
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"{path}: cannot be read ({first_line(err)}); left as it is "
+                        f"(move it away to start a new one)") from None
+
+
+def find_segment_result(train_dir: str, checkpoint_path: str, data_pattern: str,
+                        settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The recorded segment evaluation with this key (--skip_evaluated), else
+    None. Only segment_eval_results.json is read: a video-level evaluation of
+    the same files (eval_results.json) is another measurement."""
+    entry = read_segment_evaluations(train_dir).get(
+        _segment_key(checkpoint_path, data_pattern, settings))
+    return entry if entry and "segment_map" in entry else None
+
+
 def write_segment_results(train_dir: str, checkpoint_path: str, result: Dict[str, Any],
                           data_pattern: str, settings: Dict[str, Any]) -> Dict[str, Any]:
     """Adds a segment evaluation to <train_dir>/segment_eval_results.json: the
@@ -138,27 +176,29 @@ def write_segment_results(train_dir: str, checkpoint_path: str, result: Dict[str
     data pattern and settings. A file of its own: eval_results.json's readers
     (ensemble.report, --skip_evaluated) compare video-level metrics only."""
     path = os.path.join(train_dir, SEGMENT_RESULTS)
-    try:
-        with open(path) as handle:
-            evaluations = json.load(handle).get("evaluations", {})
-    except FileNotFoundError:
-        evaluations = {}
-    except (OSError, ValueError, AttributeError) as err:
-        raise UserError(f"{path}: cannot be read ({first_line(err)}); left as it is "
-                        f"(move it away to start a new one)") from None
+    evaluations = read_segment_evaluations(train_dir)
     entry = {"checkpoint": checkpoint_path,
              "global_step": checkpoints.checkpoint_step(checkpoint_path) or 0,
              "eval_data_pattern": eval_results.absolute_pattern(data_pattern),
              **settings, **result}
-    key = "|".join([os.path.basename(checkpoint_path), entry["eval_data_pattern"]]
-                   + [f"{name}={value}" for name, value in sorted(settings.items())])
+    key = _segment_key(checkpoint_path, data_pattern, settings)
     evaluations[key] = entry
     checkpoints.write_json(path, {**entry, "key": key, "evaluations": evaluations})
     return entry
 
 
 def _evaluate_segments(path: str, recompute: Optional[bn_stats.Recompute]) -> None:
-    """--segment_labels: one checkpoint's 2019 segment metrics, printed and written."""
+    """--segment_labels: one checkpoint's 2019 segment metrics, printed and
+    written (--skip_evaluated: printed from segment_eval_results.json when
+    this checkpoint was evaluated so on these files before)."""
+    settings = {key: value for key, value in _settings(recompute).items() if key != "top_k"}
+    settings["segment_size"] = FLAGS.segment_size
+    if FLAGS.skip_evaluated:
+        done = find_segment_result(FLAGS.train_dir, path, FLAGS.eval_data_pattern, settings)
+        if done:
+            print(metrics.format_segment_summary(done, os.path.basename(path)
+                                                 + " (evaluated before)"), flush=True)
+            return
     result = evaluate_checkpoint(
         FLAGS.train_dir, path, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.top_k,
         FLAGS.frame_sampling, FLAGS.seed, FLAGS.num_readers,
@@ -166,12 +206,13 @@ def _evaluate_segments(path: str, recompute: Optional[bn_stats.Recompute]) -> No
         bf16_compute=FLAGS.bf16_compute or None, recompute=recompute,
         compression=FLAGS.compression, segment_size=FLAGS.segment_size)
     print(metrics.format_segment_summary(result, os.path.basename(path)), flush=True)
-    settings = {key: value for key, value in _settings(recompute).items() if key != "top_k"}
-    write_segment_results(FLAGS.train_dir, path, result, FLAGS.eval_data_pattern,
-                          {**settings, "segment_size": FLAGS.segment_size})
+    write_segment_results(FLAGS.train_dir, path, result, FLAGS.eval_data_pattern, settings)
 
 
 def _checkpoint_to_evaluate() -> Optional[str]:
+    exported = predict.exported_prefix(FLAGS.train_dir)
+    if exported:
+        return exported     # an export (ensemble.build) holds one model
     if FLAGS.checkpoint_file:
         return checkpoints.find_checkpoint(FLAGS.checkpoint_file)
     if FLAGS.run_once:
@@ -193,9 +234,26 @@ def _recompute_settings() -> Optional[bn_stats.Recompute]:
                               FLAGS.batch_size, FLAGS.seed, FLAGS.num_readers, FLAGS.compression)
 
 
+def _check_exported_flags() -> None:
+    """An export (ensemble.build) was fixed when it was built: the flags that
+    would change it are refused in one line."""
+    for flag, value in (("frame_sampling", FLAGS.frame_sampling),
+                        ("bf16_compute", FLAGS.bf16_compute), ("checkpoint_file",
+                                                               FLAGS.checkpoint_file)):
+        if value:
+            raise UserError(f"--{flag}: applies to a train, SWA or bfloat16 dir; "
+                            f"{FLAGS.train_dir} is an export (rebuild it with ensemble.build)")
+    if FLAGS.bn_statistics != "moving":
+        raise UserError(f"--bn_statistics={FLAGS.bn_statistics}: {FLAGS.train_dir} is an "
+                        f"export; its batch-norm statistics were fixed by ensemble.build")
+
+
 def _settings(recompute: Optional[bn_stats.Recompute]) -> Dict[str, Any]:
-    """What an evaluation records besides its checkpoint and files (eval_results)."""
-    return {"frame_sampling": FLAGS.frame_sampling, "seed": FLAGS.seed, "top_k": FLAGS.top_k,
+    """What an evaluation records besides its checkpoint and files
+    (eval_results). An export's seed is none of ours: its draws were fixed
+    by ensemble.build."""
+    seed = None if predict.exported_prefix(FLAGS.train_dir) else FLAGS.seed
+    return {"frame_sampling": FLAGS.frame_sampling, "seed": seed, "top_k": FLAGS.top_k,
             "bf16_compute": FLAGS.bf16_compute or None,
             "bn_statistics": "moving" if recompute is None else "recompute",
             "recompute_batches": None if recompute is None else recompute.num_batches}
@@ -212,7 +270,7 @@ def _evaluate(path: str, recompute: Optional[bn_stats.Recompute]) -> None:
         if done:
             log(metrics.format_summary(done, os.path.basename(path) + " (evaluated before)"))
             return
-    if recompute is None:
+    if recompute is None and not predict.exported_prefix(FLAGS.train_dir):
         try:
             note = bn_stats.convergence_note(path)
         except UserError:
@@ -245,6 +303,8 @@ def main(argv) -> None:
         members.check_dir_records(FLAGS.train_dir, files, "eval_data_pattern", "evaluation",
                                   FLAGS.compression)
     precision.check_bf16_compute(FLAGS.bf16_compute or None)
+    if predict.exported_prefix(FLAGS.train_dir):
+        _check_exported_flags()
     eval_results.read_evaluations(FLAGS.train_dir)     # a damaged one: before the work
     recompute = _recompute_settings()
     # One evaluator per dir (a trainer writing the dir meanwhile is fine).
@@ -265,7 +325,7 @@ def _evaluate_until_done(recompute: Optional[bn_stats.Recompute]) -> None:
         if path is not None and path not in evaluated:
             _evaluate(path, recompute)
             evaluated.add(path)
-        if FLAGS.run_once or FLAGS.checkpoint_file:
+        if FLAGS.run_once or FLAGS.checkpoint_file or predict.exported_prefix(FLAGS.train_dir):
             return
         time.sleep(FLAGS.watch_seconds)
 

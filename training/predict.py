@@ -146,6 +146,13 @@ def _open_graph(members: Sequence[Member], seed: int, num_threads: int = 0, **gr
     return graph, session, built
 
 
+def exported_prefix(model_dir: str) -> Optional[str]:
+    """<model_dir>/inference_model when the dir is an export (ensemble.build,
+    or an extracted upload): its meta graph is present. None otherwise."""
+    prefix = os.path.join(model_dir, INFERENCE_MODEL)
+    return prefix if os.path.isfile(prefix + ".meta") else None
+
+
 def open_model(model_dir: str, frame_sampling: Optional[str] = None, seed: int = 2018,
                bf16_compute: Optional[str] = None, checkpoint: Optional[str] = None,
                num_threads: int = 0) -> LoadedModel:
@@ -155,7 +162,7 @@ def open_model(model_dir: str, frame_sampling: Optional[str] = None, seed: int =
     if not os.path.isdir(model_dir):
         raise UserError(f"--train_dir={model_dir}: no such dir")
     model_flags = read_member_flags(model_dir)
-    if os.path.isfile(os.path.join(model_dir, INFERENCE_MODEL + ".meta")):
+    if exported_prefix(model_dir):
         for flag, value in (("frame_sampling", frame_sampling), ("bf16_compute", bf16_compute)):
             if value:
                 raise UserError(f"--{flag}: applies to a single model dir; {model_dir} was "
@@ -314,7 +321,7 @@ def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
             model.predictions, labels_in)
     accumulator = metrics.EvaluationMetrics(model.num_classes, top_k)
     fetches = {"loss": (loss, lambda batch: {labels_in: batch["labels"]})}
-    ids: List[bytes] = []
+    ids = []
     for batch in iterate_predictions(model, data_pattern, batch_size, num_readers, flag_name,
                                      fetches, skip_corrupt, log=log, verb="evaluated",
                                      compression=compression):
