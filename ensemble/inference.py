@@ -26,8 +26,6 @@ workers only check it; ensemble.merge --label_names writes the TSV.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 from typing import Callable, Iterator, List, Optional
 
@@ -192,19 +190,6 @@ def shard_files(files: List[str], num_shards: int, shard_index: int) -> List[str
     if not 0 <= shard_index < num_shards:
         raise UserError(f"--shard_index: must be in [0, {num_shards}), got {shard_index}")
     return sorted(files)[shard_index::num_shards]
-
-
-def run_key(model: predict.LoadedModel, settings: dict) -> str:
-    """A digest of what decides the CSV lines: the model's files and the
-    settings (top_k, frame sampling, seed, bf16 mode). Parts of different
-    runs refuse to merge."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8"))
-    names = sorted(name for name in os.listdir(model.model_dir)
-                   if name.endswith((".index", ".meta", checkpoints.MODEL_FLAGS_FILE)))
-    for name in names:
-        digest.update(name.encode("utf-8"))
-        digest.update(merge.file_digest(os.path.join(model.model_dir, name)).encode("ascii"))
-    return digest.hexdigest()
 
 
 def _write_part(model, path: str, output_file: str, batch_size: int, top_k: int, run: str,
@@ -383,7 +368,8 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
                     log(f"--label_names={label_names}: checked; ensemble.merge "
                         f"--label_names writes the TSV")
                 return write_parts(model, files, output_file, batch_size, top_k,
-                                   run_key(model, settings), log, skip_corrupt, compression)
+                                   merge.run_key(model.model_dir, settings), log, skip_corrupt,
+                                   compression)
             if input_data_pattern:
                 return write_submission(model, input_data_pattern, output_file, batch_size,
                                         top_k, num_readers, log, overwrite, skip_corrupt,
@@ -399,46 +385,64 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
         return with_dir(train_dir)
 
 
-def run_segments() -> int:
-    """--segment_labels: the 2019 submission of --train_dir on --input_data_pattern
-    (with --num_shards: this shard's part; ensemble.segment_submission --merge
-    writes the CSV). The model tgz flags are refused."""
-    if FLAGS.input_model_tgz or FLAGS.output_model_tgz:
-        raise UserError("--segment_labels: reads --train_dir; --input_model_tgz and "
-                        "--output_model_tgz are not supported with it")
-    if FLAGS.num_shards:
-        shard_files([], FLAGS.num_shards, FLAGS.shard_index)
-    shared_flags.require(train_dir=FLAGS.train_dir, input_data_pattern=FLAGS.input_data_pattern,
-                         output_file=FLAGS.output_file)
-    model_flags = members.read_member_flags(FLAGS.train_dir)
+def _segments_with_dir(model_dir: str) -> int:
+    """--segment_labels with the model of model_dir (--train_dir, or the
+    extracted --input_model_tgz): the records and classes checked before the
+    model is loaded; also writes --output_model_tgz when given."""
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    frame_reader = model_builder.make_reader(members.read_member_flags(model_dir))
     class_ids = (segment_submission.read_label_ids(FLAGS.segment_label_ids_file,
-                                                   model_flags.num_classes)
+                                                   frame_reader.num_classes)
                  if FLAGS.segment_label_ids_file else None)
-    reader = segment_readers.SegmentReader.like(model_builder.make_reader(model_flags),
-                                                FLAGS.segment_size, rated=False)
+    reader = segment_readers.SegmentReader.like(frame_reader, FLAGS.segment_size, rated=False)
     readers.check_records(readers.resolve_files(FLAGS.input_data_pattern, "input_data_pattern"),
                           "input_data_pattern", reader, compression=FLAGS.compression,
-                          reader_of=f"--segment_labels with the model of {FLAGS.train_dir}")
+                          reader_of=f"--segment_labels with the model of "
+                                    f"{FLAGS.input_model_tgz or model_dir}")
     if not FLAGS.overwrite:
-        _refuse_existing((("output_file", FLAGS.output_file),))
+        _refuse_existing((("output_model_tgz", FLAGS.output_model_tgz),
+                          ("output_file", "" if FLAGS.num_shards else FLAGS.output_file)))
+    model = predict.open_model(model_dir, FLAGS.frame_sampling, FLAGS.seed, FLAGS.bf16_compute,
+                               num_threads=FLAGS.num_threads)
+    try:
+        if FLAGS.output_model_tgz:
+            export.write_model_tgz(model, FLAGS.output_model_tgz, log, FLAGS.overwrite)
+        if FLAGS.num_shards:
+            segment_submission.write_segment_part(
+                model, FLAGS.input_data_pattern, FLAGS.output_file, FLAGS.num_shards,
+                FLAGS.shard_index, class_ids, FLAGS.segment_max_pred, FLAGS.segment_size,
+                FLAGS.batch_size, log=log, compression=FLAGS.compression,
+                settings={"frame_sampling": FLAGS.frame_sampling, "seed": FLAGS.seed,
+                          "bf16_compute": FLAGS.bf16_compute})
+            return 0
+        return segment_submission.write_segment_submission(
+            model, FLAGS.input_data_pattern, FLAGS.output_file, class_ids,
+            FLAGS.segment_max_pred, FLAGS.segment_size, FLAGS.batch_size, log=log,
+            overwrite=FLAGS.overwrite, compression=FLAGS.compression)
+    finally:
+        model.close()
+
+
+def run_segments() -> int:
+    """--segment_labels: the 2019 submission of --train_dir or --input_model_tgz
+    on --input_data_pattern (with --num_shards: this shard's part;
+    ensemble.segment_submission --merge_output_file writes the CSV);
+    --output_model_tgz also writes the upload. --label_names is refused (its
+    TSV is of video-level lines)."""
+    if FLAGS.label_names:
+        raise UserError("--label_names: writes the top-5 TSV of a video-level CSV; not "
+                        "supported with --segment_labels")
+    _check_run_flags(FLAGS.train_dir, FLAGS.input_model_tgz, FLAGS.output_model_tgz,
+                     FLAGS.input_data_pattern, FLAGS.output_file, FLAGS.batch_size)
+    shared_flags.require(input_data_pattern=FLAGS.input_data_pattern,
+                         output_file=FLAGS.output_file)
+    if FLAGS.num_shards:
+        shard_files([], FLAGS.num_shards, FLAGS.shard_index)
     with _output_lock(FLAGS.output_file, FLAGS.num_shards, FLAGS.shard_index):
-        model = predict.open_model(FLAGS.train_dir, FLAGS.frame_sampling, FLAGS.seed,
-                                   FLAGS.bf16_compute, num_threads=FLAGS.num_threads)
-        try:
-            if FLAGS.num_shards:
-                segment_submission.write_segment_part(
-                    model, FLAGS.input_data_pattern, FLAGS.output_file, FLAGS.num_shards,
-                    FLAGS.shard_index, class_ids, FLAGS.segment_max_pred, FLAGS.segment_size,
-                    FLAGS.batch_size, log=lambda line: print(line, flush=True),
-                    compression=FLAGS.compression)
-                return 0
-            return segment_submission.write_segment_submission(
-                model, FLAGS.input_data_pattern, FLAGS.output_file, class_ids,
-                FLAGS.segment_max_pred, FLAGS.segment_size, FLAGS.batch_size,
-                log=lambda line: print(line, flush=True), overwrite=FLAGS.overwrite,
-                compression=FLAGS.compression)
-        finally:
-            model.close()
+        if FLAGS.input_model_tgz:
+            with export.extracted_model_tgz(FLAGS.input_model_tgz) as model_dir:
+                return _segments_with_dir(model_dir)
+        return _segments_with_dir(FLAGS.train_dir)
 
 
 def main(argv) -> None:

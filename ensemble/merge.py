@@ -17,6 +17,7 @@ the videos estimated from the file sizes).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from typing import Dict, List, Optional, Tuple
@@ -66,6 +67,20 @@ def file_digest(path: str) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def run_key(model_dir: str, settings: dict) -> str:
+    """A digest of what decides a part's content: the model's files (meta
+    graph, checkpoint index, model_flags.json) and the settings (top_k,
+    frame sampling, seed, bf16 mode; for segment parts also segment size,
+    max_pred and classes). Parts of different runs refuse to merge."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8"))
+    names = sorted(name for name in os.listdir(model_dir)
+                   if name.endswith((".index", ".meta", checkpoints.MODEL_FLAGS_FILE)))
+    for name in names:
+        digest.update(name.encode("utf-8"))
+        digest.update(file_digest(os.path.join(model_dir, name)).encode("ascii"))
     return digest.hexdigest()
 
 

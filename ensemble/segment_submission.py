@@ -28,7 +28,7 @@ from absl import flags
 from ensemble import merge
 from training import checkpoints, paths, predict, readers
 from training import flags as shared_flags
-from training.errors import UserError, excerpt, run_main
+from training.errors import UserError, excerpt, first_line, run_main
 
 FLAGS = flags.FLAGS
 
@@ -180,15 +180,21 @@ def write_segment_part(model: predict.LoadedModel, data_pattern: str, output_fil
                        num_shards: int, shard_index: int,
                        class_ids: Optional[np.ndarray] = None, max_pred: int = 100000,
                        segment_size: int = 5, batch_size: int = 64, log: Log = print,
-                       compression: str = "auto") -> str:
+                       compression: str = "auto", settings: Optional[dict] = None) -> str:
     """This shard's per-class top max_pred (every num_shards-th sorted file, as
-    ensemble.inference shards) to part_path; merge_segment_parts writes the CSV."""
+    ensemble.inference shards) to part_path; merge_segment_parts writes the CSV.
+    The part's provenance: its shard, the whole sorted input and the run key
+    (merge.run_key of the model's files, settings -- frame sampling, seed,
+    bf16 mode -- and the segment size, max_pred and classes)."""
     class_ids = np.arange(model.num_classes) if class_ids is None else class_ids
     files = readers.resolve_files(data_pattern, "input_data_pattern")
     indices = list(range(shard_index, len(files), num_shards))
     top, names = collect_top(model, [files[i] for i in indices], indices, class_ids,
                              max_pred, segment_size, batch_size, log, compression)
     ranked = [top.ranked(j) for j in range(class_ids.size)]
+    run = merge.run_key(model.model_dir, {**(settings or {}), "segment_size": segment_size,
+                                          "max_pred": max_pred,
+                                          "class_ids": [int(c) for c in class_ids]})
     path = part_path(output_file, num_shards, shard_index)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with checkpoints.atomic_file(path, True, "output_file") as tmp_path:
@@ -198,30 +204,70 @@ def write_segment_part(model: predict.LoadedModel, data_pattern: str, output_fil
                      numbers=np.concatenate(ranked).astype(np.int64),
                      scores=np.concatenate([top.scores[j] for j in range(class_ids.size)]),
                      names=np.array([names[n] for r in ranked for n in r], dtype=object
-                                    ).astype(str))
+                                    ).astype(str),
+                     run=np.array(run), num_shards=num_shards, shard_index=shard_index,
+                     inputs=np.array([os.path.abspath(f) for f in files]))
     if log:
         log(f"wrote {path} ({len(names)} segments of {len(indices)} files)")
     return path
+
+
+_PART_NAME = re.compile(r"segments-(\d+)-of-(\d+)\.npz")
+
+
+def _read_part(path: str, num_shards: int, shard: int) -> dict:
+    """One part, its provenance checked against its name (a copied or renamed
+    part is a duplicate shard)."""
+    try:
+        with np.load(path) as part:
+            loaded = {key: part[key] for key in part.files}
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: missing or unreadable part ({first_line(err)}); run shard "
+                        f"{shard} of --num_shards={num_shards} again") from None
+    if not {"run", "num_shards", "shard_index", "inputs"} <= set(loaded):
+        raise UserError(f"{path}: no provenance (written by an earlier version); run shard "
+                        f"{shard} of --num_shards={num_shards} again")
+    held = (int(loaded["shard_index"]), int(loaded["num_shards"]))
+    if held != (shard, num_shards):
+        raise UserError(f"{path}: holds shard {held[0]} of {held[1]}, not shard {shard} of "
+                        f"{num_shards} (copied or renamed?); run shard {shard} again")
+    return loaded
+
+
+def _check_parts(output_file: str, num_shards: int, parts: List[dict]) -> None:
+    """Every part of one run on one input: the first part that differs from
+    part 0 is named; so is a part of another --num_shards in the dir."""
+    directory = merge.parts_dir(output_file)
+    for name in sorted(os.listdir(directory)):
+        match = _PART_NAME.fullmatch(name)
+        if match and int(match.group(2)) != num_shards:
+            raise UserError(f"{os.path.join(directory, name)}: a part of a run with "
+                            f"--num_shards={int(match.group(2))}, not {num_shards}; remove it")
+    first = part_path(output_file, num_shards, 0)
+    for shard, part in enumerate(parts[1:], start=1):
+        path = part_path(output_file, num_shards, shard)
+        if str(part["run"]) != str(parts[0]["run"]):
+            raise UserError(f"{path}: written by another run than {first} (another model, "
+                            f"or other flags: classes, --segment_max_pred, --segment_size, "
+                            f"sampling); run shard {shard} again")
+        if not np.array_equal(part["inputs"], parts[0]["inputs"]):
+            raise UserError(f"{path}: read other input files than {first} (another "
+                            f"--input_data_pattern); run shard {shard} again")
 
 
 def merge_segment_parts(output_file: str, num_shards: int, overwrite: bool = True,
                         log: Log = print) -> int:
     """The CSV of all num_shards parts: per class the best max_pred of the
     parts' lists by (score descending, segment number): exactly one process's
-    CSV. Returns the number of classes."""
-    parts = []
-    for shard in range(num_shards):
-        path = part_path(output_file, num_shards, shard)
-        try:
-            with np.load(path) as part:
-                parts.append({key: part[key] for key in part.files})
-        except (OSError, ValueError, KeyError) as err:
-            raise UserError(f"{path}: missing or unreadable part ({err}); run shard "
-                            f"{shard} of --num_shards={num_shards} again") from None
+    CSV. Refuses, in one line naming the part, a missing shard, a part whose
+    provenance does not match its name, and parts of different runs or
+    inputs. Returns the number of classes."""
+    if num_shards < 1:
+        raise UserError(f"--num_shards: must be >= 1, got {num_shards}")
+    parts = [_read_part(part_path(output_file, num_shards, shard), num_shards, shard)
+             for shard in range(num_shards)]
+    _check_parts(output_file, num_shards, parts)
     class_ids, max_pred = parts[0]["class_ids"], int(parts[0]["max_pred"])
-    if any(not np.array_equal(p["class_ids"], class_ids) or int(p["max_pred"]) != max_pred
-           for p in parts):
-        raise UserError(f"{output_file}.parts: the parts differ in classes or max_pred")
     splits = [np.concatenate([[0], np.cumsum(p["counts"])]) for p in parts]
 
     def ranked(j: int):

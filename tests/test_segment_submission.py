@@ -112,3 +112,83 @@ def test_sharded_parts_merge_to_the_one_process_csv(tiny_models, tmp_path):
                "--num_shards=2", "--segment_max_pred=8", f"--num_classes={TINY_CLASSES}")
     assert sharded.read_text() == one.read_text()
     assert len(one.read_text().splitlines()) == TINY_CLASSES + 1
+
+
+@pytest.fixture(scope="module")
+def three_files(tmp_path_factory):
+    """Segment-rated data in 3 files, and another pattern of 3 other files."""
+    root = tmp_path_factory.mktemp("three_files")
+    for seed, name in ((7, "a"), (8, "b")):
+        synthetic_segments.write_segment_dataset(str(root / name), num_shards=3,
+                                                 videos_per_shard=4, num_classes=TINY_CLASSES,
+                                                 seed=seed, min_frames=25, max_frames=40)
+    return [str(root / name / "segments" / "*.tfrecord") for name in ("a", "b")]
+
+
+def _parts(model_dir, pattern, output, shards, **kwargs):
+    from training import predict
+    model = predict.open_model(model_dir)
+    try:
+        for shard in shards:
+            seg.write_segment_part(model, pattern, str(output), 2, shard, log=None,
+                                   **{"max_pred": 8, **kwargs})
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "segments-00001-of-00002.npz: missing or unreadable part"),
+    ("copied", "segments-00001-of-00002.npz: holds shard 0 of 2, not shard 1 of 2"),
+    ("model", "segments-00001-of-00002.npz: written by another run"),
+    ("max_pred", "segments-00001-of-00002.npz: written by another run"),
+    ("inputs", "segments-00001-of-00002.npz: read other input files"),
+    ("num_shards", "segments-00000-of-00003.npz: a part of a run with --num_shards=3"),
+])
+def test_merge_refuses_parts_of_other_runs(tiny_models, three_files, tmp_path, case, message):
+    """Each part carries its shard, the whole sorted input and a run key (the
+    model's files and the flags); the merge names the first part that does
+    not belong, in one line, and writes nothing.
+
+    Mutation tried: _check_parts without the run-key comparison -> the
+    "model" and "max_pred" cases merged and this failed."""
+    import shutil
+    out = tmp_path / "s.csv"
+    _parts(tiny_models["dbof_bf16"], three_files[0], out, [0] if case == "missing" else [0, 1])
+    part = tmp_path / "s.csv.parts" / "segments-{:05d}-of-{:05d}.npz"
+    if case == "copied":
+        shutil.copy(str(part).format(0, 2), str(part).format(1, 2))
+    elif case == "model":
+        _parts(tiny_models["gru_bf16"], three_files[0], out, [1])
+    elif case in ("max_pred", "inputs"):
+        _parts(tiny_models["dbof_bf16"], three_files[case == "inputs"], out, [1],
+               max_pred=9 if case == "max_pred" else 8)
+    elif case == "num_shards":
+        shutil.copy(str(part).format(0, 2), str(part).format(0, 3))
+    completed = run_module("ensemble.segment_submission", f"--merge_output_file={out}",
+                           "--num_shards=2", f"--num_classes={TINY_CLASSES}", check=False)
+    assert completed.returncode != 0 and message in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_segment_labels_with_the_model_tgz_flags(tiny_models, three_files, tmp_path):
+    """--output_model_tgz writes the upload beside the segment CSV; the CSV of
+    --input_model_tgz=<that upload> is the same; --label_names is refused in
+    one line.
+
+    Mutation tried: _segments_with_dir given --train_dir instead of the
+    extracted upload -> "--train_dir: required"-style refusal and this failed."""
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    upload = tmp_path / "upload.tgz"
+    common = [f"--input_data_pattern={three_files[0]}", "--segment_labels",
+              "--segment_max_pred=8"]
+    run_module("ensemble.inference", f"--train_dir={tiny_models['ensemble']}", *common,
+               f"--output_file={first}", f"--output_model_tgz={upload}")
+    assert upload.stat().st_size > 0
+    run_module("ensemble.inference", f"--input_model_tgz={upload}", *common,
+               f"--output_file={second}")
+    assert second.read_text() == first.read_text()
+    refused = run_module("ensemble.inference", f"--train_dir={tiny_models['ensemble']}",
+                         *common, f"--output_file={tmp_path / 'c.csv'}",
+                         f"--label_names={upload}", check=False)
+    assert refused.returncode != 0 and "--label_names" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
