@@ -321,7 +321,7 @@ def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
             model.predictions, labels_in)
     accumulator = metrics.EvaluationMetrics(model.num_classes, top_k)
     fetches = {"loss": (loss, lambda batch: {labels_in: batch["labels"]})}
-    ids = []
+    ids: List[bytes] = []
     for batch in iterate_predictions(model, data_pattern, batch_size, num_readers, flag_name,
                                      fetches, skip_corrupt, log=log, verb="evaluated",
                                      compression=compression):
