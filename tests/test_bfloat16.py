@@ -218,8 +218,9 @@ def test_convert_checkpoint(tmp_path):
     assert summary["input_model_variable_bytes"] == model_bytes
     assert summary["output_data_bytes"] == data
     flags = json.loads((tmp_path / "bf16" / "model_flags.json").read_text())
-    assert flags == {"model": "FrameMeanMoeModel", "num_classes": 10,
-                     "checkpoint_dtype": "bfloat16"}
+    assert flags == {"model": "FrameMeanMoeModel", "feature_names": "rgb,audio",
+                     "feature_sizes": "1024,128", "frame_features": True, "num_classes": 10,
+                     "label_loss": "CrossEntropyLoss", "checkpoint_dtype": "bfloat16"}
     assert compat.checkpoint_dtype(str(tmp_path / "src")) == "float32"
     assert compat.checkpoint_dtype(str(tmp_path / "bf16")) == "bfloat16"
     assert compat.checkpoint_dtype(str(out)) == "bfloat16"
