@@ -1,7 +1,8 @@
 """Validates a Kaggle submission CSV (docs/formats.md 3.1):
 python -m ensemble.check_submission --submission=S.csv [--num_classes=3862] [--top_k=20]
 
-Checks, reporting the first problem with its line number:
+Checks (the format's rules: training.submission), reporting the first
+problem with its line number:
   * the header is exactly ``VideoId,LabelConfidencePairs``;
   * every line is ``<id>,<pairs>`` with a non-empty id, no id twice;
   * exactly min(top_k, num_classes) ``label score`` pairs, space-separated;
@@ -14,7 +15,6 @@ and exit status 2.
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable, Optional
 
 from absl import flags
@@ -22,58 +22,16 @@ from absl import flags
 from training import flags as shared_flags
 from training import paths
 from training.errors import UserError, excerpt, run_main
+from training.submission import CSV_HEADER as CSV_HEADER  # (its old home)
+from training.submission import DEFAULT_TOP_K, check_line
 
 FLAGS = flags.FLAGS
 
-CSV_HEADER = "VideoId,LabelConfidencePairs"
-
 
 def define_flags() -> None:
-    shared_flags.define_shared_flags({"num_classes": 3862, "top_k": 20})
+    shared_flags.define_shared_flags({"num_classes": 3862, "top_k": DEFAULT_TOP_K})
     shared_flags.define(flags.DEFINE_string, "submission", "", "The submission CSV to check.",
                         path=paths.IN_FILE)
-
-
-def _check_line(path: str, number: int, line: str, num_classes: int, pairs: int) -> str:
-    where = f"{path}:{number}"
-    if "," not in line:
-        raise UserError(f"{where}: expected '<id>,<label> <score> ...', got {excerpt(line)}")
-    video_id, _, rest = line.partition(",")
-    if not video_id or video_id != video_id.strip():
-        raise UserError(f"{where}: empty or space-padded video id {video_id!r}")
-    if "," in rest:
-        raise UserError(f"{where}: more than two comma-separated fields")
-    tokens = rest.split(" ")
-    if len(tokens) != 2 * pairs or any(token == "" for token in tokens):
-        raise UserError(f"{where}: video {video_id} has {len(rest.split())} values, expected "
-                        f"{pairs} 'label score' pairs ({2 * pairs} values separated by single "
-                        f"spaces)")
-    seen = set()
-    previous = math.inf
-    for index in range(pairs):
-        label_text, score_text = tokens[2 * index], tokens[2 * index + 1]
-        if not (label_text.isascii() and label_text.isdigit()):
-            raise UserError(f"{where}: pair {index + 1} of video {video_id}: label "
-                            f"{label_text!r} is not a non-negative integer")
-        label = int(label_text)
-        if label >= num_classes:
-            raise UserError(f"{where}: pair {index + 1} of video {video_id}: label {label} is "
-                            f"out of range [0, {num_classes})")
-        if label in seen:
-            raise UserError(f"{where}: video {video_id} lists label {label} twice")
-        seen.add(label)
-        try:
-            score = float(score_text)
-        except ValueError:
-            score = math.nan
-        if not math.isfinite(score) or not 0.0 <= score <= 1.0:
-            raise UserError(f"{where}: pair {index + 1} of video {video_id}: score "
-                            f"{score_text!r} is not a number in [0, 1]")
-        if score > previous:
-            raise UserError(f"{where}: video {video_id}: pairs are not sorted by descending "
-                            f"score ({score_text} after {tokens[2 * index - 1]})")
-        previous = score
-    return video_id
 
 
 def _check_utf8(path: str, number: int, line: str) -> None:
@@ -88,7 +46,7 @@ def _check_utf8(path: str, number: int, line: str) -> None:
                         f"{err.start + 1} of the line)") from None
 
 
-def check_submission(path: str, num_classes: int = 3862, top_k: int = 20,
+def check_submission(path: str, num_classes: int = 3862, top_k: int = DEFAULT_TOP_K,
                      expected_ids: Optional[Iterable[str]] = None) -> int:
     """Validates the CSV at path; returns the number of videos (rows).
 
@@ -123,7 +81,7 @@ def check_submission(path: str, num_classes: int = 3862, top_k: int = 20,
                 continue
             if not line.strip():
                 raise UserError(f"{path}:{number}: empty line")
-            video_id = _check_line(path, number, line, num_classes, pairs)
+            video_id = check_line(f"{path}:{number}", line, num_classes, pairs)
             if video_id in ids:
                 raise UserError(f"{path}:{number}: video {video_id} appears twice")
             if expected is not None and video_id not in expected:

@@ -32,7 +32,7 @@ from typing import Callable, Iterator, List, Optional
 import numpy as np
 from absl import flags
 
-from ensemble import check_submission, export, labels, merge, segment_submission
+from ensemble import export, labels, merge, segment_submission
 from training import (
     checkpoints,
     locks,
@@ -43,14 +43,16 @@ from training import (
     predict,
     readers,
     segment_readers,
+    submission,
 )
 from training import flags as shared_flags
 from training.errors import Interrupted, UserError, run_main
 from training.progress import Progress
+from training.submission import CSV_HEADER, DEFAULT_TOP_K
+from training.submission import format_score as format_score  # (its old home)
 
 FLAGS = flags.FLAGS
 
-CSV_HEADER = check_submission.CSV_HEADER
 
 Log = Optional[Callable[[str], None]]
 
@@ -61,7 +63,7 @@ def define_flags() -> None:
         "output_file": ("", "The submission CSV."),
         "batch_size": (64, "A tiled ensemble runs tile_num times as many; the original "
                            "8192 does not fit in memory."),
-        "top_k": 20, "num_readers": 1, "seed": (2018, "(single model dir only)"),
+        "top_k": DEFAULT_TOP_K, "num_readers": 1, "seed": (2018, "(single model dir only)"),
         "frame_sampling": (None, "(single model dir only)"),
         "bf16_compute": (None, "(single model dir only; an ensemble dir's mode was fixed "
                                "by ensemble.build)"),
@@ -98,15 +100,6 @@ def define_flags() -> None:
 # Predicting
 
 
-def format_score(score: float) -> str:
-    """6 significant digits, positional notation, trailing zeros dropped."""
-    text = "%.6g" % score
-    if "e" in text or "E" in text:
-        text = np.format_float_positional(score, precision=6, unique=False,
-                                          fractional=False, trim="-")
-    return text
-
-
 class NonFiniteScoreError(UserError):
     """A video whose predictions hold NaN or Inf: no line of it is written
     (the writer names its input file and removes the partial output)."""
@@ -131,16 +124,12 @@ def format_lines(ids: np.ndarray, predictions: np.ndarray, k: int) -> List[str]:
     if bad.any():
         raise NonFiniteScoreError(ids[int(np.argmax(bad))])
     labels, scores = metrics.top_k_classes(np.clip(predictions, 0.0, 1.0), k)
-    lines = []
-    for video, row_labels, row_scores in zip(ids, labels, scores):
-        pairs = " ".join(f"{int(label)} {format_score(float(score))}"
-                         for label, score in zip(row_labels, row_scores))
-        lines.append(f"{video.decode('utf-8')},{pairs}\n")
-    return lines
+    return [submission.format_line(video.decode("utf-8"), row_labels, row_scores)
+            for video, row_labels, row_scores in zip(ids, labels, scores)]
 
 
 def write_submission(model: predict.LoadedModel, data_pattern: str, output_file: str,
-                     batch_size: int = 64, top_k: int = 20, num_readers: int = 1,
+                     batch_size: int = 64, top_k: int = DEFAULT_TOP_K, num_readers: int = 1,
                      log: Log = print, overwrite: bool = True,
                      skip_corrupt: bool = False,
                      vocabulary: Optional[labels.LabelNames] = None,
@@ -328,7 +317,7 @@ def _output_lock(output_file: str, num_shards: int, shard_index: int) -> Iterato
 
 def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = "",
         input_data_pattern: str = "", output_file: str = "", batch_size: int = 64,
-        top_k: int = 20, num_readers: int = 1, seed: int = 2018,
+        top_k: int = DEFAULT_TOP_K, num_readers: int = 1, seed: int = 2018,
         frame_sampling: Optional[str] = None, log: Log = print, overwrite: bool = True,
         skip_corrupt: bool = False, bf16_compute: Optional[str] = None,
         num_shards: int = 0, shard_index: int = 0, num_threads: int = 0,

@@ -24,8 +24,8 @@ from typing import Dict, List, Optional, Tuple
 
 from absl import flags
 
-from ensemble import check_submission, labels
-from training import checkpoints, paths, readers
+from ensemble import labels
+from training import checkpoints, paths, readers, submission
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 from training.progress import format_seconds
@@ -152,7 +152,7 @@ def merge(input_files: List[str], output_file: str, overwrite: bool = False,
     seen, videos = set(), 0
     with checkpoints.atomic_file(output_file, overwrite, "output_file") as tmp_path:
         with open(tmp_path, "w", newline="") as out:
-            out.write(check_submission.CSV_HEADER + "\n")
+            out.write(submission.CSV_HEADER + "\n")
             for path in input_files:
                 csv_path, _ = part_paths(output_file, path)
                 with open(csv_path, newline="") as part:

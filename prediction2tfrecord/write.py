@@ -25,7 +25,6 @@ from __future__ import annotations
 import array
 import contextlib
 import csv
-import math
 import os
 import socket
 import time
@@ -39,11 +38,11 @@ from training import checkpoints, locks, model_builder, paths, predict, readers
 from training import flags as shared_flags
 from training.errors import Interrupted, UserError, excerpt, first_line, run_main
 from training.progress import Progress
+from training.submission import CSV_HEADER, parse_pairs
 
 FLAGS = flags.FLAGS
 
 TEACHER_FEATURE = "ensemble_labels"
-CSV_HEADER = ("VideoId", "LabelConfidencePairs")
 
 Log = Callable[[str], None]
 
@@ -59,7 +58,7 @@ def define_flags() -> None:
         "compression": ("auto", "Each output file keeps its input file's compression.")})
     define = shared_flags.define
     define(flags.DEFINE_string, "teacher_csv", "",
-           "Submission CSV (VideoId,LabelConfidencePairs) of the teacher.", path=paths.IN_FILE)
+           f"Submission CSV ({CSV_HEADER}) of the teacher.", path=paths.IN_FILE)
     define(flags.DEFINE_string, "teacher_dir", "",
            "Ensemble dir or model dir whose predictions are the teacher.", path=paths.IN_DIR)
     define(flags.DEFINE_bool, "skip_missing", False,
@@ -76,26 +75,6 @@ def define_flags() -> None:
 
 # ---------------------------------------------------------------------------
 # Teacher CSV
-
-
-def parse_pairs(text: str, num_classes: int, where: str) -> Tuple[List[int], List[float]]:
-    """'l1 s1 l2 s2 ...' -> (labels, scores); UserError naming `where`."""
-    tokens = text.split()
-    if len(tokens) % 2:
-        raise UserError(f"{where}: odd number of tokens in LabelConfidencePairs "
-                        f"(expected 'label score' pairs)")
-    try:
-        labels = [int(token) for token in tokens[0::2]]
-        scores = [float(token) for token in tokens[1::2]]
-    except ValueError as err:
-        raise UserError(f"{where}: bad LabelConfidencePairs ({err})") from None
-    for label in labels:
-        if not 0 <= label < num_classes:
-            raise UserError(f"{where}: label {label} is outside [0, {num_classes}); "
-                            f"check --num_classes")
-    if not all(math.isfinite(score) for score in scores):
-        raise UserError(f"{where}: a score is not finite")
-    return labels, scores
 
 
 class TeacherTable:
@@ -161,10 +140,10 @@ def load_teacher_csv(path: str, num_classes: int) -> TeacherTable:
         with tf.io.gfile.GFile(path, "r") as handle:
             rows = csv.reader(handle)
             header = next(rows, None)
-            if header is None or [h.strip() for h in header[:1]] != [CSV_HEADER[0]] \
+            if header is None or [h.strip() for h in header[:1]] != CSV_HEADER.split(",")[:1] \
                     or len(header) != 2:
                 raise UserError(f"--teacher_csv: {path}: expected the header "
-                                f"'{','.join(CSV_HEADER)}', got "
+                                f"'{CSV_HEADER}', got "
                                 f"{excerpt(','.join(header or []))}")
             for line_number, row in enumerate(rows, start=2):
                 _add_teacher_row(table, row, num_classes,

@@ -120,3 +120,12 @@ def test_command_line(tmp_path):
     assert failed.returncode == 2
     assert failed.stderr.strip() == (f"error: {good}:2: pair 1 of video aa00: label 3 is out "
                                      f"of range [0, 3)")
+
+
+def test_written_line_passes_the_checker():
+    """training.submission: what the writer formats, the checker accepts.
+    (Mutation: format_line joining pairs with two spaces -> this fails.)"""
+    from training import submission
+    line = submission.format_line("vid1", [3, 1, 0], [0.9, 1.2345678e-05, 0.0])
+    assert line == "vid1,3 0.9 1 0.0000123457 0 0\n"
+    assert submission.check_line("s.csv:2", line.rstrip("\n"), 5, 3) == "vid1"
