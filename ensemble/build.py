@@ -51,6 +51,7 @@ from training.members import (
     read_weights_file,
 )
 from training.model_flags import ModelFlags
+from training.submission import DEFAULT_TOP_K
 
 FLAGS = flags.FLAGS
 
@@ -66,7 +67,7 @@ def define_flags() -> None:
         "model_dirs": "", "tile_num": 10, "output_dir": ("", "The ensemble dir."),
         "overwrite": False, "eval_data_pattern": ("", "Evaluate the export on them."),
         "seed": 666, "frame_sampling": None, "batch_size": (64, "(evaluation)"),
-        "top_k": 20, "num_readers": 2, "compression": "auto",
+        "top_k": DEFAULT_TOP_K, "num_readers": 2, "compression": "auto",
         "bf16_compute": (None, "The export stays bf16 (or int8) on disk in every mode."),
         "target_bytes": (None, "(of the whole export: inference_model.*)"),
         "int8_min_values": quantize.DEFAULT_MIN_VALUES})

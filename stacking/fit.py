@@ -28,6 +28,7 @@ from training import flags as shared_flags
 from training import locks, losses, metrics, paths, predict, readers
 from training.errors import Interrupted, UserError, run_main
 from training.members import check_dir_records, write_weights_file
+from training.submission import DEFAULT_TOP_K
 
 FLAGS = flags.FLAGS
 
@@ -43,7 +44,7 @@ def define_flags() -> None:
         "model_dirs": "", "output_file": ("", "The weights JSON (ensemble.build "
                                                 "--weights_file reads it)."),
         "batch_size": 64, "tile_num": 1, "frame_sampling": None, "seed": 2018,
-        "num_readers": 2, "top_k": 20, "compression": "auto"})
+        "num_readers": 2, "top_k": DEFAULT_TOP_K, "compression": "auto"})
     define = shared_flags.define
     define(flags.DEFINE_string, "data_pattern", "",
            "Comma-separated globs of held-out labelled TFRecords (e.g. validate*).",
@@ -221,7 +222,8 @@ def member_predictions(model_dirs: Sequence[str], data_pattern: str, max_videos:
 # Report and entry point
 
 
-def scores(predictions: np.ndarray, labels: np.ndarray, top_k: int = 20) -> Dict[str, float]:
+def scores(predictions: np.ndarray, labels: np.ndarray,
+           top_k: int = DEFAULT_TOP_K) -> Dict[str, float]:
     """CE (training.losses semantics) and GAP@top_k of one prediction matrix [N, C]."""
     return {"cross_entropy": losses.cross_entropy_numpy(predictions, labels),
             "gap": float(metrics.global_average_precision(predictions, labels, top_k))}
@@ -230,7 +232,7 @@ def scores(predictions: np.ndarray, labels: np.ndarray, top_k: int = 20) -> Dict
 def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
           parameterization: str = "simplex", max_videos: int = 20000, batch_size: int = 64,
           tile_num: int = 1, frame_sampling: Optional[str] = None, seed: int = 2018,
-          num_readers: int = 2, top_k: int = 20, max_iterations: int = 500,
+          num_readers: int = 2, top_k: int = DEFAULT_TOP_K, max_iterations: int = 500,
           log: Log = print, compression: str = "auto") -> Dict[str, Any]:
     """The command: predictions, fit, report, weights JSON. Returns the report."""
     if parameterization not in PARAMETERIZATIONS:

@@ -35,6 +35,7 @@ from training import eval as evaluation
 from training import flags as shared_flags
 from training.errors import UserError, first_line, run_main
 from training.progress import Progress
+from training.submission import DEFAULT_TOP_K
 
 FLAGS = flags.FLAGS
 
@@ -339,7 +340,7 @@ def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int
     if log:
         log(metrics.format_summary(result, os.path.basename(path)))
     evaluation.write_results(output_dir, path, result, data_pattern=eval_data_pattern,
-                             settings={"frame_sampling": None, "seed": seed, "top_k": 20,
+                             settings={"frame_sampling": None, "seed": seed, "top_k": DEFAULT_TOP_K,
                                        "bf16_compute": None})
     return result
 

@@ -43,6 +43,7 @@ from training import (
 )
 from training import flags as shared_flags
 from training.errors import UserError, first_line, run_main
+from training.submission import DEFAULT_TOP_K
 
 FLAGS = flags.FLAGS
 
@@ -55,7 +56,7 @@ SEGMENT_RESULTS = "segment_eval_results.json"
 def define_flags() -> None:
     shared_flags.define_shared_flags({
         "train_dir": "", "eval_data_pattern": "", "checkpoint_file": "", "batch_size": 256,
-        "top_k": 20, "num_readers": 4, "frame_sampling": None, "seed": 2018,
+        "top_k": DEFAULT_TOP_K, "num_readers": 4, "frame_sampling": None, "seed": 2018,
         "skip_corrupt_records": False, "bf16_compute": "", "compression": "auto",
         "train_data_pattern": ("", "(for --bn_statistics=recompute)"),
         "recompute_batches": bn_stats.DEFAULT_RECOMPUTE_BATCHES})
@@ -80,7 +81,7 @@ def define_flags() -> None:
 
 
 def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
-                        batch_size: int = 256, top_k: int = 20,
+                        batch_size: int = 256, top_k: int = DEFAULT_TOP_K,
                         frame_sampling: Optional[str] = None, seed: int = 2018,
                         num_readers: int = 4, log: Optional[Callable[[str], None]] = None,
                         skip_corrupt: bool = False,

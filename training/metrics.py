@@ -25,6 +25,8 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
+from training.submission import DEFAULT_TOP_K
+
 __all__ = [
     "hit_at_one",
     "precision_at_equal_recall",
@@ -397,7 +399,7 @@ def precision_at_equal_recall(predictions: np.ndarray, labels: np.ndarray) -> fl
     return float(_perr_per_video(p, y, num_labels).mean())
 
 
-def top_k_classes(predictions: np.ndarray, k: int = 20) -> Tuple[np.ndarray, np.ndarray]:
+def top_k_classes(predictions: np.ndarray, k: int = DEFAULT_TOP_K) -> Tuple[np.ndarray, np.ndarray]:
     """Each video's top-k: ``(class_ids [V,k'] intp, scores [V,k'])`` by
     descending score, ties: lower class first; ``k' = min(k, C)``. The
     submission CSV and every metric take their top-k from here."""
@@ -407,7 +409,7 @@ def top_k_classes(predictions: np.ndarray, k: int = 20) -> Tuple[np.ndarray, np.
 
 
 def top_k_pairs(predictions: np.ndarray, labels: np.ndarray,
-                k: int = 20) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                k: int = DEFAULT_TOP_K) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each video's top-k classes, ordered by descending score (ties: lower class first).
 
     Returns ``(scores [V,k'], labels [V,k'] int8 0/1, class_ids [V,k'] int32)``
@@ -447,7 +449,7 @@ def average_precision(scores: np.ndarray, relevant: np.ndarray,
 
 
 def global_average_precision(predictions: np.ndarray, labels: np.ndarray,
-                             top_k: int = 20) -> float:
+                             top_k: int = DEFAULT_TOP_K) -> float:
     """GAP@top_k (docs/formats.md 2.1). The denominator counts ALL positive
     labels, retrieved or not."""
     top_k = _check_k(top_k)
@@ -463,7 +465,7 @@ def global_average_precision(predictions: np.ndarray, labels: np.ndarray,
 
 
 def class_average_precisions(predictions: np.ndarray, labels: np.ndarray,
-                             top_k: int = 20) -> np.ndarray:
+                             top_k: int = DEFAULT_TOP_K) -> np.ndarray:
     """Per-class AP ``[C]`` over the pooled top-k pairs (docs/formats.md 2.4).
 
     Each denominator is the class's number of positives in ``labels``. A class
@@ -479,7 +481,7 @@ def class_average_precisions(predictions: np.ndarray, labels: np.ndarray,
     return _class_aps(order, rel.ravel()[order], cols.ravel(), positives)
 
 
-def mean_average_precision(predictions: np.ndarray, labels: np.ndarray, top_k: int = 20,
+def mean_average_precision(predictions: np.ndarray, labels: np.ndarray, top_k: int = DEFAULT_TOP_K,
                            filter_empty_classes: bool = False) -> float:
     """mAP over the pooled top-k lists.
 
@@ -503,7 +505,7 @@ class EvaluationMetrics:
     each video, plus per-class positive counts, never the full matrices.
     """
 
-    def __init__(self, num_classes: int, top_k: int = 20):
+    def __init__(self, num_classes: int, top_k: int = DEFAULT_TOP_K):
         num_classes = int(num_classes)
         if num_classes <= 0:
             raise ValueError(f"num_classes must be positive, got {num_classes}")

@@ -39,6 +39,7 @@ from training.errors import UserError, first_line
 from training.members import Member, check_no_duplicates, load_member, read_member_flags
 from training.model_flags import ModelFlags
 from training.progress import Progress
+from training.submission import DEFAULT_TOP_K
 
 INFERENCE_MODEL = "inference_model"   # the exported graph and checkpoint prefix
 
@@ -307,7 +308,7 @@ def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
 
 
 def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
-                   top_k: int = 20, num_readers: int = 1, log: Log = None,
+                   top_k: int = DEFAULT_TOP_K, num_readers: int = 1, log: Log = None,
                    flag_name: str = "eval_data_pattern",
                    skip_corrupt: bool = False, compression: str = "auto",
                    keep_videos: bool = False) -> Dict[str, Any]:
@@ -384,7 +385,7 @@ def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int =
 
 
 def evaluate_model_dir(model_dir: str, data_pattern: str, batch_size: int = 64,
-                       top_k: int = 20, num_readers: int = 1, log: Log = None,
+                       top_k: int = DEFAULT_TOP_K, num_readers: int = 1, log: Log = None,
                        compression: str = "auto", keep_videos: bool = False
                        ) -> Dict[str, Any]:
     model = open_model(model_dir)
