@@ -32,6 +32,7 @@ TILE_NUM=${TILE_NUM:-10}
 STORAGE=${STORAGE:-bfloat16}         # member storage: bfloat16 | int8 (large matrices int8)
 TARGET_BYTES=${TARGET_BYTES:-}       # e.g. 1000000000: int8 for the fewest matrices that fit
 NUM_CLASSES=${NUM_CLASSES:-3862}
+TOP_K=${TOP_K:-20}                   # label score pairs per video in the CSV; the k of GAP@k
 SUBMISSION=${SUBMISSION:-$WORK_DIR/submission.csv}
 REPORT=${REPORT:-${SUBMISSION%.csv}.report}   # REPORT.json and REPORT.png beside the CSV
 # The validation files (sorted) split in two: the first FIT_FILES (default:
@@ -147,11 +148,12 @@ for model in $MODELS; do
   # (--skip_evaluated: a rerun measures only what was not measured on these files.)
   in_background "$model: evaluation" "$WORK_DIR/logs/$model-eval.log" \
     "$PYTHON" -m training.eval --train_dir="$bf16_dir" --eval_data_pattern="$HELDOUT_PATTERN" \
-    --run_once --skip_evaluated --batch_size=64 --seed="$SEED"
+    --run_once --skip_evaluated --batch_size=64 --seed="$SEED" --top_k="$TOP_K"
   in_background "$model: the last checkpoint before averaging (BN statistics: $last_bn)" \
     "$WORK_DIR/logs/$model-last-checkpoint-eval.log" \
     "$PYTHON" -m training.eval --train_dir="$train_dir" --eval_data_pattern="$HELDOUT_PATTERN" \
     --run_once --skip_evaluated --batch_size=80 --seed="$SEED" --bn_statistics="$last_bn" \
+    --top_k="$TOP_K" \
     --train_data_pattern="$TRAIN_PATTERN" --recompute_batches="${SWA_RECOMPUTE_BATCHES:-100}"
   members+=("$bf16_dir")
   train_dirs+=("$train_dir")
@@ -166,7 +168,7 @@ build_ensemble() {  # output dir, extra ensemble.build flags...
   shift
   "$PYTHON" -m ensemble.build --model_dirs="$model_dirs" --tile_num="$TILE_NUM" \
     ${TARGET_BYTES:+--target_bytes=$TARGET_BYTES} --output_dir="$output" \
-    --eval_data_pattern="$HELDOUT_PATTERN" --seed="$ENSEMBLE_SEED" "$@"
+    --eval_data_pattern="$HELDOUT_PATTERN" --seed="$ENSEMBLE_SEED" --top_k="$TOP_K" "$@"
 }
 if [[ ! -d "$ensemble_dir" ]]; then
   echo "=== uniform ensemble of ${#members[@]} models, tile $TILE_NUM -> $ensemble_dir"
@@ -178,7 +180,8 @@ if [[ "$STACKING" == 1 ]]; then
   if [[ ! -f "$weights_file" ]]; then
     echo "=== stacking: member weights fitted on the first half -> $weights_file"
     "$PYTHON" -m stacking.fit --model_dirs="$model_dirs" --data_pattern="$FIT_PATTERN" \
-      --output_file="$weights_file" --tile_num="$TILE_NUM" --seed="$ENSEMBLE_SEED"
+      --output_file="$weights_file" --tile_num="$TILE_NUM" --seed="$ENSEMBLE_SEED" \
+      --top_k="$TOP_K"
   fi
   if [[ ! -d "$stacked_dir" ]]; then
     echo "=== stacked ensemble -> $stacked_dir"
@@ -192,10 +195,11 @@ fi
 if [[ ! -f "$SUBMISSION" ]]; then
   echo "=== inference -> $SUBMISSION"
   "$PYTHON" -m ensemble.inference --train_dir="$chosen" \
-    --input_data_pattern="$TEST_PATTERN" --output_file="$SUBMISSION" \
+    --input_data_pattern="$TEST_PATTERN" --output_file="$SUBMISSION" --top_k="$TOP_K" \
     ${LABEL_NAMES:+--label_names="$LABEL_NAMES"}
 fi
-"$PYTHON" -m ensemble.check_submission --submission="$SUBMISSION" --num_classes="$NUM_CLASSES"
+"$PYTHON" -m ensemble.check_submission --submission="$SUBMISSION" --num_classes="$NUM_CLASSES" \
+  --top_k="$TOP_K"
 wait_background
 "$PYTHON" -m ensemble.report --data_pattern="$HELDOUT_PATTERN" --model_dirs="$model_dirs" --train_dirs="$(IFS=,; echo "${train_dirs[*]}")" \
   --ensemble_dir="$ensemble_dir" "${report_flags[@]}" \

@@ -116,3 +116,30 @@ def test_pipeline_passes_the_seeds(tmp_path):
             for call in by_stage[stage]:
                 assert f"--seed={seed}" in call.split(), call
         assert f"--seed={ensemble_seed}" in by_stage["ensemble.build"][0].split()
+
+
+def test_pipeline_passes_top_k(tmp_path):
+    """TOP_K (default 20, training.submission.DEFAULT_TOP_K) goes to every
+    stage that takes a top-k. (Mutation: drop --top_k from ensemble.inference's
+    call in pipeline.sh -> this fails.)"""
+    from training.submission import DEFAULT_TOP_K
+    log = tmp_path / "calls.txt"
+    recorder = tmp_path / "python"
+    recorder.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "{log}"\n')
+    recorder.chmod(0o755)
+    stages = ("training.eval", "ensemble.build", "stacking.fit", "ensemble.inference",
+              "ensemble.check_submission")
+    (tmp_path / "data").mkdir()
+    for name in ("validate0.tfrecord", "validate1.tfrecord"):  # STACKING=1 splits them
+        (tmp_path / "data" / name).write_bytes(b"")
+    for extra, top_k in (({}, str(DEFAULT_TOP_K)), ({"TOP_K": "5"}, "5")):
+        log.write_text("")
+        env = pipeline_env(tmp_path / "work", tmp_path / "data", python=recorder,
+                           STACKING="1", **extra)
+        subprocess.run(["bash", str(PIPELINE)], cwd="/", env=env, check=True,
+                       capture_output=True, timeout=60)
+        calls = [call for call in log.read_text().splitlines()
+                 if call.split()[1] in stages]
+        assert {call.split()[1] for call in calls} == set(stages)
+        for call in calls:
+            assert f"--top_k={top_k}" in call.split(), call
