@@ -26,14 +26,14 @@ SWA_BN=recompute SWA_RECOMPUTE_BATCHES=20 SWA_WINDOWS=${SWA_WINDOWS:-1,2,4} FIT_
   TINY=1 DATA_DIR="$data/frame" WORK_DIR="$WORK_DIR" NUM_CLASSES="$NUM_CLASSES" \
   SUBMISSION="$WORK_DIR/submission.csv" run_scripts/pipeline.sh
 # 2019 segment-rated data (docs/segments.md): the same
-# prototypes rated on 5-frame segments; one model's Segment_MAP and the
-# ensemble's 2019 submission (Class,Segments), checked.
+# prototypes rated on 5-frame segments; the ensemble's Segment_MAP and its
+# 2019 submission (Class,Segments), checked.
 seg="$WORK_DIR/segment_data"
 if [[ ! -d "$seg/segments" ]]; then
   "$PYTHON" -m training.synthetic_segments --output_dir="$seg" --split=validate --num_shards=2 \
     --videos_per_shard=64 --num_classes="$NUM_CLASSES" --min_frames=30 --max_frames=120 --seed=1
 fi
-"$PYTHON" -m training.eval --train_dir="$WORK_DIR/ensemble_models/Soft-DBoF-8k-bfloat16" \
+"$PYTHON" -m training.eval --train_dir="$WORK_DIR/ensembled_models" \
   --eval_data_pattern="$seg/segments/validate*.tfrecord" --run_once --segment_labels
 "$PYTHON" -m ensemble.inference --train_dir="$WORK_DIR/ensembled_models" --overwrite \
   --input_data_pattern="$seg/segments/validate*.tfrecord" --segment_labels \
