@@ -26,7 +26,6 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 from absl import flags
 
-from distillation.reader import DistillationReader
 from models.tf_compat import tf
 from training import checkpoints, compat, losses, model_builder, paths, quantize, readers
 from training import flags as shared_flags
@@ -34,6 +33,7 @@ from training import train as trainer
 from training import train_dir as train_dirs
 from training.errors import UserError, run_main
 from training.model_flags import ModelFlags
+from training.teacher_records import TeacherReader
 from training.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
@@ -110,12 +110,12 @@ def distillation_loss_fn(model_flags: ModelFlags, distill_prob: float,
     return label_loss
 
 
-def make_reader(model_flags: ModelFlags) -> DistillationReader:
+def make_reader(model_flags: ModelFlags) -> TeacherReader:
     if not model_flags.frame_features:
         raise UserError("--frame_features: distillation reads frame-level teacher records "
                         "(SequenceExamples); use --frame_features=true")
     plain = model_builder.make_reader(model_flags)
-    return DistillationReader(num_classes=plain.num_classes, feature_names=plain.feature_names,
+    return TeacherReader(num_classes=plain.num_classes, feature_names=plain.feature_names,
                               feature_sizes=plain.feature_sizes, max_frames=plain.max_frames)
 
 

@@ -3,8 +3,8 @@
 For every input shard (``--input_data_pattern``, frame-level
 SequenceExamples) writes ``<output_dir>/<same file name>`` holding every
 record unchanged plus the context feature ``ensemble_labels``: the teacher's
-scores as raw little-endian float32[num_classes] bytes (what
-``distillation.train`` reads; docs/original.md 8, docs/formats.md 3.1).
+scores as raw little-endian float32[num_classes] bytes (the format's home:
+training.teacher_records; docs/original.md 8, docs/formats.md 3.1).
 
 The teacher is ``--teacher_csv`` (a submission CSV loaded once into an id
 table; all pairs of a row are encoded, the original kept 10 of 20, zeros
@@ -39,10 +39,9 @@ from training import flags as shared_flags
 from training.errors import Interrupted, UserError, excerpt, first_line, run_main
 from training.progress import Progress
 from training.submission import CSV_HEADER, parse_pairs
+from training.teacher_records import with_teacher
 
 FLAGS = flags.FLAGS
-
-TEACHER_FEATURE = "ensemble_labels"
 
 Log = Callable[[str], None]
 
@@ -253,15 +252,6 @@ def video_id_of(example: tf.train.SequenceExample, where: str) -> str:
         raise UserError(f"{where}: a record has no bytes context feature 'id' "
                         f"(not a YT8M frame-level SequenceExample?)")
     return feature.bytes_list.value[0].decode("utf-8")
-
-
-def with_teacher(example: tf.train.SequenceExample, vector: np.ndarray) -> bytes:
-    """The record with context ensemble_labels = raw little-endian float32 bytes."""
-    raw = np.asarray(vector, dtype="<f4").tobytes()
-    feature = example.context.feature[TEACHER_FEATURE]
-    feature.Clear()
-    feature.bytes_list.value.append(raw)
-    return example.SerializeToString(deterministic=True)
 
 
 def _records(path: str, compression_type: str = ""):

@@ -31,7 +31,7 @@ def size_flags(name: str, size: str) -> list:
 
 def decode_teacher(example) -> np.ndarray:
     """ensemble_labels of a teacher record as float32 (the inverse of
-    prediction2tfrecord.write.with_teacher)."""
+    training.teacher_records.with_teacher)."""
     raw = example.context.feature["ensemble_labels"].bytes_list.value[0]
     return np.frombuffer(raw, dtype="<f4").astype(np.float32)
 

@@ -6,13 +6,13 @@ import pytest
 
 from conftest import QUIET, TINY_CLASSES, run_module, train_config
 from distillation import train as distill
-from distillation.reader import DistillationReader
 from models.tf_compat import tf
 from prediction2tfrecord import write
 from training import checkpoints, losses, model_builder, predict, readers
 from training import train as trainer
 from training import train_dir as train_dirs
 from training.errors import UserError, first_line
+from training.teacher_records import TeacherReader
 
 
 def tiny_config(**overrides):
@@ -79,7 +79,7 @@ def teacher_records(tiny_data, tmp_path_factory):
 
 
 def test_reader_parses_teacher_vectors(teacher_records, tiny_data):
-    reader = DistillationReader(num_classes=TINY_CLASSES)
+    reader = TeacherReader(num_classes=TINY_CLASSES)
     with tf.Graph().as_default():
         dataset = readers.make_dataset(reader, teacher_records, 16, training=False)
         batch = tf.data.make_one_shot_iterator(dataset).get_next()
@@ -95,7 +95,7 @@ def test_reader_parses_teacher_vectors(teacher_records, tiny_data):
 def test_reader_rejects_records_without_or_with_wrong_teacher(tiny_data, teacher_records):
     plain = str(tiny_data / "frame" / "train*.tfrecord")
     for pattern, classes in ((plain, TINY_CLASSES), (teacher_records, TINY_CLASSES + 1)):
-        reader = DistillationReader(num_classes=classes)
+        reader = TeacherReader(num_classes=classes)
         with tf.Graph().as_default():
             dataset = readers.make_dataset(reader, pattern, 4, training=False)
             batch = tf.data.make_one_shot_iterator(dataset).get_next()

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from conftest import TINY_CLASSES, run_module
-from distillation.reader import DistillationReader
 from ensemble import build, inference
 from models.tf_compat import tf
 from prediction2tfrecord import write as teacher_write
@@ -30,6 +29,7 @@ from swa import average
 from training import model_builder, predict, readers, train
 from training import train_dir as train_dirs
 from training.errors import UserError
+from training.teacher_records import TeacherReader
 
 FRAME_HINT = "check --frame_features / --feature_names"
 
@@ -156,7 +156,7 @@ def test_teacher_records_keep_the_input_compression(tiny_data, tmp_path):
     assert readers.file_compressions(outputs["plain"]) == [""]
     assert (list(tf.io.tf_record_iterator(outputs["gzip"][0], "GZIP"))
             == list(tf.io.tf_record_iterator(outputs["plain"][0])))
-    reader = DistillationReader(num_classes=TINY_CLASSES)
+    reader = TeacherReader(num_classes=TINY_CLASSES)
     check(outputs["gzip"], reader, "distillation")
     assert refused(readers.resolve_files(plain), reader) == (
         f"--eval_data_pattern: {readers.resolve_files(plain)[0]}: its records have no "

@@ -21,7 +21,7 @@ unlabelled test split for evaluation, ...) before any work.
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 from models.tf_compat import tf
 from training.errors import UserError, first_line
@@ -172,7 +172,7 @@ def _check_num_classes(num_classes):
     return num_classes
 
 
-def _as_batch(serialized):
+def as_batch(serialized: Any) -> Any:
     """Returns ``serialized`` as a string tensor of rank 1 (a scalar becomes [1])."""
     serialized = tf.convert_to_tensor(serialized, dtype=tf.string)
     if serialized.shape.ndims == 0:
@@ -268,7 +268,7 @@ class FrameReader:
         label id outside [0, num_classes).
         """
         with tf.name_scope("parse_frame_level"):
-            serialized = _as_batch(serialized)
+            serialized = as_batch(serialized)
             batch = _static_batch(serialized)
             string_feature = tf.io.RaggedFeature(tf.string, row_splits_dtype=tf.int32)
             context, sequences, _ = tf.io.parse_sequence_example(
@@ -381,7 +381,7 @@ class VideoReader:
         outside [0, num_classes).
         """
         with tf.name_scope("parse_video_level"):
-            serialized = _as_batch(serialized)
+            serialized = as_batch(serialized)
             batch = _static_batch(serialized)
             spec = {
                 "id": tf.io.FixedLenFeature([], tf.string),

@@ -78,7 +78,7 @@ class SegmentReader(readers.FrameReader):
         plus every FrameReader check on the frames.
         """
         with tf.name_scope("parse_segments"):
-            serialized = readers._as_batch(serialized)
+            serialized = readers.as_batch(serialized)
             ragged = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32)
             context, sequences, _ = tf.io.parse_sequence_example(
                 serialized,
