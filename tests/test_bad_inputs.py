@@ -324,9 +324,8 @@ def test_bf16_and_fp32_where_either_works(tiny_models, tmp_path):
     records = write_records(tmp_path / "teacher" / "train00.tfrecord", [
         sequence_example(b"t%02d" % i, [i % TINY_CLASSES], 5, seed=i, teacher=teacher)
         for i in range(8)])
-    with open(os.path.join(tiny_models["dbof_bf16"], "model_flags.json")) as handle:
-        flags = {key: value for key, value in json.load(handle).items()
-                 if key != "checkpoint_dtype"}
+    flags = dataclasses.replace(checkpoints.read_model_flags(tiny_models["dbof_bf16"]),
+                                checkpoint_dtype=None)
     for source in ("dbof_bf16", "dbof_swa"):
         lines = []
         distillation.distill(flags, str(tmp_path / f"student_{source}"), records,
