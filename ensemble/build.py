@@ -33,7 +33,6 @@ from training import (
     eval_results,
     member_graph,
     metrics,
-    paths,
     precision,
     predict,
     quantize,
@@ -74,8 +73,7 @@ def define_flags() -> None:
     define = shared_flags.define
     define(flags.DEFINE_string, "weights", "", "Comma-separated member weights, in "
            "--model_dirs order (default: uniform).")
-    define(flags.DEFINE_string, "weights_file", "", "JSON {\"members\": [dir, ...], "
-           "\"weights\": [...]} as written by stacking.", path=paths.IN_FILE)
+    shared_flags.define_shared("weights_file", "")
     define(flags.DEFINE_bool, "allow_oversize", False, "Keep an export larger than "
            "--size_limit_bytes.")
     define(flags.DEFINE_integer, "size_limit_bytes", None, "Upload size limit of the export "

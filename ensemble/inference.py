@@ -80,11 +80,8 @@ def define_flags() -> None:
                         "writes (0-based, with --num_shards).")
     shared_flags.define(flags.DEFINE_integer, "num_threads", 0, "TensorFlow threads of this "
                         "process (0: all cores; workers sharing a CPU divide them).")
-    shared_flags.define(flags.DEFINE_string, "label_names", "", "A vocabulary CSV (columns "
-                        "Index and Name, or label_id and label_name): also write each "
-                        "video's top 5 labels with their names to <output_file without "
-                        ".csv>.top5.tsv (with --num_shards: only checked; ensemble.merge "
-                        "writes it).", path=paths.IN_FILE)
+    shared_flags.define_shared("label_names", "", "(With --num_shards: only checked; "
+                               "ensemble.merge writes it.)")
     shared_flags.define(flags.DEFINE_bool, "segment_labels", False, "2019 segment-rated "
                         "records: write the 2019 submission (Class,Segments) instead "
                         "(ensemble.segment_submission).")

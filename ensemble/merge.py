@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 from absl import flags
 
 from ensemble import labels
-from training import checkpoints, paths, readers, submission
+from training import checkpoints, readers, submission
 from training import flags as shared_flags
 from training.errors import UserError, run_main
 from training.progress import format_seconds
@@ -46,10 +46,7 @@ def define_flags() -> None:
                         "are done (and the estimated videos) instead of merging.")
     shared_flags.define(flags.DEFINE_float, "started_at", 0.0, "With --progress: when the "
                         "run started (epoch seconds), for the rate and the ETA.")
-    shared_flags.define(flags.DEFINE_string, "label_names", "", "A vocabulary CSV (columns "
-                        "Index and Name, or label_id and label_name): also write each "
-                        "video's top 5 labels with their names to <output_file without "
-                        ".csv>.top5.tsv.", path=paths.IN_FILE)
+    shared_flags.define_shared("label_names", "")
 
 
 def parts_dir(output_file: str) -> str:

@@ -51,8 +51,7 @@ def define_flags() -> None:
            path=paths.IN_DIR)
     define(flags.DEFINE_string, "train_dirs", "", "Comma-separated train dirs of the members, "
            "in --model_dirs order (their latest checkpoint's evaluation).", path=paths.IN_DIRS)
-    define(flags.DEFINE_string, "weights_file", "", "stacking.fit's weights JSON.",
-           path=paths.IN_FILE)
+    shared_flags.define_shared("weights_file", "")
     define(flags.DEFINE_string, "output_json", "", "Also write the report as JSON.",
            path=paths.OUT_FILE)
     define(flags.DEFINE_string, "output_png", "", "Also write a bar chart (PNG).",

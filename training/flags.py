@@ -56,6 +56,11 @@ target_bytes          integer  Store the fewest, largest matrices as int8 (train
 int8_min_values       integer  Matrices with at least this many values may be stored as int8.
 recompute_batches     integer  Training batches (of --batch_size, from --train_data_pattern) on
                                which --bn_statistics=recompute recomputes the BN statistics.
+label_names           string   A vocabulary CSV (columns Index and Name, or label_id and
+                               label_name): also write each video's top 5 labels with their
+                               names to <output_file without .csv>.top5.tsv.
+weights_file          string   JSON {"members": [dir, ...], "weights": [...]} as written by
+                               stacking.fit.
 """
 _DEFINERS_BY_TYPE: Dict[str, Callable] = {
     "string": flags.DEFINE_string, "integer": flags.DEFINE_integer, "bool": flags.DEFINE_bool}
@@ -84,7 +89,8 @@ SHARED_PATH_KINDS: Dict[str, str] = {
     "train_dir": paths.IN_DIR, "train_data_pattern": paths.IN_PATTERN,
     "eval_data_pattern": paths.IN_PATTERN, "input_data_pattern": paths.IN_PATTERN,
     "output_dir": paths.OUT_DIR, "output_file": paths.OUT_FILE, "model_dirs": paths.IN_DIRS,
-    "checkpoint_file": paths.IN_CHECKPOINT}
+    "checkpoint_file": paths.IN_CHECKPOINT, "label_names": paths.IN_FILE,
+    "weights_file": paths.IN_FILE}
 
 # {flag: path kind} of the running entry point's path flags, in definition
 # order; every one is checked before its main runs (check_path_flags).
