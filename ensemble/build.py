@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 
@@ -50,6 +50,7 @@ from training.members import (
     read_weights_file,
 )
 from training.model_flags import ModelFlags
+from training.progress import Log
 from training.submission import DEFAULT_TOP_K
 
 FLAGS = flags.FLAGS
@@ -58,7 +59,6 @@ ENSEMBLE_JSON = "ensemble.json"
 EVAL_RESULTS = eval_results.EVAL_RESULTS
 ENSEMBLE_MODEL_NAME = "ensemble"
 
-Log = Optional[Callable[[str], None]]
 
 
 def define_flags() -> None:
@@ -228,7 +228,7 @@ def _add_int8_for_target(graph, ensemble, target_bytes: int, min_values: int, lo
 def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], output_dir: str,
                      tile_num: int = 10, seed: int = 666, overwrite: bool = False,
                      allow_oversize: bool = False, frame_sampling: Optional[str] = None,
-                     log: Log = print, size_limit_bytes: Optional[int] = None,
+                     log: Optional[Log] = print, size_limit_bytes: Optional[int] = None,
                      shared_frame_work: bool = True, bf16_compute: Optional[str] = None,
                      target_bytes: Optional[int] = None,
                      int8_min_values: int = quantize.DEFAULT_MIN_VALUES) -> Dict[str, Any]:

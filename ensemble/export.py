@@ -14,18 +14,18 @@ import shutil
 import tarfile
 import tempfile
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 from models.tf_compat import tf
 from training import checkpoints
 from training.errors import UserError
 from training.predict import INFERENCE_MODEL, LoadedModel
+from training.progress import Log
 
 SIZE_LIMIT_BYTES = 1 << 30          # the Kaggle 2018 limit read as 1 GiB (docs/original.md 12.27)
 UPLOAD_FILES = (checkpoints.MODEL_FLAGS_FILE, f"{INFERENCE_MODEL}.data-00000-of-00001",
                 f"{INFERENCE_MODEL}.index", f"{INFERENCE_MODEL}.meta")
 
-Log = Optional[Callable[[str], None]]
 
 
 def export_files(directory: str) -> List[str]:
@@ -132,7 +132,7 @@ def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def write_model_tgz(model: LoadedModel, tgz_path: str, log: Log = None,
+def write_model_tgz(model: LoadedModel, tgz_path: str, log: Optional[Log] = None,
                     overwrite: bool = True) -> int:
     """Writes the upload .tgz (model_flags.json + inference_model.*) through a
     temporary name; returns the bytes of the inference_model.* files it holds."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 from absl import flags
@@ -47,14 +47,13 @@ from training import (
 )
 from training import flags as shared_flags
 from training.errors import Interrupted, UserError, run_main
-from training.progress import Progress
+from training.progress import Log, Progress
 from training.submission import CSV_HEADER, DEFAULT_TOP_K
 from training.submission import format_score as format_score  # (its old home)
 
 FLAGS = flags.FLAGS
 
 
-Log = Optional[Callable[[str], None]]
 
 
 def define_flags() -> None:
@@ -127,7 +126,7 @@ def format_lines(ids: np.ndarray, predictions: np.ndarray, k: int) -> List[str]:
 
 def write_submission(model: predict.LoadedModel, data_pattern: str, output_file: str,
                      batch_size: int = 64, top_k: int = DEFAULT_TOP_K, num_readers: int = 1,
-                     log: Log = print, overwrite: bool = True,
+                     log: Optional[Log] = print, overwrite: bool = True,
                      skip_corrupt: bool = False,
                      vocabulary: Optional[labels.LabelNames] = None,
                      compression: str = "auto") -> int:
@@ -200,7 +199,7 @@ def _write_part(model, path: str, output_file: str, batch_size: int, top_k: int,
 
 
 def write_parts(model: predict.LoadedModel, files: List[str], output_file: str,
-                batch_size: int, top_k: int, run: str, log: Log = print,
+                batch_size: int, top_k: int, run: str, log: Optional[Log] = print,
                 skip_corrupt: bool = False, compression: str = "auto") -> int:
     """The parts of `files` not done yet by this run (ensemble.merge); -> videos
     written. A part whose record names another run is redone."""
@@ -315,7 +314,7 @@ def _output_lock(output_file: str, num_shards: int, shard_index: int) -> Iterato
 def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = "",
         input_data_pattern: str = "", output_file: str = "", batch_size: int = 64,
         top_k: int = DEFAULT_TOP_K, num_readers: int = 1, seed: int = 2018,
-        frame_sampling: Optional[str] = None, log: Log = print, overwrite: bool = True,
+        frame_sampling: Optional[str] = None, log: Optional[Log] = print, overwrite: bool = True,
         skip_corrupt: bool = False, bf16_compute: Optional[str] = None,
         num_shards: int = 0, shard_index: int = 0, num_threads: int = 0,
         label_names: str = "", compression: str = "auto") -> Optional[int]:

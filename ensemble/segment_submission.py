@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import numpy as np
 from absl import flags
@@ -29,11 +29,11 @@ from ensemble import merge
 from training import checkpoints, paths, predict, readers
 from training import flags as shared_flags
 from training.errors import UserError, excerpt, first_line, run_main
+from training.progress import Log
 
 FLAGS = flags.FLAGS
 
 SEGMENT_HEADER = "Class,Segments"
-Log = Optional[Callable[[str], None]]
 _ENTRY = re.compile(r"[^\s:,]+:(\d+)")
 
 
@@ -113,7 +113,7 @@ _FILE_SHIFT = 32     # a segment's number: its file's index << 32 | its place in
 
 def collect_top(model: predict.LoadedModel, files: List[str], indices: List[int],
                 class_ids: np.ndarray, max_pred: int, segment_size: int = 5,
-                batch_size: int = 64, log: Log = print, compression: str = "auto",
+                batch_size: int = 64, log: Optional[Log] = print, compression: str = "auto",
                 padded: Optional[bool] = None):
     """(ClassTopK, {segment number: "vid:start"}) of files, one after the other.
     padded: predict.segment_reader's (None: as the model's graph allows).
@@ -152,9 +152,9 @@ def _write_csv(output_file: str, class_ids: np.ndarray, ranked, overwrite: bool)
 
 def write_segment_submission(model: predict.LoadedModel, data_pattern: str, output_file: str,
                              class_ids: Optional[np.ndarray] = None, max_pred: int = 100000,
-                             segment_size: int = 5, batch_size: int = 64, log: Log = print,
-                             overwrite: bool = True, compression: str = "auto",
-                             padded: Optional[bool] = None) -> int:
+                             segment_size: int = 5, batch_size: int = 64,
+                             log: Optional[Log] = print, overwrite: bool = True,
+                             compression: str = "auto", padded: Optional[bool] = None) -> int:
     """Streams every segment through the model, keeps the per-class top
     max_pred, writes the CSV atomically; returns the number of segments."""
     class_ids = np.arange(model.num_classes) if class_ids is None else class_ids
@@ -179,7 +179,7 @@ def part_path(output_file: str, num_shards: int, shard_index: int) -> str:
 def write_segment_part(model: predict.LoadedModel, data_pattern: str, output_file: str,
                        num_shards: int, shard_index: int,
                        class_ids: Optional[np.ndarray] = None, max_pred: int = 100000,
-                       segment_size: int = 5, batch_size: int = 64, log: Log = print,
+                       segment_size: int = 5, batch_size: int = 64, log: Optional[Log] = print,
                        compression: str = "auto", settings: Optional[dict] = None) -> str:
     """This shard's per-class top max_pred (every num_shards-th sorted file, as
     ensemble.inference shards) to part_path; merge_segment_parts writes the CSV.
@@ -256,7 +256,7 @@ def _check_parts(output_file: str, num_shards: int, parts: List[dict]) -> None:
 
 
 def merge_segment_parts(output_file: str, num_shards: int, overwrite: bool = True,
-                        log: Log = print) -> int:
+                        log: Optional[Log] = print) -> int:
     """The CSV of all num_shards parts: per class the best max_pred of the
     parts' lists by (score descending, segment number): exactly one process's
     CSV. Refuses, in one line naming the part, a missing shard, a part whose

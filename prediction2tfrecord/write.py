@@ -28,7 +28,7 @@ import csv
 import os
 import socket
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -37,13 +37,12 @@ from models.tf_compat import tf
 from training import checkpoints, locks, model_builder, paths, predict, readers
 from training import flags as shared_flags
 from training.errors import Interrupted, UserError, excerpt, first_line, run_main
-from training.progress import Progress
+from training.progress import Log, Progress
 from training.submission import CSV_HEADER, parse_pairs
 from training.teacher_records import with_teacher
 
 FLAGS = flags.FLAGS
 
-Log = Callable[[str], None]
 
 
 def define_flags() -> None:

@@ -18,7 +18,7 @@ weights file that ensemble.build --weights_file reads (training.members).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -28,6 +28,7 @@ from training import flags as shared_flags
 from training import locks, losses, metrics, paths, predict, readers
 from training.errors import Interrupted, UserError, run_main
 from training.members import check_dir_records, write_weights_file
+from training.progress import Log
 from training.submission import DEFAULT_TOP_K
 
 FLAGS = flags.FLAGS
@@ -36,7 +37,6 @@ EPSILON = losses.CROSS_ENTROPY_EPSILON
 PARAMETERIZATIONS = ("simplex", "softmax")
 CHUNK_ROWS = 2048  # videos per chunk of the numpy objective (bounds temporaries)
 
-Log = Callable[[str], None]
 
 
 def define_flags() -> None:

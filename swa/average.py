@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -34,7 +34,7 @@ from training import checkpoints, compat, members, metrics, paths, readers
 from training import eval as evaluation
 from training import flags as shared_flags
 from training.errors import UserError, first_line, run_main
-from training.progress import Progress
+from training.progress import Log, Progress
 from training.submission import DEFAULT_TOP_K
 
 FLAGS = flags.FLAGS
@@ -42,7 +42,6 @@ FLAGS = flags.FLAGS
 BN_MODES = ("last", "average", "recompute")
 SWA_INFO_FILE = bn_stats.SWA_INFO_FILE
 
-Log = Optional[Callable[[str], None]]
 
 
 def define_flags() -> None:
@@ -124,7 +123,7 @@ def model_variable_specs(paths: Sequence[str]) -> List[Tuple[str, List[int], Any
 class CheckpointAverager:
     """Produces, one tensor at a time, the output value of each model variable."""
 
-    def __init__(self, paths: Sequence[str], bn_statistics: str, log: Log = None):
+    def __init__(self, paths: Sequence[str], bn_statistics: str, log: Optional[Log] = None):
         self.paths = list(paths)
         self.specs = model_variable_specs(self.paths)
         self.readers = [checkpoints.open_checkpoint(path) for path in self.paths]
@@ -195,7 +194,7 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
             swa_end: Optional[int] = None, last_n: Optional[int] = None,
             bn_statistics: str = "last", recompute_batches: int = 100,
             train_data_pattern: str = "", batch_size: int = 80, seed: int = 2018,
-            num_readers: int = 4, overwrite: bool = False, log: Log = print,
+            num_readers: int = 4, overwrite: bool = False, log: Optional[Log] = print,
             compression: str = "auto") -> Dict[str, Any]:
     """Writes the averaged dir; returns the content of swa.json (with
     window_choice, choose_window's record, when the window was chosen)."""
@@ -265,7 +264,7 @@ def candidate_windows(text: str, num_checkpoints: int) -> List[int]:
 
 
 def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
-                  settings: Dict[str, Any], log: Log = print) -> Dict[str, Any]:
+                  settings: Dict[str, Any], log: Optional[Log] = print) -> Dict[str, Any]:
     """Averages the last N checkpoints for each N of windows, evaluates each
     on fit_pattern (BN statistics as settings say), installs the best one as
     settings["output_dir"] (its swa.json records the choice) and returns the
@@ -306,7 +305,7 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
 
 
 def _install_candidate(candidate_dir: str, output_dir: str, overwrite: bool,
-                       choice: Dict[str, Any], log: Log) -> None:
+                       choice: Dict[str, Any], log: Optional[Log]) -> None:
     """Moves the chosen candidate's files into output_dir (atomically, as
     average writes it) and records the choice in its swa.json."""
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
@@ -321,7 +320,7 @@ def _install_candidate(candidate_dir: str, output_dir: str, overwrite: bool,
 
 
 def evaluate_on(model_dir: str, data_pattern: str, settings: Dict[str, Any],
-                log: Log = print) -> Dict[str, Any]:
+                log: Optional[Log] = print) -> Dict[str, Any]:
     """The metrics of the dir's checkpoint on data_pattern (no file written)."""
     return evaluation.evaluate_checkpoint(
         model_dir, checkpoints.find_checkpoint(model_dir), data_pattern,
@@ -331,7 +330,8 @@ def evaluate_on(model_dir: str, data_pattern: str, settings: Dict[str, Any],
 
 
 def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int,
-             num_readers: int, log: Log = print, compression: str = "auto") -> Dict[str, float]:
+             num_readers: int, log: Optional[Log] = print,
+             compression: str = "auto") -> Dict[str, float]:
     """Evaluates the averaged checkpoint; writes eval_results.json into output_dir."""
     path = checkpoints.find_checkpoint(output_dir)
     result = evaluation.evaluate_checkpoint(output_dir, path, eval_data_pattern, batch_size,
@@ -354,7 +354,7 @@ def _window_settings() -> Dict[str, Any]:
         "seed": FLAGS.seed, "num_readers": FLAGS.num_readers, "compression": FLAGS.compression}}
 
 
-def _choose_and_install(log: Log) -> None:
+def _choose_and_install(log: Optional[Log]) -> None:
     """--choose_window_on: writes the output dir as the best window's average."""
     if FLAGS.last_n is not None:
         raise UserError("--last_n and --choose_window_on: give one (the choice sets N)")

@@ -34,7 +34,7 @@ from models.tf_compat import tf
 from training import checkpoints, compat, model_builder, readers
 from training.errors import UserError
 from training.model_flags import ModelFlags
-from training.progress import Progress
+from training.progress import Log, Progress
 
 BN_STAT_SUFFIXES = ("/moving_mean", "/moving_variance")
 DEFAULT_RECOMPUTE_BATCHES = 100
@@ -42,7 +42,6 @@ SWA_INFO_FILE = "swa.json"      # written by swa.average; its "bn_statistics" is
 EVAL_MODES = ("moving", "recompute")
 NOTE_THRESHOLD = 0.05
 
-Log = Optional[Callable[[str], None]]
 
 
 def is_bn_statistic(key: str) -> bool:
@@ -123,7 +122,7 @@ def batch_statistics(update_ops: Sequence[Any]) -> Dict[str, tf.Tensor]:
 
 
 def mean_of_batch_statistics(sess: tf.Session, statistics: Dict[str, tf.Tensor],
-                             num_batches: int, feed_dicts=None, log: Log = None
+                             num_batches: int, feed_dicts=None, log: Optional[Log] = None
                              ) -> Dict[str, np.ndarray]:
     """Exact mean over `num_batches` runs of each statistic (float64 sums).
 
@@ -155,7 +154,7 @@ def mean_of_batch_statistics(sess: tf.Session, statistics: Dict[str, tf.Tensor],
 
 def recompute_and_save(model_flags: ModelFlags, specs, produce: Callable[[str], np.ndarray],
                        save_path: str, data_pattern: str, num_batches: int, batch_size: int,
-                       seed: int = 2018, num_readers: int = 4, log: Log = None,
+                       seed: int = 2018, num_readers: int = 4, log: Optional[Log] = None,
                        compression: str = "auto") -> str:
     """Loads the weights (produce(key) for each (key, shape, dtype) of specs)
     into the training-mode graph, recomputes the BN moving statistics on
@@ -223,7 +222,7 @@ class Recompute:
 
 @contextmanager
 def recomputed_checkpoint(model_dir: str, checkpoint: str, settings: Recompute,
-                          log: Log = None) -> Iterator[str]:
+                          log: Optional[Log] = None) -> Iterator[str]:
     """Yields a temporary copy of the float32 `checkpoint` (of model_dir) whose
     BN statistics are recomputed; it is removed when the block ends, however
     it ends. A bfloat16 or int8 checkpoint is a UserError."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,8 +25,8 @@ from models.tf_compat import tf
 from training import checkpoints, compat, model_builder, precision, quantize
 from training.errors import UserError, first_line
 from training.members import Member, check_members_agree, feature_signature
+from training.progress import Log
 
-Log = Optional[Callable[[str], None]]
 
 @dataclass
 class GraphMember:
@@ -270,7 +270,7 @@ def member_savers(members: Sequence[Member], graph: EnsembleGraph) -> List[tf.tr
             for part in graph.members]
 
 
-def quantize_in_session(sess: tf.Session, graph: EnsembleGraph, log: Log = None) -> None:
+def quantize_in_session(sess: tf.Session, graph: EnsembleGraph, log: Optional[Log] = None) -> None:
     """Rounds the int8-stored matrices that the checkpoints held in another
     dtype (GraphMember.add_int8) to their int8 values in the session, so
     that what is evaluated is what the export holds; fills their scales."""
@@ -290,7 +290,7 @@ def quantize_in_session(sess: tf.Session, graph: EnsembleGraph, log: Log = None)
 
 
 def restore_members(sess: tf.Session, members: Sequence[Member],
-                    savers: Sequence[tf.train.Saver], log: Log = None) -> None:
+                    savers: Sequence[tf.train.Saver], log: Optional[Log] = None) -> None:
     for member, saver in zip(members, savers):
         try:
             saver.restore(sess, member.checkpoint)

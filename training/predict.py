@@ -38,12 +38,11 @@ from training import (
 from training.errors import UserError, first_line
 from training.members import Member, check_no_duplicates, load_member, read_member_flags
 from training.model_flags import ModelFlags
-from training.progress import Progress
+from training.progress import Log, Progress
 from training.submission import DEFAULT_TOP_K
 
 INFERENCE_MODEL = "inference_model"   # the exported graph and checkpoint prefix
 
-Log = Optional[Callable[[str], None]]
 # name -> (tensor of the model's graph, batch -> extra feed dict)
 Fetches = Mapping[str, Tuple[Any, Callable[[Dict[str, np.ndarray]], Dict]]]
 
@@ -266,7 +265,7 @@ def _trimmed(batch: Dict[str, np.ndarray], take: int) -> Dict[str, np.ndarray]:
 def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
                         num_readers: int = 1, flag_name: str = "input_data_pattern",
                         fetches: Optional[Fetches] = None, skip_corrupt: bool = False,
-                        max_videos: int = 0, reader=None, log: Log = None,
+                        max_videos: int = 0, reader=None, log: Optional[Log] = None,
                         verb: str = "predicted", files: Optional[Sequence[str]] = None,
                         compression: str = "auto", unit: str = "videos") -> Iterator[Batch]:
     """Yields a Batch per batch of data_pattern (records in file order).
@@ -308,7 +307,7 @@ def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
 
 
 def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
-                   top_k: int = DEFAULT_TOP_K, num_readers: int = 1, log: Log = None,
+                   top_k: int = DEFAULT_TOP_K, num_readers: int = 1, log: Optional[Log] = None,
                    flag_name: str = "eval_data_pattern",
                    skip_corrupt: bool = False, compression: str = "auto",
                    keep_videos: bool = False) -> Dict[str, Any]:
@@ -358,7 +357,7 @@ def segment_reader(model: LoadedModel, segment_size: int = 5, rated: bool = True
 
 
 def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int = 5,
-                      batch_size: int = 64, num_readers: int = 1, log: Log = None,
+                      batch_size: int = 64, num_readers: int = 1, log: Optional[Log] = None,
                       flag_name: str = "eval_data_pattern", skip_corrupt: bool = False,
                       compression: str = "auto") -> Dict[str, Any]:
     """The 2019 segment metrics (metrics.segment_metrics) of 2019 segment-rated
@@ -385,7 +384,7 @@ def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int =
 
 
 def evaluate_model_dir(model_dir: str, data_pattern: str, batch_size: int = 64,
-                       top_k: int = DEFAULT_TOP_K, num_readers: int = 1, log: Log = None,
+                       top_k: int = DEFAULT_TOP_K, num_readers: int = 1, log: Optional[Log] = None,
                        compression: str = "auto", keep_videos: bool = False
                        ) -> Dict[str, Any]:
     model = open_model(model_dir)

@@ -11,6 +11,10 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
+# Where a stage's log lines go (print, or a test's list.append); Optional[Log]
+# where None means "say nothing".
+Log = Callable[[str], None]
+
 
 def format_seconds(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -27,7 +31,7 @@ class Progress:
 
     def __init__(self, unit: str, total: Optional[int] = None, start: int = 0,
                  units_per_count: float = 1.0, every_seconds: float = 10.0,
-                 log: Optional[Callable[[str], None]] = None):
+                 log: Optional[Log] = None):
         self.unit, self.total, self.start = unit, total, start
         self.units_per_count = units_per_count
         self.every_seconds, self.log = every_seconds, log
