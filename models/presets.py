@@ -6,7 +6,14 @@ A preset is a model class (models.frame_models) plus:
   * the training schedule of the original run script (docs/original.md 1.9);
   * smaller sizes for runs that are not the real thing: ``tiny`` (the quick
     start and ``pipeline.sh TINY=1``: minutes on a CPU) and ``test`` (the
-    smallest models that still exercise every code path, for the test suite).
+    smallest models that still exercise every code path, for the test suite);
+  * its full-size parameter counts (docs/original.md 1.10), which the tests
+    check the built graph against.
+
+``ENSEMBLE`` lists the presets of the ensemble, in pipeline order (what
+``python -m models.presets`` prints for pipeline.sh MODELS): a new preset
+joins it only when added there. A name or alias used twice is an error at
+import. Adding a preset: docs/architecture.md "Presets".
 
 ``training.train --model=<preset> --size=tiny`` applies a size; the run
 scripts pass only the preset name, so every number below has this one home.
@@ -14,7 +21,7 @@ scripts pass only the preset name, so every number below has this one home.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 SIZES = ("full", "tiny", "test")
 
@@ -55,12 +62,21 @@ _TEST_RUN = {"batch_size": 4, "max_steps": 10, "save_checkpoint_steps": 5,
 
 
 @dataclasses.dataclass(frozen=True)
+class ParameterCounts:
+    """Variables of the full-size model (C = 3862, rgb 1024 + audio 128):
+    every value, and of those the BN moving statistics (not trained)."""
+    total: int
+    bn_statistics: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Preset:
     name: str
     class_name: str
     description: str
     schedule: Schedule
     sizes: Mapping[str, Mapping[str, Any]]        # size -> hyper-parameter overrides
+    parameters: ParameterCounts                   # at full size (docs/original.md 1.10)
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     aliases: Tuple[str, ...] = ()
 
@@ -98,42 +114,77 @@ _DBOF_SCHEDULE = Schedule(batch_size=80, learning_rate_decay=0.9, max_steps=8000
 # docs/sweep.md) so that on the quick start's data every member ends within
 # 0.05 validation GAP of the best: at hidden 32 the Soft-DBoF and GRU members
 # reached only 0.33-0.40 against the NetVLAD family's 0.50-0.57.
-def _netvlad(name: str, class_name: str, description: str, tiny_hidden: int = 32) -> Preset:
+def _netvlad(name: str, class_name: str, description: str, parameters: ParameterCounts,
+             tiny_hidden: int = 32) -> Preset:
     return Preset(name, class_name, description, _NETVLAD_SCHEDULE,
                   {"tiny": {"cluster_size": 8, "hidden_size": tiny_hidden, "num_samples": 30},
                    "test": {"cluster_size": 4, "hidden_size": 8, "num_samples": 10}},
-                  aliases=(class_name,))
+                  parameters, aliases=(class_name,))
 
 
-def _soft_dbof(name: str, class_name: str, clusters: str, tiny_clusters: int,
-               tiny_hidden: int) -> Preset:
+def _soft_dbof(name: str, class_name: str, clusters: str, parameters: ParameterCounts,
+               tiny_clusters: int, tiny_hidden: int) -> Preset:
     return Preset(name, class_name, f"Late-fusion Soft-DBoF, {clusters} clusters, MoE-2",
                   _DBOF_SCHEDULE,
                   {"tiny": {"cluster_size": tiny_clusters, "hidden_size": tiny_hidden,
                             "num_samples": 30},
                    "test": {"cluster_size": 8, "hidden_size": 8, "num_samples": 10}},
-                  aliases=(class_name,))
+                  parameters, aliases=(class_name,))
 
 
-# The order of the ensemble (pipeline.sh MODELS).
 PRESETS: Tuple[Preset, ...] = (
     _netvlad("nonlocal-NetVLADModel", "NetVLADModelLF", "Late-fusion NetVLAD with the "
-             "embedded-Gaussian non-local block, MoE-8 + probability gating", tiny_hidden=40),
+             "embedded-Gaussian non-local block, MoE-8 + probability gating",
+             ParameterCounts(154_970_732, 12_268), tiny_hidden=40),
     _netvlad("nonlocal-LightNetVLADModel", "LightNetVLADModelLF", "Late-fusion LightVLAD with "
-             "a non-local block, MoE-4 + probability gating"),
+             "a non-local block, MoE-4 + probability gating",
+             ParameterCounts(125_099_540, 12_268)),
     _netvlad("nonlocal-earlyNetVLADModel", "early_NetVLADModelLF", "Early-fusion NetVLAD with "
-             "a non-local block, MoE-2 + probability gating", tiny_hidden=64),
-    _soft_dbof("Soft-DBoF-4k", "SoftDbofModelLF", "4000 video / 500 audio", 1024, 80),
-    _soft_dbof("Soft-DBoF-8k", "SoftDbofModelLF_8k", "8000 video / 1000 audio", 2048, 64),
+             "a non-local block, MoE-2 + probability gating",
+             ParameterCounts(111_710_056, 12_204), tiny_hidden=64),
+    _soft_dbof("Soft-DBoF-4k", "SoftDbofModelLF", "4000 video / 500 audio",
+               ParameterCounts(28_572_796, 11_304), 1024, 80),
+    _soft_dbof("Soft-DBoF-8k", "SoftDbofModelLF_8k", "8000 video / 1000 audio",
+               ParameterCounts(37_358_796, 20_304), 2048, 64),
     Preset("GRUModel", "GruModel", "Two stacked GRUs of 1200 units, MoE-2",
            Schedule(batch_size=128, learning_rate_decay=0.9, max_steps=300000,
                     swa_tail_steps=15000, swa_save_steps=1000),
-           {"tiny": {"gru_cells": 64}, "test": {"gru_cells": 8}}, aliases=("GruModel",)),
+           {"tiny": {"gru_cells": 64}, "test": {"gru_cells": 8}},
+           ParameterCounts(63_466_124, 0), aliases=("GruModel",)),
 )
 
+# The presets of the ensemble, in pipeline order (pipeline.sh MODELS).
+ENSEMBLE: Tuple[str, ...] = ("nonlocal-NetVLADModel", "nonlocal-LightNetVLADModel",
+                             "nonlocal-earlyNetVLADModel", "Soft-DBoF-4k", "Soft-DBoF-8k",
+                             "GRUModel")
+
+
+def index_presets(records: Sequence[Preset], ensemble: Sequence[str]
+                  ) -> Tuple[Dict[str, Preset], Dict[str, str]]:
+    """({name: preset}, {alias: name}) of the records; ValueError (naming
+    models/presets.py) for a name or alias used twice, or an ENSEMBLE entry
+    that is not a preset name."""
+    by_name: Dict[str, Preset] = {}
+    by_alias: Dict[str, str] = {}
+    owner: Dict[str, str] = {}
+    for preset in records:
+        for key in (preset.name, *preset.aliases):
+            if key in owner:
+                raise ValueError(f"models/presets.py: {key!r} names two presets "
+                                 f"({owner[key]} and {preset.name}); names and aliases "
+                                 f"must be unique")
+            owner[key] = preset.name
+        by_name[preset.name] = preset
+        by_alias.update((alias, preset.name) for alias in preset.aliases)
+    unknown = [name for name in ensemble if name not in by_name]
+    if unknown or len(set(ensemble)) != len(ensemble):
+        raise ValueError(f"models/presets.py: ENSEMBLE must list preset names once each; "
+                         f"check {', '.join(unknown) or 'its repeated names'}")
+    return by_name, by_alias
+
+
 PRESET_NAMES: Tuple[str, ...] = tuple(preset.name for preset in PRESETS)
-_BY_NAME = {preset.name: preset for preset in PRESETS}
-_BY_ALIAS = {alias: preset.name for preset in PRESETS for alias in preset.aliases}
+_BY_NAME, _BY_ALIAS = index_presets(PRESETS, ENSEMBLE)
 
 
 def find(name: str) -> Optional[Preset]:
@@ -149,5 +200,5 @@ def get(name: str) -> Preset:
 
 
 if __name__ == "__main__":
-    # The preset names in ensemble order, for the shell scripts.
-    print(" ".join(PRESET_NAMES))
+    # The ensemble's presets in pipeline order, for the shell scripts.
+    print(" ".join(ENSEMBLE))

@@ -1,8 +1,14 @@
-"""The six models: full-size parameter counts (docs/original.md 1.10), presets and
-hyper-parameters, and tiny forward passes against independent numpy code."""
+"""The six models: full-size parameter counts (docs/original.md 1.10, in the
+preset records), presets and hyper-parameters, and tiny forward passes against
+independent numpy code. Every per-preset test runs over models.presets.PRESETS,
+so a new preset is tested by its record alone."""
 from __future__ import annotations
 
+import dataclasses
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,27 +31,10 @@ from test_pooling import np_light_netvlad_nonlocal, np_netvlad_nonlocal, np_soft
 from training import model_builder
 
 PRESETS = presets.PRESET_NAMES
-# The original class names (aliases) of the presets, from the records.
-ALIASES = {alias: preset.name for preset in presets.PRESETS for alias in preset.aliases}
-CLASS_OF_PRESET = {
-    "GRUModel": "GruModel",
-    "nonlocal-NetVLADModel": "NetVLADModelLF",
-    "nonlocal-LightNetVLADModel": "LightNetVLADModelLF",
-    "nonlocal-earlyNetVLADModel": "early_NetVLADModelLF",
-    "Soft-DBoF-4k": "SoftDbofModelLF",
-    "Soft-DBoF-8k": "SoftDbofModelLF_8k",
-}
-
-# docs/original.md 1.10: (total, BN statistics)
-PARAMETER_COUNTS = {
-    "nonlocal-NetVLADModel": (154_970_732, 12_268),
-    "nonlocal-LightNetVLADModel": (125_099_540, 12_268),
-    "nonlocal-earlyNetVLADModel": (111_710_056, 12_204),
-    "Soft-DBoF-4k": (28_572_796, 11_304),
-    "Soft-DBoF-8k": (37_358_796, 20_304),
-    "GRUModel": (63_466_124, 0),
-}
+RECORDS = {preset.name: preset for preset in presets.PRESETS}
+# docs/original.md 1.10: the original six-model ensemble's variables.
 ENSEMBLE_TOTAL = 521_178_044
+REPO_ROOT = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
 
 
@@ -83,11 +72,12 @@ def full_size_counts():
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_full_size_parameter_count_matches_original(full_size_counts, name):
-    assert full_size_counts[name] == PARAMETER_COUNTS[name]
+    expected = RECORDS[name].parameters
+    assert full_size_counts[name] == (expected.total, expected.bn_statistics)
 
 
 def test_full_size_ensemble_fits_one_gib_in_bfloat16(full_size_counts):
-    total = sum(total for total, _ in full_size_counts.values())
+    total = sum(full_size_counts[name][0] for name in presets.ENSEMBLE)
     assert total == ENSEMBLE_TOTAL
     assert total * 2 <= GIB
     assert total * 4 > GIB            # why bfloat16 is needed at all
@@ -117,10 +107,36 @@ def test_full_size_variable_names_follow_the_original():
 @pytest.mark.parametrize("name", PRESETS)
 def test_presets_and_original_class_names_resolve_to_the_same_model(name):
     cls, hparams = registry.resolve(name)
-    assert cls.__name__ == CLASS_OF_PRESET[name]
-    alias_cls, alias_hparams = registry.resolve(CLASS_OF_PRESET[name])
-    assert alias_cls is cls and alias_hparams == hparams
-    assert ALIASES[CLASS_OF_PRESET[name]] == name
+    assert cls.__name__ == RECORDS[name].class_name
+    for alias in RECORDS[name].aliases:
+        alias_cls, alias_hparams = registry.resolve(alias)
+        assert alias_cls is cls and alias_hparams == hparams
+        assert presets.find(alias) is RECORDS[name]
+
+
+def test_a_name_or_alias_used_twice_is_refused():
+    """Mutation: index_presets without its duplicate check (a later alias
+    silently wins) -> this fails."""
+    gru = presets.get("GRUModel")
+    twin = dataclasses.replace(presets.get("Soft-DBoF-4k"), aliases=("GruModel",))
+    with pytest.raises(ValueError, match=r"models/presets.py: 'GruModel' names two presets "
+                                         r"\(GRUModel and Soft-DBoF-4k\)"):
+        presets.index_presets((gru, twin), ())
+    with pytest.raises(ValueError, match="'GRUModel' names two presets"):
+        presets.index_presets((gru, gru), ())
+    with pytest.raises(ValueError, match="ENSEMBLE must list preset names"):
+        presets.index_presets((gru,), ("GRUModel", "Soft-DBoF-4k"))
+
+
+def test_the_ensemble_is_an_explicit_list_printed_for_pipeline_sh():
+    """A preset joins the ensemble only through presets.ENSEMBLE, which
+    `python -m models.presets` prints (pipeline.sh MODELS)."""
+    assert presets.ENSEMBLE == ("nonlocal-NetVLADModel", "nonlocal-LightNetVLADModel",
+                                "nonlocal-earlyNetVLADModel", "Soft-DBoF-4k", "Soft-DBoF-8k",
+                                "GRUModel")
+    printed = subprocess.run([sys.executable, "-m", "models.presets"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    assert printed.split() == list(presets.ENSEMBLE)
 
 
 def test_original_constants_are_the_defaults():
