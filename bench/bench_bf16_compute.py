@@ -44,7 +44,7 @@ flags.DEFINE_integer("batch_size", 8, "Videos per batch (speed).")
 flags.DEFINE_integer("num_frames", 300, "Frames of every video (speed).")
 flags.DEFINE_integer("tile_num", 10, "Tiles per frame-sampling member.")
 flags.DEFINE_integer("repeats", 3, "Timed runs per mode (best taken), after one warm-up.")
-flags.DEFINE_string("members", ",".join(presets.PRESET_NAMES), "Presets to time "
+flags.DEFINE_string("members", ",".join(presets.ENSEMBLE), "Presets to time "
                     "(empty: skip the speed part).")
 flags.DEFINE_string("gap_fp32_dirs", "", "Float32 model dirs for the GAP part.")
 flags.DEFINE_string("gap_bf16_dirs", "", "Their bf16 conversions, same order.")

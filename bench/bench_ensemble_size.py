@@ -48,7 +48,7 @@ GIB = 1 << 30
 def full_size_members(rounds: int = 1) -> List[Member]:
     """The six presets at full size, `rounds` times (bfloat16, random weights)."""
     return [full_size_member(name, compat.BFLOAT16)
-            for _ in range(rounds) for name in presets.PRESET_NAMES]
+            for _ in range(rounds) for name in presets.ENSEMBLE]
 
 
 def export_random_ensemble(members: Sequence[Member], directory: str, tile_num: int,

@@ -46,7 +46,7 @@ flags.DEFINE_integer("batch_size", 8, "Videos per batch.")
 flags.DEFINE_integer("num_frames", 300, "Frames of every video (at most 300).")
 flags.DEFINE_integer("tile_num", 10, "Tiles (independent draws) per frame-sampling member.")
 flags.DEFINE_integer("repeats", 3, "Timed runs per variant (best taken), after one warm-up.")
-flags.DEFINE_string("members", ",".join(presets.PRESET_NAMES), "Presets to time.")
+flags.DEFINE_string("members", ",".join(presets.ENSEMBLE), "Presets to time.")
 flags.DEFINE_string("dtype", "bfloat16", "Checkpoint dtype of the members: bfloat16 or float32.")
 flags.DEFINE_string("bf16_compute", None, "How bf16 members compute in 'ours' (default: "
                     "ensemble.build's default).")

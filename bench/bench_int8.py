@@ -48,7 +48,7 @@ MODE = precision.CAST_AT_LOAD
 
 
 def _inputs(work_dir: str):
-    swa = {name: os.path.join(work_dir, "swa", name) for name in presets.PRESET_NAMES}
+    swa = {name: os.path.join(work_dir, "swa", name) for name in presets.ENSEMBLE}
     pattern = os.path.join(work_dir, "data", "frame", "validate*.tfrecord")
     missing = [path for path in swa.values() if not os.path.isdir(path)]
     if missing:

@@ -66,7 +66,7 @@ def setup(args) -> Dict:
            "size": "test" if smoke else "full", "classes": 10 if smoke else 3862,
            "workdir": args.workdir or tempfile.mkdtemp(prefix="gpu-acceptance-")}
     run["names"] = [name for name in (args.presets.split(",") if args.presets
-                                      else presets.PRESET_NAMES)]
+                                      else presets.ENSEMBLE)]
     biggest = max(presets.get(name).schedule_for(run["size"]).batch_size for name in run["names"])
     per_file = biggest * towers * (args.steps + 1)
     for split, labels in (("train", True), ("test", False)):
