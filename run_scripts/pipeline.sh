@@ -18,7 +18,7 @@ VALIDATE_PATTERN=${VALIDATE_PATTERN:-$DATA_DIR/validate*.tfrecord}
 TEST_PATTERN=${TEST_PATTERN:-$DATA_DIR/test*.tfrecord}
 WORK_DIR=${WORK_DIR:-$HOME/yt8m_work}
 PYTHON=${PYTHON:-python}
-MODELS=${MODELS:-$("$PYTHON" -m models.presets)}   # the six presets (models/presets.py)
+MODELS=${MODELS:-$("$PYTHON" -m models.presets)}   # the ensemble (models/presets.py ENSEMBLE)
 # Checkpoint averaging (docs/training.md "Checkpoint averaging (SWA)"): each
 # preset's schedule ends with an averaging tail at a constant rate, with
 # frequent checkpoints; SWA_TAIL_STEPS, SWA_LR and SWA_SAVE_STEPS override it.
@@ -131,8 +131,11 @@ for model in $MODELS; do
   swa_dir="$WORK_DIR/swa/$model"
   bf16_dir="$WORK_DIR/ensemble_models/$model-$STORAGE"
   echo "=== $model: train -> $train_dir"
+  # The preset's own script, or (a preset with only its record) train_model.sh.
+  train_script=("run_scripts/$model.sh")
+  [[ -f "${train_script[0]}" ]] || train_script=(run_scripts/train_model.sh "$model")
   # shellcheck disable=SC2046
-  TRAIN_DIR="$train_dir" DATA_DIR="$DATA_DIR" "run_scripts/$model.sh" \
+  TRAIN_DIR="$train_dir" DATA_DIR="$DATA_DIR" "${train_script[@]}" \
     --train_data_pattern="$TRAIN_PATTERN" $(train_flags)
   if [[ ! -d "$swa_dir" ]]; then
     echo "=== $model: SWA (window: $SWA_LAST_N) -> $swa_dir"

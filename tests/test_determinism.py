@@ -143,3 +143,21 @@ def test_pipeline_passes_top_k(tmp_path):
         assert {call.split()[1] for call in calls} == set(stages)
         for call in calls:
             assert f"--top_k={top_k}" in call.split(), call
+
+
+def test_pipeline_trains_a_preset_without_its_own_script(tmp_path):
+    """A preset with only its record (no run_scripts/<name>.sh) is trained
+    through train_model.sh. (Mutation: pipeline.sh always calls
+    run_scripts/$model.sh -> this fails.)"""
+    log = tmp_path / "calls.txt"
+    recorder = tmp_path / "python"
+    recorder.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "{log}"\n')
+    recorder.chmod(0o755)
+    env = pipeline_env(tmp_path / "work", tmp_path / "data", python=recorder,
+                       MODELS="FrameMeanMoeModel GRUModel")
+    subprocess.run(["bash", str(PIPELINE)], cwd="/", env=env, check=True,
+                   capture_output=True, timeout=60)
+    trained = [call for call in log.read_text().splitlines()
+               if call.split()[1] == "training.train"]
+    assert [next(arg for arg in call.split() if arg.startswith("--model="))
+            for call in trained] == ["--model=FrameMeanMoeModel", "--model=GRUModel"]
