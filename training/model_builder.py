@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional
 
 from absl import flags
 
 from models import layers, registry
 from models.base import FrameModel
 from models.tf_compat import tf
-from training import readers
+from training import record_layouts
 from training.errors import UserError
 from training.flags import comma_list, comma_numbers
 from training.model_flags import ModelFlags
@@ -55,10 +55,10 @@ def build_model(model_flags: ModelFlags,
                           model_flags.feature_size_list(), hparams)
 
 
-def make_reader(model_flags: ModelFlags) -> Union[readers.FrameReader, readers.VideoReader]:
-    """The reader of the records this model reads (frame- or video-level)."""
-    return readers.get_reader(model_flags.frame_features, model_flags.feature_names,
-                              model_flags.feature_sizes, model_flags.num_classes)
+def make_reader(model_flags: ModelFlags) -> record_layouts.Reader:
+    """The reader of the records this model reads (its record layout:
+    training.record_layouts)."""
+    return record_layouts.reader_for(model_flags)
 
 
 def model_predictions(model: FrameModel, input_raw: tf.Tensor, num_frames: tf.Tensor,

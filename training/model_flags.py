@@ -12,6 +12,12 @@ ensemble dir's has no ``model_hparams`` (its model is the ensemble graph).
 the wrong kind is a one-line UserError naming the file. ``to_json`` gives
 back the same object, so a file read and written again is byte-identical
 (training.checkpoints writes it with sorted keys).
+
+``record_kind`` names the record layout the model reads (the registry of
+training.record_layouts). It is written only for a layout that
+``frame_features`` cannot name: a frame- or video-level model's file has no
+such key (``layout()`` derives it), so files of both kinds stay the same and
+readable by the previous release.
 """
 from __future__ import annotations
 
@@ -33,7 +39,9 @@ class ModelFlags:
     comma-separated strings, as on the command line and in the file (the
     lists: feature_name_list, feature_size_list). model_hparams: every
     hyper-parameter of the model (None only in an ensemble dir).
-    checkpoint_dtype: bfloat16 or int8 in a converted dir (None: float32)."""
+    checkpoint_dtype: bfloat16 or int8 in a converted dir (None: float32).
+    record_kind: the record layout when not "frame"/"video" (None: from
+    frame_features; see layout())."""
     model: str
     feature_names: str
     feature_sizes: str
@@ -43,6 +51,11 @@ class ModelFlags:
     model_hparams: Optional[Mapping[str, HParamValue]] = None
     checkpoint_dtype: Optional[str] = dataclasses.field(default=None,
                                                         metadata={"identity": False})
+    record_kind: Optional[str] = None
+
+    def layout(self) -> str:
+        """The record kind: record_kind, else "frame" or "video" by frame_features."""
+        return self.record_kind or layout_of(self.frame_features)
 
     def feature_name_list(self) -> List[str]:
         return comma_list(self.feature_names)
@@ -98,9 +111,14 @@ _KINDS: Dict[str, Tuple[type, str]] = {
     "model_hparams": (dict, "an object")}
 
 
+def layout_of(frame_features: bool) -> str:
+    """The record kind of the 2018 layouts: "frame" or "video"."""
+    return "frame" if frame_features else "video"
+
+
 def _check_kind(key: str, value: object, path: str) -> None:
     kind, noun = _KINDS.get(key, (str, "a string"))
-    if key == "checkpoint_dtype" and value is None:
+    if key in ("checkpoint_dtype", "record_kind") and value is None:
         return
     wrong_bool = isinstance(value, bool) and kind is not bool
     if wrong_bool or not isinstance(value, kind):
@@ -125,6 +143,12 @@ def _check_features(flags: ModelFlags, path: str) -> None:
 
 def mismatched_keys(old: ModelFlags, new: ModelFlags) -> List[str]:
     """The identity keys whose values differ (a key the old file lacks, an
-    ensemble dir's model_hparams, is not compared)."""
-    return [key for key in IDENTITY_KEYS
-            if getattr(old, key) is not None and getattr(old, key) != getattr(new, key)]
+    ensemble dir's model_hparams, is not compared; record_kind compares the
+    layouts, so a file without it matches its derived kind)."""
+    return [key for key in IDENTITY_KEYS if _differs(old, new, key)]
+
+
+def _differs(old: ModelFlags, new: ModelFlags, key: str) -> bool:
+    if key == "record_kind":
+        return old.layout() != new.layout()
+    return getattr(old, key) is not None and getattr(old, key) != getattr(new, key)

@@ -21,7 +21,7 @@ unlabelled test split for evaluation, ...) before any work.
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any, Sequence, Union
+from typing import Any, Sequence, Tuple, Union
 
 from models.tf_compat import tf
 from training.errors import UserError, first_line
@@ -233,7 +233,7 @@ class FrameReader:
 
     frame_features = True
     # (context feature, what it is) that every record must hold (check_records).
-    required_context: tuple = ()
+    required_context: Tuple[Tuple[str, str], ...] = ()
 
     def __init__(self, num_classes=3862, feature_names=("rgb", "audio"),
                  feature_sizes=(1024, 128), max_frames=MAX_FRAMES):
@@ -355,7 +355,7 @@ class VideoReader:
     """
 
     frame_features = False
-    required_context: tuple = ()
+    required_context: Tuple[Tuple[str, str], ...] = ()
 
     def __init__(self, num_classes=3862, feature_names=("mean_rgb", "mean_audio"),
                  feature_sizes=(1024, 128)):

@@ -14,11 +14,10 @@ readers, and into ``readers.check_records`` through ``required_context``.
 """
 from __future__ import annotations
 
-from typing import Union
-
 from models.tf_compat import tf
 from training import readers
 from training.errors import UserError
+from training.model_flags import ModelFlags
 
 SEGMENT_SIZE = 5    # frames per rated segment in the 2019 data (--segment_size)
 
@@ -57,11 +56,10 @@ class SegmentReader(readers.FrameReader):
                             f"max_frames), got {segment_size}")
 
     @classmethod
-    def like(cls, reader: Union[readers.FrameReader, readers.VideoReader],
-             segment_size: int = SEGMENT_SIZE, rated: bool = True,
+    def like(cls, reader: object, segment_size: int = SEGMENT_SIZE, rated: bool = True,
              padded: bool = True) -> "SegmentReader":
-        """The segment reader with a model's frame reader's features and
-        classes; a video-level reader is a UserError."""
+        """The segment reader with a model's frame reader's (`reader`)
+        features and classes; any other reader is a UserError."""
         if not isinstance(reader, readers.FrameReader):
             raise UserError("--segment_labels: needs a frame-level model (segments are "
                             "frames of a video); this one reads video-level features")
@@ -150,3 +148,10 @@ class SegmentReader(readers.FrameReader):
                         [f"segment_labels: a label id is outside 0..{self.num_classes - 1}, "
                          f"the classes of the model"]),
         ]
+
+
+def from_model_flags(model_flags: ModelFlags) -> SegmentReader:
+    """The reader of record_kind "segment" (training.record_layouts): the
+    model's features and classes, rated segments of SEGMENT_SIZE frames."""
+    return SegmentReader(model_flags.num_classes, model_flags.feature_name_list(),
+                         model_flags.feature_size_list())
