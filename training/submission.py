@@ -14,10 +14,9 @@ from typing import List, Sequence, Set, Tuple
 import numpy as np
 
 from training.errors import UserError, excerpt
+from training.metrics import DEFAULT_TOP_K as DEFAULT_TOP_K  # (pairs per video)
 
 CSV_HEADER = "VideoId,LabelConfidencePairs"
-# Kaggle's GAP@20: label score pairs per video, and the k of every top-k default.
-DEFAULT_TOP_K = 20
 
 
 def format_score(score: float) -> str:
