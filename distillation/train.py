@@ -111,10 +111,10 @@ def distillation_loss_fn(model_flags: ModelFlags, distill_prob: float,
 
 
 def make_reader(model_flags: ModelFlags) -> TeacherReader:
-    if not model_flags.frame_features:
+    plain = model_builder.make_reader(model_flags)
+    if not plain.frame_features:
         raise UserError("--frame_features: distillation reads frame-level teacher records "
                         "(SequenceExamples); use --frame_features=true")
-    plain = model_builder.make_reader(model_flags)
     return TeacherReader(num_classes=plain.num_classes, feature_names=plain.feature_names,
                               feature_sizes=plain.feature_sizes, max_frames=plain.max_frames)
 

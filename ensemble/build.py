@@ -129,12 +129,14 @@ def resolve_members_and_weights(model_dirs: str, weights: str, weights_file: str
 
 
 def ensemble_model_flags(members: Sequence[Member]) -> ModelFlags:
-    """The ensemble dir's model_flags.json: the members' features and classes
-    (MATCH_KEYS) and label loss; no hyper-parameters, no storage marker."""
+    """The ensemble dir's model_flags.json: the members' features, record
+    kind and classes (MATCH_KEYS) and label loss; no hyper-parameters, no
+    storage marker (record_kind written only when the members' file has it)."""
     first = members[0].model_flags
     return ModelFlags(model=ENSEMBLE_MODEL_NAME, feature_names=first.feature_names,
                       feature_sizes=first.feature_sizes, frame_features=first.frame_features,
-                      num_classes=first.num_classes, label_loss=first.label_loss)
+                      num_classes=first.num_classes, label_loss=first.label_loss,
+                      record_kind=first.record_kind)
 
 
 def _check_output_dir(output_dir: str, member_dirs: Sequence[str], overwrite: bool) -> None:

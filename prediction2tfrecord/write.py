@@ -211,11 +211,11 @@ class ModelTeacher:
             self.model.close()
             raise UserError(f"--teacher_dir: {path} predicts {self.model.num_classes} classes "
                             f"but --num_classes={num_classes}")
-        if not self.model.model_flags.frame_features:
+        reader = model_builder.make_reader(self.model.model_flags)
+        if not reader.frame_features:
             self.model.close()
             raise UserError(f"--teacher_dir: {path} reads video-level features; teacher "
                             f"records are frame-level SequenceExamples")
-        reader = model_builder.make_reader(self.model.model_flags)
         with self.model.graph.as_default():
             self.serialized = tf.placeholder(tf.string, [None], name="teacher_records")
             self.parsed = reader.parse(self.serialized)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import TINY_CLASSES
+from ensemble import build
 from reliability import train_config
-from training import checkpoints, model_builder, readers, record_layouts, segment_readers, train
+from training import checkpoints, members, model_builder, readers, record_layouts, train
 from training import model_flags as model_flags_module
 from training import train_dir as train_dirs
 from training.errors import UserError
 from training.model_flags import ModelFlags
+from training.segment_readers import SegmentReader
 
 VIDEO_FILE = ('{"feature_names": "mean_rgb,mean_audio", "feature_sizes": "1024,128", '
               '"frame_features": false, "label_loss": "CrossEntropyLoss", '
@@ -54,7 +57,7 @@ def test_file_without_a_kind_reads_as_before(tmp_path):
     frame = dataclasses.replace(video, frame_features=True, feature_names="rgb,audio")
     assert type(model_builder.make_reader(frame)) is readers.FrameReader
     segment = dataclasses.replace(frame, record_kind="segment")
-    assert type(model_builder.make_reader(segment)) is segment_readers.SegmentReader
+    assert type(model_builder.make_reader(segment)) is SegmentReader
 
 
 def test_identity_compares_the_layouts():
@@ -100,3 +103,18 @@ def test_registered_layout_is_read_by_the_trainer(tiny_data, tmp_path, monkeypat
                          train_config(max_steps=2), log=lambda _: None)
     assert result["global_step"] == 2 and ToyReader.parsed >= 1
     assert checkpoints.read_model_flags(train_dir).record_kind == "toy"
+
+
+def test_ensemble_members_share_the_layout():
+    """Members of another record kind are refused; the ensemble dir's record
+    names the members' kind (none for the 2018 layouts). Mutation: MATCH_KEYS
+    without record_kind fails the refusal."""
+    video = ModelFlags.from_json(json.loads(VIDEO_FILE), "x.json")
+    plain = SimpleNamespace(model_dir="/a", model_flags=video)
+    toy = SimpleNamespace(model_dir="/b", model_flags=dataclasses.replace(
+        video, record_kind="toy"))
+    with pytest.raises(UserError, match=r"^/b: record_kind=toy but /a has "
+                                        r"record_kind=video; all members"):
+        members.check_members_agree([plain, toy])
+    assert build.ensemble_model_flags([plain]).to_json().get("record_kind") is None
+    assert build.ensemble_model_flags([toy, toy]).layout() == "toy"

@@ -26,7 +26,7 @@ from training import checkpoints, compat, model_builder, precision, readers
 from training.errors import UserError
 from training.model_flags import ModelFlags
 
-MATCH_KEYS = ("frame_features", "feature_names", "feature_sizes", "num_classes")
+MATCH_KEYS = ("frame_features", "record_kind", "feature_names", "feature_sizes", "num_classes")
 
 
 @dataclass
@@ -89,12 +89,13 @@ def load_member(model_dir: str, checkpoint: Optional[str] = None) -> Member:
                   specs)
 
 
-SignatureValue = Union[bool, int, List[str], List[int]]
+SignatureValue = Union[bool, int, str, List[str], List[int]]
 
 
 def feature_signature(model_flags: ModelFlags) -> Dict[str, SignatureValue]:
     """{MATCH_KEYS: value}: what the members of one ensemble share."""
     return {"frame_features": model_flags.frame_features,
+            "record_kind": model_flags.layout(),
             "feature_names": model_flags.feature_name_list(),
             "feature_sizes": model_flags.feature_size_list(),
             "num_classes": model_flags.num_classes}
