@@ -2,7 +2,7 @@
 the one line naming a damaged file."""
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 from models.tf_compat import tf
 from training.errors import first_line
@@ -43,7 +43,9 @@ def _data_loss_text(err) -> str:
 
 
 @tf.autograph.experimental.do_not_convert
-def records_skipping_corruption(path, compression_type):
+def records_skipping_corruption(path: Any, compression_type: Any) -> Any:
+    """A dataset of a file's records, stopping at the first damaged one
+    (skip mode: --skip_corrupt_records)."""
     return tf.data.Dataset.from_generator(
         _read_records_skipping_corruption, args=(path, compression_type),
         output_signature=tf.TensorSpec([], tf.string))

@@ -2,13 +2,15 @@
 multi-hot labels and the static shapes of parse's outputs."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from models.tf_compat import tf
 from training.errors import UserError
 
 
-def check_names_sizes(feature_names, feature_sizes):
+def check_names_sizes(feature_names: Sequence[str],
+                      feature_sizes: Sequence[Any]) -> Tuple[List[str], List[int]]:
+    """(names, int sizes) of --feature_names/--feature_sizes, or a UserError."""
     names = list(feature_names)
     sizes = [int(s) for s in feature_sizes]
     if not names:
@@ -26,7 +28,8 @@ def check_names_sizes(feature_names, feature_sizes):
     return names, sizes
 
 
-def check_num_classes(num_classes):
+def check_num_classes(num_classes: Any) -> int:
+    """--num_classes as a positive int, or a UserError."""
     num_classes = int(num_classes)
     if num_classes <= 0:
         raise UserError(f"--num_classes: must be positive, got {num_classes}")
@@ -41,7 +44,8 @@ def as_batch(serialized: Any) -> Any:
     return serialized
 
 
-def static_batch(serialized):
+def static_batch(serialized: Any) -> Optional[int]:
+    """The static batch size of a batch of records (None when unknown)."""
     return tf.compat.dimension_value(serialized.shape[0]) if serialized.shape.ndims else None
 
 
@@ -72,7 +76,9 @@ def multi_hot(labels, num_classes):
     return tf.minimum(dense, 1.0)
 
 
-def finish(outputs, batch, num_classes, feature_shape):
+def finish(outputs: Dict[str, Any], batch: Optional[int], num_classes: int,
+           feature_shape: Sequence[int]) -> Dict[str, Any]:
+    """parse's outputs with their static shapes set."""
     outputs["id"].set_shape([batch])
     outputs["labels"].set_shape([batch, num_classes])
     outputs["num_frames"].set_shape([batch])
