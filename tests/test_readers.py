@@ -1,4 +1,4 @@
-"""Tests of training/readers.py: parsing, dequantisation, padding, datasets, errors."""
+"""Tests of training/readers/ (the package): parsing, dequantisation, padding, datasets, errors."""
 from __future__ import annotations
 
 import collections
