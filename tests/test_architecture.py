@@ -20,6 +20,8 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
+from training import TIERS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("swa", "bfloat16_patch", "ensemble", "prediction2tfrecord", "distillation",
           "stacking")
@@ -154,3 +156,35 @@ def test_the_checker_sees_a_wrong_arrow(tmp_path):
     assert ("training.checkpoints", 2, False) in found
     assert ("ensemble.build", 4, True) in found
     assert project_package("ensemble.build") == "ensemble" and project_package("os") == ""
+
+
+def training_tier_of() -> Dict[str, int]:
+    """training.<module> -> its tier's rank (training/__init__.py TIERS)."""
+    return {module: rank for rank, modules in enumerate(TIERS.values()) for module in modules}
+
+
+def test_training_modules_import_only_their_tier_or_above():
+    """Every module of training/ sits in exactly one tier of training.TIERS and
+    imports no module of a lower tier. Mutation: moving `checkpoints` to the
+    foundations tier makes its import of model_flags (records) a wrong arrow."""
+    rank = training_tier_of()
+    listed = [module for modules in TIERS.values() for module in modules]
+    assert len(listed) == len(set(listed)), "a module in two tiers"
+    present = {path.stem if path.stem != "__init__" else path.parent.name
+               for path in (REPO_ROOT / "training").glob("*")
+               if (path.suffix == ".py" and path.stem != "__init__") or
+               (path / "__init__.py").exists()}
+    assert present == set(rank), f"not in a tier: {sorted(present - set(rank))}; " \
+                                 f"listed but missing: {sorted(set(rank) - present)}"
+    wrong = []
+    for path in project_files(("training",)):
+        parts = module_name(path).split(".")
+        if len(parts) < 2:
+            continue
+        for name, line, _ in imports_of(path):
+            target = name.split(".")
+            if target[0] == "training" and len(target) > 1 and target[1] != parts[1] \
+                    and rank[target[1]] > rank[parts[1]]:
+                wrong.append(f"{path.relative_to(REPO_ROOT)}:{line}: {parts[1]} imports "
+                             f"{target[1]}, a lower tier")
+    assert not wrong, "imports against the tiers:\n" + "\n".join(wrong)

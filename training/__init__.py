@@ -1,0 +1,35 @@
+"""The shared library of the stages, in four tiers: a module imports from its
+own tier or the ones above it, never below (tests/test_architecture.py).
+
+1. foundations -- no state, no TensorFlow graph:
+   errors (UserError, the one-line exits), progress (the progress line, Log),
+   metrics (GAP@20 and friends in numpy), train_config (TrainConfig), flags
+   (the shared flag table), paths (path checks), locks (one writer per
+   output), losses, quantize (int8 storage), submission (the CSV format).
+2. records -- what the stages write and read on disk:
+   model_flags (ModelFlags), checkpoints (listing, atomic writes), compat
+   (does this checkpoint fit this graph?), train_dir (the trainer's dir),
+   readers (TFRecord readers, the input pipeline), segment_readers (2019
+   segment-rated records), record_layouts (the Reader registry), teacher_records,
+   intervals (per-video records, bootstrap intervals), eval_results.
+3. graphs -- TensorFlow graphs built from those records:
+   model_builder (a model from model_flags.json), precision (bfloat16
+   storage), bn_statistics, members (an ensemble's member dirs), member_graph
+   (the tiled ensemble graph), train_graph (towers, loss, optimizer).
+4. runners -- the loops and entry points:
+   train, distributed, eval, predict, synthetic, synthetic_segments,
+   frames_from_videos.
+"""
+from typing import Dict, Tuple
+
+TIERS: Dict[str, Tuple[str, ...]] = {
+    "foundations": ("errors", "progress", "metrics", "train_config", "flags", "paths", "locks",
+                    "losses", "quantize", "submission"),
+    "records": ("model_flags", "checkpoints", "compat", "train_dir", "readers",
+                "segment_readers", "record_layouts", "teacher_records", "intervals",
+                "eval_results"),
+    "graphs": ("model_builder", "precision", "bn_statistics", "members", "member_graph",
+               "train_graph"),
+    "runners": ("train", "distributed", "eval", "predict", "synthetic", "synthetic_segments",
+                "frames_from_videos"),
+}
