@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -277,9 +278,10 @@ def test_skip_evaluated_keeps_segment_and_video_records_apart(tiny_models, segme
 
     Mutation tried: _evaluate_segments ignoring --skip_evaluated -> the
     second segment run scored again and this failed."""
-    import shutil
     model_dir = str(tmp_path / "dbof")
-    shutil.copytree(tiny_models["dbof_train"], model_dir)
+    # (Without the records earlier tests left in the shared model dir.)
+    shutil.copytree(tiny_models["dbof_train"], model_dir,
+                    ignore=shutil.ignore_patterns("*eval_results.json", "eval_videos"))
     base = [f"--train_dir={model_dir}", f"--eval_data_pattern={segment_pattern}",
             "--run_once", "--skip_evaluated", "--batch_size=25"]
 
