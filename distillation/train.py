@@ -116,7 +116,7 @@ def make_reader(model_flags: ModelFlags) -> TeacherReader:
         raise UserError("--frame_features: distillation reads frame-level teacher records "
                         "(SequenceExamples); use --frame_features=true")
     return TeacherReader(num_classes=plain.num_classes, feature_names=plain.feature_names,
-                              feature_sizes=plain.feature_sizes, max_frames=plain.max_frames)
+                         feature_sizes=plain.feature_sizes, max_frames=plain.max_frames)
 
 
 # ---------------------------------------------------------------------------

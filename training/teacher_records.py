@@ -37,7 +37,7 @@ class TeacherReader(readers.FrameReader):
     the ``ensemble_labels`` context bytes, one ``decode_raw`` turns them into
     floats. A record without the feature, or whose bytes are not exactly
     4 * num_classes long, fails at run time with an InvalidArgumentError whose
-    check message (see ``readers.data_error_message``) says so; a file whose
+    check message (see ``readers.describe_data_error``) says so; a file whose
     first record has no ``ensemble_labels`` is refused before any work
     (``required_context``, readers.check_records).
     """
