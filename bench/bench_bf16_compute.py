@@ -35,7 +35,7 @@ from absl import app, flags
 from bench.full_size import full_size_member, random_batch
 from models import presets, registry
 from models.tf_compat import tf
-from training import compat, member_graph, metrics, model_builder, readers
+from training import checkpoint_fit, member_graph, metrics, model_builder, readers
 from training import precision as bf16
 from training.members import Member, load_member
 
@@ -70,7 +70,7 @@ def _with_sampling_seed(member: Member, seed: int) -> Member:
 
 
 def time_modes(name: str, features, num_frames, tile_num: int, repeats: int) -> Dict:
-    member = _with_sampling_seed(full_size_member(name, compat.BFLOAT16), SAMPLING_SEED)
+    member = _with_sampling_seed(full_size_member(name, checkpoint_fit.BFLOAT16), SAMPLING_SEED)
     graph = tf.Graph()
     outputs = {}
     with graph.as_default():

@@ -32,7 +32,7 @@ from bench.full_size import full_size_member
 from ensemble import export
 from models import presets
 from models.tf_compat import tf
-from training import compat, member_graph, quantize
+from training import checkpoint_fit, member_graph, quantize
 from training.members import Member
 
 FLAGS = flags.FLAGS
@@ -47,7 +47,7 @@ GIB = 1 << 30
 
 def full_size_members(rounds: int = 1) -> List[Member]:
     """The six presets at full size, `rounds` times (bfloat16, random weights)."""
-    return [full_size_member(name, compat.BFLOAT16)
+    return [full_size_member(name, checkpoint_fit.BFLOAT16)
             for _ in range(rounds) for name in presets.ENSEMBLE]
 
 

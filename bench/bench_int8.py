@@ -29,7 +29,7 @@ from bfloat16_patch import convert
 from ensemble import build
 from models import presets
 from training import precision, predict, quantize, readers
-from training.errors import UserError
+from training.cli import UserError
 
 FLAGS = flags.FLAGS
 

@@ -28,15 +28,15 @@ import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoints, compat, paths, quantize
+from training import checkpoint_fit, checkpoints, paths, quantize
 from training import flags as shared_flags
-from training.errors import UserError, run_main
+from training.cli import UserError, run_main
 from training.progress import Progress
 
 FLAGS = flags.FLAGS
 
 BFLOAT16_NUMPY = tf.bfloat16.as_numpy_dtype   # ml_dtypes.bfloat16
-STORAGE_DTYPES = (compat.BFLOAT16, compat.INT8)
+STORAGE_DTYPES = (checkpoint_fit.BFLOAT16, checkpoint_fit.INT8)
 INDEX_BYTES_PER_TENSOR = 96       # a generous bound of one entry of the .index file
 
 
@@ -48,8 +48,8 @@ def define_flags() -> None:
         "int8_min_values": quantize.DEFAULT_MIN_VALUES})
     shared_flags.define(flags.DEFINE_string, "input_dir", "", "Model dir to convert (an SWA "
                         "or train dir: model_flags.json and model.ckpt-*).", path=paths.IN_DIR)
-    shared_flags.define(flags.DEFINE_enum, "dtype", compat.BFLOAT16, "Storage: bfloat16, or "
-                        "int8 for the large matrices (the rest bfloat16).",
+    shared_flags.define(flags.DEFINE_enum, "dtype", checkpoint_fit.BFLOAT16, "Storage: bfloat16, "
+                        "or int8 for the large matrices (the rest bfloat16).",
                         enum_values=list(STORAGE_DTYPES))
 
 
@@ -119,8 +119,8 @@ def _source(input_dir: str, output_dir: str, checkpoint_file: str, overwrite: bo
 
 def _model_specs(source: str):
     """(specs of the model variables, dropped keys); an int8 source is refused."""
-    all_specs = compat.checkpoint_specs(source, model_only=False)
-    specs = compat.model_variables_of(all_specs)
+    all_specs = checkpoint_fit.checkpoint_specs(source, model_only=False)
+    specs = checkpoint_fit.model_variables_of(all_specs)
     if not specs:
         raise UserError(f"{source}: no model variables under {checkpoints.MODEL_SCOPE}/ "
                         f"(keys: {', '.join(sorted(all_specs)[:5])}...)")
@@ -139,7 +139,7 @@ def _stored_bytes(shape, dtype) -> int:
 
 def _int8_plan(specs, dtype: str, min_values: int, target_bytes: Optional[int]):
     """The keys to store as int8 (the fewest, largest that fit target_bytes)."""
-    if dtype == compat.BFLOAT16:
+    if dtype == checkpoint_fit.BFLOAT16:
         return []
     candidates, fixed = [], INDEX_BYTES_PER_TENSOR * 2 * len(specs)
     for key, (shape, key_dtype) in sorted(specs.items()):
@@ -197,8 +197,8 @@ def _write(tmp_dir: str, name: str, source: str, flags_dir: str, specs, int8, lo
     entries = _entries(specs, int8)
     produce = _producer(source, specs, int8, len(entries), log)
     written = checkpoints.write_arrays_checkpoint(os.path.join(tmp_dir, name), entries, produce)
-    out_flags = dataclasses.replace(checkpoints.read_model_flags(flags_dir),
-                                    checkpoint_dtype=compat.INT8 if int8 else compat.BFLOAT16)
+    dtype = checkpoint_fit.INT8 if int8 else checkpoint_fit.BFLOAT16
+    out_flags = dataclasses.replace(checkpoints.read_model_flags(flags_dir), checkpoint_dtype=dtype)
     checkpoints.write_model_flags(tmp_dir, out_flags)
     if os.path.isfile(os.path.join(flags_dir, "swa.json")):
         shutil.copyfile(os.path.join(flags_dir, "swa.json"), os.path.join(tmp_dir, "swa.json"))
@@ -211,14 +211,14 @@ def _log_int8(specs, int8: Sequence[str], dtype: str, log) -> None:
         shape, key_dtype = specs[key]
         log(f"int8: {key} {shape} ({_stored_bytes(shape, key_dtype):,} -> "
             f"{quantize.int8_bytes(shape):,} bytes)")
-    if dtype == compat.INT8 and not int8:
+    if dtype == checkpoint_fit.INT8 and not int8:
         log("int8: no matrix needed (bfloat16 alone fits the target)")
 
 
 def convert_checkpoint(input_dir: str, output_dir: str, checkpoint_file: str = "",
                        overwrite: bool = False,
                        log: Optional[Callable[[str], None]] = print,
-                       dtype: str = compat.BFLOAT16,
+                       dtype: str = checkpoint_fit.BFLOAT16,
                        int8_min_values: int = quantize.DEFAULT_MIN_VALUES,
                        target_bytes: Optional[int] = None) -> Dict[str, Any]:
     """Writes the bfloat16 (or int8) copy; returns the summary that goes to
@@ -239,7 +239,7 @@ def convert_checkpoint(input_dir: str, output_dir: str, checkpoint_file: str = "
         output_data, output_bytes = _write(tmp_dir, name, source, flags_dir, specs, int8, log)
         summary = {"source_checkpoint": os.path.abspath(source),
                    "checkpoint": name, "rounding": "nearest-even",
-                   "dtype": compat.INT8 if int8 else compat.BFLOAT16,
+                   "dtype": checkpoint_fit.INT8 if int8 else checkpoint_fit.BFLOAT16,
                    "model_variables": len(specs), "converted_to_bfloat16": converted - len(int8),
                    "int8": int8, "int8_min_values": int8_min_values,
                    "target_bytes": target_bytes, "dropped": dropped,
@@ -262,7 +262,7 @@ def _check_storage_flags(dtype: str, int8_min_values: int, target_bytes: Optiona
     if target_bytes is not None:
         if target_bytes <= 0:
             raise UserError(f"--target_bytes: must be positive, got {target_bytes}")
-        if dtype != compat.INT8:
+        if dtype != checkpoint_fit.INT8:
             raise UserError("--target_bytes: needs --dtype=int8 (bfloat16 has one size)")
 
 

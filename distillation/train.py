@@ -27,11 +27,11 @@ import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoints, compat, losses, model_builder, paths, quantize, readers
+from training import checkpoint_fit, checkpoints, losses, model_builder, paths, quantize, readers
 from training import flags as shared_flags
 from training import train as trainer
 from training import train_dir as train_dirs
-from training.errors import UserError, run_main
+from training.cli import UserError, run_main
 from training.model_flags import ModelFlags
 from training.teacher_records import TeacherReader
 from training.train_config import TrainConfig
@@ -139,8 +139,8 @@ def warm_start_from(path: str, log: Callable[[str], None] = print
                      for var in sess.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
                      if checkpoints.is_model_variable_key(var.op.name)}
         try:
-            specs = compat.checkpoint_specs(checkpoint, model_only=False)
-            compat.check_fits(checkpoint, variables, compare_dtypes=False, stored=specs)
+            specs = checkpoint_fit.checkpoint_specs(checkpoint, model_only=False)
+            checkpoint_fit.check_fits(checkpoint, variables, compare_dtypes=False, stored=specs)
         except UserError as err:
             raise UserError(f"--warm_start_checkpoint: {err}") from None
         for name, var in variables.items():

@@ -39,7 +39,7 @@ from training import (
     readers,
 )
 from training import flags as shared_flags
-from training.errors import UserError, run_main
+from training.cli import UserError, run_main
 from training.members import (
     Member,
     check_dir_records,

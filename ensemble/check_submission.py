@@ -21,7 +21,7 @@ from absl import flags
 
 from training import flags as shared_flags
 from training import paths
-from training.errors import UserError, excerpt, run_main
+from training.cli import UserError, excerpt, run_main
 from training.submission import CSV_HEADER as CSV_HEADER  # (its old home)
 from training.submission import DEFAULT_TOP_K, check_line
 

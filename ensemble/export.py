@@ -18,7 +18,7 @@ from typing import Any, Iterator, List, Optional, Sequence
 
 from models.tf_compat import tf
 from training import checkpoints
-from training.errors import UserError
+from training.cli import UserError
 from training.predict import INFERENCE_MODEL, LoadedModel
 from training.progress import Log
 

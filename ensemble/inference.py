@@ -46,7 +46,7 @@ from training import (
     submission,
 )
 from training import flags as shared_flags
-from training.errors import Interrupted, UserError, run_main
+from training.cli import Interrupted, UserError, run_main
 from training.progress import Log, Progress
 from training.submission import CSV_HEADER, DEFAULT_TOP_K
 from training.submission import format_score as format_score  # (its old home)

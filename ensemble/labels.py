@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Tuple
 
 from training import checkpoints
-from training.errors import UserError
+from training.cli import UserError
 
 FLAG = "label_names"
 INDEX_COLUMNS = ("Index", "label_id")

@@ -27,7 +27,7 @@ from absl import flags
 from ensemble import labels
 from training import checkpoints, readers, submission
 from training import flags as shared_flags
-from training.errors import UserError, run_main
+from training.cli import UserError, run_main
 from training.progress import format_seconds
 
 FLAGS = flags.FLAGS

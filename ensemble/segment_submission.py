@@ -28,7 +28,7 @@ from absl import flags
 from ensemble import merge
 from training import checkpoints, paths, predict, readers
 from training import flags as shared_flags
-from training.errors import UserError, excerpt, first_line, run_main
+from training.cli import UserError, excerpt, first_line, run_main
 from training.progress import Log
 
 FLAGS = flags.FLAGS

@@ -36,7 +36,7 @@ from absl import flags
 from models.tf_compat import tf
 from training import checkpoints, locks, model_builder, paths, predict, readers
 from training import flags as shared_flags
-from training.errors import Interrupted, UserError, excerpt, first_line, run_main
+from training.cli import Interrupted, UserError, excerpt, first_line, run_main
 from training.progress import Log, Progress
 from training.submission import CSV_HEADER, parse_pairs
 from training.teacher_records import with_teacher

@@ -26,7 +26,7 @@ from scipy import optimize
 
 from training import flags as shared_flags
 from training import locks, losses, metrics, paths, predict, readers
-from training.errors import Interrupted, UserError, run_main
+from training.cli import Interrupted, UserError, run_main
 from training.members import check_dir_records, write_weights_file
 from training.progress import Log
 from training.submission import DEFAULT_TOP_K

@@ -30,10 +30,10 @@ from absl import flags
 
 from models.tf_compat import tf
 from training import bn_statistics as bn_stats
-from training import checkpoints, compat, members, metrics, paths, readers
+from training import checkpoint_fit, checkpoints, members, metrics, paths, readers
 from training import eval as evaluation
 from training import flags as shared_flags
-from training.errors import UserError, first_line, run_main
+from training.cli import UserError, first_line, run_main
 from training.progress import Log, Progress
 from training.submission import DEFAULT_TOP_K
 
@@ -105,18 +105,18 @@ def select_checkpoints(train_dir: str, swa_start: Optional[int] = None,
 
 def model_variable_specs(paths: Sequence[str]) -> List[Tuple[str, List[int], Any]]:
     """[(key, shape, dtype)] of the model variables, identical in every
-    float32 checkpoint of paths (training.compat says how they differ)."""
-    reference = compat.checkpoint_specs(paths[0])
+    float32 checkpoint of paths (training.checkpoint_fit says how they differ)."""
+    reference = checkpoint_fit.checkpoint_specs(paths[0])
     if not reference:
         raise UserError(f"{paths[0]}: no model variables under {checkpoints.MODEL_SCOPE}/")
     for path in paths:
-        specs = reference if path == paths[0] else compat.checkpoint_specs(path)
+        specs = reference if path == paths[0] else checkpoint_fit.checkpoint_specs(path)
         # Averaging values already rounded to 8 bits of mantissa loses what
         # the mean is for; the pipeline averages, then converts.
-        compat.require_float32(path, "SWA averages the float32 checkpoints of a train dir "
-                                     "(convert the result with bfloat16_patch.convert "
-                                     "afterwards)", specs)
-        compat.check_same_specs(paths[0], reference, path, specs)
+        checkpoint_fit.require_float32(path, "SWA averages the float32 checkpoints of a train dir "
+                                             "(convert the result with bfloat16_patch.convert "
+                                             "afterwards)", specs)
+        checkpoint_fit.check_same_specs(paths[0], reference, path, specs)
     return [(key, shape, dtype) for key, (shape, dtype) in sorted(reference.items())]
 
 

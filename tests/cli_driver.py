@@ -2,7 +2,7 @@
 import of TensorFlow, 5 s, is paid once), each as `python -m <module> ...`
 would run it: the module's flags defined once (and removed after its cases,
 for the next module), reset before each case, the case run through
-training.errors.run_main, and its exit code and everything written to file
+training.cli.run_main, and its exit code and everything written to file
 descriptors 1 and 2 (Python's and TensorFlow's) captured.
 
     python tests/cli_driver.py <cases.json> <results.json>
@@ -84,7 +84,7 @@ def _run_module(module_name: str, spec: dict) -> dict:
     """Defines the entry point's flags, runs its cases, forgets its flags."""
     from absl import flags
 
-    from training import errors
+    from training import cli
     from training import flags as shared_flags
 
     sys.argv = [module_name]
@@ -100,7 +100,7 @@ def _run_module(module_name: str, spec: dict) -> dict:
         faulthandler.dump_traceback_later(spec.get("timeout", 120), exit=True)
         start = time.time()
         code, out, err = _captured(lambda argv=case["argv"]: _run_case(
-            module, argv, errors.run_main, flags.FLAGS))
+            module, argv, cli.run_main, flags.FLAGS))
         faulthandler.cancel_dump_traceback_later()
         results.append({"argv": case["argv"], "flag": case.get("flag"), "code": code,
                         "stdout": out, "stderr": err,

@@ -34,7 +34,7 @@ from reliability import (
 from training import checkpoints, model_builder, readers
 from training import train as train_stage
 from training import train_dir as train_dirs
-from training.errors import UserError
+from training.cli import UserError
 
 MOE = ["--model=FrameMeanMoeModel"]
 # Small, unshuffled runs: a bad first record fails the first step.

@@ -25,7 +25,7 @@ from test_ensemble import (
 from training import member_graph
 from training import precision as bf16
 from training import predict as prediction
-from training.errors import UserError
+from training.cli import UserError
 from training.members import load_member
 
 MODES = bf16.BF16_COMPUTE_MODES

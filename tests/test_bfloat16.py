@@ -18,8 +18,8 @@ from bfloat16_patch import convert
 from conftest import DBOF_FLAGS, REPO_ROOT, TINY_CLASSES, run_module
 from models import layers
 from models.tf_compat import tf
-from training import checkpoints, compat, metrics, precision, predict
-from training.errors import UserError
+from training import checkpoint_fit, checkpoints, metrics, precision, predict
+from training.cli import UserError
 from training.model_flags import ModelFlags
 
 BF16_UNIT_ROUNDOFF = 2.0 ** -8     # bf16 keeps 8 significant bits: |x - bf16(x)| <= 2^-8 |x|
@@ -35,15 +35,15 @@ def bfloat16_to_float32(values: np.ndarray) -> np.ndarray:
 def getter_for_model_dir(model_dir: str):
     """The getter the latest checkpoint of a model dir needs."""
     checkpoint = checkpoints.find_checkpoint(model_dir)
-    kind = compat.checkpoint_dtype(checkpoint)
+    kind = checkpoint_fit.checkpoint_dtype(checkpoint)
     precision.check_dtype_marker(checkpoint, kind, checkpoints.read_model_flags(model_dir))
-    return None if kind == compat.FLOAT32 else precision.bfloat16_getter
+    return None if kind == checkpoint_fit.FLOAT32 else precision.bfloat16_getter
 
 
 def restore(sess, checkpoint_path: str) -> None:
-    """Every global variable from the checkpoint, checked first (training.compat)."""
+    """Every global variable from the checkpoint, checked first (training.checkpoint_fit)."""
     var_map = {variable.op.name: variable for variable in tf.global_variables()}
-    compat.check_fits(checkpoint_path, var_map)
+    checkpoint_fit.check_fits(checkpoint_path, var_map)
     tf.train.Saver(var_map).restore(sess, checkpoint_path)
 
 
@@ -221,9 +221,9 @@ def test_convert_checkpoint(tmp_path):
     assert flags == {"model": "FrameMeanMoeModel", "feature_names": "rgb,audio",
                      "feature_sizes": "1024,128", "frame_features": True, "num_classes": 10,
                      "label_loss": "CrossEntropyLoss", "checkpoint_dtype": "bfloat16"}
-    assert compat.checkpoint_dtype(str(tmp_path / "src")) == "float32"
-    assert compat.checkpoint_dtype(str(tmp_path / "bf16")) == "bfloat16"
-    assert compat.checkpoint_dtype(str(out)) == "bfloat16"
+    assert checkpoint_fit.checkpoint_dtype(str(tmp_path / "src")) == "float32"
+    assert checkpoint_fit.checkpoint_dtype(str(tmp_path / "bf16")) == "bfloat16"
+    assert checkpoint_fit.checkpoint_dtype(str(out)) == "bfloat16"
     assert tf.train.latest_checkpoint(str(tmp_path / "bf16")) == str(out)
     # Converting again is idempotent.
     convert.convert_checkpoint(str(tmp_path / "bf16"), str(tmp_path / "again"), log=None)
@@ -335,7 +335,7 @@ def test_dtype_mismatch_is_a_user_error(tmp_path):
             tf.get_variable("dense/weights", [5, 4])
         with pytest.raises(UserError, match=r"tower/dense/weights has shape \[5, 3\] in the "
                                             r"checkpoint but \[5, 4\]"):
-            compat.check_fits(fp32_path, {v.op.name: v for v in tf.global_variables()})
+            checkpoint_fit.check_fits(fp32_path, {v.op.name: v for v in tf.global_variables()})
 
 
 # ---------------------------------------------------------------------------
@@ -378,8 +378,8 @@ def test_chain_outputs(chain):
     swa_ckpt = checkpoints.latest_checkpoint(chain["SWA_DIR"])
     bf16_ckpt = checkpoints.latest_checkpoint(chain["BF16_DIR"])
     assert os.path.basename(swa_ckpt) == os.path.basename(bf16_ckpt) == "model.ckpt-30"
-    assert compat.checkpoint_dtype(swa_ckpt) == "float32"
-    assert compat.checkpoint_dtype(bf16_ckpt) == "bfloat16"
+    assert checkpoint_fit.checkpoint_dtype(swa_ckpt) == "float32"
+    assert checkpoint_fit.checkpoint_dtype(bf16_ckpt) == "bfloat16"
     ratio = convert.data_bytes(bf16_ckpt) / convert.data_bytes(swa_ckpt)
     assert ratio <= 0.51
     train_reader = tf.train.load_checkpoint(checkpoints.latest_checkpoint(chain["TRAIN_DIR"]))

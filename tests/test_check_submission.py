@@ -5,7 +5,7 @@ import pytest
 
 from conftest import run_module
 from ensemble.check_submission import CSV_HEADER, check_submission
-from training.errors import UserError
+from training.cli import UserError
 
 GOOD_ROWS = ["aa00,3 0.9 1 0.5 0 0.5", "bb11,0 1 2 0.0000012 1 0", "cc22,2 1e-05 0 1e-06 1 0"]
 

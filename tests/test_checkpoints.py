@@ -4,7 +4,7 @@ import os
 import pytest
 
 from training import checkpoints
-from training.errors import UserError
+from training.cli import UserError
 from training.model_flags import ModelFlags
 
 

@@ -24,7 +24,7 @@ from swa import average
 from training import checkpoints, model_builder, train
 from training import eval as evaluation
 from training import train_dir as train_dirs
-from training.errors import UserError
+from training.cli import UserError
 
 DATA = ".data-00000-of-00001"
 # stage -> (the tiny_models dir it reads, its checkpoint name, the dir of

@@ -11,7 +11,7 @@ from prediction2tfrecord import write
 from training import checkpoints, losses, model_builder, predict, readers
 from training import train as trainer
 from training import train_dir as train_dirs
-from training.errors import UserError, first_line
+from training.cli import UserError, first_line
 from training.teacher_records import TeacherReader
 
 

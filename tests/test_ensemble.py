@@ -12,9 +12,9 @@ import pytest
 from conftest import TINY_CLASSES, TINY_DBOF, TINY_GRU, run_module
 from ensemble import build, export
 from models.tf_compat import tf
-from training import checkpoints, compat, member_graph, model_builder, precision, train
+from training import checkpoint_fit, checkpoints, member_graph, model_builder, precision, train
 from training import train_dir as train_dirs
-from training.errors import UserError
+from training.cli import UserError
 from training.members import load_member, normalise_weights, write_weights_file
 
 FEATURES = 1024 + 128
@@ -77,7 +77,7 @@ def single_model_predictions(model_dir, features, num_frames, frame_sampling=Non
     the ensemble's default), its checkpoint restored."""
     model_flags = checkpoints.read_model_flags(model_dir)
     checkpoint = checkpoints.latest_checkpoint(model_dir)
-    bf16 = compat.checkpoint_dtype(checkpoint) == "bfloat16"
+    bf16 = checkpoint_fit.checkpoint_dtype(checkpoint) == "bfloat16"
     mode = precision.check_bf16_compute(bf16_compute)
     graph = tf.Graph()
     with graph.as_default():

@@ -1,4 +1,4 @@
-"""training.errors: the one line of an error, never cut; the fallback line
+"""training.cli: the one line of an error, never cut; the fallback line
 of an OSError names the flag whose path it is."""
 from __future__ import annotations
 
@@ -6,32 +6,32 @@ import errno
 
 from absl import flags
 
-from training import errors
+from training import cli
 
 
 def test_first_line_keeps_a_message_holding_brackets():
     text = ("Graph execution error:\n\nassertion failed: [feature x[0]: bad] "
             "[Condition x == y did not hold element-wise:] [x (Shape:0) = ] [3]\n"
             "\t [[{{node assert}}]]")
-    assert errors.first_line(ValueError(text)) == "feature x[0]: bad"
+    assert cli.first_line(ValueError(text)) == "feature x[0]: bad"
 
 
 def test_first_line_of_an_assertion_at_the_end_of_its_line():
-    assert errors.first_line(ValueError("assertion failed: [labels: a] b]")) == "labels: a] b"
+    assert cli.first_line(ValueError("assertion failed: [labels: a] b]")) == "labels: a] b"
 
 
 def test_excerpt_says_when_it_shortens():
-    assert errors.excerpt("abc") == "'abc'"
+    assert cli.excerpt("abc") == "'abc'"
     long = "x" * 100
-    assert errors.excerpt(long, 10) == "'xxxxxxxxxx'... (100 characters)"
+    assert cli.excerpt(long, 10) == "'xxxxxxxxxx'... (100 characters)"
 
 
 def test_flags_naming_finds_the_flag_of_a_path_below_it(tmp_path):
     values = {"output_dir": str(tmp_path / "out"), "model_dirs": f"/a,{tmp_path}/m",
               "data": str(tmp_path / "d*")}
-    assert errors.flags_naming(str(tmp_path / "out" / "x.json"), values) == ["output_dir"]
-    assert errors.flags_naming(str(tmp_path / "m"), values) == ["model_dirs"]
-    assert errors.flags_naming(str(tmp_path / "outside"), values) == []
+    assert cli.flags_naming(str(tmp_path / "out" / "x.json"), values) == ["output_dir"]
+    assert cli.flags_naming(str(tmp_path / "m"), values) == ["model_dirs"]
+    assert cli.flags_naming(str(tmp_path / "outside"), values) == []
 
 
 def test_unexpected_os_error_names_its_flag(tmp_path):
@@ -41,7 +41,7 @@ def test_unexpected_os_error_names_its_flag(tmp_path):
     saved, flags.FLAGS = flags.FLAGS, flag_values
     try:
         err = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "s.csv"))
-        line = errors.unexpected_error_line(err)
+        line = cli.unexpected_error_line(err)
     finally:
         flags.FLAGS = saved
     assert line == f"--output_file={tmp_path}/s.csv: {tmp_path}/s.csv: Read-only file system"

@@ -18,7 +18,7 @@ from test_train import tiny_config, tiny_flags, train_pattern
 from training import bn_statistics, checkpoints, eval_results, metrics, predict, train
 from training import eval as evaluation
 from training import train_dir as train_dirs
-from training.errors import UserError
+from training.cli import UserError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from training import eval_results
-from training.errors import UserError
+from training.cli import UserError
 
 RESULT = {"gap": 0.5, "hit_at_one": 0.6, "perr": 0.4, "map": 0.3, "loss": 1.5,
           "num_examples": 32}

@@ -15,7 +15,7 @@ from ensemble.check_submission import check_submission
 from models.tf_compat import tf
 from test_ensemble import single_model_predictions, tiny_gru_dbof_ensemble
 from training import metrics, readers
-from training.errors import UserError
+from training.cli import UserError
 
 TOP_K = 5
 

@@ -17,8 +17,8 @@ import pytest
 from conftest import DBOF_FLAGS, TINY_CLASSES, unlabelled_shards
 from reliability import Started, read_checkpoint
 from test_ensemble import make_member
-from training import checkpoints, errors, locks
-from training.errors import Interrupted
+from training import checkpoints, cli, locks
+from training.cli import Interrupted
 from training.model_flags import ModelFlags
 
 PROGRESS = re.compile(r"^step\s+\d+ \|")
@@ -162,9 +162,9 @@ def test_a_trainer_interrupted_before_training_leaves_nothing(tmp_path):
 @pytest.fixture
 def interrupt_handlers():
     """The handlers run_main installs (restored afterwards)."""
-    previous = {signum: signal.getsignal(signum) for signum in errors.INTERRUPT_SIGNALS}
-    for signum in errors.INTERRUPT_SIGNALS:
-        signal.signal(signum, errors._raise_interrupted)
+    previous = {signum: signal.getsignal(signum) for signum in cli.INTERRUPT_SIGNALS}
+    for signum in cli.INTERRUPT_SIGNALS:
+        signal.signal(signum, cli._raise_interrupted)
     yield
     for signum, handler in previous.items():
         signal.signal(signum, handler)
@@ -177,20 +177,20 @@ def test_a_signal_raises_and_waits_for_a_deferred_block(interrupt_handlers):
     assert caught.value.signum == signal.SIGTERM
     finished = []
     with pytest.raises(Interrupted) as caught:
-        with errors.interrupts_deferred():
+        with cli.interrupts_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGTERM)   # a second signal: the first one is raised
             time.sleep(0.05)
-            assert errors.interrupt_pending()
+            assert cli.interrupt_pending()
             finished.append(True)
     assert finished and caught.value.signum == signal.SIGINT
-    assert not errors.interrupt_pending()
+    assert not cli.interrupt_pending()
     # An Interrupted already on its way is not replaced by a second signal.
     with pytest.raises(Interrupted) as caught:
         try:
             raise Interrupted(signal.SIGTERM).noted("kept")
         finally:
-            with errors.interrupts_deferred():
+            with cli.interrupts_deferred():
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(0.05)
     assert caught.value.line() == "interrupted (SIGTERM); kept"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from training import intervals, metrics
-from training.errors import UserError
+from training.cli import UserError
 
 
 def records(predictions, labels, ids=None) -> intervals.VideoTopK:

@@ -17,7 +17,7 @@ from ensemble import inference, labels, merge
 from reliability import assert_user_error, temp_leftovers
 from test_ensemble import tiny_gru_dbof_ensemble
 from training import readers
-from training.errors import UserError
+from training.cli import UserError
 
 TOP_K = 7
 OFFICIAL = ("Index,TrainVideoCount,KnowledgeGraphId,Name,WikiDescription,Vertical1\n"

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import DBOF_FLAGS, REPO_ROOT, TINY_CLASSES
 from training import checkpoints, locks
-from training.errors import UserError
+from training.cli import UserError
 
 BUSY = "another process (pid {pid}) is writing it"
 

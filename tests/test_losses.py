@@ -4,7 +4,7 @@ import pytest
 
 from models.tf_compat import tf
 from training import losses
-from training.errors import UserError
+from training.cli import UserError
 
 
 def test_cross_entropy_matches_numpy():

@@ -19,7 +19,7 @@ from models import layers
 from models.tf_compat import tf
 from test_ensemble import tiny_gru_dbof_ensemble
 from training import predict, readers
-from training.errors import UserError
+from training.cli import UserError
 
 TOP_K = 5
 

@@ -14,7 +14,7 @@ import pytest
 from training import checkpoints, model_builder
 from training import model_flags as model_flags_module
 from training import train_dir as train_dirs
-from training.errors import UserError
+from training.cli import UserError
 from training.model_flags import ModelFlags
 
 TRAIN_DIR_FILE = """{

@@ -23,7 +23,7 @@ from ensemble import merge
 from models.tf_compat import tf
 from reliability import assert_user_error, read_checkpoint, run_cases, temp_leftovers
 from training import checkpoints
-from training.errors import UserError
+from training.cli import UserError
 
 # A run that diverges within a few steps (deterministic on the CPU: the seed,
 # one reader, no shuffle buffer).

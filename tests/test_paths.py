@@ -8,7 +8,7 @@ import os
 import pytest
 
 from training import paths
-from training.errors import UserError
+from training.cli import UserError
 
 
 def listing(root):

@@ -10,7 +10,7 @@ import pytest
 from conftest import QUIET, decode_teacher, run_module, train_config
 from models.tf_compat import tf
 from prediction2tfrecord import write
-from training.errors import UserError
+from training.cli import UserError
 
 CSV_CLASSES = 50  # more than 20 so that all 20 pairs of a row are distinct labels
 

@@ -16,8 +16,16 @@ from ensemble import build
 from models.tf_compat import tf
 from prediction2tfrecord import write
 from stacking import fit
-from training import checkpoints, compat, intervals, member_graph, precision, predict, quantize
-from training.errors import UserError
+from training import (
+    checkpoint_fit,
+    checkpoints,
+    intervals,
+    member_graph,
+    precision,
+    predict,
+    quantize,
+)
+from training.cli import UserError
 from training.members import load_member
 from training.model_flags import ModelFlags
 
@@ -131,7 +139,7 @@ def test_convert_int8(tmp_path):
     np.testing.assert_array_equal(reader.get_tensor("tower/small/weights"),
                                   convert.round_to_bfloat16(values["tower/small/weights"]))
     assert summary["int8"] == ["tower/big/weights"] and summary["dtype"] == "int8"
-    assert compat.checkpoint_storage(checkpoint) == ("int8", ["tower/big/weights"])
+    assert checkpoint_fit.checkpoint_storage(checkpoint) == ("int8", ["tower/big/weights"])
     assert checkpoints.read_model_flags(str(tmp_path / "int8")).checkpoint_dtype == "int8"
     on_disk = json.loads((tmp_path / "int8" / "bfloat16.json").read_text())
     assert on_disk["output_bytes"] == convert.data_bytes(checkpoint) + os.path.getsize(
@@ -197,7 +205,7 @@ def session_values(model_dir: str, mode: str) -> dict:
 def test_int8_restores_dequantised(int8_dirs, mode):
     checkpoint = checkpoints.latest_checkpoint(int8_dirs["dbof"])
     reader = tf.train.load_checkpoint(checkpoint)
-    specs = compat.checkpoint_specs(checkpoint, model_only=False)
+    specs = checkpoint_fit.checkpoint_specs(checkpoint, model_only=False)
     int8 = quantize.int8_keys(specs)
     assert len(int8) >= 3
     values = session_values(int8_dirs["dbof"], mode)
@@ -279,7 +287,7 @@ def test_ensemble_export_keeps_int8_exactly(int8_dirs, tiny_models, tmp_path, ti
     exported = tf.train.load_checkpoint(os.path.join(out, predict.INFERENCE_MODEL))
     for index, name in enumerate(("dbof", "gru")):
         member = tf.train.load_checkpoint(checkpoints.latest_checkpoint(int8_dirs[name]))
-        member_int8 = quantize.int8_keys(compat.checkpoint_specs(
+        member_int8 = quantize.int8_keys(checkpoint_fit.checkpoint_specs(
             checkpoints.latest_checkpoint(int8_dirs[name]), model_only=False))
         assert payload["int8"][index] == member_int8
         for key in member_int8:
@@ -343,11 +351,11 @@ def test_distillation_warm_start_dequantises(int8_dirs):
     key = member.int8_keys[0]
     checkpoint = member.checkpoint
     reader = tf.train.load_checkpoint(checkpoint)
-    specs = compat.checkpoint_specs(checkpoint, model_only=False)
+    specs = checkpoint_fit.checkpoint_specs(checkpoint, model_only=False)
     graph = tf.Graph()
     with graph.as_default():
         variables = [tf.get_variable(name, shape, tf.float32) for name, (shape, dtype) in
-                     quantize.without_scales(compat.model_variables_of(specs)).items()]
+                     quantize.without_scales(checkpoint_fit.model_variables_of(specs)).items()]
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             distill.warm_start_from(int8_dirs["gru"], log=lambda _: None)(sess)

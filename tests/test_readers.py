@@ -10,7 +10,7 @@ import pytest
 from conftest import dequantize
 from models.tf_compat import tf
 from training import readers, synthetic
-from training.errors import UserError, first_line
+from training.cli import UserError, first_line
 
 BIAS = 4.0 / 512.0 - 2.0
 SCALAR = 4.0 / 255.0

@@ -28,7 +28,7 @@ from stacking import fit
 from swa import average
 from training import model_builder, predict, readers, train
 from training import train_dir as train_dirs
-from training.errors import UserError
+from training.cli import UserError
 from training.teacher_records import TeacherReader
 
 FRAME_HINT = "check --frame_features / --feature_names"

@@ -19,7 +19,7 @@ from reliability import train_config
 from training import checkpoints, members, model_builder, readers, record_layouts, train
 from training import model_flags as model_flags_module
 from training import train_dir as train_dirs
-from training.errors import UserError
+from training.cli import UserError
 from training.model_flags import ModelFlags
 from training.segment_readers import SegmentReader
 

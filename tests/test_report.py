@@ -10,7 +10,7 @@ import pytest
 from conftest import run_module
 from ensemble import report
 from training import checkpoints, eval_results, intervals, metrics
-from training.errors import UserError
+from training.cli import UserError
 from training.members import write_weights_file
 
 NUM_VIDEOS, NUM_CLASSES = 300, 40

@@ -5,7 +5,7 @@ import pytest
 from conftest import TINY_CLASSES, run_module, segment_data
 from ensemble import segment_submission as seg
 from training import synthetic_segments
-from training.errors import UserError
+from training.cli import UserError
 
 
 def test_class_top_k_equals_a_full_sort():

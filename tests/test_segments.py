@@ -4,7 +4,7 @@ import pytest
 
 from models.tf_compat import tf
 from training import segment_readers, synthetic, synthetic_segments
-from training.errors import UserError, first_line
+from training.cli import UserError, first_line
 
 NUM_CLASSES = 12
 

@@ -12,7 +12,7 @@ from stacking import fit
 from training import model_builder
 from training import train as trainer
 from training import train_dir as train_dirs
-from training.errors import UserError
+from training.cli import UserError
 
 
 def synthetic_predictions(n=400, classes=TINY_CLASSES, seed=0):

@@ -18,7 +18,7 @@ from models.tf_compat import tf
 from swa import average as swa
 from training import bn_statistics, checkpoints, model_builder, train
 from training import train_dir as train_dirs
-from training.errors import UserError
+from training.cli import UserError
 from training.model_flags import ModelFlags
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from models.tf_compat import tf
 from training import synthetic
-from training.errors import UserError
+from training.cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 

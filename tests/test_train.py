@@ -13,7 +13,7 @@ from models import layers
 from models.tf_compat import tf
 from training import checkpoints, model_builder, train, train_graph
 from training import train_dir as train_dirs
-from training.errors import UserError
+from training.cli import UserError
 
 
 def tiny_flags(model="FrameMeanMoeModel", **hparams):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ensemble import build
-from training.errors import UserError
+from training.cli import UserError
 
 
 def one_line(call, *args) -> str:

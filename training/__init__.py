@@ -2,12 +2,12 @@
 own tier or the ones above it, never below (tests/test_architecture.py).
 
 1. foundations -- no state, no TensorFlow graph:
-   errors (UserError, the one-line exits), progress (the progress line, Log),
+   cli (UserError, the one-line exits, run_main), progress (the progress line, Log),
    metrics (GAP@20 and friends in numpy), train_config (TrainConfig), flags
    (the shared flag table), paths (path checks), locks (one writer per
    output), losses, quantize (int8 storage), submission (the CSV format).
 2. records -- what the stages write and read on disk:
-   model_flags (ModelFlags), checkpoints (listing, atomic writes), compat
+   model_flags (ModelFlags), checkpoints (listing, atomic writes), checkpoint_fit
    (does this checkpoint fit this graph?), train_dir (the trainer's dir),
    readers (TFRecord readers, the input pipeline), segment_readers (2019
    segment-rated records), record_layouts (the Reader registry), teacher_records,
@@ -23,9 +23,9 @@ own tier or the ones above it, never below (tests/test_architecture.py).
 from typing import Dict, Tuple
 
 TIERS: Dict[str, Tuple[str, ...]] = {
-    "foundations": ("errors", "progress", "metrics", "train_config", "flags", "paths", "locks",
+    "foundations": ("cli", "progress", "metrics", "train_config", "flags", "paths", "locks",
                     "losses", "quantize", "submission"),
-    "records": ("model_flags", "checkpoints", "compat", "train_dir", "readers",
+    "records": ("model_flags", "checkpoints", "checkpoint_fit", "train_dir", "readers",
                 "segment_readers", "record_layouts", "teacher_records", "intervals",
                 "eval_results"),
     "graphs": ("model_builder", "precision", "bn_statistics", "members", "member_graph",

@@ -31,8 +31,8 @@ import numpy as np
 
 from models import layers
 from models.tf_compat import tf
-from training import checkpoints, compat, model_builder, readers
-from training.errors import UserError
+from training import checkpoint_fit, checkpoints, model_builder, readers
+from training.cli import UserError
 from training.model_flags import ModelFlags
 from training.progress import Log, Progress
 
@@ -226,10 +226,10 @@ def recomputed_checkpoint(model_dir: str, checkpoint: str, settings: Recompute,
     """Yields a temporary copy of the float32 `checkpoint` (of model_dir) whose
     BN statistics are recomputed; it is removed when the block ends, however
     it ends. A bfloat16 or int8 checkpoint is a UserError."""
-    specs = compat.checkpoint_specs(checkpoint)
-    compat.require_float32(checkpoint, "--bn_statistics=recompute needs the float32 weights: "
-                                       "evaluate the float32 dir it was converted from, or "
-                                       "convert a dir recomputed by swa.average", specs)
+    specs = checkpoint_fit.checkpoint_specs(checkpoint)
+    checkpoint_fit.require_float32(
+        checkpoint, "--bn_statistics=recompute needs the float32 weights: evaluate the float32 "
+        "dir it was converted from, or convert a dir recomputed by swa.average", specs)
     entries = [(key, shape, dtype) for key, (shape, dtype) in sorted(specs.items())]
     reader = checkpoints.open_checkpoint(checkpoint)
     # A temporary copy rather than new values put into the evaluation graph:
@@ -259,21 +259,21 @@ def recomputed_checkpoint(model_dir: str, checkpoint: str, settings: Recompute,
 # The convergence note
 
 
-def _trained_steps(checkpoint: str, specs: compat.Specs) -> Optional[int]:
+def _trained_steps(checkpoint: str, specs: checkpoint_fit.Specs) -> Optional[int]:
     """global_step of a train dir's checkpoint, else the step of its name."""
     if "global_step" in specs:
         return int(checkpoints.open_checkpoint(checkpoint).get_tensor("global_step"))
     return checkpoints.checkpoint_step(checkpoint)
 
 
-def initial_value_weight(checkpoint: str, specs: Optional[compat.Specs] = None
+def initial_value_weight(checkpoint: str, specs: Optional[checkpoint_fit.Specs] = None
                          ) -> Optional[Tuple[float, List[int]]]:
     """(weight of the initial values in the moving statistics, the steps it
     comes from); None when the checkpoint has no BN statistics, its steps are
     unknown or its dir's swa.json says they were recomputed. specs: its
     checkpoint_specs(model_only=False) when the caller has them."""
     if specs is None:
-        specs = compat.checkpoint_specs(checkpoint, model_only=False)
+        specs = checkpoint_fit.checkpoint_specs(checkpoint, model_only=False)
     if not any(is_bn_statistic(key) for key in specs):
         return None
     info_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), SWA_INFO_FILE)
@@ -298,7 +298,7 @@ def initial_value_weight(checkpoint: str, specs: Optional[compat.Specs] = None
 def convergence_note(checkpoint: str) -> Optional[str]:
     """The one-line note for a checkpoint whose moving statistics still carry
     more than NOTE_THRESHOLD of their initial values, else None."""
-    specs = compat.checkpoint_specs(checkpoint, model_only=False)
+    specs = checkpoint_fit.checkpoint_specs(checkpoint, model_only=False)
     found = initial_value_weight(checkpoint, specs)
     if found is None or found[0] <= NOTE_THRESHOLD:
         return None
@@ -310,7 +310,7 @@ def convergence_note(checkpoint: str) -> Optional[str]:
     else:
         what = (f"{name} averages the moving statistics of steps {steps[0]} to {steps[-1]}; "
                 f"with batch-norm decay {decay} they")
-    stored = {dtype for _, dtype in compat.model_variables_of(specs).values()}
+    stored = {dtype for _, dtype in checkpoint_fit.model_variables_of(specs).values()}
     if stored & {tf.bfloat16, tf.int8}:
         # Recompute needs the float32 weights (recomputed_checkpoint).
         fix = "recompute them before the conversion (swa.average --bn_statistics=recompute)"

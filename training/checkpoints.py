@@ -19,8 +19,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from models.tf_compat import tf
-from training import errors, locks
-from training.errors import UserError, first_line
+from training import cli, locks
+from training.cli import UserError, first_line
 from training.model_flags import ModelFlags
 
 MODEL_FLAGS_FILE = "model_flags.json"
@@ -495,9 +495,9 @@ def _discarded_unless_committed(temp: str, shown: str, failure: str) -> Iterator
     except BaseException as err:
         if commit.done:
             raise
-        with errors.interrupts_deferred():
+        with cli.interrupts_deferred():
             _remove_path(temp)
-        if isinstance(err, errors.Interrupted):
+        if isinstance(err, cli.Interrupted):
             err.noted(f"nothing was written to {shown}")
         reason = write_failure(err, temp)
         if reason is not None:
@@ -556,7 +556,7 @@ def atomic_directory(target: str, overwrite: bool = False) -> Iterator[str]:
             _discarded_unless_committed(tmp_dir, target, failure) as commit:
         os.mkdir(tmp_dir, 0o777)  # mode & ~umask, like any new dir
         yield tmp_dir
-        with errors.interrupts_deferred():   # (the swap is not cut in two)
+        with cli.interrupts_deferred():   # (the swap is not cut in two)
             _replace_dir(tmp_dir, target)
             commit.done = True
 

@@ -6,7 +6,7 @@ Workers build the same graph with variables on the parameter servers
 (the "chief" task, or worker 0 when there is none) initialises or restores
 the variables and writes the checkpoints to --train_dir. A worker that dies
 and restarts reconnects and goes on with the shared variables. On SIGINT or
-SIGTERM (training.errors) a worker finishes its step and stops; the chief
+SIGTERM (training.cli) a worker finishes its step and stops; the chief
 saves a checkpoint of the step it was at first.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional
 from models.tf_compat import tf
 from training import model_builder, readers, train_graph
 from training import train_dir as train_dir_files
-from training.errors import Interrupted, UserError, interrupt_pending, interrupts_deferred
+from training.cli import Interrupted, UserError, interrupt_pending, interrupts_deferred
 from training.model_flags import ModelFlags
 from training.progress import Progress
 from training.train_config import TrainConfig

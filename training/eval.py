@@ -42,7 +42,7 @@ from training import (
     segment_readers,
 )
 from training import flags as shared_flags
-from training.errors import UserError, first_line, run_main
+from training.cli import UserError, first_line, run_main
 from training.submission import DEFAULT_TOP_K
 
 FLAGS = flags.FLAGS

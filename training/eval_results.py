@@ -29,7 +29,7 @@ import os
 from typing import Any, Dict, Optional
 
 from training import checkpoints, intervals
-from training.errors import UserError
+from training.cli import UserError
 from training.flags import comma_list
 
 EVAL_RESULTS = "eval_results.json"

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 from absl import flags
 
 from training import paths
-from training.errors import UserError, add_preflight_check
+from training.cli import UserError, add_preflight_check
 
 FLAGS = flags.FLAGS
 

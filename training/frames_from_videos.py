@@ -32,7 +32,7 @@ from absl import flags
 from models.tf_compat import tf
 from training import flags as shared_flags
 from training import paths, readers, synthetic
-from training.errors import UserError, first_line, run_main
+from training.cli import UserError, first_line, run_main
 
 FLAGS = flags.FLAGS
 

@@ -30,7 +30,7 @@ from typing import Dict, Iterator, Sequence
 import numpy as np
 
 from training import checkpoints
-from training.errors import UserError, excerpt
+from training.cli import UserError, excerpt
 from training.metrics import _descending_order
 
 # What np.load raises on a damaged .npz (a zip archive; found by fuzzing,

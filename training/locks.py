@@ -27,8 +27,8 @@ import os
 import time
 from typing import Dict, Iterator, List, Optional
 
-from training import errors
-from training.errors import UserError
+from training import cli
+from training.cli import UserError
 
 LOCK_SUFFIX = ".lock"
 
@@ -149,21 +149,21 @@ def held(lock_path: str, label: str, advice: str = "wait for it to finish or cho
     made: List[str] = []
     fd: Optional[int] = None
     try:
-        with errors.interrupts_deferred():   # (a signal cannot leave a lock file behind)
+        with cli.interrupts_deferred():   # (a signal cannot leave a lock file behind)
             fd = _open_locked(lock_path, wait, made)
             if fd is not None:
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode("ascii"))
                 if lend:
-                    _lent[lock_path] = fd
+                 _lent[lock_path] = fd
         if fd is None:
             raise UserError(_busy_line(lock_path, label, advice))
         yield
     finally:
-        with errors.interrupts_deferred():
+        with cli.interrupts_deferred():
             _lent.pop(lock_path, None)
             if fd is not None:
                 _release(fd, lock_path)
             for directory in reversed(made):
                 with contextlib.suppress(OSError):
-                    os.rmdir(directory)  # (only when empty)
+                 os.rmdir(directory)  # (only when empty)

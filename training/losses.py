@@ -11,7 +11,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from models.tf_compat import tf
-from training.errors import UserError
+from training.cli import UserError
 
 # The original wrote 10e-6, which is 1e-5; kept for parity.
 CROSS_ENTROPY_EPSILON = 1e-5

@@ -11,7 +11,7 @@ their mean; with shared frame work its per-frame work runs once per video
 and each draw aggregates it with its counts (exact). Deterministic members
 (the GRU) run once. ``predictions`` [None, C] is the weighted mean of the
 members. Checkpoint key ``tower/<x>`` of member i fills ``model<i>/<x>``
-(member_savers), after training.compat has checked that it fits.
+(member_savers), after training.checkpoint_fit has checked that it fits.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from models.tf_compat import tf
-from training import checkpoints, compat, model_builder, precision, quantize
-from training.errors import UserError, first_line
+from training import checkpoint_fit, checkpoints, model_builder, precision, quantize
+from training.cli import UserError, first_line
 from training.members import Member, check_members_agree, feature_signature
 from training.progress import Log
 
@@ -262,10 +262,11 @@ def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], ti
 def member_savers(members: Sequence[Member], graph: EnsembleGraph) -> List[tf.train.Saver]:
     """One name-mapping Saver per member (call in the graph, before finalising)."""
     for member, part in zip(members, graph.members):
-        compat.check_fits(member.checkpoint, part.restore_map, owner=member.model_dir,
-                          needer=f"model {member.name} of its {checkpoints.MODEL_FLAGS_FILE}",
-                          stored_bf16=part.stored_bf16, check_extra=True,
-                          int8=member.int8_keys, stored=member.specs)
+        checkpoint_fit.check_fits(
+            member.checkpoint, part.restore_map, owner=member.model_dir,
+            needer=f"model {member.name} of its {checkpoints.MODEL_FLAGS_FILE}",
+            stored_bf16=part.stored_bf16, check_extra=True, int8=member.int8_keys,
+            stored=member.specs)
     return [tf.train.Saver(part.saver_map(), name=f"restore_{part.scope}", sharded=False)
             for part in graph.members]
 

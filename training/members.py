@@ -22,8 +22,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from training import checkpoints, compat, model_builder, precision, readers
-from training.errors import UserError
+from training import checkpoint_fit, checkpoints, model_builder, precision, readers
+from training.cli import UserError
 from training.model_flags import ModelFlags
 
 MATCH_KEYS = ("frame_features", "record_kind", "feature_names", "feature_sizes", "num_classes")
@@ -34,14 +34,14 @@ class Member:
     model_dir: str
     checkpoint: str
     model_flags: ModelFlags
-    dtype: str                     # compat.FLOAT32, BFLOAT16 or INT8
+    dtype: str                     # checkpoint_fit.FLOAT32, BFLOAT16 or INT8
     int8_keys: Tuple[str, ...] = ()   # INT8: the keys stored int8 (training.quantize)
-    specs: Optional[compat.Specs] = None   # the checkpoint's, read once by load_member
+    specs: Optional[checkpoint_fit.Specs] = None   # the checkpoint's, read once by load_member
 
     def getter_for(self, bf16_compute: Optional[str]):
         """The custom_getter of this member in a --bf16_compute mode (bfloat16
         and int8 checkpoints compute alike; int8 is dequantised at restore)."""
-        if self.dtype == compat.FLOAT32:
+        if self.dtype == checkpoint_fit.FLOAT32:
             return None
         return precision.getter_for_mode(bf16_compute)
 
@@ -49,7 +49,7 @@ class Member:
         """True when the graph holds float32 variables for bf16 checkpoint
         tensors (cast_at_load): they are restored and saved through
         BFloat16StorageSaveable."""
-        return self.dtype != compat.FLOAT32 and \
+        return self.dtype != checkpoint_fit.FLOAT32 and \
             precision.check_bf16_compute(bf16_compute) == precision.CAST_AT_LOAD
 
     @property
@@ -82,8 +82,8 @@ def load_member(model_dir: str, checkpoint: Optional[str] = None) -> Member:
         raise UserError(f"{model_dir}: no such model dir")
     model_flags = read_member_flags(model_dir)
     checkpoint = checkpoints.find_checkpoint(checkpoint or model_dir)
-    specs = compat.checkpoint_specs(checkpoint, model_only=False)
-    kind, int8_keys = compat.checkpoint_storage(checkpoint, specs)
+    specs = checkpoint_fit.checkpoint_specs(checkpoint, model_only=False)
+    kind, int8_keys = checkpoint_fit.checkpoint_storage(checkpoint, specs)
     precision.check_dtype_marker(checkpoint, kind, model_flags)
     return Member(os.path.abspath(model_dir), checkpoint, model_flags, kind, tuple(int8_keys),
                   specs)

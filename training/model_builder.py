@@ -10,7 +10,7 @@ from models import layers, registry
 from models.base import FrameModel
 from models.tf_compat import tf
 from training import record_layouts
-from training.errors import UserError
+from training.cli import UserError
 from training.flags import comma_list, comma_numbers
 from training.model_flags import ModelFlags
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
-from training.errors import UserError
+from training.cli import UserError
 from training.flags import comma_list
 
 HParamValue = Union[bool, int, float, str]

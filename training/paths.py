@@ -1,7 +1,7 @@
 """Path checks of the command line: can this path be read, or written, at all?
 
 Every path flag of every entry point declares its kind when it is defined
-(training.flags ``path=``), and training.errors.run_main checks every such flag
+(training.flags ``path=``), and training.cli.run_main checks every such flag
 before the stage's main runs, so a path that cannot be read or written fails
 in one line naming the flag and the path, before any model is built or any
 data read. The checks only look (stat, listdir, a probe file created and
@@ -19,7 +19,7 @@ import stat
 import tempfile
 from typing import Callable, Dict, Mapping, Optional
 
-from training.errors import UserError
+from training.cli import UserError
 
 IN_FILE = "input file"
 IN_DIR = "input dir"

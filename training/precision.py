@@ -18,7 +18,7 @@ view (models.layers.batch_norm checks for a Variable).
 int8 checkpoints (training.quantize) are built the same way; their int8
 matrices are dequantised once, by the restore op (Int8StorageSaveable).
 training.members.Member.getter_for picks the getter a checkpoint needs (its
-storage kind comes from training.compat, which also checks that a checkpoint
+storage kind comes from training.checkpoint_fit, which also checks that a checkpoint
 fits a graph before any restore).
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from models import layers
 from models.tf_compat import saveable_object, tf
-from training import checkpoints, compat, quantize
-from training.errors import UserError
+from training import checkpoint_fit, checkpoints, quantize
+from training.cli import UserError
 from training.model_flags import ModelFlags
 
 DTYPE_KEY = "checkpoint_dtype"   # model_flags.json marker written by the converter
@@ -289,5 +289,5 @@ def check_dtype_marker(checkpoint_path: str, kind: str,
     agree with the checkpoint's storage kind when present."""
     marker = model_flags.checkpoint_dtype if model_flags is not None else None
     if marker is not None and marker != kind:
-        raise UserError(f"{checkpoint_path}: is {compat.a_kind(kind)} checkpoint but its "
+        raise UserError(f"{checkpoint_path}: is {checkpoint_fit.a_kind(kind)} checkpoint but its "
                         f"{checkpoints.MODEL_FLAGS_FILE} says {DTYPE_KEY}={marker!r}")

@@ -35,7 +35,7 @@ from training import (
     readers,
     segment_readers,
 )
-from training.errors import UserError, first_line
+from training.cli import UserError, first_line
 from training.members import Member, check_no_duplicates, load_member, read_member_flags
 from training.model_flags import ModelFlags
 from training.progress import Log, Progress

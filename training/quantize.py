@@ -23,7 +23,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from models.tf_compat import tf
-from training.errors import UserError
+from training.cli import UserError
 
 INT8 = "int8"
 SCALE_SUFFIX = "/int8_scale"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Protocol, Tuple
 
 from training import readers, segment_readers
-from training.errors import UserError
+from training.cli import UserError
 from training.model_flags import ModelFlags
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from models.tf_compat import tf
 from training import readers
-from training.errors import UserError
+from training.cli import UserError
 from training.model_flags import ModelFlags
 
 SEGMENT_SIZE = 5    # frames per rated segment in the 2019 data (--segment_size)

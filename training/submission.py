@@ -13,7 +13,7 @@ from typing import List, Sequence, Set, Tuple
 
 import numpy as np
 
-from training.errors import UserError, excerpt
+from training.cli import UserError, excerpt
 from training.metrics import DEFAULT_TOP_K as DEFAULT_TOP_K  # (pairs per video)
 
 CSV_HEADER = "VideoId,LabelConfidencePairs"

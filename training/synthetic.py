@@ -26,7 +26,7 @@ from absl import flags
 from models.tf_compat import tf
 from training import flags as shared_flags
 from training import readers
-from training.errors import UserError, run_main
+from training.cli import UserError, run_main
 
 FLAGS = flags.FLAGS
 

@@ -36,7 +36,7 @@ from training import (
 )
 from training import flags as shared_flags
 from training import train_dir as train_dirs
-from training.errors import (
+from training.cli import (
     Interrupted,
     UserError,
     first_line,

@@ -19,8 +19,8 @@ from typing import Any, Iterator, List, Optional, Sequence
 import numpy as np
 
 from models.tf_compat import tf
-from training import checkpoints, compat, errors, locks
-from training.errors import UserError, first_line
+from training import checkpoint_fit, checkpoints, cli, locks
+from training.cli import UserError, first_line
 from training.model_flags import ModelFlags, mismatched_keys
 
 TRAINER_FILE_PREFIXES = (checkpoints.CHECKPOINT_PREFIX + "-", "events.out.tfevents.",
@@ -80,11 +80,11 @@ def check_resumable(train_dir: str) -> None:
     latest = checkpoints.latest_checkpoint(train_dir)
     if latest is None:
         return
-    specs = compat.checkpoint_specs(latest, model_only=False)
-    compat.require_float32(latest, "written by bfloat16_patch.convert; training resumes only "
-                                   "from its own float32 checkpoints; use another --train_dir "
-                                   "(distillation.train --warm_start_checkpoint can start from it)",
-                           specs)
+    specs = checkpoint_fit.checkpoint_specs(latest, model_only=False)
+    checkpoint_fit.require_float32(
+        latest, "written by bfloat16_patch.convert; training resumes only from its own float32 "
+        "checkpoints; use another --train_dir (distillation.train --warm_start_checkpoint can "
+        "start from it)", specs)
     if "global_step" not in specs:
         raise UserError(f"{latest}: has no global_step or optimizer state (an SWA or bfloat16 "
                         f"dir?); training resumes only from its own checkpoints; use another "
@@ -154,11 +154,11 @@ def removed_on_failed_start(train_dir: str) -> Iterator[None]:
             before = set(os.listdir(train_dir))
             try:
                 yield
-            except (UserError, errors.Interrupted) as err:
+            except (UserError, cli.Interrupted) as err:
                 latest = checkpoints.latest_checkpoint(train_dir)
                 if latest is None:
                     _remove_added(train_dir, before)
-                if isinstance(err, errors.Interrupted):   # (not noted: before training)
+                if isinstance(err, cli.Interrupted):   # (not noted: before training)
                     err.noted("nothing was saved" if latest is None else
                               f"the latest checkpoint is {latest}; run the same command to "
                               f"resume", at="before training started", replace=False)
@@ -233,7 +233,7 @@ def save_checkpoint(saver, sess, train_dir: str, step: int,
                         f"written before are kept") from None
 
 
-def noted_with_checkpoint(interrupt: errors.Interrupted, train_dir: str) -> errors.Interrupted:
+def noted_with_checkpoint(interrupt: cli.Interrupted, train_dir: str) -> cli.Interrupted:
     """The interrupt of a trainer that saved before it stopped, with the
     checkpoint it saved (the latest) in its line."""
     latest = checkpoints.latest_checkpoint(train_dir)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 from models import layers
 from models.tf_compat import tf
 from training import losses, model_builder, precision, readers
-from training.errors import UserError
+from training.cli import UserError
 from training.model_flags import ModelFlags
 from training.train_config import TrainConfig
 

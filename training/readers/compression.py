@@ -6,7 +6,7 @@ import concurrent.futures
 from typing import Sequence
 
 from models.tf_compat import tf
-from training.errors import UserError, first_line
+from training.cli import UserError, first_line
 
 COMPRESSIONS = ("auto", "none", "gzip", "zlib")
 _COMPRESSION_TYPES = {"none": "", "gzip": "GZIP", "zlib": "ZLIB"}

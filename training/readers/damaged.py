@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence, Union
 
 from models.tf_compat import tf
-from training.errors import first_line
+from training.cli import first_line
 from training.readers.compression import detect_compression, file_compressions
 from training.readers.files import resolve_files
 from training.readers.kinds import parsed_example

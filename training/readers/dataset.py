@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from models.tf_compat import tf
-from training.errors import UserError
+from training.cli import UserError
 from training.readers.compression import file_compressions
 from training.readers.damaged import records_skipping_corruption
 from training.readers.files import resolve_files

@@ -3,7 +3,7 @@ YouTube-8M features and the expansion of a --*_data_pattern flag."""
 from __future__ import annotations
 
 from models.tf_compat import tf
-from training.errors import UserError
+from training.cli import UserError
 from training.flags import comma_list
 
 MAX_FRAMES = 300

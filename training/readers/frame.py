@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Tuple
 
 from models.tf_compat import tf
-from training.errors import UserError
+from training.cli import UserError
 from training.readers.files import MAX_FRAMES, dequantize_constants
 from training.readers.parsing import (
     as_batch,

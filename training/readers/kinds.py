@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from models.tf_compat import tf
-from training.errors import UserError, first_line
+from training.cli import UserError, first_line
 from training.readers.compression import file_compressions
 
 CHECKED_FILES = 64      # check_records reads the first record of this many files

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from models.tf_compat import tf
-from training.errors import UserError
+from training.cli import UserError
 
 
 def check_names_sizes(feature_names: Sequence[str],

@@ -16,7 +16,7 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
 
 from models.tf_compat import tf
 from training import checkpoints, quantize
-from training.errors import UserError
+from training.cli import UserError
 
 FLOAT32 = "float32"
 BFLOAT16 = "bfloat16"
