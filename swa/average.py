@@ -278,23 +278,23 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
     # best one is moved there rather than averaged again.
     scratch = tempfile.mkdtemp(prefix=".swa-windows-", dir=parent)
     try:
+        best: Dict[str, Any] = {}
         best_dir = ""
-        for window in windows:
+        for window in sorted(windows):
             out = os.path.join(scratch, f"window{window}")
             info = average(train_dir, out, last_n=window, log=None, **settings["average"])
             gap = evaluate_on(out, fit_pattern, settings, log=None)["gap"]
             steps = [entry["step"] for entry in info["checkpoints"]]
             log(f"window {window} (steps {steps[0]}-{steps[-1]}): GAP {gap:.4f} on the "
                 f"fitting files")
-            better = not candidates or gap > max(item["gap"] for item in candidates)
             candidates.append({"window": window, "gap": gap, "steps": steps})
-            if better and best_dir:
-                shutil.rmtree(best_dir)
-            if better:
-                best_dir = out
+            # Only the best so far stays on disk; a tie keeps the smaller window.
+            if not best or gap > best["gap"]:
+                if best_dir:
+                    shutil.rmtree(best_dir)
+                best, best_dir = candidates[-1], out
             else:
                 shutil.rmtree(out)
-        best = max(candidates, key=lambda item: (item["gap"], -item["window"]))
         log(f"chose window {best['window']} (GAP {best['gap']:.4f} on the fitting files)")
         choice = {"chosen": best["window"], "data_pattern": fit_pattern,
                   "candidates": candidates}

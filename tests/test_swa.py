@@ -308,8 +308,8 @@ def test_window_chosen_on_the_fitting_files(dbof_dir, tiny_data, tmp_path):
     """--choose_window_on averages each candidate window, evaluates it on the
     given files only and keeps the best (ties: the smaller window); swa.json
     records every candidate; the best candidate's files become the output.
-    Mutations: choosing with min() instead of max() picks the worst window
-    and fails the chosen == best check; installing the last candidate (3)
+    Mutations: keeping a candidate when its GAP is lower (< for >) picks
+    the worst window and fails the chosen == best check; installing the last candidate (3)
     instead of the best (1) fails the chosen == count check."""
     fit = str(tiny_data / "frame" / "validate*.tfrecord")
     out = tmp_path / "chosen"
