@@ -20,7 +20,7 @@ On a machine with N >= 1 visible GPUs (CUDA_VISIBLE_DEVICES applies) it
    pass), or 1 with --require_gpu (run_scripts/gpu_acceptance.sh passes it,
    so a broken CUDA set-up fails there); --cpu_smoke runs the same code at
    the presets' test size on 2 virtual CPU devices
-   (tests/test_gpu_acceptance.py runs it).
+   (tests/e2e/test_gpu_acceptance.py runs it).
 """
 from __future__ import annotations
 

@@ -130,22 +130,23 @@ def run_module(module: str, *args: str, check: bool = True, env: dict | None = N
 @pytest.fixture(scope="session")
 def tiny_models(tiny_data, tmp_path_factory) -> dict:
     """Tiny Soft-DBoF-4k and GRU train dirs, their SWA and bf16 dirs and a
-    2-tile ensemble of the bf16 dirs (tests/reliability.py)."""
-    from reliability import build_tiny_models
+    2-tile ensemble of the bf16 dirs (tests/support/reliability.py)."""
+    from support.reliability import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny_models"), tiny_data)
 
 
-# The longest test files (minutes each), started first so that with several
-# workers (run_scripts/test.sh: pytest-xdist, whole files per worker) none of
-# them is left running alone at the end.
-SLOW_FILES_FIRST = ("test_pipeline_report.py", "test_determinism.py", "test_kill.py",
-                    "test_bad_inputs.py", "test_labels.py", "test_merge.py",
-                    "test_gpu_acceptance.py", "test_fuzz.py", "test_run_scripts.py")
+# The kinds of tests, one folder each; the slow files of each kind start
+# first, in this order (the end-to-end ones take minutes), so that with
+# several workers (run_scripts/test.sh: pytest-xdist, whole files per worker)
+# none of them is left running alone at the end.
+KINDS = ("e2e", "reliability", "stages", "unit")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    def rank(item) -> int:
-        name = Path(str(item.fspath)).name
-        return SLOW_FILES_FIRST.index(name) if name in SLOW_FILES_FIRST else len(SLOW_FILES_FIRST)
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> tuple:
+        kind = item.path.parent.name
+        return (item.path not in slow_files, KINDS.index(kind) if kind in KINDS else len(KINDS))
     items.sort(key=rank)    # (stable: the order inside a file is kept)

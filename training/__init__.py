@@ -1,5 +1,5 @@
 """The shared library of the stages, in four tiers: a module imports from its
-own tier or the ones above it, never below (tests/test_architecture.py).
+own tier or the ones above it, never below (tests/unit/test_architecture.py).
 
 1. foundations -- no state, no TensorFlow graph:
    cli (UserError, the one-line exits, run_main), progress (the progress line, Log),

@@ -34,7 +34,7 @@ from training.cli import UserError, excerpt
 from training.metrics import _descending_order
 
 # What np.load raises on a damaged .npz (a zip archive; found by fuzzing,
-# tests/test_fuzz.py): a bad CRC or header (BadZipFile), a bad deflate
+# tests/reliability/test_fuzz.py): a bad CRC or header (BadZipFile), a bad deflate
 # stream (zlib.error), a cut member (EOFError), a damaged compression or
 # version field (NotImplementedError), a damaged flag bit ("encrypted":
 # RuntimeError), a bad .npy header (ValueError), a lost member (KeyError).

@@ -32,7 +32,7 @@ INT8_MAX = 127
 # At full size that is the 29 largest of the six presets (1.0M to 75.5M values).
 DEFAULT_MIN_VALUES = 1 << 20
 # The claim about int8 storage: it moves GAP@20 by at most this much (the
-# paired interval over videos in tests/test_quantize.py; bench/bench_int8.py
+# paired interval over videos in tests/stages/test_quantize.py; bench/bench_int8.py
 # on the quick start's models fails when a model or the ensemble is over).
 GAP_TOLERANCE = 0.001
 
