@@ -8,5 +8,7 @@ source run_scripts/setup_env.sh
 "$VENV/bin/ruff" check .
 "$VENV/bin/mypy"
 # One worker per core (TEST_WORKERS=0: all in this process), each taking whole test
-# files (their module fixtures are built once).
-exec "$PYTHON" -m pytest -q -n "${TEST_WORKERS:-auto}" --dist loadfile "$@" tests
+# files (their module fixtures are built once). Without a path, the whole of tests/
+# (pytest.ini); the fast inner loop: -m "not slow"; one kind: tests/unit (docs/architecture.md
+# "Tests").
+exec "$PYTHON" -m pytest -q -n "${TEST_WORKERS:-auto}" --dist loadfile "$@"

@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT, TINY_CLASSES
 from ensemble.check_submission import check_submission
 
@@ -78,6 +80,7 @@ def data_files(work_dir):
     return found
 
 
+@pytest.mark.slow
 def test_two_runs_write_identical_csvs(tiny_data, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -15,6 +15,8 @@ from training import checkpoints, model_builder
 from training import train as trainer
 from training import train_dir as train_dirs
 
+pytestmark = pytest.mark.slow
+
 SCRIPTS = REPO_ROOT / "run_scripts"
 
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import gpu_acceptance
 from conftest import REPO_ROOT, run_module
+
+pytestmark = pytest.mark.slow
 
 
 def test_without_a_gpu_it_says_so_and_does_not_pass():

@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
 from ensemble.check_submission import check_submission
 from training import synthetic
@@ -45,6 +47,7 @@ def files(data, names) -> str:
     return ",".join(str(data / "frame" / name) for name in names)
 
 
+@pytest.mark.slow
 def test_choices_on_the_fitting_file_report_on_the_held_out_ones(tmp_path):
     data, work = tmp_path / "data", tmp_path / "work"
     write_data(data)

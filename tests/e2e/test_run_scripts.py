@@ -22,6 +22,8 @@ import pytest
 from conftest import REPO_ROOT, TEST_SIZE, size_flags
 from models import presets
 
+pytestmark = pytest.mark.slow
+
 SCRIPTS = REPO_ROOT / "run_scripts"
 
 TINY_FLAGS = {name: size_flags(name, TEST_SIZE) for name in presets.PRESET_NAMES}

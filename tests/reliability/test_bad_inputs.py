@@ -36,6 +36,8 @@ from training import train as train_stage
 from training import train_dir as train_dirs
 from training.cli import UserError
 
+pytestmark = pytest.mark.slow
+
 MOE = ["--model=FrameMeanMoeModel"]
 # Small, unshuffled runs: a bad first record fails the first step.
 TRAIN = [f"--num_classes={TINY_CLASSES}", "--batch_size=4", "--num_readers=1",

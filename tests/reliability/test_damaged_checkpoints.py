@@ -132,6 +132,7 @@ def named_file(directory: str, name: str, where: str) -> str:
             "state": os.path.join(directory, checkpoints.STATE_FILE)}[where]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_damaged_checkpoint_is_one_line(stage, kind, tiny_models, tiny_data, tmp_path):
@@ -273,6 +274,7 @@ def test_sharded_and_string_checkpoints(tmp_path):
 # The command lines (stderr: exactly one line)
 
 
+@pytest.mark.slow
 def test_damaged_dirs_through_the_command_lines(tiny_models, tiny_data, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

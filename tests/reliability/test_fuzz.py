@@ -34,6 +34,8 @@ import pytest
 from conftest import DBOF_FLAGS, TINY_CLASSES
 from support.reliability import assert_not_cut, run_cases, sequence_example, write_records
 
+pytestmark = pytest.mark.slow
+
 FUZZ_SEED = 2026
 # Mutated cases per stage, the same on every machine (plus one unmutated).
 CASES_PER_STAGE = 10

@@ -54,6 +54,7 @@ def interrupted_at(code, stderr, signum, train_dir):
     return int(match.group(1))
 
 
+@pytest.mark.slow
 def test_training_saves_on_sigterm_and_sigint_and_resumes(tiny_data, tmp_path):
     """SIGTERM, then (rerun) two SIGINTs 10 ms apart (the second lands in the
     step or the save and waits), then a rerun to the end: each run resumes
@@ -95,6 +96,7 @@ def model_and_data(tmp_path_factory):
     return model, pattern
 
 
+@pytest.mark.slow
 def test_inference_interrupted_leaves_no_temporary_file(model_and_data, tmp_path):
     """The CSV (atomic_file): nothing written, nothing temporary left."""
     model, pattern = model_and_data
@@ -109,6 +111,7 @@ def test_inference_interrupted_leaves_no_temporary_file(model_and_data, tmp_path
     assert os.listdir(tmp_path) == []   # (not even the dir made for it)
 
 
+@pytest.mark.slow
 def test_sharded_inference_interrupted_says_which_parts_are_done(model_and_data, tmp_path):
     model, pattern = model_and_data
     output = tmp_path / "submission.csv"
@@ -196,6 +199,7 @@ def test_a_signal_raises_and_waits_for_a_deferred_block(interrupt_handlers):
     assert caught.value.line() == "interrupted (SIGTERM); kept"
 
 
+@pytest.mark.slow
 def test_cluster_tasks_interrupted(tiny_data, tmp_path):
     """Under TF_CONFIG: a worker that is not the chief just stops, with its
     line; the chief saves the step it was at; a parameter server stops."""

@@ -38,6 +38,8 @@ from support.members import make_member
 from support.reliability import Started, read_checkpoint, temp_leftovers
 from training import checkpoints
 
+pytestmark = pytest.mark.slow
+
 KILLS = 3
 # Tries per kill to land it while the work is in progress (the delay halves
 # after each one that came too late).

@@ -66,6 +66,7 @@ def wait_for_line(process, pattern, timeout=120.0):
     assert found.wait(timeout), f"no line matching {pattern!r}"
 
 
+@pytest.mark.slow
 def test_two_trainers_of_one_dir_and_a_killed_trainers_lock(tiny_data, tmp_path):
     """Two trainers started at once on one new dir: one trains, the other is
     refused (exit 2, one line naming the dir and the first one's pid). The

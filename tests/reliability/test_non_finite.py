@@ -17,6 +17,7 @@ import re
 import shutil
 
 import numpy as np
+import pytest
 
 from conftest import DBOF_FLAGS, TINY_CLASSES, run_module
 from ensemble import merge
@@ -98,6 +99,7 @@ def assert_latest_stays(train_dir: str, step: int, latest: int) -> None:
 # The trainer
 
 
+@pytest.mark.slow
 def test_trainer_stops_before_saving_a_non_finite_variable(tiny_data, tmp_path):
     """--base_learning_rate=1e8 drives a batch-norm moving_variance to +Inf while
     the loss stays finite (the issue's run): the trainer stops at the first
@@ -121,6 +123,7 @@ def test_trainer_stops_before_saving_a_non_finite_variable(tiny_data, tmp_path):
     assert_latest_stays(train_dir, step, latest)
 
 
+@pytest.mark.slow
 def test_trainer_stops_on_a_non_finite_loss(tiny_data, tmp_path):
     """--base_learning_rate=1e18 makes the loss NaN at once: one line naming
     the loss, the step and the checkpoint that stays the latest.
@@ -185,6 +188,7 @@ def _stage_cases(tiny_models, tiny_data, tmp_path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_stages_refuse_a_checkpoint_holding_nan_or_inf(tiny_models, tiny_data, tmp_path):
     """SWA, the bf16 conversion, the ensemble build, the export, stacking,
     teacher records and a resumed training each refuse a checkpoint holding
@@ -253,6 +257,7 @@ def test_the_check_reads_bf16_skips_slots_and_sees_rewrites(tiny_models, tmp_pat
 # Inference
 
 
+@pytest.mark.slow
 def test_inference_refuses_a_nan_score(tiny_models, tiny_data, tmp_path):
     """A model whose weights are finite but overflow (gate weights 3e38: the
     gating softmax of +Inf logits is NaN) scores NaN: ensemble.inference

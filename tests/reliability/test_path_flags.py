@@ -152,6 +152,7 @@ def expected_cases(modules: Sequence[str], per_kind: dict) -> int:
                for kind in PATH_FLAGS[module].values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("half", [0, 1])
 def test_every_path_flag_over_bad_paths(half, tmp_path):
     """The exact number of cases, from PATH_FLAGS and CASES_BY_KIND (it was

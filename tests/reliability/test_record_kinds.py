@@ -93,6 +93,7 @@ def test_detect_compression(tmp_path):
 # Compression: every reading path gives the same result
 
 
+@pytest.mark.slow
 def test_compressed_copies_evaluate_and_predict_the_same(tiny_data, tiny_models, tmp_path):
     plain = str(tiny_data / "frame" / "validate*.tfrecord")
     copies = {kind: compressed_copy(plain, tmp_path / kind, kind) for kind in ("GZIP", "ZLIB")}
@@ -120,6 +121,7 @@ def test_compressed_copies_evaluate_and_predict_the_same(tiny_data, tiny_models,
         model.close()
 
 
+@pytest.mark.slow
 def test_training_on_compressed_copies(tiny_data, tmp_path):
     """The same run on the GZIP and ZLIB copies (ZLIB through the skip-corrupt
     reader) ends at exactly the same loss as on the plain files."""
@@ -257,6 +259,7 @@ def test_entry_points_refuse_before_loading(tiny_data, tiny_models, tmp_path, mo
     assert not out_dir.exists()
 
 
+@pytest.mark.slow
 def test_command_lines_refuse_before_any_work(tiny_data, tiny_models, tmp_path):
     """Training on video-level records and evaluating the test split used to
     run (zero-frame videos; all-zero metrics); distillation on plain records

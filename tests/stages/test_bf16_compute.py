@@ -59,6 +59,7 @@ def predict(member_dirs, features, num_frames, mode=None, tile_num=3, graph_out=
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", list(PRESETS))
 def test_each_mode_is_within_tolerance_of_float32(pairs, key):
     fp32_dir, bf16_dir = pairs[key]
@@ -75,6 +76,7 @@ def test_each_mode_is_within_tolerance_of_float32(pairs, key):
     np.testing.assert_allclose(out["bfloat16"], out["cast_each_step"], atol=0.01)
 
 
+@pytest.mark.slow
 def test_graphs_of_the_modes(pairs):
     """cast_at_load: float32 variables; bfloat16: bf16 variables and the
     weight matmuls in bf16, the hidden layer's float32 view unused."""
@@ -102,6 +104,7 @@ def test_graphs_of_the_modes(pairs):
                       "bfloat16": {tf.bfloat16}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_export_stays_bf16_and_loads_like_starter(pairs, tmp_path, mode):
     members = [pairs["dbof"][1], pairs["gru"][1], pairs["netvlad"][0]]
@@ -132,6 +135,7 @@ def test_export_stays_bf16_and_loads_like_starter(pairs, tmp_path, mode):
     assert variables == ({tf.float32} if mode == "cast_at_load" else {tf.bfloat16})
 
 
+@pytest.mark.slow
 def test_same_export_size_in_every_mode(pairs, tmp_path):
     sizes = {}
     for mode in MODES:
@@ -178,6 +182,7 @@ def test_bad_modes(pairs, tmp_path):
         prediction.open_model(out_dir, bf16_compute="bfloat16")
 
 
+@pytest.mark.slow
 def test_command_line_flag(pairs, tmp_path):
     out_dir = str(tmp_path / "cli")
     run_module("ensemble.build", f"--model_dirs={pairs['dbof'][1]}", f"--output_dir={out_dir}",

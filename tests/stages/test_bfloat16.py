@@ -370,6 +370,7 @@ def chain(tiny_data, tmp_path_factory):
             "validate": str(tiny_data / "frame" / "validate*.tfrecord")}
 
 
+@pytest.mark.slow
 def test_chain_outputs(chain):
     swa_info = json.loads(Path(chain["SWA_DIR"], "swa.json").read_text())
     assert [c["step"] for c in swa_info["checkpoints"]] == [20, 30]
@@ -391,6 +392,7 @@ def test_chain_outputs(chain):
     assert flags.checkpoint_dtype == "bfloat16" and flags.model == "Soft-DBoF-4k"
 
 
+@pytest.mark.slow
 def test_eval_cli_on_bf16_dir(chain):
     completed = run_module("training.eval", f"--train_dir={chain['BF16_DIR']}",
                            f"--eval_data_pattern={chain['validate']}", "--run_once",

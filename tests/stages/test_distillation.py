@@ -131,6 +131,7 @@ def test_settings_are_validated():
     distill.check_settings(1.0, "sum_to_members", 5)
 
 
+@pytest.mark.slow
 def test_student_moves_toward_teacher(teacher_records, tmp_path):
     flags = tiny_flags()
     train_dir = str(tmp_path / "student")
@@ -153,6 +154,7 @@ def test_student_moves_toward_teacher(teacher_records, tmp_path):
     assert after["label_ce"] > after["teacher_ce"]
 
 
+@pytest.mark.slow
 def test_warm_start_loads_model_variables_only(tiny_data, teacher_records, tmp_path):
     flags = tiny_flags()
     source = str(tmp_path / "source")
@@ -193,6 +195,7 @@ def test_warm_start_loads_model_variables_only(tiny_data, teacher_records, tmp_p
     np.testing.assert_allclose(seen["predictions"], reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_command_line(teacher_records, tmp_path):
     common = [f"--train_data_pattern={teacher_records}", "--model=FrameMeanMoeModel",
               f"--num_classes={TINY_CLASSES}", "--batch_size=8", "--num_readers=1",

@@ -7,11 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO_ROOT
 from models.tf_compat import tf
 from support.training_runs import free_ports, start_task, wait_for
 from training import checkpoints
+
+pytestmark = pytest.mark.slow
 
 
 def test_ps_and_two_workers_with_a_worker_restart(tiny_data, tmp_path):

@@ -81,6 +81,7 @@ def zoo(tiny_data, tmp_path_factory):
 # Export and starter-style loading
 
 
+@pytest.mark.slow
 def test_export_loads_like_starter_and_matches_builder(zoo, tmp_path):
     members = [zoo["a"], zoo["gru"], zoo["dbof_bf16"], zoo["b_bf16"]]
     weights = [1.0, 2.0, 3.0, 4.0]
@@ -300,6 +301,7 @@ def test_size_limit(zoo, tmp_path, monkeypatch):
     assert (tmp_path / "big" / "inference_model.meta").is_file()
 
 
+@pytest.mark.slow
 def test_command_line_with_evaluation(zoo, tiny_data, tmp_path):
     out_dir = str(tmp_path / "ensemble")
     pattern = str(tiny_data / "frame" / "validate*.tfrecord")

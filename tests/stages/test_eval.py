@@ -32,6 +32,7 @@ def trained_dir(tiny_data, tmp_path_factory):
     return train_dir
 
 
+@pytest.mark.slow
 def test_evaluate_checkpoint_metrics(trained_dir, tiny_data):
     pattern = str(tiny_data / "frame" / "validate*.tfrecord")
     result = evaluation.evaluate_checkpoint(trained_dir,
@@ -43,6 +44,7 @@ def test_evaluate_checkpoint_metrics(trained_dir, tiny_data):
     assert np.isfinite(result["loss"]) and 0 <= result["perr"] <= 1 and 0 <= result["map"] <= 1
 
 
+@pytest.mark.slow
 def test_eval_metrics_equal_numpy_on_collected_predictions(trained_dir, tiny_data):
     """The streaming accumulation over batches equals metrics on all data."""
     pattern = str(tiny_data / "frame" / "validate*.tfrecord")
@@ -63,6 +65,7 @@ def test_eval_metrics_equal_numpy_on_collected_predictions(trained_dir, tiny_dat
     assert streamed["hit_at_one"] == pytest.approx(metrics.hit_at_one(predictions, labels))
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_json_and_events(trained_dir, tiny_data):
     completed = run_module("training.eval", f"--train_dir={trained_dir}",
                            f"--eval_data_pattern={tiny_data / 'frame' / 'validate*.tfrecord'}",
@@ -76,6 +79,7 @@ def test_eval_cli_writes_json_and_events(trained_dir, tiny_data):
     assert os.listdir(os.path.join(trained_dir, "eval"))
 
 
+@pytest.mark.slow
 def test_eval_cli_errors(tmp_path, tiny_data):
     no_flags = run_module("training.eval", f"--train_dir={tmp_path}",
                           f"--eval_data_pattern={tiny_data / 'frame' / 'validate*.tfrecord'}",
@@ -84,6 +88,7 @@ def test_eval_cli_errors(tmp_path, tiny_data):
     assert "Traceback" not in no_flags.stderr
 
 
+@pytest.mark.slow
 def test_bf16_compute_modes_of_a_bfloat16_checkpoint(tiny_models, tiny_data):
     bf16_dir = tiny_models["dbof_bf16"]
     path = checkpoints.find_checkpoint(bf16_dir)
@@ -98,6 +103,7 @@ def test_bf16_compute_modes_of_a_bfloat16_checkpoint(tiny_models, tiny_data):
     assert results["bfloat16"]["num_examples"] == 32
 
 
+@pytest.mark.slow
 def test_eval_cli_bf16_compute(tiny_models, tiny_data, tmp_path):
     import shutil
 
@@ -144,6 +150,7 @@ def short_dir(tiny_models, tmp_path):
     return str(target)
 
 
+@pytest.mark.slow
 def test_recompute_changes_bn_statistics_and_metrics(tiny_models, tiny_data, tmp_path,
                                                      monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -198,6 +205,7 @@ def test_recomputed_copy_is_removed_on_error(tiny_models, tiny_data, tmp_path, m
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_eval_cli_recompute_keeps_the_checkpoint(short_dir, tiny_data, tmp_path):
     before = checkpoint_files(short_dir)
     scratch = tmp_path / "scratch"
@@ -216,6 +224,7 @@ def test_eval_cli_recompute_keeps_the_checkpoint(short_dir, tiny_data, tmp_path)
     assert os.listdir(scratch) == []                 # the recomputed copy is removed
 
 
+@pytest.mark.slow
 def test_eval_cli_notes_unconverged_statistics(short_dir, tiny_models, tiny_data, tmp_path):
     completed = run_module(*eval_args(short_dir, tiny_data))
     notes = [line for line in completed.stdout.splitlines() if line.startswith("note:")]
@@ -276,6 +285,7 @@ def test_convergence_note_threshold_and_dirs(tmp_path, tiny_models):
     assert "before the conversion (swa.average --bn_statistics=recompute)" in bf16_note
 
 
+@pytest.mark.slow
 def test_eval_cli_bn_statistics_errors(short_dir, tiny_models, tiny_data):
     before = checkpoint_files(short_dir)
     recompute = "--bn_statistics=recompute"
@@ -298,6 +308,7 @@ def test_eval_cli_bn_statistics_errors(short_dir, tiny_models, tiny_data):
     assert checkpoint_files(short_dir) == before
 
 
+@pytest.mark.slow
 def test_recompute_on_an_swa_dir(tiny_models, tiny_data):
     """An SWA dir (no global_step, no optimizer slots) recomputes like a train dir."""
     swa_dir = tiny_models["dbof_swa"]
@@ -308,6 +319,7 @@ def test_recompute_on_an_swa_dir(tiny_models, tiny_data):
     assert result["num_examples"] == 32 and 0 < result["gap"] <= 1
 
 
+@pytest.mark.slow
 def test_eval_keeps_per_video_records_and_skips_what_was_measured(trained_dir, tiny_data):
     """The evaluation keeps each video's top-k beside eval_results.json; with
     --skip_evaluated a second run of the same measurement does not measure

@@ -48,6 +48,7 @@ def read_rows(path):
     return lines[0], [line.split(",", 1) for line in lines[1:]]
 
 
+@pytest.mark.slow
 def test_csv_on_unlabelled_test_split(models, unlabelled, tmp_path):
     output = str(tmp_path / "sub" / "submission.csv")
     lines = []
@@ -70,6 +71,7 @@ def test_csv_on_unlabelled_test_split(models, unlabelled, tmp_path):
     assert check_submission(output20, num_classes=TINY_CLASSES) == 32
 
 
+@pytest.mark.slow
 def test_csv_scores_are_the_models_predictions(models, unlabelled, tmp_path):
     """The single-model path writes the top-k of the model's own predictions."""
     output = str(tmp_path / "gru.csv")
@@ -94,6 +96,7 @@ def test_csv_scores_are_the_models_predictions(models, unlabelled, tmp_path):
         np.testing.assert_allclose(scores, row[labels], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_model_tgz_round_trip(models, unlabelled, tmp_path):
     tgz = str(tmp_path / "upload" / "model.tgz")
     first = str(tmp_path / "first.csv")
@@ -109,6 +112,7 @@ def test_model_tgz_round_trip(models, unlabelled, tmp_path):
         assert a.read() == b.read()
 
 
+@pytest.mark.slow
 def test_single_model_dir_and_its_upload(models, unlabelled, tmp_path):
     """A bf16 single model dir: CSV, and the exported upload gives the same CSV."""
     tgz = str(tmp_path / "single.tgz")
@@ -190,6 +194,7 @@ def test_score_format_and_top_k():
         inference.format_lines(np.array([b"x"]), np.array([[np.nan, 0.1]], np.float32), 2)
 
 
+@pytest.mark.slow
 def test_command_line(models, unlabelled, tmp_path):
     output = str(tmp_path / "cli.csv")
     done = run_module("ensemble.inference", f"--train_dir={models['ensemble']}",

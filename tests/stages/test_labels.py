@@ -198,6 +198,7 @@ def test_tsv_path():
 # inference: the TSV beside the CSV
 
 
+@pytest.mark.slow
 def test_tsv_of_a_run_and_the_csv_unchanged(models, unlabelled, vocab, tmp_path):
     plain = str(tmp_path / "plain" / "submission.csv")
     named = str(tmp_path / "named" / "submission.csv")
@@ -278,6 +279,7 @@ def run_workers(models, test_files, output, workers=2, **extra):
                       num_shards=workers, shard_index=index, **extra)
 
 
+@pytest.mark.slow
 def test_merge_writes_the_same_tsv(models, test_files, vocab, tmp_path):
     output = str(tmp_path / "sharded" / "submission.csv")
     lines = []
@@ -309,6 +311,7 @@ def test_merge_writes_the_same_tsv(models, test_files, vocab, tmp_path):
     assert "Näme" in (tmp_path / "sharded" / "submission.top5.tsv").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_merge_checks_the_vocabulary_before_reading_parts(models, test_files, vocab, tmp_path):
     output = str(tmp_path / "submission.csv")
     run_workers(models, test_files, output, workers=1)
@@ -326,6 +329,7 @@ def test_merge_checks_the_vocabulary_before_reading_parts(models, test_files, vo
     assert sorted(os.listdir(tmp_path)) == ["submission.csv.parts", "submission.top5.tsv"]
 
 
+@pytest.mark.slow
 def test_merge_of_older_parts_checks_the_tsv_labels(models, test_files, tmp_path):
     """Records without num_classes (older runs): a top-5 label without a name
     fails while the TSV is written, and neither the CSV nor the TSV is left."""
@@ -380,6 +384,7 @@ def cli_cases(tmp_path, vocab, models, unlabelled, test_files, merged_output):
     return [(call[0], completed, call[2], call[1]) for call, completed in zip(calls, done)]
 
 
+@pytest.mark.slow
 def test_command_line_errors(models, unlabelled, test_files, vocab, tmp_path):
     merged = str(tmp_path / "merged" / "submission.csv")
     run_workers(models, test_files, merged, workers=1)
@@ -401,6 +406,7 @@ def test_command_line_errors(models, unlabelled, test_files, vocab, tmp_path):
     assert not [entry for entry in os.listdir(tmp_path / "cases") if entry.endswith("-out")]
 
 
+@pytest.mark.slow
 def test_ensemble_infer_script_with_label_names(models, test_files, vocab, tmp_path):
     """run_scripts/ensemble_infer.sh LABEL_NAMES=...: the TSV beside the CSV."""
     output = tmp_path / "submission.csv"

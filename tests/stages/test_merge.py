@@ -107,6 +107,7 @@ def sharded_csv(ensemble_dir, test_files, output, workers, batch_size=4):
     return merge.merge(readers.resolve_files(test_files), output)
 
 
+@pytest.mark.slow
 def test_merged_csv_is_the_same_for_1_2_and_3_workers(ensemble_dir, test_files, tmp_path):
     texts = []
     for workers in (1, 2, 3):
@@ -125,6 +126,7 @@ def test_merged_csv_is_the_same_for_1_2_and_3_workers(ensemble_dir, test_files, 
         assert handle.read() == texts[0]
 
 
+@pytest.mark.slow
 def test_a_rerun_redoes_only_unfinished_parts(ensemble_dir, test_files, tmp_path):
     output = str(tmp_path / "submission.csv")
     sharded_csv(ensemble_dir, test_files, output, 2)
@@ -141,6 +143,7 @@ def test_a_rerun_redoes_only_unfinished_parts(ensemble_dir, test_files, tmp_path
     assert merge.merge(files, output, overwrite=True) == 45
 
 
+@pytest.mark.slow
 def test_merge_refuses_missing_foreign_and_duplicate_parts(ensemble_dir, test_files, tmp_path):
     output = str(tmp_path / "submission.csv")
     sharded_csv(ensemble_dir, test_files, output + ".base", 1)
@@ -176,6 +179,7 @@ def test_merge_refuses_missing_foreign_and_duplicate_parts(ensemble_dir, test_fi
     assert not os.path.exists(output)
 
 
+@pytest.mark.slow
 def test_merge_and_shards_on_the_command_line(ensemble_dir, test_files, tmp_path):
     output = str(tmp_path / "submission.csv")
     started_at = time.time() - 1
@@ -201,6 +205,7 @@ def test_merge_and_shards_on_the_command_line(ensemble_dir, test_files, tmp_path
     assert bad.stderr.strip().splitlines() == ["error: --shard_index: must be in [0, 2), got 2"]
 
 
+@pytest.mark.slow
 def test_ensemble_infer_script_runs_workers_and_merges(ensemble_dir, test_files, tmp_path):
     """run_scripts/ensemble_infer.sh with 2 workers on the CPU: the merged CSV
     equals the one-process CSV; a rerun keeps the finished parts."""

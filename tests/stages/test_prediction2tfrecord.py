@@ -36,6 +36,7 @@ def write_csv(path, ids, num_classes=CSV_CLASSES, pairs=20, seed=0):
     return expected
 
 
+@pytest.mark.slow
 def test_csv_round_trip_keeps_records_and_encodes_all_pairs(tiny_data, tmp_path):
     files = frame_files(tiny_data)
     expected = write_csv(tmp_path / "teacher.csv", video_ids(files))
@@ -75,6 +76,7 @@ def test_csv_round_trip_keeps_records_and_encodes_all_pairs(tiny_data, tmp_path)
     assert "done: 0 videos in 0 files written, 2 files already present" in again.stdout
 
 
+@pytest.mark.slow
 def test_missing_id_is_an_error_or_skipped_and_counted(tiny_data, tmp_path):
     files = frame_files(tiny_data)
     ids = video_ids(files)
@@ -143,6 +145,7 @@ def test_shard_groups_split_files_disjointly():
         write.select_files(files, 0, 0)
 
 
+@pytest.mark.slow
 def test_parallel_groups_write_every_file_once(tiny_data, tmp_path):
     files = frame_files(tiny_data)
     write_csv(tmp_path / "teacher.csv", video_ids(files))
@@ -181,6 +184,7 @@ def teacher_model(tiny_data, tmp_path_factory):
     return {"model": dirs[0], "ensemble": ensemble_dir}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["model", "ensemble"])
 def test_teacher_dir_gives_the_models_predictions(tiny_data, teacher_model, tmp_path, kind):
     from training import predict
@@ -209,6 +213,7 @@ def test_teacher_dir_gives_the_models_predictions(tiny_data, teacher_model, tmp_
         assert np.count_nonzero(teacher) == 10
 
 
+@pytest.mark.slow
 def test_teacher_dir_class_count_must_match(teacher_model, tiny_data, tmp_path):
     failed = run_module("prediction2tfrecord.write",
                         f"--input_data_pattern={tiny_data / 'frame' / 'validate*.tfrecord'}",

@@ -237,6 +237,7 @@ def many_videos(tmp_path_factory) -> str:
     return str(root / "frame" / "validate*.tfrecord")
 
 
+@pytest.mark.slow
 def test_int8_moves_gap_by_at_most_the_tolerance(tiny_models, int8_dirs, many_videos):
     """int8 storage moves GAP@20 by at most quantize.GAP_TOLERANCE (0.001):
     the 95% paired bootstrap interval of GAP(int8) - GAP(float32) over 2000
@@ -279,6 +280,7 @@ def test_bench_int8_fails_when_a_gap_moves_over_the_tolerance(capsys):
     assert err.strip() == "bench_int8: int8 moves the GAP of ensemble by more than 0.001"
 
 
+@pytest.mark.slow
 def test_ensemble_export_keeps_int8_exactly(int8_dirs, tiny_models, tmp_path, tiny_data):
     out = str(tmp_path / "ensemble")
     payload = build.build_and_export([int8_dirs["dbof"], int8_dirs["gru"]], [1, 1], out,
@@ -330,6 +332,7 @@ def test_ensemble_target_bytes_quantises_at_build(tiny_models, tmp_path):
     assert min(sizes.values()) >= 256
 
 
+@pytest.mark.slow
 def test_int8_refused_by_swa_and_training(int8_dirs, tiny_data, tmp_path):
     completed = run_module("swa.average", f"--train_dir={int8_dirs['dbof']}",
                            f"--output_dir={tmp_path / 'swa'}", "--last_n=1", check=False)
@@ -376,6 +379,7 @@ def test_member_graph_plans_nothing_when_it_fits(tiny_models):
 
 
 
+@pytest.mark.slow
 def test_stacking_and_teacher_records_take_int8_dirs(int8_dirs, tiny_models, tiny_data):
     pattern = str(tiny_data / "frame" / "validate*.tfrecord")
     ids, predictions, labels, members = fit.member_predictions(

@@ -118,6 +118,7 @@ def test_a_stale_train_dir_evaluation_is_refused(tmp_path):
         build(dirs, heldout)
 
 
+@pytest.mark.slow
 def test_cli_writes_json_and_png(tmp_path):
     dirs, heldout = make_run(tmp_path)
     out = tmp_path / "out" / "report"
@@ -140,6 +141,7 @@ def test_cli_writes_json_and_png(tmp_path):
     assert chosen.stdout.strip() == str(dirs["stacked"])
 
 
+@pytest.mark.slow
 def test_report_errors(tmp_path):
     dirs, heldout = make_run(tmp_path)
     with pytest.raises(UserError, match="--train_dirs: 1 dirs for 2 --model_dirs"):

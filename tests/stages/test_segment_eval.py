@@ -107,6 +107,7 @@ def _segment_scores_one_by_one(model, pattern):
     return np.array(scores, np.float32), np.array(labels), np.array(ratings)
 
 
+@pytest.mark.slow
 def test_segment_eval_scores_each_segment_on_its_frames(trained_dir, segment_pattern):
     """The batched reader path equals feeding each segment alone, and the
     model trained on video labels ranks the rated segments well.
@@ -127,6 +128,7 @@ def test_segment_eval_scores_each_segment_on_its_frames(trained_dir, segment_pat
     assert result["num_segments"] == 24 * 5 and result["segment_map"] > chance + 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dbof_train", "dbof_swa", "dbof_bf16"])
 def test_eval_cli_segment_labels(tiny_models, segment_pattern, kind):
     """Mutation tried: _evaluate ignoring --segment_labels -> the video-level
@@ -142,6 +144,7 @@ def test_eval_cli_segment_labels(tiny_models, segment_pattern, kind):
     assert saved["evaluations"][saved["key"]]["segment_size"] == 5
 
 
+@pytest.mark.slow
 def test_eval_cli_segment_labels_refuses_2018_records(tiny_models, tiny_data):
     completed = run_module("training.eval", f"--train_dir={tiny_models['dbof_train']}",
                            f"--eval_data_pattern={tiny_data / 'frame' / 'validate*.tfrecord'}",
@@ -150,6 +153,7 @@ def test_eval_cli_segment_labels_refuses_2018_records(tiny_models, tiny_data):
     assert "Traceback" not in completed.stderr and len(completed.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_segment_eval_of_the_exported_ensemble(tiny_models, segment_pattern):
     """The exported ensemble dir (loaded the starter way) scores segments
     through the same loop; its members' bf16 dirs too, and the ensemble's
@@ -169,6 +173,7 @@ def test_segment_eval_of_the_exported_ensemble(tiny_models, segment_pattern):
     assert results["ensemble"]["segment_map"] >= worst - 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*presets.PRESET_NAMES, "FrameMeanMoeModel"])
 def test_a_segment_at_its_real_length_scores_as_padded(name):
     """Every model, as the evaluation and the tiled ensemble run it (frame
@@ -206,6 +211,7 @@ def test_a_segment_at_its_real_length_scores_as_padded(name):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_exported_ensemble_scores_real_length_segments_as_padded(tiny_models,
                                                                      segment_pattern):
     """The tiled export (shared frame work, bf16 members) takes 5-frame
@@ -236,6 +242,7 @@ def test_the_exported_ensemble_scores_real_length_segments_as_padded(tiny_models
     assert scores[None].shape == (120, 10)
 
 
+@pytest.mark.slow
 def test_eval_cli_segment_labels_on_the_exported_ensemble(tiny_models, segment_pattern,
                                                          tmp_path):
     """training.eval --segment_labels takes the ensemble dir of ensemble.build
@@ -271,6 +278,7 @@ def test_eval_cli_segment_labels_on_the_exported_ensemble(tiny_models, segment_p
     assert len(refused.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_skip_evaluated_keeps_segment_and_video_records_apart(tiny_models, segment_pattern,
                                                              tmp_path):
     """--skip_evaluated: a segment evaluation on record is printed, not run

@@ -27,6 +27,7 @@ def segment_pattern(tmp_path_factory):
     return segment_data(tmp_path_factory, "segment_submission_data", videos_per_shard=12)
 
 
+@pytest.mark.slow
 def test_inference_segment_labels_writes_a_checked_submission(tiny_models, segment_pattern,
                                                              tmp_path):
     """Mutation tried: ClassTopK.ranked returning the buffer without the final
@@ -84,6 +85,7 @@ def test_label_ids_file_errors(tmp_path):
         seg.read_label_ids(str(path), 10)
 
 
+@pytest.mark.slow
 def test_sharded_parts_merge_to_the_one_process_csv(tiny_models, tmp_path):
     """Mutation tried: the merge breaking ties by the later segment number
     (lexsort((-numbers, -scores))) -> with the rounded scores the merged CSV
@@ -144,6 +146,7 @@ def _parts(model_dir, pattern, output, shards, **kwargs):
     ("inputs", "segments-00001-of-00002.npz: read other input files"),
     ("num_shards", "segments-00000-of-00003.npz: a part of a run with --num_shards=3"),
 ])
+@pytest.mark.slow
 def test_merge_refuses_parts_of_other_runs(tiny_models, three_files, tmp_path, case, message):
     """Each part carries its shard, the whole sorted input and a run key (the
     model's files and the flags); the merge names the first part that does
@@ -170,6 +173,7 @@ def test_merge_refuses_parts_of_other_runs(tiny_models, three_files, tmp_path, c
     assert len(completed.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
+@pytest.mark.slow
 def test_segment_labels_with_the_model_tgz_flags(tiny_models, three_files, tmp_path):
     """--output_model_tgz writes the upload beside the segment CSV; the CSV of
     --input_model_tgz=<that upload> is the same; --label_names is refused in

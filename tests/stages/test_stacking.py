@@ -64,6 +64,7 @@ def test_bad_parameterization():
         fit.fit_weights(predictions, labels, "free")
 
 
+@pytest.mark.slow
 def test_end_to_end_through_model_dirs(tiny_data, tmp_path):
     from bfloat16_patch import convert
     from ensemble import build
@@ -100,6 +101,7 @@ def test_end_to_end_through_model_dirs(tiny_data, tmp_path):
     np.testing.assert_allclose(loaded, weights, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_command_line_errors(tiny_data, tmp_path):
     completed = run_module("stacking.fit", f"--model_dirs={tmp_path / 'missing'}",
                            f"--data_pattern={tiny_data / 'frame' / 'validate*.tfrecord'}",

@@ -63,6 +63,7 @@ def dir_snapshot(directory):
 # The mean
 
 
+@pytest.mark.slow
 def test_average_equals_numpy_mean(dbof_dir, tmp_path):
     before = dir_snapshot(dbof_dir)
     output = str(tmp_path / "swa")
@@ -156,6 +157,7 @@ def test_recompute_is_mean_of_batch_statistics_numpy():
                                rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_recompute_on_trained_model(dbof_dir, tiny_data, tmp_path):
     output = str(tmp_path / "swa")
     info = swa.average(dbof_dir, output, swa_start=20, bn_statistics="recompute",
@@ -273,6 +275,7 @@ def test_existing_output_and_overwrite(tmp_path):
         swa.average(train_dir, str(tmp_path), swa_start=0, overwrite=True, log=None)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     train_dir = fake_train_dir(tmp_path, {3: {"tower/a": [2]}})
     completed = run_module("swa.average", f"--train_dir={train_dir}",
@@ -304,6 +307,7 @@ def test_memory_does_not_grow_with_checkpoints(tmp_path):
     np.testing.assert_allclose(result["tower/big"], 3.5)
 
 
+@pytest.mark.slow
 def test_window_chosen_on_the_fitting_files(dbof_dir, tiny_data, tmp_path):
     """--choose_window_on averages each candidate window, evaluates it on the
     given files only and keeps the best (ties: the smaller window); swa.json

@@ -17,6 +17,7 @@ from training import train_dir as train_dirs
 from training.cli import UserError
 
 
+@pytest.mark.slow
 def test_trains_checkpoints_and_resumes(tiny_data, tmp_path):
     train_dir = str(tmp_path / "run")
     flags = tiny_flags()
@@ -42,6 +43,7 @@ def test_trains_checkpoints_and_resumes(tiny_data, tmp_path):
     assert checkpoints.list_checkpoints(train_dir)[-1][0] == 50
 
 
+@pytest.mark.slow
 def test_loss_falls(tiny_data, tmp_path):
     losses = []
 
@@ -65,6 +67,7 @@ def test_num_epochs_stops_training(tiny_data, tmp_path):
     assert checkpoints.list_checkpoints(str(tmp_path))[-1][0] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
 def test_two_cpu_towers(tiny_data, tmp_path, matmul_dtype):
     lines = []
@@ -120,6 +123,7 @@ def test_learning_rate_is_staircase_in_examples(tiny_data):
                 assert sess.run(ops["learning_rate"]) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_update_every_step(tiny_data, tmp_path):
     """A model with batch norm: its moving statistics move during training."""
     from models import registry
@@ -157,6 +161,7 @@ def test_model_flags_mismatch_is_a_clear_error(tmp_path):
                                      start_new=False)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tiny_data, tmp_path):
     missing = run_module("training.train", f"--train_dir={tmp_path}",
                          "--train_data_pattern=/nonexistent/*.tfrecord", check=False)
@@ -169,6 +174,7 @@ def test_cli_errors_are_one_line(tiny_data, tmp_path):
     assert "Traceback" not in wrong.stderr
 
 
+@pytest.mark.slow
 def test_cli_trains_and_writes_flags(tiny_data, tmp_path):
     run_module("training.train", f"--train_dir={tmp_path}",
                f"--train_data_pattern={train_pattern(tiny_data)}",
@@ -207,6 +213,7 @@ def _matmul_dtypes(graph):
             if op.type == "MatMul" and "gradients" not in op.name.split("/")}
 
 
+@pytest.mark.slow
 def test_bfloat16_matmuls_keep_float32_variables_and_slots():
     graph, _ = _train_graph(tiny_flags("nonlocal-NetVLADModel", **TINY_NETVLAD), "bfloat16")
     weight_products = [op for op in graph.get_operations() if op.type == "MatMul"
@@ -247,6 +254,7 @@ def _first_step_gradients(matmul_dtype):
             return sess.run(loss), {v.op.name: g for v, g in zip(variables, sess.run(grads))}
 
 
+@pytest.mark.slow
 def test_bfloat16_gradients_are_float32_gradients_to_bfloat16_precision():
     loss32, grads32 = _first_step_gradients("float32")
     loss16, grads16 = _first_step_gradients("bfloat16")
@@ -262,6 +270,7 @@ def test_bfloat16_gradients_are_float32_gradients_to_bfloat16_precision():
     assert differs  # the bf16 products really ran
 
 
+@pytest.mark.slow
 def test_bfloat16_training_learns_and_writes_float32_checkpoints(tiny_data, tmp_path):
     losses, lines = [], []
 
@@ -284,6 +293,7 @@ def test_bfloat16_training_learns_and_writes_float32_checkpoints(tiny_data, tmp_
     assert {d for n, d in dtypes.items() if n != "global_step"} == {tf.float32}
 
 
+@pytest.mark.slow
 def test_matmul_dtype_flag_errors_are_one_line(tiny_data, tmp_path):
     with pytest.raises(UserError, match="--matmul_dtype"):
         train_graph.check_matmul_dtype("float16")
@@ -295,6 +305,7 @@ def test_matmul_dtype_flag_errors_are_one_line(tiny_data, tmp_path):
         "error: --matmul_dtype: one of float32, bfloat16, got 'half'"]
 
 
+@pytest.mark.slow
 def test_averaging_tail_rate_cadence_and_kept_checkpoints(tiny_data, tmp_path):
     """After --max_steps the tail runs at its constant rate, saving every
     swa_save_steps, and every tail checkpoint is kept (max_to_keep=2 would drop

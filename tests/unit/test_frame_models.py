@@ -382,6 +382,7 @@ def tiny_inputs(seed=0, batch=3):
     return model_input / np.maximum(norms, 1e-6), num_frames
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("name", PRESETS)
 def test_tiny_forward_matches_numpy(name, training):
@@ -411,6 +412,7 @@ def run_tiny(name, model_input, num_frames, training, hparams=None, seed=2018):
         return sess.run(predictions, {x: model_input, n: num_frames})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PRESETS)
 def test_zero_frame_video_gives_finite_output(name):
     model_input, num_frames = tiny_inputs(batch=6)
@@ -422,6 +424,7 @@ def test_zero_frame_video_gives_finite_output(name):
     assert np.isfinite(only_empty).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PRESETS)
 def test_padding_rows_are_never_read_and_seeded_sampling_repeats(name):
     model_input, num_frames = tiny_inputs(batch=3)

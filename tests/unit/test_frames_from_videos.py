@@ -51,6 +51,7 @@ def test_frames_keep_ids_labels_and_the_real_means(tmp_path):
         assert first.read() == second.read()
 
 
+@pytest.mark.slow
 def test_cli_test_split_and_bad_input(tmp_path):
     ok = run_module("training.frames_from_videos",
                     f"--input_pattern={SAMPLE / 'validate3227.tfrecord'}",

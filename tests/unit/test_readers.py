@@ -192,6 +192,7 @@ def test_video_reader_on_real_records():
     assert out["features"].max() <= 2.0078125 + 1e-6
 
 
+@pytest.mark.slow
 def test_eval_dataset_deterministic_complete_keeps_last_batch(synthetic_dirs):
     pattern = str(synthetic_dirs["video_dir"] / "*.tfrecord")
     reader = readers.VideoReader(num_classes=50)
@@ -206,6 +207,7 @@ def test_eval_dataset_deterministic_complete_keeps_last_batch(synthetic_dirs):
     assert two[0]["features"].shape == (4, 1152)
 
 
+@pytest.mark.slow
 def test_training_dataset_shuffles_by_seed(synthetic_dirs):
     pattern = str(synthetic_dirs["video_dir"] / "*.tfrecord")
     reader = readers.VideoReader(num_classes=50)

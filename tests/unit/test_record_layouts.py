@@ -85,6 +85,7 @@ def toy_reader(model_flags: ModelFlags) -> ToyReader:
                      model_flags.feature_size_list())
 
 
+@pytest.mark.slow
 def test_registered_layout_is_read_by_the_trainer(tiny_data, tmp_path, monkeypatch):
     """A kind registered at run time: the trainer reads its records with its
     reader, and the train dir's model_flags.json names it. Mutation:

@@ -105,6 +105,7 @@ def _tiny_model(name, **extra):
     return model_builder.build_model(model_flags)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SAMPLING_PRESETS)
 def test_predict_tiles_equals_the_naive_tiled_graph(name):
     """Same graph and op seeds: the same draws, so the same predictions."""
@@ -202,6 +203,7 @@ def seeded_members(tmp_path_factory):
     ]
 
 
+@pytest.mark.slow
 def test_exported_ensemble_shared_equals_naive(seeded_members, tmp_path):
     features, num_frames = edge_batch(3)
     weights = [1.0, 2.0, 3.0, 4.0]
@@ -221,6 +223,7 @@ def test_exported_ensemble_shared_equals_naive(seeded_members, tmp_path):
     np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_shared_is_the_default_and_the_flag(seeded_members, tmp_path):
     from conftest import run_module
 

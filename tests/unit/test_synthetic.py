@@ -160,6 +160,7 @@ def test_invalid_arguments(tmp_path):
         synthetic.write_dataset(str(tmp_path), split="../x")
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     ok = subprocess.run(

@@ -24,6 +24,7 @@ print(json.dumps(train.config_from_flags().to_json()))
 """
 
 
+@pytest.mark.slow
 def test_defaults_are_the_trainer_flag_defaults():
     """TrainConfig() is what `python -m training.train` runs with for a class
     name and no other flag. Mutation: TrainConfig.num_readers = 4 (the flag
