@@ -224,6 +224,22 @@ def test_training_dataset_shuffles_by_seed(synthetic_dirs):
     assert twice[:15] != twice[15:]
 
 
+# (Dataset.options() in graph mode warns that it reads the Python-side record.)
+@pytest.mark.filterwarnings("ignore:To make it possible to preserve tf.data options")
+def test_datasets_run_without_the_autotune_thread(synthetic_dirs):
+    """Both pipelines switch tf.data's autotuning thread off: destroying an
+    iterator (closing its session) waits for that thread's sleep, up to a
+    minute per process. Mutation: dropping the with_options fails both."""
+    pattern = str(synthetic_dirs["video_dir"] / "*.tfrecord")
+    reader = readers.VideoReader(num_classes=50)
+    with tf.Graph().as_default():
+        files = tf.constant([pattern.replace("*", "a")])
+        for dataset in (readers.make_dataset(reader, pattern, 4, training=True, seed=1),
+                        readers.make_dataset(reader, pattern, 4, training=False),
+                        readers.make_file_dataset(reader, files, 4)):
+            assert dataset.options().autotune.enabled is False
+
+
 def test_resolve_files_patterns_and_missing(synthetic_dirs, tmp_path):
     video_dir = synthetic_dirs["video_dir"]
     files = readers.resolve_files(f"{video_dir}/train01.tfrecord,{video_dir}/train0*.tfrecord")
