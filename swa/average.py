@@ -30,7 +30,7 @@ from absl import flags
 
 from models.tf_compat import tf
 from training import bn_statistics as bn_stats
-from training import checkpoint_fit, checkpoints, members, metrics, paths, readers
+from training import checkpoint_fit, checkpoints, members, metrics, paths, predict, readers
 from training import eval as evaluation
 from training import flags as shared_flags
 from training.cli import UserError, first_line, run_main
@@ -174,6 +174,43 @@ class CheckpointAverager:
         return value
 
 
+class CandidateGraphs:
+    """The graphs choose_window builds once and uses for every candidate
+    window: the training-mode graph that recomputes BN statistics
+    (bn_statistics.RecomputeGraph) and the evaluation graph of the model
+    (training.predict.open_model, pointed at each candidate with
+    reopen_single). Each use opens a new session, so a candidate's
+    statistics and GAP are the values that graphs built for it alone would
+    give. Close it when done."""
+
+    def __init__(self) -> None:
+        self.recompute: Optional[bn_stats.RecomputeGraph] = None
+        self.model: Optional[predict.LoadedModel] = None
+
+    def recompute_graph(self, model_flags, keys: Sequence[str], data_pattern: str,
+                        batch_size: int, seed: int, num_readers: int,
+                        compression: str) -> bn_stats.RecomputeGraph:
+        """The RecomputeGraph of the model (built on the first call)."""
+        if self.recompute is None:
+            self.recompute = bn_stats.RecomputeGraph(model_flags, keys, data_pattern,
+                                                     batch_size, seed, num_readers, compression)
+        return self.recompute
+
+    def model_at(self, model_dir: str, seed: int) -> predict.LoadedModel:
+        """The evaluation model restored from model_dir's checkpoint (the
+        graph built on the first call, with this seed)."""
+        checkpoint = checkpoints.find_checkpoint(model_dir)
+        if self.model is None:
+            self.model = predict.open_model(model_dir, seed=seed, checkpoint=checkpoint)
+        else:
+            predict.reopen_single(self.model, model_dir, checkpoint)
+        return self.model
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model.close()
+
+
 # ---------------------------------------------------------------------------
 # The stage
 
@@ -195,9 +232,12 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
             bn_statistics: str = "last", recompute_batches: int = 100,
             train_data_pattern: str = "", batch_size: int = 80, seed: int = 2018,
             num_readers: int = 4, overwrite: bool = False, log: Optional[Log] = print,
-            compression: str = "auto") -> Dict[str, Any]:
+            compression: str = "auto", graphs: Optional[CandidateGraphs] = None
+            ) -> Dict[str, Any]:
     """Writes the averaged dir; returns the content of swa.json (with
-    window_choice, choose_window's record, when the window was chosen)."""
+    window_choice, choose_window's record, when the window was chosen).
+    graphs: recompute in its RecomputeGraph (built on first use) rather
+    than in one built for this call; the same values either way."""
     if bn_statistics not in BN_MODES:
         raise UserError(f"--bn_statistics: must be one of {', '.join(BN_MODES)}, "
                         f"got {bn_statistics!r}")
@@ -219,9 +259,10 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
         save_path = os.path.join(tmp_dir, name)
         if bn_statistics == "recompute":
-            bn_stats.recompute_and_save(model_flags, averager.specs, averager, save_path,
-                                        train_data_pattern, recompute_batches, batch_size,
-                                        seed, num_readers, log, compression)
+            graph = (graphs or CandidateGraphs()).recompute_graph(
+                model_flags, [key for key, _, _ in averager.specs], train_data_pattern,
+                batch_size, seed, num_readers, compression)
+            graph.run(averager, save_path, recompute_batches, log)
         else:
             checkpoints.write_arrays_checkpoint(save_path, averager.specs, averager)
         shutil.copyfile(os.path.join(train_dir, checkpoints.MODEL_FLAGS_FILE),
@@ -277,13 +318,15 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
     # The candidates are written beside the output (same file system): the
     # best one is moved there rather than averaged again.
     scratch = tempfile.mkdtemp(prefix=".swa-windows-", dir=parent)
+    graphs = CandidateGraphs()
     try:
         best: Dict[str, Any] = {}
         best_dir = ""
         for window in sorted(windows):
             out = os.path.join(scratch, f"window{window}")
-            info = average(train_dir, out, last_n=window, log=None, **settings["average"])
-            gap = evaluate_on(out, fit_pattern, settings, log=None)["gap"]
+            info = average(train_dir, out, last_n=window, log=None, graphs=graphs,
+                           **settings["average"])
+            gap = evaluate_on(out, fit_pattern, settings, log=None, graphs=graphs)["gap"]
             steps = [entry["step"] for entry in info["checkpoints"]]
             log(f"window {window} (steps {steps[0]}-{steps[-1]}): GAP {gap:.4f} on the "
                 f"fitting files")
@@ -300,6 +343,7 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
                   "candidates": candidates}
         _install_candidate(best_dir, settings["output_dir"], settings["overwrite"], choice, log)
     finally:
+        graphs.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return choice
 
@@ -320,13 +364,22 @@ def _install_candidate(candidate_dir: str, output_dir: str, overwrite: bool,
 
 
 def evaluate_on(model_dir: str, data_pattern: str, settings: Dict[str, Any],
-                log: Optional[Log] = print) -> Dict[str, Any]:
-    """The metrics of the dir's checkpoint on data_pattern (no file written)."""
-    return evaluation.evaluate_checkpoint(
-        model_dir, checkpoints.find_checkpoint(model_dir), data_pattern,
-        settings["average"]["batch_size"], seed=settings["average"]["seed"],
-        num_readers=settings["average"]["num_readers"], log=log,
-        compression=settings["average"]["compression"], keep_videos=False)
+                log: Optional[Log] = print, graphs: Optional[CandidateGraphs] = None
+                ) -> Dict[str, Any]:
+    """The metrics of the dir's checkpoint on data_pattern (no file written),
+    as training.eval.evaluate_checkpoint measures them; graphs: in its
+    evaluation graph (built on first use), the same values."""
+    average_settings = settings["average"]
+    if graphs is None:
+        return evaluation.evaluate_checkpoint(
+            model_dir, checkpoints.find_checkpoint(model_dir), data_pattern,
+            average_settings["batch_size"], seed=average_settings["seed"],
+            num_readers=average_settings["num_readers"], log=log,
+            compression=average_settings["compression"], keep_videos=False)
+    model = graphs.model_at(model_dir, average_settings["seed"])
+    return predict.evaluate_model(model, data_pattern, average_settings["batch_size"],
+                                  num_readers=average_settings["num_readers"], log=log,
+                                  compression=average_settings["compression"])
 
 
 def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int,

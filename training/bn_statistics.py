@@ -152,61 +152,106 @@ def mean_of_batch_statistics(sess: tf.Session, statistics: Dict[str, tf.Tensor],
 # Recomputation
 
 
+class RecomputeGraph:
+    """The training-mode graph of one model, built once, that recomputes the
+    BN moving statistics of any weights of that model (run): swa.average
+    builds one for all its candidate windows instead of one per window.
+
+    Each run opens a new session on the graph, so its input pipeline and
+    random ops start from the same state every time: running the same
+    weights through two RecomputeGraphs or twice through one gives the same
+    values (the graph's op seeds come from tf.set_random_seed(seed) and the
+    order the ops were built in, which is the same every time)."""
+
+    def __init__(self, model_flags: ModelFlags, keys: Sequence[str], data_pattern: str,
+                 batch_size: int, seed: int = 2018, num_readers: int = 4,
+                 compression: str = "auto"):
+        """keys: the model variables the weights fill (checkpoint keys under
+        tower/); a UserError when the rebuilt graph has others, or a BN
+        statistic whose moving-average update is not found."""
+        self.batch_size = batch_size
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.set_random_seed(seed)
+            self.variables = _training_mode_model(model_flags, data_pattern, batch_size, seed,
+                                                  num_readers, compression)
+            if set(self.variables) != set(keys):
+                diff = sorted(set(self.variables) ^ set(keys))
+                raise UserError(f"model_flags.json: the rebuilt {model_flags.model} graph does "
+                                f"not match the checkpoints (first differing variable: "
+                                f"{diff[0]})")
+            self.statistics = _tracked_statistics(self.variables)
+            self.loaders = {}
+            for key, var in self.variables.items():
+                placeholder = tf.placeholder(var.dtype.base_dtype, var.shape)
+                self.loaders[key] = (tf.assign(var, placeholder), placeholder)
+            others = [var for var in tf.global_variables()
+                      if var.op.name not in self.variables]
+            self.init_others = tf.variables_initializer(others)
+            self.saver = tf.train.Saver(self.variables, save_relative_paths=True,
+                                        max_to_keep=None)
+
+    def run(self, produce: Callable[[str], np.ndarray], save_path: str, num_batches: int,
+            log: Optional[Log] = None) -> str:
+        """Loads produce(key) into every model variable, sets each BN
+        statistic to its exact mean over num_batches training batches and
+        saves the model variables at save_path (returned)."""
+        with tf.Session(graph=self.graph) as sess:
+            sess.run(self.init_others)
+            for key in sorted(self.variables):
+                assign, placeholder = self.loaders[key]
+                sess.run(assign.op, {placeholder: produce(key)})
+            if log:
+                log(f"recomputing {len(self.statistics)} BN statistics on {num_batches} "
+                    f"batches of {self.batch_size}")
+            means = mean_of_batch_statistics(sess, self.statistics, num_batches, log=log)
+            for key, value in means.items():
+                assign, placeholder = self.loaders[key]
+                sess.run(assign.op, {placeholder: value.astype(np.float32)})
+            return self.saver.save(sess, save_path, write_meta_graph=False)
+
+
+def _training_mode_model(model_flags: ModelFlags, data_pattern: str, batch_size: int,
+                         seed: int, num_readers: int, compression: str) -> Dict[str, Any]:
+    """{checkpoint key: variable} of the model built in training mode (in the
+    default graph) on batches of data_pattern read forever."""
+    reader = model_builder.make_reader(model_flags)
+    with tf.device("/cpu:0"):
+        dataset = readers.make_dataset(reader, data_pattern, batch_size, training=True,
+                                       num_epochs=None, num_parallel_reads=num_readers,
+                                       seed=seed, flag_name="train_data_pattern",
+                                       compression=compression)
+        batch = tf.data.make_one_shot_iterator(dataset).get_next()
+    model = model_builder.build_model(model_flags)
+    with tf.variable_scope(checkpoints.MODEL_SCOPE):
+        model_builder.model_predictions(model, batch["features"], batch["num_frames"],
+                                        is_training=True)
+    return {var.op.name: var for var in model_builder.model_variables(checkpoints.MODEL_SCOPE)}
+
+
+def _tracked_statistics(variables: Dict[str, Any]) -> Dict[str, tf.Tensor]:
+    """{BN statistic key: the batch statistic its update tracks}, sorted by key
+    (call in the graph of the variables)."""
+    statistics = batch_statistics(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
+    stat_keys = sorted(key for key in variables if is_bn_statistic(key))
+    missing = [key for key in stat_keys if key not in statistics]
+    if missing:
+        raise UserError(f"cannot recompute BN statistics of {missing[0]}: its "
+                        f"moving-average update was not found in the graph")
+    return {key: statistics[key] for key in stat_keys}
+
+
 def recompute_and_save(model_flags: ModelFlags, specs, produce: Callable[[str], np.ndarray],
                        save_path: str, data_pattern: str, num_batches: int, batch_size: int,
                        seed: int = 2018, num_readers: int = 4, log: Optional[Log] = None,
                        compression: str = "auto") -> str:
     """Loads the weights (produce(key) for each (key, shape, dtype) of specs)
     into the training-mode graph, recomputes the BN moving statistics on
-    `num_batches` batches and saves the model variables at save_path."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.set_random_seed(seed)
-        reader = model_builder.make_reader(model_flags)
-        with tf.device("/cpu:0"):
-            dataset = readers.make_dataset(reader, data_pattern, batch_size, training=True,
-                                           num_epochs=None, num_parallel_reads=num_readers,
-                                           seed=seed, flag_name="train_data_pattern",
-                                           compression=compression)
-            batch = tf.data.make_one_shot_iterator(dataset).get_next()
-        model = model_builder.build_model(model_flags)
-        with tf.variable_scope(checkpoints.MODEL_SCOPE):
-            model_builder.model_predictions(model, batch["features"], batch["num_frames"],
-                                            is_training=True)
-        variables = {var.op.name: var
-                     for var in model_builder.model_variables(checkpoints.MODEL_SCOPE)}
-        wanted = {key for key, _, _ in specs}
-        if set(variables) != wanted:
-            diff = sorted(set(variables) ^ wanted)
-            raise UserError(f"model_flags.json: the rebuilt {model_flags.model} graph does "
-                            f"not match the checkpoints (first differing variable: {diff[0]})")
-        statistics = batch_statistics(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
-        stat_keys = sorted(key for key in variables if is_bn_statistic(key))
-        missing = [key for key in stat_keys if key not in statistics]
-        if missing:
-            raise UserError(f"cannot recompute BN statistics of {missing[0]}: its "
-                            f"moving-average update was not found in the graph")
-        statistics = {key: statistics[key] for key in stat_keys}
-        loaders = {}
-        for key, var in variables.items():
-            placeholder = tf.placeholder(var.dtype.base_dtype, var.shape)
-            loaders[key] = (tf.assign(var, placeholder), placeholder)
-        others = [var for var in tf.global_variables() if var.op.name not in variables]
-        init_others = tf.variables_initializer(others)
-        saver = tf.train.Saver(variables, save_relative_paths=True, max_to_keep=None)
-    with tf.Session(graph=graph) as sess:
-        sess.run(init_others)
-        for key, _, _ in specs:
-            assign, placeholder = loaders[key]
-            sess.run(assign.op, {placeholder: produce(key)})
-        if log:
-            log(f"recomputing {len(stat_keys)} BN statistics on {num_batches} batches "
-                f"of {batch_size}")
-        means = mean_of_batch_statistics(sess, statistics, num_batches, log=log)
-        for key, value in means.items():
-            assign, placeholder = loaders[key]
-            sess.run(assign.op, {placeholder: value.astype(np.float32)})
-        return saver.save(sess, save_path, write_meta_graph=False)
+    `num_batches` batches and saves the model variables at save_path
+    (a RecomputeGraph used once)."""
+    graph = RecomputeGraph(model_flags, [key for key, _, _ in specs], data_pattern, batch_size,
+                           seed, num_readers, compression)
+    return graph.run(produce, save_path, num_batches, log)
 
 
 @dataclass

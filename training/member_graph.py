@@ -259,14 +259,21 @@ def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], ti
 # Loading the members
 
 
-def member_savers(members: Sequence[Member], graph: EnsembleGraph) -> List[tf.train.Saver]:
-    """One name-mapping Saver per member (call in the graph, before finalising)."""
+def check_members_fit(members: Sequence[Member], graph: EnsembleGraph) -> None:
+    """A UserError naming the checkpoint when a member's does not fit its
+    part of the graph (training.checkpoint_fit.check_fits)."""
     for member, part in zip(members, graph.members):
         checkpoint_fit.check_fits(
             member.checkpoint, part.restore_map, owner=member.model_dir,
             needer=f"model {member.name} of its {checkpoints.MODEL_FLAGS_FILE}",
             stored_bf16=part.stored_bf16, check_extra=True, int8=member.int8_keys,
             stored=member.specs)
+
+
+def member_savers(members: Sequence[Member], graph: EnsembleGraph) -> List[tf.train.Saver]:
+    """One name-mapping Saver per member (call in the graph, before finalising),
+    after check_members_fit."""
+    check_members_fit(members, graph)
     return [tf.train.Saver(part.saver_map(), name=f"restore_{part.scope}", sharded=False)
             for part in graph.members]
 

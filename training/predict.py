@@ -61,6 +61,8 @@ class LoadedModel:
     members: Optional[List[Member]] = None       # members: the member dirs
     member_predictions: Optional[List[Any]] = None
     pipelines: Dict[Any, Any] = field(default_factory=dict)   # by-file input pipelines
+    restoring: Optional[Tuple[Any, List[Any]]] = None   # single: (EnsembleGraph, savers)
+    num_threads: int = 0                         # session_config's
 
     @property
     def num_classes(self) -> int:
@@ -130,7 +132,7 @@ def _open_exported(model_dir: str, model_flags: ModelFlags,
 
 
 def _open_graph(members: Sequence[Member], seed: int, num_threads: int = 0, **graph_args: Any):
-    """(graph, session, EnsembleGraph) of members, restored."""
+    """(graph, session, EnsembleGraph, savers) of members, restored."""
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(seed)
@@ -143,7 +145,7 @@ def _open_graph(members: Sequence[Member], seed: int, num_threads: int = 0, **gr
     except UserError:
         session.close()
         raise
-    return graph, session, built
+    return graph, session, built, savers
 
 
 def exported_prefix(model_dir: str) -> Optional[str]:
@@ -172,12 +174,39 @@ def open_model(model_dir: str, frame_sampling: Optional[str] = None, seed: int =
         raise UserError(f"--train_dir={model_dir}: neither {INFERENCE_MODEL}.meta nor a "
                         f"{checkpoints.CHECKPOINT_PREFIX}-<step> checkpoint")
     member = load_member(model_dir, checkpoint)
-    graph, session, single = _open_graph([member], seed, num_threads, tile_num=1,
-                                         frame_sampling=frame_sampling,
-                                         scopes=[checkpoints.MODEL_SCOPE],
-                                         bf16_compute=bf16_compute)
+    graph, session, single, savers = _open_graph([member], seed, num_threads, tile_num=1,
+                                                 frame_sampling=frame_sampling,
+                                                 scopes=[checkpoints.MODEL_SCOPE],
+                                                 bf16_compute=bf16_compute)
     return LoadedModel(model_dir, "single", model_flags, graph, session, single.input_batch_raw,
-                       single.num_frames, single.predictions, single.export_var_list)
+                       single.num_frames, single.predictions, single.export_var_list,
+                       restoring=(single, savers), num_threads=num_threads)
+
+
+def reopen_single(model: LoadedModel, model_dir: str, checkpoint: str) -> None:
+    """Points a single model (open_model) at another checkpoint of the same
+    model, without building its graph again: a new session on the graph,
+    the checkpoint restored (after the fit checks open_model makes). The
+    new session starts its random ops and input pipelines afresh, so what
+    it predicts equals what open_model(model_dir, checkpoint=checkpoint)
+    with the same settings would. model_dir: the checkpoint's dir (its
+    model_flags.json must describe the same model)."""
+    if model.kind != "single" or model.restoring is None:
+        raise ValueError(f"reopen_single: {model.model_dir} is not a single model dir")
+    member = load_member(model_dir, checkpoint)
+    if member.model_flags != model.model_flags:
+        raise UserError(f"{model_dir}: its {checkpoints.MODEL_FLAGS_FILE} describes another "
+                        f"model than {model.model_dir}'s")
+    built, savers = model.restoring
+    member_graph.check_members_fit([member], built)
+    session = tf.Session(graph=model.graph, config=session_config(model.num_threads))
+    try:
+        member_graph.restore_members(session, [member], savers)
+    except UserError:
+        session.close()
+        raise
+    model.close()
+    model.session, model.model_dir = session, model_dir
 
 
 def open_members(model_dirs: Sequence[str], tile_num: int = 1,
@@ -188,8 +217,8 @@ def open_members(model_dirs: Sequence[str], tile_num: int = 1,
         raise UserError("--model_dirs: required")
     check_no_duplicates(model_dirs)
     members = [load_member(model_dir) for model_dir in model_dirs]
-    graph, session, built = _open_graph(members, seed, tile_num=tile_num,
-                                        frame_sampling=frame_sampling)
+    graph, session, built, _ = _open_graph(members, seed, tile_num=tile_num,
+                                           frame_sampling=frame_sampling)
     return LoadedModel(",".join(m.model_dir for m in members), "members",
                        members[0].model_flags, graph, session, built.input_batch_raw,
                        built.num_frames, built.predictions, members=members,

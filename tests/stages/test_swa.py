@@ -341,3 +341,48 @@ def test_window_chosen_on_the_fitting_files(dbof_dir, tiny_data, tmp_path):
     bad = run_module("swa.average", f"--train_dir={dbof_dir}", f"--output_dir={tmp_path / 'y'}",
                      f"--choose_window_on={fit}", "--windows=0,2", check=False)
     assert bad.returncode == 2 and "--windows=0,2: every window must be 1 or more" in bad.stderr
+
+
+def test_candidate_windows_share_their_graphs(dbof_dir, tiny_data, tmp_path, monkeypatch):
+    """choose_window builds the recompute graph and the evaluation graph once
+    for all its candidate windows (a new session each time), and every
+    candidate gets the values graphs built for it alone give: the installed
+    checkpoint equals a fresh average of the chosen window, byte for byte,
+    and each candidate's GAP equals a fresh evaluation of that window.
+    Mutations: running every candidate in one session (random ops and the
+    input pipeline carry on from the last candidate) changes the later
+    windows' statistics and GAPs; building the graphs per candidate fails
+    the counts."""
+    built = {"recompute": 0, "evaluation": 0}
+    recompute_init = bn_statistics.RecomputeGraph.__init__
+    open_model = swa.predict.open_model
+
+    def counted_recompute(self, *args, **kwargs):
+        built["recompute"] += 1
+        recompute_init(self, *args, **kwargs)
+
+    def counted_open(*args, **kwargs):
+        built["evaluation"] += 1
+        return open_model(*args, **kwargs)
+
+    monkeypatch.setattr(bn_statistics.RecomputeGraph, "__init__", counted_recompute)
+    monkeypatch.setattr(swa.predict, "open_model", counted_open)
+    fit = str(tiny_data / "frame" / "validate*.tfrecord")
+    average_settings = {"swa_start": None, "swa_end": None, "bn_statistics": "recompute",
+                        "recompute_batches": 3, "train_data_pattern": train_pattern(tiny_data),
+                        "batch_size": 4, "seed": 5, "num_readers": 1, "compression": "auto"}
+    settings = {"output_dir": str(tmp_path / "chosen"), "overwrite": False,
+                "average": average_settings}
+    choice = swa.choose_window(dbof_dir, fit, [1, 2, 3], settings, log=None)
+    assert built == {"recompute": 1, "evaluation": 1}
+    monkeypatch.undo()
+    for candidate in choice["candidates"]:
+        alone = str(tmp_path / f"alone{candidate['window']}")
+        swa.average(dbof_dir, alone, last_n=candidate["window"], log=None, **average_settings)
+        assert swa.evaluate_on(alone, fit, settings, log=None)["gap"] == candidate["gap"]
+    info = json.loads((tmp_path / "chosen" / "swa.json").read_text())
+    installed = read_all(str(tmp_path / "chosen" / info["checkpoint"]))
+    fresh = read_all(str(tmp_path / f"alone{choice['chosen']}" / info["checkpoint"]))
+    assert installed.keys() == fresh.keys()
+    assert all(np.array_equal(installed[key], fresh[key]) for key in fresh), [
+        key for key in fresh if not np.array_equal(installed[key], fresh[key])]
