@@ -79,7 +79,8 @@ def make_train_batch(reader, data_pattern: str, config: TrainConfig, batch_size:
             num_epochs=config.num_epochs or None, num_parallel_reads=config.num_readers,
             shuffle_buffer=config.shuffle_buffer, seed=seed, flag_name=files_flag,
             skip_corrupt=config.skip_corrupt_records, compression=config.compression)
-        dataset = dataset.filter(lambda b: tf.equal(tf.shape(b["labels"])[0], batch_size))
+        dataset = dataset.filter(tf.autograph.experimental.do_not_convert(
+            lambda b: tf.equal(tf.shape(b["labels"])[0], batch_size)))
         return tf.data.make_one_shot_iterator(dataset).get_next()
 
 

@@ -240,6 +240,29 @@ def test_datasets_run_without_the_autotune_thread(synthetic_dirs):
             assert dataset.options().autotune.enabled is False
 
 
+def test_parse_is_traced_without_autograph(synthetic_dirs):
+    """reader.parse is traced as written (graph-mode code), not converted by
+    AutoGraph, whose conversion cost about half a second per process: a
+    Python `if` on a tensor in a parse is the graph-mode error. Mutation:
+    mapping reader.parse itself (AutoGraph turns the `if` into a tf.cond)
+    builds both datasets without an error."""
+
+    class BranchingReader(readers.VideoReader):
+        def parse(self, serialized):
+            parsed = super().parse(serialized)
+            if tf.size(parsed["id"]) > 0:   # a tensor as a Python bool
+                parsed["num_frames"] = parsed["num_frames"] + 0
+            return parsed
+
+    pattern = str(synthetic_dirs["video_dir"] / "*.tfrecord")
+    reader = BranchingReader(num_classes=50)
+    with tf.Graph().as_default():
+        with pytest.raises(TypeError, match="tf.Tensor"):
+            readers.make_dataset(reader, pattern, 4, training=False)
+        with pytest.raises(TypeError, match="tf.Tensor"):
+            readers.make_file_dataset(reader, tf.constant([pattern.replace("*", "a")]), 4)
+
+
 def test_resolve_files_patterns_and_missing(synthetic_dirs, tmp_path):
     video_dir = synthetic_dirs["video_dir"]
     files = readers.resolve_files(f"{video_dir}/train01.tfrecord,{video_dir}/train0*.tfrecord")

@@ -82,8 +82,7 @@ def make_dataset(reader, data_pattern: str, batch_size: int, training: bool,
             deterministic=True if cycle > 1 else None)
         dataset = dataset.repeat(count)
     dataset = dataset.batch(int(batch_size), drop_remainder=False)
-    dataset = dataset.map(reader.parse, num_parallel_calls=_AUTOTUNE, deterministic=True)
-    return _without_autotune_thread(dataset.prefetch(_AUTOTUNE))
+    return _without_autotune_thread(_parsed(dataset, reader).prefetch(_AUTOTUNE))
 
 
 def make_file_dataset(reader, files: tf.Tensor, batch_size: int, skip_corrupt: bool = False,
@@ -97,9 +96,19 @@ def make_file_dataset(reader, files: tf.Tensor, batch_size: int, skip_corrupt: b
     if compressions is None:
         compressions = tf.fill(tf.shape(files), "")
     dataset = tf.data.Dataset.from_tensor_slices((files, compressions)).flat_map(
-        lambda path, kind: read_file(path, kind).batch(int(batch_size), drop_remainder=False))
-    dataset = dataset.map(reader.parse, num_parallel_calls=_AUTOTUNE, deterministic=True)
-    return _without_autotune_thread(dataset.prefetch(_AUTOTUNE))
+        tf.autograph.experimental.do_not_convert(
+            lambda path, kind: read_file(path, kind).batch(int(batch_size),
+                                                           drop_remainder=False)))
+    return _without_autotune_thread(_parsed(dataset, reader).prefetch(_AUTOTUNE))
+
+
+def _parsed(dataset, reader):
+    """dataset.map of reader.parse, traced as written, without AutoGraph: the
+    readers are graph-mode code (a Python `if` on a tensor is an error, as
+    everywhere in the project), and converting them cost about half a
+    second of CPU in every process that reads records."""
+    parse = tf.autograph.experimental.do_not_convert(reader.parse)
+    return dataset.map(parse, num_parallel_calls=_AUTOTUNE, deterministic=True)
 
 
 def _file_pairs(files: Sequence[str], compression: str, flag_name: str):
