@@ -11,6 +11,7 @@ exactly one line on stderr.
 """
 import os
 import re
+import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,7 +53,22 @@ def _import_tensorflow():
     return tensorflow
 
 
-_tf2 = _import_tensorflow()
+def _import_without_keras():
+    """_import_tensorflow with Keras held off: tensorflow/__init__.py imports
+    Keras 3 eagerly (keras.src.optimizers, which imports matplotlib.pyplot),
+    about a second of CPU in every process, and skips it when the import
+    fails. The project builds no Keras layer. Only the import is affected:
+    afterwards `import keras` works as before (tf.keras stays unused)."""
+    if "keras" in sys.modules:        # imported already: nothing to save
+        return _import_tensorflow()
+    sys.modules["keras"] = None  # import keras: ImportError
+    try:
+        return _import_tensorflow()
+    finally:
+        del sys.modules["keras"]
+
+
+_tf2 = _import_without_keras()
 
 if _QUIET:
     _tf2.get_logger().setLevel("ERROR")

@@ -15,6 +15,8 @@ and production functions and docstrings stay short.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
@@ -188,3 +190,17 @@ def test_training_modules_import_only_their_tier_or_above():
                 wrong.append(f"{path.relative_to(REPO_ROOT)}:{line}: {parts[1]} imports "
                              f"{target[1]}, a lower tier")
     assert not wrong, "imports against the tiers:\n" + "\n".join(wrong)
+
+
+def test_the_tensorflow_import_leaves_keras_out():
+    """models.tf_compat imports TensorFlow without the Keras 3 that
+    tensorflow/__init__.py loads eagerly (and matplotlib.pyplot with it):
+    about a second of CPU per process. Only that import is affected: keras
+    imports normally afterwards. Mutation: importing tensorflow without
+    holding keras off loads both."""
+    code = ("import sys; import models.tf_compat; "
+            "print(sorted(m for m in ('keras', 'matplotlib.pyplot') if m in sys.modules)); "
+            "import keras; print(keras.__name__)")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                               text=True, timeout=300, check=True)
+    assert completed.stdout.split("\n")[:2] == ["[]", "keras"], completed.stdout
