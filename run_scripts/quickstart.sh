@@ -10,13 +10,27 @@ WORK_DIR=${WORK_DIR:-$PWD/quickstart_output}
 NUM_CLASSES=${NUM_CLASSES:-200}
 data="$WORK_DIR/data"
 if [[ ! -d "$data/frame" ]]; then
+  # The three splits are independent: written side by side (each process
+  # spends seconds importing TensorFlow); any failure stops the quick start.
+  synthetic_pids=()
+  trap 'if (( ${#synthetic_pids[@]} )); then kill "${synthetic_pids[@]}" 2> /dev/null || true; fi' EXIT
   "$PYTHON" -m training.synthetic --output_dir="$data" --split=train --num_shards=8 \
-    --videos_per_shard=128 --num_classes="$NUM_CLASSES" --min_frames=30 --max_frames=120 --seed=1
+    --videos_per_shard=128 --num_classes="$NUM_CLASSES" --min_frames=30 --max_frames=120 \
+    --seed=1 &
+  synthetic_pids+=($!)
   "$PYTHON" -m training.synthetic --output_dir="$data" --split=validate --num_shards=6 \
-    --videos_per_shard=192 --num_classes="$NUM_CLASSES" --min_frames=30 --max_frames=120 --seed=1
+    --videos_per_shard=192 --num_classes="$NUM_CLASSES" --min_frames=30 --max_frames=120 \
+    --seed=1 &
+  synthetic_pids+=($!)
   "$PYTHON" -m training.synthetic --output_dir="$data" --split=test --num_shards=2 \
-    --videos_per_shard=128 --num_classes="$NUM_CLASSES" --min_frames=30 --max_frames=120 --seed=1 \
-    --with_labels=false
+    --videos_per_shard=128 --num_classes="$NUM_CLASSES" --min_frames=30 --max_frames=120 \
+    --seed=1 --with_labels=false &
+  synthetic_pids+=($!)
+  for pid in "${synthetic_pids[@]}"; do
+    wait "$pid"
+  done
+  synthetic_pids=()
+  trap - EXIT
 fi
 # Short runs leave the batch-norm moving averages (decay 0.999) far from the
 # data's statistics, so SWA recomputes them on training batches. The first 2

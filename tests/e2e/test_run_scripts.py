@@ -9,6 +9,7 @@ original schedule comes from the preset's record through training.train.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -153,3 +154,36 @@ def test_script_trains_and_resumes(name, synthetic_frames, tmp_path):
     assert (train_dir / f"model.ckpt-{RESUMED_STEPS}.index").exists()
     # The resumed run starts from the trained weights, not from scratch.
     assert np.mean(list(resumed.values())) < 0.8 * values[:5].mean()
+
+
+def test_quickstart_writes_the_splits_side_by_side_and_stops_on_a_failure(tmp_path):
+    """quickstart.sh starts the three synthetic splits together (each
+    process spends seconds importing TensorFlow) and stops, before the
+    pipeline, when one of them fails. Its Python is a recorder (a ./.venv
+    whose requirements stamp is current, so setup_env.sh installs nothing).
+    Mutation: a bare `wait` (which returns 0 whatever the jobs returned)
+    goes on into pipeline.sh, which asks models.presets for the ensemble."""
+    venv, calls = tmp_path / "venv", tmp_path / "calls.log"
+    (venv / "bin").mkdir(parents=True)
+    requirements = b"".join((REPO_ROOT / name).read_bytes()
+                            for name in ("requirements.txt", "requirements-dev.txt"))
+    (venv / ".requirements.sha256").write_text(hashlib.sha256(requirements).hexdigest() + "\n")
+    recorder = venv / "bin" / "python"
+    recorder.write_text(f"""#!/usr/bin/env bash
+split=""
+for arg in "$@"; do [[ "$arg" == --split=* ]] && split=${{arg#--split=}}; done
+echo "start $2 $split" >> {calls}
+sleep 1
+echo "end $2 $split" >> {calls}
+[[ "$split" != validate ]]
+""")
+    recorder.chmod(0o755)
+    completed = subprocess.run(["bash", str(SCRIPTS / "quickstart.sh")], cwd="/",
+                               env={**os.environ, "VENV": str(venv),
+                                    "WORK_DIR": str(tmp_path / "work")},
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode != 0, completed.stdout
+    lines = calls.read_text().splitlines()
+    assert sorted(lines[:3]) == [f"start training.synthetic {split}"
+                                 for split in ("test", "train", "validate")], lines
+    assert not any("models.presets" in line for line in lines), lines
