@@ -343,6 +343,7 @@ def test_window_chosen_on_the_fitting_files(dbof_dir, tiny_data, tmp_path):
     assert bad.returncode == 2 and "--windows=0,2: every window must be 1 or more" in bad.stderr
 
 
+@pytest.mark.slow
 def test_candidate_windows_share_their_graphs(dbof_dir, tiny_data, tmp_path, monkeypatch):
     """choose_window builds the recompute graph and the evaluation graph once
     for all its candidate windows (a new session each time), and every

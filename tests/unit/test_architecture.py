@@ -192,6 +192,7 @@ def test_training_modules_import_only_their_tier_or_above():
     assert not wrong, "imports against the tiers:\n" + "\n".join(wrong)
 
 
+@pytest.mark.slow
 def test_the_tensorflow_import_leaves_keras_out():
     """models.tf_compat imports TensorFlow without the Keras 3 that
     tensorflow/__init__.py loads eagerly (and matplotlib.pyplot with it):
