@@ -94,14 +94,23 @@ fi
 last_bn=moving
 [[ "$SWA_BN" == recompute ]] && last_bn=recompute
 
-# The evaluations only feed the report: they run in the background, beside
-# the next model's training (each Python process spends seconds importing
-# TensorFlow on one core), each with its own log; wait_background stops the
-# pipeline when one of them failed.
+# What follows a model's training (averaging, conversion, the evaluations
+# that feed the report) runs in the background, beside the next model's
+# training (each Python process spends seconds importing TensorFlow on one
+# core), each with its own log; wait_background stops the pipeline when one of
+# them failed. On exit, a background job and the Python process it runs stop.
 background_pids=()
 background_logs=()
 mkdir -p "$WORK_DIR/logs"
-trap 'if (( ${#background_pids[@]} )); then kill "${background_pids[@]}" 2> /dev/null; fi' EXIT
+stop_background() {
+  local pid children
+  for pid in "${background_pids[@]}"; do
+    children=$(pgrep -P "$pid" || true)
+    # shellcheck disable=SC2086
+    kill "$pid" $children 2> /dev/null || true
+  done
+}
+trap 'if (( ${#background_pids[@]} )); then stop_background; fi' EXIT
 in_background() {  # what, log file, command...
   echo "=== $1 (in the background, log: $2)"
   "${@:3}" > "$2" 2>&1 &
@@ -112,7 +121,7 @@ wait_background() {
   local i
   for i in "${!background_pids[@]}"; do
     if ! wait "${background_pids[$i]}"; then
-      echo "error: a background evaluation failed; its log ${background_logs[$i]} ends with:" >&2
+      echo "error: a background stage failed; its log ${background_logs[$i]} ends with:" >&2
       tail -n 5 "${background_logs[$i]}" >&2
       exit 1
     fi
@@ -122,6 +131,22 @@ wait_background() {
   done
   background_pids=()
   background_logs=()
+}
+
+# One member after its training: SWA -> swa_dir, STORAGE -> bf16_dir (each
+# skipped when its output exists), then the member's evaluation on the held-out
+# files (--skip_evaluated: a rerun measures only what was not measured on them).
+average_convert_evaluate() {  # train dir, swa dir, bf16 dir
+  if [[ ! -d "$2" ]]; then
+    "$PYTHON" -m swa.average --train_dir="$1" --output_dir="$2" \
+      "${swa_window_flags[@]}" --bn_statistics="$SWA_BN" --train_data_pattern="$TRAIN_PATTERN" \
+      --recompute_batches="${SWA_RECOMPUTE_BATCHES:-100}" --seed="$SEED"
+  fi
+  if [[ ! -d "$3" ]]; then
+    "$PYTHON" -m bfloat16_patch.convert --input_dir="$2" --output_dir="$3" --dtype="$STORAGE"
+  fi
+  "$PYTHON" -m training.eval --train_dir="$3" --eval_data_pattern="$HELDOUT_PATTERN" \
+    --run_once --skip_evaluated --batch_size=64 --seed="$SEED" --top_k="$TOP_K"
 }
 
 members=()
@@ -137,21 +162,10 @@ for model in $MODELS; do
   # shellcheck disable=SC2046
   TRAIN_DIR="$train_dir" DATA_DIR="$DATA_DIR" "${train_script[@]}" \
     --train_data_pattern="$TRAIN_PATTERN" $(train_flags)
-  if [[ ! -d "$swa_dir" ]]; then
-    echo "=== $model: SWA (window: $SWA_LAST_N) -> $swa_dir"
-    "$PYTHON" -m swa.average --train_dir="$train_dir" --output_dir="$swa_dir" \
-      "${swa_window_flags[@]}" --bn_statistics="$SWA_BN" --train_data_pattern="$TRAIN_PATTERN" \
-      --recompute_batches="${SWA_RECOMPUTE_BATCHES:-100}" --seed="$SEED"
-  fi
-  if [[ ! -d "$bf16_dir" ]]; then
-    echo "=== $model: $STORAGE -> $bf16_dir"
-    "$PYTHON" -m bfloat16_patch.convert --input_dir="$swa_dir" --output_dir="$bf16_dir" \
-      --dtype="$STORAGE"
-  fi
-  # (--skip_evaluated: a rerun measures only what was not measured on these files.)
-  in_background "$model: evaluation" "$WORK_DIR/logs/$model-eval.log" \
-    "$PYTHON" -m training.eval --train_dir="$bf16_dir" --eval_data_pattern="$HELDOUT_PATTERN" \
-    --run_once --skip_evaluated --batch_size=64 --seed="$SEED" --top_k="$TOP_K"
+  # Averaging, conversion and the member's evaluation run in the background,
+  # beside the next model's training (the ensemble waits for them).
+  in_background "$model: SWA (window: $SWA_LAST_N) -> $STORAGE -> evaluation" \
+    "$WORK_DIR/logs/$model-eval.log" average_convert_evaluate "$train_dir" "$swa_dir" "$bf16_dir"
   in_background "$model: the last checkpoint before averaging (BN statistics: $last_bn)" \
     "$WORK_DIR/logs/$model-last-checkpoint-eval.log" \
     "$PYTHON" -m training.eval --train_dir="$train_dir" --eval_data_pattern="$HELDOUT_PATTERN" \
@@ -173,6 +187,7 @@ build_ensemble() {  # output dir, extra ensemble.build flags...
     ${TARGET_BYTES:+--target_bytes=$TARGET_BYTES} --output_dir="$output" \
     --eval_data_pattern="$HELDOUT_PATTERN" --seed="$ENSEMBLE_SEED" --top_k="$TOP_K" "$@"
 }
+wait_background   # every member's averaging and conversion done
 if [[ ! -d "$ensemble_dir" ]]; then
   echo "=== uniform ensemble of ${#members[@]} models, tile $TILE_NUM -> $ensemble_dir"
   build_ensemble "$ensemble_dir"

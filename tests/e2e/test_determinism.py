@@ -5,7 +5,7 @@ with BN statistics recomputed -> bfloat16 -> tiled ensemble -> CSV), with the
 flags it passes, run twice at the same time on the same tiny data into two
 work dirs, with two tiny models (Soft-DBoF-4k, which samples frames at random
 and is tiled, and GRUModel). Running both at once also varies the thread
-timing between them. A second test checks that pipeline.sh passes the seeds.
+timing between them. (That pipeline.sh passes the seeds: test_pipeline_script.py.)
 """
 from __future__ import annotations
 
@@ -59,15 +59,6 @@ def run_stages(work, data):
     return ""
 
 
-def pipeline_env(work_dir, data_dir, python=sys.executable, **extra):
-    return {**os.environ, "PYTHON": str(python), "DATA_DIR": str(data_dir),
-            "WORK_DIR": str(work_dir), "MODELS": " ".join(MODELS), "TINY": "1",
-            "TINY_BATCH": "8", "TINY_STEPS": "10", "TINY_SAVE": "5", "SWA_LAST_N": "2",
-            "SWA_TAIL_STEPS": "0",
-            "SWA_BN": "recompute", "SWA_RECOMPUTE_BATCHES": "2",
-            "NUM_CLASSES": str(TINY_CLASSES), "TILE_NUM": "2", **extra}
-
-
 def data_files(work_dir):
     """{relative path: bytes} of every checkpoint data file and the CSV."""
     found = {}
@@ -95,72 +86,3 @@ def test_two_runs_write_identical_csvs(tiny_data, tmp_path):
     # Not only the CSV: every checkpoint on the way is identical too.
     assert sorted(first) == sorted(second) and len(first) >= 10
     assert [name for name in first if first[name] != second[name]] == []
-
-
-def test_pipeline_passes_the_seeds(tmp_path):
-    """SEED goes to training, SWA and evaluation, ENSEMBLE_SEED to the ensemble
-    (defaults: the flags' own 2018 and 666)."""
-    log = tmp_path / "calls.txt"
-    recorder = tmp_path / "python"
-    recorder.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "{log}"\n')
-    recorder.chmod(0o755)
-    for seeds, (seed, ensemble_seed) in (({}, ("2018", "666")),
-                                         ({"SEED": "7", "ENSEMBLE_SEED": "9"}, ("7", "9"))):
-        log.write_text("")
-        env = pipeline_env(tmp_path / "work", tmp_path / "data", python=recorder, **seeds)
-        subprocess.run(["bash", str(PIPELINE)], cwd="/", env=env, check=True,
-                       capture_output=True, timeout=60)
-        calls = log.read_text().splitlines()
-        by_stage = {}
-        for call in calls:
-            by_stage.setdefault(call.split()[1], []).append(call)
-        assert len(by_stage["training.train"]) == 2 and len(by_stage["swa.average"]) == 2
-        for stage in ("training.train", "swa.average", "training.eval"):
-            for call in by_stage[stage]:
-                assert f"--seed={seed}" in call.split(), call
-        assert f"--seed={ensemble_seed}" in by_stage["ensemble.build"][0].split()
-
-
-def test_pipeline_passes_top_k(tmp_path):
-    """TOP_K (default 20, training.submission.DEFAULT_TOP_K) goes to every
-    stage that takes a top-k. (Mutation: drop --top_k from ensemble.inference's
-    call in pipeline.sh -> this fails.)"""
-    from training.submission import DEFAULT_TOP_K
-    log = tmp_path / "calls.txt"
-    recorder = tmp_path / "python"
-    recorder.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "{log}"\n')
-    recorder.chmod(0o755)
-    stages = ("training.eval", "ensemble.build", "stacking.fit", "ensemble.inference",
-              "ensemble.check_submission")
-    (tmp_path / "data").mkdir()
-    for name in ("validate0.tfrecord", "validate1.tfrecord"):  # STACKING=1 splits them
-        (tmp_path / "data" / name).write_bytes(b"")
-    for extra, top_k in (({}, str(DEFAULT_TOP_K)), ({"TOP_K": "5"}, "5")):
-        log.write_text("")
-        env = pipeline_env(tmp_path / "work", tmp_path / "data", python=recorder,
-                           STACKING="1", **extra)
-        subprocess.run(["bash", str(PIPELINE)], cwd="/", env=env, check=True,
-                       capture_output=True, timeout=60)
-        calls = [call for call in log.read_text().splitlines()
-                 if call.split()[1] in stages]
-        assert {call.split()[1] for call in calls} == set(stages)
-        for call in calls:
-            assert f"--top_k={top_k}" in call.split(), call
-
-
-def test_pipeline_trains_a_preset_without_its_own_script(tmp_path):
-    """A preset with only its record (no run_scripts/<name>.sh) is trained
-    through train_model.sh. (Mutation: pipeline.sh always calls
-    run_scripts/$model.sh -> this fails.)"""
-    log = tmp_path / "calls.txt"
-    recorder = tmp_path / "python"
-    recorder.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "{log}"\n')
-    recorder.chmod(0o755)
-    env = pipeline_env(tmp_path / "work", tmp_path / "data", python=recorder,
-                       MODELS="FrameMeanMoeModel GRUModel")
-    subprocess.run(["bash", str(PIPELINE)], cwd="/", env=env, check=True,
-                   capture_output=True, timeout=60)
-    trained = [call for call in log.read_text().splitlines()
-               if call.split()[1] == "training.train"]
-    assert [next(arg for arg in call.split() if arg.startswith("--model="))
-            for call in trained] == ["--model=FrameMeanMoeModel", "--model=GRUModel"]
