@@ -11,25 +11,19 @@ import numpy as np
 import pytest
 
 from conftest import run_module
-from conftest import train_config as tiny_config
 from models.tf_compat import tf
 from support.reliability import assert_user_error
-from support.training_runs import tiny_flags, train_pattern
+from support.training_runs import train_pattern, train_tiny_model
 from swa import average as swa
-from training import bn_statistics, checkpoints, eval_results, metrics, predict, train
+from training import bn_statistics, checkpoints, eval_results, metrics, predict
 from training import eval as evaluation
-from training import train_dir as train_dirs
 from training.cli import UserError
 
 
 @pytest.fixture(scope="module")
 def trained_dir(tiny_data, tmp_path_factory):
     train_dir = str(tmp_path_factory.mktemp("eval_run"))
-    flags = tiny_flags()
-    train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
-    train.train(flags, train_dir, train_pattern(tiny_data),
-                tiny_config(max_steps=150, base_learning_rate=0.02), log=lambda _: None)
-    return train_dir
+    return train_tiny_model(train_dir, tiny_data)
 
 
 @pytest.mark.slow

@@ -30,8 +30,6 @@ def record_ids(pattern):
     return ids
 
 
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return tiny_gru_dbof_ensemble(tmp_path_factory.mktemp("inference_models"))

@@ -378,7 +378,6 @@ def test_member_graph_plans_nothing_when_it_fits(tiny_models):
     assert everything and all(index == 0 for index, _ in everything)
 
 
-
 @pytest.mark.slow
 def test_stacking_and_teacher_records_take_int8_dirs(int8_dirs, tiny_models, tiny_data):
     pattern = str(tiny_data / "frame" / "validate*.tfrecord")

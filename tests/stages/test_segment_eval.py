@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import run_module, segment_data
-from conftest import train_config as tiny_config
 from models import presets, registry
-from support.training_runs import tiny_flags, train_pattern
-from training import checkpoints, metrics, model_builder, predict, synthetic, train
+from support.training_runs import train_tiny_model
+from training import checkpoints, metrics, model_builder, predict, synthetic
 from training import eval as evaluation
-from training import train_dir as train_dirs
 
 
 def reference_segment_map(scores, labels, ratings):
@@ -71,11 +69,7 @@ def test_segment_metrics_equal_the_numpy_reference():
 @pytest.fixture(scope="module")
 def trained_dir(tiny_data, tmp_path_factory):
     train_dir = str(tmp_path_factory.mktemp("segment_eval_run"))
-    flags = tiny_flags()
-    train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
-    train.train(flags, train_dir, train_pattern(tiny_data),
-                tiny_config(max_steps=150, base_learning_rate=0.02), log=lambda _: None)
-    return train_dir
+    return train_tiny_model(train_dir, tiny_data)
 
 
 @pytest.fixture(scope="module")

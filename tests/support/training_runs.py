@@ -10,7 +10,9 @@ import sys
 import time
 
 from conftest import REPO_ROOT, TINY_CLASSES
-from training import model_builder
+from conftest import train_config as tiny_config
+from training import model_builder, train
+from training import train_dir as train_dirs
 
 
 def tiny_flags(model="FrameMeanMoeModel", **hparams):
@@ -20,6 +22,16 @@ def tiny_flags(model="FrameMeanMoeModel", **hparams):
 
 def train_pattern(tiny_data):
     return str(tiny_data / "frame" / "train*.tfrecord")
+
+
+def train_tiny_model(train_dir: str, tiny_data) -> str:
+    """A FrameMeanMoeModel (tiny_flags) trained 150 steps on tiny_data into
+    train_dir; -> train_dir."""
+    flags = tiny_flags()
+    train_dirs.prepare_train_dir(train_dir, flags, start_new=False)
+    train.train(flags, train_dir, train_pattern(tiny_data),
+                tiny_config(max_steps=150, base_learning_rate=0.02), log=lambda _: None)
+    return train_dir
 
 
 def free_ports(count: int) -> list:
