@@ -139,13 +139,19 @@ def _open_graph(members: Sequence[Member], seed: int, num_threads: int = 0, **gr
         built = member_graph.build_ensemble_graph(
             members, [1.0 / len(members)] * len(members), **graph_args)
         savers = member_graph.member_savers(members, built)
+    return graph, _restored_session(graph, members, savers, num_threads), built, savers
+
+
+def _restored_session(graph: tf.Graph, members: Sequence[Member], savers: List[Any],
+                      num_threads: int) -> tf.Session:
+    """A new session on graph with the members restored (closed on a UserError)."""
     session = tf.Session(graph=graph, config=session_config(num_threads))
     try:
         member_graph.restore_members(session, members, savers)
     except UserError:
         session.close()
         raise
-    return graph, session, built, savers
+    return session
 
 
 def exported_prefix(model_dir: str) -> Optional[str]:
@@ -199,12 +205,7 @@ def reopen_single(model: LoadedModel, model_dir: str, checkpoint: str) -> None:
                         f"model than {model.model_dir}'s")
     built, savers = model.restoring
     member_graph.check_members_fit([member], built)
-    session = tf.Session(graph=model.graph, config=session_config(model.num_threads))
-    try:
-        member_graph.restore_members(session, [member], savers)
-    except UserError:
-        session.close()
-        raise
+    session = _restored_session(model.graph, [member], savers, model.num_threads)
     model.close()
     model.session, model.model_dir = session, model_dir
 
