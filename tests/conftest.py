@@ -102,6 +102,12 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+
+@pytest.fixture(scope="session")
+def unlabelled(tiny_data) -> str:
+    """The pattern of tiny_data's unlabelled frame-level test split."""
+    return str(tiny_data / "frame" / "test*.tfrecord")
+
 def unlabelled_shards(root: Path, num_shards: int, videos_per_shard: int, seed: int,
                       max_frames: int) -> str:
     """Unlabelled frame-level test files (TINY_CLASSES, 4 frames at least)
@@ -136,8 +142,8 @@ def tiny_models(tiny_data, tmp_path_factory) -> dict:
     return build_tiny_models(tmp_path_factory.mktemp("tiny_models"), tiny_data)
 
 
-# The kinds of tests, one folder each; the slow files of each kind start
-# first, in this order (the end-to-end ones take minutes), so that with
+# The kinds of tests, one folder each. Files with a slow test start first,
+# by kind in this order (the end-to-end ones take minutes), so that with
 # several workers (run_scripts/test.sh: pytest-xdist, whole files per worker)
 # none of them is left running alone at the end.
 KINDS = ("e2e", "reliability", "stages", "unit")

@@ -35,11 +35,6 @@ def models(tmp_path_factory):
     return tiny_gru_dbof_ensemble(tmp_path_factory.mktemp("inference_models"))
 
 
-@pytest.fixture(scope="module")
-def unlabelled(tiny_data):
-    return str(tiny_data / "frame" / "test*.tfrecord")
-
-
 def read_rows(path):
     with open(path) as handle:
         lines = handle.read().splitlines()

@@ -44,11 +44,6 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def unlabelled(tiny_data):
-    return str(tiny_data / "frame" / "test*.tfrecord")
-
-
-@pytest.fixture(scope="module")
 def test_files(tmp_path_factory):
     """Three unlabelled test files of 6 videos."""
     return unlabelled_shards(tmp_path_factory.mktemp("label_shards"), 3, 6, seed=4,
