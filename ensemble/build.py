@@ -46,12 +46,11 @@ from training.members import (
     check_members_agree,
     check_no_duplicates,
     load_member,
-    normalise_weights,
-    read_weights_file,
 )
 from training.model_flags import ModelFlags
 from training.progress import Log
 from training.submission import DEFAULT_TOP_K
+from training.weights_file import normalise_weights, read_weights_file
 
 FLAGS = flags.FLAGS
 

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from training import checkpoints, eval_results, intervals, paths
 from training import flags as shared_flags
 from training.cli import UserError, run_main
-from training.members import read_weights_file
+from training.weights_file import read_weights_file
 
 FLAGS = flags.FLAGS
 SWA_INFO_FILE = "swa.json"

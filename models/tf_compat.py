@@ -1,6 +1,7 @@
 """One place that imports TensorFlow in TF1 (graph) mode.
 
-Every module of the project does ``from models.tf_compat import tf`` so that
+Every module of the project does ``from models.tf_compat import tf`` (or
+reads ``tf_compat.tf`` at first use: module ``__getattr__`` below) so that
 v2 behaviour is disabled exactly once, before any graph is built, and the
 start-up chatter is silenced unless the user asks for it
 (TF_CPP_MIN_LOG_LEVEL=0): the deprecation warnings, and the two lines that
@@ -13,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -68,17 +70,36 @@ def _import_without_keras():
         del sys.modules["keras"]
 
 
-_tf2 = _import_without_keras()
+# Declared, not bound: the first read goes through __getattr__ below.
+tf: Any
+saveable_object: Any
 
-if _QUIET:
-    _tf2.get_logger().setLevel("ERROR")
 
-import tensorflow.compat.v1 as tf  # noqa: E402
+def _load() -> None:
+    """Imports TensorFlow (quietly, without Keras) and disables v2 behaviour."""
+    global tf, saveable_object
+    tf2 = _import_without_keras()
+    if _QUIET:
+        tf2.get_logger().setLevel("ERROR")
+    import tensorflow.compat.v1 as tf_v1
+    tf_v1.disable_v2_behavior()
+    # The TF1 Saver's extension point (training.precision), imported only now
+    # that TensorFlow is loaded quietly.
+    from tensorflow.python.training.saving import saveable_object as saveable
+    tf, saveable_object = tf_v1, saveable
 
-tf.disable_v2_behavior()
 
-# The TF1 Saver's extension point (training.precision), imported only now that
-# TensorFlow is loaded quietly.
-from tensorflow.python.training.saving import saveable_object  # noqa: E402
+def __getattr__(name: str) -> Any:
+    """`tf` and `saveable_object`, loaded at first use (PEP 562 module
+    attribute): ``from models.tf_compat import tf`` loads TensorFlow at once,
+    while a module that needs it in a few functions only (training.checkpoints,
+    whose JSON helpers the report and the CSV checks use) imports
+    ``models.tf_compat`` and reads ``tf_compat.tf`` there, so that those
+    tools start without TensorFlow's seconds of import CPU."""
+    if name in __all__:
+        _load()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["saveable_object", "tf"]

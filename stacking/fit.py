@@ -13,7 +13,7 @@ cross-entropy (training.losses) of q = sum_v w_v p_v with an analytic
 gradient: --parameterization=simplex (w >= 0, sum 1; SLSQP) or softmax
 (w = softmax(z); L-BFGS-B). It prints each member's weight and the CE and
 GAP of every member, of the uniform and of the stacked mean, and writes the
-weights file that ensemble.build --weights_file reads (training.members).
+weights file that ensemble.build --weights_file reads (training.weights_file).
 """
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ from scipy import optimize
 from training import flags as shared_flags
 from training import locks, losses, metrics, paths, predict, readers
 from training.cli import Interrupted, UserError, run_main
-from training.members import check_dir_records, write_weights_file
+from training.members import check_dir_records
 from training.progress import Log
 from training.submission import DEFAULT_TOP_K
+from training.weights_file import write_weights_file
 
 FLAGS = flags.FLAGS
 

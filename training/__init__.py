@@ -11,7 +11,8 @@ own tier or the ones above it, never below (tests/unit/test_architecture.py).
    (does this checkpoint fit this graph?), train_dir (the trainer's dir),
    readers (TFRecord readers, the input pipeline), segment_readers (2019
    segment-rated records), record_layouts (the Reader registry), teacher_records,
-   intervals (per-video records, bootstrap intervals), eval_results.
+   intervals (per-video records, bootstrap intervals), eval_results,
+   weights_file (stacking's member weights).
 3. graphs -- TensorFlow graphs built from those records:
    model_builder (a model from model_flags.json), precision (bfloat16
    storage), bn_statistics, members (an ensemble's member dirs), member_graph
@@ -27,7 +28,7 @@ TIERS: Dict[str, Tuple[str, ...]] = {
                     "losses", "quantize", "submission"),
     "records": ("model_flags", "checkpoints", "checkpoint_fit", "train_dir", "readers",
                 "segment_readers", "record_layouts", "teacher_records", "intervals",
-                "eval_results"),
+                "eval_results", "weights_file"),
     "graphs": ("model_builder", "precision", "bn_statistics", "members", "member_graph",
                "train_graph"),
     "runners": ("train", "distributed", "eval", "predict", "synthetic", "synthetic_segments",

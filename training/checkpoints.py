@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from models.tf_compat import tf
+from models import tf_compat
 from training import cli, locks
 from training.cli import UserError, first_line
 from training.model_flags import ModelFlags
@@ -189,6 +189,7 @@ class CheckpointReader:
         self.prefix, self._reader = prefix, reader
 
     def get_tensor(self, key: str) -> Any:
+        tf = tf_compat.tf
         try:
             return self._reader.get_tensor(key)
         except (tf.errors.OpError, IndexError, ValueError, RuntimeError) as err:
@@ -202,6 +203,7 @@ class CheckpointReader:
 def expected_data_bytes(shapes: Dict[str, Any], dtypes: Dict[str, Any]) -> Tuple[int, bool]:
     """(bytes of the data files an index describes, exact?): a string tensor
     counts one length byte per element and the 4-byte checksum, a lower bound."""
+    tf = tf_compat.tf
     total, exact = 0, True
     for key, shape in shapes.items():
         dtype = tf.as_dtype(dtypes[key]).base_dtype
@@ -222,6 +224,7 @@ def _checksum_failures(prefix: str, count: int) -> Tuple[int, int]:
     """(tensors read, how many failed their checksum) of the `count` smallest
     tensors of a checkpoint: in a damaged spot of the data one or two fail;
     with the index of another checkpoint nearly all do that lie in the data."""
+    tf = tf_compat.tf
     try:
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError):
@@ -289,6 +292,7 @@ def verify_checkpoint(prefix: str) -> CheckpointReader:
     describes, and every tensor a stage uses finite (check_finite). A damaged
     checkpoint is a UserError naming the file and the damage: missing,
     truncated, corrupt, not matching its index, or holding NaN or Inf."""
+    tf = tf_compat.tf
     index = prefix + ".index"
     if not os.path.isfile(index):
         raise UserError(_index_missing(prefix))
@@ -343,6 +347,7 @@ def check_finite(reader: CheckpointReader) -> None:
     tensor). Optimizer slots are not read: no stage uses them, and they
     would triple the reading of a train checkpoint (the trainer checks them
     before every save)."""
+    tf = tf_compat.tf
     prefix = os.path.abspath(reader.prefix)
     signature = _file_signature(prefix)
     if _FOUND_FINITE.get(prefix) == signature:
@@ -613,6 +618,7 @@ def write_arrays_checkpoint(save_path: str, entries, produce) -> str:
     dropped, so the peak memory is about the checkpoint's size, not that of
     every array ever produced. The `checkpoint` state file uses relative paths.
     """
+    tf = tf_compat.tf
     graph = tf.Graph()
     with graph.as_default():
         variables, loaders = {}, []

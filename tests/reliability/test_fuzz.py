@@ -184,7 +184,7 @@ class Fuzz:
         """Two members and the uniform ensemble evaluated on the held-out file,
         and stacking's weights file: ensemble.report's inputs, minimal (adapt
         here when they change)."""
-        from training.members import write_weights_file
+        from training.weights_file import write_weights_file
 
         heldout = str(self.validate)
         dirs = [where / name for name in ("m0", "m1", "ensemble")]

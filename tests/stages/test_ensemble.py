@@ -21,7 +21,8 @@ from support.members import (
 from training import member_graph, train
 from training import train_dir as train_dirs
 from training.cli import UserError
-from training.members import load_member, normalise_weights, write_weights_file
+from training.members import load_member
+from training.weights_file import normalise_weights, write_weights_file
 
 # ---------------------------------------------------------------------------
 # Helpers (the shared ones: tests/support/members.py)

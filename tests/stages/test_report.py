@@ -11,7 +11,7 @@ from conftest import run_module
 from ensemble import report
 from training import checkpoints, eval_results, intervals, metrics
 from training.cli import UserError
-from training.members import write_weights_file
+from training.weights_file import write_weights_file
 
 NUM_VIDEOS, NUM_CLASSES = 300, 40
 

@@ -205,3 +205,18 @@ def test_the_tensorflow_import_leaves_keras_out():
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                                text=True, timeout=300, check=True)
     assert completed.stdout.split("\n")[:2] == ["[]", "keras"], completed.stdout
+
+
+def test_the_report_and_the_csv_check_start_without_tensorflow():
+    """The report (and its --choose, which pipeline.sh runs between two
+    stages), the CSV check and the records they read (checkpoints' JSON and
+    atomic-write helpers, evaluations, the weights file) import no
+    TensorFlow, whose import costs seconds of CPU per process. Mutation:
+    checkpoints importing TensorFlow at the top loads it for all of them."""
+    modules = ("ensemble.report", "ensemble.check_submission", "training.checkpoints",
+               "training.eval_results", "training.intervals", "training.weights_file")
+    code = (f"import sys; import {', '.join(modules)}; "
+            "print('tensorflow' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                               text=True, timeout=300, check=True)
+    assert completed.stdout.strip() == "False", completed.stdout
