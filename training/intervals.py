@@ -114,15 +114,18 @@ def weighted_gaps(videos: VideoTopK, weights: np.ndarray) -> np.ndarray:
     order = _descending_order(videos.scores.astype(np.float32).ravel())
     k = videos.scores.shape[1]
     video_of_pair = order // k
-    relevant = videos.relevant.ravel()[order].astype(np.float64)
+    # Only relevant pairs add hits and terms, so those run over their columns
+    # alone; the cumulative weight (the precision's denominator) needs all.
+    relevant_pairs = np.flatnonzero(videos.relevant.ravel()[order])
     denominators = weights @ videos.num_positives.astype(np.float64)
     gaps = np.zeros(weights.shape[0])
     chunk = max(1, _CHUNK_CELLS // max(1, order.size))
     for start in range(0, weights.shape[0], chunk):
         pair_weights = weights[start:start + chunk][:, video_of_pair]
-        hits = np.cumsum(pair_weights * relevant, axis=1)
-        precision = hits / np.maximum(np.cumsum(pair_weights, axis=1), 1e-12)
-        gaps[start:start + chunk] = (pair_weights * relevant * precision).sum(axis=1)
+        seen = np.cumsum(pair_weights, axis=1)[:, relevant_pairs]
+        relevant_weights = pair_weights[:, relevant_pairs]
+        precision = np.cumsum(relevant_weights, axis=1) / np.maximum(seen, 1e-12)
+        gaps[start:start + chunk] = (relevant_weights * precision).sum(axis=1)
     return np.divide(gaps, denominators, out=np.zeros_like(gaps), where=denominators > 0)
 
 
