@@ -95,43 +95,10 @@ last_bn=moving
 [[ "$SWA_BN" == recompute ]] && last_bn=recompute
 
 # What follows a model's training (averaging, conversion, the evaluations
-# that feed the report) runs in the background, beside the next model's
-# training (each Python process spends seconds importing TensorFlow on one
-# core), each with its own log; wait_background stops the pipeline when one of
-# them failed. On exit, a background job and the Python process it runs stop.
-background_pids=()
-background_logs=()
-mkdir -p "$WORK_DIR/logs"
-stop_background() {
-  local pid children
-  for pid in "${background_pids[@]}"; do
-    children=$(pgrep -P "$pid" || true)
-    # shellcheck disable=SC2086
-    kill "$pid" $children 2> /dev/null || true
-  done
-}
-trap 'if (( ${#background_pids[@]} )); then stop_background; fi' EXIT
-in_background() {  # what, log file, command...
-  echo "=== $1 (in the background, log: $2)"
-  "${@:3}" > "$2" 2>&1 &
-  background_pids+=($!)
-  background_logs+=("$2")
-}
-wait_background() {
-  local i
-  for i in "${!background_pids[@]}"; do
-    if ! wait "${background_pids[$i]}"; then
-      echo "error: a background stage failed; its log ${background_logs[$i]} ends with:" >&2
-      tail -n 5 "${background_logs[$i]}" >&2
-      exit 1
-    fi
-    # The summary line of the evaluation (none when PYTHON only records the calls).
-    { grep -h "GAP" "${background_logs[$i]}" || true; } | tail -n 1 \
-      | sed "s|^|$(basename "${background_logs[$i]}" .log): |"
-  done
-  background_pids=()
-  background_logs=()
-}
+# that feed the report) runs in the background beside the next model's
+# training; so do the uniform ensemble (beside the stacking) and the CSV
+# (beside the report).
+source run_scripts/background.sh
 
 # One member after its training: SWA -> swa_dir, STORAGE -> bf16_dir (each
 # skipped when its output exists), then the member's evaluation on the held-out
@@ -188,12 +155,12 @@ build_ensemble() {  # output dir, extra ensemble.build flags...
     --eval_data_pattern="$HELDOUT_PATTERN" --seed="$ENSEMBLE_SEED" --top_k="$TOP_K" "$@"
 }
 wait_background   # every member's averaging and conversion done
+# The uniform ensemble is built beside the stacking (both read only the
+# members); the choice between them waits for both.
 if [[ ! -d "$ensemble_dir" ]]; then
-  echo "=== uniform ensemble of ${#members[@]} models, tile $TILE_NUM -> $ensemble_dir"
-  build_ensemble "$ensemble_dir"
+  in_background "uniform ensemble of ${#members[@]} models, tile $TILE_NUM -> $ensemble_dir" \
+    "$WORK_DIR/logs/ensemble-uniform.log" build_ensemble "$ensemble_dir"
 fi
-chosen=$ensemble_dir
-report_flags=()
 if [[ "$STACKING" == 1 ]]; then
   if [[ ! -f "$weights_file" ]]; then
     echo "=== stacking: member weights fitted on the first half -> $weights_file"
@@ -205,21 +172,27 @@ if [[ "$STACKING" == 1 ]]; then
     echo "=== stacked ensemble -> $stacked_dir"
     build_ensemble "$stacked_dir" --weights_file="$weights_file"
   fi
+fi
+wait_background   # the uniform ensemble
+chosen=$ensemble_dir
+report_flags=()
+if [[ "$STACKING" == 1 ]]; then
   chosen=$("$PYTHON" -m ensemble.report --choose --ensemble_dir="$ensemble_dir" \
     --stacked_dir="$stacked_dir" --weights_file="$weights_file")
   report_flags=(--stacked_dir="$stacked_dir" --weights_file="$weights_file")
   echo "=== the CSV uses $chosen (the better ensemble on the fitting half)"
 fi
+# The CSV is written beside the report (which reads only evaluations).
 if [[ ! -f "$SUBMISSION" ]]; then
-  echo "=== inference -> $SUBMISSION"
-  "$PYTHON" -m ensemble.inference --train_dir="$chosen" \
+  in_background "inference -> $SUBMISSION" "$WORK_DIR/logs/inference.log" \
+    "$PYTHON" -m ensemble.inference --train_dir="$chosen" \
     --input_data_pattern="$TEST_PATTERN" --output_file="$SUBMISSION" --top_k="$TOP_K" \
     ${LABEL_NAMES:+--label_names="$LABEL_NAMES"}
 fi
-"$PYTHON" -m ensemble.check_submission --submission="$SUBMISSION" --num_classes="$NUM_CLASSES" \
-  --top_k="$TOP_K"
-wait_background
 "$PYTHON" -m ensemble.report --data_pattern="$HELDOUT_PATTERN" --model_dirs="$model_dirs" --train_dirs="$(IFS=,; echo "${train_dirs[*]}")" \
   --ensemble_dir="$ensemble_dir" "${report_flags[@]}" \
   --output_json="$REPORT.json" --output_png="$REPORT.png"
+wait_background   # the CSV
+"$PYTHON" -m ensemble.check_submission --submission="$SUBMISSION" --num_classes="$NUM_CLASSES" \
+  --top_k="$TOP_K"
 echo "=== pipeline done in $(( SECONDS / 60 )) min $(( SECONDS % 60 )) s"

@@ -146,3 +146,29 @@ def process_alive(pid: int) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_ensemble_tail_runs_side_by_side_and_waits_for_its_inputs(tmp_path):
+    """The uniform ensemble is built beside the stacking, and the CSV written
+    beside the report; the choice waits for the uniform ensemble and the CSV
+    check for the CSV. (Mutations: no wait before the choice -> it reads an
+    ensemble not yet built; none before the check -> it checks a CSV not yet
+    written.)"""
+    log = tmp_path / "calls.txt"
+    recorder = fake_python(tmp_path, log, f"""
+if [[ $2 == ensemble.build && "$*" != *--weights_file* ]]; then sleep 2; echo built >> "{log}"; fi
+if [[ $2 == ensemble.inference ]]; then sleep 2; echo wrote >> "{log}"; fi""")
+    (tmp_path / "data").mkdir()
+    for name in ("validate0.tfrecord", "validate1.tfrecord"):  # STACKING=1 splits them
+        (tmp_path / "data" / name).write_bytes(b"")
+    subprocess.run(["bash", str(PIPELINE)], cwd="/", check=True, capture_output=True,
+                   env=pipeline_env(tmp_path / "work", tmp_path / "data", python=recorder,
+                                    STACKING="1"), timeout=60)
+    calls = log.read_text().splitlines()
+
+    def position(start: str) -> int:
+        return next(i for i, call in enumerate(calls) if call.startswith(start))
+
+    assert position("-m stacking.fit") < position("built") < position("-m ensemble.report --choose")
+    assert position("-m ensemble.report --data_pattern") < position("wrote") \
+        < position("-m ensemble.check_submission")
