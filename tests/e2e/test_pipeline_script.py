@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import REPO_ROOT, TINY_CLASSES
 
 PIPELINE = REPO_ROOT / "run_scripts" / "pipeline.sh"
@@ -148,6 +150,7 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_the_ensemble_tail_runs_side_by_side_and_waits_for_its_inputs(tmp_path):
     """The uniform ensemble is built beside the stacking, and the CSV written
     beside the report; the choice waits for the uniform ensemble and the CSV
