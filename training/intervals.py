@@ -1,4 +1,5 @@
-"""Per-video evaluation records and paired bootstrap intervals of GAP.
+"""Per-video evaluation records and paired bootstrap intervals of GAP (and of
+the 2019 Segment MAP: ``SegmentRatings``).
 
 An evaluation keeps, for each video, its top-k (score, relevant) pairs and
 its number of positive labels (``VideoTopK``): all that GAP@k needs, about
@@ -25,7 +26,7 @@ import hashlib
 import os
 import zipfile
 import zlib
-from typing import Dict, Iterator, Sequence
+from typing import Any, Dict, Iterator, Sequence
 
 import numpy as np
 
@@ -75,6 +76,12 @@ class VideoTopK:
 
     def gap(self) -> float:
         return float(weighted_gaps(self, np.ones((1, self.num_videos)))[0])
+
+    # What PairedBootstrap measures: the point value and each draw's.
+    point = gap
+
+    def weighted(self, weights: np.ndarray) -> np.ndarray:
+        return weighted_gaps(self, weights)
 
 
 def concatenate(parts: Sequence[VideoTopK]) -> VideoTopK:
@@ -164,7 +171,7 @@ def _interval(estimate: float, draws: np.ndarray) -> Interval:
     return Interval(float(estimate), float(low), float(high))
 
 
-def check_same_videos(named: Dict[str, VideoTopK]) -> None:
+def check_same_videos(named: Dict[str, Any]) -> None:
     """Refuses records of different videos, naming the first two that differ."""
     items = list(named.items())
     first_name, first = items[0]
@@ -177,26 +184,32 @@ def check_same_videos(named: Dict[str, VideoTopK]) -> None:
 
 
 class PairedBootstrap:
-    """GAP intervals of several systems on the same videos, one set of draws
-    shared by all, so that every difference is paired."""
+    """Intervals of a metric for several systems on the same videos, one set
+    of draws shared by all, so that every difference is paired. A record is
+    a VideoTopK (GAP) or a SegmentRatings (Segment MAP): anything with
+    ``ids_digest``, ``num_videos``, ``sorted_by_id``, ``point()`` and
+    ``weighted(weights [B, V]) -> [B]`` over its videos sorted by id."""
 
-    def __init__(self, named: Dict[str, VideoTopK], samples: int = DEFAULT_SAMPLES,
+    def __init__(self, named: Dict[str, Any], samples: int = DEFAULT_SAMPLES,
                  seed: int = DEFAULT_SEED):
         check_same_videos(named)
-        self.named = {name: videos.sorted_by_id() for name, videos in named.items()}
+        self.named = {name: record.sorted_by_id() for name, record in named.items()}
         num_videos = next(iter(self.named.values())).num_videos
         self.weights = bootstrap_weights(num_videos, samples, seed)
         self.samples, self.seed, self.num_videos = samples, seed, num_videos
-        self._draws = {name: weighted_gaps(videos, self.weights)
-                       for name, videos in self.named.items()}
-        self._gaps = {name: videos.gap() for name, videos in self.named.items()}
+        self._draws = {name: record.weighted(self.weights)
+                       for name, record in self.named.items()}
+        self._points = {name: record.point() for name, record in self.named.items()}
 
-    def gap(self, name: str) -> Interval:
-        return _interval(self._gaps[name], self._draws[name])
+    def value(self, name: str) -> Interval:
+        """The metric of one system, with its interval."""
+        return _interval(self._points[name], self._draws[name])
+
+    gap = value     # (the video-level report's name for it)
 
     def gain(self, name: str, over: str) -> Interval:
-        """GAP(name) - GAP(over), with its paired interval."""
-        return _interval(self._gaps[name] - self._gaps[over],
+        """metric(name) - metric(over), with its paired interval."""
+        return _interval(self._points[name] - self._points[over],
                          self._draws[name] - self._draws[over])
 
     def names(self) -> Iterator[str]:
@@ -207,3 +220,102 @@ def videos_file_name(key: str) -> str:
     """The per-video record's file name of an evaluation key."""
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16] + ".npz"
 
+
+
+# ---------------------------------------------------------------------------
+# 2019 rated segments
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentRatings:
+    """Every rating of a segment evaluation: entry i is one rated (segment,
+    class) pair. ids [N] bytes (the segment's video), start_times [N] int64,
+    classes [N] int64, ratings [N] int8 (0/1), scores [N] float32 (the
+    model's score of classes[i] on the segment), retrieved [N] bool (False:
+    refinement left the class out of that segment's list, so it is not
+    ranked but its positive still counts, training.metrics.segment_metrics).
+    """
+    ids: np.ndarray
+    start_times: np.ndarray
+    classes: np.ndarray
+    ratings: np.ndarray
+    scores: np.ndarray
+    retrieved: np.ndarray
+
+    @property
+    def num_videos(self) -> int:
+        return int(np.unique(self.ids).size)
+
+    def ids_digest(self) -> str:
+        """sha1 of the sorted distinct video ids and of the rated pairs."""
+        digest = hashlib.sha1()
+        for video_id in np.unique(self.ids).tolist():
+            digest.update(video_id + b"\n")
+        order = np.lexsort((self.classes, self.start_times, self.ids))
+        for array in (self.start_times[order], self.classes[order], self.ratings[order]):
+            digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
+    def sorted_by_id(self) -> "SegmentRatings":
+        order = np.lexsort((self.classes, self.start_times, self.ids))
+        return SegmentRatings(*(getattr(self, field.name)[order]
+                                for field in dataclasses.fields(SegmentRatings)))
+
+    def point(self) -> float:
+        return float(self.weighted(np.ones((1, self.num_videos)))[0])
+
+    def weighted(self, weights: np.ndarray) -> np.ndarray:
+        return weighted_segment_maps(self, weights)
+
+
+def save_segment_ratings(path: str, ratings: SegmentRatings) -> None:
+    """Writes the ratings as a compressed .npz, atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with checkpoints.atomic_file(path, overwrite=True, wait=True) as tmp_path:
+        with open(tmp_path, "wb") as out:
+            np.savez_compressed(out, **dataclasses.asdict(ratings))
+
+
+def load_segment_ratings(path: str) -> SegmentRatings:
+    """The ratings at `path`; a missing, damaged or ragged file is a UserError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as payload:
+            ratings = SegmentRatings(*(payload[field.name]
+                                       for field in dataclasses.fields(SegmentRatings)))
+    except _DAMAGED_NPZ as err:
+        raise UserError(f"{path}: not a segment ratings record ({type(err).__name__} "
+                        f"{excerpt(str(err))}); evaluate again to rewrite it") from None
+    if len({getattr(ratings, field.name).shape
+            for field in dataclasses.fields(SegmentRatings)}) != 1:
+        raise UserError(f"{path}: its arrays disagree in shape; evaluate again to rewrite it")
+    return ratings
+
+
+def weighted_segment_maps(ratings: SegmentRatings, weights: np.ndarray) -> np.ndarray:
+    """Segment MAP of each draw: weights [B, V] multiplicities of the videos
+    (sorted by id) -> [B]. Each rated pair weighs as its video; per class,
+    the retrieved pairs in the metric's order (training.metrics.average_precision
+    on that class's pairs) give AP_w = sum_i w_i r_i P_i / sum_(all pairs) w_i r_i
+    with P_i = sum_{j<=i} w_j r_j / sum_{j<=i} w_j; the MAP is the mean over the
+    classes with a positive weight of positives (every weight 1: exactly
+    training.metrics.segment_metrics' segment_map)."""
+    video_of = np.unique(ratings.ids, return_inverse=True)[1].ravel()
+    classes = np.asarray(ratings.classes)
+    positive = np.asarray(ratings.ratings) > 0
+    retrieved = np.asarray(ratings.retrieved, dtype=bool)
+    scores = np.asarray(ratings.scores, dtype=np.float32)
+    total = np.zeros(weights.shape[0])
+    counted = np.zeros(weights.shape[0])
+    for class_id in np.unique(classes):
+        rows = np.flatnonzero(classes == class_id)
+        positives = weights[:, video_of[rows[positive[rows]]]].sum(axis=1)
+        ranked = rows[retrieved[rows]]
+        ranked = ranked[_descending_order(scores[ranked])]
+        pair_weights = weights[:, video_of[ranked]]
+        hits = pair_weights * positive[ranked]
+        precision = np.cumsum(hits, axis=1) / np.maximum(np.cumsum(pair_weights, axis=1), 1e-12)
+        sums = (hits * precision).sum(axis=1)
+        has = positives > 0
+        total += np.divide(sums, positives, out=np.zeros_like(sums), where=has)
+        counted += has
+    return np.divide(total, counted, out=np.zeros_like(total), where=counted > 0)

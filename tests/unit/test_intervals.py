@@ -92,3 +92,74 @@ def test_save_and_load(data, tmp_path):
     path.write_bytes(b"not a zip")
     with pytest.raises(UserError, match=f"{path}: not a per-video evaluation record"):
         intervals.load(str(path))
+
+
+# ---------------------------------------------------------------------------
+# 2019 rated segments: Segment MAP over videos
+
+
+def segment_ratings(rng, quality: float, videos: int = 120, retrieved=None):
+    """Five rated pairs a video over 8 classes; scores = quality * rating + noise."""
+    ids = np.repeat([f"s{index:03d}".encode() for index in range(videos)], 5)
+    classes = np.random.default_rng(3).integers(0, 8, ids.size)
+    ratings = np.random.default_rng(4).integers(0, 2, ids.size).astype(np.int8)
+    scores = (quality * ratings + rng.random(ids.size)).astype(np.float32)
+    retrieved = np.ones(ids.size, bool) if retrieved is None else retrieved
+    return intervals.SegmentRatings(ids, np.tile(np.arange(5) * 5, videos), classes, ratings,
+                                    scores, retrieved)
+
+
+def hand_segment_map(record) -> float:
+    """Per class: the retrieved pairs ranked by score, AP over all its positives."""
+    aps = []
+    for class_id in np.unique(record.classes):
+        rows = record.classes == class_id
+        positives = int(record.ratings[rows].sum())
+        if positives:
+            kept = rows & record.retrieved
+            aps.append(metrics.average_precision(record.scores[kept], record.ratings[kept],
+                                                 num_positives=positives))
+    return float(np.mean(aps))
+
+
+def test_segment_map_with_unit_weights_is_the_metric_and_counts_unretrieved_positives():
+    """Mutations: counting only the retrieved positives in a class's denominator,
+    or ranking the pairs refinement left out, each break the second equality."""
+    record = segment_ratings(np.random.default_rng(0), 0.5).sorted_by_id()
+    assert record.point() == pytest.approx(metrics.segment_metrics(
+        record.scores, record.classes, record.ratings)["segment_map"], abs=1e-12)
+    dropped = np.random.default_rng(1).random(record.ids.size) < 0.3
+    refined = intervals.SegmentRatings(record.ids, record.start_times, record.classes,
+                                       record.ratings, record.scores, ~dropped)
+    assert refined.point() == pytest.approx(hand_segment_map(refined), abs=1e-12)
+    assert refined.point() < record.point()
+    # A draw that takes video 0 twice and leaves video 1 out weighs its pairs so.
+    weights = np.ones((1, record.num_videos))
+    weights[0, 0], weights[0, 1] = 2, 0
+    keep = np.concatenate([np.arange(5), np.arange(5), np.arange(10, record.ids.size)])
+    duplicated = metrics.segment_metrics(record.scores[keep], record.classes[keep],
+                                         record.ratings[keep])["segment_map"]
+    assert intervals.weighted_segment_maps(record, weights)[0] == pytest.approx(duplicated,
+                                                                              abs=5e-3)
+
+
+def test_segment_map_paired_interval_resolves_a_gain_and_not_a_tie(tmp_path):
+    rng = np.random.default_rng(5)
+    good, worse, same = (segment_ratings(rng, q) for q in (0.6, 0.2, 0.6))
+    boot = intervals.PairedBootstrap({"good": good, "worse": worse, "same": same},
+                                     samples=300)
+    assert boot.gain("good", "worse").low > 0
+    assert not boot.gain("good", "same").resolved
+    path = tmp_path / "r.npz"
+    intervals.save_segment_ratings(str(path), good)
+    loaded = intervals.load_segment_ratings(str(path))
+    assert loaded.ids_digest() == good.ids_digest() and loaded.point() == good.point()
+    other = intervals.SegmentRatings(*(np.roll(getattr(good, name), 5) if name == "classes"
+                                       else getattr(good, name)
+                                       for name in ("ids", "start_times", "classes",
+                                                    "ratings", "scores", "retrieved")))
+    with pytest.raises(UserError, match="were measured on different videos"):
+        intervals.PairedBootstrap({"a": good, "b": other}, samples=10)
+    path.write_bytes(b"not a zip")
+    with pytest.raises(UserError, match=f"{path}: not a segment ratings record"):
+        intervals.load_segment_ratings(str(path))
