@@ -299,30 +299,33 @@ def _short(name: str) -> str:
     return name.replace("nonlocal-", "").replace("-bfloat16", "").replace("-int8", "")
 
 
-def write_chart(report: Dict[str, Any], path: str, overwrite: bool = True) -> None:
-    """A bar chart (PNG) of every row's GAP with its 95% interval, the best
-    single state as a dashed line."""
-    rows = report["rows"]
+def write_chart(report: Dict[str, Any], path: str, overwrite: bool = True,
+                colours: Optional[Dict[str, str]] = None, ylabel: str = "",
+                value_key: str = "gap", ensemble_kinds: Sequence[str] = ("ensemble",)) -> None:
+    """A bar chart (PNG) of every row's metric (row[value_key]) with its 95%
+    interval, bars coloured by kind, the best single state (a row not of
+    ensemble_kinds) as a dashed line."""
+    rows, colours = report["rows"], colours or _COLOURS
+    values = [row[value_key] for row in rows]
     figure = Figure(figsize=(max(6.0, 0.7 * len(rows)) + 2.0, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    for kind, colour in _COLOURS.items():
-        picked = [(p, row["gap"]) for p, row in enumerate(rows) if row["kind"] == kind]
+    for kind, colour in colours.items():
+        picked = [(p, values[p]) for p, row in enumerate(rows) if row["kind"] == kind]
         if picked:
-            positions, gaps = zip(*picked)
-            errors = _error_bars(gaps)
-            axes.bar(positions, [gap["estimate"] for gap in gaps], width=0.7, color=colour,
-                     label=kind, yerr=errors, capsize=3)
-    singles = [row["gap"]["estimate"] for row in rows if row["kind"] != "ensemble"]
+            positions, heights = zip(*picked)
+            axes.bar(positions, [value["estimate"] for value in heights], width=0.7,
+                     color=colour, label=kind, yerr=_error_bars(heights), capsize=3)
+    singles = [values[p]["estimate"] for p, row in enumerate(rows)
+               if row["kind"] not in ensemble_kinds]
     if singles:
         axes.axhline(max(singles), color="black", linestyle="--", linewidth=1,
                      label="best single state")
-    low = min(row["gap"]["low"] for row in rows)
-    axes.set_ylim(max(0.0, low - 0.05), None)
+    axes.set_ylim(max(0.0, min(value["low"] for value in values) - 0.05), None)
     axes.set_xticks(range(len(rows)))
     axes.set_xticklabels([_short(row["name"]) + (" *" if row.get("chosen") else "")
                           for row in rows], rotation=40, ha="right", fontsize=7)
-    axes.set_ylabel(f"GAP@20, {report['num_videos']} held-out videos")
+    axes.set_ylabel(ylabel or f"GAP@20, {report['num_videos']} held-out videos")
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     with checkpoints.atomic_file(path, overwrite, "output_png") as tmp_path:
