@@ -157,3 +157,96 @@ def test_unrated_reader_reads_start_times_only(segment_files, tmp_path):
                               segment_readers.SegmentReader(num_classes=NUM_CLASSES))
     readers.check_records([path], "input_data_pattern",
                           segment_readers.SegmentReader(num_classes=NUM_CLASSES, rated=False))
+
+
+# ---------------------------------------------------------------------------
+# Every segment of the test split (the 2019 starter's get_segments)
+
+
+def starter_get_segments(video_matrix, num_frames, segment_size):
+    """The 2019 starter's inference.get_segments (google/youtube-8m HEAD),
+    verbatim but for names: video_matrix [B, max_frames, D] dequantised and
+    zero-padded, num_frames [B] -> segment frames [S, segment_size, D],
+    their num_frames, video rows and start times."""
+    batch, max_frame, dim = video_matrix.shape
+    padded_sizes = (num_frames + segment_size - 1) // segment_size * segment_size
+    mask = 0 < (padded_sizes[:, None] - np.arange(0, max_frame)[None, :])
+    frames = video_matrix.reshape((-1, dim))[mask.reshape(-1)].reshape((-1, segment_size, dim))
+    starts = np.arange(0, max_frame, segment_size)
+    remaining = (num_frames[:, None] - starts).reshape(-1)
+    valid = remaining > 0
+    lengths = remaining[valid]
+    lengths[lengths > segment_size] = segment_size
+    max_segments = (max_frame + segment_size - 1) // segment_size
+    videos = np.tile(np.arange(batch)[:, None], [1, max_segments]).reshape(-1)[valid]
+    return frames, lengths, videos, np.tile(starts, batch)[valid]
+
+
+def _unrated_records(lengths, seed=0):
+    """Test-split records (no labels, no segment lists) of these frame counts."""
+    rng = np.random.default_rng(seed)
+    return [tf.train.SequenceExample.FromString(synthetic.sequence_example(
+        f"v{i:03d}".encode(), [], rng.integers(0, 256, (n, 1024), dtype=np.uint8),
+        rng.integers(0, 256, (n, 128), dtype=np.uint8))) for i, n in enumerate(lengths)]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_every_segment_mode_cuts_videos_as_the_starter(padded):
+    """Start times 0, 5, ... below the frame count, the last segment shorter
+    (its remaining frames, zeros after), frame counts capped at max_frames
+    (the 33-frame video is read as 30), exactly as the starter's get_segments.
+
+    Mutation tried: num_frames of every segment set to segment_size (the
+    listed mode's) -> the short last segments' counts differed."""
+    lengths = [1, 5, 7, 12, 20, 33]
+    records = _unrated_records(lengths)
+    reader = segment_readers.SegmentReader(num_classes=NUM_CLASSES, max_frames=30,
+                                           rated=False, positions="every", padded=padded)
+    out = _parse(records, reader)
+    matrix = np.zeros([len(records), 30, 1152], np.float32)
+    for row, ex in enumerate(records):
+        joined = np.concatenate([_frames(ex, "rgb"), _frames(ex, "audio")], axis=1)[:30]
+        matrix[row, :len(joined)] = synthetic.dequantize_np(joined)
+    frames, counts, videos, starts = starter_get_segments(
+        matrix, np.minimum(lengths, 30), 5)
+    assert list(out["start_time"]) == list(starts)
+    assert list(out["num_frames"]) == list(counts)
+    assert list(out["id"]) == [records[v].context.feature["id"].bytes_list.value[0]
+                               for v in videos]
+    assert out["features"].shape[1] == (30 if padded else 5)
+    np.testing.assert_allclose(out["features"][:, :5], frames, rtol=0, atol=1e-6)
+    assert not out["features"][:, 5:].any() and (out["labels"] == -1).all()
+
+
+def test_skip_unrated_positions_drops_the_first_6_and_last_2():
+    """Of a video's ceil(frames / 5) positions only 6 .. count - 3 are kept,
+    in both modes (listed: a listed start time at an unrated position goes).
+
+    Mutation tried: UNRATED_TAIL applied as count - 1 -> one more segment of
+    each video kept and this failed."""
+    lengths = [20, 41, 50, 52]     # 4, 9, 10 and 11 positions
+    reader = segment_readers.SegmentReader(num_classes=NUM_CLASSES, rated=False,
+                                           positions="every", skip_unrated=True)
+    out = _parse(_unrated_records(lengths), reader)
+    expected = [(f"v{i:03d}".encode(), 5 * k) for i, n in enumerate(lengths)
+                for k in range(segment_readers.UNRATED_HEAD,
+                               -(-n // 5) - segment_readers.UNRATED_TAIL)]
+    assert list(zip(out["id"], out["start_time"])) == expected
+    assert expected and all(n == 5 for n in out["num_frames"])
+    listed = _unrated_records([52])
+    listed[0].context.feature["segment_start_times"].int64_list.value.extend([0, 25, 30, 40, 45])
+    reader = segment_readers.SegmentReader(num_classes=NUM_CLASSES, rated=False,
+                                           skip_unrated=True)
+    assert list(_parse(listed, reader)["start_time"]) == [30, 40]
+
+
+def test_auto_positions_follow_the_records(segment_files, tmp_path):
+    """auto: "listed" for records with segment_start_times, "every" for the
+    test split's; an unknown mode is one line."""
+    path = str(tmp_path / "test.tfrecord")
+    synthetic.write_records(path, [ex.SerializeToString() for ex in _unrated_records([9])])
+    assert segment_readers.resolve_positions("auto", segment_files) == "listed"
+    assert segment_readers.resolve_positions("auto", [path]) == "every"
+    assert segment_readers.resolve_positions("listed", [path]) == "listed"
+    with pytest.raises(UserError, match="--segment_positions: must be one of"):
+        segment_readers.resolve_positions("all", [path])
