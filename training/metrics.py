@@ -665,8 +665,8 @@ def format_summary(metrics: dict, label: str = "") -> str:
 # 2019 segment-rated evaluation (docs/formats.md 2.7)
 # --------------------------------------------------------------------------
 
-def segment_metrics(scores: np.ndarray, labels: np.ndarray, ratings: np.ndarray
-                    ) -> dict:
+def segment_metrics(scores: np.ndarray, labels: np.ndarray, ratings: np.ndarray,
+                    retrieved: Optional[np.ndarray] = None) -> dict:
     """The 2019 metrics of rated segments; entry i is one rating: the model's
     score of class labels[i] on the segment's frames, the 0/1 rating.
 
@@ -677,31 +677,46 @@ def segment_metrics(scores: np.ndarray, labels: np.ndarray, ratings: np.ndarray
     positive rating would stop that script, so it is left out and counted in
     ``num_classes_without_positives``). ``segment_gap``: the AP of all
     ratings pooled in one ranking. Ties: the fixed order of average_precision.
+    retrieved: bool [N] (None: all), whether rating i's (segment, class) is
+    in the submission (refinement keeps a segment only for its video's top
+    classes): the others leave the rankings but still count among their
+    class's positives, as the starter's metric scores such a submission.
     """
     s = np.asarray(scores, dtype=np.float32).ravel()
     c = np.asarray(labels, dtype=np.int64).ravel()
     r = np.asarray(ratings).ravel() > 0
-    if not s.shape == c.shape == r.shape:
-        raise ValueError(f"scores ({s.size}), labels ({c.size}) and ratings ({r.size}) "
-                         f"differ in size")
+    kept = np.ones(s.shape, bool) if retrieved is None else np.asarray(retrieved, bool).ravel()
+    if not s.shape == c.shape == r.shape == kept.shape:
+        raise ValueError(f"scores ({s.size}), labels ({c.size}), ratings ({r.size}) and "
+                         f"retrieved ({kept.size}) differ in size")
     order = np.argsort(c, kind="stable")
     classes, starts = np.unique(c[order], return_index=True)
     aps = []
     for rows in np.split(order, starts[1:]):
-        if r[rows].any():
-            aps.append(average_precision(s[rows], r[rows]))
-    return {"segment_map": float(np.mean(aps)) if aps else 0.0,
-            "segment_gap": average_precision(s, r),
-            "num_segments": int(s.size), "num_positive_segments": int(r.sum()),
-            "num_rated_classes": int(classes.size),
-            "num_classes_without_positives": int(classes.size - len(aps))}
+        positives = int(r[rows].sum())
+        if positives:
+            rows = rows[kept[rows]]
+            aps.append(average_precision(s[rows], r[rows], positives))
+    result = {"segment_map": float(np.mean(aps)) if aps else 0.0,
+              "segment_gap": average_precision(s[kept], r[kept], int(r.sum())),
+              "num_segments": int(s.size), "num_positive_segments": int(r.sum()),
+              "num_rated_classes": int(classes.size),
+              "num_classes_without_positives": int(classes.size - len(aps))}
+    if retrieved is not None:
+        result.update(num_retrieved=int(kept.sum()),
+                      num_positive_retrieved=int((r & kept).sum()))
+    return result
 
 
 def format_segment_summary(metrics: dict, label: str = "") -> str:
     """One line: ``<label> | segments 1234 (567 rated 1) over 12 classes |
-    Segment_MAP: 0.812 | Segment_GAP: 0.790``."""
+    [refined: 1000 retrieved (500 rated 1) |] Segment_MAP: 0.812 |
+    Segment_GAP: 0.790``."""
     body = (f"segments {metrics['num_segments']} ({metrics['num_positive_segments']} rated 1) "
             f"over {metrics['num_rated_classes']} classes | "
-            f"Segment_MAP: {metrics['segment_map']:.3f} | "
+            + (f"refined: {metrics['num_retrieved']} retrieved "
+               f"({metrics['num_positive_retrieved']} rated 1) | "
+               if "num_retrieved" in metrics else "")
+            + f"Segment_MAP: {metrics['segment_map']:.3f} | "
             f"Segment_GAP: {metrics['segment_gap']:.3f}")
     return f"{label} | {body}" if label else body
