@@ -12,6 +12,7 @@ own tier or the ones above it, never below (tests/unit/test_architecture.py).
    readers (TFRecord readers, the input pipeline), segment_readers (2019
    segment-rated records), record_layouts (the Reader registry), teacher_records,
    intervals (per-video records, bootstrap intervals), eval_results,
+   segment_results (2019 segment evaluations and their per-rating records),
    weights_file (stacking's member weights).
 3. graphs -- TensorFlow graphs built from those records:
    model_builder (a model from model_flags.json), precision (bfloat16
@@ -19,7 +20,8 @@ own tier or the ones above it, never below (tests/unit/test_architecture.py).
    (the tiled ensemble graph), train_graph (towers, loss, optimizer).
 4. runners -- the loops and entry points:
    train, distributed, eval, predict, synthetic, synthetic_segments,
-   frames_from_videos.
+   frames_from_videos, segment_refine (video-level refinement of 2019
+   segment scores).
 """
 from typing import Dict, Tuple
 
@@ -28,9 +30,9 @@ TIERS: Dict[str, Tuple[str, ...]] = {
                     "losses", "quantize", "submission"),
     "records": ("model_flags", "checkpoints", "checkpoint_fit", "train_dir", "readers",
                 "segment_readers", "record_layouts", "teacher_records", "intervals",
-                "eval_results", "weights_file"),
+                "eval_results", "segment_results", "weights_file"),
     "graphs": ("model_builder", "precision", "bn_statistics", "members", "member_graph",
                "train_graph"),
     "runners": ("train", "distributed", "eval", "predict", "synthetic", "synthetic_segments",
-                "frames_from_videos"),
+                "frames_from_videos", "segment_refine"),
 }

@@ -20,7 +20,6 @@ a one-line note (training.bn_statistics.convergence_note).
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Callable, Dict, Optional
@@ -40,17 +39,25 @@ from training import (
     predict,
     readers,
     segment_readers,
+    segment_refine,
+    segment_results,
 )
 from training import flags as shared_flags
-from training.cli import UserError, first_line, run_main
+from training.cli import UserError, run_main
 from training.submission import DEFAULT_TOP_K
 
 FLAGS = flags.FLAGS
 
 # The lock of an evaluation's results in a dir (training.locks; not the trainer's).
 EVAL_LOCK = ".eval.lock"
-# --segment_labels results (write_segment_results).
-SEGMENT_RESULTS = "segment_eval_results.json"
+# --segment_labels results and their per-rating records (training.segment_results,
+# their home; named here too for the callers of before).
+SEGMENT_RESULTS = segment_results.SEGMENT_RESULTS
+read_segment_evaluations = segment_results.read_segment_evaluations
+find_segment_result = segment_results.find_segment_result
+write_segment_results = segment_results.write_segment_results
+segment_ratings_of = segment_results.segment_ratings_of
+find_segment_entry = segment_results.find_segment_entry
 
 
 def define_flags() -> None:
@@ -78,6 +85,7 @@ def define_flags() -> None:
                         "Segment_GAP to segment_eval_results.json (docs/formats.md 2.7).")
     shared_flags.define(flags.DEFINE_integer, "segment_size", 5,
                         "Frames per rated segment (--segment_labels).")
+    segment_refine.define_flags()
 
 
 def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
@@ -88,33 +96,59 @@ def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
                         bf16_compute: Optional[str] = None,
                         recompute: Optional[bn_stats.Recompute] = None,
                         compression: str = "auto", keep_videos: bool = True,
-                        segment_size: int = 0) -> Dict[str, Any]:
+                        segment_size: int = 0,
+                        refine: Optional[segment_refine.Refine] = None) -> Dict[str, Any]:
     """Metrics of one checkpoint of a model dir (training.predict does the work;
     a bfloat16 checkpoint computes in the --bf16_compute mode, None: the default).
     recompute: evaluate it with BN statistics recomputed so (the checkpoint
     itself is only read); None: with its moving statistics. keep_videos: the
     result's "videos" holds each video's top-k (predict.evaluate_model).
     segment_size > 0: the 2019 segment metrics of segment-rated records
-    instead (predict.evaluate_segments)."""
+    instead (_segment_metrics; keep_videos: with their "ratings"), refined
+    by refine (training.segment_refine) when given."""
     if recompute is not None:
         with bn_stats.recomputed_checkpoint(model_dir, checkpoint_path, recompute,
                                             log) as recomputed:
             return evaluate_checkpoint(model_dir, recomputed, data_pattern, batch_size, top_k,
                                        frame_sampling, seed, num_readers, log, skip_corrupt,
                                        bf16_compute, compression=compression,
-                                       keep_videos=keep_videos, segment_size=segment_size)
+                                       keep_videos=keep_videos, segment_size=segment_size,
+                                       refine=refine)
     model = predict.open_model(model_dir, frame_sampling, seed, bf16_compute,
                                checkpoint=checkpoint_path)
     try:
         if segment_size:
-            return predict.evaluate_segments(model, data_pattern, segment_size, batch_size,
-                                             num_readers, log, skip_corrupt=skip_corrupt,
-                                             compression=compression)
+            return _segment_metrics(model, data_pattern, segment_size, batch_size, num_readers,
+                                    log, skip_corrupt, compression, keep_videos, refine,
+                                    (frame_sampling, seed, bf16_compute))
         return predict.evaluate_model(model, data_pattern, batch_size, top_k, num_readers, log,
                                       skip_corrupt=skip_corrupt, compression=compression,
                                       keep_videos=keep_videos)
     finally:
         model.close()
+
+
+def _segment_metrics(model: predict.LoadedModel, data_pattern: str, segment_size: int,
+                     batch_size: int, num_readers: int, log, skip_corrupt: bool,
+                     compression: str, keep_ratings: bool,
+                     refine: Optional[segment_refine.Refine], model_settings: tuple
+                     ) -> Dict[str, Any]:
+    """predict.evaluate_segments of the model; with refine, first its video
+    top classes (one pass over the videos: memory videos x K), from the
+    model itself or the refine model opened with model_settings
+    (frame_sampling, seed, bf16_compute)."""
+    top = None
+    if refine is not None:
+        frame_sampling, seed, bf16_compute = model_settings
+        with segment_refine.opened(refine, model, frame_sampling, seed,
+                                   bf16_compute) as refiner:
+            top = segment_refine.video_top_classes(
+                refiner, refine.top_k, batch_size, data_pattern, flag_name="eval_data_pattern",
+                compression=compression, log=log)
+    return predict.evaluate_segments(model, data_pattern, segment_size, batch_size,
+                                     num_readers, log, skip_corrupt=skip_corrupt,
+                                     compression=compression, top_classes=top,
+                                     keep_ratings=keep_ratings)
 
 
 def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, Any],
@@ -136,64 +170,17 @@ def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, Any],
     writer.close()
 
 
-def _segment_key(checkpoint_path: str, data_pattern: str, settings: Dict[str, Any]) -> str:
-    """The key of a segment evaluation: checkpoint, data pattern, settings."""
-    return "|".join([os.path.basename(checkpoint_path),
-                     eval_results.absolute_pattern(data_pattern)]
-                    + [f"{name}={value}" for name, value in sorted(settings.items())])
-
-
-def read_segment_evaluations(train_dir: str) -> Dict[str, Dict[str, Any]]:
-    """{key: evaluation} of <train_dir>/segment_eval_results.json ({} without
-    it); a damaged file is a one-line UserError naming it."""
-    path = os.path.join(train_dir, SEGMENT_RESULTS)
-    try:
-        with open(path) as handle:
-            evaluations = json.load(handle).get("evaluations", {})
-        if not isinstance(evaluations, dict):
-            raise ValueError("'evaluations' is not an object")
-        return evaluations
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, AttributeError) as err:
-        raise UserError(f"{path}: cannot be read ({first_line(err)}); left as it is "
-                        f"(move it away to start a new one)") from None
-
-
-def find_segment_result(train_dir: str, checkpoint_path: str, data_pattern: str,
-                        settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The recorded segment evaluation with this key (--skip_evaluated), else
-    None. Only segment_eval_results.json is read: a video-level evaluation of
-    the same files (eval_results.json) is another measurement."""
-    entry = read_segment_evaluations(train_dir).get(
-        _segment_key(checkpoint_path, data_pattern, settings))
-    return entry if entry and "segment_map" in entry else None
-
-
-def write_segment_results(train_dir: str, checkpoint_path: str, result: Dict[str, Any],
-                          data_pattern: str, settings: Dict[str, Any]) -> Dict[str, Any]:
-    """Adds a segment evaluation to <train_dir>/segment_eval_results.json: the
-    latest at the top level, every one under "evaluations" keyed by checkpoint,
-    data pattern and settings. A file of its own: eval_results.json's readers
-    (ensemble.report, --skip_evaluated) compare video-level metrics only."""
-    path = os.path.join(train_dir, SEGMENT_RESULTS)
-    evaluations = read_segment_evaluations(train_dir)
-    entry = {"checkpoint": checkpoint_path,
-             "global_step": checkpoints.checkpoint_step(checkpoint_path) or 0,
-             "eval_data_pattern": eval_results.absolute_pattern(data_pattern),
-             **settings, **result}
-    key = _segment_key(checkpoint_path, data_pattern, settings)
-    evaluations[key] = entry
-    checkpoints.write_json(path, {**entry, "key": key, "evaluations": evaluations})
-    return entry
-
-
-def _evaluate_segments(path: str, recompute: Optional[bn_stats.Recompute]) -> None:
+def _evaluate_segments(path: str, recompute: Optional[bn_stats.Recompute],
+                       refine: Optional[segment_refine.Refine] = None) -> None:
     """--segment_labels: one checkpoint's 2019 segment metrics, printed and
-    written (--skip_evaluated: printed from segment_eval_results.json when
-    this checkpoint was evaluated so on these files before)."""
+    written with their per-rating record (--skip_evaluated: printed from
+    segment_eval_results.json when this checkpoint was evaluated so, with
+    the same refinement, on these files before)."""
     settings = {key: value for key, value in _settings(recompute).items() if key != "top_k"}
     settings["segment_size"] = FLAGS.segment_size
+    if refine is not None:
+        settings.update(segment_results.refine_settings(refine.top_k,
+                                                        segment_refine.identity(refine)))
     if FLAGS.skip_evaluated:
         done = find_segment_result(FLAGS.train_dir, path, FLAGS.eval_data_pattern, settings)
         if done:
@@ -205,7 +192,7 @@ def _evaluate_segments(path: str, recompute: Optional[bn_stats.Recompute]) -> No
         FLAGS.frame_sampling, FLAGS.seed, FLAGS.num_readers,
         log=lambda line: print(line, flush=True), skip_corrupt=FLAGS.skip_corrupt_records,
         bf16_compute=FLAGS.bf16_compute or None, recompute=recompute,
-        compression=FLAGS.compression, segment_size=FLAGS.segment_size)
+        compression=FLAGS.compression, segment_size=FLAGS.segment_size, refine=refine)
     print(metrics.format_segment_summary(result, os.path.basename(path)), flush=True)
     write_segment_results(FLAGS.train_dir, path, result, FLAGS.eval_data_pattern, settings)
 
@@ -260,10 +247,11 @@ def _settings(recompute: Optional[bn_stats.Recompute]) -> Dict[str, Any]:
             "recompute_batches": None if recompute is None else recompute.num_batches}
 
 
-def _evaluate(path: str, recompute: Optional[bn_stats.Recompute]) -> None:
+def _evaluate(path: str, recompute: Optional[bn_stats.Recompute],
+              refine: Optional[segment_refine.Refine] = None) -> None:
     """Evaluates one checkpoint of --train_dir; prints and writes the results."""
     if FLAGS.segment_labels:
-        return _evaluate_segments(path, recompute)
+        return _evaluate_segments(path, recompute, refine)
     log = lambda line: print(line, flush=True)  # noqa: E731
     if FLAGS.skip_evaluated:
         done = eval_results.find(FLAGS.train_dir, path, FLAGS.eval_data_pattern,
@@ -294,13 +282,18 @@ def main(argv) -> None:
     shared_flags.require(train_dir=FLAGS.train_dir, eval_data_pattern=FLAGS.eval_data_pattern)
     checkpoints.read_model_flags(FLAGS.train_dir)
     files = readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
+    refine = None
     if FLAGS.segment_labels:
         reader = model_builder.make_reader(members.read_member_flags(FLAGS.train_dir))
         readers.check_records(files, "eval_data_pattern",
                               segment_readers.SegmentReader.like(reader, FLAGS.segment_size),
                               compression=FLAGS.compression,
                               reader_of=f"--segment_labels with the model of {FLAGS.train_dir}")
+        refine = segment_refine.check(FLAGS.segment_refine_top_k,
+                                      FLAGS.segment_refine_model_dir, FLAGS.train_dir, files,
+                                      "eval_data_pattern", FLAGS.compression)
     else:
+        _refuse_refine_flags()
         members.check_dir_records(FLAGS.train_dir, files, "eval_data_pattern", "evaluation",
                                   FLAGS.compression)
     precision.check_bf16_compute(FLAGS.bf16_compute or None)
@@ -312,10 +305,18 @@ def main(argv) -> None:
     with locks.held(os.path.join(FLAGS.train_dir, EVAL_LOCK),
                     f"--train_dir={FLAGS.train_dir} (its evaluation results)",
                     "wait for that evaluation to finish"):
-        _evaluate_until_done(recompute)
+        _evaluate_until_done(recompute, refine)
 
 
-def _evaluate_until_done(recompute: Optional[bn_stats.Recompute]) -> None:
+def _refuse_refine_flags() -> None:
+    """The refinement flags are of --segment_labels only."""
+    for flag in ("segment_refine_top_k", "segment_refine_model_dir"):
+        if FLAGS[flag].value:
+            raise UserError(f"--{flag}: refines 2019 segment scores; needs --segment_labels")
+
+
+def _evaluate_until_done(recompute: Optional[bn_stats.Recompute],
+                         refine: Optional[segment_refine.Refine] = None) -> None:
     """Evaluates the latest checkpoint once (--run_once, --checkpoint_file) or
     each new one, watching --train_dir."""
     evaluated = set()
@@ -324,7 +325,7 @@ def _evaluate_until_done(recompute: Optional[bn_stats.Recompute]) -> None:
         if path is None and FLAGS.run_once:
             raise UserError(f"--train_dir={FLAGS.train_dir}: no checkpoint to evaluate")
         if path is not None and path not in evaluated:
-            _evaluate(path, recompute)
+            _evaluate(path, recompute, refine)
             evaluated.add(path)
         if FLAGS.run_once or FLAGS.checkpoint_file or predict.exported_prefix(FLAGS.train_dir):
             return

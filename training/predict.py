@@ -375,42 +375,72 @@ def takes_any_frames(model: LoadedModel) -> bool:
 
 
 def segment_reader(model: LoadedModel, segment_size: int = 5, rated: bool = True,
-                   padded: Optional[bool] = None) -> segment_readers.SegmentReader:
+                   padded: Optional[bool] = None, positions: str = "listed",
+                   skip_unrated: bool = False) -> segment_readers.SegmentReader:
     """The reader of 2019 segments for this model: a segment at its real
     length when the graph takes it, else padded to 300 (equal scores: the
     models read the first num_frames rows only). padded=True forces the
-    padding (bench.bench_segments times both)."""
+    padding (bench.bench_segments times both). positions, skip_unrated:
+    segment_readers.SegmentReader's (every segment, or the listed ones)."""
     if padded is None:
         padded = not takes_any_frames(model)
     return segment_readers.SegmentReader.like(model_builder.make_reader(model.model_flags),
-                                              segment_size, rated, padded)
+                                              segment_size, rated, padded, positions,
+                                              skip_unrated)
 
 
 def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int = 5,
                       batch_size: int = 64, num_readers: int = 1, log: Optional[Log] = None,
                       flag_name: str = "eval_data_pattern", skip_corrupt: bool = False,
-                      compression: str = "auto") -> Dict[str, Any]:
+                      compression: str = "auto",
+                      top_classes: Optional[Dict[bytes, np.ndarray]] = None,
+                      keep_ratings: bool = False) -> Dict[str, Any]:
     """The 2019 segment metrics (metrics.segment_metrics) of 2019 segment-rated
     records: each rated segment scored by the model on its segment_size frames
-    (segment_reader), only the rated class's score kept, so memory grows by 9
-    bytes per rating, not by the classes."""
+    (segment_reader), only the rated class's score kept, so memory grows by
+    about 30 bytes per rating, not by the classes. top_classes: {video id:
+    its top classes} of a refinement (training.segment_refine): a rating whose
+    class is not among them is not retrieved. keep_ratings: the result's
+    "ratings" holds the per-rating arrays (intervals.SegmentRatings, which
+    training.segment_results keeps beside the metrics)."""
     reader = segment_reader(model, segment_size)
     # A batch of videos becomes about five times as many segments (the 2019
     # data rates about 5 per video): read fewer videos so a batch holds about
     # batch_size segments.
     videos = max(1, int(batch_size) // 5)
-    scores, labels, ratings = [], [], []
+    kept: Dict[str, List[np.ndarray]] = {name: [] for name in (
+        "ids", "start_times", "classes", "ratings", "scores", "retrieved")}
     for batch in iterate_predictions(model, data_pattern, videos, num_readers, flag_name,
                                      skip_corrupt=skip_corrupt, reader=reader, log=log,
                                      verb="scored", compression=compression, unit="segments"):
         rated = batch.labels.astype(np.int64)
-        scores.append(batch.predictions[np.arange(rated.size), rated].astype(np.float32))
-        labels.append(rated)
-        ratings.append(batch.inputs["score"] > 0)
-    if not scores:
+        kept["scores"].append(batch.predictions[np.arange(rated.size), rated]
+                              .astype(np.float32))
+        kept["classes"].append(rated)
+        kept["ratings"].append((batch.inputs["score"] > 0).astype(np.int8))
+        kept["ids"].append(batch.ids.astype(bytes))
+        kept["start_times"].append(batch.inputs["start_time"].astype(np.int64))
+        kept["retrieved"].append(np.ones(rated.size, bool) if top_classes is None else
+                                 _retrieved(batch.ids, rated, top_classes))
+    if not kept["scores"]:
         raise UserError(f"--{flag_name}={data_pattern}: the files hold no rated segments")
-    return metrics.segment_metrics(np.concatenate(scores), np.concatenate(labels),
-                                   np.concatenate(ratings))
+    arrays = {name: np.concatenate(parts) for name, parts in kept.items()}
+    result = metrics.segment_metrics(arrays["scores"], arrays["classes"], arrays["ratings"],
+                                     None if top_classes is None else arrays["retrieved"])
+    if keep_ratings:
+        result["ratings"] = intervals.SegmentRatings(**arrays)
+    return result
+
+
+def _retrieved(ids: np.ndarray, labels: np.ndarray,
+               top_classes: Dict[bytes, np.ndarray]) -> np.ndarray:
+    """bool [S]: rated class labels[s] is among video ids[s]'s top classes."""
+    missing = [video for video in ids.tolist() if video not in top_classes]
+    if missing:
+        raise UserError(f"video {missing[0].decode('utf-8', 'replace')}: has rated segments "
+                        f"but no video-level prediction of the refine model")
+    return np.array([int(label) in top_classes[video]
+                     for video, label in zip(ids.tolist(), labels)], dtype=bool)
 
 
 def evaluate_model_dir(model_dir: str, data_pattern: str, batch_size: int = 64,

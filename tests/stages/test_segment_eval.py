@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from models import presets, registry
 from support.training_runs import train_tiny_model
 from training import checkpoints, metrics, model_builder, predict, synthetic
 from training import eval as evaluation
+from training.cli import UserError
 
 
 def reference_segment_map(scores, labels, ratings):
@@ -298,3 +300,152 @@ def test_skip_evaluated_keeps_segment_and_video_records_apart(tiny_models, segme
     os.remove(os.path.join(model_dir, "eval_results.json"))
     assert not run()                        # the segment record does not count
     assert run()
+
+
+def test_retrieved_mask_leaves_the_ranking_but_counts_the_positive():
+    """A rated pair outside its video's top K (not retrieved) is out of its
+    class's ranking yet still one of the class's positives, by hand:
+    class 0 ranks 0.9 (1), 0.8 (0), 0.6 (1) of 3 positives: (1/1 + 2/3) / 3;
+    class 1 ranks 0.4 (0) of 1 positive: 0; class 2 has no positive (left
+    out of the MAP). Pooled: 0.95 (0), 0.9 (1), 0.8 (0), 0.6 (1), 0.4 (0),
+    0.3 (0) of 4 positives: (1/2 + 2/4) / 4.
+
+    Mutation tried: the denominator counting the retrieved positives only
+    -> class 0's AP was (1 + 2/3) / 2 and this failed."""
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.95, 0.3], np.float32)
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    ratings = np.array([1, 0, 1, 1, 1, 0, 0, 0])
+    retrieved = np.array([1, 1, 0, 1, 0, 1, 1, 1], bool)
+    got = metrics.segment_metrics(scores, labels, ratings, retrieved)
+    assert got["segment_map"] == pytest.approx(((1 + 2 / 3) / 3 + 0) / 2, abs=1e-12)
+    assert got["segment_gap"] == pytest.approx((1 / 2 + 2 / 4) / 4, abs=1e-12)
+    assert (got["num_retrieved"], got["num_positive_retrieved"]) == (6, 2)
+    assert got["num_classes_without_positives"] == 1
+    every = metrics.segment_metrics(scores, labels, ratings, np.ones(8, bool))
+    plain = metrics.segment_metrics(scores, labels, ratings)
+    assert {k: every[k] for k in plain} == plain and "num_retrieved" not in plain
+
+
+def _ratings(n=6):
+    from training import intervals
+    return intervals.SegmentRatings(
+        ids=np.array([b"ab01", b"cd01"] * (n // 2)), start_times=np.arange(n) * 5,
+        classes=np.arange(n) % 3, ratings=(np.arange(n) % 2).astype(np.int8),
+        scores=np.linspace(0, 1, n).astype(np.float32), retrieved=np.arange(n) != 2)
+
+
+def test_ratings_file_round_trip_and_entry_lookup(tmp_path):
+    """write_segment_results keeps the per-rating arrays beside the entry;
+    segment_ratings_of reads them back exactly; find_segment_entry tells
+    refined and unrefined evaluations apart; a damaged file is one line.
+
+    Mutation tried: refine_settings returning {} for K > 0 (the refinement
+    not in the key) -> the refined evaluation replaced the unrefined one
+    and this failed."""
+    from training import segment_results as results
+    pattern = str(tmp_path / "validate*.tfrecord")
+    base = {"segment_size": 5, "seed": 1}
+    plain = results.write_segment_results(str(tmp_path), "model.ckpt-10",
+                                          {"segment_map": 0.5, "ratings": _ratings()},
+                                          pattern, base)
+    refined = results.write_segment_results(
+        str(tmp_path), "model.ckpt-10", {"segment_map": 0.6, "ratings": _ratings(8)},
+        pattern, {**base, **results.refine_settings(3, "self")})
+    assert plain["ratings_file"] != refined["ratings_file"]
+    found = results.find_segment_entry(str(tmp_path), pattern, segment_size=5)
+    assert found["segment_map"] == 0.5 and "segment_refine_top_k" not in found
+    found = results.find_segment_entry(str(tmp_path), pattern, refine_top_k=3,
+                                       refine_model="self")
+    assert found["segment_map"] == 0.6 and "segment_refine_top_k=3" in found["key"]
+    assert results.find_segment_entry(str(tmp_path), pattern, refine_top_k=2) is None
+    loaded = dataclasses.asdict(results.segment_ratings_of(str(tmp_path), found))
+    for name, array in dataclasses.asdict(_ratings(8)).items():
+        np.testing.assert_array_equal(loaded[name], array)
+    assert loaded["ratings"].dtype == np.int8 and loaded["retrieved"].dtype == bool
+    (tmp_path / found["ratings_file"]).write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a segment ratings record") as err:
+        results.segment_ratings_of(str(tmp_path), found)
+    assert "\n" not in str(err.value)
+
+
+def test_segment_results_read_without_tensorflow():
+    """A report reads the entries and ratings without importing TensorFlow.
+    Mutation tried: segment_results importing training.predict -> TensorFlow
+    loaded and this failed."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    code = "import sys, training.segment_results; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_refine_flags_refused_in_one_line(tiny_models, tmp_path):
+    """K < 0, a refine dir without K, a missing refine dir and a refine model
+    of other classes are each one line naming the flag, before any model
+    is loaded. Mutation tried: the class check removed -> the 7-class
+    model dir was accepted and this failed."""
+    from training import checkpoints as ckpts
+    from training import segment_refine
+    model_dir = tiny_models["dbof_bf16"]
+    other = tmp_path / "other"
+    other.mkdir()
+    flags_json = json.loads((Path(model_dir) / ckpts.MODEL_FLAGS_FILE).read_text())
+    (other / ckpts.MODEL_FLAGS_FILE).write_text(json.dumps({**flags_json, "num_classes": 7}))
+    for args, message in (((-1, ""), "--segment_refine_top_k: must be >= 0"),
+                          ((0, model_dir), "needs --segment_refine_top_k > 0"),
+                          ((2, str(tmp_path / "nope")), "no such dir"),
+                          ((2, str(other)), "predicts 7 classes")):
+        with pytest.raises(UserError, match=message) as err:
+            segment_refine.check(*args, model_dir, [], "eval_data_pattern")
+        assert "\n" not in str(err.value)
+    assert segment_refine.check(2, model_dir, model_dir, [], "x") == segment_refine.Refine(2)
+
+
+def _video_top(model_dir, pattern, k):
+    """{video id: set of its top-k classes} computed here from the video-level
+    predictions of the model on the records' whole frames."""
+    model = predict.open_model(model_dir)
+    try:
+        top = {}
+        for batch in predict.iterate_predictions(model, pattern, 8):
+            order = np.argsort(-batch.predictions, axis=1, kind="stable")[:, :k]
+            top.update({vid: set(row.tolist()) for vid, row in zip(batch.ids, order)})
+        return top
+    finally:
+        model.close()
+
+
+@pytest.mark.slow
+def test_eval_cli_refinement_and_its_ratings(tiny_models, segment_pattern, tmp_path):
+    """training.eval --segment_labels --segment_refine_top_k=2: a rating is
+    retrieved exactly when its class is among the video's top 2 (computed
+    here from the model's video-level predictions); the metrics equal those
+    of the kept ratings; the key names the refinement, and
+    --skip_evaluated finds it on the second run.
+
+    Mutation tried: video_top_classes keeping the top K of -predictions (the
+    worst classes) -> the retrieved flags differed and this failed."""
+    model_dir = str(tmp_path / "dbof")
+    shutil.copytree(tiny_models["dbof_bf16"], model_dir,
+                    ignore=shutil.ignore_patterns("*eval_results.json", "eval_videos"))
+    args = [f"--train_dir={model_dir}", f"--eval_data_pattern={segment_pattern}", "--run_once",
+            "--segment_labels", "--batch_size=25", "--segment_refine_top_k=2",
+            "--skip_evaluated"]
+    first = run_module("training.eval", *args).stdout
+    assert "refined:" in first and "(evaluated before)" not in first
+    entry = evaluation.find_segment_entry(model_dir, segment_pattern, refine_top_k=2,
+                                          refine_model="self")
+    assert entry and "segment_refine_model=self" in entry["key"]
+    ratings = evaluation.segment_ratings_of(model_dir, entry)
+    top = _video_top(model_dir, segment_pattern, 2)
+    expected = [int(c) in top[vid] for vid, c in zip(ratings.ids, ratings.classes)]
+    assert ratings.retrieved.tolist() == expected and 0 < sum(expected) < len(expected)
+    assert ratings.ratings.dtype == np.int8 and ratings.start_times.dtype == np.int64
+    again = metrics.segment_metrics(ratings.scores, ratings.classes, ratings.ratings,
+                                    ratings.retrieved)
+    assert again["segment_map"] == pytest.approx(entry["segment_map"], abs=1e-12)
+    assert entry["num_retrieved"] == sum(expected)
+    assert "(evaluated before)" in run_module("training.eval", *args).stdout
