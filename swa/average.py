@@ -17,6 +17,10 @@ the averaged weights and sets each statistic to the exact mean, over
 its moving-average update tracks (training.bn_statistics, which
 training.eval --bn_statistics=recompute uses too). --eval_data_pattern
 evaluates the result.
+
+--choose_window_on=F: the window (last N) with the best GAP on F; with
+--segment_labels, the best Segment MAP on 2019 segment-rated F, and
+--eval_data_pattern evaluates on segments (segment_eval_results.json).
 """
 from __future__ import annotations
 
@@ -30,7 +34,16 @@ from absl import flags
 
 from models.tf_compat import tf
 from training import bn_statistics as bn_stats
-from training import checkpoint_fit, checkpoints, members, metrics, paths, predict, readers
+from training import (
+    checkpoint_fit,
+    checkpoints,
+    members,
+    metrics,
+    paths,
+    predict,
+    readers,
+    segment_scores,
+)
 from training import eval as evaluation
 from training import flags as shared_flags
 from training.cli import UserError, first_line, run_main
@@ -69,6 +82,12 @@ def define_flags() -> None:
     define(flags.DEFINE_enum, "bn_statistics", "last", "BN moving statistics: from the last "
            "checkpoint, averaged, or recomputed on --recompute_batches batches of "
            "--train_data_pattern.", enum_values=list(BN_MODES))
+    define(flags.DEFINE_bool, "segment_labels", False, "--choose_window_on and "
+           "--eval_data_pattern are 2019 segment-rated records: choose the window by "
+           "Segment MAP (docs/formats.md 2.7) and evaluate the result on segments "
+           "(segment_eval_results.json).")
+    define(flags.DEFINE_integer, "segment_size", 5, "Frames per rated segment "
+           "(--segment_labels).")
 
 
 # ---------------------------------------------------------------------------
@@ -310,8 +329,12 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
     on fit_pattern (BN statistics as settings say), installs the best one as
     settings["output_dir"] (its swa.json records the choice) and returns the
     choice: {"chosen": N, "data_pattern", "candidates": [{"window", "gap",
-    "steps"}]}. Ties keep the smaller window."""
+    "steps"}]}. Ties keep the smaller window. settings["segment_size"] > 0:
+    by Segment MAP on segment-rated files instead, each candidate's under
+    "segment_map", and the choice also holds "metric": "segment_map" and
+    "segment_size"."""
     log = log or (lambda line: None)
+    key, label = _fit_metric(settings)
     candidates: List[Dict[str, Any]] = []
     parent = os.path.dirname(os.path.abspath(settings["output_dir"]))
     os.makedirs(parent, exist_ok=True)
@@ -326,26 +349,34 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
             out = os.path.join(scratch, f"window{window}")
             info = average(train_dir, out, last_n=window, log=None, graphs=graphs,
                            **settings["average"])
-            gap = evaluate_on(out, fit_pattern, settings, log=None, graphs=graphs)["gap"]
+            value = evaluate_on(out, fit_pattern, settings, log=None, graphs=graphs)[key]
             steps = [entry["step"] for entry in info["checkpoints"]]
-            log(f"window {window} (steps {steps[0]}-{steps[-1]}): GAP {gap:.4f} on the "
+            log(f"window {window} (steps {steps[0]}-{steps[-1]}): {label} {value:.4f} on the "
                 f"fitting files")
-            candidates.append({"window": window, "gap": gap, "steps": steps})
+            candidates.append({"window": window, key: value, "steps": steps})
             # Only the best so far stays on disk; a tie keeps the smaller window.
-            if not best or gap > best["gap"]:
+            if not best or value > best[key]:
                 if best_dir:
                     shutil.rmtree(best_dir)
                 best, best_dir = candidates[-1], out
             else:
                 shutil.rmtree(out)
-        log(f"chose window {best['window']} (GAP {best['gap']:.4f} on the fitting files)")
+        log(f"chose window {best['window']} ({label} {best[key]:.4f} on the fitting files)")
         choice = {"chosen": best["window"], "data_pattern": fit_pattern,
                   "candidates": candidates}
+        if settings.get("segment_size"):
+            choice.update(metric=key, segment_size=settings["segment_size"])
         _install_candidate(best_dir, settings["output_dir"], settings["overwrite"], choice, log)
     finally:
         graphs.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return choice
+
+
+def _fit_metric(settings: Dict[str, Any]) -> Tuple[str, str]:
+    """(the metrics' key, its name in the log) that chooses the window: GAP,
+    or Segment MAP when settings["segment_size"] > 0 (segment-rated files)."""
+    return ("segment_map", "Segment_MAP") if settings.get("segment_size") else ("gap", "GAP")
 
 
 def _install_candidate(candidate_dir: str, output_dir: str, overwrite: bool,
@@ -368,15 +399,24 @@ def evaluate_on(model_dir: str, data_pattern: str, settings: Dict[str, Any],
                 ) -> Dict[str, Any]:
     """The metrics of the dir's checkpoint on data_pattern (no file written),
     as training.eval.evaluate_checkpoint measures them; graphs: in its
-    evaluation graph (built on first use), the same values."""
+    evaluation graph (built on first use), the same values.
+    settings["segment_size"] > 0: the 2019 segment metrics of segment-rated
+    files (predict.evaluate_segments), as training.eval --segment_labels."""
     average_settings = settings["average"]
+    segment_size = settings.get("segment_size", 0)
     if graphs is None:
         return evaluation.evaluate_checkpoint(
             model_dir, checkpoints.find_checkpoint(model_dir), data_pattern,
             average_settings["batch_size"], seed=average_settings["seed"],
             num_readers=average_settings["num_readers"], log=log,
-            compression=average_settings["compression"], keep_videos=False)
+            compression=average_settings["compression"], keep_videos=False,
+            segment_size=segment_size)
     model = graphs.model_at(model_dir, average_settings["seed"])
+    if segment_size:
+        return predict.evaluate_segments(model, data_pattern, segment_size=segment_size,
+                                         batch_size=average_settings["batch_size"],
+                                         num_readers=average_settings["num_readers"], log=log,
+                                         compression=average_settings["compression"])
     return predict.evaluate_model(model, data_pattern, average_settings["batch_size"],
                                   num_readers=average_settings["num_readers"], log=log,
                                   compression=average_settings["compression"])
@@ -384,12 +424,22 @@ def evaluate_on(model_dir: str, data_pattern: str, settings: Dict[str, Any],
 
 def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int,
              num_readers: int, log: Optional[Log] = print,
-             compression: str = "auto") -> Dict[str, float]:
-    """Evaluates the averaged checkpoint; writes eval_results.json into output_dir."""
+             compression: str = "auto", segment_size: int = 0) -> Dict[str, float]:
+    """Evaluates the averaged checkpoint; writes eval_results.json into output_dir
+    (segment_size > 0: the segment metrics, to segment_eval_results.json)."""
     path = checkpoints.find_checkpoint(output_dir)
     result = evaluation.evaluate_checkpoint(output_dir, path, eval_data_pattern, batch_size,
                                             seed=seed, num_readers=num_readers, log=log,
-                                            compression=compression)
+                                            compression=compression, segment_size=segment_size)
+    if segment_size:
+        if log:
+            log(metrics.format_segment_summary(result, os.path.basename(path)))
+        # The settings training.eval --segment_labels keys it by (its defaults),
+        # so that its --skip_evaluated finds this evaluation.
+        evaluation.write_segment_results(output_dir, path, result, eval_data_pattern, {
+            "frame_sampling": None, "seed": seed, "bf16_compute": None,
+            "bn_statistics": "moving", "recompute_batches": None, "segment_size": segment_size})
+        return result
     if log:
         log(metrics.format_summary(result, os.path.basename(path)))
     evaluation.write_results(output_dir, path, result, data_pattern=eval_data_pattern,
@@ -400,7 +450,8 @@ def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int
 
 def _window_settings() -> Dict[str, Any]:
     """The averaging settings of the flags, shared by the candidates and the result."""
-    return {"output_dir": FLAGS.output_dir, "overwrite": FLAGS.overwrite, "average": {
+    return {"output_dir": FLAGS.output_dir, "overwrite": FLAGS.overwrite,
+            "segment_size": _segment_size(), "average": {
         "swa_start": FLAGS.swa_start, "swa_end": FLAGS.swa_end,
         "bn_statistics": FLAGS.bn_statistics, "recompute_batches": FLAGS.recompute_batches,
         "train_data_pattern": FLAGS.train_data_pattern, "batch_size": FLAGS.batch_size,
@@ -412,8 +463,7 @@ def _choose_and_install(log: Optional[Log]) -> None:
     if FLAGS.last_n is not None:
         raise UserError("--last_n and --choose_window_on: give one (the choice sets N)")
     files = readers.resolve_files(FLAGS.choose_window_on, "choose_window_on")
-    members.check_dir_records(FLAGS.train_dir, files, "choose_window_on", "evaluation",
-                              FLAGS.compression)
+    _check_records(files, "choose_window_on")
     _check_dirs(FLAGS.train_dir, FLAGS.output_dir, FLAGS.overwrite)
     available = select_checkpoints(FLAGS.train_dir, FLAGS.swa_start, FLAGS.swa_end,
                                    None if FLAGS.swa_start is not None else 10 ** 9)
@@ -422,12 +472,30 @@ def _choose_and_install(log: Optional[Log]) -> None:
     choose_window(FLAGS.train_dir, FLAGS.choose_window_on, windows, _window_settings(), log)
 
 
+def _segment_size() -> int:
+    """--segment_size with --segment_labels, else 0 (video level)."""
+    return FLAGS.segment_size if FLAGS.segment_labels else 0
+
+
+def _check_records(files: Sequence[str], flag_name: str) -> None:
+    """Refuses, before any work, records the evaluation cannot use: without
+    labels, or with --segment_labels without the 2019 segment ratings."""
+    if _segment_size():
+        segment_scores.check_segment_records(FLAGS.train_dir, files, flag_name,
+                                             _segment_size(), FLAGS.compression)
+    else:
+        members.check_dir_records(FLAGS.train_dir, files, flag_name, "evaluation",
+                                  FLAGS.compression)
+
+
 def main(argv) -> None:
     del argv
+    if FLAGS.segment_labels and not (FLAGS.choose_window_on or FLAGS.eval_data_pattern):
+        raise UserError("--segment_labels: applies to --choose_window_on and "
+                        "--eval_data_pattern; give one of them")
     if FLAGS.eval_data_pattern:
-        files = readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
-        members.check_dir_records(FLAGS.train_dir, files, "eval_data_pattern", "evaluation",
-                                  FLAGS.compression)
+        _check_records(readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern"),
+                       "eval_data_pattern")
     log = lambda line: print(line, flush=True)  # noqa: E731
     if FLAGS.choose_window_on:
         _choose_and_install(log)
@@ -438,7 +506,7 @@ def main(argv) -> None:
                 FLAGS.overwrite, log, FLAGS.compression)
     if FLAGS.eval_data_pattern:
         evaluate(FLAGS.output_dir, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.seed,
-                 FLAGS.num_readers, log, FLAGS.compression)
+                 FLAGS.num_readers, log, FLAGS.compression, _segment_size())
 
 
 if __name__ == "__main__":
