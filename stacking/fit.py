@@ -14,6 +14,12 @@ gradient: --parameterization=simplex (w >= 0, sum 1; SLSQP) or softmax
 (w = softmax(z); L-BFGS-B). It prints each member's weight and the CE and
 GAP of every member, of the uniform and of the stacked mean, and writes the
 weights file that ensemble.build --weights_file reads (training.weights_file).
+
+--segment_labels: on 2019 segment-rated --data_pattern, the same fit on the
+rated (segment, class) pairs (each member's score of the rated class,
+training.segment_scores; [pairs, members, 1] against the 0/1 rating); the
+file holds both Segment MAPs, also as "gap"/"gap_uniform" ("metric":
+"segment_map"), the fields ensemble.report --choose compares.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from absl import flags
 from scipy import optimize
 
 from training import flags as shared_flags
-from training import locks, losses, metrics, paths, predict, readers
+from training import locks, losses, metrics, paths, predict, readers, segment_scores
 from training.cli import Interrupted, UserError, run_main
 from training.members import check_dir_records
 from training.progress import Log
@@ -54,8 +60,14 @@ def define_flags() -> None:
            "simplex (w >= 0, sum 1; SLSQP) or softmax (w = softmax(z); L-BFGS-B).")
     define(flags.DEFINE_integer, "max_videos", 20000,
            "Use the first N videos of --data_pattern (0: all). Memory: "
-           "N x members x classes x 4 bytes.")
+           "N x members x classes x 4 bytes. With --segment_labels: the first N rated "
+           "segments (N x members x 4 bytes).")
     define(flags.DEFINE_integer, "max_iterations", 500, "Optimiser iterations.")
+    define(flags.DEFINE_bool, "segment_labels", False, "--data_pattern holds 2019 "
+           "segment-rated records: fit on the rated (segment, class) pairs and report "
+           "Segment MAP (docs/formats.md 2.7).")
+    define(flags.DEFINE_integer, "segment_size", 5, "Frames per rated segment "
+           "(--segment_labels).")
 
 
 # ---------------------------------------------------------------------------
@@ -234,8 +246,10 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
           parameterization: str = "simplex", max_videos: int = 20000, batch_size: int = 64,
           tile_num: int = 1, frame_sampling: Optional[str] = None, seed: int = 2018,
           num_readers: int = 2, top_k: int = DEFAULT_TOP_K, max_iterations: int = 500,
-          log: Log = print, compression: str = "auto") -> Dict[str, Any]:
-    """The command: predictions, fit, report, weights JSON. Returns the report."""
+          log: Log = print, compression: str = "auto", segment_size: int = 0
+          ) -> Dict[str, Any]:
+    """The command: predictions, fit, report, weights JSON. Returns the report.
+    segment_size > 0: on 2019 segment-rated records (stack_segments)."""
     if parameterization not in PARAMETERIZATIONS:
         raise UserError(f"--parameterization: must be one of {', '.join(PARAMETERIZATIONS)}, "
                         f"got {parameterization!r}")
@@ -247,6 +261,10 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
                                  ("max_iterations", max_iterations, 1)):
         if value < minimum:
             raise UserError(f"--{name}: must be >= {minimum}, got {value}")
+    if segment_size:
+        return stack_segments(model_dirs, data_pattern, output_file, parameterization,
+                              max_videos, batch_size, tile_num, frame_sampling, seed,
+                              num_readers, max_iterations, log, compression, segment_size)
     ids, predictions, labels, members = member_predictions(
         model_dirs, data_pattern, max_videos, batch_size, tile_num, frame_sampling, seed,
         num_readers, log, compression)
@@ -282,6 +300,101 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
             "weights": [float(w) for w in weights]}
 
 
+# ---------------------------------------------------------------------------
+# 2019 segment-rated records (--segment_labels)
+
+
+def segment_pairs(model_dirs: Sequence[str], data_pattern: str, segment_size: int = 5,
+                  max_segments: int = 20000, batch_size: int = 64, tile_num: int = 1,
+                  frame_sampling: Optional[str] = None, seed: int = 2018,
+                  num_readers: int = 2, log: Optional[Log] = print,
+                  compression: str = "auto") -> Tuple[segment_scores.RatedPairs, List[Any]]:
+    """(the rated pairs with each member's score of the rated class [S, V],
+    the members): all members in one graph (predict.open_members)."""
+    files = readers.resolve_files(data_pattern, "data_pattern")
+    if model_dirs:
+        segment_scores.check_segment_records(model_dirs[0], files, "data_pattern",
+                                             segment_size, compression)
+    model = predict.open_members(model_dirs, tile_num, frame_sampling, seed)
+    try:
+        if log:
+            log(f"stacking {len(model.members)} members on rated segments: "
+                + ", ".join(f"{m.model_dir} ({m.name}, {m.dtype})" for m in model.members))
+        start = time.time()
+        pairs = segment_scores.rated_pair_scores(model, data_pattern, segment_size,
+                                                 batch_size, num_readers, max_segments, log,
+                                                 "data_pattern", compression)
+    finally:
+        model.close()
+    if not pairs.ratings.any():
+        raise UserError(f"--data_pattern={data_pattern}: no segment is rated 1; fitting on "
+                        f"segments needs positive ratings")
+    if log:
+        log(f"scored {len(pairs.ratings)} rated segments of {pairs.num_videos} videos in "
+            f"{time.time() - start:.1f}s")
+    return pairs, model.members
+
+
+def pair_scores(scores: np.ndarray, pairs: segment_scores.RatedPairs) -> Dict[str, float]:
+    """CE (training.losses) of the rated pairs' scores [S] against the ratings,
+    and their Segment MAP and GAP (metrics.segment_metrics)."""
+    segment = metrics.segment_metrics(scores, pairs.classes, pairs.ratings)
+    return {"cross_entropy": losses.cross_entropy_numpy(scores[:, None],
+                                                        pairs.ratings[:, None].astype(np.uint8)),
+            "segment_map": segment["segment_map"], "segment_gap": segment["segment_gap"]}
+
+
+def stack_segments(model_dirs: Sequence[str], data_pattern: str, output_file: str,
+                   parameterization: str = "simplex", max_segments: int = 20000,
+                   batch_size: int = 64, tile_num: int = 1,
+                   frame_sampling: Optional[str] = None, seed: int = 2018,
+                   num_readers: int = 2, max_iterations: int = 500, log: Log = print,
+                   compression: str = "auto", segment_size: int = 5) -> Dict[str, Any]:
+    """stack on 2019 segment-rated records: fit_weights on the rated pairs as
+    a [S, V, 1] problem (target: the rating), report, weights JSON."""
+    pairs, members = segment_pairs(model_dirs, data_pattern, segment_size, max_segments,
+                                   batch_size, tile_num, frame_sampling, seed, num_readers,
+                                   log, compression)
+    member_scores = pairs.scores[:, :, None]
+    start = time.time()
+    fit = fit_weights(member_scores, pairs.ratings[:, None].astype(np.uint8),
+                      parameterization, max_iterations)
+    weights, uniform = fit["weights"], np.full(len(members), 1.0 / len(members))
+    before, after = (pair_scores(weighted_mean(w, member_scores)[:, 0], pairs)
+                     for w in (uniform, weights))
+    alone = [pair_scores(pairs.scores[:, v], pairs) for v in range(len(members))]
+    log(f"fit ({parameterization}) on {len(pairs.ratings)} rated segments: {fit['iterations']} "
+        f"iterations in {time.time() - start:.1f}s ({fit['message']})")
+    width = max(len(m.model_dir) for m in members)
+    for member, weight, own in zip(members, weights, alone):
+        log(f"  {member.model_dir:<{width}}  weight {weight:.4f}  | alone: CE "
+            f"{own['cross_entropy']:.4f}  Segment_MAP {own['segment_map']:.4f}")
+    for name, measured in (("uniform", before), ("stacked", after)):
+        log(f"{name} weights: CE {measured['cross_entropy']:.4f}  Segment_MAP "
+            f"{measured['segment_map']:.4f} on the fitting files")
+    report = {
+        "metric": "segment_map", "parameterization": parameterization,
+        "data_pattern": data_pattern, "segment_size": int(segment_size),
+        "num_pairs": int(pairs.ratings.size), "num_positive_pairs": int(pairs.ratings.sum()),
+        "num_rated_classes": int(np.unique(pairs.classes).size),
+        "num_videos": pairs.num_videos, "tile_num": int(tile_num),
+        "member_models": [member.name for member in members],
+        "cross_entropy_uniform": before["cross_entropy"], "cross_entropy": after["cross_entropy"],
+        "segment_map_uniform": before["segment_map"], "segment_map": after["segment_map"],
+        "segment_gap_uniform": before["segment_gap"], "segment_gap": after["segment_gap"],
+        # ensemble.report --choose compares "gap" and "gap_uniform": here the
+        # fitting metric ("metric"), the Segment MAP.
+        "gap_uniform": before["segment_map"], "gap": after["segment_map"],
+        "member_cross_entropy": [own["cross_entropy"] for own in alone],
+        "member_segment_map": [own["segment_map"] for own in alone],
+    }
+    write_weights_file(output_file, [m.model_dir for m in members],
+                       [float(w) for w in weights], **report)
+    log(f"wrote {output_file} (use: python -m ensemble.build --weights_file={output_file} ...)")
+    return {**report, "members": [m.model_dir for m in members],
+            "weights": [float(w) for w in weights]}
+
+
 def main(argv) -> None:
     del argv
     model_dirs = shared_flags.comma_list(FLAGS.model_dirs)
@@ -293,7 +406,8 @@ def main(argv) -> None:
             stack(model_dirs, FLAGS.data_pattern, FLAGS.output_file, FLAGS.parameterization,
                   FLAGS.max_videos, FLAGS.batch_size, FLAGS.tile_num, FLAGS.frame_sampling,
                   FLAGS.seed, FLAGS.num_readers, FLAGS.top_k, FLAGS.max_iterations,
-                  log=lambda line: print(line, flush=True), compression=FLAGS.compression)
+                  log=lambda line: print(line, flush=True), compression=FLAGS.compression,
+                  segment_size=FLAGS.segment_size if FLAGS.segment_labels else 0)
         except Interrupted as interrupt:
             raise interrupt.noted(f"nothing was written to --output_file={FLAGS.output_file}",
                                   replace=False) from None
