@@ -18,8 +18,7 @@ weights file that ensemble.build --weights_file reads (training.weights_file).
 --segment_labels: on 2019 segment-rated --data_pattern, the same fit on the
 rated (segment, class) pairs (each member's score of the rated class,
 training.segment_scores; [pairs, members, 1] against the 0/1 rating); the
-file holds both Segment MAPs, also as "gap"/"gap_uniform" ("metric":
-"segment_map"), the fields ensemble.report --choose compares.
+file holds both Segment MAPs ("segment_map", "segment_map_uniform"), no GAP.
 """
 from __future__ import annotations
 
@@ -382,9 +381,6 @@ def stack_segments(model_dirs: Sequence[str], data_pattern: str, output_file: st
         "cross_entropy_uniform": before["cross_entropy"], "cross_entropy": after["cross_entropy"],
         "segment_map_uniform": before["segment_map"], "segment_map": after["segment_map"],
         "segment_gap_uniform": before["segment_gap"], "segment_gap": after["segment_gap"],
-        # ensemble.report --choose compares "gap" and "gap_uniform": here the
-        # fitting metric ("metric"), the Segment MAP.
-        "gap_uniform": before["segment_map"], "gap": after["segment_map"],
         "member_cross_entropy": [own["cross_entropy"] for own in alone],
         "member_segment_map": [own["segment_map"] for own in alone],
     }

@@ -13,6 +13,7 @@ from support.members import make_member
 from support.reliability import run_cases
 from support.segment_runs import rate_by_model
 from training import metrics, predict, segment_scores
+from training.cli import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +50,8 @@ def rated_pattern(members, source_pattern, tmp_path_factory):
 def test_weights_fitted_on_rated_segments(members, rated_pattern, tiny_data, tmp_path):
     """The member whose scores define the ratings gets almost all the weight,
     the file says it was fitted on segments (metric, files, pairs) and holds
-    both Segment MAPs (also as gap/gap_uniform, which ensemble.report
-    --choose compares); ensemble.build reads it; unrated records are refused
+    both Segment MAPs and no GAP (the video-level report refuses it);
+    ensemble.build reads it; unrated records are refused
     in one line. "other" scores higher on average: a fit that ignores the
     ratings (every target 1) would give it the weight. Mutations
     seen to fail: every target 1; the scores of class 0 instead of the rated
@@ -87,16 +88,15 @@ def test_weights_fitted_on_rated_segments(members, rated_pattern, tiny_data, tmp
     assert payload["num_videos"] == pairs.num_videos
     assert payload["weights"][0] > 0.9 and sum(payload["weights"]) == pytest.approx(1.0)
     assert payload["member_segment_map"][0] == 1.0 > payload["member_segment_map"][1]
-    assert payload["segment_map"] == payload["gap"] == 1.0
-    assert payload["gap_uniform"] == payload["segment_map_uniform"] <= 1.0
+    assert payload["segment_map"] == 1.0 >= payload["segment_map_uniform"]
+    assert "gap" not in payload and "gap_uniform" not in payload
     assert payload["cross_entropy"] < payload["cross_entropy_uniform"]
     assert "stacked weights: CE" in fitted.stdout and "Segment_MAP 1.0000" in fitted.stdout
     loaded_members, loaded = build.resolve_members_and_weights("", "", str(output))
     assert loaded_members == [good, other]
     np.testing.assert_allclose(loaded, payload["weights"], rtol=1e-9)
-    choice = report.choose("uniform_dir", "stacked_dir", report.read_stacking(str(output)))
-    expected = "stacked" if payload["segment_map"] > payload["segment_map_uniform"] else "uniform"
-    assert choice["chosen"] == expected and choice["fit_videos"] == pairs.num_videos
+    with pytest.raises(UserError, match="has no 'gap'"):
+        report.read_stacking(str(output))
     assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stdout
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --data_pattern: ") and "no segment_labels" in last, last
