@@ -1,0 +1,401 @@
+"""The 2019 report: Segment MAP of every state of the segment path, with
+paired bootstrap intervals over the videos of held-out rated segment files:
+
+python -m ensemble.segment_report --data_pattern=HELDOUT_SEGMENTS \\
+    --video_dirs=a,b,... --finetuned_dirs=fa,fb,... --model_dirs=ma,mb,... \\
+    [--refine_top_k=K --refine_model_dir=V] [--video_ensemble_dir=VE] \\
+    [--ensemble_dir=U] [--stacked_dir=S --weights_file=W] \\
+    [--output_json=R.json] [--output_png=R.png]
+python -m ensemble.segment_report --choose --ensemble_dir=U --stacked_dir=S --weights_file=W
+
+Rows (each dir's ``training.eval --segment_labels`` evaluation on exactly
+--data_pattern, read from its segment_eval_results.json with the per-rating
+record it keeps; nothing is predicted here):
+  * each member as trained at video level (--video_dirs);
+  * fine-tuned on the rated segments, its last checkpoint (--finetuned_dirs:
+    the latest checkpoint of the fine-tuning train dir);
+  * fine-tuned and averaged (--model_dirs: swa.average's window, chosen on the
+    fitting segment files);
+  * the same with refinement (--refine_top_k > 0: its evaluation with
+    ``--segment_refine_top_k=K --segment_refine_model_dir=V``);
+  * the video-level ensemble, the ensemble of the fine-tuned members (uniform,
+    and stacked), and each ensemble with refinement; the one that writes the
+    submission (--choose's rule, on the fitting files of --weights_file, then
+    refined when K > 0) is marked.
+Gains: fine-tuning (vs the video-level member), averaging (vs the last
+fine-tuned checkpoint), refinement (vs the same state without it), each
+ensemble vs the best single state and vs every state, the fine-tuned
+ensemble vs the video-level one, stacked vs uniform; each with its paired
+95% interval, "resolved" only when it excludes 0.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Sequence
+
+from absl import flags
+
+from ensemble import report as video_report
+from training import checkpoints, eval_results, intervals, paths, segment_results
+from training import flags as shared_flags
+from training.cli import UserError, run_main
+from training.weights_file import read_weights_file
+
+FLAGS = flags.FLAGS
+SEGMENT_RESULTS = segment_results.SEGMENT_RESULTS
+METRIC = "Segment MAP"
+
+
+def define_flags() -> None:
+    define = shared_flags.define
+    define(flags.DEFINE_string, "data_pattern", "", "The held-out segment files every row "
+           "must have been evaluated on (nothing was chosen on them).", path=paths.IN_PATTERN)
+    define(flags.DEFINE_string, "video_dirs", "", "The members as trained at video level, "
+           "comma-separated.", path=paths.IN_DIRS)
+    define(flags.DEFINE_string, "finetuned_dirs", "", "The members' fine-tuning train dirs "
+           "(their latest checkpoint), in --video_dirs order.", path=paths.IN_DIRS)
+    shared_flags.define_shared("model_dirs", "(fine-tuned and averaged, in --video_dirs "
+                               "order)")
+    define(flags.DEFINE_integer, "refine_top_k", 0, "Also the rows with refinement: the "
+           "evaluations with --segment_refine_top_k=K (0: none).")
+    define(flags.DEFINE_string, "refine_model_dir", "", "The video-level model of those "
+           "evaluations (--segment_refine_model_dir).", path=paths.IN_DIR)
+    define(flags.DEFINE_string, "video_ensemble_dir", "", "The video-level ensemble.",
+           path=paths.IN_DIR)
+    define(flags.DEFINE_string, "ensemble_dir", "", "The uniform ensemble of the fine-tuned "
+           "members.", path=paths.IN_DIR)
+    define(flags.DEFINE_string, "stacked_dir", "", "Their ensemble with the stacked weights.",
+           path=paths.IN_DIR)
+    shared_flags.define_shared("weights_file", "")
+    define(flags.DEFINE_string, "output_json", "", "Also write the report as JSON.",
+           path=paths.OUT_FILE)
+    define(flags.DEFINE_string, "output_png", "", "Also write a bar chart (PNG).",
+           path=paths.OUT_FILE)
+    define(flags.DEFINE_bool, "choose", False, "Print only the dir of the better ensemble on "
+           "the fitting segment files (--weights_file).")
+    define(flags.DEFINE_integer, "bootstrap_samples", intervals.DEFAULT_SAMPLES,
+           "Bootstrap draws over the videos for the intervals.")
+    define(flags.DEFINE_bool, "overwrite", True, "Replace --output_json and --output_png.")
+
+
+# ---------------------------------------------------------------------------
+# Reading the evaluations (segment_eval_results.json and its per-rating records)
+
+
+def _refined_with(entry: Dict[str, Any]) -> int:
+    return int(entry.get("segment_refine_top_k") or 0)
+
+
+def _refine_model_is(entry: Dict[str, Any], directory: str, refine_model_dir: str) -> bool:
+    """Whether the entry's refine model (segment_results: "self", or the
+    refine model's checkpoint) is refine_model_dir's."""
+    recorded = str(entry.get("segment_refine_model"))
+    wanted = os.path.realpath(refine_model_dir)
+    if recorded == "self":
+        return os.path.realpath(directory) == wanted
+    return os.path.dirname(os.path.realpath(recorded)) == wanted
+
+
+def segment_evaluation_on(directory: str, data_pattern: str, refine_top_k: int = 0,
+                          refine_model_dir: str = "", train_dir: bool = False
+                          ) -> Dict[str, Any]:
+    """The dir's segment evaluation on exactly `data_pattern` with that
+    refinement (a train dir's: of its latest checkpoint); a UserError naming
+    the dir when there is none or several."""
+    wanted = eval_results.absolute_pattern(data_pattern)
+    evaluations = segment_results.read_segment_evaluations(directory)
+    entries = [entry for entry in evaluations.values()
+               if entry.get("eval_data_pattern") == wanted
+               and _refined_with(entry) == refine_top_k
+               and (not refine_top_k or _refine_model_is(entry, directory, refine_model_dir))]
+    what = "--segment_labels" + (f" --segment_refine_top_k={refine_top_k} "
+                                  f"--segment_refine_model_dir={refine_model_dir}"
+                                  if refine_top_k else "")
+    if train_dir and entries:
+        found = checkpoints.list_checkpoints(directory)
+        step = found[-1][0] if found else None
+        entries = [entry for entry in entries if entry.get("global_step") == step]
+        if not entries:
+            raise UserError(f"{directory}: its latest checkpoint (step {step}) has no "
+                            f"evaluation {what} on {data_pattern}; evaluate it (training.eval)")
+    if len(entries) != 1:
+        count = "no" if not entries else f"{len(entries)} differing"
+        raise UserError(f"{directory}: {count} evaluations {what} on {data_pattern}; "
+                        f"evaluate it (training.eval {what} --eval_data_pattern=...)")
+    return entries[0]
+
+
+ratings_of = segment_results.segment_ratings_of
+
+
+def unrefined(ratings: intervals.SegmentRatings) -> intervals.SegmentRatings:
+    """The same evaluation without refinement: refinement only takes pairs
+    out of the ranking (their scores are the model's), so every pair retrieved
+    is exactly the unrefined evaluation."""
+    return intervals.SegmentRatings(ratings.ids, ratings.start_times, ratings.classes,
+                                    ratings.ratings, ratings.scores,
+                                    ratings.retrieved | True)
+
+
+# ---------------------------------------------------------------------------
+# Rows and gains
+
+
+def _name(directory: str) -> str:
+    return os.path.basename(os.path.normpath(directory))
+
+
+_averaging = video_report._averaging     # (swa.json, as the video-level report reads it)
+
+
+class _Rows:
+    """The report's rows, each with its per-rating record (popped into the bootstrap)."""
+
+    def __init__(self, data_pattern: str, refine_top_k: int, refine_model_dir: str):
+        self.data_pattern, self.top_k, self.refine_dir = (data_pattern, refine_top_k,
+                                                          refine_model_dir)
+        self.rows: List[Dict[str, Any]] = []
+
+    def add(self, name: str, directory: str, kind: str, train_dir: bool = False,
+            **extra: Any) -> None:
+        entry = segment_evaluation_on(directory, self.data_pattern, train_dir=train_dir)
+        self.rows.append({"name": name, "dir": directory, "kind": kind, "evaluation": entry,
+                          "ratings": ratings_of(directory, entry), **extra})
+
+    def add_with_refinement(self, name: str, directory: str, kind: str,
+                            chosen: bool = False, **extra: Any) -> None:
+        """The state's row and, with refinement, its refined row too: both
+        from the refined evaluation's record. `chosen` marks the row that
+        writes the submission (the refined one when refining)."""
+        if not self.top_k:
+            self.add(name, directory, kind, chosen=chosen, **extra)
+            return
+        entry = segment_evaluation_on(directory, self.data_pattern, self.top_k,
+                                      self.refine_dir)
+        refined = ratings_of(directory, entry)
+        common = {"dir": directory, "evaluation": entry, **extra}
+        self.rows.append({"name": name, "kind": kind, "ratings": unrefined(refined),
+                          "chosen": False, **common})
+        self.rows.append({"name": f"{name} + refined", "kind": f"{kind}, refined",
+                          "ratings": refined, "unrefined_row": name, "chosen": chosen,
+                          **common})
+
+
+def _member_rows(rows: _Rows, video_dirs: Sequence[str], finetuned_dirs: Sequence[str],
+                 model_dirs: Sequence[str], weights: Dict[str, float]) -> None:
+    for flag, dirs in (("--finetuned_dirs", finetuned_dirs), ("--model_dirs", model_dirs)):
+        if dirs and video_dirs and len(dirs) != len(video_dirs):
+            raise UserError(f"{flag}: {len(dirs)} dirs for {len(video_dirs)} --video_dirs")
+    count = max(len(video_dirs), len(finetuned_dirs), len(model_dirs))
+    for index in range(count):
+        member = _name((model_dirs or finetuned_dirs or video_dirs)[index])
+        video = finetuned = None
+        if video_dirs:
+            video = f"{_name(video_dirs[index])} video level"
+            rows.add(video, video_dirs[index], "video level", member=member)
+        if finetuned_dirs:
+            finetuned = f"{_name(finetuned_dirs[index])} fine-tuned"
+            rows.add(finetuned, finetuned_dirs[index], "fine-tuned", train_dir=True,
+                     member=member, video_row=video)
+        if model_dirs:
+            window = _averaging(model_dirs[index]).get("count")
+            rows.add_with_refinement(
+                f"{member} fine-tuned, window {window}" if window else member,
+                model_dirs[index], "averaged", member=member, window=window,
+                window_choice=_averaging(model_dirs[index]).get("window_choice"),
+                finetuned_row=finetuned,
+                stacked_weight=weights.get(os.path.realpath(model_dirs[index])))
+
+
+def _ensemble_rows(rows: _Rows, video_ensemble_dir: str, ensemble_dir: str, stacked_dir: str,
+                   chosen_dir: str) -> None:
+    for name, directory, kind in (("video-level ensemble", video_ensemble_dir,
+                                   "video ensemble"),
+                                  ("fine-tuned ensemble", ensemble_dir, "ensemble"),
+                                  ("stacked fine-tuned ensemble", stacked_dir, "ensemble")):
+        if directory:
+            chosen = kind == "ensemble" and (os.path.realpath(directory)
+                                             == os.path.realpath(chosen_dir))
+            rows.add_with_refinement(name, directory, kind, chosen=chosen)
+
+
+_ENSEMBLE_KINDS = ("ensemble", "ensemble, refined", "video ensemble", "video ensemble, refined")
+
+
+def _gains(rows: List[Dict[str, Any]], boot: intervals.PairedBootstrap
+           ) -> List[Dict[str, Any]]:
+    """Every gain the report states, each with its paired interval."""
+    gains: List[Dict[str, Any]] = []
+
+    def add(what: str, name: str, over: str) -> None:
+        gains.append({"what": what, "system": name, "over": over,
+                      **boot.gain(name, over).as_dict()})
+
+    for what, link in (("fine-tuning", "video_row"), ("averaging", "finetuned_row"),
+                       ("refinement", "unrefined_row")):
+        for row in rows:
+            if row.get(link):
+                add(what, row["name"], row[link])
+    singles = [row for row in rows if row["kind"] not in _ENSEMBLE_KINDS]
+    best = max(singles, key=lambda row: row["value"]["estimate"]) if singles else None
+    by_kind = {row["kind"]: row for row in rows if row["kind"].startswith("video ensemble")}
+    for row in rows:
+        if row["kind"] not in _ENSEMBLE_KINDS:
+            continue
+        if best is not None:
+            add("ensemble vs best single state", row["name"], best["name"])
+            for single in singles:
+                if single is not best:
+                    add("ensemble vs single state", row["name"], single["name"])
+        video = by_kind.get("video " + row["kind"])
+        if video is not None:
+            add("fine-tuned vs video-level ensemble", row["name"], video["name"])
+    names = {row["name"] for row in rows}
+    for suffix in ("", " + refined"):
+        stacked, uniform = "stacked fine-tuned ensemble" + suffix, "fine-tuned ensemble" + suffix
+        if stacked in names and uniform in names:
+            add("stacked vs uniform", stacked, uniform)
+    return gains
+
+
+def read_stacking(weights_file: str) -> Dict[str, Any]:
+    """The segment weights file (stacking.fit --segment_labels) with both
+    ensembles' Segment MAP on the fitting files."""
+    spec = read_weights_file(weights_file)
+    payload = checkpoints.load_json(weights_file, f"--weights_file={weights_file}")
+    for key in ("segment_map", "segment_map_uniform"):
+        if not isinstance(payload.get(key), (int, float)):
+            raise UserError(f"--weights_file={weights_file}: has no {key!r} (write it with "
+                            f"stacking.fit --segment_labels)")
+    return {**spec, "segment_map": float(payload["segment_map"]),
+            "segment_map_uniform": float(payload["segment_map_uniform"]),
+            "data_pattern": payload.get("data_pattern")}
+
+
+def choose(ensemble_dir: str, stacked_dir: str, stacking: Dict[str, Any]) -> Dict[str, Any]:
+    """The better ensemble on the fitting segment files (ties: the uniform one)."""
+    stacked_wins = stacking["segment_map"] > stacking["segment_map_uniform"]
+    return {"chosen": "stacked" if stacked_wins else "uniform",
+            "dir": stacked_dir if stacked_wins else ensemble_dir,
+            "fit_segment_map_stacked": stacking["segment_map"],
+            "fit_segment_map_uniform": stacking["segment_map_uniform"],
+            "fit_data_pattern": stacking["data_pattern"]}
+
+
+def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
+                 finetuned_dirs: Sequence[str] = (), model_dirs: Sequence[str] = (),
+                 refine_top_k: int = 0, refine_model_dir: str = "",
+                 video_ensemble_dir: str = "", ensemble_dir: str = "", stacked_dir: str = "",
+                 weights_file: str = "", samples: int = intervals.DEFAULT_SAMPLES
+                 ) -> Dict[str, Any]:
+    """The report as a dict (module docstring); rows of other ratings are refused."""
+    shared_flags.require(data_pattern=data_pattern)
+    if refine_top_k < 0:
+        raise UserError(f"--refine_top_k: must be 0 or more, got {refine_top_k}")
+    if refine_top_k and not refine_model_dir:
+        raise UserError("--refine_model_dir: required with --refine_top_k")
+    stacking = read_stacking(weights_file) if weights_file else None
+    weights = ({os.path.realpath(m): w for m, w in zip(stacking["members"], stacking["weights"])}
+               if stacking else {})
+    choice = (choose(ensemble_dir, stacked_dir, stacking) if stacking and stacked_dir
+              else {"chosen": "uniform", "dir": ensemble_dir})
+    rows = _Rows(data_pattern, refine_top_k, refine_model_dir)
+    _member_rows(rows, video_dirs, finetuned_dirs, model_dirs, weights)
+    _ensemble_rows(rows, video_ensemble_dir, ensemble_dir, stacked_dir, choice["dir"])
+    if not rows.rows:
+        raise UserError("--video_dirs, --model_dirs or --ensemble_dir: give at least one")
+    boot = intervals.PairedBootstrap({row["name"]: row.pop("ratings") for row in rows.rows},
+                                     samples)
+    for row in rows.rows:
+        row["value"] = boot.value(row["name"]).as_dict()
+    first = rows.rows[0]["evaluation"]
+    return {"metric": METRIC, "data_pattern": eval_results.absolute_pattern(data_pattern),
+            "num_videos": boot.num_videos,
+            "num_ratings": int(first.get("num_segments", 0)),
+            "refinement": {"top_k": refine_top_k, "model_dir": refine_model_dir or None},
+            "bootstrap": {"samples": boot.samples, "seed": boot.seed,
+                          "confidence": intervals.CONFIDENCE},
+            "rows": rows.rows, "gains": _gains(rows.rows, boot), "choice": choice}
+
+
+# ---------------------------------------------------------------------------
+# Text and chart
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """The report as a fixed-width table and its conclusions, intervals included."""
+    rows = report["rows"]
+    width = max(len("state"), *(len(row["name"]) for row in rows)) + 2
+    kind_width = max(len(row["kind"]) for row in rows)
+    header = (f"{'state':<{width}} | {'kind':<{kind_width}} | "
+              f"{METRIC + ' [95% interval]':<27} | {'weight':>6}")
+    lines = [f"held-out: {report['num_ratings']} rated segments of {report['num_videos']} "
+             f"videos of {report['data_pattern']}; intervals: paired bootstrap over videos, "
+             f"{report['bootstrap']['samples']} draws", header, "-" * len(header)]
+    for row in rows:
+        mark = " *" if row.get("chosen") else ""
+        weight = row.get("stacked_weight")
+        lines.append(f"{row['name'] + mark:<{width}} | {row['kind']:<{kind_width}} | "
+                     f"{video_report._interval_text(row['value'], signed=False):<27} | "
+                     f"{'' if weight is None else f'{weight:.3f}':>6}")
+    lines.append("* the ensemble that writes the 2019 submission (chosen on the fitting files)")
+    return "\n".join(lines + _conclusions(report))
+
+
+def _conclusions(report: Dict[str, Any]) -> List[str]:
+    lines = []
+    verdict, text = video_report.verdict, video_report._interval_text
+    for what in ("fine-tuning", "averaging", "refinement", "ensemble vs best single state",
+                 "fine-tuned vs video-level ensemble", "stacked vs uniform"):
+        gains = [gain for gain in report["gains"] if gain["what"] == what]
+        for gain in gains:
+            lines.append(f"{what}: {gain['system']} vs {gain['over']} {text(gain)} "
+                         f"({verdict(gain)})")
+        if len(gains) > 1:
+            wins = sum(gain["low"] > 0 for gain in gains)
+            losses = sum(gain["high"] < 0 for gain in gains)
+            lines.append(f"{what}: {wins} of {len(gains)} resolved gains, {losses} resolved "
+                         f"losses")
+    choice = report.get("choice") or {}
+    if "fit_segment_map_stacked" in choice:
+        lines.append(f"the submission uses the {choice['chosen']} ensemble: Segment MAP on the "
+                     f"fitting files stacked {choice['fit_segment_map_stacked']:.4f}, uniform "
+                     f"{choice['fit_segment_map_uniform']:.4f}")
+    return lines
+
+
+_COLOURS = {"video level": "#b0b0b0", "fine-tuned": "#8c8cd0", "averaged": "#4c72b0",
+            "averaged, refined": "#55a868", "video ensemble": "#c0a080",
+            "video ensemble, refined": "#a08060", "ensemble": "#dd8452",
+            "ensemble, refined": "#c44e52"}
+
+
+def main(argv) -> None:
+    del argv
+    if FLAGS.choose:
+        shared_flags.require(ensemble_dir=FLAGS.ensemble_dir, stacked_dir=FLAGS.stacked_dir,
+                             weights_file=FLAGS.weights_file)
+        print(choose(FLAGS.ensemble_dir, FLAGS.stacked_dir,
+                     read_stacking(FLAGS.weights_file))["dir"])
+        return
+    comma = shared_flags.comma_list
+    report = build_report(FLAGS.data_pattern, comma(FLAGS.video_dirs),
+                          comma(FLAGS.finetuned_dirs), comma(FLAGS.model_dirs),
+                          FLAGS.refine_top_k, FLAGS.refine_model_dir,
+                          FLAGS.video_ensemble_dir, FLAGS.ensemble_dir, FLAGS.stacked_dir,
+                          FLAGS.weights_file, FLAGS.bootstrap_samples)
+    print(format_report(report))
+    if FLAGS.output_json:
+        with checkpoints.atomic_file(FLAGS.output_json, FLAGS.overwrite, "output_json") as tmp:
+            checkpoints.write_json(tmp, report)
+        print(f"wrote {FLAGS.output_json}")
+    if FLAGS.output_png:
+        video_report.write_chart(report, FLAGS.output_png, FLAGS.overwrite, _COLOURS,
+                                 f"{METRIC}, {report['num_videos']} held-out videos",
+                                 "value", _ENSEMBLE_KINDS)
+        print(f"wrote {FLAGS.output_png}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    run_main(main)

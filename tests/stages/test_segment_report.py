@@ -1,0 +1,172 @@
+"""ensemble.segment_report: the 2019 report's rows, gains and refusals, on
+segment evaluations written as training.eval --segment_labels writes them
+(segment_eval_results.json and the per-rating records), no model needed."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ensemble import segment_report
+from training import eval_results, intervals
+from training.cli import UserError
+
+VIDEOS = 150
+PATTERN_NAME = "heldout*.tfrecord"
+
+
+def ratings(quality: float, seed: int) -> intervals.SegmentRatings:
+    """Five ratings a video over 10 classes; a better system separates them more."""
+    rng = np.random.default_rng(seed)
+    ids = np.repeat([f"v{index:03d}".encode() for index in range(VIDEOS)], 5)
+    classes = np.random.default_rng(1).integers(0, 10, ids.size)
+    rated = (np.random.default_rng(2).random(ids.size) < 0.5).astype(np.int8)
+    scores = np.clip(0.5 + quality * (rated - 0.5) + rng.normal(0, 0.25, ids.size), 0, 1)
+    return intervals.SegmentRatings(ids, np.tile(np.arange(5) * 5, VIDEOS), classes, rated,
+                                    scores.astype(np.float32), np.ones(ids.size, bool))
+
+
+def write_evaluation(directory, pattern: str, record: intervals.SegmentRatings,
+                     step: int = 0, refine_top_k: int = 0, refine_dir: str = "") -> None:
+    """One entry of segment_eval_results.json and its per-rating record."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, segment_report.SEGMENT_RESULTS)
+    evaluations = {}
+    if os.path.isfile(path):
+        with open(path) as handle:
+            evaluations = json.load(handle)["evaluations"]
+    name = f"segment_eval_ratings/{len(evaluations)}.npz"
+    intervals.save_segment_ratings(os.path.join(directory, name), record)
+    entry = {"checkpoint": os.path.join(directory, f"model.ckpt-{step}"), "global_step": step,
+             "eval_data_pattern": eval_results.absolute_pattern(pattern),
+             **({"segment_refine_top_k": refine_top_k,
+                 "segment_refine_model": os.path.join(refine_dir, "inference_model")}
+                if refine_top_k else {}),
+             "segment_map": record.point(), "num_segments": int(record.ids.size),
+             "ratings_file": name}
+    evaluations[f"key{len(evaluations)}"] = entry
+    with open(path, "w") as handle:
+        json.dump({**entry, "evaluations": evaluations}, handle)
+
+
+def refined(record: intervals.SegmentRatings, keep: np.ndarray) -> intervals.SegmentRatings:
+    return intervals.SegmentRatings(record.ids, record.start_times, record.classes,
+                                    record.ratings, record.scores, keep)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Two members: video level (weak), fine-tuned (better), averaged (best);
+    refinement drops negatives of one and positives of the other; the
+    video-level ensemble, both fine-tuned ensembles; a segment weights file."""
+    root = tmp_path_factory.mktemp("segment_report")
+    pattern = str(root / PATTERN_NAME)
+    refine_dir = str(root / "video_ensemble")
+    rated = ratings(0.0, 0).ratings > 0
+    drop_negatives = ~(~rated & (np.arange(rated.size) % 2 == 0))
+    drop_positives = ~(rated & (np.arange(rated.size) % 3 == 0))
+    dirs = {"video": [], "finetuned": [], "members": []}
+    for index, name in enumerate(("GRUModel", "Soft-DBoF-4k")):
+        video, tuned, member = (str(root / kind / name) for kind in ("video", "tune", "swa"))
+        write_evaluation(video, pattern, ratings(0.3, 10 + index))
+        os.makedirs(tuned, exist_ok=True)
+        for step in (10, 20):
+            open(os.path.join(tuned, f"model.ckpt-{step}.index"), "w").close()
+        write_evaluation(tuned, pattern, ratings(0.1, 20 + index), step=10)   # not the latest
+        write_evaluation(tuned, pattern, ratings(0.6, 30 + index), step=20)
+        keep = drop_negatives if index == 0 else drop_positives
+        write_evaluation(member, pattern, refined(ratings(0.7, 40 + index), keep), step=20,
+                         refine_top_k=5, refine_dir=refine_dir)
+        with open(os.path.join(member, "swa.json"), "w") as handle:
+            json.dump({"count": 4, "window_choice": {"chosen": 4}}, handle)
+        dirs["video"].append(video), dirs["finetuned"].append(tuned), dirs["members"].append(member)
+    write_evaluation(refine_dir, pattern, refined(ratings(0.5, 50), drop_negatives),
+                     refine_top_k=5, refine_dir=refine_dir)
+    uniform, stacked = str(root / "uniform"), str(root / "stacked")
+    write_evaluation(uniform, pattern, refined(ratings(0.9, 60), drop_negatives),
+                     refine_top_k=5, refine_dir=refine_dir)
+    write_evaluation(stacked, pattern, refined(ratings(0.9, 61), drop_negatives),
+                     refine_top_k=5, refine_dir=refine_dir)
+    weights = str(root / "weights.json")
+    with open(weights, "w") as handle:
+        json.dump({"members": dirs["members"], "weights": [0.3, 0.7], "segment_map": 0.70,
+                   "segment_map_uniform": 0.72, "data_pattern": "fit"}, handle)
+    return {"root": root, "pattern": pattern, "refine_dir": refine_dir, "uniform": uniform,
+            "stacked": stacked, "weights": weights, **dirs}
+
+
+def build(run, **overrides):
+    args = dict(data_pattern=run["pattern"], video_dirs=run["video"],
+                finetuned_dirs=run["finetuned"], model_dirs=run["members"], refine_top_k=5,
+                refine_model_dir=run["refine_dir"], video_ensemble_dir=run["refine_dir"],
+                ensemble_dir=run["uniform"], stacked_dir=run["stacked"],
+                weights_file=run["weights"], samples=200)
+    return segment_report.build_report(**{**args, **overrides})
+
+
+def test_rows_and_gains_of_every_stage(run):
+    """Mutations: the fine-tuned row read from an earlier checkpoint than the
+    latest; the refined row taken as the unrefined one (or the reverse); the
+    chosen mark on the unrefined ensemble -- each fails an assertion here."""
+    report = build(run)
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows)[:5] == ["GRUModel video level", "GRUModel fine-tuned",
+                              "GRUModel fine-tuned, window 4",
+                              "GRUModel fine-tuned, window 4 + refined",
+                              "Soft-DBoF-4k video level"]
+    assert rows["GRUModel fine-tuned"]["evaluation"]["global_step"] == 20
+    # Values are each record's Segment MAP, the refined rows with pairs left out.
+    member = run["members"][0]
+    entry = segment_report.segment_evaluation_on(member, run["pattern"], 5, run["refine_dir"])
+    record = segment_report.ratings_of(member, entry).sorted_by_id()
+    assert rows["GRUModel fine-tuned, window 4 + refined"]["value"]["estimate"] == \
+        pytest.approx(record.point())
+    assert rows["GRUModel fine-tuned, window 4"]["value"]["estimate"] == pytest.approx(
+        segment_report.unrefined(record).point())
+    gains = {(gain["what"], gain["system"]): gain for gain in report["gains"]}
+    assert gains[("fine-tuning", "GRUModel fine-tuned")]["low"] > 0
+    # Refinement that drops negatives gains, one that drops positives loses.
+    assert gains[("refinement", "GRUModel fine-tuned, window 4 + refined")]["low"] > 0
+    assert gains[("refinement", "Soft-DBoF-4k fine-tuned, window 4 + refined")]["high"] < 0
+    assert ("fine-tuned vs video-level ensemble", "fine-tuned ensemble + refined") in gains
+    assert ("stacked vs uniform", "stacked fine-tuned ensemble + refined") in gains
+    # The uniform ensemble won on the fitting files; its refined row writes the CSV.
+    chosen = [row["name"] for row in report["rows"] if row.get("chosen")]
+    assert chosen == ["fine-tuned ensemble + refined"]
+    assert report["choice"]["chosen"] == "uniform"
+    text = segment_report.format_report(report)
+    assert "refinement: Soft-DBoF-4k fine-tuned, window 4 + refined vs" in text
+    assert "(resolved, a loss)" in text and "(resolved, a gain)" in text
+
+
+def test_missing_or_other_evaluations_are_refused_in_one_line(run, tmp_path):
+    """Mutations: matching entries on the pattern alone (ignoring the
+    refinement), or accepting an earlier checkpoint's evaluation of a train dir."""
+    with pytest.raises(UserError, match="no evaluations --segment_labels "
+                                        "--segment_refine_top_k=7"):
+        build(run, refine_top_k=7)
+    with pytest.raises(UserError, match="no evaluations --segment_labels on"):
+        build(run, data_pattern=str(tmp_path / "other*.tfrecord"))
+    tuned = run["finetuned"][0]
+    open(os.path.join(tuned, "model.ckpt-30.index"), "w").close()
+    try:
+        with pytest.raises(UserError, match=r"latest checkpoint \(step 30\) has no evaluation"):
+            build(run)
+    finally:
+        os.remove(os.path.join(tuned, "model.ckpt-30.index"))
+    with pytest.raises(UserError, match="has no 'segment_map'"):
+        bad = tmp_path / "w.json"
+        bad.write_text(json.dumps({"members": run["members"], "weights": [0.5, 0.5]}))
+        build(run, weights_file=str(bad))
+
+
+def test_chart_and_json(run, tmp_path):
+    from ensemble import report as video_report
+    report = build(run)
+    png = tmp_path / "r.png"
+    video_report.write_chart(report, str(png), True, segment_report._COLOURS, "Segment MAP",
+                             "value", segment_report._ENSEMBLE_KINDS)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    json.dumps(report)
