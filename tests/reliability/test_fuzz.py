@@ -200,6 +200,28 @@ class Fuzz:
                                                    *sorted((d / "eval_videos").iterdir())]]
         return argv, rng.choice(records + [weights])
 
+    def segment_report_case(self, where: Path, rng) -> tuple:
+        """A member (video level, averaged and refined) and a segment weights
+        file: ensemble.segment_report's inputs, minimal."""
+        from support.segment_results import ratings, write_evaluation
+
+        heldout = str(self.validate)
+        video, member, refiner = (str(where / name) for name in ("video", "member", "refine"))
+        Path(refiner).mkdir()
+        write_evaluation(video, heldout, ratings(0.2, 1))
+        write_evaluation(member, heldout, ratings(0.5, 2), refine_top_k=3, refine_dir=refiner)
+        weights = where / "weights.json"
+        weights.write_text(json.dumps({"members": [member], "weights": [1.0],
+                                       "segment_map": 0.5, "segment_map_uniform": 0.5}))
+        argv = [f"--data_pattern={heldout}", f"--video_dirs={video}", f"--model_dirs={member}",
+                "--refine_top_k=3", f"--refine_model_dir={refiner}", f"--ensemble_dir={member}",
+                f"--weights_file={weights}", f"--output_json={where / 'r.json'}",
+                "--bootstrap_samples=50"]
+        records = [path for d in (video, member) for path in
+                   [Path(d) / "segment_eval_results.json",
+                    *sorted((Path(d) / "segment_eval_ratings").iterdir())]]
+        return argv, rng.choice(records + [weights])
+
     def train_case(self, where: Path, rng) -> tuple:
         model = copy_dir(self.models["dbof_train"], where / "train")
         records = self.record_copy(self.train_file, where)
@@ -232,6 +254,7 @@ STAGES: Dict[str, Callable] = {
     "ensemble.inference": Fuzz.inference_case, "ensemble.check_submission": Fuzz.check_case,
     "prediction2tfrecord.write": Fuzz.teacher_case, "stacking.fit": Fuzz.stacking_case,
     "ensemble.report": Fuzz.report_case, "training.train": Fuzz.train_case,
+    "ensemble.segment_report": Fuzz.segment_report_case,
     "distillation.train": Fuzz.distill_case}
 
 
