@@ -26,6 +26,7 @@ workers only check it; ensemble.merge --label_names writes the TSV.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from typing import Iterator, List, Optional
 
@@ -43,6 +44,7 @@ from training import (
     predict,
     readers,
     segment_readers,
+    segment_refine,
     submission,
 )
 from training import flags as shared_flags
@@ -90,6 +92,15 @@ def define_flags() -> None:
                         "of the segment submission (header Index); none: every class.",
                         path=paths.IN_FILE)
     shared_flags.define(flags.DEFINE_integer, "segment_size", 5, "Frames per segment.")
+    shared_flags.define(flags.DEFINE_string, "segment_positions", "auto", "Which segments "
+                        "--segment_labels scores: listed (each segment_start_times entry), "
+                        "every (every segment of every video, the last one shorter: the "
+                        "2019 test split) or auto (every for records without "
+                        "segment_start_times, else listed).")
+    shared_flags.define(flags.DEFINE_bool, "skip_unrated_positions", False, "--segment_labels: "
+                        "leave out each video's first 6 and last 2 segments, which the 2019 "
+                        "organisers never rated.")
+    segment_refine.define_flags()
 
 
 # ---------------------------------------------------------------------------
@@ -370,20 +381,65 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
         return with_dir(train_dir)
 
 
+def _segment_checks(model_dir: str):
+    """(class ids, Scoring without its refine model, Refine or None) of the
+    flags, the records and classes checked before the model is loaded."""
+    frame_reader = model_builder.make_reader(members.read_member_flags(model_dir))
+    class_ids = (segment_submission.read_label_ids(FLAGS.segment_label_ids_file,
+                                                   frame_reader.num_classes)
+                 if FLAGS.segment_label_ids_file else None)
+    files = readers.resolve_files(FLAGS.input_data_pattern, "input_data_pattern")
+    positions = segment_readers.resolve_positions(FLAGS.segment_positions, files,
+                                                  FLAGS.compression)
+    reader = segment_readers.SegmentReader.like(frame_reader, FLAGS.segment_size, rated=False,
+                                                positions=positions,
+                                                skip_unrated=FLAGS.skip_unrated_positions)
+    readers.check_records(files, "input_data_pattern", reader, compression=FLAGS.compression,
+                          reader_of=f"--segment_labels with the model of "
+                                    f"{FLAGS.input_model_tgz or model_dir}",
+                          hint="--segment_positions=every scores every segment instead"
+                          if positions == "listed" else "")
+    refine = segment_refine.check(FLAGS.segment_refine_top_k, FLAGS.segment_refine_model_dir,
+                                  model_dir, files, "input_data_pattern", FLAGS.compression)
+    scoring = segment_submission.Scoring(positions, FLAGS.skip_unrated_positions,
+                                         refine.top_k if refine else 0)
+    return class_ids, scoring, refine
+
+
+def _write_segments(model: predict.LoadedModel, class_ids, scoring, log) -> int:
+    """The CSV (or with --num_shards this shard's part) of the open model."""
+    if FLAGS.num_shards:
+        segment_submission.write_segment_part(
+            model, FLAGS.input_data_pattern, FLAGS.output_file, FLAGS.num_shards,
+            FLAGS.shard_index, class_ids, FLAGS.segment_max_pred, FLAGS.segment_size,
+            FLAGS.batch_size, log=log, compression=FLAGS.compression,
+            settings={"frame_sampling": FLAGS.frame_sampling, "seed": FLAGS.seed,
+                      "bf16_compute": FLAGS.bf16_compute}, scoring=scoring)
+        return 0
+    return segment_submission.write_segment_submission(
+        model, FLAGS.input_data_pattern, FLAGS.output_file, class_ids,
+        FLAGS.segment_max_pred, FLAGS.segment_size, FLAGS.batch_size, log=log,
+        overwrite=FLAGS.overwrite, compression=FLAGS.compression, scoring=scoring)
+
+
+def _scoring_line(scoring) -> str:
+    """What will be scored, in one line."""
+    what = ("every segment of each video" if scoring.positions == "every" else
+            "the listed segments (segment_start_times)")
+    if scoring.skip_unrated:
+        what += f", without each video's first {segment_readers.UNRATED_HEAD} and last " \
+                f"{segment_readers.UNRATED_TAIL} (unrated)"
+    if scoring.refine_top_k:
+        what += f", each under its video's top {scoring.refine_top_k} classes only"
+    return f"scoring {what}"
+
+
 def _segments_with_dir(model_dir: str) -> int:
     """--segment_labels with the model of model_dir (--train_dir, or the
     extracted --input_model_tgz): the records and classes checked before the
     model is loaded; also writes --output_model_tgz when given."""
     log = lambda line: print(line, flush=True)  # noqa: E731
-    frame_reader = model_builder.make_reader(members.read_member_flags(model_dir))
-    class_ids = (segment_submission.read_label_ids(FLAGS.segment_label_ids_file,
-                                                   frame_reader.num_classes)
-                 if FLAGS.segment_label_ids_file else None)
-    reader = segment_readers.SegmentReader.like(frame_reader, FLAGS.segment_size, rated=False)
-    readers.check_records(readers.resolve_files(FLAGS.input_data_pattern, "input_data_pattern"),
-                          "input_data_pattern", reader, compression=FLAGS.compression,
-                          reader_of=f"--segment_labels with the model of "
-                                    f"{FLAGS.input_model_tgz or model_dir}")
+    class_ids, scoring, refine = _segment_checks(model_dir)
     if not FLAGS.overwrite:
         _refuse_existing((("output_model_tgz", FLAGS.output_model_tgz),
                           ("output_file", "" if FLAGS.num_shards else FLAGS.output_file)))
@@ -392,18 +448,14 @@ def _segments_with_dir(model_dir: str) -> int:
     try:
         if FLAGS.output_model_tgz:
             export.write_model_tgz(model, FLAGS.output_model_tgz, log, FLAGS.overwrite)
-        if FLAGS.num_shards:
-            segment_submission.write_segment_part(
-                model, FLAGS.input_data_pattern, FLAGS.output_file, FLAGS.num_shards,
-                FLAGS.shard_index, class_ids, FLAGS.segment_max_pred, FLAGS.segment_size,
-                FLAGS.batch_size, log=log, compression=FLAGS.compression,
-                settings={"frame_sampling": FLAGS.frame_sampling, "seed": FLAGS.seed,
-                          "bf16_compute": FLAGS.bf16_compute})
-            return 0
-        return segment_submission.write_segment_submission(
-            model, FLAGS.input_data_pattern, FLAGS.output_file, class_ids,
-            FLAGS.segment_max_pred, FLAGS.segment_size, FLAGS.batch_size, log=log,
-            overwrite=FLAGS.overwrite, compression=FLAGS.compression)
+        log(_scoring_line(scoring))
+        if refine is None:
+            return _write_segments(model, class_ids, scoring, log)
+        with segment_refine.opened(refine, model, FLAGS.frame_sampling, FLAGS.seed,
+                                   FLAGS.bf16_compute, FLAGS.num_threads) as refiner:
+            scoring = dataclasses.replace(scoring, refine_model=None if refiner is model
+                                          else refiner)
+            return _write_segments(model, class_ids, scoring, log)
     finally:
         model.close()
 
@@ -430,11 +482,23 @@ def run_segments() -> int:
         return _segments_with_dir(FLAGS.train_dir)
 
 
+def _refuse_segment_flags() -> None:
+    """The segment flags without --segment_labels: one line, not ignored."""
+    for flag, value in (("segment_positions", FLAGS.segment_positions != "auto"),
+                        ("skip_unrated_positions", FLAGS.skip_unrated_positions),
+                        ("segment_refine_top_k", FLAGS.segment_refine_top_k),
+                        ("segment_refine_model_dir", FLAGS.segment_refine_model_dir)):
+        if value:
+            raise UserError(f"--{flag}: applies to the 2019 segment submission; needs "
+                            f"--segment_labels")
+
+
 def main(argv) -> None:
     del argv
     if FLAGS.segment_labels:
         run_segments()
         return
+    _refuse_segment_flags()
     run(FLAGS.train_dir, FLAGS.input_model_tgz, FLAGS.output_model_tgz,
         FLAGS.input_data_pattern, FLAGS.output_file, FLAGS.batch_size, FLAGS.top_k,
         FLAGS.num_readers, FLAGS.seed, FLAGS.frame_sampling,

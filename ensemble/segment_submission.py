@@ -1,14 +1,19 @@
 """The 2019 segment submission (docs/formats.md 3.5): write it, check it.
 
-``ensemble.inference --segment_labels`` scores every segment of the 2019
-records (each distinct ``segment_start_times`` entry of a video, read by
-training.segment_readers) with the model and writes, for each class of
-``--segment_label_ids_file`` (the starter's ``segment_label_ids.csv``: a
-header ``Index``, one class id a line; none: every class of the model), the
-``--segment_max_pred`` best segments by descending score:
-``Class,Segments`` then ``<class>,<vid>:<start> <vid>:<start> ...``.
-Streaming: memory holds per class at most 2 x max_pred (score, segment
-number) pairs plus one "vid:start" string per segment seen, never the
+``ensemble.inference --segment_labels`` scores the segments of the 2019
+records (read by training.segment_readers: the listed ones, each distinct
+``segment_start_times`` entry of a video, or every 5-frame segment of every
+video, as for the test split; Scoring) with the model and writes, for each
+class of ``--segment_label_ids_file`` (the starter's
+``segment_label_ids.csv``: a header ``Index``, one class id a line; none:
+every class of the model), the ``--segment_max_pred`` best segments by
+descending score: ``Class,Segments`` then ``<class>,<vid>:<start> ...``;
+with refinement (training.segment_refine) a segment only under its video's
+top classes. Streaming, memory bounded by the classes and max_pred, not the
+number of segments: per class at most 2 x max_pred (score, segment number)
+pairs (ClassTopK, 12 bytes a pair), and the "vid:start" names of the
+segments some class still holds (SegmentNames: at most classes x 2 x
+max_pred + PRUNE_MIN + one batch, 8 + W bytes a name); never the
 [segments, classes] scores.
 
 ``python -m ensemble.segment_submission --submission=S.csv`` checks a file:
@@ -20,13 +25,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import numpy as np
 from absl import flags
 
 from ensemble import merge
-from training import checkpoints, paths, predict, readers
+from training import checkpoints, paths, predict, readers, segment_refine
 from training import flags as shared_flags
 from training.cli import UserError, excerpt, first_line, run_main
 from training.progress import Log
@@ -62,8 +68,9 @@ class ClassTopK:
 
     New pairs above a class's current floor are buffered and cut back to
     max_pred once the buffer exceeds max_pred, so the work is amortised and
-    memory stays under 2 x max_pred pairs per class. Ties keep the segment
-    seen first (stable order on segment number).
+    memory stays under 2 x max_pred pairs per class (12 bytes a pair:
+    float32 score, int64 number). Ties keep the segment seen first (stable
+    order on segment number).
     """
 
     def __init__(self, num_kept: int, max_pred: int):
@@ -73,7 +80,8 @@ class ClassTopK:
         self.floor = np.full(num_kept, -np.inf, np.float32)
 
     def add(self, scores: np.ndarray, first_number: int) -> None:
-        """scores [S, num_kept] of segments first_number .. first_number + S - 1."""
+        """scores [S, num_kept] of segments first_number .. first_number + S - 1
+        (-inf: the segment is not listed for that class)."""
         numbers = np.arange(first_number, first_number + scores.shape[0], dtype=np.int64)
         above = scores > self.floor[None, :]
         for j in np.flatnonzero(above.any(axis=0)):
@@ -95,6 +103,100 @@ class ClassTopK:
         self._cut(j)
         return self.numbers[j]
 
+    def held(self) -> np.ndarray:
+        """The distinct segment numbers some class may still list (sorted),
+        each class first cut to its max_pred: at most classes x max_pred."""
+        for j in range(len(self.numbers)):
+            if self.numbers[j].size > self.max_pred:
+                self._cut(j)
+        return np.unique(np.concatenate([np.empty(0, np.int64), *self.numbers]))
+
+    def pairs(self) -> int:
+        return sum(numbers.size for numbers in self.numbers)
+
+
+PRUNE_MIN = 1 << 16     # names kept before SegmentNames prunes at all
+
+
+class SegmentNames:
+    """The "vid:start" of segment numbers, only while some class holds them.
+
+    Numbers come in increasing order (collect_top numbers the segments in
+    input order). ``prune(held)`` keeps the names of `held` only; collect_top
+    calls it when the names have doubled since the last prune (and passed
+    min_prune), so at most max(2 x held, min_prune) + one batch names are
+    kept, held <= classes x max_pred: whatever the number of segments.
+    8 + W bytes a name (int64 number, W = the longest "vid:start" in
+    UTF-8, 8 for 2019's 4-character ids), in numpy arrays.
+    """
+
+    def __init__(self, min_prune: int = PRUNE_MIN):
+        self.numbers = np.empty(0, np.int64)
+        self.names = np.empty(0, "S1")
+        self.min_prune, self.limit = int(min_prune), int(min_prune)
+        self._chunks: list = []
+        self.seen = 0
+
+    def add(self, first_number: int, keys: List[str]) -> None:
+        """The names of segments first_number .. first_number + len(keys) - 1."""
+        self._chunks.append((np.arange(first_number, first_number + len(keys), dtype=np.int64),
+                             np.array([key.encode("utf-8") for key in keys], dtype=bytes)))
+        self.seen += len(keys)
+
+    def __len__(self) -> int:
+        return self.numbers.size + sum(chunk[0].size for chunk in self._chunks)
+
+    def _consolidate(self) -> None:
+        if self._chunks:
+            self.numbers = np.concatenate([self.numbers, *(c[0] for c in self._chunks)])
+            self.names = np.concatenate([self.names, *(c[1] for c in self._chunks)])
+            self._chunks = []
+
+    def due(self) -> bool:
+        """Whether the names have doubled since the last prune (and passed min_prune)."""
+        return len(self) > self.limit
+
+    def prune(self, held: np.ndarray) -> None:
+        """Keeps the names of the numbers in held (sorted) only."""
+        self._consolidate()
+        keep = np.isin(self.numbers, held, assume_unique=True)
+        self.numbers, self.names = self.numbers[keep], self.names[keep]
+        self.limit = max(2 * self.numbers.size, self.min_prune)
+
+    def lookup(self, numbers: np.ndarray) -> List[str]:
+        """The names of these numbers (each held since it was added)."""
+        self._consolidate()
+        rows = np.searchsorted(self.numbers, numbers)
+        return [name.decode("utf-8") for name in self.names[rows]]
+
+    def nbytes(self) -> int:
+        self._consolidate()
+        return int(self.numbers.nbytes + self.names.nbytes)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Which segments are scored and for which classes: positions ("listed":
+    segment_start_times; "every": every segment, training.segment_readers),
+    skip_unrated (a video's first 6 and last 2 positions left out) and the
+    video-level refinement (training.segment_refine): refine_top_k > 0 lists
+    a segment only under its video's top refine_top_k classes of
+    refine_model (None: the model being run)."""
+    positions: str = "listed"
+    skip_unrated: bool = False
+    refine_top_k: int = 0
+    refine_model: Optional[predict.LoadedModel] = None
+
+    def run_settings(self) -> dict:
+        """What the sharded parts' run key records of it."""
+        settings: dict = {"segment_positions": self.positions,
+                          "skip_unrated_positions": self.skip_unrated}
+        if self.refine_top_k:
+            model = (segment_refine.SELF if self.refine_model is None
+                     else merge.run_key(self.refine_model.model_dir, {}))
+            settings["segment_refine"] = {"top_k": self.refine_top_k, "model": model}
+        return settings
+
 
 def _distinct_segments(batch: predict.Batch):
     """Rows of a SegmentReader batch with a new (video, start): a segment rated
@@ -111,21 +213,50 @@ def _distinct_segments(batch: predict.Batch):
 _FILE_SHIFT = 32     # a segment's number: its file's index << 32 | its place in the file
 
 
+def _file_top_classes(model: predict.LoadedModel, scoring: Scoring, path: str,
+                      batch_size: int, compression: str):
+    """{video id: top classes} of one input file (None without refinement):
+    memory bounded by one file's videos."""
+    if not scoring.refine_top_k:
+        return None
+    return segment_refine.video_top_classes(scoring.refine_model or model,
+                                            scoring.refine_top_k, batch_size, files=[path],
+                                            compression=compression)
+
+
+def _batch_scores(batch: predict.Batch, rows: np.ndarray, class_ids: np.ndarray,
+                  top) -> np.ndarray:
+    """float32 [segments, kept classes] of the batch's distinct rows; -inf
+    where refinement leaves the class out (never listed)."""
+    scores = batch.predictions[rows][:, class_ids].astype(np.float32)
+    if top is not None:
+        allowed = segment_refine.class_mask(batch.ids[rows], top, class_ids)
+        scores[~allowed] = -np.inf
+    return scores
+
+
 def collect_top(model: predict.LoadedModel, files: List[str], indices: List[int],
                 class_ids: np.ndarray, max_pred: int, segment_size: int = 5,
                 batch_size: int = 64, log: Optional[Log] = print, compression: str = "auto",
-                padded: Optional[bool] = None):
-    """(ClassTopK, {segment number: "vid:start"}) of files, one after the other.
-    padded: predict.segment_reader's (None: as the model's graph allows).
+                padded: Optional[bool] = None, scoring: Scoring = Scoring(),
+                min_prune: int = PRUNE_MIN) -> Tuple[ClassTopK, SegmentNames]:
+    """(ClassTopK, SegmentNames) of files, one after the other; with
+    refinement each file's video top classes first. padded:
+    predict.segment_reader's (None: as the model's graph allows).
 
     A segment's number is its file's index in the sorted input (indices) and
     its place in the file: ties go to the segment first in the whole input,
-    whichever shard read it, so merged parts equal one process's CSV."""
+    whichever shard read it, so merged parts equal one process's CSV.
+    Memory: the pairs of ClassTopK and the names SegmentNames keeps, both
+    bounded by the classes and max_pred, not by the number of segments."""
     if max_pred < 1:
         raise UserError(f"--segment_max_pred: must be >= 1, got {max_pred}")
-    reader = predict.segment_reader(model, segment_size, rated=False, padded=padded)
-    top, names = ClassTopK(class_ids.size, max_pred), {}
+    reader = predict.segment_reader(model, segment_size, rated=False, padded=padded,
+                                    positions=scoring.positions,
+                                    skip_unrated=scoring.skip_unrated)
+    top, names = ClassTopK(class_ids.size, max_pred), SegmentNames(min_prune)
     for path, index in zip(files, indices):
+        video_top = _file_top_classes(model, scoring, path, batch_size, compression)
         place = 0
         for batch in predict.iterate_predictions(
                 model, "", max(1, batch_size // 5), flag_name="input_data_pattern",
@@ -133,9 +264,11 @@ def collect_top(model: predict.LoadedModel, files: List[str], indices: List[int]
                 files=[path]):
             rows, keys = _distinct_segments(batch)
             first = (index << _FILE_SHIFT) + place
-            top.add(batch.predictions[rows][:, class_ids].astype(np.float32), first)
-            names.update(zip(range(first, first + len(keys)), keys))
+            top.add(_batch_scores(batch, rows, class_ids, video_top), first)
+            names.add(first, keys)
             place += len(keys)
+            if names.due():
+                names.prune(top.held())
     return top, names
 
 
@@ -154,21 +287,22 @@ def write_segment_submission(model: predict.LoadedModel, data_pattern: str, outp
                              class_ids: Optional[np.ndarray] = None, max_pred: int = 100000,
                              segment_size: int = 5, batch_size: int = 64,
                              log: Optional[Log] = print, overwrite: bool = True,
-                             compression: str = "auto", padded: Optional[bool] = None) -> int:
-    """Streams every segment through the model, keeps the per-class top
-    max_pred, writes the CSV atomically; returns the number of segments."""
+                             compression: str = "auto", padded: Optional[bool] = None,
+                             scoring: Scoring = Scoring()) -> int:
+    """Streams every segment (of scoring.positions) through the model, keeps
+    the per-class top max_pred, writes the CSV atomically; returns the
+    number of segments scored."""
     class_ids = np.arange(model.num_classes) if class_ids is None else class_ids
     files = readers.resolve_files(data_pattern, "input_data_pattern")
     top, names = collect_top(model, files, list(range(len(files))), class_ids, max_pred,
-                             segment_size, batch_size, log, compression, padded)
-    if not names:
+                             segment_size, batch_size, log, compression, padded, scoring)
+    if not names.seen:
         raise UserError(f"--input_data_pattern={data_pattern}: the files hold no segments")
-    _write_csv(output_file, class_ids,
-               lambda j: (names[n] for n in top.ranked(j)), overwrite)
+    _write_csv(output_file, class_ids, lambda j: names.lookup(top.ranked(j)), overwrite)
     if log:
-        log(f"wrote {output_file} ({class_ids.size} classes, {len(names)} segments, "
+        log(f"wrote {output_file} ({class_ids.size} classes, {names.seen} segments, "
             f"at most {max_pred} a class)")
-    return len(names)
+    return names.seen
 
 
 def part_path(output_file: str, num_shards: int, shard_index: int) -> str:
@@ -180,20 +314,22 @@ def write_segment_part(model: predict.LoadedModel, data_pattern: str, output_fil
                        num_shards: int, shard_index: int,
                        class_ids: Optional[np.ndarray] = None, max_pred: int = 100000,
                        segment_size: int = 5, batch_size: int = 64, log: Optional[Log] = print,
-                       compression: str = "auto", settings: Optional[dict] = None) -> str:
+                       compression: str = "auto", settings: Optional[dict] = None,
+                       scoring: Scoring = Scoring()) -> str:
     """This shard's per-class top max_pred (every num_shards-th sorted file, as
     ensemble.inference shards) to part_path; merge_segment_parts writes the CSV.
     The part's provenance: its shard, the whole sorted input and the run key
     (merge.run_key of the model's files, settings -- frame sampling, seed,
-    bf16 mode -- and the segment size, max_pred and classes)."""
+    bf16 mode -- the segment size, max_pred, classes and scoring.run_settings)."""
     class_ids = np.arange(model.num_classes) if class_ids is None else class_ids
     files = readers.resolve_files(data_pattern, "input_data_pattern")
     indices = list(range(shard_index, len(files), num_shards))
     top, names = collect_top(model, [files[i] for i in indices], indices, class_ids,
-                             max_pred, segment_size, batch_size, log, compression)
+                             max_pred, segment_size, batch_size, log, compression,
+                             scoring=scoring)
     ranked = [top.ranked(j) for j in range(class_ids.size)]
-    run = merge.run_key(model.model_dir, {**(settings or {}), "segment_size": segment_size,
-                                          "max_pred": max_pred,
+    run = merge.run_key(model.model_dir, {**(settings or {}), **scoring.run_settings(),
+                                          "segment_size": segment_size, "max_pred": max_pred,
                                           "class_ids": [int(c) for c in class_ids]})
     path = part_path(output_file, num_shards, shard_index)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -203,12 +339,12 @@ def write_segment_part(model: predict.LoadedModel, data_pattern: str, output_fil
                      counts=np.array([r.size for r in ranked], np.int64),
                      numbers=np.concatenate(ranked).astype(np.int64),
                      scores=np.concatenate([top.scores[j] for j in range(class_ids.size)]),
-                     names=np.array([names[n] for r in ranked for n in r], dtype=object
-                                    ).astype(str),
+                     names=np.array([name for r in ranked for name in names.lookup(r)],
+                                    dtype=object).astype(str),
                      run=np.array(run), num_shards=num_shards, shard_index=shard_index,
                      inputs=np.array([os.path.abspath(f) for f in files]))
     if log:
-        log(f"wrote {path} ({len(names)} segments of {len(indices)} files)")
+        log(f"wrote {path} ({names.seen} segments of {len(indices)} files)")
     return path
 
 

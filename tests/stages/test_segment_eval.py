@@ -5,7 +5,6 @@ import glob
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -382,22 +381,24 @@ def test_segment_results_read_without_tensorflow():
     assert out.stdout.strip() == "False"
 
 
-def test_refine_flags_refused_in_one_line(tiny_models, tmp_path):
+def test_refine_flags_refused_in_one_line(tmp_path):
     """K < 0, a refine dir without K, a missing refine dir and a refine model
     of other classes are each one line naming the flag, before any model
     is loaded. Mutation tried: the class check removed -> the 7-class
     model dir was accepted and this failed."""
-    from training import checkpoints as ckpts
     from training import segment_refine
-    model_dir = tiny_models["dbof_bf16"]
-    other = tmp_path / "other"
-    other.mkdir()
-    flags_json = json.loads((Path(model_dir) / ckpts.MODEL_FLAGS_FILE).read_text())
-    (other / ckpts.MODEL_FLAGS_FILE).write_text(json.dumps({**flags_json, "num_classes": 7}))
+    dirs = {}
+    for name, classes in (("model", 10), ("other", 7)):
+        dirs[name] = str(tmp_path / name)
+        os.makedirs(dirs[name])
+        checkpoints.write_model_flags(dirs[name], model_builder.make_model_flags(
+            "FrameMeanMoeModel", "rgb,audio", "1024,128", True, classes, "CrossEntropyLoss",
+            {}))
+    model_dir = dirs["model"]
     for args, message in (((-1, ""), "--segment_refine_top_k: must be >= 0"),
                           ((0, model_dir), "needs --segment_refine_top_k > 0"),
                           ((2, str(tmp_path / "nope")), "no such dir"),
-                          ((2, str(other)), "predicts 7 classes")):
+                          ((2, dirs["other"]), "predicts 7 classes")):
         with pytest.raises(UserError, match=message) as err:
             segment_refine.check(*args, model_dir, [], "eval_data_pattern")
         assert "\n" not in str(err.value)

@@ -1,4 +1,6 @@
 """The 2019 segment submission: per-class top-k streaming, the CSV, its checker."""
+import glob
+
 import numpy as np
 import pytest
 
@@ -196,3 +198,164 @@ def test_segment_labels_with_the_model_tgz_flags(tiny_models, three_files, tmp_p
                          f"--label_names={upload}", check=False)
     assert refused.returncode != 0 and "--label_names" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_segment_names_stay_bounded_and_exact():
+    """collect_top's bookkeeping over many segments: the names kept never
+    pass classes x 2 x max_pred + min_prune + one batch, and every name a
+    class ranks is still there and right.
+
+    Mutation tried: SegmentNames.prune keeping the names of the numbers
+    NOT held (np.isin(..., invert=True)) -> lookups returned other segments'
+    names and this failed; never pruning -> 20000 names were held."""
+    rng = np.random.default_rng(2)
+    kept, max_pred, batch, min_prune, total = 3, 10, 40, 50, 20000
+    scores = rng.random((total, kept)).astype(np.float32)
+    top, names = seg.ClassTopK(kept, max_pred), seg.SegmentNames(min_prune)
+    most = 0
+    for first in range(0, total, batch):
+        top.add(scores[first:first + batch], first)
+        names.add(first, [f"v{n}:5" for n in range(first, first + batch)])
+        if names.due():
+            names.prune(top.held())
+        most = max(most, len(names))
+    assert most <= kept * 2 * max_pred + min_prune + batch and names.seen == total
+    for j in range(kept):
+        expected = np.lexsort((np.arange(total), -scores[:, j]))[:max_pred]
+        assert names.lookup(top.ranked(j)) == [f"v{n}:5" for n in expected]
+
+
+@pytest.fixture(scope="module")
+def unrated(tmp_path_factory):
+    """2019-test-like records (frames only, no labels, no segment lists) in 3
+    files, 4 to 60 frames a video; -> (pattern, {video id: frame count})."""
+    from conftest import unlabelled_shards
+    from models.tf_compat import tf
+    pattern = unlabelled_shards(tmp_path_factory.mktemp("unrated"), 3, 6, 11, 60)
+    frames = {}
+    for path in sorted(glob.glob(pattern)):
+        for record in tf.io.tf_record_iterator(path):
+            ex = tf.train.SequenceExample.FromString(record)
+            frames[ex.context.feature["id"].bytes_list.value[0].decode()] = len(
+                ex.feature_lists.feature_list["rgb"].feature)
+    return pattern, frames
+
+
+def _every_segment(frames, skip=False):
+    """{"vid:start"} of the starter's rule: starts 0, 5, ... < frames; skip:
+    without each video's first 6 and last 2 positions."""
+    return {f"{vid}:{5 * k}" for vid, n in frames.items()
+            for k in range(6 if skip else 0, -(-n // 5) - (2 if skip else 0))}
+
+
+def _entries(csv_path):
+    lines = csv_path.read_text().splitlines()[1:]
+    return {int(line.split(",")[0]): line.split(",")[1].split(" ") if line.split(",")[1]
+            else [] for line in lines}
+
+
+@pytest.mark.slow
+def test_every_segment_of_the_test_split(tiny_models, unrated, tmp_path):
+    """Records without segment lists: every segment is scored (auto), each
+    class lists all of them; collect_top pruning its names every few
+    segments ranks them alike.
+
+    Mutation tried: collect_top not pruning the names at all -> the 4-name
+    minimum was passed by far and the bound assertion failed."""
+    from training import predict
+    pattern, frames = unrated
+    model = predict.open_model(tiny_models["dbof_bf16"])
+    try:
+        out = tmp_path / "all.csv"
+        scored = seg.write_segment_submission(model, pattern, str(out), max_pred=100000,
+                                              log=None, scoring=seg.Scoring("every"))
+        files = sorted(glob.glob(pattern))
+        # (One video a batch: at most 12 segments.)
+        top, names = seg.collect_top(model, files, [0, 1, 2], np.arange(TINY_CLASSES), 2,
+                                     batch_size=5, log=None, scoring=seg.Scoring("every"),
+                                     min_prune=4)
+    finally:
+        model.close()
+    expected = _every_segment(frames)
+    assert scored == len(expected) > 100
+    entries = _entries(out)
+    assert all(set(listed) == expected for listed in entries.values())
+    assert seg.check_segment_submission(str(out), max_pred=100000) == TINY_CLASSES
+    assert len(names) <= TINY_CLASSES * 2 * 2 + 4 + 12 < names.seen
+    assert [names.lookup(top.ranked(j)) for j in range(TINY_CLASSES)] == [
+        entries[j][:2] for j in range(TINY_CLASSES)]
+
+
+def _top_classes(model_dir, pattern, k):
+    from training import predict, segment_refine
+    model = predict.open_model(model_dir)
+    try:
+        top = segment_refine.video_top_classes(model, k, 8, pattern)
+    finally:
+        model.close()
+    return {vid.decode(): set(classes.tolist()) for vid, classes in top.items()}
+
+
+@pytest.mark.slow
+def test_cli_skip_unrated_and_refinement(tiny_models, unrated, tmp_path):
+    """ensemble.inference --segment_labels on the test-split records with
+    --skip_unrated_positions and --segment_refine_top_k=3 (refined by
+    another model, the GRU): a class lists exactly the rated-position
+    segments of the videos whose top 3 (of the GRU's video-level
+    predictions, computed here) hold it, and the checker passes it.
+
+    Mutation tried: _batch_scores ignoring the refinement mask -> classes
+    outside a video's top 3 listed its segments and this failed."""
+    pattern, frames = unrated
+    ids = tmp_path / "ids.csv"
+    ids.write_text("Index\n0\n2\n3\n5\n")
+    out = tmp_path / "s.csv"
+    completed = run_module(
+        "ensemble.inference", f"--train_dir={tiny_models['dbof_bf16']}",
+        f"--input_data_pattern={pattern}", f"--output_file={out}", "--segment_labels",
+        "--skip_unrated_positions", "--segment_refine_top_k=3",
+        f"--segment_refine_model_dir={tiny_models['gru_bf16']}",
+        f"--segment_label_ids_file={ids}")
+    assert "scoring every segment of each video" in completed.stdout
+    top = _top_classes(tiny_models["gru_bf16"], pattern, 3)
+    rated = _every_segment(frames, skip=True)
+    entries = _entries(out)
+    assert sorted(entries) == [0, 2, 3, 5] and rated
+    for class_id, listed in entries.items():
+        assert set(listed) == {s for s in rated if class_id in top[s.split(":")[0]]}
+    assert sum(map(len, entries.values())) > 0
+    assert seg.check_segment_submission(str(out), np.array([0, 2, 3, 5])) == 4
+    refused = run_module("ensemble.inference", f"--train_dir={tiny_models['dbof_bf16']}",
+                         f"--input_data_pattern={pattern}", f"--output_file={out}1",
+                         "--segment_labels", "--segment_refine_top_k=-2", check=False)
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1
+    assert "--segment_refine_top_k: must be >= 0" in refused.stderr
+
+
+@pytest.mark.slow
+def test_every_segment_shards_merge_to_the_one_process_csv(tiny_models, unrated, tmp_path):
+    """Every-segment mode, refined by the model's own top 3: the 2 merged
+    parts are byte-identical to one process's CSV (scores rounded: ties).
+
+    Mutation tried: collect_top numbering a segment by its place in its
+    file only (the file index dropped) -> names of different files' segments
+    collided and this failed."""
+    from models.tf_compat import tf
+    from training import predict
+    pattern, _ = unrated
+    scoring = seg.Scoring("every", refine_top_k=3)
+    model = predict.open_model(tiny_models["dbof_bf16"])
+    try:
+        with model.graph.as_default():
+            model.predictions = tf.round(model.predictions * 10.0) / 10.0
+        one, sharded = tmp_path / "one.csv", tmp_path / "sharded.csv"
+        seg.write_segment_submission(model, pattern, str(one), max_pred=9, log=None,
+                                     scoring=scoring)
+        for shard in range(2):
+            seg.write_segment_part(model, pattern, str(sharded), 2, shard, max_pred=9,
+                                   log=None, scoring=scoring)
+    finally:
+        model.close()
+    seg.merge_segment_parts(str(sharded), 2, log=None)
+    assert sharded.read_text() == one.read_text()
+    assert len(one.read_text().splitlines()) == TINY_CLASSES + 1
