@@ -15,15 +15,12 @@ the metrics (training.metrics.segment_metrics) and ratings_file. Its key is
 ``<checkpoint name>|<eval_data_pattern>|<setting>=<value>|...`` (the
 settings sorted by name); the same key replaces its entry, any other is kept.
 
-``ratings_file`` (``segment_eval_ratings/<key digest>.npz``, written and
-read by training.intervals: ``SegmentRatings``) holds one entry per rating:
-``ids`` bytes [N] (the video's), ``start_times`` int64 [N], ``classes``
-int64 [N] (the rated class), ``ratings`` int8 [N] (0/1), ``scores`` float32
-[N] (the model's score of that class on the segment) and ``retrieved`` bool
-[N] (the (segment, class) pair is in the submission: False only when
-refinement left the class out): all that the 2019 metric needs
-(training.metrics.segment_metrics(scores, classes, ratings, retrieved)),
-about 30 bytes a rating. ``segment_ratings_of`` reads it.
+``ratings_file`` (``segment_eval_ratings/<key digest>.npz``,
+training.intervals.SegmentRatings) holds one entry per rating: the video
+id, start time, rated class, 0/1 rating, the model's score of that class
+on the segment and whether the (segment, class) pair is retrieved (False
+only when refinement left the class out): all the 2019 metric needs, about
+30 bytes a rating. ``segment_ratings_of`` reads it.
 """
 from __future__ import annotations
 
