@@ -1,32 +1,17 @@
 """The 2019 report: Segment MAP of every state of the segment path, with
-paired bootstrap intervals over the videos of held-out rated segment files:
+paired bootstrap intervals over the videos of held-out rated segment files
+(docs/segments.md "The report"):
 
-python -m ensemble.segment_report --data_pattern=HELDOUT_SEGMENTS \\
-    --video_dirs=a,b,... --finetuned_dirs=fa,fb,... --model_dirs=ma,mb,... \\
-    [--refine_top_k=K --refine_model_dir=V] [--video_ensemble_dir=VE] \\
-    [--ensemble_dir=U] [--stacked_dir=S --weights_file=W] \\
-    [--output_json=R.json] [--output_png=R.png]
+python -m ensemble.segment_report --data_pattern=HELDOUT --video_dirs=a,... \
+    --finetuned_dirs=fa,... --model_dirs=ma,... [--refine_top_k=K --refine_model_dir=V] \
+    [--video_ensemble_dir=VE] [--ensemble_dir=U] [--stacked_dir=S --weights_file=W]
 python -m ensemble.segment_report --choose --ensemble_dir=U --stacked_dir=S --weights_file=W
 
-Rows (each dir's ``training.eval --segment_labels`` evaluation on exactly
---data_pattern, read from its segment_eval_results.json with the per-rating
-record it keeps; nothing is predicted here):
-  * each member as trained at video level (--video_dirs);
-  * fine-tuned on the rated segments, its last checkpoint (--finetuned_dirs:
-    the latest checkpoint of the fine-tuning train dir);
-  * fine-tuned and averaged (--model_dirs: swa.average's window, chosen on the
-    fitting segment files);
-  * the same with refinement (--refine_top_k > 0: its evaluation with
-    ``--segment_refine_top_k=K --segment_refine_model_dir=V``);
-  * the video-level ensemble, the ensemble of the fine-tuned members (uniform,
-    and stacked), and each ensemble with refinement; the one that writes the
-    submission (--choose's rule, on the fitting files of --weights_file, then
-    refined when K > 0) is marked.
-Gains: fine-tuning (vs the video-level member), averaging (vs the last
-fine-tuned checkpoint), refinement (vs the same state without it), each
-ensemble vs the best single state and vs every state, the fine-tuned
-ensemble vs the video-level one, stacked vs uniform; each with its paired
-95% interval, "resolved" only when it excludes 0.
+Rows: each dir's ``training.eval --segment_labels`` evaluation on exactly
+--data_pattern and its per-rating record (nothing is predicted here): each
+member at video level, fine-tuned (its last checkpoint), fine-tuned and
+averaged, and with refinement; the video-level ensemble and the fine-tuned
+ones, with refinement. Every gain between them gets a paired 95% interval.
 """
 from __future__ import annotations
 
