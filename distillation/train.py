@@ -27,13 +27,14 @@ import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoint_fit, checkpoints, losses, model_builder, paths, quantize, readers
+from training import checkpoints, losses, model_builder, paths, readers
 from training import flags as shared_flags
 from training import train as trainer
 from training import train_dir as train_dirs
 from training.cli import UserError, run_main
 from training.model_flags import ModelFlags
 from training.teacher_records import TeacherReader
+from training.train import warm_start_from  # (its home; tests call it here too)
 from training.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
@@ -117,40 +118,6 @@ def make_reader(model_flags: ModelFlags) -> TeacherReader:
                         "(SequenceExamples); use --frame_features=true")
     return TeacherReader(num_classes=plain.num_classes, feature_names=plain.feature_names,
                          feature_sizes=plain.feature_sizes, max_frames=plain.max_frames)
-
-
-# ---------------------------------------------------------------------------
-# Warm start
-
-
-def warm_start_from(path: str, log: Callable[[str], None] = print
-                    ) -> Callable[[tf.Session], None]:
-    """A training.train warm_start hook: loads the model variables (under
-    tower/, no optimizer slots, no global_step) from a checkpoint.
-
-    float32, bfloat16 and int8 checkpoints work (int8 is dequantised; values
-    are cast to the variable's dtype). Raises UserError naming the checkpoint when a model
-    variable is missing or has another shape."""
-    checkpoint = checkpoints.find_checkpoint(path)
-    reader = checkpoints.open_checkpoint(checkpoint)
-
-    def warm_start(sess: tf.Session) -> None:
-        variables = {var.op.name: var
-                     for var in sess.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
-                     if checkpoints.is_model_variable_key(var.op.name)}
-        try:
-            specs = checkpoint_fit.checkpoint_specs(checkpoint, model_only=False)
-            checkpoint_fit.check_fits(checkpoint, variables, compare_dtypes=False, stored=specs)
-        except UserError as err:
-            raise UserError(f"--warm_start_checkpoint: {err}") from None
-        for name, var in variables.items():
-            value = np.asarray(quantize.read_dequantized(reader, name, specs))
-            value = value.astype(var.dtype.base_dtype.as_numpy_dtype)
-            var.load(value, sess)
-        log(f"warm start: loaded {len(variables)} model variables from {checkpoint} "
-            f"(global step, learning rate and optimizer state start fresh)")
-
-    return warm_start
 
 
 # ---------------------------------------------------------------------------

@@ -24,12 +24,14 @@ from absl import flags
 from models import presets
 from models.tf_compat import tf
 from training import (
+    checkpoint_fit,
     checkpoints,
     distributed,
     losses,
     metrics,
     model_builder,
     paths,
+    quantize,
     readers,
     train_config,
     train_graph,
@@ -164,6 +166,37 @@ def _restore_or_init(sess, saver, init, train_dir: str, warm_start, log) -> Opti
     if warm_start is not None:
         warm_start(sess)
     return None
+
+
+def warm_start_from(path: str, log: Callable[[str], None] = print,
+                    flag: str = "warm_start_checkpoint") -> Callable[[tf.Session], None]:
+    """A train() warm_start hook: loads the model variables (under tower/, no
+    optimizer slots, no global_step) from a checkpoint or model dir (path).
+
+    float32, bfloat16 and int8 checkpoints work (int8 is dequantised; values
+    are cast to the variable's dtype). Raises UserError naming --<flag> and the
+    checkpoint when a model variable is missing or has another shape.
+    Distillation and segment fine-tuning start from it."""
+    checkpoint = checkpoints.find_checkpoint(path)
+    reader = checkpoints.open_checkpoint(checkpoint)
+
+    def warm_start(sess: tf.Session) -> None:
+        variables = {var.op.name: var
+                     for var in sess.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
+                     if checkpoints.is_model_variable_key(var.op.name)}
+        try:
+            specs = checkpoint_fit.checkpoint_specs(checkpoint, model_only=False)
+            checkpoint_fit.check_fits(checkpoint, variables, compare_dtypes=False, stored=specs)
+        except UserError as err:
+            raise UserError(f"--{flag}: {err}") from None
+        for name, var in variables.items():
+            value = np.asarray(quantize.read_dequantized(reader, name, specs))
+            value = value.astype(var.dtype.base_dtype.as_numpy_dtype)
+            var.load(value, sess)
+        log(f"warm start: loaded {len(variables)} model variables from {checkpoint} "
+            f"(global step, learning rate and optimizer state start fresh)")
+
+    return warm_start
 
 
 def _train_step(sess, ops, step: int, config: TrainConfig, writer, progress,
