@@ -115,7 +115,9 @@ class ClassTopK:
         return sum(numbers.size for numbers in self.numbers)
 
 
-PRUNE_MIN = 1 << 16     # names kept before SegmentNames prunes at all
+# Names kept before SegmentNames prunes at all (64 KiB of them): a prune
+# costs a pass over the pairs of every class, so it waits for this many.
+PRUNE_MIN = 4096
 
 
 class SegmentNames:
@@ -239,10 +241,11 @@ def collect_top(model: predict.LoadedModel, files: List[str], indices: List[int]
                 class_ids: np.ndarray, max_pred: int, segment_size: int = 5,
                 batch_size: int = 64, log: Optional[Log] = print, compression: str = "auto",
                 padded: Optional[bool] = None, scoring: Scoring = Scoring(),
-                min_prune: int = PRUNE_MIN) -> Tuple[ClassTopK, SegmentNames]:
+                names: Optional[SegmentNames] = None) -> Tuple[ClassTopK, SegmentNames]:
     """(ClassTopK, SegmentNames) of files, one after the other; with
     refinement each file's video top classes first. padded:
-    predict.segment_reader's (None: as the model's graph allows).
+    predict.segment_reader's (None: as the model's graph allows). names:
+    the SegmentNames to fill (default: a new one, pruned from PRUNE_MIN on).
 
     A segment's number is its file's index in the sorted input (indices) and
     its place in the file: ties go to the segment first in the whole input,
@@ -254,7 +257,8 @@ def collect_top(model: predict.LoadedModel, files: List[str], indices: List[int]
     reader = predict.segment_reader(model, segment_size, rated=False, padded=padded,
                                     positions=scoring.positions,
                                     skip_unrated=scoring.skip_unrated)
-    top, names = ClassTopK(class_ids.size, max_pred), SegmentNames(min_prune)
+    top = ClassTopK(class_ids.size, max_pred)
+    names = SegmentNames() if names is None else names
     for path, index in zip(files, indices):
         video_top = _file_top_classes(model, scoring, path, batch_size, compression)
         place = 0

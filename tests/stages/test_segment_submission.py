@@ -273,7 +273,7 @@ def test_every_segment_of_the_test_split(tiny_models, unrated, tmp_path):
         # (One video a batch: at most 12 segments.)
         top, names = seg.collect_top(model, files, [0, 1, 2], np.arange(TINY_CLASSES), 2,
                                      batch_size=5, log=None, scoring=seg.Scoring("every"),
-                                     min_prune=4)
+                                     names=seg.SegmentNames(min_prune=4))
     finally:
         model.close()
     expected = _every_segment(frames)
