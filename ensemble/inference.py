@@ -396,9 +396,7 @@ def _segment_checks(model_dir: str):
                                                 skip_unrated=FLAGS.skip_unrated_positions)
     readers.check_records(files, "input_data_pattern", reader, compression=FLAGS.compression,
                           reader_of=f"--segment_labels with the model of "
-                                    f"{FLAGS.input_model_tgz or model_dir}",
-                          hint="--segment_positions=every scores every segment instead"
-                          if positions == "listed" else "")
+                                    f"{FLAGS.input_model_tgz or model_dir}")
     refine = segment_refine.check(FLAGS.segment_refine_top_k, FLAGS.segment_refine_model_dir,
                                   model_dir, files, "input_data_pattern", FLAGS.compression)
     scoring = segment_submission.Scoring(positions, FLAGS.skip_unrated_positions,
