@@ -31,6 +31,32 @@ def cross_entropy_loss(predictions: tf.Tensor, labels: tf.Tensor,
 LOSSES: Dict[str, Callable[..., tf.Tensor]] = {"CrossEntropyLoss": cross_entropy_loss}
 
 
+def segment_cross_entropy(predictions: tf.Tensor, rated_class: tf.Tensor, rating: tf.Tensor,
+                          video_labels: tf.Tensor, negative_weight: float = 1.0,
+                          epsilon: float = CROSS_ENTROPY_EPSILON) -> tf.Tensor:
+    """The segment fine-tuning loss (docs/segments.md "Segment fine-tuning").
+
+    predictions [S, C] of S rated segments; rated_class int [S], the class of
+    each rating; rating [S], its 0/1 score; video_labels [S, C], the multi-hot
+    labels of the segment's video. The mean over the segments of
+
+        CE(p[s, c_s], y_s) + negative_weight * sum over j of -log(1 - p[s, j] + eps)
+
+    with j every class neither among the video's labels nor c_s (a class not
+    in the video is absent from each of its segments; the rated pair is
+    counted once, by its rating). CE as cross_entropy_loss, eps = 1e-5.
+    """
+    predictions = tf.convert_to_tensor(predictions)
+    rated = tf.one_hot(tf.cast(rated_class, tf.int32), tf.shape(predictions)[1],
+                       dtype=predictions.dtype)
+    y = tf.cast(rating, predictions.dtype)
+    p = tf.reduce_sum(predictions * rated, axis=1)
+    rated_term = -(y * tf.log(p + epsilon) + (1.0 - y) * tf.log(1.0 - p + epsilon))
+    absent = (1.0 - tf.cast(video_labels, predictions.dtype)) * (1.0 - rated)
+    negative_term = -tf.reduce_sum(absent * tf.log(1.0 - predictions + epsilon), axis=1)
+    return tf.reduce_mean(rated_term + float(negative_weight) * negative_term)
+
+
 def get_loss(name: str) -> Callable[..., tf.Tensor]:
     if name not in LOSSES:
         raise UserError(f"--label_loss: unknown loss {name!r}; known: {', '.join(LOSSES)}")

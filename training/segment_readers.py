@@ -256,3 +256,55 @@ def from_model_flags(model_flags: ModelFlags) -> SegmentReader:
     model's features and classes, rated segments of SEGMENT_SIZE frames."""
     return SegmentReader(model_flags.num_classes, model_flags.feature_name_list(),
                          model_flags.feature_size_list())
+
+
+class SegmentTrainingReader(SegmentReader):
+    """The rated segments of 2019 records as training rows (segment_finetune).
+
+    ``parse(serialized [B])`` returns, for the S rated segments of the batch
+    (SegmentReader's listed, rated segments at their real length): ``id``
+    [S], ``features`` float32 [S, segment_size, D], ``num_frames`` int32 [S],
+    ``start_time`` int64 [S], ``rated_class`` int64 [S] and ``rating``
+    float32 [S] (the rating's class and 0/1 score), ``video_labels`` float32
+    [S, C] (the multi-hot labels of the segment's video) and ``labels``
+    float32 [S, C] (the rated positive: rating times the one-hot of
+    rated_class; the trainer's progress line reads it). A batch of B videos
+    gives any number of segments: ``several_rows_per_record`` makes
+    training.train_graph.make_train_batch rebatch them to full batches.
+    """
+
+    several_rows_per_record = True
+
+    def __init__(self, num_classes=3862, feature_names=("rgb", "audio"),
+                 feature_sizes=(1024, 128), max_frames=readers.MAX_FRAMES,
+                 segment_size: int = SEGMENT_SIZE):
+        super().__init__(num_classes, feature_names, feature_sizes, max_frames, segment_size,
+                         rated=True, padded=False, positions="listed")
+
+    @classmethod
+    def for_training(cls, reader: object,
+                     segment_size: int = SEGMENT_SIZE) -> "SegmentTrainingReader":
+        """The training reader with a model's frame reader's features and
+        classes; a video-level reader is a UserError."""
+        plain = SegmentReader.like(reader, segment_size)
+        return cls(plain.num_classes, plain.feature_names, plain.feature_sizes,
+                   plain.max_frames, segment_size)
+
+    def parse(self, serialized) -> dict:
+        """SegmentReader.parse plus each segment's video labels (a label id
+        outside [0, num_classes) fails at run time, naming ``labels``)."""
+        outputs = super().parse(serialized)
+        with tf.name_scope("parse_video_labels"):
+            ragged = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32)
+            context, _, _ = tf.io.parse_sequence_example(
+                readers.as_batch(serialized),
+                context_features={"labels": ragged, "segment_start_times": ragged})
+            # (SegmentReader yields the listed segments in this order.)
+            video = context["segment_start_times"].value_rowids()
+            labels = readers.parsing.multi_hot(context["labels"], self.num_classes)
+            video_labels = tf.gather(labels, video)
+        rated_class, rating = outputs.pop("labels"), outputs.pop("score")
+        outputs.update({
+            "rated_class": rated_class, "rating": rating, "video_labels": video_labels,
+            "labels": tf.one_hot(rated_class, self.num_classes) * rating[:, None]})
+        return outputs

@@ -70,18 +70,38 @@ def clip_per_variable(grads_and_vars: List[tuple], max_norm: float) -> List[tupl
 
 def make_train_batch(reader, data_pattern: str, config: TrainConfig, batch_size: int,
                      seed: int, files_flag: str = "train_data_pattern") -> Dict[str, tf.Tensor]:
-    """The next full training batch (batch_size records) of data_pattern, read
+    """The next full training batch (batch_size rows) of data_pattern, read
     on the CPU: shuffled, config.num_epochs passes (0: forever). The one
-    input pipeline of the local and the distributed trainer."""
+    input pipeline of the local and the distributed trainer.
+
+    A row is a record, or, for a reader whose parse yields a varying number
+    of rows per record (its several_rows_per_record is True: the rated
+    segments of a 2019 video), one of those rows: batches of batch_size
+    records are parsed, their rows unbatched, shuffled in a buffer of
+    config.shuffle_buffer rows and batched again, every batch full."""
     with tf.device("/cpu:0"):
         dataset = readers.make_dataset(
             reader, data_pattern, batch_size, training=True,
             num_epochs=config.num_epochs or None, num_parallel_reads=config.num_readers,
             shuffle_buffer=config.shuffle_buffer, seed=seed, flag_name=files_flag,
             skip_corrupt=config.skip_corrupt_records, compression=config.compression)
-        dataset = dataset.filter(tf.autograph.experimental.do_not_convert(
-            lambda b: tf.equal(tf.shape(b["labels"])[0], batch_size)))
+        if getattr(reader, "several_rows_per_record", False):
+            dataset = _rebatched_rows(dataset, batch_size, config.shuffle_buffer, seed)
+        else:
+            dataset = dataset.filter(tf.autograph.experimental.do_not_convert(
+                lambda b: tf.equal(tf.shape(b["labels"])[0], batch_size)))
         return tf.data.make_one_shot_iterator(dataset).get_next()
+
+
+def _rebatched_rows(dataset, batch_size: int, shuffle_buffer: int, seed: Optional[int]):
+    """Parsed batches of any number of rows -> batches of exactly batch_size
+    rows (the remainder of the data dropped), shuffled across records."""
+    dataset = dataset.unbatch()
+    if shuffle_buffer and shuffle_buffer > 1:
+        # (make_dataset's two shuffles use seed and seed + 1.)
+        dataset = dataset.shuffle(int(shuffle_buffer), seed=None if seed is None else seed + 2,
+                                  reshuffle_each_iteration=True)
+    return dataset.batch(int(batch_size), drop_remainder=True)
 
 
 def tail_steps(config: TrainConfig) -> int:
