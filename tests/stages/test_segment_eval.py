@@ -450,3 +450,25 @@ def test_eval_cli_refinement_and_its_ratings(tiny_models, segment_pattern, tmp_p
     assert again["segment_map"] == pytest.approx(entry["segment_map"], abs=1e-12)
     assert entry["num_retrieved"] == sum(expected)
     assert "(evaluated before)" in run_module("training.eval", *args).stdout
+
+
+@pytest.mark.slow
+def test_refinement_by_an_ensemble_export(tiny_models, segment_pattern):
+    """The refine model may be an export (ensemble.build's dir, opened the
+    starter way) refining a single model dir's scores; the key's refine
+    model is the export's inference_model. Mutation tried: segment_refine.
+    opened passing --bf16_compute to an export -> open_model refused it and
+    this failed."""
+    from training import segment_refine
+    refine = segment_refine.check(3, tiny_models["ensemble"], tiny_models["dbof_bf16"], [],
+                                  "eval_data_pattern")
+    assert segment_refine.identity(refine).endswith("ensemble/inference_model")
+    result = evaluation.evaluate_checkpoint(
+        tiny_models["dbof_bf16"], checkpoints.checkpoint_in_dir(tiny_models["dbof_bf16"]),
+        segment_pattern, batch_size=25, segment_size=5, refine=refine,
+        bf16_compute="cast_at_load")
+    ratings = result["ratings"]
+    top = _video_top(tiny_models["ensemble"], segment_pattern, 3)
+    assert ratings.retrieved.tolist() == [int(c) in top[vid] for vid, c in
+                                          zip(ratings.ids, ratings.classes)]
+    assert result["num_retrieved"] == int(ratings.retrieved.sum()) < len(ratings.ids)
