@@ -39,7 +39,7 @@ def define_flags() -> None:
            "comma-separated.", path=paths.IN_DIRS)
     define(flags.DEFINE_string, "finetuned_dirs", "", "The members' fine-tuning train dirs "
            "(their latest checkpoint), in --video_dirs order.", path=paths.IN_DIRS)
-    shared_flags.define_shared("model_dirs", "(fine-tuned and averaged, in --video_dirs "
+    shared_flags.define_shared("model_dirs", "", "(fine-tuned and averaged, in --video_dirs "
                                "order)")
     define(flags.DEFINE_integer, "refine_top_k", 0, "Also the rows with refinement: the "
            "evaluations with --segment_refine_top_k=K (0: none).")

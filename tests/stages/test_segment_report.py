@@ -134,3 +134,22 @@ def test_chart_and_json(run, tmp_path):
                              "value", segment_report._ENSEMBLE_KINDS)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     json.dumps(report)
+
+
+def test_the_command_prints_and_writes_the_report(run, tmp_path):
+    """The entry point end to end (its flags' defaults included: a mutation
+    giving --model_dirs a non-empty default fails here) and --choose."""
+    from conftest import run_module
+
+    out = tmp_path / "r.json"
+    args = [f"--data_pattern={run['pattern']}", f"--video_dirs={','.join(run['video'])}",
+            f"--finetuned_dirs={','.join(run['finetuned'])}",
+            f"--model_dirs={','.join(run['members'])}", "--refine_top_k=5",
+            f"--refine_model_dir={run['refine_dir']}", f"--ensemble_dir={run['uniform']}",
+            f"--output_json={out}", "--bootstrap_samples=50"]
+    printed = run_module("ensemble.segment_report", *args).stdout
+    assert "fine-tuning: GRUModel fine-tuned vs GRUModel video level" in printed
+    assert json.loads(out.read_text())["refinement"]["top_k"] == 5
+    chosen = run_module("ensemble.segment_report", "--choose", f"--ensemble_dir={run['uniform']}",
+                        f"--stacked_dir={run['stacked']}", f"--weights_file={run['weights']}")
+    assert chosen.stdout.strip() == run["uniform"]
