@@ -10,17 +10,11 @@ them) whose context also holds the 2019 fields of the starter's
 ``segment_start_times`` (int64, multiples of the segment size) and
 ``segment_scores`` (float, the 0/1 human rating).
 
-What a rating means, so that the method matters: every frame carries each
-label's "scene" (its prototype, as in the video-level data), so a segment
-rated 0 for class c still shows c's scene, at a comparable and sometimes
-higher amplitude than one rated 1. A segment rated 1 for c also carries c's
-"event": a second per-class direction (half shared by every class, half
-c's own) that no video-level training video shows, plus a little more of c's
-scene. A model trained on video labels ranks the rated segments of a class
-only a little better than chance; one fine-tuned on rated segments can learn
-the event. A "confuser" (a fraction ``confuser_rate`` of the videos) is a
-segment rated 0 for a class the video is NOT labelled with, whose frames
-briefly show that class's scene: video-level refinement can remove those.
+What a rating means (docs/segments.md "Synthetic segment data"): every frame
+shows each label's "scene", a segment rated 1 for c adds c's "event" (a
+direction no video-level video shows), and a "confuser" segment rated 0 for
+a class the video lacks briefly shows that class's scene: scoring segments
+by their video's score leaves room for fine-tuning and refinement.
 
 Same arguments -> byte-identical files. Usable as
 ``python -m training.synthetic_segments --output_dir=DIR ...``.

@@ -243,7 +243,8 @@ def test_entry_points_refuse_before_loading(tiny_data, tiny_models, tmp_path, mo
     out_dir = tmp_path / "out"
     common = {"eval_data_pattern": test, "compression": "auto", "output_dir": str(out_dir)}
     monkeypatch.setattr(average, "FLAGS", SimpleNamespace(
-        train_dir=tiny_models["gru_train"], **common))
+        train_dir=tiny_models["gru_train"], segment_labels=False, choose_window_on="",
+        **common))
     with pytest.raises(UserError, match=r"^--eval_data_pattern: .*no labels.*evaluation"):
         average.main([])
     monkeypatch.setattr(build, "FLAGS", SimpleNamespace(
