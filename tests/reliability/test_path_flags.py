@@ -66,10 +66,13 @@ PATH_FLAGS = {
                            "warm_start_checkpoint": paths.IN_CHECKPOINT},
     "stacking.fit": {"model_dirs": paths.IN_DIRS, "output_file": paths.OUT_FILE,
                      "data_pattern": paths.IN_PATTERN},
+    "segment_finetune.train": {"train_dir": paths.OUT_DIR,
+                               "train_data_pattern": paths.IN_PATTERN,
+                               "source_dir": paths.IN_DIR},
 }
 ENTRY_POINTS = tuple(PATH_FLAGS)
 STAGE_PACKAGES = ("training", "swa", "bfloat16_patch", "ensemble", "prediction2tfrecord",
-                  "distillation", "stacking")
+                  "distillation", "stacking", "segment_finetune")
 # A string flag with such a name holds a path, so it must declare its kind.
 PATH_LIKE = re.compile(r"(dir|dirs|file|pattern|tgz|label_names|json|png|checkpoint|csv|"
                        r"submission)$")

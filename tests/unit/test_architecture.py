@@ -5,7 +5,8 @@ its syntax tree; an import of a project package is an arrow, and only the
 arrows below are allowed:
 
     models <- training <- stages (swa, bfloat16_patch, ensemble,
-                                  prediction2tfrecord, distillation, stacking)
+                                  prediction2tfrecord, distillation, stacking,
+                                  segment_finetune)
     stages talk to each other through files on disk, never by importing.
 
 bench/ and tests/ may import any production package. Also checked: no
@@ -26,7 +27,7 @@ from conftest import REPO_ROOT
 from training import TIERS
 
 STAGES = ("swa", "bfloat16_patch", "ensemble", "prediction2tfrecord", "distillation",
-          "stacking")
+          "stacking", "segment_finetune")
 PRODUCTION = ("models", "training") + STAGES
 PROJECT = PRODUCTION + ("bench", "tests")
 ALLOWED: Dict[str, Set[str]] = {
