@@ -241,6 +241,20 @@ class Fuzz:
                 "--batch_size=4", "--num_readers=1"]
         return argv, records
 
+    def segment_finetune_case(self, where: Path, rng) -> tuple:
+        """A bf16 source dir and 2019 segment-rated records of its classes."""
+        from training import synthetic_segments
+
+        source = copy_dir(self.models["dbof_bf16"], where / "source")
+        records = Path(synthetic_segments.write_segment_dataset(
+            str(where / "segments"), videos_per_shard=6, num_classes=TINY_CLASSES, seed=7,
+            min_frames=25, max_frames=40)[0])
+        argv = [f"--source_dir={source}", f"--train_dir={where / 'tuned'}",
+                f"--train_data_pattern={records}", "--max_steps=2", "--batch_size=4",
+                "--num_readers=1"]
+        return argv, rng.choice(files_of(source, ".index", ".data-00000-of-00001", ".json")
+                                + [records, records])
+
     def ids(self, path: Path) -> List[str]:
         from models.tf_compat import tf
 
@@ -255,7 +269,8 @@ STAGES: Dict[str, Callable] = {
     "prediction2tfrecord.write": Fuzz.teacher_case, "stacking.fit": Fuzz.stacking_case,
     "ensemble.report": Fuzz.report_case, "training.train": Fuzz.train_case,
     "ensemble.segment_report": Fuzz.segment_report_case,
-    "distillation.train": Fuzz.distill_case}
+    "distillation.train": Fuzz.distill_case,
+    "segment_finetune.train": Fuzz.segment_finetune_case}
 
 
 def _prepare(fuzz: Fuzz, stage: str, seed: int) -> List[tuple]:
