@@ -58,6 +58,12 @@ def define_flags() -> None:
            path=paths.OUT_FILE)
     define(flags.DEFINE_bool, "choose", False, "Print only the dir of the better ensemble on "
            "the fitting segment files (--weights_file).")
+    define(flags.DEFINE_string, "fit_data_pattern", "", "The fitting segment files: the "
+           "submission refines (--refine_top_k) only when refinement wins on them for the "
+           "chosen ensemble (its refined evaluation on them).", path=paths.IN_PATTERN)
+    define(flags.DEFINE_bool, "choose_refinement", False, "Print only the refinement the "
+           "submission uses: --refine_top_k when it wins on --fit_data_pattern for "
+           "--ensemble_dir (the chosen ensemble), else 0.")
     define(flags.DEFINE_integer, "bootstrap_samples", intervals.DEFAULT_SAMPLES,
            "Bootstrap draws over the videos for the intervals.")
     define(flags.DEFINE_bool, "overwrite", True, "Replace --output_json and --output_png.")
@@ -136,9 +142,11 @@ _averaging = video_report._averaging     # (swa.json, as the video-level report 
 class _Rows:
     """The report's rows, each with its per-rating record (popped into the bootstrap)."""
 
-    def __init__(self, data_pattern: str, refine_top_k: int, refine_model_dir: str):
+    def __init__(self, data_pattern: str, refine_top_k: int, refine_model_dir: str,
+                 submission_refines: bool = True):
         self.data_pattern, self.top_k, self.refine_dir = (data_pattern, refine_top_k,
                                                           refine_model_dir)
+        self.submission_refines = submission_refines
         self.rows: List[Dict[str, Any]] = []
 
     def add(self, name: str, directory: str, kind: str, train_dir: bool = False,
@@ -150,8 +158,8 @@ class _Rows:
     def add_with_refinement(self, name: str, directory: str, kind: str,
                             chosen: bool = False, **extra: Any) -> None:
         """The state's row and, with refinement, its refined row too: both
-        from the refined evaluation's record. `chosen` marks the row that
-        writes the submission (the refined one when refining)."""
+        from the refined evaluation's record. `chosen` marks the state that
+        writes the submission (its refined row when the submission refines)."""
         if not self.top_k:
             self.add(name, directory, kind, chosen=chosen, **extra)
             return
@@ -159,11 +167,12 @@ class _Rows:
                                       self.refine_dir)
         refined = ratings_of(directory, entry)
         common = {"dir": directory, "evaluation": entry, **extra}
+        refines = self.submission_refines
         self.rows.append({"name": name, "kind": kind, "ratings": unrefined(refined),
-                          "chosen": False, **common})
+                          "chosen": chosen and not refines, **common})
         self.rows.append({"name": f"{name} + refined", "kind": f"{kind}, refined",
-                          "ratings": refined, "unrefined_row": name, "chosen": chosen,
-                          **common})
+                          "ratings": refined, "unrefined_row": name,
+                          "chosen": chosen and refines, **common})
 
 
 def _member_rows(rows: _Rows, video_dirs: Sequence[str], finetuned_dirs: Sequence[str],
@@ -267,13 +276,29 @@ def choose(ensemble_dir: str, stacked_dir: str, stacking: Dict[str, Any]) -> Dic
             "fit_data_pattern": stacking["data_pattern"]}
 
 
+def choose_refinement(ensemble_dir: str, fit_data_pattern: str, refine_top_k: int,
+                      refine_model_dir: str) -> Dict[str, Any]:
+    """Whether the submission refines: refine_top_k when the chosen
+    ensemble's refined evaluation on the fitting files beats the unrefined
+    one (the same record gives both), else 0 (ties: 0)."""
+    entry = segment_evaluation_on(ensemble_dir, fit_data_pattern, refine_top_k,
+                                  refine_model_dir)
+    refined = ratings_of(ensemble_dir, entry)
+    with_k, without = refined.point(), unrefined(refined).point()
+    return {"refine_top_k": refine_top_k if with_k > without else 0,
+            "fit_segment_map_refined": with_k, "fit_segment_map_unrefined": without,
+            "fit_data_pattern": entry["eval_data_pattern"]}
+
+
 def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
                  finetuned_dirs: Sequence[str] = (), model_dirs: Sequence[str] = (),
                  refine_top_k: int = 0, refine_model_dir: str = "",
                  video_ensemble_dir: str = "", ensemble_dir: str = "", stacked_dir: str = "",
-                 weights_file: str = "", samples: int = intervals.DEFAULT_SAMPLES
-                 ) -> Dict[str, Any]:
-    """The report as a dict (module docstring); rows of other ratings are refused."""
+                 weights_file: str = "", samples: int = intervals.DEFAULT_SAMPLES,
+                 fit_data_pattern: str = "") -> Dict[str, Any]:
+    """The report as a dict (module docstring); rows of other ratings are
+    refused. fit_data_pattern: the submission's refinement is chosen on it
+    (choose_refinement), else it refines whenever refine_top_k > 0."""
     shared_flags.require(data_pattern=data_pattern)
     if refine_top_k < 0:
         raise UserError(f"--refine_top_k: must be 0 or more, got {refine_top_k}")
@@ -284,7 +309,11 @@ def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
                if stacking else {})
     choice = (choose(ensemble_dir, stacked_dir, stacking) if stacking and stacked_dir
               else {"chosen": "uniform", "dir": ensemble_dir})
-    rows = _Rows(data_pattern, refine_top_k, refine_model_dir)
+    if refine_top_k and fit_data_pattern:
+        choice.update(choose_refinement(choice["dir"], fit_data_pattern, refine_top_k,
+                                        refine_model_dir))
+    rows = _Rows(data_pattern, refine_top_k, refine_model_dir,
+                 submission_refines=choice.get("refine_top_k", refine_top_k) > 0)
     _member_rows(rows, video_dirs, finetuned_dirs, model_dirs, weights)
     _ensemble_rows(rows, video_ensemble_dir, ensemble_dir, stacked_dir, choice["dir"])
     if not rows.rows:
@@ -346,6 +375,12 @@ def _conclusions(report: Dict[str, Any]) -> List[str]:
         lines.append(f"the submission uses the {choice['chosen']} ensemble: Segment MAP on the "
                      f"fitting files stacked {choice['fit_segment_map_stacked']:.4f}, uniform "
                      f"{choice['fit_segment_map_uniform']:.4f}")
+    if "fit_segment_map_refined" in choice:
+        refines = (f"refines (top {choice['refine_top_k']} video-level classes)"
+                   if choice["refine_top_k"] else "does not refine")
+        lines.append(f"the submission {refines}: Segment MAP of the chosen ensemble on the "
+                     f"fitting files refined {choice['fit_segment_map_refined']:.4f}, "
+                     f"unrefined {choice['fit_segment_map_unrefined']:.4f}")
     return lines
 
 
@@ -363,12 +398,23 @@ def main(argv) -> None:
         print(choose(FLAGS.ensemble_dir, FLAGS.stacked_dir,
                      read_stacking(FLAGS.weights_file))["dir"])
         return
+    if FLAGS.choose_refinement:
+        if FLAGS.refine_top_k <= 0:
+            raise UserError(f"--refine_top_k: the refinement to choose for, must be positive, "
+                            f"got {FLAGS.refine_top_k}")
+        shared_flags.require(ensemble_dir=FLAGS.ensemble_dir,
+                             fit_data_pattern=FLAGS.fit_data_pattern,
+                             refine_model_dir=FLAGS.refine_model_dir)
+        print(choose_refinement(FLAGS.ensemble_dir, FLAGS.fit_data_pattern,
+                                FLAGS.refine_top_k, FLAGS.refine_model_dir)["refine_top_k"])
+        return
     comma = shared_flags.comma_list
     report = build_report(FLAGS.data_pattern, comma(FLAGS.video_dirs),
                           comma(FLAGS.finetuned_dirs), comma(FLAGS.model_dirs),
                           FLAGS.refine_top_k, FLAGS.refine_model_dir,
                           FLAGS.video_ensemble_dir, FLAGS.ensemble_dir, FLAGS.stacked_dir,
-                          FLAGS.weights_file, FLAGS.bootstrap_samples)
+                          FLAGS.weights_file, FLAGS.bootstrap_samples,
+                          FLAGS.fit_data_pattern)
     print(format_report(report))
     if FLAGS.output_json:
         with checkpoints.atomic_file(FLAGS.output_json, FLAGS.overwrite, "output_json") as tmp:
