@@ -23,9 +23,15 @@ if [[ ! -d "$data/frame" ]]; then
   done
 fi
 if [[ ! -d "$seg/segments" ]]; then
-  in_background "synthetic 2019 segment-rated split -> $seg" "$WORK_DIR/logs/synthetic-segments.log" \
-    "$PYTHON" -m training.synthetic_segments --output_dir="$seg" --split=validate --num_shards=2 \
-    --videos_per_shard=64 "${synthetic_flags[@]}"
+  # Rated validation files (half fit the 2019 choices, half are held out for
+  # its report) and a test split without ratings, as the 2019 test data.
+  for split in "validate 8 32" "test 2 32 --with_ratings=false"; do
+    read -r name shards videos extra <<< "$split"
+    in_background "synthetic 2019 segment $name split -> $seg" \
+      "$WORK_DIR/logs/synthetic-segments-$name.log" \
+      "$PYTHON" -m training.synthetic_segments --output_dir="$seg" --split="$name" \
+      --num_shards="$shards" --videos_per_shard="$videos" "${synthetic_flags[@]}" ${extra:+"$extra"}
+  done
 fi
 wait_background
 # Short runs leave the batch-norm moving averages (decay 0.999) far from the
@@ -37,15 +43,12 @@ SWA_TAIL_STEPS=${SWA_TAIL_STEPS:-100} SWA_WINDOWS=${SWA_WINDOWS:-1,4} \
   SWA_BN=recompute SWA_RECOMPUTE_BATCHES=20 FIT_FILES=2 \
   TINY=1 DATA_DIR="$data/frame" WORK_DIR="$WORK_DIR" NUM_CLASSES="$NUM_CLASSES" \
   SUBMISSION="$WORK_DIR/submission.csv" run_scripts/pipeline.sh
-# 2019 segment-rated data (docs/segments.md): the same prototypes rated on
-# 5-frame segments; the ensemble's Segment_MAP (beside) and its 2019
-# submission (Class,Segments), checked.
-in_background "the ensemble's Segment_MAP" "$WORK_DIR/logs/segment-eval.log" \
-  "$PYTHON" -m training.eval --train_dir="$WORK_DIR/ensembled_models" \
-  --eval_data_pattern="$seg/segments/validate*.tfrecord" --run_once --segment_labels
-"$PYTHON" -m ensemble.inference --train_dir="$WORK_DIR/ensembled_models" --overwrite \
-  --input_data_pattern="$seg/segments/validate*.tfrecord" --segment_labels \
-  --output_file="$WORK_DIR/segment_submission.csv"
-wait_background
-"$PYTHON" -m ensemble.segment_submission --submission="$WORK_DIR/segment_submission.csv" \
-  --num_classes="$NUM_CLASSES"
+# The 2019 path (docs/segments.md) on segment-rated data of the same
+# prototypes: each averaged member fine-tuned on the rated segments of the
+# fitting files -> averaged -> bfloat16 -> ensembles -> the refined 2019
+# submission of the test split, checked, and the report on the held-out files.
+SEGMENT_PATTERN="$seg/segments/validate*.tfrecord" SEGMENT_TEST_PATTERN="$seg/segments/test*.tfrecord" \
+  VIDEO_DIR_OF="$WORK_DIR/swa" VIDEO_ENSEMBLE_DIR="$WORK_DIR/ensembled_models" \
+  REFINE_TOP_K=${REFINE_TOP_K:-20} FINETUNE_FLAGS=${FINETUNE_FLAGS:-"--max_steps=60 --save_checkpoint_steps=10 --batch_size=32 --base_learning_rate=3e-3"} \
+  SWA_WINDOWS=${SEGMENT_SWA_WINDOWS:-1,3} WORK_DIR="$WORK_DIR" NUM_CLASSES="$NUM_CLASSES" \
+  SUBMISSION="$WORK_DIR/segment_submission.csv" run_scripts/segments_pipeline.sh
