@@ -17,7 +17,7 @@ weights file that ensemble.build --weights_file reads (training.weights_file).
 
 --segment_labels: on 2019 segment-rated --data_pattern, the same fit on the
 rated (segment, class) pairs (each member's score of the rated class,
-training.segment_scores; [pairs, members, 1] against the 0/1 rating); the
+training.predict.rated_pair_scores; [pairs, members, 1] against the 0/1 rating); the
 file holds both Segment MAPs ("segment_map", "segment_map_uniform"), no GAP.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ from absl import flags
 from scipy import optimize
 
 from training import flags as shared_flags
-from training import locks, losses, metrics, paths, predict, readers, segment_scores
+from training import locks, losses, metrics, paths, predict, readers
 from training.cli import Interrupted, UserError, run_main
-from training.members import check_dir_records
+from training.members import check_dir_records, check_dir_segment_records
 from training.progress import Log
 from training.submission import DEFAULT_TOP_K
 from training.weights_file import write_weights_file
@@ -307,22 +307,22 @@ def segment_pairs(model_dirs: Sequence[str], data_pattern: str, segment_size: in
                   max_segments: int = 20000, batch_size: int = 64, tile_num: int = 1,
                   frame_sampling: Optional[str] = None, seed: int = 2018,
                   num_readers: int = 2, log: Optional[Log] = print,
-                  compression: str = "auto") -> Tuple[segment_scores.RatedPairs, List[Any]]:
+                  compression: str = "auto") -> Tuple[predict.RatedPairs, List[Any]]:
     """(the rated pairs with each member's score of the rated class [S, V],
     the members): all members in one graph (predict.open_members)."""
     files = readers.resolve_files(data_pattern, "data_pattern")
     if model_dirs:
-        segment_scores.check_segment_records(model_dirs[0], files, "data_pattern",
-                                             segment_size, compression)
+        check_dir_segment_records(model_dirs[0], files, "data_pattern", segment_size,
+                                  compression)
     model = predict.open_members(model_dirs, tile_num, frame_sampling, seed)
     try:
         if log:
             log(f"stacking {len(model.members)} members on rated segments: "
                 + ", ".join(f"{m.model_dir} ({m.name}, {m.dtype})" for m in model.members))
         start = time.time()
-        pairs = segment_scores.rated_pair_scores(model, data_pattern, segment_size,
-                                                 batch_size, num_readers, max_segments, log,
-                                                 "data_pattern", compression)
+        pairs = predict.rated_pair_scores(model, data_pattern, segment_size, batch_size,
+                                          num_readers, max_segments, log, "data_pattern",
+                                          compression)
     finally:
         model.close()
     if not pairs.ratings.any():
@@ -334,7 +334,7 @@ def segment_pairs(model_dirs: Sequence[str], data_pattern: str, segment_size: in
     return pairs, model.members
 
 
-def pair_scores(scores: np.ndarray, pairs: segment_scores.RatedPairs) -> Dict[str, float]:
+def pair_scores(scores: np.ndarray, pairs: predict.RatedPairs) -> Dict[str, float]:
     """CE (training.losses) of the rated pairs' scores [S] against the ratings,
     and their Segment MAP and GAP (metrics.segment_metrics)."""
     segment = metrics.segment_metrics(scores, pairs.classes, pairs.ratings)

@@ -42,7 +42,6 @@ from training import (
     paths,
     predict,
     readers,
-    segment_scores,
 )
 from training import eval as evaluation
 from training import flags as shared_flags
@@ -481,8 +480,8 @@ def _check_records(files: Sequence[str], flag_name: str) -> None:
     """Refuses, before any work, records the evaluation cannot use: without
     labels, or with --segment_labels without the 2019 segment ratings."""
     if _segment_size():
-        segment_scores.check_segment_records(FLAGS.train_dir, files, flag_name,
-                                             _segment_size(), FLAGS.compression)
+        members.check_dir_segment_records(FLAGS.train_dir, files, flag_name, _segment_size(),
+                                          FLAGS.compression)
     else:
         members.check_dir_records(FLAGS.train_dir, files, flag_name, "evaluation",
                                   FLAGS.compression)

@@ -19,8 +19,8 @@ own tier or the ones above it, never below (tests/unit/test_architecture.py).
    storage), bn_statistics, members (an ensemble's member dirs), member_graph
    (the tiled ensemble graph), train_graph (towers, loss, optimizer).
 4. runners -- the loops and entry points:
-   train, distributed, eval, predict, segment_scores (scores at 2019 rated
-   pairs), synthetic, synthetic_segments, frames_from_videos, segment_refine
+   train, distributed, eval, predict (also the scores at 2019 rated pairs),
+   synthetic, synthetic_segments, frames_from_videos, segment_refine
    (video-level refinement of 2019 segment scores).
 """
 from typing import Dict, Tuple
@@ -33,6 +33,6 @@ TIERS: Dict[str, Tuple[str, ...]] = {
                 "eval_results", "segment_results", "weights_file"),
     "graphs": ("model_builder", "precision", "bn_statistics", "members", "member_graph",
                "train_graph"),
-    "runners": ("train", "distributed", "eval", "predict", "segment_scores", "synthetic",
-                "synthetic_segments", "frames_from_videos", "segment_refine"),
+    "runners": ("train", "distributed", "eval", "predict", "synthetic", "synthetic_segments",
+                "frames_from_videos", "segment_refine"),
 }

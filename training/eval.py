@@ -34,11 +34,9 @@ from training import (
     locks,
     members,
     metrics,
-    model_builder,
     precision,
     predict,
     readers,
-    segment_readers,
     segment_refine,
     segment_results,
 )
@@ -284,11 +282,8 @@ def main(argv) -> None:
     files = readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
     refine = None
     if FLAGS.segment_labels:
-        reader = model_builder.make_reader(members.read_member_flags(FLAGS.train_dir))
-        readers.check_records(files, "eval_data_pattern",
-                              segment_readers.SegmentReader.like(reader, FLAGS.segment_size),
-                              compression=FLAGS.compression,
-                              reader_of=f"--segment_labels with the model of {FLAGS.train_dir}")
+        members.check_dir_segment_records(FLAGS.train_dir, files, "eval_data_pattern",
+                                          FLAGS.segment_size, FLAGS.compression)
         refine = segment_refine.check(FLAGS.segment_refine_top_k,
                                       FLAGS.segment_refine_model_dir, FLAGS.train_dir, files,
                                       "eval_data_pattern", FLAGS.compression)

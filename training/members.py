@@ -12,7 +12,14 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from training import checkpoint_fit, checkpoints, model_builder, precision, readers
+from training import (
+    checkpoint_fit,
+    checkpoints,
+    model_builder,
+    precision,
+    readers,
+    segment_readers,
+)
 from training.cli import UserError
 from training.model_flags import ModelFlags
 
@@ -58,11 +65,33 @@ def check_dir_records(model_dir: str, files: Sequence[str], flag_name: str,
     """readers.check_records with the reader of model_dir's model_flags.json,
     before the model is loaded (nothing when the dir has no model_flags.json:
     loading the model reports that)."""
+    reader = _dir_reader(model_dir)
+    if reader is not None:
+        readers.check_records(files, flag_name, reader, labels_needed_by, compression,
+                              reader_of=f"the model of {model_dir}")
+
+
+def check_dir_segment_records(model_dir: str, files: Sequence[str], flag_name: str,
+                              segment_size: int, compression: str = "auto") -> None:
+    """check_dir_records for --segment_labels: readers.check_records with the
+    2019 segment reader of model_dir's model (segment_readers.SegmentReader.like),
+    so records without segment_labels, segment_start_times and segment_scores
+    (2018 data), or of another layout, are one line naming --<flag_name>.
+    Used by training.eval, swa.average and stacking.fit alike."""
+    reader = _dir_reader(model_dir)
+    if reader is not None:
+        readers.check_records(files, flag_name,
+                              segment_readers.SegmentReader.like(reader, segment_size),
+                              compression=compression,
+                              reader_of=f"--segment_labels with the model of {model_dir}")
+
+
+def _dir_reader(model_dir: str):
+    """The reader of model_dir's model_flags.json; None when the dir has none
+    (loading the model reports that)."""
     if not model_dir or not os.path.isfile(os.path.join(model_dir, checkpoints.MODEL_FLAGS_FILE)):
-        return
-    reader = model_builder.make_reader(read_member_flags(model_dir))
-    readers.check_records(files, flag_name, reader, labels_needed_by, compression,
-                          reader_of=f"the model of {model_dir}")
+        return None
+    return model_builder.make_reader(read_member_flags(model_dir))
 
 
 def load_member(model_dir: str, checkpoint: Optional[str] = None) -> Member:

@@ -389,6 +389,58 @@ def segment_reader(model: LoadedModel, segment_size: int = 5, rated: bool = True
                                               skip_unrated)
 
 
+@dataclass
+class RatedPairs:
+    """S rated (segment, class) pairs, in file order; M outputs."""
+    ids: np.ndarray          # [S] bytes: the segment's video
+    start_times: np.ndarray  # [S] int64: the segment's first frame
+    classes: np.ndarray      # [S] int64: the rated class
+    ratings: np.ndarray      # [S] bool: the human rating (score > 0)
+    scores: np.ndarray       # [S, M] float32: output m's score of the rated class
+
+    @property
+    def num_videos(self) -> int:
+        return int(np.unique(self.ids).size)
+
+
+def rated_pair_scores(model: LoadedModel, data_pattern: str, segment_size: int = 5,
+                      batch_size: int = 64, num_readers: int = 1, max_segments: int = 0,
+                      log: Optional[Log] = None, flag_name: str = "data_pattern",
+                      compression: str = "auto", skip_corrupt: bool = False,
+                      per_member: bool = True) -> RatedPairs:
+    """Every output's score of the rated class at each rated segment of 2019
+    segment-rated data_pattern (max_segments > 0: the first that many), each
+    segment scored on its segment_size frames (segment_reader). A members
+    model (open_members) with per_member has one output per member, in its
+    order; any other model (or per_member=False) one, its predictions.
+    Memory: 4 bytes per output and rating, whatever the classes."""
+    members = per_member and model.kind == "members"
+    fetches: Fetches = ({"outputs": (model.member_predictions, lambda batch: {})}
+                        if members else {})
+    # A batch of videos becomes about five times as many segments (the 2019
+    # data rates about 5 per video): read fewer videos so a batch holds about
+    # batch_size segments.
+    videos = max(1, int(batch_size) // 5)
+    ids, starts, classes, ratings, scores = [], [], [], [], []
+    for batch in iterate_predictions(
+            model, data_pattern, videos, num_readers, flag_name, fetches, skip_corrupt,
+            max_videos=max_segments, reader=segment_reader(model, segment_size), log=log,
+            verb="scored", compression=compression, unit="segments"):
+        rated = batch.labels.astype(np.int64)
+        rows = np.arange(rated.size)
+        outputs = batch.extras["outputs"] if members else [batch.predictions]
+        scores.append(np.stack([output[rows, rated] for output in outputs],
+                               axis=1).astype(np.float32))
+        ids.append(batch.ids.astype(bytes))
+        starts.append(batch.inputs["start_time"].astype(np.int64))
+        classes.append(rated)
+        ratings.append(batch.inputs["score"] > 0)
+    if not scores:
+        raise UserError(f"--{flag_name}={data_pattern}: the files hold no rated segments")
+    return RatedPairs(np.concatenate(ids), np.concatenate(starts), np.concatenate(classes),
+                      np.concatenate(ratings), np.concatenate(scores))
+
+
 def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int = 5,
                       batch_size: int = 64, num_readers: int = 1, log: Optional[Log] = None,
                       flag_name: str = "eval_data_pattern", skip_corrupt: bool = False,
@@ -396,39 +448,24 @@ def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int =
                       top_classes: Optional[Dict[bytes, np.ndarray]] = None,
                       keep_ratings: bool = False) -> Dict[str, Any]:
     """The 2019 segment metrics (metrics.segment_metrics) of 2019 segment-rated
-    records: each rated segment scored by the model on its segment_size frames
-    (segment_reader), only the rated class's score kept, so memory grows by
-    about 30 bytes per rating, not by the classes. top_classes: {video id:
-    its top classes} of a refinement (training.segment_refine): a rating whose
-    class is not among them is not retrieved. keep_ratings: the result's
-    "ratings" holds the per-rating arrays (intervals.SegmentRatings, which
-    training.segment_results keeps beside the metrics)."""
-    reader = segment_reader(model, segment_size)
-    # A batch of videos becomes about five times as many segments (the 2019
-    # data rates about 5 per video): read fewer videos so a batch holds about
-    # batch_size segments.
-    videos = max(1, int(batch_size) // 5)
-    kept: Dict[str, List[np.ndarray]] = {name: [] for name in (
-        "ids", "start_times", "classes", "ratings", "scores", "retrieved")}
-    for batch in iterate_predictions(model, data_pattern, videos, num_readers, flag_name,
-                                     skip_corrupt=skip_corrupt, reader=reader, log=log,
-                                     verb="scored", compression=compression, unit="segments"):
-        rated = batch.labels.astype(np.int64)
-        kept["scores"].append(batch.predictions[np.arange(rated.size), rated]
-                              .astype(np.float32))
-        kept["classes"].append(rated)
-        kept["ratings"].append((batch.inputs["score"] > 0).astype(np.int8))
-        kept["ids"].append(batch.ids.astype(bytes))
-        kept["start_times"].append(batch.inputs["start_time"].astype(np.int64))
-        kept["retrieved"].append(np.ones(rated.size, bool) if top_classes is None else
-                                 _retrieved(batch.ids, rated, top_classes))
-    if not kept["scores"]:
-        raise UserError(f"--{flag_name}={data_pattern}: the files hold no rated segments")
-    arrays = {name: np.concatenate(parts) for name, parts in kept.items()}
-    result = metrics.segment_metrics(arrays["scores"], arrays["classes"], arrays["ratings"],
-                                     None if top_classes is None else arrays["retrieved"])
+    records: the model's score of the rated class at each rated segment
+    (rated_pair_scores), so memory grows by about 30 bytes per rating, not
+    by the classes. top_classes: {video id: its top classes} of a refinement
+    (training.segment_refine): a rating whose class is not among them is not
+    retrieved. keep_ratings: the result's "ratings" holds the per-rating
+    arrays (intervals.SegmentRatings, which training.segment_results keeps
+    beside the metrics)."""
+    pairs = rated_pair_scores(model, data_pattern, segment_size, batch_size, num_readers,
+                              log=log, flag_name=flag_name, compression=compression,
+                              skip_corrupt=skip_corrupt, per_member=False)
+    ratings = intervals.SegmentRatings(
+        pairs.ids, pairs.start_times, pairs.classes, pairs.ratings.astype(np.int8),
+        pairs.scores[:, 0], np.ones(pairs.classes.size, bool) if top_classes is None else
+        _retrieved(pairs.ids, pairs.classes, top_classes))
+    result = metrics.segment_metrics(ratings.scores, ratings.classes, ratings.ratings,
+                                     None if top_classes is None else ratings.retrieved)
     if keep_ratings:
-        result["ratings"] = intervals.SegmentRatings(**arrays)
+        result["ratings"] = ratings
     return result
 
 

@@ -12,7 +12,7 @@ from ensemble import build, report
 from support.members import make_member
 from support.reliability import run_cases
 from support.segment_runs import rate_by_model
-from training import metrics, predict, segment_scores
+from training import metrics, predict
 from training.cli import UserError
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,8 @@ def members(source_pattern, tmp_path_factory):
             for seed in (1, 2) if (root / f"seed{seed}").mkdir() is None]
     model = predict.open_members(dirs)
     try:
-        means = segment_scores.rated_pair_scores(model, source_pattern,
-                                                 batch_size=50).scores.mean(axis=0)
+        means = predict.rated_pair_scores(model, source_pattern,
+                                           batch_size=50).scores.mean(axis=0)
     finally:
         model.close()
     low, high = (dirs if means[0] < means[1] else dirs[::-1])
@@ -55,12 +55,12 @@ def test_weights_fitted_on_rated_segments(members, rated_pattern, tiny_data, tmp
     in one line. "other" scores higher on average: a fit that ignores the
     ratings (every target 1) would give it the weight. Mutations
     seen to fail: every target 1; the scores of class 0 instead of the rated
-    class (training.segment_scores: they differ from evaluate_segments');
-    check_segment_records skipped."""
+    class (predict.rated_pair_scores: they differ from evaluate_segments');
+    members.check_dir_segment_records skipped."""
     good, other = members["good"], members["other"]
     model = predict.open_members([good, other])
     try:
-        pairs = segment_scores.rated_pair_scores(model, rated_pattern, batch_size=50)
+        pairs = predict.rated_pair_scores(model, rated_pattern, batch_size=50)
     finally:
         model.close()
     # The pairs' scores agree with predict.evaluate_segments, member by member.

@@ -50,7 +50,7 @@ def test_window_chosen_by_segment_map(run_dir, fit_pattern, tiny_data, tmp_path)
     to evaluate, are refused in one line before any work. Mutations seen to
     fail: choosing by GAP (the candidates' values differ from the Segment
     MAPs); keeping a candidate whose value is lower (< for >: another window
-    is chosen); check_segment_records skipped (no one-line refusal)."""
+    is chosen); check_dir_segment_records skipped (no one-line refusal)."""
     out, unrated = tmp_path / "chosen", str(tiny_data / "frame" / "validate*.tfrecord")
     common = [f"--train_dir={run_dir}", "--batch_size=25", "--segment_labels"]
     ran = run_cases({"swa.average": {"cases": [

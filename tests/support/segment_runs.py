@@ -17,7 +17,7 @@ import numpy as np
 
 from models.tf_compat import tf
 from support.members import make_member
-from training import checkpoints, predict, segment_scores, synthetic
+from training import checkpoints, predict, synthetic
 
 
 def random_checkpoints(train_dir: str, steps, seed: int = 0) -> str:
@@ -48,7 +48,7 @@ def rate_by_model(pattern: str, model_dir: str, output_dir: str,
     class's median over its rated segments, else 0. -> the copies' pattern."""
     model = predict.open_model(model_dir, checkpoint=checkpoint)
     try:
-        pairs = segment_scores.rated_pair_scores(model, pattern, batch_size=50)
+        pairs = predict.rated_pair_scores(model, pattern, batch_size=50)
     finally:
         model.close()
     medians = {c: np.median(pairs.scores[pairs.classes == c, 0]) for c in set(pairs.classes)}
