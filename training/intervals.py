@@ -89,26 +89,39 @@ def concatenate(parts: Sequence[VideoTopK]) -> VideoTopK:
                        for field in dataclasses.fields(VideoTopK)))
 
 
-def save(path: str, videos: VideoTopK) -> None:
-    """Writes the record as a compressed .npz, atomically."""
+def _save_record(path: str, record: Any) -> None:
+    """Writes a record (a dataclass of arrays) as a compressed .npz, atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with checkpoints.atomic_file(path, overwrite=True, wait=True) as tmp_path:
         with open(tmp_path, "wb") as out:
-            np.savez_compressed(out, **dataclasses.asdict(videos))
+            np.savez_compressed(out, **dataclasses.asdict(record))
+
+
+def _load_record(path: str, record_type: Any, what: str, module_kind: bool = True) -> Any:
+    """The record_type at `path` (one array per field); a missing or damaged
+    file is a UserError naming it as not `what`. module_kind: the error's
+    kind with its module (zlib.error, not "error")."""
+    try:
+        with np.load(path, allow_pickle=False) as payload:
+            return record_type(*(payload[field.name]
+                                 for field in dataclasses.fields(record_type)))
+    except _DAMAGED_NPZ as err:
+        kind = type(err).__name__
+        if module_kind and type(err).__module__ != "builtins":
+            kind = f"{type(err).__module__}.{kind}"
+        # (excerpt: zipfile quotes whole binary headers in its messages)
+        raise UserError(f"{path}: not a {what} ({kind} {excerpt(str(err))}); evaluate again "
+                        f"to rewrite it") from None
+
+
+def save(path: str, videos: VideoTopK) -> None:
+    """Writes the record as a compressed .npz, atomically."""
+    _save_record(path, videos)
 
 
 def load(path: str) -> VideoTopK:
     """The record at `path`; a missing or damaged file is a UserError naming it."""
-    try:
-        with np.load(path, allow_pickle=False) as payload:
-            videos = VideoTopK(*(payload[field.name] for field in dataclasses.fields(VideoTopK)))
-    except _DAMAGED_NPZ as err:
-        kind = type(err).__name__
-        if type(err).__module__ != "builtins":
-            kind = f"{type(err).__module__}.{kind}"     # zlib.error, not "error"
-        # (excerpt: zipfile quotes whole binary headers in its messages)
-        raise UserError(f"{path}: not a per-video evaluation record ({kind} "
-                        f"{excerpt(str(err))}); evaluate again to rewrite it") from None
+    videos = _load_record(path, VideoTopK, "per-video evaluation record")
     rows = videos.num_videos
     if videos.scores.shape != videos.relevant.shape or videos.scores.shape[:1] != (rows,) \
             or videos.num_positives.shape != (rows,):
@@ -270,21 +283,12 @@ class SegmentRatings:
 
 def save_segment_ratings(path: str, ratings: SegmentRatings) -> None:
     """Writes the ratings as a compressed .npz, atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with checkpoints.atomic_file(path, overwrite=True, wait=True) as tmp_path:
-        with open(tmp_path, "wb") as out:
-            np.savez_compressed(out, **dataclasses.asdict(ratings))
+    _save_record(path, ratings)
 
 
 def load_segment_ratings(path: str) -> SegmentRatings:
     """The ratings at `path`; a missing, damaged or ragged file is a UserError naming it."""
-    try:
-        with np.load(path, allow_pickle=False) as payload:
-            ratings = SegmentRatings(*(payload[field.name]
-                                       for field in dataclasses.fields(SegmentRatings)))
-    except _DAMAGED_NPZ as err:
-        raise UserError(f"{path}: not a segment ratings record ({type(err).__name__} "
-                        f"{excerpt(str(err))}); evaluate again to rewrite it") from None
+    ratings = _load_record(path, SegmentRatings, "segment ratings record", module_kind=False)
     if len({getattr(ratings, field.name).shape
             for field in dataclasses.fields(SegmentRatings)}) != 1:
         raise UserError(f"{path}: its arrays disagree in shape; evaluate again to rewrite it")
