@@ -23,7 +23,7 @@ file holds both Segment MAPs ("segment_map", "segment_map_uniform"), no GAP.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -268,19 +268,11 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
         model_dirs, data_pattern, max_videos, batch_size, tile_num, frame_sampling, seed,
         num_readers, log, compression)
     num_videos = predictions.shape[0]
-    start = time.time()
-    fit = fit_weights(predictions, labels, parameterization, max_iterations)
+    fit, before, after, alone = _fit_and_measure(
+        predictions, labels, parameterization, max_iterations,
+        lambda mean: scores(mean, labels, top_k), log, f"{num_videos} videos", members,
+        ("GAP", "gap"))
     weights = fit["weights"]
-    uniform = np.full(len(members), 1.0 / len(members))
-    before = scores(weighted_mean(uniform, predictions), labels, top_k)
-    after = scores(weighted_mean(weights, predictions), labels, top_k)
-    alone = [scores(predictions[:, v, :], labels, top_k) for v in range(len(members))]
-    log(f"fit ({parameterization}) on {num_videos} videos: {fit['iterations']} iterations in "
-        f"{time.time() - start:.1f}s ({fit['message']})")
-    width = max(len(m.model_dir) for m in members)
-    for member, weight, own in zip(members, weights, alone):
-        log(f"  {member.model_dir:<{width}}  weight {weight:.4f}  | alone: CE "
-            f"{own['cross_entropy']:.4f}  GAP {own['gap']:.4f}")
     log(f"uniform weights: CE {before['cross_entropy']:.4f}  GAP@{top_k} {before['gap']:.4f}")
     log(f"stacked weights: CE {after['cross_entropy']:.4f}  GAP@{top_k} {after['gap']:.4f}")
     report = {
@@ -292,8 +284,39 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
         "member_cross_entropy": [own["cross_entropy"] for own in alone],
         "member_gap": [own["gap"] for own in alone],
     }
+    return _write(output_file, members, weights, report, log)
+
+
+def _fit_and_measure(member_scores: np.ndarray, targets: np.ndarray, parameterization: str,
+                     max_iterations: int, measure: Callable[[np.ndarray], Dict[str, float]],
+                     log: Log, fitted_on: str, members: Sequence[Any],
+                     shown: Tuple[str, str]
+                     ) -> Tuple[Dict[str, Any], Dict[str, float], Dict[str, float],
+                                List[Dict[str, float]]]:
+    """fit_weights on member_scores [N, V, C] against targets, then `measure`
+    ([N, C] scores -> metrics) of the uniform and the stacked mean and of each
+    member alone; logs the fit and each member's weight, CE and shown
+    (label, metric key). -> (fit, uniform's, stacked's, [each member's])."""
+    start = time.time()
+    fit = fit_weights(member_scores, targets, parameterization, max_iterations)
+    uniform = np.full(len(members), 1.0 / len(members))
+    before, after = (measure(weighted_mean(w, member_scores)) for w in (uniform, fit["weights"]))
+    alone = [measure(member_scores[:, v, :]) for v in range(len(members))]
+    log(f"fit ({parameterization}) on {fitted_on}: {fit['iterations']} iterations in "
+        f"{time.time() - start:.1f}s ({fit['message']})")
+    width = max(len(m.model_dir) for m in members)
+    label, key = shown
+    for member, weight, own in zip(members, fit["weights"], alone):
+        log(f"  {member.model_dir:<{width}}  weight {weight:.4f}  | alone: CE "
+            f"{own['cross_entropy']:.4f}  {label} {own[key]:.4f}")
+    return fit, before, after, alone
+
+
+def _write(output_file: str, members: Sequence[Any], weights: np.ndarray,
+           report: Dict[str, Any], log: Log) -> Dict[str, Any]:
+    """Writes the weights file (its members, weights and the report); -> all of it."""
     write_weights_file(output_file, [m.model_dir for m in members],
-                             [float(w) for w in weights], **report)
+                       [float(w) for w in weights], **report)
     log(f"wrote {output_file} (use: python -m ensemble.build --weights_file={output_file} ...)")
     return {**report, "members": [m.model_dir for m in members],
             "weights": [float(w) for w in weights]}
@@ -354,20 +377,11 @@ def stack_segments(model_dirs: Sequence[str], data_pattern: str, output_file: st
     pairs, members = segment_pairs(model_dirs, data_pattern, segment_size, max_segments,
                                    batch_size, tile_num, frame_sampling, seed, num_readers,
                                    log, compression)
-    member_scores = pairs.scores[:, :, None]
-    start = time.time()
-    fit = fit_weights(member_scores, pairs.ratings[:, None].astype(np.uint8),
-                      parameterization, max_iterations)
-    weights, uniform = fit["weights"], np.full(len(members), 1.0 / len(members))
-    before, after = (pair_scores(weighted_mean(w, member_scores)[:, 0], pairs)
-                     for w in (uniform, weights))
-    alone = [pair_scores(pairs.scores[:, v], pairs) for v in range(len(members))]
-    log(f"fit ({parameterization}) on {len(pairs.ratings)} rated segments: {fit['iterations']} "
-        f"iterations in {time.time() - start:.1f}s ({fit['message']})")
-    width = max(len(m.model_dir) for m in members)
-    for member, weight, own in zip(members, weights, alone):
-        log(f"  {member.model_dir:<{width}}  weight {weight:.4f}  | alone: CE "
-            f"{own['cross_entropy']:.4f}  Segment_MAP {own['segment_map']:.4f}")
+    fit, before, after, alone = _fit_and_measure(
+        pairs.scores[:, :, None], pairs.ratings[:, None].astype(np.uint8), parameterization,
+        max_iterations, lambda mean: pair_scores(mean[:, 0], pairs), log,
+        f"{len(pairs.ratings)} rated segments", members, ("Segment_MAP", "segment_map"))
+    weights = fit["weights"]
     for name, measured in (("uniform", before), ("stacked", after)):
         log(f"{name} weights: CE {measured['cross_entropy']:.4f}  Segment_MAP "
             f"{measured['segment_map']:.4f} on the fitting files")
@@ -384,11 +398,7 @@ def stack_segments(model_dirs: Sequence[str], data_pattern: str, output_file: st
         "member_cross_entropy": [own["cross_entropy"] for own in alone],
         "member_segment_map": [own["segment_map"] for own in alone],
     }
-    write_weights_file(output_file, [m.model_dir for m in members],
-                       [float(w) for w in weights], **report)
-    log(f"wrote {output_file} (use: python -m ensemble.build --weights_file={output_file} ...)")
-    return {**report, "members": [m.model_dir for m in members],
-            "weights": [float(w) for w in weights]}
+    return _write(output_file, members, weights, report, log)
 
 
 def main(argv) -> None:
