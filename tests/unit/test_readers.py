@@ -8,6 +8,7 @@ import pytest
 
 from conftest import dequantize, real_sample_dir
 from models.tf_compat import tf
+from support.records import every_batch
 from training import readers, synthetic
 from training.cli import UserError, first_line
 
@@ -26,14 +27,7 @@ def _parse(reader, records):
 
 def _run_dataset(dataset):
     """Returns every batch of a dataset built in the current default graph."""
-    batch = tf.data.make_one_shot_iterator(dataset).get_next()
-    batches = []
-    with tf.Session() as sess:
-        while True:
-            try:
-                batches.append(sess.run(batch))
-            except tf.errors.OutOfRangeError:
-                return batches
+    return every_batch(tf.data.make_one_shot_iterator(dataset).get_next())
 
 
 def _collect(reader, pattern, batch_size, training, **kwargs):

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import train_config
 from models.tf_compat import tf
+from support.records import every_batch
 from training import losses, segment_readers, synthetic_segments, train_graph
 
 NUM_CLASSES = 6
@@ -80,15 +81,9 @@ def _batches(paths, batch_size, shuffle_buffer=64):
     """Every batch of one epoch of make_train_batch."""
     reader = segment_readers.SegmentTrainingReader(num_classes=NUM_CLASSES)
     config = train_config(num_epochs=1, shuffle_buffer=shuffle_buffer, num_readers=1)
-    batches = []
     with tf.Graph().as_default():
-        batch = train_graph.make_train_batch(reader, ",".join(paths), config, batch_size, 3)
-        with tf.Session() as sess:
-            while True:
-                try:
-                    batches.append(sess.run(batch))
-                except tf.errors.OutOfRangeError:
-                    return batches
+        return every_batch(train_graph.make_train_batch(reader, ",".join(paths), config,
+                                                        batch_size, 3))
 
 
 @pytest.mark.parametrize("batch_size", [6, 7])
