@@ -25,7 +25,7 @@ videos (the held-out numbers must not choose, or they would be fitted too).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -51,13 +51,20 @@ def define_flags() -> None:
            path=paths.IN_DIR)
     define(flags.DEFINE_string, "train_dirs", "", "Comma-separated train dirs of the members, "
            "in --model_dirs order (their latest checkpoint's evaluation).", path=paths.IN_DIRS)
+    define_output_flags("videos")
+
+
+def define_output_flags(fitting: str) -> None:
+    """The flags every report has: --weights_file, its outputs, --choose (on
+    the fitting `fitting` of the weights file), the bootstrap draws."""
+    define = shared_flags.define
     shared_flags.define_shared("weights_file", "")
     define(flags.DEFINE_string, "output_json", "", "Also write the report as JSON.",
            path=paths.OUT_FILE)
     define(flags.DEFINE_string, "output_png", "", "Also write a bar chart (PNG).",
            path=paths.OUT_FILE)
     define(flags.DEFINE_bool, "choose", False, "Print only the dir of the better ensemble on "
-           "the fitting videos (--weights_file).")
+           f"the fitting {fitting} (--weights_file).")
     define(flags.DEFINE_integer, "bootstrap_samples", intervals.DEFAULT_SAMPLES,
            "Bootstrap draws over the videos for the intervals.")
     define(flags.DEFINE_bool, "overwrite", True, "Replace --output_json and --output_png.")
@@ -101,7 +108,7 @@ def evaluation_on(directory: str, data_pattern: str, train_dir: bool = False
     return entries[0]
 
 
-def _averaging(model_dir: str) -> Dict[str, Any]:
+def averaging(model_dir: str) -> Dict[str, Any]:
     """What swa.average wrote into the member (swa.json; {} when absent)."""
     path = os.path.join(model_dir, SWA_INFO_FILE)
     if not os.path.isfile(path):
@@ -110,7 +117,7 @@ def _averaging(model_dir: str) -> Dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def _name(directory: str) -> str:
+def dir_name(directory: str) -> str:
     return os.path.basename(os.path.normpath(directory))
 
 
@@ -128,11 +135,11 @@ def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str], data_patt
                         f"--model_dirs")
     rows = []
     for index, model_dir in enumerate(model_dirs):
-        name, info = _name(model_dir), _averaging(model_dir)
+        name, info = dir_name(model_dir), averaging(model_dir)
         window = info.get("count")
         last = None
         if train_dirs:
-            last = _row(f"{_name(train_dirs[index])} last checkpoint", train_dirs[index],
+            last = _row(f"{dir_name(train_dirs[index])} last checkpoint", train_dirs[index],
                         "last checkpoint", data_pattern, train_dir=True, member=name)
             rows.append(last)
         label = (f"{name} (window {window})" if window else name)
@@ -158,29 +165,41 @@ def _ensemble_rows(ensemble_dir: str, stacked_dir: str, data_pattern: str,
     return rows
 
 
+def gain_entry(boot: intervals.PairedBootstrap, what: str, name: str, over: str
+               ) -> Dict[str, Any]:
+    """One gain the report states: metric(name) - metric(over), its interval."""
+    return {"what": what, "system": name, "over": over, **boot.gain(name, over).as_dict()}
+
+
+def best_single(singles: Sequence[Dict[str, Any]], value_key: str
+                ) -> Optional[Dict[str, Any]]:
+    """The single-state row with the highest row[value_key] estimate (None: no rows)."""
+    return max(singles, key=lambda row: row[value_key]["estimate"]) if singles else None
+
+
+def versus_singles(boot: intervals.PairedBootstrap, name: str,
+                   singles: Sequence[Dict[str, Any]], best: Dict[str, Any]
+                   ) -> List[Dict[str, Any]]:
+    """Ensemble `name` vs the best single state, then vs every other one."""
+    return ([gain_entry(boot, "ensemble vs best single state", name, best["name"])]
+            + [gain_entry(boot, "ensemble vs single state", name, single["name"])
+               for single in singles if single is not best])
+
+
 def _gains(rows: List[Dict[str, Any]], boot: intervals.PairedBootstrap
            ) -> List[Dict[str, Any]]:
     """Every gain the report states, each with its paired interval."""
     singles = [row for row in rows if row["kind"] != "ensemble"]
-    best = max(singles, key=lambda row: row["gap"]["estimate"]) if singles else None
-    gains = []
-
-    def add(what: str, name: str, over: str) -> None:
-        gains.append({"what": what, "system": name, "over": over,
-                      **boot.gain(name, over).as_dict()})
-
-    for row in rows:
-        if row["kind"] == "member" and row.get("last_row"):
-            add("averaging", row["name"], row["last_row"])
+    best = best_single(singles, "gap")
+    gains = [gain_entry(boot, "averaging", row["name"], row["last_row"]) for row in rows
+             if row["kind"] == "member" and row.get("last_row")]
     for row in rows:
         if row["kind"] == "ensemble" and best is not None:
-            add("ensemble vs best single state", row["name"], best["name"])
-            for single in singles:
-                if single is not best:
-                    add("ensemble vs single state", row["name"], single["name"])
+            gains += versus_singles(boot, row["name"], singles, best)
     ensembles = {row["name"]: row for row in rows if row["kind"] == "ensemble"}
     if len(ensembles) == 2:
-        add("stacked vs uniform", "stacked ensemble", "uniform ensemble")
+        gains.append(gain_entry(boot, "stacked vs uniform", "stacked ensemble",
+                                "uniform ensemble"))
     return gains
 
 
@@ -190,11 +209,7 @@ def build_report(model_dirs: Sequence[str], data_pattern: str, ensemble_dir: str
                  ) -> Dict[str, Any]:
     """The report as a dict (module docstring); rows on other data are refused."""
     shared_flags.require(data_pattern=data_pattern)
-    stacking = read_stacking(weights_file) if weights_file else None
-    weights = ({os.path.realpath(m): w for m, w in zip(stacking["members"], stacking["weights"])}
-               if stacking else {})
-    choice = (choose(ensemble_dir, stacked_dir, stacking) if stacking and stacked_dir
-              else {"chosen": "uniform", "dir": ensemble_dir})
+    weights, choice = weights_and_choice(weights_file, ensemble_dir, stacked_dir)
     rows = (_member_rows(model_dirs, train_dirs, data_pattern, weights)
             + _ensemble_rows(ensemble_dir, stacked_dir, data_pattern, choice["dir"]))
     if not rows:
@@ -204,9 +219,12 @@ def build_report(model_dirs: Sequence[str], data_pattern: str, ensemble_dir: str
         row["gap"] = boot.gap(row["name"]).as_dict()
     return {"data_pattern": eval_results.absolute_pattern(data_pattern),
             "num_videos": boot.num_videos,
-            "bootstrap": {"samples": boot.samples, "seed": boot.seed,
-                          "confidence": intervals.CONFIDENCE},
+            "bootstrap": bootstrap_settings(boot),
             "rows": rows, "gains": _gains(rows, boot), "choice": choice}
+
+
+def bootstrap_settings(boot: intervals.PairedBootstrap) -> Dict[str, Any]:
+    return {"samples": boot.samples, "seed": boot.seed, "confidence": intervals.CONFIDENCE}
 
 
 def read_stacking(weights_file: str) -> Dict[str, Any]:
@@ -230,6 +248,22 @@ def choose(ensemble_dir: str, stacked_dir: str, stacking: Dict[str, Any]) -> Dic
             "fit_videos": stacking["num_videos"], "fit_data_pattern": stacking["data_pattern"]}
 
 
+def weights_and_choice(weights_file: str, ensemble_dir: str, stacked_dir: str,
+                       read: Callable[[str], Dict[str, Any]] = read_stacking,
+                       choose_by: Callable[..., Dict[str, Any]] = choose
+                       ) -> Tuple[Dict[str, float], Dict[str, Any]]:
+    """({realpath of a member: its stacked weight}, the ensemble choice) of
+    the weights file read by `read` and chosen by `choose_by` (no file, or no
+    stacked dir: the uniform ensemble)."""
+    stacking = read(weights_file) if weights_file else None
+    weights = ({os.path.realpath(m): w for m, w in zip(stacking["members"], stacking["weights"])}
+               if stacking else {})
+    choice = (choose_by(ensemble_dir, stacked_dir, stacking) if stacking and stacked_dir
+              else {"chosen": "uniform", "dir": ensemble_dir})
+    return weights, choice
+
+
+
 # ---------------------------------------------------------------------------
 # Text and chart
 
@@ -240,28 +274,37 @@ def verdict(gain: Dict[str, Any]) -> str:
     return "resolved, a gain" if gain["low"] > 0 else "resolved, a loss"
 
 
-def _interval_text(values: Dict[str, Any], signed: bool = True) -> str:
+def interval_text(values: Dict[str, Any], signed: bool = True) -> str:
     return intervals.Interval(values["estimate"], values["low"], values["high"]).text(signed)
 
 
 def format_report(report: Dict[str, Any]) -> str:
     """The report as a fixed-width table and its conclusions, intervals included."""
-    rows = report["rows"]
-    width = max(len("state"), *(len(row["name"]) for row in rows)) + 2
-    header = (f"{'state':<{width}} | {'kind':<15} | {'GAP [95% interval]':<26} | "
-              f"{'weight':>6}")
     lines = [f"held-out: {report['num_videos']} videos of {report['data_pattern']}; "
-             f"intervals: paired bootstrap over videos, {report['bootstrap']['samples']} draws",
-             header, "-" * len(header)]
-    for row in rows:
-        mark = " *" if row.get("chosen") else ""
-        weight = row.get("stacked_weight")
-        lines.append(f"{row['name'] + mark:<{width}} | {row['kind']:<15} | "
-                     f"{_interval_text(row['gap'], signed=False):<26} | "
-                     f"{'' if weight is None else f'{weight:.3f}':>6}")
+             f"intervals: paired bootstrap over videos, {report['bootstrap']['samples']} draws"]
+    lines += table_lines(report["rows"], 15, "gap", ("GAP [95% interval]", 26))
     lines.append("* the ensemble that writes the CSV (chosen on the fitting videos)")
     lines += _conclusions(report)
     return "\n".join(lines)
+
+
+def table_lines(rows: Sequence[Dict[str, Any]], kind_width: int, value_key: str,
+                value_column: Tuple[str, int]) -> List[str]:
+    """The table's header, its rule and a line per row: its name (" *": the
+    chosen ensemble), kind, row[value_key] with its interval under the
+    column value_column (title, width), and its stacked weight."""
+    title, value_width = value_column
+    width = max(len("state"), *(len(row["name"]) for row in rows)) + 2
+    header = (f"{'state':<{width}} | {'kind':<{kind_width}} | {title:<{value_width}} | "
+              f"{'weight':>6}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        mark = " *" if row.get("chosen") else ""
+        weight = row.get("stacked_weight")
+        lines.append(f"{row['name'] + mark:<{width}} | {row['kind']:<{kind_width}} | "
+                     f"{interval_text(row[value_key], signed=False):<{value_width}} | "
+                     f"{'' if weight is None else f'{weight:.3f}':>6}")
+    return lines
 
 
 def _conclusions(report: Dict[str, Any]) -> List[str]:
@@ -271,10 +314,10 @@ def _conclusions(report: Dict[str, Any]) -> List[str]:
         by_kind.setdefault(gain["what"], []).append(gain)
     for gain in by_kind.get("averaging", []):
         lines.append(f"averaging: {gain['system']} vs its last checkpoint "
-                     f"{_interval_text(gain)} ({verdict(gain)})")
+                     f"{interval_text(gain)} ({verdict(gain)})")
     for gain in by_kind.get("ensemble vs best single state", []):
         lines.append(f"{gain['system']} vs the best single state ({gain['over']}): "
-                     f"{_interval_text(gain)} ({verdict(gain)})")
+                     f"{interval_text(gain)} ({verdict(gain)})")
     chosen = next((row["name"] for row in report["rows"] if row.get("chosen")), None)
     if chosen:
         against = [g for g in report["gains"] if g["system"] == chosen
@@ -283,7 +326,7 @@ def _conclusions(report: Dict[str, Any]) -> List[str]:
         lines.append(f"{chosen} (chosen) beats {wins} of {len(against)} single states with an "
                      f"interval above 0")
     for gain in by_kind.get("stacked vs uniform", []):
-        lines.append(f"stacked vs uniform: {_interval_text(gain)} ({verdict(gain)})")
+        lines.append(f"stacked vs uniform: {interval_text(gain)} ({verdict(gain)})")
     choice = report.get("choice") or {}
     if "fit_gap_stacked" in choice:
         lines.append(f"the CSV uses the {choice['chosen']} ensemble: GAP on the fitting videos "
@@ -340,10 +383,7 @@ def _error_bars(gaps: Sequence[Dict[str, Any]]) -> Tuple[List[float], List[float
 def main(argv) -> None:
     del argv
     if FLAGS.choose:
-        shared_flags.require(ensemble_dir=FLAGS.ensemble_dir, stacked_dir=FLAGS.stacked_dir,
-                             weights_file=FLAGS.weights_file)
-        print(choose(FLAGS.ensemble_dir, FLAGS.stacked_dir,
-                     read_stacking(FLAGS.weights_file))["dir"])
+        print_choice()
         return
     if not FLAGS.model_dirs and not FLAGS.ensemble_dir:
         raise UserError("--model_dirs or --ensemble_dir: give at least one")
@@ -351,13 +391,28 @@ def main(argv) -> None:
                           FLAGS.ensemble_dir, FLAGS.stacked_dir,
                           shared_flags.comma_list(FLAGS.train_dirs), FLAGS.weights_file,
                           FLAGS.bootstrap_samples)
-    print(format_report(report))
+    write_outputs(report, format_report(report))
+
+
+def print_choice(read: Callable[[str], Dict[str, Any]] = read_stacking,
+                 choose_by: Callable[..., Dict[str, Any]] = choose) -> None:
+    """--choose: prints the dir of the better ensemble of --weights_file
+    (read by `read`, chosen by `choose_by`)."""
+    shared_flags.require(ensemble_dir=FLAGS.ensemble_dir, stacked_dir=FLAGS.stacked_dir,
+                         weights_file=FLAGS.weights_file)
+    print(choose_by(FLAGS.ensemble_dir, FLAGS.stacked_dir, read(FLAGS.weights_file))["dir"])
+
+
+def write_outputs(report: Dict[str, Any], text: str, **chart: Any) -> None:
+    """Prints the report's text; writes --output_json and --output_png
+    (write_chart with the `chart` arguments)."""
+    print(text)
     if FLAGS.output_json:
         with checkpoints.atomic_file(FLAGS.output_json, FLAGS.overwrite, "output_json") as tmp:
             checkpoints.write_json(tmp, report)
         print(f"wrote {FLAGS.output_json}")
     if FLAGS.output_png:
-        write_chart(report, FLAGS.output_png, FLAGS.overwrite)
+        write_chart(report, FLAGS.output_png, FLAGS.overwrite, **chart)
         print(f"wrote {FLAGS.output_png}")
 
 

@@ -51,22 +51,13 @@ def define_flags() -> None:
            "members.", path=paths.IN_DIR)
     define(flags.DEFINE_string, "stacked_dir", "", "Their ensemble with the stacked weights.",
            path=paths.IN_DIR)
-    shared_flags.define_shared("weights_file", "")
-    define(flags.DEFINE_string, "output_json", "", "Also write the report as JSON.",
-           path=paths.OUT_FILE)
-    define(flags.DEFINE_string, "output_png", "", "Also write a bar chart (PNG).",
-           path=paths.OUT_FILE)
-    define(flags.DEFINE_bool, "choose", False, "Print only the dir of the better ensemble on "
-           "the fitting segment files (--weights_file).")
     define(flags.DEFINE_string, "fit_data_pattern", "", "The fitting segment files: the "
            "submission refines (--refine_top_k) only when refinement wins on them for the "
            "chosen ensemble (its refined evaluation on them).", path=paths.IN_PATTERN)
     define(flags.DEFINE_bool, "choose_refinement", False, "Print only the refinement the "
            "submission uses: --refine_top_k when it wins on --fit_data_pattern for "
            "--ensemble_dir (the chosen ensemble), else 0.")
-    define(flags.DEFINE_integer, "bootstrap_samples", intervals.DEFAULT_SAMPLES,
-           "Bootstrap draws over the videos for the intervals.")
-    define(flags.DEFINE_bool, "overwrite", True, "Replace --output_json and --output_png.")
+    video_report.define_output_flags("segment files")
 
 
 # ---------------------------------------------------------------------------
@@ -132,11 +123,8 @@ def unrefined(ratings: intervals.SegmentRatings) -> intervals.SegmentRatings:
 # Rows and gains
 
 
-def _name(directory: str) -> str:
-    return os.path.basename(os.path.normpath(directory))
-
-
-_averaging = video_report._averaging     # (swa.json, as the video-level report reads it)
+_name = video_report.dir_name
+_averaging = video_report.averaging     # (swa.json, as the video-level report reads it)
 
 
 class _Rows:
@@ -219,36 +207,28 @@ _ENSEMBLE_KINDS = ("ensemble", "ensemble, refined", "video ensemble", "video ens
 def _gains(rows: List[Dict[str, Any]], boot: intervals.PairedBootstrap
            ) -> List[Dict[str, Any]]:
     """Every gain the report states, each with its paired interval."""
-    gains: List[Dict[str, Any]] = []
-
-    def add(what: str, name: str, over: str) -> None:
-        gains.append({"what": what, "system": name, "over": over,
-                      **boot.gain(name, over).as_dict()})
-
-    for what, link in (("fine-tuning", "video_row"), ("averaging", "finetuned_row"),
-                       ("refinement", "unrefined_row")):
-        for row in rows:
-            if row.get(link):
-                add(what, row["name"], row[link])
+    gain = video_report.gain_entry
+    gains = [gain(boot, what, row["name"], row[link])
+             for what, link in (("fine-tuning", "video_row"), ("averaging", "finetuned_row"),
+                                ("refinement", "unrefined_row"))
+             for row in rows if row.get(link)]
     singles = [row for row in rows if row["kind"] not in _ENSEMBLE_KINDS]
-    best = max(singles, key=lambda row: row["value"]["estimate"]) if singles else None
+    best = video_report.best_single(singles, "value")
     by_kind = {row["kind"]: row for row in rows if row["kind"].startswith("video ensemble")}
     for row in rows:
         if row["kind"] not in _ENSEMBLE_KINDS:
             continue
         if best is not None:
-            add("ensemble vs best single state", row["name"], best["name"])
-            for single in singles:
-                if single is not best:
-                    add("ensemble vs single state", row["name"], single["name"])
+            gains += video_report.versus_singles(boot, row["name"], singles, best)
         video = by_kind.get("video " + row["kind"])
         if video is not None:
-            add("fine-tuned vs video-level ensemble", row["name"], video["name"])
+            gains.append(gain(boot, "fine-tuned vs video-level ensemble", row["name"],
+                              video["name"]))
     names = {row["name"] for row in rows}
     for suffix in ("", " + refined"):
         stacked, uniform = "stacked fine-tuned ensemble" + suffix, "fine-tuned ensemble" + suffix
         if stacked in names and uniform in names:
-            add("stacked vs uniform", stacked, uniform)
+            gains.append(gain(boot, "stacked vs uniform", stacked, uniform))
     return gains
 
 
@@ -304,11 +284,8 @@ def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
         raise UserError(f"--refine_top_k: must be 0 or more, got {refine_top_k}")
     if refine_top_k and not refine_model_dir:
         raise UserError("--refine_model_dir: required with --refine_top_k")
-    stacking = read_stacking(weights_file) if weights_file else None
-    weights = ({os.path.realpath(m): w for m, w in zip(stacking["members"], stacking["weights"])}
-               if stacking else {})
-    choice = (choose(ensemble_dir, stacked_dir, stacking) if stacking and stacked_dir
-              else {"chosen": "uniform", "dir": ensemble_dir})
+    weights, choice = video_report.weights_and_choice(weights_file, ensemble_dir, stacked_dir,
+                                                      read_stacking, choose)
     if refine_top_k and fit_data_pattern:
         choice.update(choose_refinement(choice["dir"], fit_data_pattern, refine_top_k,
                                         refine_model_dir))
@@ -327,8 +304,7 @@ def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
             "num_videos": boot.num_videos,
             "num_ratings": int(first.get("num_segments", 0)),
             "refinement": {"top_k": refine_top_k, "model_dir": refine_model_dir or None},
-            "bootstrap": {"samples": boot.samples, "seed": boot.seed,
-                          "confidence": intervals.CONFIDENCE},
+            "bootstrap": video_report.bootstrap_settings(boot),
             "rows": rows.rows, "gains": _gains(rows.rows, boot), "choice": choice}
 
 
@@ -339,26 +315,18 @@ def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
 def format_report(report: Dict[str, Any]) -> str:
     """The report as a fixed-width table and its conclusions, intervals included."""
     rows = report["rows"]
-    width = max(len("state"), *(len(row["name"]) for row in rows)) + 2
-    kind_width = max(len(row["kind"]) for row in rows)
-    header = (f"{'state':<{width}} | {'kind':<{kind_width}} | "
-              f"{METRIC + ' [95% interval]':<27} | {'weight':>6}")
     lines = [f"held-out: {report['num_ratings']} rated segments of {report['num_videos']} "
              f"videos of {report['data_pattern']}; intervals: paired bootstrap over videos, "
-             f"{report['bootstrap']['samples']} draws", header, "-" * len(header)]
-    for row in rows:
-        mark = " *" if row.get("chosen") else ""
-        weight = row.get("stacked_weight")
-        lines.append(f"{row['name'] + mark:<{width}} | {row['kind']:<{kind_width}} | "
-                     f"{video_report._interval_text(row['value'], signed=False):<27} | "
-                     f"{'' if weight is None else f'{weight:.3f}':>6}")
+             f"{report['bootstrap']['samples']} draws"]
+    lines += video_report.table_lines(rows, max(len(row["kind"]) for row in rows), "value",
+                                      (METRIC + " [95% interval]", 27))
     lines.append("* the ensemble that writes the 2019 submission (chosen on the fitting files)")
     return "\n".join(lines + _conclusions(report))
 
 
 def _conclusions(report: Dict[str, Any]) -> List[str]:
     lines = []
-    verdict, text = video_report.verdict, video_report._interval_text
+    verdict, text = video_report.verdict, video_report.interval_text
     for what in ("fine-tuning", "averaging", "refinement", "ensemble vs best single state",
                  "fine-tuned vs video-level ensemble", "stacked vs uniform"):
         gains = [gain for gain in report["gains"] if gain["what"] == what]
@@ -393,10 +361,7 @@ _COLOURS = {"video level": "#b0b0b0", "fine-tuned": "#8c8cd0", "averaged": "#4c7
 def main(argv) -> None:
     del argv
     if FLAGS.choose:
-        shared_flags.require(ensemble_dir=FLAGS.ensemble_dir, stacked_dir=FLAGS.stacked_dir,
-                             weights_file=FLAGS.weights_file)
-        print(choose(FLAGS.ensemble_dir, FLAGS.stacked_dir,
-                     read_stacking(FLAGS.weights_file))["dir"])
+        video_report.print_choice(read_stacking, choose)
         return
     if FLAGS.choose_refinement:
         if FLAGS.refine_top_k <= 0:
@@ -415,16 +380,9 @@ def main(argv) -> None:
                           FLAGS.video_ensemble_dir, FLAGS.ensemble_dir, FLAGS.stacked_dir,
                           FLAGS.weights_file, FLAGS.bootstrap_samples,
                           FLAGS.fit_data_pattern)
-    print(format_report(report))
-    if FLAGS.output_json:
-        with checkpoints.atomic_file(FLAGS.output_json, FLAGS.overwrite, "output_json") as tmp:
-            checkpoints.write_json(tmp, report)
-        print(f"wrote {FLAGS.output_json}")
-    if FLAGS.output_png:
-        video_report.write_chart(report, FLAGS.output_png, FLAGS.overwrite, _COLOURS,
-                                 f"{METRIC}, {report['num_videos']} held-out videos",
-                                 "value", _ENSEMBLE_KINDS)
-        print(f"wrote {FLAGS.output_png}")
+    video_report.write_outputs(report, format_report(report), colours=_COLOURS,
+                               ylabel=f"{METRIC}, {report['num_videos']} held-out videos",
+                               value_key="value", ensemble_kinds=_ENSEMBLE_KINDS)
 
 
 if __name__ == "__main__":
