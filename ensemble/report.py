@@ -227,24 +227,40 @@ def bootstrap_settings(boot: intervals.PairedBootstrap) -> Dict[str, Any]:
     return {"samples": boot.samples, "seed": boot.seed, "confidence": intervals.CONFIDENCE}
 
 
-def read_stacking(weights_file: str) -> Dict[str, Any]:
-    """The weights file with both ensembles' GAP on the fitting videos."""
+def read_fitted(weights_file: str, metric: str, written_by: str) -> Dict[str, Any]:
+    """The weights file with both ensembles' `metric` on the fitting data
+    (its keys `metric` and `<metric>_uniform`; missing: one line, write it
+    with `written_by`), its num_videos and data_pattern."""
     spec = read_weights_file(weights_file)
     payload = checkpoints.load_json(weights_file, f"--weights_file={weights_file}")
-    for key in ("gap", "gap_uniform"):
+    uniform = f"{metric}_uniform"
+    for key in (metric, uniform):
         if not isinstance(payload.get(key), (int, float)):
             raise UserError(f"--weights_file={weights_file}: has no {key!r} (write it with "
-                            f"stacking.fit)")
-    return {**spec, "gap": float(payload["gap"]), "gap_uniform": float(payload["gap_uniform"]),
+                            f"{written_by})")
+    return {**spec, metric: float(payload[metric]), uniform: float(payload[uniform]),
             "num_videos": payload.get("num_videos"), "data_pattern": payload.get("data_pattern")}
+
+
+def read_stacking(weights_file: str) -> Dict[str, Any]:
+    """The weights file with both ensembles' GAP on the fitting videos."""
+    return read_fitted(weights_file, "gap", "stacking.fit")
+
+
+def choose_by_metric(ensemble_dir: str, stacked_dir: str, stacking: Dict[str, Any],
+                     metric: str) -> Dict[str, Any]:
+    """The better ensemble by `metric` on the fitting data (read_fitted; ties:
+    the uniform one), with both values as fit_<metric>_stacked and _uniform."""
+    stacked, uniform = stacking[metric], stacking[f"{metric}_uniform"]
+    stacked_wins = stacked > uniform
+    return {"chosen": "stacked" if stacked_wins else "uniform",
+            "dir": stacked_dir if stacked_wins else ensemble_dir,
+            f"fit_{metric}_stacked": stacked, f"fit_{metric}_uniform": uniform}
 
 
 def choose(ensemble_dir: str, stacked_dir: str, stacking: Dict[str, Any]) -> Dict[str, Any]:
     """The better ensemble on the fitting videos (ties: the uniform one)."""
-    stacked_wins = stacking["gap"] > stacking["gap_uniform"]
-    return {"chosen": "stacked" if stacked_wins else "uniform",
-            "dir": stacked_dir if stacked_wins else ensemble_dir,
-            "fit_gap_stacked": stacking["gap"], "fit_gap_uniform": stacking["gap_uniform"],
+    return {**choose_by_metric(ensemble_dir, stacked_dir, stacking, "gap"),
             "fit_videos": stacking["num_videos"], "fit_data_pattern": stacking["data_pattern"]}
 
 
@@ -327,12 +343,20 @@ def _conclusions(report: Dict[str, Any]) -> List[str]:
                      f"interval above 0")
     for gain in by_kind.get("stacked vs uniform", []):
         lines.append(f"stacked vs uniform: {interval_text(gain)} ({verdict(gain)})")
+    return lines + choice_lines(report, "gap", "GAP", "the CSV", "videos")
+
+
+def choice_lines(report: Dict[str, Any], metric: str, title: str, output: str,
+                 fitting: str) -> List[str]:
+    """The line on which ensemble writes `output`, with both ensembles'
+    `metric` (titled `title`) on the fitting `fitting` (choose_by_metric);
+    none when the choice was not made on a stacking fit."""
     choice = report.get("choice") or {}
-    if "fit_gap_stacked" in choice:
-        lines.append(f"the CSV uses the {choice['chosen']} ensemble: GAP on the fitting videos "
-                     f"stacked {choice['fit_gap_stacked']:.4f}, uniform "
-                     f"{choice['fit_gap_uniform']:.4f}")
-    return lines
+    if f"fit_{metric}_stacked" not in choice:
+        return []
+    return [f"{output} uses the {choice['chosen']} ensemble: {title} on the fitting {fitting} "
+            f"stacked {choice[f'fit_{metric}_stacked']:.4f}, uniform "
+            f"{choice[f'fit_{metric}_uniform']:.4f}"]
 
 
 _COLOURS = {"last checkpoint": "#b0b0b0", "member": "#4c72b0", "ensemble": "#dd8452"}

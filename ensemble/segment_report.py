@@ -24,7 +24,6 @@ from ensemble import report as video_report
 from training import checkpoints, eval_results, intervals, paths, segment_results
 from training import flags as shared_flags
 from training.cli import UserError, run_main
-from training.weights_file import read_weights_file
 
 FLAGS = flags.FLAGS
 SEGMENT_RESULTS = segment_results.SEGMENT_RESULTS
@@ -235,24 +234,13 @@ def _gains(rows: List[Dict[str, Any]], boot: intervals.PairedBootstrap
 def read_stacking(weights_file: str) -> Dict[str, Any]:
     """The segment weights file (stacking.fit --segment_labels) with both
     ensembles' Segment MAP on the fitting files."""
-    spec = read_weights_file(weights_file)
-    payload = checkpoints.load_json(weights_file, f"--weights_file={weights_file}")
-    for key in ("segment_map", "segment_map_uniform"):
-        if not isinstance(payload.get(key), (int, float)):
-            raise UserError(f"--weights_file={weights_file}: has no {key!r} (write it with "
-                            f"stacking.fit --segment_labels)")
-    return {**spec, "segment_map": float(payload["segment_map"]),
-            "segment_map_uniform": float(payload["segment_map_uniform"]),
-            "data_pattern": payload.get("data_pattern")}
+    return video_report.read_fitted(weights_file, "segment_map",
+                                    "stacking.fit --segment_labels")
 
 
 def choose(ensemble_dir: str, stacked_dir: str, stacking: Dict[str, Any]) -> Dict[str, Any]:
     """The better ensemble on the fitting segment files (ties: the uniform one)."""
-    stacked_wins = stacking["segment_map"] > stacking["segment_map_uniform"]
-    return {"chosen": "stacked" if stacked_wins else "uniform",
-            "dir": stacked_dir if stacked_wins else ensemble_dir,
-            "fit_segment_map_stacked": stacking["segment_map"],
-            "fit_segment_map_uniform": stacking["segment_map_uniform"],
+    return {**video_report.choose_by_metric(ensemble_dir, stacked_dir, stacking, "segment_map"),
             "fit_data_pattern": stacking["data_pattern"]}
 
 
@@ -339,17 +327,14 @@ def _conclusions(report: Dict[str, Any]) -> List[str]:
             lines.append(f"{what}: {wins} of {len(gains)} resolved gains, {losses} resolved "
                          f"losses")
     choice = report.get("choice") or {}
-    if "fit_segment_map_stacked" in choice:
-        lines.append(f"the submission uses the {choice['chosen']} ensemble: Segment MAP on the "
-                     f"fitting files stacked {choice['fit_segment_map_stacked']:.4f}, uniform "
-                     f"{choice['fit_segment_map_uniform']:.4f}")
     if "fit_segment_map_refined" in choice:
         refines = (f"refines (top {choice['refine_top_k']} video-level classes)"
                    if choice["refine_top_k"] else "does not refine")
         lines.append(f"the submission {refines}: Segment MAP of the chosen ensemble on the "
                      f"fitting files refined {choice['fit_segment_map_refined']:.4f}, "
                      f"unrefined {choice['fit_segment_map_unrefined']:.4f}")
-    return lines
+    return lines + video_report.choice_lines(report, "segment_map", METRIC, "the submission",
+                                             "files")
 
 
 _COLOURS = {"video level": "#b0b0b0", "fine-tuned": "#8c8cd0", "averaged": "#4c72b0",
