@@ -157,6 +157,9 @@ class _Rows:
         refines = self.submission_refines
         self.rows.append({"name": name, "kind": kind, "ratings": unrefined(refined),
                           "chosen": chosen and not refines, **common})
+        # The refined row's one gain is over its unrefined row (not fine-tuning's or averaging's).
+        for link in ("video_row", "finetuned_row"):
+            common.pop(link, None)
         self.rows.append({"name": f"{name} + refined", "kind": f"{kind}, refined",
                           "ratings": refined, "unrefined_row": name,
                           "chosen": chosen and refines, **common})
@@ -326,6 +329,8 @@ def _conclusions(report: Dict[str, Any]) -> List[str]:
             losses = sum(gain["high"] < 0 for gain in gains)
             lines.append(f"{what}: {wins} of {len(gains)} resolved gains, {losses} resolved "
                          f"losses")
+    lines += video_report.choice_lines(report, "segment_map", METRIC, "the submission",
+                                       "files")
     choice = report.get("choice") or {}
     if "fit_segment_map_refined" in choice:
         refines = (f"refines (top {choice['refine_top_k']} video-level classes)"
@@ -333,8 +338,7 @@ def _conclusions(report: Dict[str, Any]) -> List[str]:
         lines.append(f"the submission {refines}: Segment MAP of the chosen ensemble on the "
                      f"fitting files refined {choice['fit_segment_map_refined']:.4f}, "
                      f"unrefined {choice['fit_segment_map_unrefined']:.4f}")
-    return lines + video_report.choice_lines(report, "segment_map", METRIC, "the submission",
-                                             "files")
+    return lines
 
 
 _COLOURS = {"video level": "#b0b0b0", "fine-tuned": "#8c8cd0", "averaged": "#4c72b0",

@@ -105,6 +105,41 @@ def test_rows_and_gains_of_every_stage(run):
     assert "(resolved, a loss)" in text and "(resolved, a gain)" in text
 
 
+def test_the_submission_refines_only_when_it_wins_on_the_fitting_files(run):
+    """The refinement is chosen on the fitting files' refined evaluation of
+    the chosen (uniform) ensemble: dropping negatives there keeps it, dropping
+    positives turns it off; the chosen mark and the text follow, and a refined
+    row's only gain is over its unrefined row.
+
+    Mutations tried: comparing refined with refined (always 0) -> the first
+    case chose 0; the unrefined row never marked chosen -> the report's
+    chosen rows failed; the refined row keeping its
+    averaging link -> the gain count failed."""
+    fit = str(run["root"] / "fit*.tfrecord")
+    uniform, rated = run["uniform"], ratings(0.0, 0).ratings > 0
+    cases = ((~(~rated & (np.arange(rated.size) % 2 == 0)), 5),
+             (~(rated & (np.arange(rated.size) % 3 == 0)), 0))
+    for keep, want in cases:
+        directory = str(run["root"] / f"choice{want}")
+        write_evaluation(directory, fit, refined(ratings(0.8, 70), keep), refine_top_k=5,
+                         refine_dir=run["refine_dir"])
+        choice = segment_report.choose_refinement(directory, fit, 5, run["refine_dir"])
+        assert choice["refine_top_k"] == want
+        assert (choice["fit_segment_map_refined"] > choice["fit_segment_map_unrefined"]) == \
+            bool(want)
+    write_evaluation(uniform, fit, refined(ratings(0.8, 70), cases[1][0]), refine_top_k=5,
+                     refine_dir=run["refine_dir"])
+    report = build(run, fit_data_pattern=fit)
+    assert [row["name"] for row in report["rows"] if row.get("chosen")] == \
+        ["fine-tuned ensemble"]
+    assert report["choice"]["refine_top_k"] == 0
+    assert "the submission does not refine: Segment MAP of the chosen ensemble on the " \
+           "fitting files refined" in segment_report.format_report(report)
+    linked = [gain for gain in report["gains"]
+              if gain["system"] == "GRUModel fine-tuned, window 4 + refined"]
+    assert [gain["what"] for gain in linked] == ["refinement"]
+
+
 def test_missing_or_other_evaluations_are_refused_in_one_line(run, tmp_path):
     """Mutations: matching entries on the pattern alone (ignoring the
     refinement), or accepting an earlier checkpoint's evaluation of a train dir."""
