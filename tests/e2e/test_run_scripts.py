@@ -157,8 +157,8 @@ def test_script_trains_and_resumes(name, synthetic_frames, tmp_path):
 
 
 def test_quickstart_writes_the_splits_side_by_side_and_stops_on_a_failure(tmp_path):
-    """quickstart.sh starts the three synthetic splits and the 2019
-    segment-rated one together (each process spends seconds importing
+    """quickstart.sh starts the three synthetic splits and the two 2019
+    segment ones (rated validation, unrated test) together (each process spends seconds importing
     TensorFlow) and stops, before the
     pipeline, when one of them fails. Its Python is a recorder (a ./.venv
     whose requirements stamp is current, so setup_env.sh installs nothing).
@@ -185,7 +185,7 @@ echo "end $2 $split" >> {calls}
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode != 0, completed.stdout
     lines = calls.read_text().splitlines()
-    assert sorted(lines[:4]) == [f"start training.synthetic {split}"
-                                 for split in ("test", "train", "validate")
-                                 ] + ["start training.synthetic_segments validate"], lines
+    assert sorted(lines[:5]) == [f"start training.synthetic {split}"
+                                 for split in ("test", "train", "validate")] + [
+        f"start training.synthetic_segments {split}" for split in ("test", "validate")], lines
     assert not any("models.presets" in line for line in lines), lines
