@@ -13,5 +13,27 @@ absolute_list() {
   echo "$out"
 }
 
+# The files of pattern $1, sorted, split in two (a file is never split): the
+# first FIT_FILES (default: half) -> FIT_PATTERN, on which every choice is
+# made, the others -> HELDOUT_PATTERN, which only the report's evaluations
+# read (comma-separated lists); NUM_PATTERN_FILES the count. Fewer than 2
+# files: FIT_PATTERN empty, HELDOUT_PATTERN the pattern. $2 names the files.
+split_fit_heldout() {  # pattern, what the files are
+  local -a files
+  mapfile -t files < <(compgen -G "$1" | sort || true)
+  NUM_PATTERN_FILES=${#files[@]}
+  FIT_PATTERN=
+  HELDOUT_PATTERN=$1
+  (( ${#files[@]} >= 2 )) || return 0
+  local fit=${FIT_FILES:-$(( ${#files[@]} / 2 ))}
+  if (( fit < 1 || fit >= ${#files[@]} )); then
+    echo "error: FIT_FILES=$fit: must leave at least one of the ${#files[@]} $2 files on each side" >&2
+    exit 2
+  fi
+  FIT_PATTERN=$(IFS=,; echo "${files[*]:0:fit}")
+  HELDOUT_PATTERN=$(IFS=,; echo "${files[*]:fit}")
+  echo "=== $2: choices fit on ${fit} file(s), the report measures the other $(( ${#files[@]} - fit ))"
+}
+
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON=${PYTHON:-python}

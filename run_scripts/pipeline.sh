@@ -63,25 +63,14 @@ train_flags() {
 
 # The validation files, sorted: the fitting ones, then the held-out ones (a
 # file is never split).
-mapfile -t validate_files < <(compgen -G "$VALIDATE_PATTERN" | sort || true)
+source run_scripts/lib.sh
+split_fit_heldout "$VALIDATE_PATTERN" validation
 if [[ "$STACKING" == auto ]]; then
-  STACKING=$(( ${#validate_files[@]} >= 2 ? 1 : 0 ))
-fi
-HELDOUT_PATTERN=$VALIDATE_PATTERN
-FIT_PATTERN=
-if (( ${#validate_files[@]} >= 2 )); then
-  fit=${FIT_FILES:-$(( ${#validate_files[@]} / 2 ))}
-  if (( fit < 1 || fit >= ${#validate_files[@]} )); then
-    echo "error: FIT_FILES=$fit: must leave at least one of the ${#validate_files[@]} validation files on each side" >&2
-    exit 2
-  fi
-  FIT_PATTERN=$(IFS=,; echo "${validate_files[*]:0:fit}")
-  HELDOUT_PATTERN=$(IFS=,; echo "${validate_files[*]:fit}")
-  echo "=== validation: choices fit on ${fit} file(s), the report measures the other $(( ${#validate_files[@]} - fit ))"
+  STACKING=$(( NUM_PATTERN_FILES >= 2 ? 1 : 0 ))
 fi
 for setting in "STACKING=$STACKING" "SWA_LAST_N=$SWA_LAST_N"; do
   if [[ ( "$setting" == STACKING=1 || "$setting" == SWA_LAST_N=auto ) && -z "$FIT_PATTERN" ]]; then
-    echo "error: $setting: VALIDATE_PATTERN=$VALIDATE_PATTERN matches ${#validate_files[@]} file(s); it chooses on fitting files and needs 2 or more (one part to fit, one to report)" >&2
+    echo "error: $setting: VALIDATE_PATTERN=$VALIDATE_PATTERN matches $NUM_PATTERN_FILES file(s); it chooses on fitting files and needs 2 or more (one part to fit, one to report)" >&2
     exit 2
   fi
 done

@@ -45,19 +45,12 @@ export PYTHON
 
 # The rated files, sorted: the first FIT_FILES fit every choice (fine-tuning,
 # windows, weights, uniform or stacked), the others are held out for the report.
-mapfile -t rated_files < <(compgen -G "$SEGMENT_PATTERN" | sort || true)
-if (( ${#rated_files[@]} < 2 )); then
-  echo "error: SEGMENT_PATTERN=$SEGMENT_PATTERN matches ${#rated_files[@]} file(s); the 2019 path fits on some rated files and reports on the others: give 2 or more" >&2
+source run_scripts/lib.sh
+split_fit_heldout "$SEGMENT_PATTERN" "rated segment"
+if [[ -z "$FIT_PATTERN" ]]; then
+  echo "error: SEGMENT_PATTERN=$SEGMENT_PATTERN matches $NUM_PATTERN_FILES file(s); the 2019 path fits on some rated files and reports on the others: give 2 or more" >&2
   exit 2
 fi
-fit=${FIT_FILES:-$(( ${#rated_files[@]} / 2 ))}
-if (( fit < 1 || fit >= ${#rated_files[@]} )); then
-  echo "error: FIT_FILES=$fit: must leave at least one of the ${#rated_files[@]} rated files on each side" >&2
-  exit 2
-fi
-FIT_PATTERN=$(IFS=,; echo "${rated_files[*]:0:fit}")
-HELDOUT_PATTERN=$(IFS=,; echo "${rated_files[*]:fit}")
-echo "=== 2019 segments: fine-tuning and choices on ${fit} rated file(s), the report measures the other $(( ${#rated_files[@]} - fit ))"
 
 refine_flags=()
 if (( REFINE_TOP_K > 0 )); then
