@@ -57,6 +57,7 @@ PATH_FLAGS = {
                                 "refine_model_dir": paths.IN_DIR,
                                 "video_ensemble_dir": paths.IN_DIR,
                                 "ensemble_dir": paths.IN_DIR, "stacked_dir": paths.IN_DIR,
+                                "fit_data_pattern": paths.IN_PATTERN,
                                 "weights_file": paths.IN_FILE, "output_json": paths.OUT_FILE,
                                 "output_png": paths.OUT_FILE},
     "prediction2tfrecord.write": {"input_data_pattern": paths.IN_PATTERN,
