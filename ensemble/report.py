@@ -279,7 +279,6 @@ def weights_and_choice(weights_file: str, ensemble_dir: str, stacked_dir: str,
     return weights, choice
 
 
-
 # ---------------------------------------------------------------------------
 # Text and chart
 

@@ -56,10 +56,11 @@ refine_flags=()
 if (( REFINE_TOP_K > 0 )); then
   refine_flags=(--segment_refine_top_k="$REFINE_TOP_K" --segment_refine_model_dir="$VIDEO_ENSEMBLE_DIR")
 fi
-segment_eval() {  # dir, extra training.eval flags...
-  "$PYTHON" -m training.eval --train_dir="$1" --eval_data_pattern="$HELDOUT_PATTERN" \
-    --run_once --skip_evaluated --segment_labels --batch_size=64 --seed="$SEED" "${@:2}"
+segment_eval_on() {  # files, dir, extra training.eval flags...
+  "$PYTHON" -m training.eval --train_dir="$2" --eval_data_pattern="$1" \
+    --run_once --skip_evaluated --segment_labels --batch_size=64 --seed="$SEED" "${@:3}"
 }
+segment_eval() { segment_eval_on "$HELDOUT_PATTERN" "$@"; }  # dir, extra flags...
 
 source run_scripts/background.sh
 
@@ -131,8 +132,7 @@ echo "=== the 2019 submission uses $chosen (the better ensemble on the fitting f
 submission_refine=()
 report_refine=()
 if (( REFINE_TOP_K > 0 )); then
-  "$PYTHON" -m training.eval --train_dir="$chosen" --eval_data_pattern="$FIT_PATTERN" \
-    --run_once --skip_evaluated --segment_labels --batch_size=64 --seed="$SEED" "${refine_flags[@]}"
+  segment_eval_on "$FIT_PATTERN" "$chosen" "${refine_flags[@]}"
   refine_k=$("$PYTHON" -m ensemble.segment_report --choose_refinement --ensemble_dir="$chosen" \
     --fit_data_pattern="$FIT_PATTERN" --refine_top_k="$REFINE_TOP_K" \
     --refine_model_dir="$VIDEO_ENSEMBLE_DIR")
