@@ -24,7 +24,6 @@ file, which the report checks against the files it measures.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import glob
 import os
 import typing
@@ -81,9 +80,13 @@ class Record:
         return cls(**values)
 
 
-@functools.lru_cache(maxsize=None)
-def _hints(cls: Any) -> Dict[str, Any]:
-    return typing.get_type_hints(cls)
+_HINTS: Dict[type, Dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> Dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _to_json(value: Any) -> Json:
