@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, TypedDict
 
 import numpy as np
 from absl import app, flags
@@ -138,8 +138,13 @@ def load_data(model_flags, data_pattern: str, batch_size: int):
     return batches
 
 
+class Gaps(TypedDict):
+    gap: List[float]            # GAP@20 of each member, then of the ensemble
+    predictions: np.ndarray     # the ensemble's [videos, classes]
+
+
 def gaps_of(member_dirs: Sequence[str], mode: Optional[str], batches, tile_num: int
-            ) -> Dict[str, List[float]]:
+            ) -> Gaps:
     """GAP@20 of each member and of their uniform ensemble; per-video predictions."""
     members = [_with_sampling_seed(load_member(d), SAMPLING_SEED + i)
                for i, d in enumerate(member_dirs)]

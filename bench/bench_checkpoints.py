@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def make_checkpoints(workdir: str, size_mb: float, num_tensors: int, num_checkpo
     return train_dir
 
 
-def data_files(train_dir: str, step: int = None):
+def data_files(train_dir: str, step: Optional[int] = None) -> List[str]:
     pattern = f"model.ckpt-{step if step is not None else '*'}.data-*"
     return sorted(glob.glob(os.path.join(train_dir, pattern)))
 
@@ -167,7 +168,7 @@ def main() -> None:
         ckpt_mib = sum(os.path.getsize(p) for p in data_files(train_dir, 1)) / 2**20
         print(f"wrote {args.num_checkpoints} checkpoints of {ckpt_mib:.1f} MiB "
               f"({args.num_tensors} tensors) in {time.perf_counter() - start:.1f}s", flush=True)
-        results = {}
+        results: Dict[str, dict] = {}
         for repeat in range(args.repeats):
             for task in ("copy_all", "swa", "copy_one", "bf16"):
                 output = os.path.join(workdir, f"out_{task}")

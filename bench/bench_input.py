@@ -125,7 +125,7 @@ def bench_model(name: str, pattern: str, memory_batch: Dict, args) -> Dict:
     for sess, op in contenders.values():
         for _ in range(args.warmup):
             sess.run(op)
-    times = {key: [] for key in contenders}
+    times: Dict[str, List[float]] = {key: [] for key in contenders}
     ratios = []
     for _ in range(args.blocks):
         # Blocks of steps of each contender, alternately: a slow patch of a

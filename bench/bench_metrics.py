@@ -24,6 +24,7 @@ import argparse
 import heapq
 import random
 import time
+from typing import List
 
 import numpy as np
 
@@ -134,8 +135,8 @@ class RefEvaluationMetrics:
         hit = float(np.average(labels[np.arange(batch), np.argmax(predictions, 1)]))
         perr = self._perr(predictions, labels)
         k = min(self.top_k, self.num_classes)
-        by_class_p = [[] for _ in range(self.num_classes)]
-        by_class_l = [[] for _ in range(self.num_classes)]
+        by_class_p: List[List[float]] = [[] for _ in range(self.num_classes)]
+        by_class_l: List[List[float]] = [[] for _ in range(self.num_classes)]
         for v in range(batch):
             row, lab = predictions[v], labels[v]
             for index in np.argpartition(row, -k)[-k:]:

@@ -77,8 +77,10 @@ def train_and_evaluate(model: str, matmul_dtype: str, data: str, work_dir: str,
                 recompute_batches=20, train_data_pattern=train_pattern,
                 batch_size=schedule.batch_size,
                 seed=seed, overwrite=True, log=lambda _: None)
+    checkpoint = checkpoints.latest_checkpoint(recomputed)
+    assert checkpoint is not None   # swa.average has just written it
     result = evaluation.evaluate_checkpoint(
-        recomputed, checkpoints.latest_checkpoint(recomputed),
+        recomputed, checkpoint,
         os.path.join(data, "validate*.tfrecord"), batch_size=64, frame_sampling="uniform")
     return {"gap": result["gap"], "hit_at_one": result["hit_at_one"], "seconds": seconds}
 

@@ -145,7 +145,8 @@ class OwnMatmuls:
                         collections=[tf.GraphKeys.LOCAL_VARIABLES])
                 return variables[shape, dtype]
 
-            outside, inside = [], []
+            outside: List[tf.Tensor] = []
+            inside: List[tf.Tensor] = []
             for a, b, attrs, looped, dtype in specs:
                 product = tf.matmul(variable(a, dtype), variable(b, dtype), **attrs)
                 # Depend on the whole product, fetch a scalar.
@@ -244,7 +245,8 @@ class MatmulProbe:
 
 
 def print_trace(run_metadata, graph: tf.Graph, top: int) -> None:
-    by_type, by_name = collections.Counter(), collections.Counter()
+    by_type: collections.Counter[str] = collections.Counter()
+    by_name: collections.Counter[str] = collections.Counter()
     total = 0
     for device in run_metadata.step_stats.dev_stats:
         for node in device.node_stats:
@@ -326,8 +328,8 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
     own = OwnMatmuls(graph, config, NUM_FRAMES) if own_matmuls else None
     update = UpdateAlone(graph, config) if own_matmuls else None
     times, own_times, update_times = [], [], []
-    rates = {key: [] for key in probes}
-    ratios = {key: [] for key in probes}
+    rates: Dict[str, List[float]] = {key: [] for key in probes}
+    ratios: Dict[str, List[float]] = {key: [] for key in probes}
     with tf.Session(graph=graph, config=config) as sess:
         sess.run(init)
         for _ in range(warmup):
@@ -339,7 +341,7 @@ def bench_model(name: str, batch_size: int, steps: int, warmup: int,
             for key, probe in probes.items():
                 rates[key].append(probe.rate(matmul_repeats))
                 ratios[key].append(flop_per_step / times[-1] / 1e9 / rates[key][-1])
-            if own:
+            if own is not None and update is not None:
                 own_times.append(own.seconds())
                 update_times.append(update.seconds())
         if trace:

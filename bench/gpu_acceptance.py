@@ -33,7 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -247,6 +247,7 @@ def pipeline(run: Dict, tile_num: int) -> Dict:
     start = time.time()
     videos = inference.run(train_dir=ensemble_dir, input_data_pattern=os.path.join(
         work, "frame", "test*.tfrecord"), output_file=output, batch_size=8, log=None)
+    assert videos is not None       # None only without a CSV
     seconds = time.time() - start
     check_submission(output, num_classes=run["classes"])
     return {"members": len(members), "exported_bytes": payload["exported_bytes"],
@@ -327,7 +328,8 @@ def main() -> int:
     run = setup(args)
     try:
         size = 512 if args.cpu_smoke else 8192
-        result = {"run": run, "matmul_size": size, "matmul": matmul_rates(run, size)}
+        result: Dict[str, Any] = {"run": run, "matmul_size": size,
+                                  "matmul": matmul_rates(run, size)}
         result["training"] = throughput(run, args.steps, result["matmul"])
         result["correctness"] = correctness(run)
         result["pipeline"] = pipeline(run, 2 if args.cpu_smoke else 10)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from models import layers
 from models.tf_compat import tf
@@ -192,7 +192,7 @@ def _towers(model_flags: ModelFlags, batch, devices, config: TrainConfig, optimi
 
 
 def build_train_graph(model_flags: ModelFlags, batch: Dict[str, tf.Tensor],
-                      devices: List[Optional[str]], config: TrainConfig,
+                      devices: Sequence[Optional[str]], config: TrainConfig,
                       label_loss_fn: Optional[Callable[..., tf.Tensor]] = None
                       ) -> Dict[str, Any]:
     """Adds the towers, loss, optimizer and train op to the default graph.
