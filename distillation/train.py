@@ -85,6 +85,7 @@ def normalize_teacher(teacher: tf.Tensor, normalization: str,
         row_max = tf.reduce_max(teacher, axis=1, keepdims=True)
         teacher = teacher / tf.maximum(row_max, 1.0)
     elif normalization == "sum_to_members":
+        assert num_members is not None      # check_settings requires it
         teacher = teacher / float(num_members)
     elif normalization != "none":
         raise UserError(f"--teacher_normalization: unknown {normalization!r}")
@@ -113,7 +114,7 @@ def distillation_loss_fn(model_flags: ModelFlags, distill_prob: float,
 
 def make_reader(model_flags: ModelFlags) -> TeacherReader:
     plain = model_builder.make_reader(model_flags)
-    if not plain.frame_features:
+    if not plain.frame_features or not isinstance(plain, readers.FrameReader):
         raise UserError("--frame_features: distillation reads frame-level teacher records "
                         "(SequenceExamples); use --frame_features=true")
     return TeacherReader(num_classes=plain.num_classes, feature_names=plain.feature_names,

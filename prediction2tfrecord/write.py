@@ -88,7 +88,10 @@ class TeacherTable:
         self._labels = array.array("i")
         self._scores = array.array("f")
         self._offsets = array.array("q", [0])
-        self.labels = self.scores = self.offsets = None
+        # Set by finish(), from the buffers above.
+        self.labels: np.ndarray
+        self.scores: np.ndarray
+        self.offsets: np.ndarray
 
     def add(self, video_id: str, labels: Sequence[int], scores: Sequence[float]) -> None:
         self.index[video_id] = len(self.index)
@@ -175,7 +178,7 @@ class CsvTeacher:
 
     def __call__(self, ids: Sequence[str], serialized: Sequence[bytes]
                  ) -> List[Optional[np.ndarray]]:
-        vectors = []
+        vectors: List[Optional[np.ndarray]] = []
         for video_id in ids:
             entry = self.table.get(video_id)
             if entry is None:

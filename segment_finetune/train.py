@@ -92,20 +92,21 @@ def check_negative_weight(weight: float) -> float:
 def config_from_flags() -> TrainConfig:
     """The run's TrainConfig: the flags, a constant rate, no averaging tail;
     a count that is not positive or a rate that is not is a UserError."""
+    keys = ("batch_size", "base_learning_rate", "max_steps", "save_checkpoint_steps",
+            "max_to_keep", "log_steps", "shuffle_buffer", "num_epochs",
+            "regularization_penalty", "clip_gradient_norm", "num_readers", "seed",
+            "skip_corrupt_records", "compression")
+    # Any: absl types a flag's value Optional; these have defaults.
+    values: Dict[str, Any] = {key: FLAGS[key].value for key in keys}
     for key in _POSITIVE:
-        if FLAGS[key].value <= 0:
-            raise UserError(f"--{key}: must be positive, got {FLAGS[key].value}")
+        if values[key] <= 0:
+            raise UserError(f"--{key}: must be positive, got {values[key]}")
     rate = FLAGS.base_learning_rate
     if not np.isfinite(rate) or rate <= 0:
         raise UserError(f"--base_learning_rate: must be a positive number, got {rate}")
     if FLAGS.num_epochs < 0:
         raise UserError(f"--num_epochs: must be 0 (no limit) or more, got {FLAGS.num_epochs}")
-    keys = ("batch_size", "base_learning_rate", "max_steps", "save_checkpoint_steps",
-            "max_to_keep", "log_steps", "shuffle_buffer", "num_epochs",
-            "regularization_penalty", "clip_gradient_norm", "num_readers", "seed",
-            "skip_corrupt_records", "compression")
-    return TrainConfig(learning_rate_decay=1.0, swa_tail_steps=0,
-                       **{key: FLAGS[key].value for key in keys})
+    return TrainConfig(learning_rate_decay=1.0, swa_tail_steps=0, **values)
 
 
 def source_model(source_dir: str) -> Tuple[ModelFlags, str]:
