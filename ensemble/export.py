@@ -140,6 +140,7 @@ def write_model_tgz(model: LoadedModel, tgz_path: str, log: Optional[Log] = None
     tmp_export = None
     try:
         if model.kind == "single":
+            assert model.variables is not None      # open_model sets a single model's
             tmp_export = tempfile.mkdtemp(prefix="yt8m-export-")
             export_model(model.session, tmp_export, model.variables)
             checkpoints.write_model_flags(tmp_export, model.model_flags)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from absl import flags
@@ -133,8 +133,8 @@ class SegmentNames:
     """
 
     def __init__(self, min_prune: int = PRUNE_MIN):
-        self.numbers = np.empty(0, np.int64)
-        self.names = np.empty(0, "S1")
+        self.numbers: np.ndarray = np.empty(0, np.int64)
+        self.names: np.ndarray = np.empty(0, "S1")
         self.min_prune, self.limit = int(min_prune), int(min_prune)
         self._chunks: list = []
         self.seen = 0
@@ -200,12 +200,12 @@ class Scoring:
         return settings
 
 
-def _distinct_segments(batch: predict.Batch):
+def _distinct_segments(batch: predict.Batch) -> Tuple[np.ndarray, List[str]]:
     """Rows of a SegmentReader batch with a new (video, start): a segment rated
     for several classes is one segment of the submission."""
     keys = [f"{vid.decode()}:{int(start)}"
             for vid, start in zip(batch.ids, batch.inputs["start_time"])]
-    first = {}
+    first: Dict[str, int] = {}
     for row, key in enumerate(keys):
         first.setdefault(key, row)
     rows = np.fromiter(first.values(), dtype=np.int64)

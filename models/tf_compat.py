@@ -63,7 +63,9 @@ def _import_without_keras():
     afterwards `import keras` works as before (tf.keras stays unused)."""
     if "keras" in sys.modules:        # imported already: nothing to save
         return _import_tensorflow()
-    sys.modules["keras"] = None  # import keras: ImportError
+    # import keras: ImportError (a None entry blocks an import; typeshed types the values
+    # as modules only).
+    sys.modules["keras"] = None  # type: ignore[assignment]
     try:
         return _import_tensorflow()
     finally:

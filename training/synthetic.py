@@ -236,7 +236,7 @@ def _shard_records(split, shard, videos_per_shard, num_classes, seed, min_frames
     ids = make_ids(split, shard, videos_per_shard)
     labels = _draw_labels(rng, videos_per_shard, num_classes)
     frame_counts = rng.integers(min_frames, max_frames + 1, size=videos_per_shard)
-    records = {"frame": [], "video": []}
+    records: Dict[str, List[bytes]] = {"frame": [], "video": []}
     for v in range(videos_per_shard):
         rgb_q, audio_q = _video_frames(rng, labels[v], int(frame_counts[v]), protos)
         stored_labels = labels[v] if with_labels else np.zeros([0], np.int64)
