@@ -25,7 +25,7 @@ _STARTUP_NOISE = re.compile(
     r"STDERR|I\d{4} [\d:. ]+\d+ port\.cc:\d+\] oneDNN custom operations are on\..*)$")
 
 
-def _import_tensorflow():
+def _import_tensorflow() -> Any:
     """Imports tensorflow; when quiet, drops the known start-up lines from
     stderr (fd 2) and passes every other line through."""
     if not _QUIET:
@@ -55,7 +55,7 @@ def _import_tensorflow():
     return tensorflow
 
 
-def _import_without_keras():
+def _import_without_keras() -> Any:
     """_import_tensorflow with Keras held off: tensorflow/__init__.py imports
     Keras 3 eagerly (keras.src.optimizers, which imports matplotlib.pyplot),
     about a second of CPU in every process, and skips it when the import
