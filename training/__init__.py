@@ -3,9 +3,9 @@ own tier or the ones above it, never below (tests/unit/test_architecture.py).
 
 1. foundations -- no state, no TensorFlow graph:
    cli (UserError, the one-line exits, run_main), progress (the progress line, Log),
-   metrics (GAP@20 and friends in numpy), train_config (TrainConfig), flags
-   (the shared flag table), paths (path checks), locks (one writer per
-   output), losses, quantize (int8 storage), submission (the CSV format).
+   metrics (GAP@20 and friends in numpy), train_config (TrainConfig), flags (the
+   shared flag table), paths (path checks), locks (one writer per output), losses,
+   quantize (int8 storage), submission (the CSV format), stage_registry (the stages).
 2. records -- what the stages write and read on disk:
    model_flags (ModelFlags), checkpoints (listing, atomic writes), checkpoint_fit
    (does this checkpoint fit this graph?), train_dir (the trainer's dir),
@@ -27,7 +27,7 @@ from typing import Dict, Tuple
 
 TIERS: Dict[str, Tuple[str, ...]] = {
     "foundations": ("cli", "progress", "metrics", "train_config", "flags", "paths", "locks",
-                    "losses", "quantize", "submission"),
+                    "losses", "quantize", "submission", "stage_registry"),
     "records": ("model_flags", "checkpoints", "checkpoint_fit", "train_dir", "readers",
                 "segment_readers", "record_layouts", "teacher_records", "intervals",
                 "eval_results", "segment_results", "weights_file"),

@@ -1,0 +1,69 @@
+"""training.stage_registry, the one list of stages, against the repository:
+its run scripts, its stage file names, and the lists derived from it."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import REPO_ROOT
+from training import stage_registry
+from training.stage_registry import Stage
+
+SCRIPTS = REPO_ROOT / "run_scripts"
+
+
+def test_a_stage_listed_twice_or_outside_its_package_is_refused():
+    """Mutation tried: check_stages without its duplicate check (a second
+    "swa.average" passes)."""
+    swa = Stage("SWA", "swa", "averages", ("swa.average",), ("swa.sh",))
+    with pytest.raises(ValueError, match="entry point 'swa.average' is listed twice"):
+        stage_registry.check_stages([swa, Stage("other", "swa", "x", ("swa.average",))])
+    with pytest.raises(ValueError, match="run script 'swa.sh' is listed twice"):
+        stage_registry.check_stages([swa, Stage("x", "swa", "x", ("swa.x",), ("swa.sh",))])
+    with pytest.raises(ValueError, match="in its package stacking"):
+        stage_registry.check_stages([Stage("x", "stacking", "x", ("swa.average",))])
+    with pytest.raises(ValueError, match="swa.sh both"):
+        stage_registry.check_stages([swa], ["swa.sh"])
+
+
+def test_every_run_script_is_a_stage_s_or_listed_as_another():
+    """Each run_scripts/*.sh is a stage's or in OTHER_RUN_SCRIPTS, and each
+    listed one exists. Mutation tried: removing swa.sh from the SWA stage
+    (swa.sh named as unlisted)."""
+    present = {path.name for path in SCRIPTS.glob("*.sh")}
+    listed = set(stage_registry.run_scripts()) | set(stage_registry.OTHER_RUN_SCRIPTS)
+    assert present - listed == set(), "run scripts in no stage of training/stage_registry.py"
+    assert listed - present == set(), "listed in training/stage_registry.py, not in run_scripts/"
+
+
+def test_each_stage_script_runs_one_of_its_entry_points():
+    """A stage's run script names one of the stage's modules (the six model
+    scripts through train_model.sh: their comment names training.train).
+    Mutation tried: stacking.sh under the SWA stage."""
+    wrong = [f"{script}: none of {stage.entry_points}" for stage in stage_registry.STAGES
+             for script in stage.run_scripts
+             if not any(re.search(rf"\b{re.escape(entry)}\b", (SCRIPTS / script).read_text())
+                        for entry in stage.entry_points)]
+    assert not wrong, "\n".join(wrong)
+
+
+def production_source() -> str:
+    """Every production module but the registry itself."""
+    registry = REPO_ROOT / "training" / "stage_registry.py"
+    return "\n".join(path.read_text() for package in ("models",) + stage_registry.packages()
+                     for path in sorted((REPO_ROOT / package).rglob("*.py")) if path != registry)
+
+
+def test_each_stage_file_name_is_a_name_the_code_uses():
+    """A file the registry names itself (not by a flag) starts a string in
+    the production code: `"swa.json`, `"model.ckpt`, `"eval_videos`. (The
+    flag-named files: tests/reliability/test_path_flags.py.) Mutation tried:
+    "bf16.json" for bfloat16.json (named as unknown)."""
+    source = production_source()
+    unknown = sorted({item for stage in stage_registry.STAGES
+                      for item in stage.reads + stage.writes
+                      if " " not in item
+                      and '"' + re.split(r"[<{/]", item)[0].rstrip("-.") not in source})
+    assert not unknown, f"stage files no production module names: {unknown}"
+
