@@ -12,12 +12,13 @@ import pytest
 
 from conftest import REPO_ROOT
 from support.reliability import assert_user_error, run_cases, snapshot
-from training import paths
+from training import paths, stage_registry
 
-# Every entry point's path flags and what each holds (training.paths). The
-# walk checks each flag over every bad place of its kind (CASES_BY_KIND) and
-# asserts the exact number of cases this table makes: a new path flag is
-# added here, which adds its cases to that number knowingly.
+# Every entry point's path flags and what each holds (training.paths), keyed
+# by the entry points of training.stage_registry. The walk checks each flag
+# over every bad place of its kind (CASES_BY_KIND) and asserts the exact
+# number of cases this table makes: a new path flag is added here, which adds
+# its cases to that number knowingly.
 PATH_FLAGS = {
     "training.train": {"train_dir": paths.OUT_DIR, "train_data_pattern": paths.IN_PATTERN},
     "training.eval": {"train_dir": paths.IN_DIR, "eval_data_pattern": paths.IN_PATTERN,
@@ -71,9 +72,8 @@ PATH_FLAGS = {
                                "train_data_pattern": paths.IN_PATTERN,
                                "source_dir": paths.IN_DIR},
 }
-ENTRY_POINTS = tuple(PATH_FLAGS)
-STAGE_PACKAGES = ("training", "swa", "bfloat16_patch", "ensemble", "prediction2tfrecord",
-                  "distillation", "stacking", "segment_finetune")
+ENTRY_POINTS = stage_registry.entry_points()
+STAGE_PACKAGES = stage_registry.packages()
 # A string flag with such a name holds a path, so it must declare its kind.
 PATH_LIKE = re.compile(r"(dir|dirs|file|pattern|tgz|label_names|json|png|checkpoint|csv|"
                        r"submission)$")
@@ -137,7 +137,24 @@ def entry_point_modules() -> set:
 
 
 def test_the_walk_covers_every_entry_point():
-    assert entry_point_modules() == set(ENTRY_POINTS)
+    """The modules that run a main are the registry's entry points, and this
+    table has a row for each. Mutations tried: removing ensemble.merge from
+    the registry (the scan finds it, unlisted); dropping the row of
+    ensemble.merge here (the keys differ)."""
+    assert entry_point_modules() == set(ENTRY_POINTS), "training/stage_registry.py's " \
+        "entry points are not the modules that call run_main(main)"
+    assert set(PATH_FLAGS) == set(ENTRY_POINTS), "PATH_FLAGS needs one row per entry point"
+
+
+def test_each_stage_file_named_by_a_flag_is_a_path_flag_of_the_stage():
+    """A stage file the registry names by its flag ("weights file
+    (--output_file)") is a path flag of one of the stage's entry points (the
+    walk checks PATH_FLAGS against the code). Mutation tried: the report
+    writing "report (--output_file)" (not a flag of ensemble.report)."""
+    wrong = [f"{stage.name}: --{flag}" for stage in stage_registry.STAGES
+             for item in stage.reads + stage.writes for flag in re.findall(r"--(\w+)", item)
+             if not any(flag in PATH_FLAGS[entry] for entry in stage.entry_points)]
+    assert not wrong, f"not a path flag of the stage: {wrong}"
 
 
 # Places made only where the system allows them (as root nothing is
