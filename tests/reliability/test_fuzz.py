@@ -33,8 +33,7 @@ import pytest
 
 from conftest import DBOF_FLAGS, TINY_CLASSES
 from support.reliability import assert_not_cut, run_cases, sequence_example, write_records
-
-pytestmark = pytest.mark.slow
+from training import stage_registry
 
 FUZZ_SEED = 2026
 # Mutated cases per stage, the same on every machine (plus one unmutated).
@@ -262,6 +261,8 @@ class Fuzz:
                 .bytes_list.value[0].decode() for r in tf.io.tf_record_iterator(str(path))]
 
 
+# The cases of each fuzzed entry point (training.stage_registry), and why the
+# others are not fuzzed: every entry point is in exactly one of the two.
 STAGES: Dict[str, Callable] = {
     "training.eval": Fuzz.eval_case, "swa.average": Fuzz.swa_case,
     "bfloat16_patch.convert": Fuzz.convert_case, "ensemble.build": Fuzz.build_case,
@@ -271,6 +272,24 @@ STAGES: Dict[str, Callable] = {
     "ensemble.segment_report": Fuzz.segment_report_case,
     "distillation.train": Fuzz.distill_case,
     "segment_finetune.train": Fuzz.segment_finetune_case}
+NOT_FUZZED: Dict[str, str] = {
+    "training.synthetic": "reads no file: its records come from flags",
+    "training.synthetic_segments": "reads no file: its records come from flags",
+    "training.frames_from_videos": "not fuzzed yet (reads video-level records)",
+    "ensemble.merge": "not fuzzed yet (damaged parts: tests/stages/test_merge.py)",
+    "ensemble.segment_submission": "not fuzzed yet (bad lines: "
+                                   "tests/stages/test_segment_submission.py)",
+}
+
+
+def test_every_entry_point_is_fuzzed_or_says_why_not():
+    """Mutations tried: dropping the row of ensemble.merge from NOT_FUZZED (as
+    a new entry point of the registry would be missing: the sets differ);
+    ensemble.report in both tables."""
+    both = sorted(set(STAGES) & set(NOT_FUZZED))
+    assert not both, f"fuzzed and in NOT_FUZZED: {both}"
+    assert set(STAGES) | set(NOT_FUZZED) == set(stage_registry.entry_points()), (
+        "fuzz STAGES plus NOT_FUZZED must be training.stage_registry's entry points")
 
 
 def _prepare(fuzz: Fuzz, stage: str, seed: int) -> List[tuple]:
@@ -324,6 +343,7 @@ def _failure(stage: str, victim: Optional[Path], mutation: str, result) -> str:
     return f"{stage} ({mutation}): {why}: {result.stderr.strip()[-600:]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("half", [0, 1])
 def test_fuzzed_inputs_end_in_one_line_or_success(half, tiny_models, tiny_data, tmp_path):
     fuzz = Fuzz(tmp_path, tiny_models, tiny_data)
