@@ -82,3 +82,42 @@ def test_ruff_first_party_is_the_layers_bench_and_the_stage_packages():
         "ruff.toml [lint.isort] known-first-party: models, training, bench and the stage "
         "packages of training/stage_registry.py")
 
+
+TABLE_START = "<!-- the stage table: python -m training.stage_registry -->"
+TABLE_END = "<!-- end of the stage table -->"
+
+
+def test_the_stage_table_of_the_architecture_page_is_the_registry_s():
+    """docs/architecture.md "Stages" holds what `python -m
+    training.stage_registry` prints. Mutation tried: the SWA stage writing no
+    swa.json in the registry (the table differs; paste the printed one)."""
+    text = (REPO_ROOT / "docs" / "architecture.md").read_text()
+    assert TABLE_START in text and TABLE_END in text, "the stage table's markers are missing"
+    shown = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip("\n").split("\n")
+    assert shown == stage_registry.stage_table(), (
+        "docs/architecture.md's stage table is stale: paste the output of "
+        "`python -m training.stage_registry` between its markers")
+
+
+def readme_entry_points() -> dict:
+    """{package: the `python -m` modules of its row} of README's Layout table."""
+    layout = (REPO_ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in layout.splitlines():
+        match = re.match(r"\| `(\w+)/` \| ([^|]*)\|", line)
+        if match:
+            rows[match.group(1)] = set(re.findall(r"python -m ([\w.]+)`", match.group(2)))
+    return rows
+
+
+def test_the_readme_layout_lists_each_package_s_entry_points():
+    """Each registry package has its row in README's Layout table, with
+    exactly its entry points. Mutation tried: dropping `python -m
+    ensemble.merge` from the README row."""
+    rows = readme_entry_points()
+    wrong = [f"{package}: README {sorted(rows.get(package, ()))}, registry {sorted(entries)}"
+             for package in stage_registry.packages()
+             for entries in [{e for s in stage_registry.STAGES if s.package == package
+                              for e in s.entry_points}]
+             if rows.get(package) != entries]
+    assert not wrong, "README.md Layout table:\n" + "\n".join(wrong)
