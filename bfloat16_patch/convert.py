@@ -22,7 +22,7 @@ import dataclasses
 import glob
 import os
 import shutil
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -174,7 +174,8 @@ def _producer(source: str, specs, int8: Sequence[str], total: int, log):
     """produce(key) for write_arrays_checkpoint: bf16, or int8 then its scale."""
     reader = checkpoints.open_checkpoint(source)
     progress = Progress("tensors", total=total)
-    done, scales = [0], {}
+    done = [0]
+    scales: Dict[str, np.ndarray] = {}     # int8 keys' scales, written next
 
     def produce(key: str) -> np.ndarray:
         done[0] += 1
@@ -191,7 +192,8 @@ def _producer(source: str, specs, int8: Sequence[str], total: int, log):
     return produce
 
 
-def _write(tmp_dir: str, name: str, source: str, flags_dir: str, specs, int8, log) -> int:
+def _write(tmp_dir: str, name: str, source: str, flags_dir: str, specs, int8, log
+           ) -> Tuple[int, int]:
     """Writes the checkpoint, model_flags.json and swa.json; -> (data bytes,
     data and index bytes)."""
     entries = _entries(specs, int8)

@@ -186,7 +186,7 @@ def progress(input_files: List[str], output_file: str, started_at: float = 0.0) 
     head = (f"{done_files}/{len(input_files)} files done, {done_videos:,} of about "
             f"{'?' if total is None else f'{total:,.0f}'} videos (total estimated from the "
             f"file sizes)")
-    if not started_at or not new_videos:
+    if not started_at or not new_videos or total is None:
         return head
     rate = new_videos / max(time.time() - started_at, 1e-9)
     remaining = (total - done_videos) / rate

@@ -135,7 +135,11 @@ def model_variable_specs(paths: Sequence[str]) -> List[Tuple[str, List[int], Any
                                              "(convert the result with bfloat16_patch.convert "
                                              "afterwards)", specs)
         checkpoint_fit.check_same_specs(paths[0], reference, path, specs)
-    return [(key, shape, dtype) for key, (shape, dtype) in sorted(reference.items())]
+    result = []
+    for key, (shape, dtype) in sorted(reference.items()):
+        assert shape is not None, key   # a checkpoint's shapes are known (None: a graph's)
+        result.append((key, shape, dtype))
+    return result
 
 
 class CheckpointAverager:
@@ -170,7 +174,7 @@ class CheckpointAverager:
 
     def mean(self, key: str) -> np.ndarray:
         """Uniform mean over the checkpoints (float64 running sum)."""
-        total = None
+        total: Optional[np.ndarray] = None
         for index in range(len(self.readers)):
             value = self.read(index, key)
             if total is None:
@@ -178,6 +182,7 @@ class CheckpointAverager:
             else:
                 total += value
             del value
+        assert total is not None        # model_variable_specs: at least one checkpoint
         total /= len(self.readers)
         return total.astype(self.dtypes[key].as_numpy_dtype)
 
@@ -379,7 +384,7 @@ def _fit_metric(settings: Dict[str, Any]) -> Tuple[str, str]:
 
 
 def _install_candidate(candidate_dir: str, output_dir: str, overwrite: bool,
-                       choice: Dict[str, Any], log: Optional[Log]) -> None:
+                       choice: Dict[str, Any], log: Log) -> None:
     """Moves the chosen candidate's files into output_dir (atomically, as
     average writes it) and records the choice in its swa.json."""
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
@@ -457,7 +462,7 @@ def _window_settings() -> Dict[str, Any]:
         "seed": FLAGS.seed, "num_readers": FLAGS.num_readers, "compression": FLAGS.compression}}
 
 
-def _choose_and_install(log: Optional[Log]) -> None:
+def _choose_and_install(log: Log) -> None:
     """--choose_window_on: writes the output dir as the best window's average."""
     if FLAGS.last_n is not None:
         raise UserError("--last_n and --choose_window_on: give one (the choice sets N)")
