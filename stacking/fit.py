@@ -32,7 +32,7 @@ from scipy import optimize
 from training import flags as shared_flags
 from training import locks, losses, metrics, paths, predict, readers
 from training.cli import Interrupted, UserError, run_main
-from training.members import check_dir_records, check_dir_segment_records
+from training.members import Member, check_dir_records, check_dir_segment_records
 from training.progress import Log
 from training.submission import DEFAULT_TOP_K
 from training.weights_file import write_weights_file
@@ -90,6 +90,7 @@ def cross_entropy_and_gradient(weights: np.ndarray, predictions: np.ndarray,
         q = np.einsum("nvc,v->nc", p, w32)
         value, dq = losses.cross_entropy_sum_and_slope(q, labels[start:start + chunk_rows],
                                                        epsilon)
+        assert dq is not None           # with_slope (the default)
         total += value
         gradient += np.einsum("nc,nvc->v", dq, p, dtype=np.float64)
     return total / count, gradient / count
@@ -161,10 +162,16 @@ def weighted_mean(weights: np.ndarray, predictions: np.ndarray) -> np.ndarray:
 # Member predictions
 
 
+def _members(model: predict.LoadedModel) -> List[Member]:
+    """The members of an open_members model (LoadedModel's other kinds have none)."""
+    assert model.members is not None
+    return model.members
+
+
 def _log_memory(model: predict.LoadedModel, max_videos: int, log: Optional[Log]) -> None:
     if not log:
         return
-    members = model.members
+    members = _members(model)
     names = ", ".join(f"{m.model_dir} ({m.name}, {m.dtype})" for m in members)
     log(f"stacking {len(members)} members: {names}")
     if max_videos:
@@ -178,16 +185,20 @@ def _collect(model: predict.LoadedModel, data_pattern: str, max_videos: int, bat
              ) -> Tuple[List, np.ndarray, np.ndarray]:
     """(ids, predictions [N, V, C], labels uint8 [N, C]). With max_videos the
     arrays are allocated once (np.empty: pages never filled cost nothing)."""
-    fetches = {"members": (model.member_predictions, lambda batch: {})}
-    ids, blocks, label_blocks, count = [], [], [], 0
-    predictions = labels = None
+    fetches: predict.Fetches = {"members": (model.member_predictions, lambda batch: {})}
+    ids: List[bytes] = []
+    blocks: List[np.ndarray] = []
+    label_blocks: List[np.ndarray] = []
+    count = 0
+    predictions: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
     for batch in predict.iterate_predictions(model, data_pattern, batch_size, num_readers,
                                              "data_pattern", fetches, max_videos=max_videos,
                                              log=log, compression=compression):
         block = np.stack(batch.extras["members"], axis=1).astype(np.float32)
         take = len(batch.ids)
         if max_videos:
-            if predictions is None:
+            if predictions is None or labels is None:     # (both set at once)
                 predictions = np.empty((max_videos,) + block.shape[1:], np.float32)
                 labels = np.empty((max_videos, block.shape[2]), np.uint8)
             predictions[count:count + take] = block
@@ -200,6 +211,7 @@ def _collect(model: predict.LoadedModel, data_pattern: str, max_videos: int, bat
     if not count:
         raise UserError(f"--data_pattern={data_pattern}: the files hold no videos")
     if max_videos:
+        assert predictions is not None and labels is not None     # count > 0
         return ids, predictions[:count], labels[:count]
     return ids, np.concatenate(blocks, axis=0), np.concatenate(label_blocks, axis=0)
 
@@ -209,7 +221,7 @@ def member_predictions(model_dirs: Sequence[str], data_pattern: str, max_videos:
                        frame_sampling: Optional[str] = None, seed: int = 2018,
                        num_readers: int = 2, log: Optional[Log] = print,
                        compression: str = "auto"
-                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[Any]]:
+                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[Member]]:
     """(ids [N], predictions float32 [N, V, C], labels uint8 [N, C], members)."""
     files = readers.resolve_files(data_pattern, "data_pattern")
     if model_dirs:
@@ -227,7 +239,7 @@ def member_predictions(model_dirs: Sequence[str], data_pattern: str, max_videos:
                         f"needs held-out labelled data (e.g. the validate split)")
     if log:
         log(f"predicted {len(ids)} videos in {time.time() - start:.1f}s")
-    return np.array(ids), predictions, labels, model.members
+    return np.array(ids), predictions, labels, _members(model)
 
 
 # ---------------------------------------------------------------------------
@@ -330,7 +342,7 @@ def segment_pairs(model_dirs: Sequence[str], data_pattern: str, segment_size: in
                   max_segments: int = 20000, batch_size: int = 64, tile_num: int = 1,
                   frame_sampling: Optional[str] = None, seed: int = 2018,
                   num_readers: int = 2, log: Optional[Log] = print,
-                  compression: str = "auto") -> Tuple[predict.RatedPairs, List[Any]]:
+                  compression: str = "auto") -> Tuple[predict.RatedPairs, List[Member]]:
     """(the rated pairs with each member's score of the rated class [S, V],
     the members): all members in one graph (predict.open_members)."""
     files = readers.resolve_files(data_pattern, "data_pattern")
@@ -339,9 +351,10 @@ def segment_pairs(model_dirs: Sequence[str], data_pattern: str, segment_size: in
                                   compression)
     model = predict.open_members(model_dirs, tile_num, frame_sampling, seed)
     try:
+        members = _members(model)
         if log:
-            log(f"stacking {len(model.members)} members on rated segments: "
-                + ", ".join(f"{m.model_dir} ({m.name}, {m.dtype})" for m in model.members))
+            log(f"stacking {len(members)} members on rated segments: "
+                + ", ".join(f"{m.model_dir} ({m.name}, {m.dtype})" for m in members))
         start = time.time()
         pairs = predict.rated_pair_scores(model, data_pattern, segment_size, batch_size,
                                           num_readers, max_segments, log, "data_pattern",
@@ -354,7 +367,7 @@ def segment_pairs(model_dirs: Sequence[str], data_pattern: str, segment_size: in
     if log:
         log(f"scored {len(pairs.ratings)} rated segments of {pairs.num_videos} videos in "
             f"{time.time() - start:.1f}s")
-    return pairs, model.members
+    return pairs, members
 
 
 def pair_scores(scores: np.ndarray, pairs: predict.RatedPairs) -> Dict[str, float]:

@@ -77,7 +77,7 @@ class Batch:
     ids: np.ndarray                 # [B] bytes
     predictions: np.ndarray         # [B, C]
     labels: np.ndarray              # [B, C]
-    extras: Dict[str, np.ndarray]   # the fetches' values
+    extras: Dict[str, Any]          # the fetches' values (an array, or a list of them)
     inputs: Dict[str, np.ndarray]   # the parsed batch of the reader
 
 
