@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The lint (ruff, ruff.toml), the type check (mypy, mypy.ini: models/ and
-# training/) and the test suite, in ./.venv (created on first use), on every
-# core (pytest-xdist). Extra args go to pytest.
+# The lint (ruff, ruff.toml), the type check (mypy, mypy.ini: every package)
+# and the test suite, in ./.venv (created on first use), on every core
+# (pytest-xdist). Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source run_scripts/setup_env.sh
