@@ -98,6 +98,37 @@ def test_rows_gains_intervals_and_choice(tmp_path):
     assert tie["chosen"] == "uniform" and tie["dir"] == "U"
 
 
+def stated(system: str, low: float, high: float, what: str = "averaging") -> dict:
+    """A gain as the report states it (gain_entry), with this interval."""
+    interval = intervals.Interval((low + high) / 2, low, high).as_dict()
+    return {"what": what, "system": system, "over": f"{system} before", **interval}
+
+
+def test_each_gain_is_stated_on_its_side_of_zero(tmp_path):
+    """A resolved gain, a resolved loss and an unresolved one each get their
+    own words in the text, and only a resolved gain counts as a win.
+    Mutations tried: verdict saying "resolved, a gain" for every resolved
+    interval (the loss reads as a gain); verdict checking `low > 0` alone for
+    resolved (the loss reads "not resolved"); the win count summing
+    `resolved` (the loss counts as a win: 2 of 3)."""
+    assert report.verdict(stated("g", 0.01, 0.03)) == "resolved, a gain"
+    assert report.verdict(stated("l", -0.03, -0.01)) == "resolved, a loss"
+    assert report.verdict(stated("n", -0.01, 0.03)) == "not resolved"
+    dirs, heldout = make_run(tmp_path)
+    built = build(dirs, heldout)
+    built["gains"] = [stated("gains", 0.01, 0.03), stated("loses", -0.03, -0.01),
+                      stated("unsure", -0.01, 0.03)]
+    built["gains"] += [stated("stacked ensemble", low, high, "ensemble vs a single state")
+                       for low, high in ((0.01, 0.03), (-0.03, -0.01), (-0.01, 0.03))]
+    lines = report.format_report(built).splitlines()
+    for system, words in (("gains", "resolved, a gain"), ("loses", "resolved, a loss"),
+                          ("unsure", "not resolved")):
+        line = next(line for line in lines if line.startswith(f"averaging: {system} vs"))
+        assert line.endswith(f"({words})"), line
+    assert "stacked ensemble (chosen) beats 1 of 3 single states with an interval above 0" \
+        in lines
+
+
 def test_rows_measured_on_other_data_are_refused(tmp_path):
     """Mutation: removing check_same_videos from PairedBootstrap lets the
     relabelled ensemble through and fails the second check."""

@@ -55,7 +55,8 @@ def test_paired_interval_resolves_a_real_gain_and_not_a_tie(data):
     rolled by one, np.roll) -> the gain's interval widened to include 0
     (low -0.011). With extra noise 0.15 and the fixture shared by the
     module, the last check held or not by which tests ran first on the
-    worker (it failed when this test ran alone)."""
+    worker (it failed when this test ran alone). The reverse difference is
+    a resolved loss (mutation tried: `resolved` as `low > 0` fails it)."""
     rng, labels = data
     base = noisy_system(rng, labels, 0.25)
     good = records(base, labels)
@@ -68,10 +69,28 @@ def test_paired_interval_resolves_a_real_gain_and_not_a_tie(data):
         good.gap() - worse.gap())
     tie = boot.gain("good", "same")
     assert tie.low < 0 < tie.high and not tie.resolved
+    loss = boot.gain("worse", "good")
+    assert loss.high < 0 and loss.resolved
     own = boot.gap("good")
     assert own.low < own.estimate < own.high
     # Pairing: the difference's interval is narrower than either system's own one.
     assert gain.high - gain.low < own.high - own.low
+
+
+@pytest.mark.parametrize("low, high, resolved", [
+    (0.01, 0.03, True),       # a gain: the interval above 0
+    (-0.03, -0.01, True),     # a loss: below 0
+    (-0.01, 0.03, False),     # straddles 0
+    (0.0, 0.03, False),       # touches 0: does not exclude it
+    (-0.03, 0.0, False)])
+def test_resolved_is_an_interval_that_excludes_zero(low, high, resolved):
+    """On either side of 0, and never when 0 is in it (as_dict carries it to
+    the reports). Mutations tried: `resolved` as `self.low > 0` (the loss is
+    not resolved); `self.low >= 0 or self.high <= 0` (an interval touching 0
+    is)."""
+    interval = intervals.Interval((low + high) / 2, low, high)
+    assert interval.resolved is resolved
+    assert interval.as_dict()["resolved"] is resolved
 
 
 def test_records_of_other_videos_are_refused(data, tmp_path):
