@@ -85,8 +85,14 @@ def test_no_chooser_is_given_a_held_out_file(tmp_path):
     """The pipeline's commands, recorded (PYTHON prints them instead of running
     Python): the choosers (swa.average's window, stacking.fit, report
     --choose) name only the fitting file; only the evaluations for the report
-    and the report name the held-out files. Mutation: splitting with
-    FIT_PATTERN=$VALIDATE_PATTERN in pipeline.sh fails the first check."""
+    and the report name the held-out files, and the report's files and the
+    choosers' are disjoint and cover the validation files. Mutations tried:
+    splitting with FIT_PATTERN=$VALIDATE_PATTERN in pipeline.sh fails the
+    first check; lib.sh's HELDOUT_PATTERN holding every file (the fitting
+    one too) passed before the disjointness check and fails it now; the
+    report's --data_pattern given "$FIT_PATTERN,$HELDOUT_PATTERN" in
+    pipeline.sh fails it too; HELDOUT_PATTERN leaving out a held-out file
+    fails the cover check."""
     data = tmp_path / "data" / "frame"
     data.mkdir(parents=True)
     for name in FIT + HELDOUT:
@@ -108,6 +114,35 @@ def test_no_chooser_is_given_a_held_out_file(tmp_path):
     readers = [call for call in calls if any(path in call for path in held_out)]
     assert {call.split()[1] for call in readers} == {"training.eval", "ensemble.build",
                                                      "ensemble.report"}
+    assert_report_and_choosers_split_the_files(calls, {str(data / name)
+                                                       for name in FIT + HELDOUT})
+
+
+def flags_of(call: str) -> dict:
+    """{flag: value} of a recorded call ("-m module --flag=value ...")."""
+    return dict(word[2:].split("=", 1) if "=" in word else (word[2:], "")
+                for word in call.split()[2:])
+
+
+def assert_report_and_choosers_split_the_files(calls, validation: set) -> None:
+    """The report's files and each chooser's are disjoint and together all
+    the validation files; every evaluation for the report reads exactly the
+    report's files."""
+    chooser_flags = {"swa.average": "choose_window_on", "stacking.fit": "data_pattern"}
+    report = [flags_of(call)["data_pattern"] for call in calls
+              if call.split()[1] == "ensemble.report" and "--choose" not in call.split()]
+    assert len(report) == 1, report
+    measured = set(report[0].split(","))
+    chosen_on = set()
+    for call in calls:
+        module = call.split()[1]
+        if module in chooser_flags:
+            files = set(flags_of(call)[chooser_flags[module]].split(","))
+            assert not files & measured, f"{module} chooses on report files: {files & measured}"
+            chosen_on |= files
+        elif module in ("training.eval", "ensemble.build"):
+            assert set(flags_of(call)["eval_data_pattern"].split(",")) == measured, call
+    assert measured | chosen_on == validation, (sorted(measured), sorted(chosen_on))
 
 
 def test_a_choice_without_fitting_files_is_refused(tmp_path):
