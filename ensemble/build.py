@@ -90,11 +90,11 @@ def _weights_from_file(dirs: List[str], weights_file: str) -> Tuple[List[str], L
     spec = read_weights_file(weights_file)
     what = f"--weights_file={weights_file}"
     if not dirs:
-        for member in spec["members"]:
+        for member in spec.members:
             if not os.path.isdir(member):
                 raise UserError(f"{what}: member {member}: no such model dir")
-        return spec["members"], normalise_weights(spec["weights"], what)
-    by_dir = {os.path.realpath(m): w for m, w in zip(spec["members"], spec["weights"])}
+        return list(spec.members), normalise_weights(spec.weights, what)
+    by_dir = {os.path.realpath(m): w for m, w in zip(spec.members, spec.weights)}
     wanted = [os.path.realpath(d) for d in dirs]
     missing = [d for d, real in zip(dirs, wanted) if real not in by_dir]
     extra = sorted(set(by_dir) - set(wanted))

@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from training import checkpoints, eval_results, intervals, paths
 from training import flags as shared_flags
 from training.cli import UserError, run_main
+from training.stage_files import WeightsFile
 from training.weights_file import read_weights_file
 
 FLAGS = flags.FLAGS
@@ -227,52 +228,51 @@ def bootstrap_settings(boot: intervals.PairedBootstrap) -> Dict[str, Any]:
     return {"samples": boot.samples, "seed": boot.seed, "confidence": intervals.CONFIDENCE}
 
 
-def read_fitted(weights_file: str, metric: str, written_by: str) -> Dict[str, Any]:
-    """The weights file with both ensembles' `metric` on the fitting data
-    (its keys `metric` and `<metric>_uniform`; missing: one line, write it
-    with `written_by`), its num_videos and data_pattern."""
+def read_fitted(weights_file: str, metric: str, written_by: str) -> WeightsFile:
+    """The weights file, which must hold both ensembles' `metric` on the
+    fitting data (its keys `metric` and `<metric>_uniform`; missing: one
+    line, write it with `written_by`)."""
     spec = read_weights_file(weights_file)
-    payload = checkpoints.load_json(weights_file, f"--weights_file={weights_file}")
-    uniform = f"{metric}_uniform"
-    for key in (metric, uniform):
-        if not isinstance(payload.get(key), (int, float)):
+    for key, value in zip((metric, f"{metric}_uniform"), spec.fitted(metric)):
+        if value is None:
             raise UserError(f"--weights_file={weights_file}: has no {key!r} (write it with "
                             f"{written_by})")
-    return {**spec, metric: float(payload[metric]), uniform: float(payload[uniform]),
-            "num_videos": payload.get("num_videos"), "data_pattern": payload.get("data_pattern")}
+    return spec
 
 
-def read_stacking(weights_file: str) -> Dict[str, Any]:
+def read_stacking(weights_file: str) -> WeightsFile:
     """The weights file with both ensembles' GAP on the fitting videos."""
     return read_fitted(weights_file, "gap", "stacking.fit")
 
 
-def choose_by_metric(ensemble_dir: str, stacked_dir: str, stacking: Dict[str, Any],
+def choose_by_metric(ensemble_dir: str, stacked_dir: str, stacking: WeightsFile,
                      metric: str) -> Dict[str, Any]:
     """The better ensemble by `metric` on the fitting data (read_fitted; ties:
     the uniform one), with both values as fit_<metric>_stacked and _uniform."""
-    stacked, uniform = stacking[metric], stacking[f"{metric}_uniform"]
+    stacked, uniform = stacking.fitted(metric)
+    if stacked is None or uniform is None:
+        raise ValueError(f"the weights file holds no {metric!r} (read it with read_fitted)")
     stacked_wins = stacked > uniform
     return {"chosen": "stacked" if stacked_wins else "uniform",
             "dir": stacked_dir if stacked_wins else ensemble_dir,
-            f"fit_{metric}_stacked": stacked, f"fit_{metric}_uniform": uniform}
+            f"fit_{metric}_stacked": float(stacked), f"fit_{metric}_uniform": float(uniform)}
 
 
-def choose(ensemble_dir: str, stacked_dir: str, stacking: Dict[str, Any]) -> Dict[str, Any]:
+def choose(ensemble_dir: str, stacked_dir: str, stacking: WeightsFile) -> Dict[str, Any]:
     """The better ensemble on the fitting videos (ties: the uniform one)."""
     return {**choose_by_metric(ensemble_dir, stacked_dir, stacking, "gap"),
-            "fit_videos": stacking["num_videos"], "fit_data_pattern": stacking["data_pattern"]}
+            "fit_videos": stacking.num_videos, "fit_data_pattern": stacking.data_pattern}
 
 
 def weights_and_choice(weights_file: str, ensemble_dir: str, stacked_dir: str,
-                       read: Callable[[str], Dict[str, Any]] = read_stacking,
+                       read: Callable[[str], WeightsFile] = read_stacking,
                        choose_by: Callable[..., Dict[str, Any]] = choose
                        ) -> Tuple[Dict[str, float], Dict[str, Any]]:
     """({realpath of a member: its stacked weight}, the ensemble choice) of
     the weights file read by `read` and chosen by `choose_by` (no file, or no
     stacked dir: the uniform ensemble)."""
     stacking = read(weights_file) if weights_file else None
-    weights = ({os.path.realpath(m): w for m, w in zip(stacking["members"], stacking["weights"])}
+    weights = ({os.path.realpath(m): w for m, w in zip(stacking.members, stacking.weights)}
                if stacking else {})
     choice = (choose_by(ensemble_dir, stacked_dir, stacking) if stacking and stacked_dir
               else {"chosen": "uniform", "dir": ensemble_dir})
@@ -417,7 +417,7 @@ def main(argv) -> None:
     write_outputs(report, format_report(report))
 
 
-def print_choice(read: Callable[[str], Dict[str, Any]] = read_stacking,
+def print_choice(read: Callable[[str], WeightsFile] = read_stacking,
                  choose_by: Callable[..., Dict[str, Any]] = choose) -> None:
     """--choose: prints the dir of the better ensemble of --weights_file
     (read by `read`, chosen by `choose_by`)."""

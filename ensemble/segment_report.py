@@ -24,6 +24,7 @@ from ensemble import report as video_report
 from training import checkpoints, eval_results, intervals, paths, segment_results
 from training import flags as shared_flags
 from training.cli import UserError, run_main
+from training.stage_files import WeightsFile
 
 FLAGS = flags.FLAGS
 SEGMENT_RESULTS = segment_results.SEGMENT_RESULTS
@@ -234,17 +235,17 @@ def _gains(rows: List[Dict[str, Any]], boot: intervals.PairedBootstrap
     return gains
 
 
-def read_stacking(weights_file: str) -> Dict[str, Any]:
+def read_stacking(weights_file: str) -> WeightsFile:
     """The segment weights file (stacking.fit --segment_labels) with both
     ensembles' Segment MAP on the fitting files."""
     return video_report.read_fitted(weights_file, "segment_map",
                                     "stacking.fit --segment_labels")
 
 
-def choose(ensemble_dir: str, stacked_dir: str, stacking: Dict[str, Any]) -> Dict[str, Any]:
+def choose(ensemble_dir: str, stacked_dir: str, stacking: WeightsFile) -> Dict[str, Any]:
     """The better ensemble on the fitting segment files (ties: the uniform one)."""
     return {**video_report.choose_by_metric(ensemble_dir, stacked_dir, stacking, "segment_map"),
-            "fit_data_pattern": stacking["data_pattern"]}
+            "fit_data_pattern": stacking.data_pattern}
 
 
 def choose_refinement(ensemble_dir: str, fit_data_pattern: str, refine_top_k: int,

@@ -30,10 +30,11 @@ from absl import flags
 from scipy import optimize
 
 from training import flags as shared_flags
-from training import locks, losses, metrics, paths, predict, readers
+from training import intervals, locks, losses, metrics, paths, predict, readers, stage_files
 from training.cli import Interrupted, UserError, run_main
 from training.members import Member, check_dir_records, check_dir_segment_records
 from training.progress import Log
+from training.stage_files import WeightsFile
 from training.submission import DEFAULT_TOP_K
 from training.weights_file import write_weights_file
 
@@ -258,9 +259,9 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
           tile_num: int = 1, frame_sampling: Optional[str] = None, seed: int = 2018,
           num_readers: int = 2, top_k: int = DEFAULT_TOP_K, max_iterations: int = 500,
           log: Log = print, compression: str = "auto", segment_size: int = 0
-          ) -> Dict[str, Any]:
-    """The command: predictions, fit, report, weights JSON. Returns the report.
-    segment_size > 0: on 2019 segment-rated records (stack_segments)."""
+          ) -> WeightsFile:
+    """The command: predictions, fit, report, weights JSON. Returns the file
+    written. segment_size > 0: on 2019 segment-rated records (stack_segments)."""
     if parameterization not in PARAMETERIZATIONS:
         raise UserError(f"--parameterization: must be one of {', '.join(PARAMETERIZATIONS)}, "
                         f"got {parameterization!r}")
@@ -284,19 +285,20 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
         predictions, labels, parameterization, max_iterations,
         lambda mean: scores(mean, labels, top_k), log, f"{num_videos} videos", members,
         ("GAP", "gap"))
-    weights = fit["weights"]
     log(f"uniform weights: CE {before['cross_entropy']:.4f}  GAP@{top_k} {before['gap']:.4f}")
     log(f"stacked weights: CE {after['cross_entropy']:.4f}  GAP@{top_k} {after['gap']:.4f}")
-    report = {
-        "parameterization": parameterization, "data_pattern": data_pattern,
-        "num_videos": int(num_videos), "tile_num": int(tile_num),
-        "member_models": [member.name for member in members],
-        "cross_entropy_uniform": before["cross_entropy"], "gap_uniform": before["gap"],
-        "cross_entropy": after["cross_entropy"], "gap": after["gap"],
-        "member_cross_entropy": [own["cross_entropy"] for own in alone],
-        "member_gap": [own["gap"] for own in alone],
-    }
-    return _write(output_file, members, weights, report, log)
+    record = WeightsFile(
+        members=tuple(m.model_dir for m in members),
+        weights=tuple(float(w) for w in fit["weights"]),
+        parameterization=parameterization, data_pattern=data_pattern,
+        num_videos=int(num_videos), tile_num=int(tile_num),
+        member_models=tuple(member.name for member in members),
+        cross_entropy_uniform=before["cross_entropy"], gap_uniform=before["gap"],
+        cross_entropy=after["cross_entropy"], gap=after["gap"],
+        member_cross_entropy=tuple(own["cross_entropy"] for own in alone),
+        member_gap=tuple(own["gap"] for own in alone),
+        provenance=_provenance(data_pattern, ids))
+    return _write(output_file, record, log)
 
 
 def _fit_and_measure(member_scores: np.ndarray, targets: np.ndarray, parameterization: str,
@@ -324,14 +326,19 @@ def _fit_and_measure(member_scores: np.ndarray, targets: np.ndarray, parameteriz
     return fit, before, after, alone
 
 
-def _write(output_file: str, members: Sequence[Any], weights: np.ndarray,
-           report: Dict[str, Any], log: Log) -> Dict[str, Any]:
-    """Writes the weights file (its members, weights and the report); -> all of it."""
-    write_weights_file(output_file, [m.model_dir for m in members],
-                       [float(w) for w in weights], **report)
+def _provenance(data_pattern: str, video_ids: np.ndarray
+                ) -> Tuple[stage_files.Provenance, ...]:
+    """The weights' provenance: this stage, the fitting files, the digest of
+    the videos it fitted on."""
+    digest = intervals.video_ids_digest(np.unique(video_ids).tolist())
+    return (stage_files.provenance_for("stacking.fit", "weights", data_pattern, digest),)
+
+
+def _write(output_file: str, record: WeightsFile, log: Log) -> WeightsFile:
+    """Writes the weights file; -> the record as written."""
+    write_weights_file(output_file, record)
     log(f"wrote {output_file} (use: python -m ensemble.build --weights_file={output_file} ...)")
-    return {**report, "members": [m.model_dir for m in members],
-            "weights": [float(w) for w in weights]}
+    return record
 
 
 # ---------------------------------------------------------------------------
@@ -384,7 +391,7 @@ def stack_segments(model_dirs: Sequence[str], data_pattern: str, output_file: st
                    batch_size: int = 64, tile_num: int = 1,
                    frame_sampling: Optional[str] = None, seed: int = 2018,
                    num_readers: int = 2, max_iterations: int = 500, log: Log = print,
-                   compression: str = "auto", segment_size: int = 5) -> Dict[str, Any]:
+                   compression: str = "auto", segment_size: int = 5) -> WeightsFile:
     """stack on 2019 segment-rated records: fit_weights on the rated pairs as
     a [S, V, 1] problem (target: the rating), report, weights JSON."""
     pairs, members = segment_pairs(model_dirs, data_pattern, segment_size, max_segments,
@@ -394,24 +401,25 @@ def stack_segments(model_dirs: Sequence[str], data_pattern: str, output_file: st
         pairs.scores[:, :, None], pairs.ratings[:, None].astype(np.uint8), parameterization,
         max_iterations, lambda mean: pair_scores(mean[:, 0], pairs), log,
         f"{len(pairs.ratings)} rated segments", members, ("Segment_MAP", "segment_map"))
-    weights = fit["weights"]
     for name, measured in (("uniform", before), ("stacked", after)):
         log(f"{name} weights: CE {measured['cross_entropy']:.4f}  Segment_MAP "
             f"{measured['segment_map']:.4f} on the fitting files")
-    report = {
-        "metric": "segment_map", "parameterization": parameterization,
-        "data_pattern": data_pattern, "segment_size": int(segment_size),
-        "num_pairs": int(pairs.ratings.size), "num_positive_pairs": int(pairs.ratings.sum()),
-        "num_rated_classes": int(np.unique(pairs.classes).size),
-        "num_videos": pairs.num_videos, "tile_num": int(tile_num),
-        "member_models": [member.name for member in members],
-        "cross_entropy_uniform": before["cross_entropy"], "cross_entropy": after["cross_entropy"],
-        "segment_map_uniform": before["segment_map"], "segment_map": after["segment_map"],
-        "segment_gap_uniform": before["segment_gap"], "segment_gap": after["segment_gap"],
-        "member_cross_entropy": [own["cross_entropy"] for own in alone],
-        "member_segment_map": [own["segment_map"] for own in alone],
-    }
-    return _write(output_file, members, weights, report, log)
+    record = WeightsFile(
+        members=tuple(m.model_dir for m in members),
+        weights=tuple(float(w) for w in fit["weights"]),
+        metric="segment_map", parameterization=parameterization,
+        data_pattern=data_pattern, segment_size=int(segment_size),
+        num_pairs=int(pairs.ratings.size), num_positive_pairs=int(pairs.ratings.sum()),
+        num_rated_classes=int(np.unique(pairs.classes).size),
+        num_videos=pairs.num_videos, tile_num=int(tile_num),
+        member_models=tuple(member.name for member in members),
+        cross_entropy_uniform=before["cross_entropy"], cross_entropy=after["cross_entropy"],
+        segment_map_uniform=before["segment_map"], segment_map=after["segment_map"],
+        segment_gap_uniform=before["segment_gap"], segment_gap=after["segment_gap"],
+        member_cross_entropy=tuple(own["cross_entropy"] for own in alone),
+        member_segment_map=tuple(own["segment_map"] for own in alone),
+        provenance=_provenance(data_pattern, pairs.ids))
+    return _write(output_file, record, log)
 
 
 def main(argv) -> None:

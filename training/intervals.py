@@ -26,7 +26,7 @@ import hashlib
 import os
 import zipfile
 import zlib
-from typing import Any, Dict, Iterator, Sequence
+from typing import Any, Dict, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -48,6 +48,15 @@ CONFIDENCE = 0.95
 _CHUNK_CELLS = 20_000_000
 
 
+def video_ids_digest(ids: Iterable[bytes]) -> str:
+    """sha1 of the sorted video ids (each followed by a newline): the digest
+    of the videos a stage saw (VideoTopK.ids_digest, stage_files.Provenance)."""
+    digest = hashlib.sha1()
+    for video_id in sorted(ids):
+        digest.update(video_id + b"\n")
+    return digest.hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoTopK:
     """Each video's top-k pairs: ids [V] (bytes), scores [V, k] float32,
@@ -64,10 +73,7 @@ class VideoTopK:
 
     def ids_digest(self) -> str:
         """sha1 of the sorted ids: equal digests, the same videos."""
-        digest = hashlib.sha1()
-        for video_id in sorted(self.ids.tolist()):
-            digest.update(video_id + b"\n")
-        return digest.hexdigest()
+        return video_ids_digest(self.ids.tolist())
 
     def sorted_by_id(self) -> "VideoTopK":
         order = np.argsort(self.ids, kind="stable")

@@ -27,7 +27,18 @@ import dataclasses
 import glob
 import os
 import typing
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
 
 from training import checkpoints
 from training.cli import UserError
@@ -226,3 +237,50 @@ def merge_provenance(*groups: Iterable[Provenance]) -> Tuple[Provenance, ...]:
     for group in groups:
         merged.extend(item for item in group if item not in merged)
     return tuple(merged)
+
+
+# ---------------------------------------------------------------------------
+# The weights file (stacking.fit writes it; training.weights_file reads it)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsFile(Record):
+    """stacking.fit's weights file: one weight per member dir, and what the
+    fit measured on its fitting files (on videos: gap, gap_uniform and
+    member_gap; on rated segments, metric "segment_map": the segment_* keys
+    and the pair counts). Every key a release of stacking.fit wrote is a
+    field, so any other key is an error; a hand-written file needs only
+    members and weights. training.weights_file checks the values (one finite
+    weight >= 0 per member, ...) and resolves the member dirs."""
+    members: Tuple[str, ...]
+    weights: Tuple[float, ...]
+    metric: Optional[str] = omit_none()
+    parameterization: Optional[str] = omit_none()
+    data_pattern: Optional[str] = omit_none()
+    num_videos: Optional[int] = omit_none()
+    tile_num: Optional[int] = omit_none()
+    member_models: Optional[Tuple[str, ...]] = omit_none()
+    cross_entropy: Optional[float] = omit_none()
+    cross_entropy_uniform: Optional[float] = omit_none()
+    member_cross_entropy: Optional[Tuple[float, ...]] = omit_none()
+    gap: Optional[float] = omit_none()
+    gap_uniform: Optional[float] = omit_none()
+    member_gap: Optional[Tuple[float, ...]] = omit_none()
+    segment_size: Optional[int] = omit_none()
+    num_pairs: Optional[int] = omit_none()
+    num_positive_pairs: Optional[int] = omit_none()
+    num_rated_classes: Optional[int] = omit_none()
+    segment_map: Optional[float] = omit_none()
+    segment_map_uniform: Optional[float] = omit_none()
+    segment_gap: Optional[float] = omit_none()
+    segment_gap_uniform: Optional[float] = omit_none()
+    member_segment_map: Optional[Tuple[float, ...]] = omit_none()
+    provenance: Optional[Tuple[Provenance, ...]] = omit_none()
+
+    def fitted(self, metric: str) -> Tuple[Optional[float], Optional[float]]:
+        """(stacked, uniform) value of `metric` ("gap" or "segment_map") on
+        the fitting files; None where the file does not hold it."""
+        stacked, uniform = {"gap": (self.gap, self.gap_uniform),
+                            "segment_map": (self.segment_map, self.segment_map_uniform)}[metric]
+        return stacked, uniform
+

@@ -6,33 +6,37 @@ the report, for the fitting-files choice). JSON::
 
 ``members`` are model dirs (training.members), absolute or relative to the
 directory holding the file; ``weights`` are finite and >= 0, not all 0, one
-per member (normalised to sum to 1 by the reader's caller). Other keys are
-allowed and ignored. No TensorFlow here: the report reads this file.
+per member (normalised to sum to 1 by the reader's caller). The file is the
+record ``training.stage_files.WeightsFile``: besides these two, the keys are
+those stacking.fit writes (what it measured on the fitting files, its
+provenance); they may be absent (a hand-written file), and any key no release
+of stacking.fit wrote is an error. No TensorFlow here: the report reads this
+file.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
-from training import checkpoints
+from training import checkpoints, stage_files
 from training.cli import UserError
+from training.stage_files import Json, WeightsFile
 
 
-def write_weights_file(path: str, members: Sequence[str], weights: Sequence[float],
-                       **extra: Any) -> None:
+def write_weights_file(path: str, record: WeightsFile) -> None:
     """Writes the weights JSON that --weights_file reads (atomically).
-    Member dirs are written as absolute paths."""
-    if len(members) != len(weights):
-        raise ValueError(f"{len(members)} members but {len(weights)} weights")
-    payload = dict(extra)
-    payload["members"] = [os.path.abspath(member) for member in members]
-    payload["weights"] = [float(weight) for weight in weights]
-    checkpoints.write_json(path, payload)
+    Member dirs are written as absolute paths, weights as floats."""
+    if len(record.members) != len(record.weights):
+        raise ValueError(f"{len(record.members)} members but {len(record.weights)} weights")
+    stage_files.write_record(path, dataclasses.replace(
+        record, members=tuple(os.path.abspath(member) for member in record.members),
+        weights=tuple(float(weight) for weight in record.weights)))
 
 
-def _weights_payload(path: str) -> Tuple[List[Any], List[Any]]:
-    """(members, weights) of a weights file, as lists of one length."""
+def _weights_payload(path: str) -> Tuple[Json, List[Json], List[Json]]:
+    """(the parsed file, its members, its weights): lists of one length."""
     what = f"--weights_file={path}"
     if os.path.isdir(path):
         raise UserError(f"{what}: is a dir, not a weights file")
@@ -49,13 +53,14 @@ def _weights_payload(path: str) -> Tuple[List[Any], List[Any]]:
         raise UserError(f"{what}: {len(members)} members but {len(weights)} weights")
     if not members:
         raise UserError(f"{what}: holds no members")
-    return members, weights
+    return payload, members, weights
 
 
-def read_weights_file(path: str) -> Dict[str, List]:
-    """-> {"members": [absolute dirs], "weights": [floats]} (not normalised),
-    checked: one finite weight >= 0 per member, not all 0, no member twice."""
-    members, weights = _weights_payload(path)
+def read_weights_file(path: str) -> WeightsFile:
+    """The weights file with its members as absolute dirs and its weights as
+    floats (not normalised), checked: one finite weight >= 0 per member, not
+    all 0, no member twice, and the record's other keys (WeightsFile)."""
+    payload, members, weights = _weights_payload(path)
     what = f"--weights_file={path}"
     base = os.path.dirname(os.path.abspath(path))
     resolved: List[str] = []
@@ -72,7 +77,9 @@ def read_weights_file(path: str) -> Dict[str, List]:
             raise UserError(f"{what}: member {member} is listed twice")
     if sum(float(w) for w in weights) <= 0:
         raise UserError(f"{what}: the weights sum to 0")
-    return {"members": resolved, "weights": [float(w) for w in weights]}
+    record = WeightsFile.from_json(payload, what)
+    return dataclasses.replace(record, members=tuple(resolved),
+                               weights=tuple(float(w) for w in weights))
 
 
 def normalise_weights(weights: Sequence[float], what: str = "--weights") -> List[float]:

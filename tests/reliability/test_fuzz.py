@@ -183,6 +183,7 @@ class Fuzz:
         """Two members and the uniform ensemble evaluated on the held-out file,
         and stacking's weights file: ensemble.report's inputs, minimal (adapt
         here when they change)."""
+        from training.stage_files import WeightsFile
         from training.weights_file import write_weights_file
 
         heldout = str(self.validate)
@@ -190,8 +191,9 @@ class Fuzz:
         for seed, directory in enumerate(dirs):
             evaluated(directory, heldout, seed)
         weights = where / "weights.json"
-        write_weights_file(str(weights), [str(d) for d in dirs[:2]], [0.3, 0.7], gap=0.7,
-                           gap_uniform=0.65, num_videos=32, data_pattern=str(self.train_file))
+        write_weights_file(str(weights), WeightsFile(
+            members=tuple(str(d) for d in dirs[:2]), weights=(0.3, 0.7), gap=0.7,
+            gap_uniform=0.65, num_videos=32, data_pattern=str(self.train_file)))
         argv = [f"--data_pattern={heldout}", f"--model_dirs={dirs[0]},{dirs[1]}",
                 f"--ensemble_dir={dirs[2]}", f"--weights_file={weights}",
                 f"--output_json={where / 'r.json'}", "--bootstrap_samples=50"]

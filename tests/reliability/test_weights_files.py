@@ -94,3 +94,24 @@ def test_weights_file_that_is_missing_or_a_dir(dirs, tmp_path):
 def test_bad_weights_flag_is_one_line(weights, says, dirs):
     line = one_line(build.resolve_members_and_weights, ",".join(dirs), weights, "")
     assert line.startswith("--weights") and says in line, line
+
+
+def test_keys_of_no_release_are_refused(dirs, tmp_path):
+    """A hand-written file with only members and weights reads, and so does
+    one with the keys stacking.fit writes; a key that no release wrote (a
+    typo) is one line naming it, where it used to be ignored.
+    Mutation tried: reading the weights file without WeightsFile.from_json
+    (the former "other keys are ignored") let the typo through."""
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps({"members": dirs, "weights": [1, 3]}))
+    assert build.resolve_members_and_weights("", "", str(path))[1] == pytest.approx([0.25, 0.75])
+    path.write_text(json.dumps({"members": dirs, "weights": [1, 3], "gap": 0.5,
+                                "gap_uniform": 0.4, "num_videos": 10, "member_gap": [0.1, 0.2],
+                                "data_pattern": "v*.tfrecord", "parameterization": "simplex"}))
+    assert build.resolve_members_and_weights("", "", str(path))[0] == dirs
+    path.write_text(json.dumps({"members": dirs, "weights": [1, 3], "gap_unifrom": 0.4}))
+    line = one_line(build.resolve_members_and_weights, "", "", str(path))
+    assert line.startswith(f"--weights_file={path}: unknown key(s) 'gap_unifrom' "), line
+    path.write_text(json.dumps({"members": dirs, "weights": [1, 3], "num_videos": "10"}))
+    line = one_line(build.resolve_members_and_weights, "", "", str(path))
+    assert line == f"--weights_file={path}: num_videos: '10' is not an integer or null", line

@@ -22,6 +22,7 @@ from training import member_graph, train
 from training import train_dir as train_dirs
 from training.cli import UserError
 from training.members import load_member
+from training.stage_files import WeightsFile
 from training.weights_file import normalise_weights, write_weights_file
 
 # ---------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def test_weighted_mean_of_members(zoo, tmp_path):
     assert weights == pytest.approx([0.75, 0.25])
     # The writer's format round-trips.
     written = str(tmp_path / "written.json")
-    write_weights_file(written, [zoo["a"], zoo["b"]], [2, 6])
+    write_weights_file(written, WeightsFile(members=(zoo["a"], zoo["b"]), weights=(2, 6)))
     assert build.resolve_members_and_weights("", "", written)[1] == pytest.approx([0.25, 0.75])
 
 

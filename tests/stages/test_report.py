@@ -11,6 +11,7 @@ from conftest import run_module
 from ensemble import report
 from training import checkpoints, eval_results, intervals, metrics
 from training.cli import UserError
+from training.stage_files import WeightsFile
 from training.weights_file import write_weights_file
 
 NUM_VIDEOS, NUM_CLASSES = 300, 40
@@ -53,9 +54,9 @@ def make_run(tmp_path):
         dirs[name] = tmp_path / name
         evaluate(dirs[name], heldout, videos_of(noise, 5))
     dirs["weights"] = tmp_path / "weights.json"
-    write_weights_file(str(dirs["weights"]), [str(dirs["a-bfloat16"]), str(dirs["b-bfloat16"])],
-                       [0.7, 0.3], gap=0.60, gap_uniform=0.58, num_videos=128,
-                       data_pattern=fit)
+    write_weights_file(str(dirs["weights"]), WeightsFile(
+        members=(str(dirs["a-bfloat16"]), str(dirs["b-bfloat16"])), weights=(0.7, 0.3),
+        gap=0.60, gap_uniform=0.58, num_videos=128, data_pattern=fit))
     return dirs, heldout
 
 
@@ -93,8 +94,8 @@ def test_rows_gains_intervals_and_choice(tmp_path):
     assert f"held-out: {NUM_VIDEOS} videos of {heldout}" in text
     assert "stacked ensemble *" in text and "stacked vs uniform: " in text
     assert "the CSV uses the stacked ensemble" in text
-    tie = report.choose("U", "S", {"gap": 0.5, "gap_uniform": 0.5, "num_videos": 1,
-                                   "data_pattern": None})
+    tie = report.choose("U", "S", WeightsFile(members=("a",), weights=(1.0,), gap=0.5,
+                                              gap_uniform=0.5, num_videos=1))
     assert tie["chosen"] == "uniform" and tie["dir"] == "U"
 
 
@@ -179,7 +180,7 @@ def test_report_errors(tmp_path):
         report.build_report([str(dirs["a-bfloat16"]), str(dirs["b-bfloat16"])], heldout,
                             train_dirs=[str(dirs["a-bfloat16-train"])])
     bare = tmp_path / "bare.json"
-    write_weights_file(str(bare), [str(dirs["a-bfloat16"])], [1.0])
+    write_weights_file(str(bare), WeightsFile(members=(str(dirs["a-bfloat16"]),), weights=(1.0,)))
     with pytest.raises(UserError, match="has no 'gap' .write it with stacking.fit"):
         report.read_stacking(str(bare))
     completed = run_module("ensemble.report", "--choose", f"--ensemble_dir={dirs['uniform']}",

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import QUIET, TINY_CLASSES, run_module, train_config
 from stacking import fit
-from training import model_builder
+from support.records import read_examples
+from training import intervals, model_builder
 from training import train as trainer
 from training import train_dir as train_dirs
 from training.cli import UserError
@@ -66,6 +67,9 @@ def test_bad_parameterization():
 
 @pytest.mark.slow
 def test_end_to_end_through_model_dirs(tiny_data, tmp_path):
+    """The fit through real model dirs; the file's provenance names stacking.fit, the
+    fitting file and the digest of the 30 videos it fitted on. Mutation tried:
+    provenance_for without the digest (None) failed the provenance check."""
     from bfloat16_patch import convert
     from ensemble import build
 
@@ -94,6 +98,12 @@ def test_end_to_end_through_model_dirs(tiny_data, tmp_path):
     assert weights[1] < 0.05
     assert payload["gap"] >= payload["gap_uniform"]
     assert payload["cross_entropy"] < payload["cross_entropy_uniform"]
+    validate = tiny_data / "frame" / "validate00.tfrecord"
+    ids = [example.context.feature["id"].bytes_list.value[0]
+           for example in read_examples(validate)][:30]
+    assert payload["provenance"] == [{
+        "stage": "stacking.fit", "choice": "weights", "data_files": [str(validate)],
+        "video_ids_sha1": intervals.video_ids_digest(ids)}]
 
     # ensemble.build reads the file: same members, same weights.
     members, loaded = build.resolve_members_and_weights("", "", str(output))

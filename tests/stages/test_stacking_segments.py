@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from ensemble import build, report
 from support.members import make_member
 from support.reliability import run_cases
 from support.segment_runs import rate_by_model
-from training import metrics, predict
+from training import intervals, metrics, predict
 from training.cli import UserError
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,8 @@ def test_weights_fitted_on_rated_segments(members, rated_pattern, tiny_data, tmp
     ratings (every target 1) would give it the weight. Mutations
     seen to fail: every target 1; the scores of class 0 instead of the rated
     class (predict.rated_pair_scores: they differ from evaluate_segments');
-    members.check_dir_segment_records skipped."""
+    members.check_dir_segment_records skipped; the provenance's digest of every
+    rated pair's id, duplicates included (not the distinct videos)."""
     good, other = members["good"], members["other"]
     model = predict.open_members([good, other])
     try:
@@ -91,6 +93,10 @@ def test_weights_fitted_on_rated_segments(members, rated_pattern, tiny_data, tmp
     assert payload["segment_map"] == 1.0 >= payload["segment_map_uniform"]
     assert "gap" not in payload and "gap_uniform" not in payload
     assert payload["cross_entropy"] < payload["cross_entropy_uniform"]
+    assert payload["provenance"] == [{
+        "stage": "stacking.fit", "choice": "weights",
+        "data_files": sorted(str(path) for path in Path(rated_pattern).parent.glob("*.tfrecord")),
+        "video_ids_sha1": intervals.video_ids_digest(set(pairs.ids.tolist()))}]
     assert "stacked weights: CE" in fitted.stdout and "Segment_MAP 1.0000" in fitted.stdout
     loaded_members, loaded = build.resolve_members_and_weights("", "", str(output))
     assert loaded_members == [good, other]
