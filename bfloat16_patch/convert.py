@@ -21,17 +21,17 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-import shutil
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoint_fit, checkpoints, paths, quantize
+from training import checkpoint_fit, checkpoints, paths, quantize, stage_files
 from training import flags as shared_flags
 from training.cli import UserError, run_main
 from training.progress import Progress
+from training.stage_files import ConversionRecord
 
 FLAGS = flags.FLAGS
 
@@ -193,19 +193,19 @@ def _producer(source: str, specs, int8: Sequence[str], total: int, log):
 
 
 def _write(tmp_dir: str, name: str, source: str, flags_dir: str, specs, int8, log
-           ) -> Tuple[int, int]:
-    """Writes the checkpoint, model_flags.json and swa.json; -> (data bytes,
-    data and index bytes)."""
+           ) -> Tuple[int, int, Tuple[stage_files.Provenance, ...]]:
+    """Writes the checkpoint, model_flags.json and the records carried from
+    the input (swa.json, finetune.json: stage_files.carry_forward); -> (data
+    bytes, data and index bytes, the choices behind the input)."""
     entries = _entries(specs, int8)
     produce = _producer(source, specs, int8, len(entries), log)
     written = checkpoints.write_arrays_checkpoint(os.path.join(tmp_dir, name), entries, produce)
     dtype = checkpoint_fit.INT8 if int8 else checkpoint_fit.BFLOAT16
     out_flags = dataclasses.replace(checkpoints.read_model_flags(flags_dir), checkpoint_dtype=dtype)
     checkpoints.write_model_flags(tmp_dir, out_flags)
-    if os.path.isfile(os.path.join(flags_dir, "swa.json")):
-        shutil.copyfile(os.path.join(flags_dir, "swa.json"), os.path.join(tmp_dir, "swa.json"))
+    provenance = stage_files.carry_forward(flags_dir, tmp_dir)
     data = data_bytes(written)
-    return data, data + os.path.getsize(written + ".index")
+    return data, data + os.path.getsize(written + ".index"), provenance
 
 
 def _log_int8(specs, int8: Sequence[str], dtype: str, log) -> None:
@@ -222,9 +222,8 @@ def convert_checkpoint(input_dir: str, output_dir: str, checkpoint_file: str = "
                        log: Optional[Callable[[str], None]] = print,
                        dtype: str = checkpoint_fit.BFLOAT16,
                        int8_min_values: int = quantize.DEFAULT_MIN_VALUES,
-                       target_bytes: Optional[int] = None) -> Dict[str, Any]:
-    """Writes the bfloat16 (or int8) copy; returns the summary that goes to
-    bfloat16.json."""
+                       target_bytes: Optional[int] = None) -> ConversionRecord:
+    """Writes the bfloat16 (or int8) copy; returns its bfloat16.json record."""
     log = log or (lambda line: None)
     _check_storage_flags(dtype, int8_min_values, target_bytes)
     source, flags_dir = _source(input_dir, output_dir, checkpoint_file, overwrite)
@@ -238,19 +237,20 @@ def convert_checkpoint(input_dir: str, output_dir: str, checkpoint_file: str = "
         f"{len(int8)} of them int8), {len(dropped)} other tensors dropped")
     _log_int8(specs, int8, dtype, log)
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
-        output_data, output_bytes = _write(tmp_dir, name, source, flags_dir, specs, int8, log)
-        summary = {"source_checkpoint": os.path.abspath(source),
-                   "checkpoint": name, "rounding": "nearest-even",
-                   "dtype": checkpoint_fit.INT8 if int8 else checkpoint_fit.BFLOAT16,
-                   "model_variables": len(specs), "converted_to_bfloat16": converted - len(int8),
-                   "int8": int8, "int8_min_values": int8_min_values,
-                   "target_bytes": target_bytes, "dropped": dropped,
-                   "input_model_variable_bytes": input_bytes,
-                   "output_data_bytes": output_data, "output_bytes": output_bytes,
-                   "ratio": output_data / input_bytes if input_bytes else 0.0}
-        checkpoints.write_json(os.path.join(tmp_dir, "bfloat16.json"), summary)
+        output_data, output_bytes, provenance = _write(tmp_dir, name, source, flags_dir, specs,
+                                                       int8, log)
+        summary = ConversionRecord(
+            source_checkpoint=os.path.abspath(source), checkpoint=name, rounding="nearest-even",
+            dtype=checkpoint_fit.INT8 if int8 else checkpoint_fit.BFLOAT16,
+            model_variables=len(specs), converted_to_bfloat16=converted - len(int8),
+            int8=tuple(int8), int8_min_values=int8_min_values, target_bytes=target_bytes,
+            dropped=tuple(dropped), input_model_variable_bytes=input_bytes,
+            output_data_bytes=output_data, output_bytes=output_bytes,
+            ratio=output_data / input_bytes if input_bytes else 0.0,
+            provenance=provenance or None)
+        stage_files.write_in(tmp_dir, summary)
     log(f"wrote {os.path.join(output_dir, name)}: {output_data:,} data bytes, "
-        f"{summary['ratio']:.3f} of the {input_bytes:,} bytes of model variables; "
+        f"{summary.ratio:.3f} of the {input_bytes:,} bytes of model variables; "
         f"{output_bytes:,} bytes with the index"
         + (f"; target {target_bytes:,}" if target_bytes else ""))
     return summary

@@ -37,6 +37,7 @@ from training import (
     predict,
     quantize,
     readers,
+    stage_files,
 )
 from training import flags as shared_flags
 from training.cli import UserError, run_main
@@ -49,12 +50,13 @@ from training.members import (
 )
 from training.model_flags import ModelFlags
 from training.progress import Log
+from training.stage_files import EnsembleRecord
 from training.submission import DEFAULT_TOP_K
 from training.weights_file import normalise_weights, read_weights_file
 
 FLAGS = flags.FLAGS
 
-ENSEMBLE_JSON = "ensemble.json"
+ENSEMBLE_JSON = EnsembleRecord.FILE_NAME
 EVAL_RESULTS = eval_results.EVAL_RESULTS
 ENSEMBLE_MODEL_NAME = "ensemble"
 
@@ -167,32 +169,37 @@ def _describe_members(members, weights, ensemble, tile_num: int, log) -> None:
             f"{', shared frame work' if part.shared else ''})")
 
 
-def _ensemble_json(members, weights, ensemble, settings: Dict[str, Any], size: int,
-                   limit: int) -> Dict[str, Any]:
-    return {
-        "members": [m.model_dir for m in members], "weights": list(weights),
-        "tile_num": int(settings["tile_num"]), "tiled": [p.tiled for p in ensemble.members],
-        "scopes": [p.scope for p in ensemble.members], "models": [m.name for m in members],
-        "checkpoints": [m.checkpoint for m in members],
-        "checkpoint_dtypes": [m.dtype for m in members],
-        "frame_sampling": settings["frame_sampling"],
-        "shared_frame_work": [p.shared for p in ensemble.members],
-        "bf16_compute": ensemble.bf16_compute,
-        "int8": [sorted(p.int8_scales) for p in ensemble.members],
-        "target_bytes": settings.get("target_bytes"),
-        "seed": int(settings["seed"]), "exported_bytes": int(size), "size_limit_bytes": limit}
+def _ensemble_record(members, ensemble, settings: Dict[str, Any], size: int, limit: int
+                     ) -> EnsembleRecord:
+    """ensemble.json; its provenance: every choice behind the members and
+    the weights (stage_files.provenance_of), when there is one."""
+    provenance = stage_files.merge_provenance(
+        *(stage_files.provenance_of(m.model_dir) for m in members), settings["provenance"])
+    return EnsembleRecord(
+        members=tuple(m.model_dir for m in members), weights=tuple(settings["weights"]),
+        tile_num=int(settings["tile_num"]), tiled=tuple(p.tiled for p in ensemble.members),
+        scopes=tuple(p.scope for p in ensemble.members), models=tuple(m.name for m in members),
+        checkpoints=tuple(m.checkpoint for m in members),
+        checkpoint_dtypes=tuple(m.dtype for m in members),
+        frame_sampling=settings["frame_sampling"],
+        shared_frame_work=tuple(p.shared for p in ensemble.members),
+        bf16_compute=ensemble.bf16_compute,
+        int8=tuple(tuple(sorted(p.int8_scales)) for p in ensemble.members),
+        target_bytes=settings.get("target_bytes"), seed=int(settings["seed"]),
+        exported_bytes=int(size), size_limit_bytes=limit, provenance=provenance or None)
 
 
 def _write_export(graph, members, savers, ensemble, output_dir: str, overwrite: bool,
-                  settings: Dict[str, Any], limit: int, allow_oversize: bool, log) -> Dict:
+                  settings: Dict[str, Any], limit: int, allow_oversize: bool, log
+                  ) -> EnsembleRecord:
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
         with tf.Session(graph=graph) as sess:
             member_graph.restore_members(sess, members, savers, log)
             member_graph.quantize_in_session(sess, ensemble)
             size = export.export_model(sess, tmp_dir, ensemble.export_var_list)
         checkpoints.write_model_flags(tmp_dir, ensemble_model_flags(members))
-        payload = _ensemble_json(members, settings["weights"], ensemble, settings, size, limit)
-        checkpoints.write_json(os.path.join(tmp_dir, ENSEMBLE_JSON), payload)
+        payload = _ensemble_record(members, ensemble, settings, size, limit)
+        stage_files.write_in(tmp_dir, payload)
         log(f"exported size: {export.format_size(size, limit)}")
         target = settings.get("target_bytes")
         if target and size > target:
@@ -232,10 +239,12 @@ def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], outpu
                      log: Optional[Log] = print, size_limit_bytes: Optional[int] = None,
                      shared_frame_work: bool = True, bf16_compute: Optional[str] = None,
                      target_bytes: Optional[int] = None,
-                     int8_min_values: int = quantize.DEFAULT_MIN_VALUES) -> Dict[str, Any]:
+                     int8_min_values: int = quantize.DEFAULT_MIN_VALUES,
+                     provenance: Sequence[stage_files.Provenance] = ()) -> EnsembleRecord:
     """Builds the ensemble of member_dirs, exports it to output_dir; returns
-    the ensemble.json payload. size_limit_bytes: default 1 GiB; target_bytes:
-    store the fewest, largest matrices as int8 that bring the export under it."""
+    its ensemble.json record. size_limit_bytes: default 1 GiB; target_bytes:
+    store the fewest, largest matrices as int8 that bring the export under it.
+    provenance: the choices behind the weights (their --weights_file's)."""
     log = log or (lambda line: None)
     for flag, value in (("size_limit_bytes", size_limit_bytes), ("target_bytes", target_bytes),
                         ("int8_min_values", int8_min_values)):
@@ -262,7 +271,7 @@ def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], outpu
     _describe_members(members, weights, ensemble, tile_num, log)
     start = time.time()
     settings = {"weights": weights, "tile_num": tile_num, "frame_sampling": frame_sampling,
-                "seed": seed, "target_bytes": target_bytes}
+                "seed": seed, "target_bytes": target_bytes, "provenance": provenance}
     payload = _write_export(graph, members, savers, ensemble, output_dir, overwrite, settings,
                             limit, allow_oversize, log)
     log(f"wrote {os.path.abspath(output_dir)} ({len(members)} member(s), "
@@ -288,7 +297,9 @@ def main(argv) -> None:
                      size_limit_bytes=FLAGS.size_limit_bytes,
                      shared_frame_work=FLAGS.shared_frame_work,
                      bf16_compute=FLAGS.bf16_compute, target_bytes=FLAGS.target_bytes,
-                     int8_min_values=FLAGS.int8_min_values)
+                     int8_min_values=FLAGS.int8_min_values,
+                     provenance=(stage_files.provenance_of(FLAGS.weights_file)
+                                 if FLAGS.weights_file else ()))
     if FLAGS.eval_data_pattern:
         result = predict.evaluate_model_dir(FLAGS.output_dir, FLAGS.eval_data_pattern,
                                             FLAGS.batch_size, FLAGS.top_k,

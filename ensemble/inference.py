@@ -50,6 +50,7 @@ from training import (
 from training import flags as shared_flags
 from training.cli import Interrupted, UserError, run_main
 from training.progress import Log, Progress
+from training.stage_files import PartRecord
 from training.submission import CSV_HEADER, DEFAULT_TOP_K
 from training.submission import format_score as format_score  # (its old home)
 
@@ -203,9 +204,9 @@ def _write_part(model, path: str, output_file: str, batch_size: int, top_k: int,
                 except NonFiniteScoreError as err:
                     raise err.naming(path, csv_path) from None
                 videos += len(batch.ids)
-    checkpoints.write_json(record_path, {"input": os.path.abspath(path), "videos": videos,
-                                         "sha256": merge.file_digest(csv_path), "run": run,
-                                         "num_classes": model.num_classes})
+    merge.write_part_record(record_path, PartRecord(
+        input=os.path.abspath(path), videos=videos, sha256=merge.file_digest(csv_path), run=run,
+        num_classes=model.num_classes))
     return videos
 
 
@@ -222,7 +223,7 @@ def write_parts(model: predict.LoadedModel, files: List[str], output_file: str,
         for index, path in enumerate(files, start=1):
             csv_path, record_path = merge.part_paths(output_file, path)
             record = merge.read_part_record(record_path)
-            if record is not None and record["run"] == run and os.path.isfile(csv_path):
+            if record is not None and record.run == run and os.path.isfile(csv_path):
                 status = "done before"
             else:
                 videos += _write_part(model, path, output_file, batch_size, top_k, run,

@@ -20,15 +20,16 @@ import hashlib
 import json
 import os
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from absl import flags
 
 from ensemble import labels
-from training import checkpoints, readers, submission
+from training import checkpoints, readers, stage_files, submission
 from training import flags as shared_flags
 from training.cli import UserError, run_main
 from training.progress import format_seconds
+from training.stage_files import PartRecord
 
 FLAGS = flags.FLAGS
 
@@ -81,29 +82,35 @@ def run_key(model_dir: str, settings: dict) -> str:
     return digest.hexdigest()
 
 
-def read_part_record(record_path: str) -> Optional[Dict]:
+def read_part_record(record_path: str) -> Optional[PartRecord]:
     """The record of a finished part, or None when the part is not done."""
     if not os.path.isfile(record_path):
         return None
-    record = checkpoints.load_json(record_path, record_path)
-    if not isinstance(record, dict) or not {"input", "videos", "sha256", "run"} <= set(record):
-        raise UserError(f"{record_path}: not a part record of ensemble.inference")
-    return record
+    try:
+        return stage_files.read_record(PartRecord, record_path)
+    except UserError as err:
+        detail = str(err)[len(record_path) + 2:] if str(err).startswith(record_path) else err
+        raise UserError(f"{record_path}: not a part record of ensemble.inference "
+                        f"({detail})") from None
 
 
-def _check_part(input_file: str, output_file: str, run: Optional[str]) -> Dict:
+def write_part_record(record_path: str, record: PartRecord) -> None:
+    stage_files.write_record(record_path, record)
+
+
+def _check_part(input_file: str, output_file: str, run: Optional[str]) -> PartRecord:
     csv_path, record_path = part_paths(output_file, input_file)
     record = read_part_record(record_path)
     if record is None or not os.path.isfile(csv_path):
         raise UserError(f"{csv_path}: missing; the part of {input_file} is not done (rerun "
                         f"the sharded inference)")
-    if os.path.basename(record["input"]) != os.path.basename(input_file):
-        raise UserError(f"{record_path}: is the part of {record['input']}, not of {input_file}")
-    if run is not None and record["run"] != run:
+    if os.path.basename(record.input) != os.path.basename(input_file):
+        raise UserError(f"{record_path}: is the part of {record.input}, not of {input_file}")
+    if run is not None and record.run != run:
         raise UserError(f"{record_path}: written by another run (another model or --top_k: "
-                        f"run key {record['run'][:12]} vs {run[:12]}); remove "
+                        f"run key {record.run[:12]} vs {run[:12]}); remove "
                         f"{parts_dir(output_file)} or rerun")
-    if file_digest(csv_path) != record["sha256"]:
+    if file_digest(csv_path) != record.sha256:
         raise UserError(f"{csv_path}: its content does not match {record_path} (damaged?)")
     return record
 
@@ -128,8 +135,8 @@ def _check_vocabulary(vocabulary: labels.LabelNames, input_files: List[str],
     if not overwrite:
         labels.refuse_existing_tsv(output_file)
     record = read_part_record(part_paths(output_file, input_files[0])[1])
-    if record is not None and "num_classes" in record:
-        vocabulary.check_covers(int(record["num_classes"]))
+    if record is not None and record.num_classes is not None:
+        vocabulary.check_covers(record.num_classes)
 
 
 def merge(input_files: List[str], output_file: str, overwrite: bool = False,
@@ -143,7 +150,7 @@ def merge(input_files: List[str], output_file: str, overwrite: bool = False,
     if vocabulary is not None:
         _check_vocabulary(vocabulary, input_files, output_file, overwrite)
     _check_no_foreign_parts(input_files, output_file)
-    run = _check_part(input_files[0], output_file, None)["run"]
+    run = _check_part(input_files[0], output_file, None).run
     for path in input_files[1:]:
         _check_part(path, output_file, run)
     seen, videos = set(), 0
@@ -178,10 +185,10 @@ def progress(input_files: List[str], output_file: str, started_at: float = 0.0) 
         record = read_part_record(record_path)
         if record is not None:
             done_files += 1
-            done_videos += int(record["videos"])
+            done_videos += record.videos
             done_bytes += os.path.getsize(path)
             if started_at and os.path.getmtime(record_path) >= started_at:
-                new_videos += int(record["videos"])
+                new_videos += record.videos
     total = done_videos * total_bytes / done_bytes if done_bytes else None
     head = (f"{done_files}/{len(input_files)} files done, {done_videos:,} of about "
             f"{'?' if total is None else f'{total:,.0f}'} videos (total estimated from the "

@@ -24,6 +24,7 @@ evaluates the result.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -42,17 +43,18 @@ from training import (
     paths,
     predict,
     readers,
+    stage_files,
 )
 from training import eval as evaluation
 from training import flags as shared_flags
 from training.cli import UserError, first_line, run_main
 from training.progress import Log, Progress
+from training.stage_files import AveragedCheckpoint, SwaRecord, WindowCandidate, WindowChoice
 from training.submission import DEFAULT_TOP_K
 
 FLAGS = flags.FLAGS
 
 BN_MODES = ("last", "average", "recompute")
-SWA_INFO_FILE = bn_stats.SWA_INFO_FILE
 
 
 
@@ -256,9 +258,9 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
             train_data_pattern: str = "", batch_size: int = 80, seed: int = 2018,
             num_readers: int = 4, overwrite: bool = False, log: Optional[Log] = print,
             compression: str = "auto", graphs: Optional[CandidateGraphs] = None
-            ) -> Dict[str, Any]:
-    """Writes the averaged dir; returns the content of swa.json (with
-    window_choice, choose_window's record, when the window was chosen).
+            ) -> SwaRecord:
+    """Writes the averaged dir; returns its swa.json record (choose_window
+    adds its window_choice and the choice's provenance).
     graphs: recompute in its RecomputeGraph (built on first use) rather
     than in one built for this call; the same values either way."""
     if bn_statistics not in BN_MODES:
@@ -290,23 +292,21 @@ def average(train_dir: str, output_dir: str, swa_start: Optional[int] = None,
             checkpoints.write_arrays_checkpoint(save_path, averager.specs, averager)
         shutil.copyfile(os.path.join(train_dir, checkpoints.MODEL_FLAGS_FILE),
                         os.path.join(tmp_dir, checkpoints.MODEL_FLAGS_FILE))
-        info = {
-            "source_dir": os.path.abspath(train_dir),
-            "checkpoint": name,
-            "checkpoints": [{"path": os.path.abspath(path), "step": step}
-                            for step, path in chosen],
-            "count": len(chosen),
-            "bn_statistics": bn_statistics,
-            "recompute_batches": recompute_batches if bn_statistics == "recompute" else None,
-            "recompute_batch_size": batch_size if bn_statistics == "recompute" else None,
-            "swa_start": swa_start, "swa_end": swa_end, "last_n": last_n,
-            "model_variables": len(averager.specs),
-            "averaged_variables": sum(averager.averaged(key) for key, _, _ in averager.specs),
-            "bn_statistic_variables": sum(bn_stats.is_bn_statistic(key)
-                                          for key, _, _ in averager.specs),
-            "window_choice": None,   # (choose_window records its choice here)
-        }
-        checkpoints.write_json(os.path.join(tmp_dir, SWA_INFO_FILE), info)
+        info = SwaRecord(
+            source_dir=os.path.abspath(train_dir), checkpoint=name,
+            checkpoints=tuple(AveragedCheckpoint(path=os.path.abspath(path), step=step)
+                              for step, path in chosen),
+            count=len(chosen), bn_statistics=bn_statistics,
+            recompute_batches=recompute_batches if bn_statistics == "recompute" else None,
+            recompute_batch_size=batch_size if bn_statistics == "recompute" else None,
+            swa_start=swa_start, swa_end=swa_end, last_n=last_n,
+            model_variables=len(averager.specs),
+            averaged_variables=sum(averager.averaged(key) for key, _, _ in averager.specs),
+            bn_statistic_variables=sum(bn_stats.is_bn_statistic(key)
+                                       for key, _, _ in averager.specs),
+            window_choice=None,   # (choose_window records its choice here)
+            provenance=stage_files.provenance_of(train_dir) or None)
+        stage_files.write_in(tmp_dir, info)
     log(f"wrote {os.path.join(output_dir, name)} (mean of {len(chosen)} checkpoints)")
     return info
 
@@ -328,18 +328,17 @@ def candidate_windows(text: str, num_checkpoints: int) -> List[int]:
 
 
 def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
-                  settings: Dict[str, Any], log: Optional[Log] = print) -> Dict[str, Any]:
+                  settings: Dict[str, Any], log: Optional[Log] = print) -> WindowChoice:
     """Averages the last N checkpoints for each N of windows, evaluates each
     on fit_pattern (BN statistics as settings say), installs the best one as
-    settings["output_dir"] (its swa.json records the choice) and returns the
-    choice: {"chosen": N, "data_pattern", "candidates": [{"window", "gap",
-    "steps"}]}. Ties keep the smaller window. settings["segment_size"] > 0:
-    by Segment MAP on segment-rated files instead, each candidate's under
-    "segment_map", and the choice also holds "metric": "segment_map" and
-    "segment_size"."""
+    settings["output_dir"] (its swa.json records the choice and its
+    provenance: the fitting files and their video ids) and returns the
+    choice. Ties keep the smaller window. settings["segment_size"] > 0: by
+    Segment MAP on segment-rated files instead (each candidate's
+    segment_map; the choice's metric and segment_size say so)."""
     log = log or (lambda line: None)
     key, label = _fit_metric(settings)
-    candidates: List[Dict[str, Any]] = []
+    candidates: List[WindowCandidate] = []
     parent = os.path.dirname(os.path.abspath(settings["output_dir"]))
     os.makedirs(parent, exist_ok=True)
     # The candidates are written beside the output (same file system): the
@@ -347,34 +346,47 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
     scratch = tempfile.mkdtemp(prefix=".swa-windows-", dir=parent)
     graphs = CandidateGraphs()
     try:
-        best: Dict[str, Any] = {}
-        best_dir = ""
+        best: Optional[WindowCandidate] = None
+        best_dir, ids_digest = "", None
         for window in sorted(windows):
             out = os.path.join(scratch, f"window{window}")
             info = average(train_dir, out, last_n=window, log=None, graphs=graphs,
                            **settings["average"])
-            value = evaluate_on(out, fit_pattern, settings, log=None, graphs=graphs)[key]
-            steps = [entry["step"] for entry in info["checkpoints"]]
-            log(f"window {window} (steps {steps[0]}-{steps[-1]}): {label} {value:.4f} on the "
-                f"fitting files")
-            candidates.append({"window": window, key: value, "steps": steps})
+            result = evaluate_on(out, fit_pattern, settings, log=None, graphs=graphs,
+                                 keep_ids=ids_digest is None)
+            ids_digest = ids_digest or _ids_digest(result)
+            steps = tuple(entry.step for entry in info.checkpoints)
+            log(f"window {window} (steps {steps[0]}-{steps[-1]}): {label} "
+                f"{result[key]:.4f} on the fitting files")
+            candidates.append(WindowCandidate(window=window, steps=steps,
+                                              **{key: float(result[key])}))
             # Only the best so far stays on disk; a tie keeps the smaller window.
-            if not best or value > best[key]:
+            if best is None or result[key] > getattr(best, key):
                 if best_dir:
                     shutil.rmtree(best_dir)
                 best, best_dir = candidates[-1], out
             else:
                 shutil.rmtree(out)
-        log(f"chose window {best['window']} ({label} {best[key]:.4f} on the fitting files)")
-        choice = {"chosen": best["window"], "data_pattern": fit_pattern,
-                  "candidates": candidates}
-        if settings.get("segment_size"):
-            choice.update(metric=key, segment_size=settings["segment_size"])
-        _install_candidate(best_dir, settings["output_dir"], settings["overwrite"], choice, log)
+        assert best is not None     # (candidate_windows gives one window or more)
+        log(f"chose window {best.window} ({label} {getattr(best, key):.4f} on the fitting "
+            f"files)")
+        segment_size = settings.get("segment_size") or None
+        choice = WindowChoice(chosen=best.window, data_pattern=fit_pattern,
+                              candidates=tuple(candidates),
+                              metric=key if segment_size else None, segment_size=segment_size)
+        made = stage_files.provenance_for("swa.average", "window", fit_pattern, ids_digest)
+        _install_candidate(best_dir, settings["output_dir"], settings["overwrite"], choice,
+                           made, log)
     finally:
         graphs.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return choice
+
+
+def _ids_digest(result: Dict[str, Any]) -> Optional[str]:
+    """The digest of the video ids an evaluation kept (videos or ratings)."""
+    kept = result.get("videos") or result.get("ratings")
+    return kept.ids_digest() if kept is not None else None
 
 
 def _fit_metric(settings: Dict[str, Any]) -> Tuple[str, str]:
@@ -384,28 +396,32 @@ def _fit_metric(settings: Dict[str, Any]) -> Tuple[str, str]:
 
 
 def _install_candidate(candidate_dir: str, output_dir: str, overwrite: bool,
-                       choice: Dict[str, Any], log: Log) -> None:
+                       choice: WindowChoice, made: stage_files.Provenance,
+                       log: Optional[Log]) -> None:
     """Moves the chosen candidate's files into output_dir (atomically, as
-    average writes it) and records the choice in its swa.json."""
+    average writes it) and records the choice and its provenance in its swa.json."""
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
         for name in os.listdir(candidate_dir):
             os.replace(os.path.join(candidate_dir, name), os.path.join(tmp_dir, name))
-        info_path = os.path.join(tmp_dir, SWA_INFO_FILE)
-        info = checkpoints.load_json(info_path, "swa.json")
-        info["window_choice"] = choice
-        checkpoints.write_json(info_path, info)
-    log(f"wrote {os.path.join(output_dir, info['checkpoint'])} (mean of {info['count']} "
-        f"checkpoints)")
+        info = stage_files.read_record(SwaRecord, os.path.join(tmp_dir, SwaRecord.FILE_NAME))
+        info = dataclasses.replace(info, window_choice=choice, provenance=(
+            stage_files.merge_provenance(info.provenance or (), [made])))
+        stage_files.write_in(tmp_dir, info)
+    if log:
+        log(f"wrote {os.path.join(output_dir, info.checkpoint)} (mean of {info.count} "
+            f"checkpoints)")
 
 
 def evaluate_on(model_dir: str, data_pattern: str, settings: Dict[str, Any],
-                log: Optional[Log] = print, graphs: Optional[CandidateGraphs] = None
-                ) -> Dict[str, Any]:
+                log: Optional[Log] = print, graphs: Optional[CandidateGraphs] = None,
+                keep_ids: bool = False) -> Dict[str, Any]:
     """The metrics of the dir's checkpoint on data_pattern (no file written),
     as training.eval.evaluate_checkpoint measures them; graphs: in its
     evaluation graph (built on first use), the same values.
     settings["segment_size"] > 0: the 2019 segment metrics of segment-rated
-    files (predict.evaluate_segments), as training.eval --segment_labels."""
+    files (predict.evaluate_segments), as training.eval --segment_labels.
+    keep_ids (with graphs): also the per-video record ("videos" or "ratings"),
+    whose ids digest the choice's provenance records."""
     average_settings = settings["average"]
     segment_size = settings.get("segment_size", 0)
     if graphs is None:
@@ -420,10 +436,12 @@ def evaluate_on(model_dir: str, data_pattern: str, settings: Dict[str, Any],
         return predict.evaluate_segments(model, data_pattern, segment_size=segment_size,
                                          batch_size=average_settings["batch_size"],
                                          num_readers=average_settings["num_readers"], log=log,
-                                         compression=average_settings["compression"])
+                                         compression=average_settings["compression"],
+                                         keep_ratings=keep_ids)
     return predict.evaluate_model(model, data_pattern, average_settings["batch_size"],
                                   num_readers=average_settings["num_readers"], log=log,
-                                  compression=average_settings["compression"])
+                                  compression=average_settings["compression"],
+                                  keep_videos=keep_ids)
 
 
 def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int,

@@ -13,7 +13,7 @@ own tier or the ones above it, never below (tests/unit/test_architecture.py).
    segment-rated records), record_layouts (the Reader registry), teacher_records,
    intervals (per-video records, bootstrap intervals), eval_results,
    segment_results (2019 segment evaluations and their per-rating records),
-   weights_file (stacking's member weights).
+   weights_file (stacking's weights), stage_files (stage files as typed records).
 3. graphs -- TensorFlow graphs built from those records:
    model_builder (a model from model_flags.json), precision (bfloat16
    storage), bn_statistics, members (an ensemble's member dirs), member_graph
@@ -30,7 +30,7 @@ TIERS: Dict[str, Tuple[str, ...]] = {
                     "losses", "quantize", "submission", "stage_registry"),
     "records": ("model_flags", "checkpoints", "checkpoint_fit", "train_dir", "readers",
                 "segment_readers", "record_layouts", "teacher_records", "intervals",
-                "eval_results", "segment_results", "weights_file"),
+                "eval_results", "segment_results", "weights_file", "stage_files"),
     "graphs": ("model_builder", "precision", "bn_statistics", "members", "member_graph",
                "train_graph"),
     "runners": ("train", "distributed", "eval", "predict", "synthetic", "synthetic_segments",

@@ -31,14 +31,14 @@ import numpy as np
 
 from models import layers
 from models.tf_compat import tf
-from training import checkpoint_fit, checkpoints, model_builder, readers
+from training import checkpoint_fit, checkpoints, model_builder, readers, stage_files
 from training.cli import UserError
 from training.model_flags import ModelFlags
 from training.progress import Log, Progress
+from training.stage_files import SwaRecord
 
 BN_STAT_SUFFIXES = ("/moving_mean", "/moving_variance")
 DEFAULT_RECOMPUTE_BATCHES = 100
-SWA_INFO_FILE = "swa.json"      # written by swa.average; its "bn_statistics" is read here
 EVAL_MODES = ("moving", "recompute")
 NOTE_THRESHOLD = 0.05
 
@@ -321,16 +321,15 @@ def initial_value_weight(checkpoint: str, specs: Optional[checkpoint_fit.Specs] 
         specs = checkpoint_fit.checkpoint_specs(checkpoint, model_only=False)
     if not any(is_bn_statistic(key) for key in specs):
         return None
-    info_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), SWA_INFO_FILE)
     try:
-        info = checkpoints.load_json(info_path, info_path) if os.path.isfile(info_path) else {}
+        info = stage_files.read_optional(SwaRecord, os.path.dirname(os.path.abspath(checkpoint)))
     except UserError:
-        info = {}       # the note is advice: a damaged swa.json must not stop an evaluation
-    mode = info.get("bn_statistics")
+        info = None     # the note is advice: a damaged swa.json must not stop an evaluation
+    mode = info.bn_statistics if info else None
     if mode == "recompute":
         return None
-    if mode == "average" and info.get("checkpoints"):
-        steps = [int(item["step"]) for item in info["checkpoints"]]
+    if info and mode == "average" and info.checkpoints:
+        steps = [item.step for item in info.checkpoints]
     else:
         step = _trained_steps(checkpoint, specs)
         if step is None:

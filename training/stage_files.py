@@ -284,3 +284,221 @@ class WeightsFile(Record):
                             "segment_map": (self.segment_map, self.segment_map_uniform)}[metric]
         return stacked, uniform
 
+
+# swa.json (swa.average; carried into the converted dir by bfloat16_patch)
+
+
+@dataclasses.dataclass(frozen=True)
+class AveragedCheckpoint(Record):
+    path: str
+    step: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowCandidate(Record):
+    """One window tried by --choose_window_on: its value on the fitting files
+    (gap, or segment_map for segment-rated files) and the steps it averaged."""
+    window: int
+    steps: Tuple[int, ...]
+    gap: Optional[float] = omit_none()
+    segment_map: Optional[float] = omit_none()
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowChoice(Record):
+    """The window chosen on data_pattern (the fitting files) among candidates;
+    metric and segment_size only when chosen by Segment MAP."""
+    chosen: int
+    data_pattern: str
+    candidates: Tuple[WindowCandidate, ...]
+    metric: Optional[str] = omit_none()
+    segment_size: Optional[int] = omit_none()
+
+
+@dataclasses.dataclass(frozen=True)
+class SwaRecord(Record):
+    """swa.json: how an averaged checkpoint was made; window_choice None
+    when the window was given (--last_n, --swa_start/--swa_end)."""
+    FILE_NAME = "swa.json"
+    source_dir: str
+    checkpoint: str
+    checkpoints: Tuple[AveragedCheckpoint, ...]
+    count: int
+    bn_statistics: str
+    recompute_batches: Optional[int]
+    recompute_batch_size: Optional[int]
+    swa_start: Optional[int]
+    swa_end: Optional[int]
+    last_n: Optional[int]
+    model_variables: int
+    averaged_variables: int
+    bn_statistic_variables: int
+    window_choice: Optional[WindowChoice]
+    provenance: Optional[Tuple[Provenance, ...]] = omit_none()
+
+
+# ---------------------------------------------------------------------------
+# bfloat16.json (bfloat16_patch.convert)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionRecord(Record):
+    """bfloat16.json: what the conversion to bfloat16 (or int8) stored."""
+    FILE_NAME = "bfloat16.json"
+    source_checkpoint: str
+    checkpoint: str
+    rounding: str
+    dtype: str
+    model_variables: int
+    converted_to_bfloat16: int
+    int8: Tuple[str, ...]
+    int8_min_values: int
+    target_bytes: Optional[int]
+    dropped: Tuple[str, ...]
+    input_model_variable_bytes: int
+    output_data_bytes: int
+    output_bytes: int
+    ratio: float
+    provenance: Optional[Tuple[Provenance, ...]] = omit_none()
+
+
+# ---------------------------------------------------------------------------
+# ensemble.json (ensemble.build)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleRecord(Record):
+    """ensemble.json: the members of an exported ensemble (one entry per
+    member in each list, in graph order) and how it was built."""
+    FILE_NAME = "ensemble.json"
+    members: Tuple[str, ...]
+    weights: Tuple[float, ...]
+    tile_num: int
+    tiled: Tuple[bool, ...]
+    scopes: Tuple[str, ...]
+    models: Tuple[str, ...]
+    checkpoints: Tuple[str, ...]
+    checkpoint_dtypes: Tuple[str, ...]
+    frame_sampling: Optional[str]
+    shared_frame_work: Tuple[bool, ...]
+    bf16_compute: Optional[str]
+    int8: Tuple[Tuple[str, ...], ...]
+    target_bytes: Optional[int]
+    seed: int
+    exported_bytes: int
+    size_limit_bytes: int
+    provenance: Optional[Tuple[Provenance, ...]] = omit_none()
+
+
+# ---------------------------------------------------------------------------
+# The record of one finished part of a sharded inference (ensemble.inference)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartRecord(Record):
+    """<part>.json beside a part's CSV: the input file, its videos, the CSV's
+    sha256, the run it belongs to (ensemble.merge) and the model's classes."""
+    input: str
+    videos: int
+    sha256: str
+    run: str
+    num_classes: Optional[int] = omit_none()
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuning (segment_finetune.train)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneRecord(Record):
+    """finetune.json in a fine-tuned train dir: the model it started from and
+    the rated files its weights were fitted on (the provenance)."""
+    FILE_NAME = "finetune.json"
+    source_dir: str
+    provenance: Tuple[Provenance, ...]
+
+
+# ---------------------------------------------------------------------------
+# Carrying records and provenance from stage to stage
+
+# The records a stage hands on unchanged to the dir it writes from another
+# (bfloat16_patch.convert: swa.json, which the report and the batch-norm note
+# read beside the converted checkpoint; finetune.json, for its provenance).
+CARRIED: Tuple[Type[Record], ...] = (SwaRecord, FinetuneRecord)
+# Every record of a stage dir that can hold provenance.
+_DIR_RECORDS: Tuple[Type[Record], ...] = (SwaRecord, ConversionRecord, EnsembleRecord,
+                                          FinetuneRecord)
+
+
+def carry_forward(input_dir: str, output_dir: str) -> Tuple[Provenance, ...]:
+    """Writes the CARRIED records of input_dir into output_dir (read strictly,
+    written unchanged) and returns every choice behind input_dir, for the
+    output's own record. The one way a stage hands them on."""
+    for cls in CARRIED:
+        record = read_optional(cls, input_dir)
+        if record is not None:
+            write_in(output_dir, record)
+    return provenance_of(input_dir)
+
+
+def _window_provenance(record: SwaRecord) -> Tuple[Provenance, ...]:
+    """An swa.json of the release before provenance: its window choice's data_pattern."""
+    choice = record.window_choice
+    if choice is None:
+        return ()
+    return (provenance_for("swa.average", "window", choice.data_pattern),)
+
+
+def provenance_of(path: str) -> Tuple[Provenance, ...]:
+    """Every choice behind a stage dir (the provenance of each of its
+    records; an earlier swa.json without it: its window choice's files) or
+    a weights file (its provenance; an earlier one: its data_pattern)."""
+    if os.path.isfile(path):
+        return _file_provenance(path)
+    found: List[Provenance] = []
+    for cls in _DIR_RECORDS:
+        record = read_optional(cls, path)
+        if record is None:
+            continue
+        provenance = getattr(record, "provenance", None)
+        if provenance is None and isinstance(record, SwaRecord):
+            provenance = _window_provenance(record)
+        found.extend(provenance or ())
+    return merge_provenance(found)
+
+
+def _file_provenance(path: str) -> Tuple[Provenance, ...]:
+    """The choices a weights file records (stacking.fit writes them; an
+    earlier one names only its data_pattern)."""
+    weights = read_record(WeightsFile, path)
+    if weights.provenance is not None:
+        return weights.provenance
+    if weights.data_pattern:
+        return (provenance_for("stacking.fit", "weights", weights.data_pattern),)
+    return ()
+
+
+def held_out_violations(measured_pattern: str, sources: Mapping[str, Iterable[Provenance]]
+                        ) -> List[str]:
+    """One line per choice (of sources: {dir or file: its provenance}) that
+    read a file of measured_pattern, naming the file, the stage and the source."""
+    measured = pattern_files(measured_pattern)
+    lines = []
+    for source, provenance in sources.items():
+        for choice in provenance:
+            touched = choice.touches(measured)
+            if touched:
+                lines.append(f"{touched[0]}: the {choice.choice} choice of {choice.stage} "
+                             f"({source}) read it")
+    return lines
+
+
+def check_held_out(measured_pattern: str, sources: Mapping[str, Iterable[Provenance]]) -> None:
+    """A UserError (one line: the first file, the stage and where the choice
+    is recorded) when a choice behind `sources` read a file that
+    measured_pattern holds: a report on it would not be held out."""
+    lines = held_out_violations(measured_pattern, sources)
+    if lines:
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise UserError(f"{lines[0]}, and the report measures it: that choice is not held "
+                        f"out; make it again on other files{more}")

@@ -112,7 +112,7 @@ def test_export_stays_bf16_and_loads_like_starter(pairs, tmp_path, mode):
     out_dir = str(tmp_path / mode)
     payload = build.build_and_export(members, [1, 1, 1], out_dir, tile_num=2, log=None,
                                      bf16_compute=mode)
-    assert payload["bf16_compute"] == mode
+    assert payload.bf16_compute == mode
     with open(os.path.join(out_dir, "ensemble.json")) as handle:
         assert json.load(handle)["bf16_compute"] == mode
     dtypes = checkpoint_dtypes(os.path.join(out_dir, "inference_model"))
@@ -141,7 +141,7 @@ def test_same_export_size_in_every_mode(pairs, tmp_path):
     for mode in MODES:
         out_dir = str(tmp_path / mode)
         sizes[mode] = build.build_and_export([pairs["light"][1]], [1], out_dir, tile_num=2,
-                                             log=None, bf16_compute=mode)["exported_bytes"]
+                                             log=None, bf16_compute=mode).exported_bytes
         data = os.path.getsize(os.path.join(out_dir, "inference_model.data-00000-of-00001"))
         sizes[mode + "_data"] = data
     assert sizes["cast_each_step_data"] == sizes["cast_at_load_data"] == sizes["bfloat16_data"]

@@ -215,8 +215,8 @@ def test_convert_checkpoint(tmp_path):
     model_bytes = sum(values[key].nbytes for key in dtypes)
     data = sum(os.path.getsize(p) for p in glob.glob(str(out) + ".data-*"))
     assert data <= 0.51 * model_bytes
-    assert summary["input_model_variable_bytes"] == model_bytes
-    assert summary["output_data_bytes"] == data
+    assert summary.input_model_variable_bytes == model_bytes
+    assert summary.output_data_bytes == data
     flags = json.loads((tmp_path / "bf16" / "model_flags.json").read_text())
     assert flags == {"model": "FrameMeanMoeModel", "feature_names": "rgb,audio",
                      "feature_sizes": "1024,128", "frame_features": True, "num_classes": 10,

@@ -104,7 +104,7 @@ def test_export_loads_like_starter_and_matches_builder(zoo, tmp_path):
         ("rgb,audio", "1024,128", True, TINY_CLASSES)
     with open(os.path.join(out_dir, "ensemble.json")) as handle:
         saved = json.load(handle)
-    assert saved == payload
+    assert saved == payload.to_json()
     assert saved["members"] == [os.path.abspath(d) for d in members]
     assert saved["weights"] == pytest.approx([0.1, 0.2, 0.3, 0.4])
     assert saved["tile_num"] == 3 and saved["tiled"] == [False, False, True, False]

@@ -138,7 +138,7 @@ def test_convert_int8(tmp_path):
                                   expected_scale)
     np.testing.assert_array_equal(reader.get_tensor("tower/small/weights"),
                                   convert.round_to_bfloat16(values["tower/small/weights"]))
-    assert summary["int8"] == ["tower/big/weights"] and summary["dtype"] == "int8"
+    assert summary.int8 == ("tower/big/weights",) and summary.dtype == "int8"
     assert checkpoint_fit.checkpoint_storage(checkpoint) == ("int8", ["tower/big/weights"])
     assert checkpoints.read_model_flags(str(tmp_path / "int8")).checkpoint_dtype == "int8"
     on_disk = json.loads((tmp_path / "int8" / "bfloat16.json").read_text())
@@ -160,15 +160,15 @@ def test_convert_target_bytes(tmp_path):
     summary = convert.convert_checkpoint(str(tmp_path / "src"), str(tmp_path / "fits"),
                                          log=lines.append, dtype="int8", int8_min_values=10,
                                          target_bytes=10**6)
-    assert summary["int8"] == [] and summary["dtype"] == "bfloat16"
+    assert summary.int8 == () and summary.dtype == "bfloat16"
     assert "int8: no matrix needed (bfloat16 alone fits the target)" in lines
-    bf16_bytes = summary["output_bytes"]
+    bf16_bytes = summary.output_bytes
     # Just under the bf16 size: the large matrix alone is enough.
     summary = convert.convert_checkpoint(str(tmp_path / "src"), str(tmp_path / "tight"),
                                          log=None, dtype="int8", int8_min_values=10,
                                          target_bytes=bf16_bytes - 1000)
-    assert summary["int8"] == ["tower/big/weights"]
-    assert summary["output_bytes"] <= bf16_bytes - 1000
+    assert summary.int8 == ("tower/big/weights",)
+    assert summary.output_bytes <= bf16_bytes - 1000
     with pytest.raises(UserError, match="--target_bytes=1000: the checkpoint needs at least"):
         convert.convert_checkpoint(str(tmp_path / "src"), str(tmp_path / "no"), log=None,
                                    dtype="int8", int8_min_values=10, target_bytes=1000)
@@ -285,13 +285,13 @@ def test_ensemble_export_keeps_int8_exactly(int8_dirs, tiny_models, tmp_path, ti
     out = str(tmp_path / "ensemble")
     payload = build.build_and_export([int8_dirs["dbof"], int8_dirs["gru"]], [1, 1], out,
                                      tile_num=2, log=None, bf16_compute=precision.CAST_AT_LOAD)
-    assert payload["checkpoint_dtypes"] == ["int8", "int8"]
+    assert payload.checkpoint_dtypes == ("int8", "int8")
     exported = tf.train.load_checkpoint(os.path.join(out, predict.INFERENCE_MODEL))
     for index, name in enumerate(("dbof", "gru")):
         member = tf.train.load_checkpoint(checkpoints.latest_checkpoint(int8_dirs[name]))
         member_int8 = quantize.int8_keys(checkpoint_fit.checkpoint_specs(
             checkpoints.latest_checkpoint(int8_dirs[name]), model_only=False))
-        assert payload["int8"][index] == member_int8
+        assert list(payload.int8[index]) == member_int8
         for key in member_int8:
             graph_key = f"model{index}/" + key[len("tower/"):]
             np.testing.assert_array_equal(exported.get_tensor(graph_key),
@@ -314,21 +314,21 @@ def test_ensemble_target_bytes_quantises_at_build(tiny_models, tmp_path):
     plain = build.build_and_export(members, [1, 1], str(tmp_path / "plain"), tile_num=2,
                                    log=None)
     lines = []
-    target = plain["exported_bytes"] - 10000
+    target = plain.exported_bytes - 10000
     payload = build.build_and_export(members, [1, 1], str(tmp_path / "small"), tile_num=2,
                                      log=lines.append, target_bytes=target, int8_min_values=256)
-    assert payload["exported_bytes"] <= target
+    assert payload.exported_bytes <= target
     chosen = [line for line in lines if line.startswith("int8: model")]
-    assert chosen and len(chosen) == sum(len(keys) for keys in payload["int8"])
+    assert chosen and len(chosen) == sum(len(keys) for keys in payload.int8)
     exported = tf.train.load_checkpoint(str(tmp_path / "small" / predict.INFERENCE_MODEL))
     dtypes = exported.get_variable_to_dtype_map()
-    for index, keys in enumerate(payload["int8"]):
+    for index, keys in enumerate(payload.int8):
         for key in keys:
             assert dtypes[f"model{index}/" + key[len("tower/"):]] == tf.int8
     # The largest matrices went first: every one left out is no larger.
     sizes = {(i, k): int(np.prod(exported.get_variable_to_shape_map()[f"model{i}/" +
                                                                         k[len("tower/"):]]))
-             for i, keys in enumerate(payload["int8"]) for k in keys}
+             for i, keys in enumerate(payload.int8) for k in keys}
     assert min(sizes.values()) >= 256
 
 

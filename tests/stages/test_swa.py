@@ -5,6 +5,7 @@ Every expected value is computed here with numpy from the source checkpoints
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tracemalloc
@@ -86,7 +87,7 @@ def test_average_equals_numpy_mean(dbof_dir, tmp_path):
     moved = [key for key in model_keys if not np.array_equal(sources[0][key], sources[1][key])]
     assert len(moved) > len(model_keys) // 2      # training changed the weights
 
-    assert info["count"] == 2 and info["bn_statistics"] == "last"
+    assert info.count == 2 and info.bn_statistics == "last"
     written = json.load(open(os.path.join(output, "swa.json")))
     assert written["count"] == 2
     assert [c["step"] for c in written["checkpoints"]] == [20, 30]
@@ -103,7 +104,7 @@ def test_average_equals_numpy_mean(dbof_dir, tmp_path):
 def test_bn_statistics_average_and_last_n(dbof_dir, tmp_path):
     output = str(tmp_path / "swa")
     info = swa.average(dbof_dir, output, last_n=3, bn_statistics="average", log=None)
-    assert [c["step"] for c in info["checkpoints"]] == [10, 20, 30]
+    assert [c.step for c in info.checkpoints] == [10, 20, 30]
     sources = [read_all(path) for _, path in checkpoints.list_checkpoints(dbof_dir)]
     result = read_all(os.path.join(output, "model.ckpt-30"))
     stats = [key for key in result if key.endswith(("moving_mean", "moving_variance"))]
@@ -163,7 +164,7 @@ def test_recompute_on_trained_model(dbof_dir, tiny_data, tmp_path):
     info = swa.average(dbof_dir, output, swa_start=20, bn_statistics="recompute",
                        recompute_batches=3, train_data_pattern=train_pattern(tiny_data),
                        batch_size=4, log=None)
-    assert info["bn_statistics"] == "recompute" and info["recompute_batches"] == 3
+    assert info.bn_statistics == "recompute" and info.recompute_batches == 3
     sources = [read_all(path) for _, path in checkpoints.list_checkpoints(dbof_dir)[1:]]
     result = read_all(os.path.join(output, "model.ckpt-30"))
     stats = [key for key in result if key.endswith(("moving_mean", "moving_variance"))]
@@ -314,7 +315,8 @@ def test_window_chosen_on_the_fitting_files(dbof_dir, tiny_data, tmp_path):
     records every candidate; the best candidate's files become the output.
     Mutations: keeping a candidate when its GAP is lower (< for >) picks
     the worst window and fails the chosen == best check; installing the last candidate (3)
-    instead of the best (1) fails the chosen == count check."""
+    instead of the best (1) fails the chosen == count check; recording the
+    provenance without the ids digest (keep_ids=False) fails its check."""
     fit = str(tiny_data / "frame" / "validate*.tfrecord")
     out = tmp_path / "chosen"
     completed = run_module("swa.average", f"--train_dir={dbof_dir}", f"--output_dir={out}",
@@ -326,11 +328,15 @@ def test_window_chosen_on_the_fitting_files(dbof_dir, tiny_data, tmp_path):
     best = max(choice["candidates"], key=lambda item: (item["gap"], -item["window"]))
     assert choice["chosen"] == best["window"] == info["count"] and choice["data_pattern"] == fit
     assert f"chose window {best['window']}" in completed.stdout
+    # Its provenance: the stage, the fitting files one by one, their videos' digest.
+    (made,) = info["provenance"]
+    assert made["stage"] == "swa.average" and made["choice"] == "window"
+    assert made["data_files"] == sorted(glob.glob(fit)) and len(made["video_ids_sha1"]) == 40
     assert sorted(os.listdir(tmp_path)) == ["chosen"]          # the candidates are gone
     # The chosen candidate is installed, not averaged again: the same tensors.
     again = swa.average(str(dbof_dir), str(tmp_path / "again"), last_n=best["window"], log=None)
     installed = read_all(str(out / info["checkpoint"]))
-    fresh = read_all(str(tmp_path / "again" / again["checkpoint"]))
+    fresh = read_all(str(tmp_path / "again" / again.checkpoint))
     assert installed.keys() == fresh.keys()
     assert all(np.array_equal(installed[key], fresh[key]) for key in fresh)
     assert swa.candidate_windows("", 20) == [1, 2, 4, 8, 16, 20]
@@ -377,13 +383,13 @@ def test_candidate_windows_share_their_graphs(dbof_dir, tiny_data, tmp_path, mon
     choice = swa.choose_window(dbof_dir, fit, [1, 2, 3], settings, log=None)
     assert built == {"recompute": 1, "evaluation": 1}
     monkeypatch.undo()
-    for candidate in choice["candidates"]:
-        alone = str(tmp_path / f"alone{candidate['window']}")
-        swa.average(dbof_dir, alone, last_n=candidate["window"], log=None, **average_settings)
-        assert swa.evaluate_on(alone, fit, settings, log=None)["gap"] == candidate["gap"]
+    for candidate in choice.candidates:
+        alone = str(tmp_path / f"alone{candidate.window}")
+        swa.average(dbof_dir, alone, last_n=candidate.window, log=None, **average_settings)
+        assert swa.evaluate_on(alone, fit, settings, log=None)["gap"] == candidate.gap
     info = json.loads((tmp_path / "chosen" / "swa.json").read_text())
     installed = read_all(str(tmp_path / "chosen" / info["checkpoint"]))
-    fresh = read_all(str(tmp_path / f"alone{choice['chosen']}" / info["checkpoint"]))
+    fresh = read_all(str(tmp_path / f"alone{choice.chosen}" / info["checkpoint"]))
     assert installed.keys() == fresh.keys()
     assert all(np.array_equal(installed[key], fresh[key]) for key in fresh), [
         key for key in fresh if not np.array_equal(installed[key], fresh[key])]

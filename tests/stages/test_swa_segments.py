@@ -28,7 +28,7 @@ def fit_pattern(run_dir, tmp_path_factory):
     """Segment files rated by the mean of checkpoints 3 and 4 (window 2):
     that window ranks them perfectly, the others do not."""
     root = tmp_path_factory.mktemp("swa_segment_data")
-    window2 = swa.average(run_dir, str(root / "window2"), last_n=2, log=None)["checkpoint"]
+    window2 = swa.average(run_dir, str(root / "window2"), last_n=2, log=None).checkpoint
     return rate_by_model(segment_data(tmp_path_factory, "swa_segment_source", 24),
                          str(root / "window2"), str(root / "rated"),
                          str(root / "window2" / window2))
