@@ -24,17 +24,30 @@ videos (the held-out numbers must not choose, or they would be fitted too).
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from absl import flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from training import checkpoints, eval_results, intervals, paths
+from training import checkpoints, eval_results, intervals, paths, stage_files
 from training import flags as shared_flags
 from training.cli import UserError, run_main
-from training.stage_files import WeightsFile
+from training.stage_files import (
+    BootstrapSettings,
+    EnsembleChoice,
+    Estimate,
+    Gain,
+    Report,
+    ReportChoice,
+    ReportRow,
+    SegmentReport,
+    StateRow,
+    WeightsFile,
+)
 from training.weights_file import read_weights_file
 
 FLAGS = flags.FLAGS
@@ -122,15 +135,19 @@ def dir_name(directory: str) -> str:
     return os.path.basename(os.path.normpath(directory))
 
 
-def _row(name: str, directory: str, kind: str, data_pattern: str, train_dir: bool = False,
-         **extra: Any) -> Dict[str, Any]:
-    entry = evaluation_on(directory, data_pattern, train_dir)
-    return {"name": name, "dir": directory, "kind": kind, "evaluation": entry,
-            "videos": eval_results.videos_of(directory, entry), **extra}
+# The metric of a row before the bootstrap measured it (build_report replaces it).
+UNMEASURED = Estimate(estimate=math.nan, low=math.nan, high=math.nan, resolved=False)
+Measured = Tuple[ReportRow, intervals.VideoTopK]
+
+
+def _measured(row: ReportRow, data_pattern: str, train_dir: bool = False) -> Measured:
+    """The row with its dir's evaluation on data_pattern, and that evaluation's videos."""
+    entry = evaluation_on(row.dir, data_pattern, train_dir)
+    return dataclasses.replace(row, evaluation=entry), eval_results.videos_of(row.dir, entry)
 
 
 def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str], data_pattern: str,
-                 weights: Dict[str, float]) -> List[Dict[str, Any]]:
+                 weights: Dict[str, float]) -> List[Measured]:
     if train_dirs and len(train_dirs) != len(model_dirs):
         raise UserError(f"--train_dirs: {len(train_dirs)} dirs for {len(model_dirs)} "
                         f"--model_dirs")
@@ -140,14 +157,16 @@ def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str], data_patt
         window = info.get("count")
         last = None
         if train_dirs:
-            last = _row(f"{dir_name(train_dirs[index])} last checkpoint", train_dirs[index],
-                        "last checkpoint", data_pattern, train_dir=True, member=name)
-            rows.append(last)
+            last = ReportRow(name=f"{dir_name(train_dirs[index])} last checkpoint",
+                             dir=train_dirs[index], kind="last checkpoint", evaluation={},
+                             gap=UNMEASURED, member=name)
+            rows.append(_measured(last, data_pattern, train_dir=True))
         label = (f"{name} (window {window})" if window else name)
-        rows.append(_row(label, model_dir, "member", data_pattern, member=name,
-                         window=window, window_choice=info.get("window_choice"),
-                         last_row=last["name"] if last else None,
-                         stacked_weight=weights.get(os.path.realpath(model_dir))))
+        rows.append(_measured(ReportRow(
+            name=label, dir=model_dir, kind="member", evaluation={}, gap=UNMEASURED, member=name,
+            window=window, window_choice=info.get("window_choice"),
+            last_row=last.name if last else None,
+            stacked_weight=weights.get(os.path.realpath(model_dir))), data_pattern))
     return rows
 
 
@@ -156,48 +175,56 @@ def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str], data_patt
 
 
 def _ensemble_rows(ensemble_dir: str, stacked_dir: str, data_pattern: str,
-                   chosen_dir: str) -> List[Dict[str, Any]]:
+                   chosen_dir: str) -> List[Measured]:
     rows = []
     for name, directory in (("uniform ensemble", ensemble_dir),
                             ("stacked ensemble", stacked_dir)):
         if directory:
-            rows.append(_row(name, directory, "ensemble", data_pattern,
-                             chosen=os.path.realpath(directory) == os.path.realpath(chosen_dir)))
+            chosen = os.path.realpath(directory) == os.path.realpath(chosen_dir)
+            rows.append(_measured(ReportRow(name=name, dir=directory, kind="ensemble",
+                                            evaluation={}, gap=UNMEASURED, chosen=chosen),
+                                  data_pattern))
     return rows
 
 
-def gain_entry(boot: intervals.PairedBootstrap, what: str, name: str, over: str
-               ) -> Dict[str, Any]:
+def estimate_of(interval: intervals.Interval) -> Estimate:
+    return Estimate(estimate=interval.estimate, low=interval.low, high=interval.high,
+                    resolved=interval.resolved)
+
+
+def gain_entry(boot: intervals.PairedBootstrap, what: str, name: str, over: str) -> Gain:
     """One gain the report states: metric(name) - metric(over), its interval."""
-    return {"what": what, "system": name, "over": over, **boot.gain(name, over).as_dict()}
+    gain = boot.gain(name, over)
+    return Gain(what=what, system=name, over=over, estimate=gain.estimate, low=gain.low,
+                high=gain.high, resolved=gain.resolved)
 
 
-def best_single(singles: Sequence[Dict[str, Any]], value_key: str
-                ) -> Optional[Dict[str, Any]]:
-    """The single-state row with the highest row[value_key] estimate (None: no rows)."""
-    return max(singles, key=lambda row: row[value_key]["estimate"]) if singles else None
+R = TypeVar("R", bound=StateRow)
 
 
-def versus_singles(boot: intervals.PairedBootstrap, name: str,
-                   singles: Sequence[Dict[str, Any]], best: Dict[str, Any]
-                   ) -> List[Dict[str, Any]]:
+def best_single(singles: Sequence[R]) -> Optional[R]:
+    """The single-state row with the highest metric estimate (None: no rows)."""
+    return max(singles, key=lambda row: row.metric.estimate) if singles else None
+
+
+def versus_singles(boot: intervals.PairedBootstrap, name: str, singles: Sequence[StateRow],
+                   best: StateRow) -> List[Gain]:
     """Ensemble `name` vs the best single state, then vs every other one."""
-    return ([gain_entry(boot, "ensemble vs best single state", name, best["name"])]
-            + [gain_entry(boot, "ensemble vs single state", name, single["name"])
+    return ([gain_entry(boot, "ensemble vs best single state", name, best.name)]
+            + [gain_entry(boot, "ensemble vs single state", name, single.name)
                for single in singles if single is not best])
 
 
-def _gains(rows: List[Dict[str, Any]], boot: intervals.PairedBootstrap
-           ) -> List[Dict[str, Any]]:
+def _gains(rows: Sequence[ReportRow], boot: intervals.PairedBootstrap) -> List[Gain]:
     """Every gain the report states, each with its paired interval."""
-    singles = [row for row in rows if row["kind"] != "ensemble"]
-    best = best_single(singles, "gap")
-    gains = [gain_entry(boot, "averaging", row["name"], row["last_row"]) for row in rows
-             if row["kind"] == "member" and row.get("last_row")]
+    singles = [row for row in rows if row.kind != "ensemble"]
+    best = best_single(singles)
+    gains = [gain_entry(boot, "averaging", row.name, row.last_row) for row in rows
+             if row.kind == "member" and row.last_row]
     for row in rows:
-        if row["kind"] == "ensemble" and best is not None:
-            gains += versus_singles(boot, row["name"], singles, best)
-    ensembles = {row["name"]: row for row in rows if row["kind"] == "ensemble"}
+        if row.kind == "ensemble" and best is not None:
+            gains += versus_singles(boot, row.name, singles, best)
+    ensembles = {row.name: row for row in rows if row.kind == "ensemble"}
     if len(ensembles) == 2:
         gains.append(gain_entry(boot, "stacked vs uniform", "stacked ensemble",
                                 "uniform ensemble"))
@@ -207,25 +234,26 @@ def _gains(rows: List[Dict[str, Any]], boot: intervals.PairedBootstrap
 def build_report(model_dirs: Sequence[str], data_pattern: str, ensemble_dir: str = "",
                  stacked_dir: str = "", train_dirs: Sequence[str] = (),
                  weights_file: str = "", samples: int = intervals.DEFAULT_SAMPLES
-                 ) -> Dict[str, Any]:
-    """The report as a dict (module docstring); rows on other data are refused."""
+                 ) -> Report:
+    """The report (module docstring); rows on other data are refused."""
     shared_flags.require(data_pattern=data_pattern)
-    weights, choice = weights_and_choice(weights_file, ensemble_dir, stacked_dir)
-    rows = (_member_rows(model_dirs, train_dirs, data_pattern, weights)
-            + _ensemble_rows(ensemble_dir, stacked_dir, data_pattern, choice["dir"]))
-    if not rows:
+    weights, choice = weights_and_choice(weights_file, ensemble_dir, stacked_dir,
+                                         read_stacking, choose)
+    measured = (_member_rows(model_dirs, train_dirs, data_pattern, weights)
+                + _ensemble_rows(ensemble_dir, stacked_dir, data_pattern, choice.dir))
+    if not measured:
         raise UserError("--model_dirs or --ensemble_dir: give at least one")
-    boot = intervals.PairedBootstrap({row["name"]: row.pop("videos") for row in rows}, samples)
-    for row in rows:
-        row["gap"] = boot.gap(row["name"]).as_dict()
-    return {"data_pattern": eval_results.absolute_pattern(data_pattern),
-            "num_videos": boot.num_videos,
-            "bootstrap": bootstrap_settings(boot),
-            "rows": rows, "gains": _gains(rows, boot), "choice": choice}
+    boot = intervals.PairedBootstrap({row.name: videos for row, videos in measured}, samples)
+    rows = tuple(dataclasses.replace(row, gap=estimate_of(boot.gap(row.name)))
+                 for row, _ in measured)
+    return Report(data_pattern=eval_results.absolute_pattern(data_pattern),
+                  num_videos=boot.num_videos, bootstrap=bootstrap_settings(boot),
+                  rows=rows, gains=tuple(_gains(rows, boot)), choice=choice)
 
 
-def bootstrap_settings(boot: intervals.PairedBootstrap) -> Dict[str, Any]:
-    return {"samples": boot.samples, "seed": boot.seed, "confidence": intervals.CONFIDENCE}
+def bootstrap_settings(boot: intervals.PairedBootstrap) -> BootstrapSettings:
+    return BootstrapSettings(samples=boot.samples, seed=boot.seed,
+                             confidence=intervals.CONFIDENCE)
 
 
 def read_fitted(weights_file: str, metric: str, written_by: str) -> WeightsFile:
@@ -246,116 +274,121 @@ def read_stacking(weights_file: str) -> WeightsFile:
 
 
 def choose_by_metric(ensemble_dir: str, stacked_dir: str, stacking: WeightsFile,
-                     metric: str) -> Dict[str, Any]:
+                     metric: str) -> Tuple[str, str, float, float]:
     """The better ensemble by `metric` on the fitting data (read_fitted; ties:
-    the uniform one), with both values as fit_<metric>_stacked and _uniform."""
+    the uniform one): (chosen, its dir, the stacked and the uniform value)."""
     stacked, uniform = stacking.fitted(metric)
     if stacked is None or uniform is None:
         raise ValueError(f"the weights file holds no {metric!r} (read it with read_fitted)")
-    stacked_wins = stacked > uniform
-    return {"chosen": "stacked" if stacked_wins else "uniform",
-            "dir": stacked_dir if stacked_wins else ensemble_dir,
-            f"fit_{metric}_stacked": float(stacked), f"fit_{metric}_uniform": float(uniform)}
+    if stacked > uniform:
+        return "stacked", stacked_dir, float(stacked), float(uniform)
+    return "uniform", ensemble_dir, float(stacked), float(uniform)
 
 
-def choose(ensemble_dir: str, stacked_dir: str, stacking: WeightsFile) -> Dict[str, Any]:
-    """The better ensemble on the fitting videos (ties: the uniform one)."""
-    return {**choose_by_metric(ensemble_dir, stacked_dir, stacking, "gap"),
-            "fit_videos": stacking.num_videos, "fit_data_pattern": stacking.data_pattern}
+def choose(ensemble_dir: str, stacked_dir: str, stacking: Optional[WeightsFile]
+           ) -> ReportChoice:
+    """The better ensemble on the fitting videos (ties, no weights file or no
+    stacked dir: the uniform one)."""
+    if stacking is None or not stacked_dir:
+        return ReportChoice(chosen="uniform", dir=ensemble_dir)
+    chosen, directory, stacked, uniform = choose_by_metric(ensemble_dir, stacked_dir,
+                                                           stacking, "gap")
+    return ReportChoice(chosen=chosen, dir=directory, fit_gap_stacked=stacked,
+                        fit_gap_uniform=uniform, fit_videos=stacking.num_videos,
+                        fit_data_pattern=stacking.data_pattern)
+
+
+C = TypeVar("C", bound=EnsembleChoice)
 
 
 def weights_and_choice(weights_file: str, ensemble_dir: str, stacked_dir: str,
-                       read: Callable[[str], WeightsFile] = read_stacking,
-                       choose_by: Callable[..., Dict[str, Any]] = choose
-                       ) -> Tuple[Dict[str, float], Dict[str, Any]]:
+                       read: Callable[[str], WeightsFile],
+                       choose_by: Callable[[str, str, Optional[WeightsFile]], C]
+                       ) -> Tuple[Dict[str, float], C]:
     """({realpath of a member: its stacked weight}, the ensemble choice) of
-    the weights file read by `read` and chosen by `choose_by` (no file, or no
-    stacked dir: the uniform ensemble)."""
+    the weights file read by `read` and chosen by `choose_by` (no file: None)."""
     stacking = read(weights_file) if weights_file else None
     weights = ({os.path.realpath(m): w for m, w in zip(stacking.members, stacking.weights)}
                if stacking else {})
-    choice = (choose_by(ensemble_dir, stacked_dir, stacking) if stacking and stacked_dir
-              else {"chosen": "uniform", "dir": ensemble_dir})
-    return weights, choice
+    return weights, choose_by(ensemble_dir, stacked_dir, stacking)
 
 
 # ---------------------------------------------------------------------------
 # Text and chart
 
 
-def verdict(gain: Dict[str, Any]) -> str:
-    if not gain["resolved"]:
+def verdict(gain: Gain) -> str:
+    if not gain.resolved:
         return "not resolved"
-    return "resolved, a gain" if gain["low"] > 0 else "resolved, a loss"
+    return "resolved, a gain" if gain.low > 0 else "resolved, a loss"
 
 
-def interval_text(values: Dict[str, Any], signed: bool = True) -> str:
-    return intervals.Interval(values["estimate"], values["low"], values["high"]).text(signed)
+def interval_text(value: Estimate, signed: bool = True) -> str:
+    return intervals.Interval(value.estimate, value.low, value.high).text(signed)
 
 
-def format_report(report: Dict[str, Any]) -> str:
+def format_report(report: Report) -> str:
     """The report as a fixed-width table and its conclusions, intervals included."""
-    lines = [f"held-out: {report['num_videos']} videos of {report['data_pattern']}; "
-             f"intervals: paired bootstrap over videos, {report['bootstrap']['samples']} draws"]
-    lines += table_lines(report["rows"], 15, "gap", ("GAP [95% interval]", 26))
+    lines = [f"held-out: {report.num_videos} videos of {report.data_pattern}; "
+             f"intervals: paired bootstrap over videos, {report.bootstrap.samples} draws"]
+    lines += table_lines(report.rows, 15, ("GAP [95% interval]", 26))
     lines.append("* the ensemble that writes the CSV (chosen on the fitting videos)")
     lines += _conclusions(report)
     return "\n".join(lines)
 
 
-def table_lines(rows: Sequence[Dict[str, Any]], kind_width: int, value_key: str,
-                value_column: Tuple[str, int]) -> List[str]:
+def table_lines(rows: Sequence[StateRow], kind_width: int, value_column: Tuple[str, int]
+                ) -> List[str]:
     """The table's header, its rule and a line per row: its name (" *": the
-    chosen ensemble), kind, row[value_key] with its interval under the
-    column value_column (title, width), and its stacked weight."""
+    chosen ensemble), kind, metric with its interval under the column
+    value_column (title, width), and its stacked weight."""
     title, value_width = value_column
-    width = max(len("state"), *(len(row["name"]) for row in rows)) + 2
+    width = max(len("state"), *(len(row.name) for row in rows)) + 2
     header = (f"{'state':<{width}} | {'kind':<{kind_width}} | {title:<{value_width}} | "
               f"{'weight':>6}")
     lines = [header, "-" * len(header)]
     for row in rows:
-        mark = " *" if row.get("chosen") else ""
-        weight = row.get("stacked_weight")
-        lines.append(f"{row['name'] + mark:<{width}} | {row['kind']:<{kind_width}} | "
-                     f"{interval_text(row[value_key], signed=False):<{value_width}} | "
+        mark = " *" if row.chosen else ""
+        weight = row.stacked_weight
+        lines.append(f"{row.name + mark:<{width}} | {row.kind:<{kind_width}} | "
+                     f"{interval_text(row.metric, signed=False):<{value_width}} | "
                      f"{'' if weight is None else f'{weight:.3f}':>6}")
     return lines
 
 
-def _conclusions(report: Dict[str, Any]) -> List[str]:
+def _conclusions(report: Report) -> List[str]:
     lines = []
-    by_kind: Dict[str, List[Dict[str, Any]]] = {}
-    for gain in report["gains"]:
-        by_kind.setdefault(gain["what"], []).append(gain)
+    by_kind: Dict[str, List[Gain]] = {}
+    for gain in report.gains:
+        by_kind.setdefault(gain.what, []).append(gain)
     for gain in by_kind.get("averaging", []):
-        lines.append(f"averaging: {gain['system']} vs its last checkpoint "
+        lines.append(f"averaging: {gain.system} vs its last checkpoint "
                      f"{interval_text(gain)} ({verdict(gain)})")
     for gain in by_kind.get("ensemble vs best single state", []):
-        lines.append(f"{gain['system']} vs the best single state ({gain['over']}): "
+        lines.append(f"{gain.system} vs the best single state ({gain.over}): "
                      f"{interval_text(gain)} ({verdict(gain)})")
-    chosen = next((row["name"] for row in report["rows"] if row.get("chosen")), None)
+    chosen = next((row.name for row in report.rows if row.chosen), None)
     if chosen:
-        against = [g for g in report["gains"] if g["system"] == chosen
-                   and g["what"].startswith("ensemble vs")]
-        wins = sum(g["resolved"] and g["low"] > 0 for g in against)
+        against = [g for g in report.gains if g.system == chosen
+                   and g.what.startswith("ensemble vs")]
+        wins = sum(g.resolved and g.low > 0 for g in against)
         lines.append(f"{chosen} (chosen) beats {wins} of {len(against)} single states with an "
                      f"interval above 0")
     for gain in by_kind.get("stacked vs uniform", []):
         lines.append(f"stacked vs uniform: {interval_text(gain)} ({verdict(gain)})")
-    return lines + choice_lines(report, "gap", "GAP", "the CSV", "videos")
+    return lines + choice_lines(report.choice, "GAP", "the CSV", "videos")
 
 
-def choice_lines(report: Dict[str, Any], metric: str, title: str, output: str,
-                 fitting: str) -> List[str]:
+def choice_lines(choice: EnsembleChoice, title: str, output: str, fitting: str) -> List[str]:
     """The line on which ensemble writes `output`, with both ensembles'
-    `metric` (titled `title`) on the fitting `fitting` (choose_by_metric);
+    metric (titled `title`) on the fitting `fitting` (choose_by_metric);
     none when the choice was not made on a stacking fit."""
-    choice = report.get("choice") or {}
-    if f"fit_{metric}_stacked" not in choice:
+    fitted = choice.fitted()
+    if fitted is None:
         return []
-    return [f"{output} uses the {choice['chosen']} ensemble: {title} on the fitting {fitting} "
-            f"stacked {choice[f'fit_{metric}_stacked']:.4f}, uniform "
-            f"{choice[f'fit_{metric}_uniform']:.4f}"]
+    stacked, uniform = fitted
+    return [f"{output} uses the {choice.chosen} ensemble: {title} on the fitting {fitting} "
+            f"stacked {stacked:.4f}, uniform {uniform:.4f}"]
 
 
 _COLOURS = {"last checkpoint": "#b0b0b0", "member": "#4c72b0", "ensemble": "#dd8452"}
@@ -365,42 +398,43 @@ def _short(name: str) -> str:
     return name.replace("nonlocal-", "").replace("-bfloat16", "").replace("-int8", "")
 
 
-def write_chart(report: Dict[str, Any], path: str, overwrite: bool = True,
+def write_chart(report: Union[Report, SegmentReport], path: str, overwrite: bool = True,
                 colours: Optional[Dict[str, str]] = None, ylabel: str = "",
-                value_key: str = "gap", ensemble_kinds: Sequence[str] = ("ensemble",)) -> None:
-    """A bar chart (PNG) of every row's metric (row[value_key]) with its 95%
-    interval, bars coloured by kind, the best single state (a row not of
-    ensemble_kinds) as a dashed line."""
-    rows, colours = report["rows"], colours or _COLOURS
-    values = [row[value_key] for row in rows]
+                ensemble_kinds: Sequence[str] = ("ensemble",)) -> None:
+    """A bar chart (PNG) of every row's metric with its 95% interval, bars
+    coloured by kind, the best single state (a row not of ensemble_kinds) as
+    a dashed line."""
+    rows: Sequence[StateRow] = report.rows
+    colours = colours or _COLOURS
+    values = [row.metric for row in rows]
     figure = Figure(figsize=(max(6.0, 0.7 * len(rows)) + 2.0, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     for kind, colour in colours.items():
-        picked = [(p, values[p]) for p, row in enumerate(rows) if row["kind"] == kind]
+        picked = [(p, values[p]) for p, row in enumerate(rows) if row.kind == kind]
         if picked:
             positions, heights = zip(*picked)
-            axes.bar(positions, [value["estimate"] for value in heights], width=0.7,
+            axes.bar(positions, [value.estimate for value in heights], width=0.7,
                      color=colour, label=kind, yerr=_error_bars(heights), capsize=3)
-    singles = [values[p]["estimate"] for p, row in enumerate(rows)
-               if row["kind"] not in ensemble_kinds]
+    singles = [values[p].estimate for p, row in enumerate(rows)
+               if row.kind not in ensemble_kinds]
     if singles:
         axes.axhline(max(singles), color="black", linestyle="--", linewidth=1,
                      label="best single state")
-    axes.set_ylim(max(0.0, min(value["low"] for value in values) - 0.05), None)
+    axes.set_ylim(max(0.0, min(value.low for value in values) - 0.05), None)
     axes.set_xticks(range(len(rows)))
-    axes.set_xticklabels([_short(row["name"]) + (" *" if row.get("chosen") else "")
+    axes.set_xticklabels([_short(row.name) + (" *" if row.chosen else "")
                           for row in rows], rotation=40, ha="right", fontsize=7)
-    axes.set_ylabel(ylabel or f"GAP@20, {report['num_videos']} held-out videos")
+    axes.set_ylabel(ylabel or f"GAP@20, {report.num_videos} held-out videos")
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     with checkpoints.atomic_file(path, overwrite, "output_png") as tmp_path:
         figure.savefig(tmp_path, format="png")
 
 
-def _error_bars(gaps: Sequence[Dict[str, Any]]) -> Tuple[List[float], List[float]]:
-    return ([gap["estimate"] - gap["low"] for gap in gaps],
-            [gap["high"] - gap["estimate"] for gap in gaps])
+def _error_bars(values: Sequence[Estimate]) -> Tuple[List[float], List[float]]:
+    return ([value.estimate - value.low for value in values],
+            [value.high - value.estimate for value in values])
 
 
 def main(argv) -> None:
@@ -418,24 +452,27 @@ def main(argv) -> None:
 
 
 def print_choice(read: Callable[[str], WeightsFile] = read_stacking,
-                 choose_by: Callable[..., Dict[str, Any]] = choose) -> None:
+                 choose_by: Callable[[str, str, Optional[WeightsFile]], EnsembleChoice] = choose
+                 ) -> None:
     """--choose: prints the dir of the better ensemble of --weights_file
     (read by `read`, chosen by `choose_by`)."""
     shared_flags.require(ensemble_dir=FLAGS.ensemble_dir, stacked_dir=FLAGS.stacked_dir,
                          weights_file=FLAGS.weights_file)
-    print(choose_by(FLAGS.ensemble_dir, FLAGS.stacked_dir, read(FLAGS.weights_file))["dir"])
+    print(choose_by(FLAGS.ensemble_dir, FLAGS.stacked_dir, read(FLAGS.weights_file)).dir)
 
 
-def write_outputs(report: Dict[str, Any], text: str, **chart: Any) -> None:
+def write_outputs(report: Union[Report, SegmentReport], text: str,
+                  colours: Optional[Dict[str, str]] = None, ylabel: str = "",
+                  ensemble_kinds: Sequence[str] = ("ensemble",)) -> None:
     """Prints the report's text; writes --output_json and --output_png
-    (write_chart with the `chart` arguments)."""
+    (write_chart with colours, ylabel and ensemble_kinds)."""
     print(text)
     if FLAGS.output_json:
         with checkpoints.atomic_file(FLAGS.output_json, FLAGS.overwrite, "output_json") as tmp:
-            checkpoints.write_json(tmp, report)
+            stage_files.write_record(tmp, report)
         print(f"wrote {FLAGS.output_json}")
     if FLAGS.output_png:
-        write_chart(report, FLAGS.output_png, FLAGS.overwrite, **chart)
+        write_chart(report, FLAGS.output_png, FLAGS.overwrite, colours, ylabel, ensemble_kinds)
         print(f"wrote {FLAGS.output_png}")
 
 

@@ -15,8 +15,9 @@ ones, with refinement. Every gain between them gets a paired 95% interval.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 
@@ -24,7 +25,14 @@ from ensemble import report as video_report
 from training import checkpoints, eval_results, intervals, paths, segment_results
 from training import flags as shared_flags
 from training.cli import UserError, run_main
-from training.stage_files import WeightsFile
+from training.stage_files import (
+    Gain,
+    RefinementSettings,
+    SegmentReport,
+    SegmentReportChoice,
+    SegmentReportRow,
+    WeightsFile,
+)
 
 FLAGS = flags.FLAGS
 SEGMENT_RESULTS = segment_results.SEGMENT_RESULTS
@@ -125,45 +133,49 @@ def unrefined(ratings: intervals.SegmentRatings) -> intervals.SegmentRatings:
 
 _name = video_report.dir_name
 _averaging = video_report.averaging     # (swa.json, as the video-level report reads it)
+Measured = Tuple[SegmentReportRow, intervals.SegmentRatings]
+
+
+def _row(name: str, directory: str, kind: str, **fields: Any) -> SegmentReportRow:
+    """A row before its evaluation is read and measured (_Rows fills both)."""
+    return SegmentReportRow(name=name, dir=directory, kind=kind, evaluation={},
+                            value=video_report.UNMEASURED, **fields)
 
 
 class _Rows:
-    """The report's rows, each with its per-rating record (popped into the bootstrap)."""
+    """The report's rows, each with its per-rating record (for the bootstrap)."""
 
     def __init__(self, data_pattern: str, refine_top_k: int, refine_model_dir: str,
                  submission_refines: bool = True):
         self.data_pattern, self.top_k, self.refine_dir = (data_pattern, refine_top_k,
                                                           refine_model_dir)
         self.submission_refines = submission_refines
-        self.rows: List[Dict[str, Any]] = []
+        self.rows: List[Measured] = []
 
-    def add(self, name: str, directory: str, kind: str, train_dir: bool = False,
-            **extra: Any) -> None:
-        entry = segment_evaluation_on(directory, self.data_pattern, train_dir=train_dir)
-        self.rows.append({"name": name, "dir": directory, "kind": kind, "evaluation": entry,
-                          "ratings": ratings_of(directory, entry), **extra})
+    def add(self, row: SegmentReportRow, train_dir: bool = False) -> None:
+        """The row with its dir's unrefined evaluation."""
+        entry = segment_evaluation_on(row.dir, self.data_pattern, train_dir=train_dir)
+        self.rows.append((dataclasses.replace(row, evaluation=entry),
+                          ratings_of(row.dir, entry)))
 
-    def add_with_refinement(self, name: str, directory: str, kind: str,
-                            chosen: bool = False, **extra: Any) -> None:
+    def add_with_refinement(self, row: SegmentReportRow) -> None:
         """The state's row and, with refinement, its refined row too: both
-        from the refined evaluation's record. `chosen` marks the state that
+        from the refined evaluation's record. row.chosen marks the state that
         writes the submission (its refined row when the submission refines)."""
         if not self.top_k:
-            self.add(name, directory, kind, chosen=chosen, **extra)
+            self.add(row)
             return
-        entry = segment_evaluation_on(directory, self.data_pattern, self.top_k,
+        entry = segment_evaluation_on(row.dir, self.data_pattern, self.top_k,
                                       self.refine_dir)
-        refined = ratings_of(directory, entry)
-        common = {"dir": directory, "evaluation": entry, **extra}
-        refines = self.submission_refines
-        self.rows.append({"name": name, "kind": kind, "ratings": unrefined(refined),
-                          "chosen": chosen and not refines, **common})
+        refined = ratings_of(row.dir, entry)
+        chosen, refines = bool(row.chosen), self.submission_refines
+        plain = dataclasses.replace(row, evaluation=entry, chosen=chosen and not refines)
+        self.rows.append((plain, unrefined(refined)))
         # The refined row's one gain is over its unrefined row (not fine-tuning's or averaging's).
-        for link in ("video_row", "finetuned_row"):
-            common.pop(link, None)
-        self.rows.append({"name": f"{name} + refined", "kind": f"{kind}, refined",
-                          "ratings": refined, "unrefined_row": name,
-                          "chosen": chosen and refines, **common})
+        self.rows.append((dataclasses.replace(
+            plain, name=f"{row.name} + refined", kind=f"{row.kind}, refined",
+            unrefined_row=row.name, chosen=chosen and refines, video_row=None,
+            finetuned_row=None), refined))
 
 
 def _member_rows(rows: _Rows, video_dirs: Sequence[str], finetuned_dirs: Sequence[str],
@@ -177,19 +189,19 @@ def _member_rows(rows: _Rows, video_dirs: Sequence[str], finetuned_dirs: Sequenc
         video = finetuned = None
         if video_dirs:
             video = f"{_name(video_dirs[index])} video level"
-            rows.add(video, video_dirs[index], "video level", member=member)
+            rows.add(_row(video, video_dirs[index], "video level", member=member))
         if finetuned_dirs:
             finetuned = f"{_name(finetuned_dirs[index])} fine-tuned"
-            rows.add(finetuned, finetuned_dirs[index], "fine-tuned", train_dir=True,
-                     member=member, video_row=video)
+            rows.add(_row(finetuned, finetuned_dirs[index], "fine-tuned", member=member,
+                          video_row=video), train_dir=True)
         if model_dirs:
-            window = _averaging(model_dirs[index]).get("count")
-            rows.add_with_refinement(
+            info = _averaging(model_dirs[index])
+            window = info.get("count")
+            rows.add_with_refinement(_row(
                 f"{member} fine-tuned, window {window}" if window else member,
-                model_dirs[index], "averaged", member=member, window=window,
-                window_choice=_averaging(model_dirs[index]).get("window_choice"),
-                finetuned_row=finetuned,
-                stacked_weight=weights.get(os.path.realpath(model_dirs[index])))
+                model_dirs[index], "averaged", member=member, chosen=False, window=window,
+                window_choice=info.get("window_choice"), finetuned_row=finetuned,
+                stacked_weight=weights.get(os.path.realpath(model_dirs[index]))))
 
 
 def _ensemble_rows(rows: _Rows, video_ensemble_dir: str, ensemble_dir: str, stacked_dir: str,
@@ -201,33 +213,37 @@ def _ensemble_rows(rows: _Rows, video_ensemble_dir: str, ensemble_dir: str, stac
         if directory:
             chosen = kind == "ensemble" and (os.path.realpath(directory)
                                              == os.path.realpath(chosen_dir))
-            rows.add_with_refinement(name, directory, kind, chosen=chosen)
+            rows.add_with_refinement(_row(name, directory, kind, chosen=chosen))
 
 
 _ENSEMBLE_KINDS = ("ensemble", "ensemble, refined", "video ensemble", "video ensemble, refined")
 
 
-def _gains(rows: List[Dict[str, Any]], boot: intervals.PairedBootstrap
-           ) -> List[Dict[str, Any]]:
+def _earlier(row: SegmentReportRow, what: str) -> Optional[str]:
+    """The row that `what` ("fine-tuning", "averaging", "refinement") gains over."""
+    return {"fine-tuning": row.video_row, "averaging": row.finetuned_row,
+            "refinement": row.unrefined_row}[what]
+
+
+def _gains(rows: Sequence[SegmentReportRow], boot: intervals.PairedBootstrap) -> List[Gain]:
     """Every gain the report states, each with its paired interval."""
     gain = video_report.gain_entry
-    gains = [gain(boot, what, row["name"], row[link])
-             for what, link in (("fine-tuning", "video_row"), ("averaging", "finetuned_row"),
-                                ("refinement", "unrefined_row"))
-             for row in rows if row.get(link)]
-    singles = [row for row in rows if row["kind"] not in _ENSEMBLE_KINDS]
-    best = video_report.best_single(singles, "value")
-    by_kind = {row["kind"]: row for row in rows if row["kind"].startswith("video ensemble")}
+    gains = [gain(boot, what, row.name, over)
+             for what in ("fine-tuning", "averaging", "refinement")
+             for row in rows if (over := _earlier(row, what))]
+    singles = [row for row in rows if row.kind not in _ENSEMBLE_KINDS]
+    best = video_report.best_single(singles)
+    by_kind = {row.kind: row for row in rows if row.kind.startswith("video ensemble")}
     for row in rows:
-        if row["kind"] not in _ENSEMBLE_KINDS:
+        if row.kind not in _ENSEMBLE_KINDS:
             continue
         if best is not None:
-            gains += video_report.versus_singles(boot, row["name"], singles, best)
-        video = by_kind.get("video " + row["kind"])
+            gains += video_report.versus_singles(boot, row.name, singles, best)
+        video = by_kind.get("video " + row.kind)
         if video is not None:
-            gains.append(gain(boot, "fine-tuned vs video-level ensemble", row["name"],
-                              video["name"]))
-    names = {row["name"] for row in rows}
+            gains.append(gain(boot, "fine-tuned vs video-level ensemble", row.name,
+                              video.name))
+    names = {row.name for row in rows}
     for suffix in ("", " + refined"):
         stacked, uniform = "stacked fine-tuned ensemble" + suffix, "fine-tuned ensemble" + suffix
         if stacked in names and uniform in names:
@@ -242,14 +258,31 @@ def read_stacking(weights_file: str) -> WeightsFile:
                                     "stacking.fit --segment_labels")
 
 
-def choose(ensemble_dir: str, stacked_dir: str, stacking: WeightsFile) -> Dict[str, Any]:
-    """The better ensemble on the fitting segment files (ties: the uniform one)."""
-    return {**video_report.choose_by_metric(ensemble_dir, stacked_dir, stacking, "segment_map"),
-            "fit_data_pattern": stacking.data_pattern}
+def choose(ensemble_dir: str, stacked_dir: str, stacking: Optional[WeightsFile]
+           ) -> SegmentReportChoice:
+    """The better ensemble on the fitting segment files (ties, no weights
+    file or no stacked dir: the uniform one)."""
+    if stacking is None or not stacked_dir:
+        return SegmentReportChoice(chosen="uniform", dir=ensemble_dir)
+    chosen, directory, stacked, uniform = video_report.choose_by_metric(
+        ensemble_dir, stacked_dir, stacking, "segment_map")
+    return SegmentReportChoice(chosen=chosen, dir=directory, fit_segment_map_stacked=stacked,
+                               fit_segment_map_uniform=uniform,
+                               fit_data_pattern=stacking.data_pattern)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinementChoice:
+    """Whether the submission refines (refine_top_k; 0: no), from the chosen
+    ensemble's Segment MAP refined and unrefined on the fitting files."""
+    refine_top_k: int
+    fit_segment_map_refined: float
+    fit_segment_map_unrefined: float
+    fit_data_pattern: str
 
 
 def choose_refinement(ensemble_dir: str, fit_data_pattern: str, refine_top_k: int,
-                      refine_model_dir: str) -> Dict[str, Any]:
+                      refine_model_dir: str) -> RefinementChoice:
     """Whether the submission refines: refine_top_k when the chosen
     ensemble's refined evaluation on the fitting files beats the unrefined
     one (the same record gives both), else 0 (ties: 0)."""
@@ -257,9 +290,9 @@ def choose_refinement(ensemble_dir: str, fit_data_pattern: str, refine_top_k: in
                                   refine_model_dir)
     refined = ratings_of(ensemble_dir, entry)
     with_k, without = refined.point(), unrefined(refined).point()
-    return {"refine_top_k": refine_top_k if with_k > without else 0,
-            "fit_segment_map_refined": with_k, "fit_segment_map_unrefined": without,
-            "fit_data_pattern": entry["eval_data_pattern"]}
+    return RefinementChoice(refine_top_k=refine_top_k if with_k > without else 0,
+                            fit_segment_map_refined=with_k, fit_segment_map_unrefined=without,
+                            fit_data_pattern=entry["eval_data_pattern"])
 
 
 def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
@@ -267,9 +300,9 @@ def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
                  refine_top_k: int = 0, refine_model_dir: str = "",
                  video_ensemble_dir: str = "", ensemble_dir: str = "", stacked_dir: str = "",
                  weights_file: str = "", samples: int = intervals.DEFAULT_SAMPLES,
-                 fit_data_pattern: str = "") -> Dict[str, Any]:
-    """The report as a dict (module docstring); rows of other ratings are
-    refused. fit_data_pattern: the submission's refinement is chosen on it
+                 fit_data_pattern: str = "") -> SegmentReport:
+    """The report (module docstring); rows of other ratings are refused.
+    fit_data_pattern: the submission's refinement is chosen on it
     (choose_refinement), else it refines whenever refine_top_k > 0."""
     shared_flags.require(data_pattern=data_pattern)
     if refine_top_k < 0:
@@ -279,66 +312,68 @@ def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
     weights, choice = video_report.weights_and_choice(weights_file, ensemble_dir, stacked_dir,
                                                       read_stacking, choose)
     if refine_top_k and fit_data_pattern:
-        choice.update(choose_refinement(choice["dir"], fit_data_pattern, refine_top_k,
-                                        refine_model_dir))
-    rows = _Rows(data_pattern, refine_top_k, refine_model_dir,
-                 submission_refines=choice.get("refine_top_k", refine_top_k) > 0)
+        refinement = choose_refinement(choice.dir, fit_data_pattern, refine_top_k,
+                                       refine_model_dir)
+        choice = dataclasses.replace(
+            choice, refine_top_k=refinement.refine_top_k,
+            fit_segment_map_refined=refinement.fit_segment_map_refined,
+            fit_segment_map_unrefined=refinement.fit_segment_map_unrefined,
+            fit_data_pattern=refinement.fit_data_pattern)
+    refines = choice.refine_top_k if choice.refine_top_k is not None else refine_top_k
+    rows = _Rows(data_pattern, refine_top_k, refine_model_dir, submission_refines=refines > 0)
     _member_rows(rows, video_dirs, finetuned_dirs, model_dirs, weights)
-    _ensemble_rows(rows, video_ensemble_dir, ensemble_dir, stacked_dir, choice["dir"])
+    _ensemble_rows(rows, video_ensemble_dir, ensemble_dir, stacked_dir, choice.dir)
     if not rows.rows:
         raise UserError("--video_dirs, --model_dirs or --ensemble_dir: give at least one")
-    boot = intervals.PairedBootstrap({row["name"]: row.pop("ratings") for row in rows.rows},
-                                     samples)
-    for row in rows.rows:
-        row["value"] = boot.value(row["name"]).as_dict()
-    first = rows.rows[0]["evaluation"]
-    return {"metric": METRIC, "data_pattern": eval_results.absolute_pattern(data_pattern),
-            "num_videos": boot.num_videos,
-            "num_ratings": int(first.get("num_segments", 0)),
-            "refinement": {"top_k": refine_top_k, "model_dir": refine_model_dir or None},
-            "bootstrap": video_report.bootstrap_settings(boot),
-            "rows": rows.rows, "gains": _gains(rows.rows, boot), "choice": choice}
+    boot = intervals.PairedBootstrap({row.name: record for row, record in rows.rows}, samples)
+    measured = tuple(dataclasses.replace(row, value=video_report.estimate_of(
+        boot.value(row.name))) for row, _ in rows.rows)
+    return SegmentReport(
+        metric=METRIC, data_pattern=eval_results.absolute_pattern(data_pattern),
+        num_videos=boot.num_videos, num_ratings=int(measured[0].evaluation.get("num_segments", 0)),
+        refinement=RefinementSettings(top_k=refine_top_k, model_dir=refine_model_dir or None),
+        bootstrap=video_report.bootstrap_settings(boot), rows=measured,
+        gains=tuple(_gains(measured, boot)), choice=choice)
 
 
 # ---------------------------------------------------------------------------
 # Text and chart
 
 
-def format_report(report: Dict[str, Any]) -> str:
+def format_report(report: SegmentReport) -> str:
     """The report as a fixed-width table and its conclusions, intervals included."""
-    rows = report["rows"]
-    lines = [f"held-out: {report['num_ratings']} rated segments of {report['num_videos']} "
-             f"videos of {report['data_pattern']}; intervals: paired bootstrap over videos, "
-             f"{report['bootstrap']['samples']} draws"]
-    lines += video_report.table_lines(rows, max(len(row["kind"]) for row in rows), "value",
+    rows = report.rows
+    lines = [f"held-out: {report.num_ratings} rated segments of {report.num_videos} "
+             f"videos of {report.data_pattern}; intervals: paired bootstrap over videos, "
+             f"{report.bootstrap.samples} draws"]
+    lines += video_report.table_lines(rows, max(len(row.kind) for row in rows),
                                       (METRIC + " [95% interval]", 27))
     lines.append("* the ensemble that writes the 2019 submission (chosen on the fitting files)")
     return "\n".join(lines + _conclusions(report))
 
 
-def _conclusions(report: Dict[str, Any]) -> List[str]:
+def _conclusions(report: SegmentReport) -> List[str]:
     lines = []
     verdict, text = video_report.verdict, video_report.interval_text
     for what in ("fine-tuning", "averaging", "refinement", "ensemble vs best single state",
                  "fine-tuned vs video-level ensemble", "stacked vs uniform"):
-        gains = [gain for gain in report["gains"] if gain["what"] == what]
+        gains = [gain for gain in report.gains if gain.what == what]
         for gain in gains:
-            lines.append(f"{what}: {gain['system']} vs {gain['over']} {text(gain)} "
+            lines.append(f"{what}: {gain.system} vs {gain.over} {text(gain)} "
                          f"({verdict(gain)})")
         if len(gains) > 1:
-            wins = sum(gain["low"] > 0 for gain in gains)
-            losses = sum(gain["high"] < 0 for gain in gains)
+            wins = sum(gain.low > 0 for gain in gains)
+            losses = sum(gain.high < 0 for gain in gains)
             lines.append(f"{what}: {wins} of {len(gains)} resolved gains, {losses} resolved "
                          f"losses")
-    lines += video_report.choice_lines(report, "segment_map", METRIC, "the submission",
-                                       "files")
-    choice = report.get("choice") or {}
-    if "fit_segment_map_refined" in choice:
-        refines = (f"refines (top {choice['refine_top_k']} video-level classes)"
-                   if choice["refine_top_k"] else "does not refine")
+    lines += video_report.choice_lines(report.choice, METRIC, "the submission", "files")
+    choice = report.choice
+    if choice.fit_segment_map_refined is not None:
+        refines = (f"refines (top {choice.refine_top_k} video-level classes)"
+                   if choice.refine_top_k else "does not refine")
         lines.append(f"the submission {refines}: Segment MAP of the chosen ensemble on the "
-                     f"fitting files refined {choice['fit_segment_map_refined']:.4f}, "
-                     f"unrefined {choice['fit_segment_map_unrefined']:.4f}")
+                     f"fitting files refined {choice.fit_segment_map_refined:.4f}, "
+                     f"unrefined {choice.fit_segment_map_unrefined:.4f}")
     return lines
 
 
@@ -361,7 +396,7 @@ def main(argv) -> None:
                              fit_data_pattern=FLAGS.fit_data_pattern,
                              refine_model_dir=FLAGS.refine_model_dir)
         print(choose_refinement(FLAGS.ensemble_dir, FLAGS.fit_data_pattern,
-                                FLAGS.refine_top_k, FLAGS.refine_model_dir)["refine_top_k"])
+                                FLAGS.refine_top_k, FLAGS.refine_model_dir).refine_top_k)
         return
     comma = shared_flags.comma_list
     report = build_report(FLAGS.data_pattern, comma(FLAGS.video_dirs),
@@ -371,8 +406,8 @@ def main(argv) -> None:
                           FLAGS.weights_file, FLAGS.bootstrap_samples,
                           FLAGS.fit_data_pattern)
     video_report.write_outputs(report, format_report(report), colours=_COLOURS,
-                               ylabel=f"{METRIC}, {report['num_videos']} held-out videos",
-                               value_key="value", ensemble_kinds=_ENSEMBLE_KINDS)
+                               ylabel=f"{METRIC}, {report.num_videos} held-out videos",
+                               ensemble_kinds=_ENSEMBLE_KINDS)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import os
 import typing
 from typing import (
     Any,
+    ClassVar,
     Dict,
     Iterable,
     List,
@@ -285,6 +286,7 @@ class WeightsFile(Record):
         return stacked, uniform
 
 
+# ---------------------------------------------------------------------------
 # swa.json (swa.average; carried into the converted dir by bfloat16_patch)
 
 
@@ -502,3 +504,198 @@ def check_held_out(measured_pattern: str, sources: Mapping[str, Iterable[Provena
         more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
         raise UserError(f"{lines[0]}, and the report measures it: that choice is not held "
                         f"out; make it again on other files{more}")
+
+
+# ---------------------------------------------------------------------------
+# The reports (ensemble.report and ensemble.segment_report --output_json)
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate(Record):
+    """A metric with its paired bootstrap 95% interval; resolved: the
+    interval excludes 0 (training.intervals.Interval)."""
+    estimate: float
+    low: float
+    high: float
+    resolved: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Gain(Estimate):
+    """One gain a report states: metric(system) - metric(over), with its
+    interval; what: which gain ("averaging", "stacked vs uniform", ...)."""
+    what: str
+    system: str
+    over: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapSettings(Record):
+    """The draws of a report's intervals (training.intervals.PairedBootstrap)."""
+    samples: int
+    seed: int
+    confidence: float
+
+
+class _WithNulls(Record):
+    """A record whose omit_none fields are written as null, when None, if
+    they are among _null_keys() (the files always had them there), and left
+    out otherwise."""
+
+    def _null_keys(self) -> Tuple[str, ...]:
+        return ()
+
+    def to_json(self) -> Dict[str, Json]:
+        payload = super().to_json()
+        for name in self._null_keys():
+            payload.setdefault(name, None)
+        return payload
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StateRow(_WithNulls):
+    """A row of a report: one state (a model dir or an ensemble), its
+    evaluation on the held-out files as its results file holds it, its
+    member, whether it writes the submission (chosen), its averaging window
+    (swa.json's count and window_choice) and its stacked weight. The keys
+    of NULL_KEYS[kind] are written even when None."""
+    NULL_KEYS: ClassVar[Dict[str, Tuple[str, ...]]] = {}
+    name: str
+    dir: str
+    kind: str
+    evaluation: Dict[str, Json]
+    member: Optional[str] = omit_none()
+    chosen: Optional[bool] = omit_none()
+    window: Optional[int] = omit_none()
+    window_choice: Optional[Dict[str, Json]] = omit_none()
+    stacked_weight: Optional[float] = omit_none()
+
+    def _null_keys(self) -> Tuple[str, ...]:
+        return self.NULL_KEYS.get(self.kind, ())
+
+    @property
+    def metric(self) -> Estimate:
+        """The row's metric with its interval."""
+        raise NotImplementedError
+
+
+_AVERAGED = ("window", "window_choice", "stacked_weight")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReportRow(StateRow):
+    """A row of ensemble.report: kind "last checkpoint", "member" (last_row:
+    the row of its last checkpoint) or "ensemble"; its GAP."""
+    NULL_KEYS = {"member": _AVERAGED + ("last_row",)}
+    gap: Estimate
+    last_row: Optional[str] = omit_none()
+
+    @property
+    def metric(self) -> Estimate:
+        return self.gap
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SegmentReportRow(StateRow):
+    """A row of ensemble.segment_report: kind "video level", "fine-tuned",
+    "averaged", "video ensemble" or "ensemble" (each but the first two also
+    ", refined"); its Segment MAP (value); the rows it gains over: video_row
+    (fine-tuning), finetuned_row (averaging), unrefined_row (refinement)."""
+    NULL_KEYS = {"fine-tuned": ("video_row",), "averaged": _AVERAGED + ("finetuned_row",),
+                 "averaged, refined": _AVERAGED}
+    value: Estimate
+    video_row: Optional[str] = omit_none()
+    finetuned_row: Optional[str] = omit_none()
+    unrefined_row: Optional[str] = omit_none()
+
+    @property
+    def metric(self) -> Estimate:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleChoice(_WithNulls):
+    """Which ensemble writes the submission: chosen ("uniform" or
+    "stacked") and its dir."""
+    chosen: str
+    dir: str
+
+    def fitted(self) -> Optional[Tuple[float, float]]:
+        """(stacked, uniform) metric on the fitting files the choice compared
+        (None: chosen without a stacking fit)."""
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportChoice(EnsembleChoice):
+    """ensemble.report's choice: by GAP on the fitting videos of the weights
+    file (fit_videos and fit_data_pattern: its num_videos and data_pattern)."""
+    fit_gap_stacked: Optional[float] = omit_none()
+    fit_gap_uniform: Optional[float] = omit_none()
+    fit_videos: Optional[int] = omit_none()
+    fit_data_pattern: Optional[str] = omit_none()
+
+    def _null_keys(self) -> Tuple[str, ...]:
+        return ("fit_videos", "fit_data_pattern") if self.fit_gap_stacked is not None else ()
+
+    def fitted(self) -> Optional[Tuple[float, float]]:
+        if self.fit_gap_stacked is None or self.fit_gap_uniform is None:
+            return None
+        return self.fit_gap_stacked, self.fit_gap_uniform
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentReportChoice(EnsembleChoice):
+    """ensemble.segment_report's choice: the ensemble by Segment MAP on the
+    fitting files of the weights file; with refinement chosen on the fitting
+    files (--fit_data_pattern), refine_top_k (0: none) and both Segment MAPs
+    of the chosen ensemble there (fit_data_pattern: then those files)."""
+    fit_segment_map_stacked: Optional[float] = omit_none()
+    fit_segment_map_uniform: Optional[float] = omit_none()
+    fit_data_pattern: Optional[str] = omit_none()
+    refine_top_k: Optional[int] = omit_none()
+    fit_segment_map_refined: Optional[float] = omit_none()
+    fit_segment_map_unrefined: Optional[float] = omit_none()
+
+    def _null_keys(self) -> Tuple[str, ...]:
+        fitted = self.fit_segment_map_stacked is not None or self.refine_top_k is not None
+        return ("fit_data_pattern",) if fitted else ()
+
+    def fitted(self) -> Optional[Tuple[float, float]]:
+        if self.fit_segment_map_stacked is None or self.fit_segment_map_uniform is None:
+            return None
+        return self.fit_segment_map_stacked, self.fit_segment_map_uniform
+
+
+@dataclasses.dataclass(frozen=True)
+class Report(Record):
+    """ensemble.report's JSON: the held-out files and their number of
+    videos, the bootstrap, every row, every gain, the ensemble choice."""
+    data_pattern: str
+    num_videos: int
+    bootstrap: BootstrapSettings
+    rows: Tuple[ReportRow, ...]
+    gains: Tuple[Gain, ...]
+    choice: ReportChoice
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinementSettings(Record):
+    """The refinement of a segment report's refined rows (top_k 0: none)."""
+    top_k: int
+    model_dir: Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentReport(Record):
+    """ensemble.segment_report's JSON: as Report, on rated segments (metric
+    "Segment MAP", num_ratings), with the refinement of its refined rows."""
+    metric: str
+    data_pattern: str
+    num_videos: int
+    num_ratings: int
+    refinement: RefinementSettings
+    bootstrap: BootstrapSettings
+    rows: Tuple[SegmentReportRow, ...]
+    gains: Tuple[Gain, ...]
+    choice: SegmentReportChoice

@@ -2,6 +2,7 @@
 the choice, refusals of rows measured on other data, the JSON and the chart."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from conftest import run_module
 from ensemble import report
 from training import checkpoints, eval_results, intervals, metrics
 from training.cli import UserError
-from training.stage_files import WeightsFile
+from training.stage_files import Gain, WeightsFile
 from training.weights_file import write_weights_file
 
 NUM_VIDEOS, NUM_CLASSES = 300, 40
@@ -73,36 +74,37 @@ def test_rows_gains_intervals_and_choice(tmp_path):
     file's (GAP near 1) and fails the held-out GAP check."""
     dirs, heldout = make_run(tmp_path)
     built = build(dirs, heldout)
-    assert built["num_videos"] == NUM_VIDEOS and built["data_pattern"] == heldout
-    names = [row["name"] for row in built["rows"]]
+    assert built.num_videos == NUM_VIDEOS and built.data_pattern == heldout
+    names = [row.name for row in built.rows]
     assert names == ["a-bfloat16-train last checkpoint", "a-bfloat16 (window 4)",
                      "b-bfloat16-train last checkpoint", "b-bfloat16 (window 4)",
                      "uniform ensemble", "stacked ensemble"]
-    for row in built["rows"]:
-        assert row["evaluation"]["eval_data_pattern"] == heldout
-        assert row["evaluation"]["num_examples"] == NUM_VIDEOS
-        assert row["gap"]["low"] < row["gap"]["estimate"] < row["gap"]["high"] < 0.95
-    assert [row.get("chosen") for row in built["rows"][4:]] == [False, True]
-    gains = {(g["what"], g["system"], g["over"]): g for g in built["gains"]}
+    for row in built.rows:
+        assert row.evaluation["eval_data_pattern"] == heldout
+        assert row.evaluation["num_examples"] == NUM_VIDEOS
+        assert row.gap.low < row.gap.estimate < row.gap.high < 0.95
+    assert [row.chosen for row in built.rows[4:]] == [False, True]
+    gains = {(g.what, g.system, g.over): g for g in built.gains}
     averaging = gains[("averaging", "a-bfloat16 (window 4)", "a-bfloat16-train last checkpoint")]
-    assert averaging["low"] < averaging["estimate"] < averaging["high"]
-    best = max(built["rows"][:4], key=lambda row: row["gap"]["estimate"])["name"]
+    assert averaging.low < averaging.estimate < averaging.high
+    best = max(built.rows[:4], key=lambda row: row.gap.estimate).name
     assert ("ensemble vs best single state", "stacked ensemble", best) in gains
-    assert len([g for g in built["gains"] if g["system"] == "stacked ensemble"
-                and g["what"].startswith("ensemble vs")]) == 4
+    assert len([g for g in built.gains if g.system == "stacked ensemble"
+                and g.what.startswith("ensemble vs")]) == 4
     text = report.format_report(built)
     assert f"held-out: {NUM_VIDEOS} videos of {heldout}" in text
     assert "stacked ensemble *" in text and "stacked vs uniform: " in text
     assert "the CSV uses the stacked ensemble" in text
     tie = report.choose("U", "S", WeightsFile(members=("a",), weights=(1.0,), gap=0.5,
                                               gap_uniform=0.5, num_videos=1))
-    assert tie["chosen"] == "uniform" and tie["dir"] == "U"
+    assert tie.chosen == "uniform" and tie.dir == "U"
 
 
-def stated(system: str, low: float, high: float, what: str = "averaging") -> dict:
+def stated(system: str, low: float, high: float, what: str = "averaging") -> Gain:
     """A gain as the report states it (gain_entry), with this interval."""
-    interval = intervals.Interval((low + high) / 2, low, high).as_dict()
-    return {"what": what, "system": system, "over": f"{system} before", **interval}
+    interval = intervals.Interval((low + high) / 2, low, high)
+    return Gain(what=what, system=system, over=f"{system} before", estimate=interval.estimate,
+                low=low, high=high, resolved=interval.resolved)
 
 
 def test_each_gain_is_stated_on_its_side_of_zero(tmp_path):
@@ -117,10 +119,11 @@ def test_each_gain_is_stated_on_its_side_of_zero(tmp_path):
     assert report.verdict(stated("n", -0.01, 0.03)) == "not resolved"
     dirs, heldout = make_run(tmp_path)
     built = build(dirs, heldout)
-    built["gains"] = [stated("gains", 0.01, 0.03), stated("loses", -0.03, -0.01),
-                      stated("unsure", -0.01, 0.03)]
-    built["gains"] += [stated("stacked ensemble", low, high, "ensemble vs a single state")
-                       for low, high in ((0.01, 0.03), (-0.03, -0.01), (-0.01, 0.03))]
+    gains = [stated("gains", 0.01, 0.03), stated("loses", -0.03, -0.01),
+             stated("unsure", -0.01, 0.03)]
+    gains += [stated("stacked ensemble", low, high, "ensemble vs a single state")
+              for low, high in ((0.01, 0.03), (-0.03, -0.01), (-0.01, 0.03))]
+    built = dataclasses.replace(built, gains=tuple(gains))
     lines = report.format_report(built).splitlines()
     for system, words in (("gains", "resolved, a gain"), ("loses", "resolved, a loss"),
                           ("unsure", "not resolved")):
@@ -189,3 +192,28 @@ def test_report_errors(tmp_path):
     assert "error: --stacked_dir: required" in completed.stderr
     completed = run_module("ensemble.report", f"--ensemble_dir={dirs['uniform']}", check=False)
     assert completed.returncode == 2 and "error: --data_pattern: required" in completed.stderr
+
+
+def test_json_keeps_null_keys_where_the_report_always_wrote_them(tmp_path):
+    """Without train dirs the member rows still have "last_row": null (and
+    "stacked_weight": null without stacking), the ensemble rows no window
+    keys; a weights file without num_videos and data_pattern gives
+    "fit_videos": null and "fit_data_pattern": null, as the dict-built report
+    wrote. Mutation tried: ReportChoice without _null_keys dropped
+    fit_videos and fit_data_pattern."""
+    dirs, heldout = make_run(tmp_path)
+    members = [str(dirs["a-bfloat16"]), str(dirs["b-bfloat16"])]
+    plain = report.build_report(members, heldout, str(dirs["uniform"]), samples=50).to_json()
+    assert {key: plain["rows"][0][key] for key in ("last_row", "stacked_weight", "window")} \
+        == {"last_row": None, "stacked_weight": None, "window": 4}
+    assert sorted(plain["rows"][0]) == ["dir", "evaluation", "gap", "kind", "last_row", "member",
+                                        "name", "stacked_weight", "window", "window_choice"]
+    assert sorted(plain["rows"][2]) == ["chosen", "dir", "evaluation", "gap", "kind", "name"]
+    assert plain["choice"] == {"chosen": "uniform", "dir": str(dirs["uniform"])}
+    write_weights_file(str(dirs["weights"]), WeightsFile(
+        members=tuple(members), weights=(0.7, 0.3), gap=0.60, gap_uniform=0.58))
+    fitted = report.build_report(members, heldout, str(dirs["uniform"]), str(dirs["stacked"]),
+                                 weights_file=str(dirs["weights"]), samples=50).to_json()
+    assert fitted["choice"] == {"chosen": "stacked", "dir": str(dirs["stacked"]),
+                                "fit_gap_stacked": 0.60, "fit_gap_uniform": 0.58,
+                                "fit_videos": None, "fit_data_pattern": None}

@@ -75,31 +75,31 @@ def test_rows_and_gains_of_every_stage(run):
     latest; the refined row taken as the unrefined one (or the reverse); the
     chosen mark on the unrefined ensemble -- each fails an assertion here."""
     report = build(run)
-    rows = {row["name"]: row for row in report["rows"]}
+    rows = {row.name: row for row in report.rows}
     assert list(rows)[:5] == ["GRUModel video level", "GRUModel fine-tuned",
                               "GRUModel fine-tuned, window 4",
                               "GRUModel fine-tuned, window 4 + refined",
                               "Soft-DBoF-4k video level"]
-    assert rows["GRUModel fine-tuned"]["evaluation"]["global_step"] == 20
+    assert rows["GRUModel fine-tuned"].evaluation["global_step"] == 20
     # Values are each record's Segment MAP, the refined rows with pairs left out.
     member = run["members"][0]
     entry = segment_report.segment_evaluation_on(member, run["pattern"], 5, run["refine_dir"])
     record = segment_report.ratings_of(member, entry).sorted_by_id()
-    assert rows["GRUModel fine-tuned, window 4 + refined"]["value"]["estimate"] == \
+    assert rows["GRUModel fine-tuned, window 4 + refined"].value.estimate == \
         pytest.approx(record.point())
-    assert rows["GRUModel fine-tuned, window 4"]["value"]["estimate"] == pytest.approx(
+    assert rows["GRUModel fine-tuned, window 4"].value.estimate == pytest.approx(
         segment_report.unrefined(record).point())
-    gains = {(gain["what"], gain["system"]): gain for gain in report["gains"]}
-    assert gains[("fine-tuning", "GRUModel fine-tuned")]["low"] > 0
+    gains = {(gain.what, gain.system): gain for gain in report.gains}
+    assert gains[("fine-tuning", "GRUModel fine-tuned")].low > 0
     # Refinement that drops negatives gains, one that drops positives loses.
-    assert gains[("refinement", "GRUModel fine-tuned, window 4 + refined")]["low"] > 0
-    assert gains[("refinement", "Soft-DBoF-4k fine-tuned, window 4 + refined")]["high"] < 0
+    assert gains[("refinement", "GRUModel fine-tuned, window 4 + refined")].low > 0
+    assert gains[("refinement", "Soft-DBoF-4k fine-tuned, window 4 + refined")].high < 0
     assert ("fine-tuned vs video-level ensemble", "fine-tuned ensemble + refined") in gains
     assert ("stacked vs uniform", "stacked fine-tuned ensemble + refined") in gains
     # The uniform ensemble won on the fitting files; its refined row writes the CSV.
-    chosen = [row["name"] for row in report["rows"] if row.get("chosen")]
+    chosen = [row.name for row in report.rows if row.chosen]
     assert chosen == ["fine-tuned ensemble + refined"]
-    assert report["choice"]["chosen"] == "uniform"
+    assert report.choice.chosen == "uniform"
     text = segment_report.format_report(report)
     assert "refinement: Soft-DBoF-4k fine-tuned, window 4 + refined vs" in text
     assert "(resolved, a loss)" in text and "(resolved, a gain)" in text
@@ -124,20 +124,19 @@ def test_the_submission_refines_only_when_it_wins_on_the_fitting_files(run):
         write_evaluation(directory, fit, refined(ratings(0.8, 70), keep), refine_top_k=5,
                          refine_dir=run["refine_dir"])
         choice = segment_report.choose_refinement(directory, fit, 5, run["refine_dir"])
-        assert choice["refine_top_k"] == want
-        assert (choice["fit_segment_map_refined"] > choice["fit_segment_map_unrefined"]) == \
+        assert choice.refine_top_k == want
+        assert (choice.fit_segment_map_refined > choice.fit_segment_map_unrefined) == \
             bool(want)
     write_evaluation(uniform, fit, refined(ratings(0.8, 70), cases[1][0]), refine_top_k=5,
                      refine_dir=run["refine_dir"])
     report = build(run, fit_data_pattern=fit)
-    assert [row["name"] for row in report["rows"] if row.get("chosen")] == \
-        ["fine-tuned ensemble"]
-    assert report["choice"]["refine_top_k"] == 0
+    assert [row.name for row in report.rows if row.chosen] == ["fine-tuned ensemble"]
+    assert report.choice.refine_top_k == 0
     assert "the submission does not refine: Segment MAP of the chosen ensemble on the " \
            "fitting files refined" in segment_report.format_report(report)
-    linked = [gain for gain in report["gains"]
-              if gain["system"] == "GRUModel fine-tuned, window 4 + refined"]
-    assert [gain["what"] for gain in linked] == ["refinement"]
+    linked = [gain for gain in report.gains
+              if gain.system == "GRUModel fine-tuned, window 4 + refined"]
+    assert [gain.what for gain in linked] == ["refinement"]
 
 
 def test_missing_or_other_evaluations_are_refused_in_one_line(run, tmp_path):
@@ -166,9 +165,9 @@ def test_chart_and_json(run, tmp_path):
     report = build(run)
     png = tmp_path / "r.png"
     video_report.write_chart(report, str(png), True, segment_report._COLOURS, "Segment MAP",
-                             "value", segment_report._ENSEMBLE_KINDS)
+                             segment_report._ENSEMBLE_KINDS)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    json.dumps(report)
+    json.dumps(report.to_json())
 
 
 def test_the_command_prints_and_writes_the_report(run, tmp_path):
@@ -188,3 +187,29 @@ def test_the_command_prints_and_writes_the_report(run, tmp_path):
     chosen = run_module("ensemble.segment_report", "--choose", f"--ensemble_dir={run['uniform']}",
                         f"--stacked_dir={run['stacked']}", f"--weights_file={run['weights']}")
     assert chosen.stdout.strip() == run["uniform"]
+
+
+def test_json_keeps_null_keys_where_the_report_always_wrote_them(run):
+    """Without video-level dirs the fine-tuned rows still have "video_row":
+    null, without fine-tuning dirs the averaged rows "finetuned_row": null
+    (their refined rows have no such key), and a weights file without
+    data_pattern gives "fit_data_pattern": null, as the dict-built report
+    wrote. Mutation tried: SegmentReportRow.NULL_KEYS without "fine-tuned"
+    dropped video_row."""
+    tuned = build(run, video_dirs=[], model_dirs=[], video_ensemble_dir="").to_json()
+    assert [(row["kind"], row["video_row"]) for row in tuned["rows"][:2]] == \
+        [("fine-tuned", None), ("fine-tuned", None)]
+    averaged = build(run, video_dirs=[], finetuned_dirs=[]).to_json()
+    rows = {row["kind"]: row for row in averaged["rows"]}
+    assert rows["averaged"]["finetuned_row"] is None
+    assert "finetuned_row" not in rows["averaged, refined"]
+    assert sorted(rows["averaged, refined"]) == [
+        "chosen", "dir", "evaluation", "kind", "member", "name", "stacked_weight",
+        "unrefined_row", "value", "window", "window_choice"]
+    assert averaged["choice"]["fit_data_pattern"] == "fit"
+    bare = run["root"] / "bare_weights.json"
+    bare.write_text(json.dumps({"members": run["members"], "weights": [0.3, 0.7],
+                                "segment_map": 0.70, "segment_map_uniform": 0.72}))
+    choice = build(run, weights_file=str(bare)).to_json()["choice"]
+    assert choice == {"chosen": "uniform", "dir": run["uniform"], "fit_segment_map_stacked": 0.70,
+                      "fit_segment_map_uniform": 0.72, "fit_data_pattern": None}
