@@ -22,6 +22,7 @@ file holds both Segment MAPs ("segment_map", "segment_map_uniform"), no GAP.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -103,14 +104,22 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """fit_weights' result: the weights (>= 0, sum 1), the CE of their mean
+    and of the uniform mean, and how the optimiser ended."""
+    weights: np.ndarray
+    cross_entropy: float
+    uniform_cross_entropy: float
+    iterations: int
+    converged: bool
+    message: str
+
+
 def fit_weights(predictions: np.ndarray, labels: np.ndarray,
                 parameterization: str = "simplex", max_iterations: int = 500,
-                epsilon: float = EPSILON) -> Dict[str, Any]:
-    """Minimises the CE of the weighted mean over the member weights.
-
-    Returns {"weights" (>= 0, sum 1), "cross_entropy", "uniform_cross_entropy",
-    "iterations", "converged", "message"}.
-    """
+                epsilon: float = EPSILON) -> Fit:
+    """Minimises the CE of the weighted mean over the member weights."""
     if parameterization not in PARAMETERIZATIONS:
         raise UserError(f"--parameterization: must be one of {', '.join(PARAMETERIZATIONS)}, "
                         f"got {parameterization!r}")
@@ -123,9 +132,8 @@ def fit_weights(predictions: np.ndarray, labels: np.ndarray,
     uniform = np.full(members, 1.0 / members)
     uniform_ce, _ = cross_entropy_and_gradient(uniform, predictions, labels, epsilon)
     if members == 1:
-        return {"weights": uniform, "cross_entropy": uniform_ce,
-                "uniform_cross_entropy": uniform_ce, "iterations": 0, "converged": True,
-                "message": "one member"}
+        return Fit(weights=uniform, cross_entropy=uniform_ce, uniform_cross_entropy=uniform_ce,
+                   iterations=0, converged=True, message="one member")
 
     if parameterization == "simplex":
         result = optimize.minimize(
@@ -150,9 +158,9 @@ def fit_weights(predictions: np.ndarray, labels: np.ndarray,
     if not np.isfinite(value) or value > uniform_ce:
         # The optimiser failed to improve on its starting point: keep uniform.
         weights, value = uniform, uniform_ce
-    return {"weights": weights, "cross_entropy": float(value),
-            "uniform_cross_entropy": float(uniform_ce), "iterations": int(result.nit),
-            "converged": bool(result.success), "message": str(result.message)}
+    return Fit(weights=weights, cross_entropy=float(value),
+               uniform_cross_entropy=float(uniform_ce), iterations=int(result.nit),
+               converged=bool(result.success), message=str(result.message))
 
 
 def weighted_mean(weights: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -289,7 +297,7 @@ def stack(model_dirs: Sequence[str], data_pattern: str, output_file: str,
     log(f"stacked weights: CE {after['cross_entropy']:.4f}  GAP@{top_k} {after['gap']:.4f}")
     record = WeightsFile(
         members=tuple(m.model_dir for m in members),
-        weights=tuple(float(w) for w in fit["weights"]),
+        weights=tuple(float(w) for w in fit.weights),
         parameterization=parameterization, data_pattern=data_pattern,
         num_videos=int(num_videos), tile_num=int(tile_num),
         member_models=tuple(member.name for member in members),
@@ -305,7 +313,7 @@ def _fit_and_measure(member_scores: np.ndarray, targets: np.ndarray, parameteriz
                      max_iterations: int, measure: Callable[[np.ndarray], Dict[str, float]],
                      log: Log, fitted_on: str, members: Sequence[Any],
                      shown: Tuple[str, str]
-                     ) -> Tuple[Dict[str, Any], Dict[str, float], Dict[str, float],
+                     ) -> Tuple[Fit, Dict[str, float], Dict[str, float],
                                 List[Dict[str, float]]]:
     """fit_weights on member_scores [N, V, C] against targets, then `measure`
     ([N, C] scores -> metrics) of the uniform and the stacked mean and of each
@@ -314,13 +322,13 @@ def _fit_and_measure(member_scores: np.ndarray, targets: np.ndarray, parameteriz
     start = time.time()
     fit = fit_weights(member_scores, targets, parameterization, max_iterations)
     uniform = np.full(len(members), 1.0 / len(members))
-    before, after = (measure(weighted_mean(w, member_scores)) for w in (uniform, fit["weights"]))
+    before, after = (measure(weighted_mean(w, member_scores)) for w in (uniform, fit.weights))
     alone = [measure(member_scores[:, v, :]) for v in range(len(members))]
-    log(f"fit ({parameterization}) on {fitted_on}: {fit['iterations']} iterations in "
-        f"{time.time() - start:.1f}s ({fit['message']})")
+    log(f"fit ({parameterization}) on {fitted_on}: {fit.iterations} iterations in "
+        f"{time.time() - start:.1f}s ({fit.message})")
     width = max(len(m.model_dir) for m in members)
     label, key = shown
-    for member, weight, own in zip(members, fit["weights"], alone):
+    for member, weight, own in zip(members, fit.weights, alone):
         log(f"  {member.model_dir:<{width}}  weight {weight:.4f}  | alone: CE "
             f"{own['cross_entropy']:.4f}  {label} {own[key]:.4f}")
     return fit, before, after, alone
@@ -406,7 +414,7 @@ def stack_segments(model_dirs: Sequence[str], data_pattern: str, output_file: st
             f"{measured['segment_map']:.4f} on the fitting files")
     record = WeightsFile(
         members=tuple(m.model_dir for m in members),
-        weights=tuple(float(w) for w in fit["weights"]),
+        weights=tuple(float(w) for w in fit.weights),
         metric="segment_map", parameterization=parameterization,
         data_pattern=data_pattern, segment_size=int(segment_size),
         num_pairs=int(pairs.ratings.size), num_positive_pairs=int(pairs.ratings.sum()),

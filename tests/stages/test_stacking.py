@@ -48,11 +48,11 @@ def test_gradient_matches_finite_differences():
 def test_noise_member_gets_no_weight(parameterization):
     predictions, labels = synthetic_predictions()
     result = fit.fit_weights(predictions, labels, parameterization)
-    weights = result["weights"]
+    weights = result.weights
     assert np.all(weights >= 0) and weights.sum() == pytest.approx(1.0, abs=1e-9)
     assert weights[1] < 0.05
     assert weights[0] > weights[2]
-    assert result["cross_entropy"] < result["uniform_cross_entropy"]
+    assert result.cross_entropy < result.uniform_cross_entropy
     uniform = np.full(3, 1 / 3)
     gap_uniform = fit.scores(fit.weighted_mean(uniform, predictions), labels)["gap"]
     gap_stacked = fit.scores(fit.weighted_mean(weights, predictions), labels)["gap"]
