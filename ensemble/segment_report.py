@@ -136,10 +136,12 @@ _averaging = video_report.averaging     # (swa.json, as the video-level report r
 Measured = Tuple[SegmentReportRow, intervals.SegmentRatings]
 
 
-def _row(name: str, directory: str, kind: str, **fields: Any) -> SegmentReportRow:
+def _row(name: str, directory: str, kind: str, member: Optional[str] = None,
+         chosen: Optional[bool] = None, video_row: Optional[str] = None) -> SegmentReportRow:
     """A row before its evaluation is read and measured (_Rows fills both)."""
     return SegmentReportRow(name=name, dir=directory, kind=kind, evaluation={},
-                            value=video_report.UNMEASURED, **fields)
+                            value=video_report.UNMEASURED, member=member, chosen=chosen,
+                            video_row=video_row)
 
 
 class _Rows:
@@ -197,9 +199,10 @@ def _member_rows(rows: _Rows, video_dirs: Sequence[str], finetuned_dirs: Sequenc
         if model_dirs:
             info = _averaging(model_dirs[index])
             window = info.get("count")
-            rows.add_with_refinement(_row(
-                f"{member} fine-tuned, window {window}" if window else member,
-                model_dirs[index], "averaged", member=member, chosen=False, window=window,
+            rows.add_with_refinement(SegmentReportRow(
+                name=f"{member} fine-tuned, window {window}" if window else member,
+                dir=model_dirs[index], kind="averaged", evaluation={},
+                value=video_report.UNMEASURED, member=member, chosen=False, window=window,
                 window_choice=info.get("window_choice"), finetuned_row=finetuned,
                 stacked_weight=weights.get(os.path.realpath(model_dirs[index]))))
 
