@@ -46,12 +46,13 @@ from training.stage_files import (
     ReportRow,
     SegmentReport,
     StateRow,
+    SwaRecord,
     WeightsFile,
+    WindowChoice,
 )
 from training.weights_file import read_weights_file
 
 FLAGS = flags.FLAGS
-SWA_INFO_FILE = "swa.json"
 
 
 def define_flags() -> None:
@@ -82,6 +83,8 @@ def define_output_flags(fitting: str) -> None:
     define(flags.DEFINE_integer, "bootstrap_samples", intervals.DEFAULT_SAMPLES,
            "Bootstrap draws over the videos for the intervals.")
     define(flags.DEFINE_bool, "overwrite", True, "Replace --output_json and --output_png.")
+    define(flags.DEFINE_bool, "check_choices", False, "Only check that no choice behind the "
+           "given dirs and files read --data_pattern's files (exit 1, naming them, if one did).")
 
 
 # ---------------------------------------------------------------------------
@@ -122,13 +125,24 @@ def evaluation_on(directory: str, data_pattern: str, train_dir: bool = False
     return entries[0]
 
 
-def averaging(model_dir: str) -> Dict[str, Any]:
-    """What swa.average wrote into the member (swa.json; {} when absent)."""
-    path = os.path.join(model_dir, SWA_INFO_FILE)
-    if not os.path.isfile(path):
-        return {}
-    info = checkpoints.load_json(path, path)
-    return info if isinstance(info, dict) else {}
+def averaging(model_dir: str) -> Tuple[Optional[int], Optional[WindowChoice]]:
+    """(window, its choice) of a member: the count of checkpoints swa.average
+    averaged and how it chose it (its swa.json, carried into converted dirs;
+    (None, None) without one)."""
+    info = stage_files.read_optional(SwaRecord, model_dir)
+    return (info.count, info.window_choice) if info else (None, None)
+
+
+def check_held_out(data_pattern: str, sources: Sequence[str],
+                   chosen_on: Sequence[stage_files.Provenance] = ()) -> None:
+    """Refuses, in one line naming the file and the stage, a report on
+    files that a choice behind any of `sources` (dirs and files; "" skipped)
+    or in `chosen_on` (choices the report makes itself) read."""
+    found: Dict[str, Sequence[stage_files.Provenance]] = {
+        path: stage_files.provenance_of(path) for path in sources if path}
+    if chosen_on:
+        found["this report"] = chosen_on
+    stage_files.check_held_out(data_pattern, found)
 
 
 def dir_name(directory: str) -> str:
@@ -153,8 +167,7 @@ def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str], data_patt
                         f"--model_dirs")
     rows = []
     for index, model_dir in enumerate(model_dirs):
-        name, info = dir_name(model_dir), averaging(model_dir)
-        window = info.get("count")
+        name, (window, window_choice) = dir_name(model_dir), averaging(model_dir)
         last = None
         if train_dirs:
             last = ReportRow(name=f"{dir_name(train_dirs[index])} last checkpoint",
@@ -164,8 +177,7 @@ def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str], data_patt
         label = (f"{name} (window {window})" if window else name)
         rows.append(_measured(ReportRow(
             name=label, dir=model_dir, kind="member", evaluation={}, gap=UNMEASURED, member=name,
-            window=window, window_choice=info.get("window_choice"),
-            last_row=last.name if last else None,
+            window=window, window_choice=window_choice, last_row=last.name if last else None,
             stacked_weight=weights.get(os.path.realpath(model_dir))), data_pattern))
     return rows
 
@@ -235,8 +247,11 @@ def build_report(model_dirs: Sequence[str], data_pattern: str, ensemble_dir: str
                  stacked_dir: str = "", train_dirs: Sequence[str] = (),
                  weights_file: str = "", samples: int = intervals.DEFAULT_SAMPLES
                  ) -> Report:
-    """The report (module docstring); rows on other data are refused."""
+    """The report (module docstring); rows on other data are refused, and
+    so are held-out files that a choice behind a row read (check_held_out)."""
     shared_flags.require(data_pattern=data_pattern)
+    check_held_out(data_pattern, [*model_dirs, *train_dirs, ensemble_dir, stacked_dir,
+                                  weights_file])
     weights, choice = weights_and_choice(weights_file, ensemble_dir, stacked_dir,
                                          read_stacking, choose)
     measured = (_member_rows(model_dirs, train_dirs, data_pattern, weights)
@@ -441,6 +456,11 @@ def main(argv) -> None:
     del argv
     if FLAGS.choose:
         print_choice()
+        return
+    if FLAGS.check_choices:
+        check_held_out(FLAGS.data_pattern, [
+            *shared_flags.comma_list(FLAGS.model_dirs), *shared_flags.comma_list(FLAGS.train_dirs),
+            FLAGS.ensemble_dir, FLAGS.stacked_dir, FLAGS.weights_file])
         return
     if not FLAGS.model_dirs and not FLAGS.ensemble_dir:
         raise UserError("--model_dirs or --ensemble_dir: give at least one")

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from absl import flags
 
 from ensemble import report as video_report
-from training import checkpoints, eval_results, intervals, paths, segment_results
+from training import checkpoints, eval_results, intervals, paths, segment_results, stage_files
 from training import flags as shared_flags
 from training.cli import UserError, run_main
 from training.stage_files import (
@@ -197,13 +197,12 @@ def _member_rows(rows: _Rows, video_dirs: Sequence[str], finetuned_dirs: Sequenc
             rows.add(_row(finetuned, finetuned_dirs[index], "fine-tuned", member=member,
                           video_row=video), train_dir=True)
         if model_dirs:
-            info = _averaging(model_dirs[index])
-            window = info.get("count")
+            window, window_choice = _averaging(model_dirs[index])
             rows.add_with_refinement(SegmentReportRow(
                 name=f"{member} fine-tuned, window {window}" if window else member,
                 dir=model_dirs[index], kind="averaged", evaluation={},
                 value=video_report.UNMEASURED, member=member, chosen=False, window=window,
-                window_choice=info.get("window_choice"), finetuned_row=finetuned,
+                window_choice=window_choice, finetuned_row=finetuned,
                 stacked_weight=weights.get(os.path.realpath(model_dirs[index]))))
 
 
@@ -298,6 +297,14 @@ def choose_refinement(ensemble_dir: str, fit_data_pattern: str, refine_top_k: in
                             fit_data_pattern=entry["eval_data_pattern"])
 
 
+def _refinement_provenance(fit_data_pattern: str) -> Tuple[stage_files.Provenance, ...]:
+    """The refinement choice this report makes on --fit_data_pattern."""
+    if not fit_data_pattern:
+        return ()
+    return (stage_files.provenance_for("ensemble.segment_report", "refinement",
+                                       fit_data_pattern),)
+
+
 def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
                  finetuned_dirs: Sequence[str] = (), model_dirs: Sequence[str] = (),
                  refine_top_k: int = 0, refine_model_dir: str = "",
@@ -308,6 +315,10 @@ def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
     fit_data_pattern: the submission's refinement is chosen on it
     (choose_refinement), else it refines whenever refine_top_k > 0."""
     shared_flags.require(data_pattern=data_pattern)
+    video_report.check_held_out(
+        data_pattern, [*video_dirs, *finetuned_dirs, *model_dirs, refine_model_dir,
+                       video_ensemble_dir, ensemble_dir, stacked_dir, weights_file],
+        _refinement_provenance(fit_data_pattern) if refine_top_k else ())
     if refine_top_k < 0:
         raise UserError(f"--refine_top_k: must be 0 or more, got {refine_top_k}")
     if refine_top_k and not refine_model_dir:
@@ -391,6 +402,13 @@ def main(argv) -> None:
     if FLAGS.choose:
         video_report.print_choice(read_stacking, choose)
         return
+    comma = shared_flags.comma_list
+    if FLAGS.check_choices:
+        video_report.check_held_out(FLAGS.data_pattern, [
+            *comma(FLAGS.video_dirs), *comma(FLAGS.finetuned_dirs), *comma(FLAGS.model_dirs),
+            FLAGS.refine_model_dir, FLAGS.video_ensemble_dir, FLAGS.ensemble_dir,
+            FLAGS.stacked_dir, FLAGS.weights_file], _refinement_provenance(FLAGS.fit_data_pattern))
+        return
     if FLAGS.choose_refinement:
         if FLAGS.refine_top_k <= 0:
             raise UserError(f"--refine_top_k: the refinement to choose for, must be positive, "
@@ -401,7 +419,6 @@ def main(argv) -> None:
         print(choose_refinement(FLAGS.ensemble_dir, FLAGS.fit_data_pattern,
                                 FLAGS.refine_top_k, FLAGS.refine_model_dir).refine_top_k)
         return
-    comma = shared_flags.comma_list
     report = build_report(FLAGS.data_pattern, comma(FLAGS.video_dirs),
                           comma(FLAGS.finetuned_dirs), comma(FLAGS.model_dirs),
                           FLAGS.refine_top_k, FLAGS.refine_model_dir,

@@ -37,3 +37,21 @@ split_fit_heldout() {  # pattern, what the files are
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON=${PYTHON:-python}
+
+# A rerun whose fitting files moved (another FIT_FILES or validation set):
+# every existing output (dirs, and a weights file) holding a choice that read
+# a file now held out is named in one line by the report ($1: its module,
+# --check_choices) and the run stops before any work; a choice made on files
+# still fitting is kept. $2: the held-out pattern; then the outputs, absent
+# ones skipped.
+stop_on_stale_choices() {  # report module, held-out pattern, outputs...
+  local module=$1 heldout=$2 path
+  local -a dirs=() files=()
+  shift 2
+  for path in "$@"; do
+    if [[ -d "$path" ]]; then dirs+=("$path"); elif [[ -f "$path" ]]; then files+=("$path"); fi
+  done
+  (( ${#dirs[@]} + ${#files[@]} )) || return 0
+  "$PYTHON" -m "$module" --check_choices --data_pattern="$heldout" \
+    ${dirs[0]:+--model_dirs="$(IFS=,; echo "${dirs[*]}")"} ${files[0]:+--weights_file="${files[0]}"}
+}

@@ -105,6 +105,12 @@ average_convert_evaluate() {  # train dir, swa dir, bf16 dir
     --run_once --skip_evaluated --batch_size=64 --seed="$SEED" --top_k="$TOP_K"
 }
 
+# A rerun with the fitting files moved stops here, naming every output whose
+# choice read a file the report now measures (lib.sh).
+stop_on_stale_choices ensemble.report "$HELDOUT_PATTERN" "$WORK_DIR"/swa/* \
+  "$WORK_DIR"/ensemble_models/* "$WORK_DIR/ensembled_models" "$WORK_DIR/ensembled_models_stacked" \
+  "$WORK_DIR/stacking_weights.json"
+
 members=()
 train_dirs=()
 for model in $MODELS; do

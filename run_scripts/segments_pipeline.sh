@@ -80,6 +80,12 @@ average_convert_evaluate() {  # model, video dir, fine-tune dir, swa dir, member
   segment_eval "$5" "${refine_flags[@]}"
 }
 
+# A rerun with the fitting files moved stops here, naming every output whose
+# choice (fine-tuning included) read a file the report now measures (lib.sh).
+stop_on_stale_choices ensemble.segment_report "$HELDOUT_PATTERN" "$SEGMENT_WORK"/finetune/* \
+  "$SEGMENT_WORK"/swa/* "$SEGMENT_WORK"/members/* "$SEGMENT_WORK/ensembled_models" \
+  "$SEGMENT_WORK/ensembled_models_stacked" "$SEGMENT_WORK/stacking_weights.json"
+
 members=()
 video_dirs=()
 finetuned_dirs=()

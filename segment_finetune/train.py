@@ -14,7 +14,8 @@ fine-tuning")
 w = --negative_weight (1.0, as the 2019 2nd place). The loop, checkpoints,
 resume, progress, interrupts, locks and finite checks are training.train's;
 the output is a normal train dir (model.ckpt-<step>, checkpoint,
-model_flags.json with the source's model record), so swa.average,
+model_flags.json with the source's model record; finetune.json names the
+rated files it was fitted on, stage_files.FinetuneRecord), so swa.average,
 bfloat16_patch.convert and training.eval --segment_labels read it unchanged.
 The learning rate is constant (the few steps need no decay).
 """
@@ -28,7 +29,7 @@ import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoints, losses, model_builder, paths, readers
+from training import checkpoints, losses, model_builder, paths, readers, stage_files
 from training import flags as shared_flags
 from training import train as trainer
 from training import train_dir as train_dirs
@@ -165,6 +166,17 @@ def finetune(model_flags: ModelFlags, train_dir: str, data_pattern: str, config:
                                                             flag="source_dir"), log=log)
 
 
+def record_provenance(source_dir: str, train_dir: str, data_pattern: str) -> None:
+    """Writes finetune.json: the source and the rated files the weights are
+    fitted on, with every choice behind the source (a resumed run on other
+    files adds them: the weights then read both)."""
+    own = stage_files.provenance_for("segment_finetune.train", "fine-tuning", data_pattern)
+    before = stage_files.read_optional(stage_files.FinetuneRecord, train_dir)
+    stage_files.write_in(train_dir, stage_files.FinetuneRecord(
+        source_dir=os.path.abspath(source_dir), provenance=stage_files.merge_provenance(
+            before.provenance if before else (), stage_files.provenance_of(source_dir), [own])))
+
+
 def _same_dir(first: str, second: str) -> bool:
     return os.path.realpath(first) == os.path.realpath(second)
 
@@ -187,6 +199,7 @@ def main(argv) -> None:
                                "(e.g. python -m training.synthetic_segments)")
     with train_dirs.removed_on_failed_start(FLAGS.train_dir):
         train_dirs.prepare_train_dir(FLAGS.train_dir, model_flags, FLAGS.start_new_model)
+        record_provenance(FLAGS.source_dir, FLAGS.train_dir, FLAGS.train_data_pattern)
         finetune(model_flags, FLAGS.train_dir, FLAGS.train_data_pattern, config, checkpoint,
                  FLAGS.negative_weight, FLAGS.segment_size,
                  log=lambda line: print(line, flush=True))

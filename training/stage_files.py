@@ -443,18 +443,21 @@ def carry_forward(input_dir: str, output_dir: str) -> Tuple[Provenance, ...]:
     return provenance_of(input_dir)
 
 
-def _window_provenance(record: SwaRecord) -> Tuple[Provenance, ...]:
-    """An swa.json of the release before provenance: its window choice's data_pattern."""
-    choice = record.window_choice
-    if choice is None:
-        return ()
-    return (provenance_for("swa.average", "window", choice.data_pattern),)
+def _earlier_provenance(record: Record) -> Tuple[Provenance, ...]:
+    """The choices behind a record of the release before provenance: an
+    swa.json's window choice (its data_pattern), an ensemble.json's members'."""
+    if isinstance(record, SwaRecord) and record.window_choice is not None:
+        return (provenance_for("swa.average", "window", record.window_choice.data_pattern),)
+    if isinstance(record, EnsembleRecord):
+        return merge_provenance(*(provenance_of(member) for member in record.members
+                                  if os.path.isdir(member)))
+    return ()
 
 
 def provenance_of(path: str) -> Tuple[Provenance, ...]:
     """Every choice behind a stage dir (the provenance of each of its
-    records; an earlier swa.json without it: its window choice's files) or
-    a weights file (its provenance; an earlier one: its data_pattern)."""
+    records; an earlier record without it: _earlier_provenance) or a weights
+    file (its provenance; an earlier one: its data_pattern)."""
     if os.path.isfile(path):
         return _file_provenance(path)
     found: List[Provenance] = []
@@ -463,9 +466,9 @@ def provenance_of(path: str) -> Tuple[Provenance, ...]:
         if record is None:
             continue
         provenance = getattr(record, "provenance", None)
-        if provenance is None and isinstance(record, SwaRecord):
-            provenance = _window_provenance(record)
-        found.extend(provenance or ())
+        if provenance is None:
+            provenance = _earlier_provenance(record)
+        found.extend(provenance)
     return merge_provenance(found)
 
 
@@ -481,29 +484,30 @@ def _file_provenance(path: str) -> Tuple[Provenance, ...]:
 
 
 def held_out_violations(measured_pattern: str, sources: Mapping[str, Iterable[Provenance]]
-                        ) -> List[str]:
-    """One line per choice (of sources: {dir or file: its provenance}) that
-    read a file of measured_pattern, naming the file, the stage and the source."""
+                        ) -> List[Tuple[str, Provenance, str]]:
+    """(source, choice, first file) for each choice (of sources: {dir or
+    file: its provenance}) that read a file of measured_pattern."""
     measured = pattern_files(measured_pattern)
-    lines = []
+    found = []
     for source, provenance in sources.items():
         for choice in provenance:
             touched = choice.touches(measured)
             if touched:
-                lines.append(f"{touched[0]}: the {choice.choice} choice of {choice.stage} "
-                             f"({source}) read it")
-    return lines
+                found.append((source, choice, touched[0]))
+    return found
 
 
 def check_held_out(measured_pattern: str, sources: Mapping[str, Iterable[Provenance]]) -> None:
-    """A UserError (one line: the first file, the stage and where the choice
-    is recorded) when a choice behind `sources` read a file that
+    """A one-line UserError, naming the first file, each source and the stage
+    of its choice, when a choice behind `sources` read a file that
     measured_pattern holds: a report on it would not be held out."""
-    lines = held_out_violations(measured_pattern, sources)
-    if lines:
-        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-        raise UserError(f"{lines[0]}, and the report measures it: that choice is not held "
-                        f"out; make it again on other files{more}")
+    found = held_out_violations(measured_pattern, sources)
+    if found:
+        named = "; ".join(f"{source} (the {choice.choice} choice of {choice.stage})"
+                          for source, choice, _ in found)
+        raise UserError(f"{found[0][2]}: measured here, but read by a choice made before: "
+                        f"{named}; make those choices again on other files (move them away "
+                        f"and rerun)")
 
 
 # ---------------------------------------------------------------------------
@@ -567,7 +571,7 @@ class StateRow(_WithNulls):
     member: Optional[str] = omit_none()
     chosen: Optional[bool] = omit_none()
     window: Optional[int] = omit_none()
-    window_choice: Optional[Dict[str, Json]] = omit_none()
+    window_choice: Optional[WindowChoice] = omit_none()
     stacked_weight: Optional[float] = omit_none()
 
     def _null_keys(self) -> Tuple[str, ...]:

@@ -22,9 +22,11 @@ from models.tf_compat import tf
 from training import checkpoint_fit, checkpoints, cli, locks
 from training.cli import UserError, first_line
 from training.model_flags import ModelFlags, mismatched_keys
+from training.stage_files import FinetuneRecord
 
 TRAINER_FILE_PREFIXES = (checkpoints.CHECKPOINT_PREFIX + "-", "events.out.tfevents.",
-                         "checkpoint", checkpoints.MODEL_FLAGS_FILE, "graph.pbtxt")
+                         "checkpoint", checkpoints.MODEL_FLAGS_FILE, "graph.pbtxt",
+                         FinetuneRecord.FILE_NAME)
 
 
 def remove_trainer_files(train_dir: str) -> int:

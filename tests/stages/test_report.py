@@ -10,7 +10,8 @@ import pytest
 
 from conftest import run_module
 from ensemble import report
-from training import checkpoints, eval_results, intervals, metrics
+from support.stage_records import write_swa_record
+from training import eval_results, intervals, metrics
 from training.cli import UserError
 from training.stage_files import Gain, WeightsFile
 from training.weights_file import write_weights_file
@@ -49,8 +50,7 @@ def make_run(tmp_path):
             evaluate(dirs[name + suffix], heldout, videos_of(noise + extra, 10 * index + 1))
             evaluate(dirs[name + suffix], fit, videos_of(0.05, 99))   # better; not to be read
         (dirs[name + "-train"] / "model.ckpt-10.index").write_bytes(b"")
-        checkpoints.write_json(str(dirs[name] / "swa.json"), {"count": 4,
-                               "window_choice": {"chosen": 4}})
+        write_swa_record(dirs[name], 4, fit)
     for name, noise in (("uniform", 0.25), ("stacked", 0.24)):
         dirs[name] = tmp_path / name
         evaluate(dirs[name], heldout, videos_of(noise, 5))

@@ -11,6 +11,7 @@ import pytest
 
 from ensemble import segment_report
 from support.segment_results import PATTERN_NAME, ratings, write_evaluation
+from support.stage_records import write_swa_record
 from training import intervals
 from training.cli import UserError
 
@@ -43,8 +44,7 @@ def run(tmp_path_factory):
         keep = drop_negatives if index == 0 else drop_positives
         write_evaluation(member, pattern, refined(ratings(0.7, 40 + index), keep), step=20,
                          refine_top_k=5, refine_dir=refine_dir)
-        with open(os.path.join(member, "swa.json"), "w") as handle:
-            json.dump({"count": 4, "window_choice": {"chosen": 4}}, handle)
+        write_swa_record(member, 4, os.path.join(str(root), "fit*.tfrecord"))
         dirs["video"].append(video), dirs["finetuned"].append(tuned), dirs["members"].append(member)
     write_evaluation(refine_dir, pattern, refined(ratings(0.5, 50), drop_negatives),
                      refine_top_k=5, refine_dir=refine_dir)

@@ -109,3 +109,4 @@ def checkpoint_dtypes(prefix):
     reader = tf.train.load_checkpoint(prefix)
     return {key: tf.as_dtype(dtype).name
             for key, dtype in reader.get_variable_to_dtype_map().items()}
+
