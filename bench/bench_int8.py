@@ -92,7 +92,7 @@ def _convert_all(swa: Dict[str, str], root: str) -> Dict[str, Dict[str, str]]:
             summary = convert.convert_checkpoint(swa_dir, dirs[name][dtype], log=None,
                                                  dtype=dtype,
                                                  int8_min_values=FLAGS.int8_min_values)
-        int8_share[name] = len(summary["int8"])
+        int8_share[name] = len(summary.int8)
     print("int8 matrices per model: " + ", ".join(f"{n} {c}" for n, c in int8_share.items()))
     return dirs
 
@@ -112,7 +112,7 @@ def main(argv) -> int:
                                              [1.0] * len(dirs), ensembles[dtype],
                                              tile_num=FLAGS.tile_num, log=None,
                                              bf16_compute=MODE)
-            sizes[dtype] = payload["exported_bytes"]
+            sizes[dtype] = payload.exported_bytes
             gaps.setdefault("ensemble", {})[dtype] = _gap(ensembles[dtype], pattern)
         rates = {dtype: _rate(ensembles[dtype], pattern) for dtype in ("bfloat16", "int8")}
     finally:

@@ -250,7 +250,7 @@ def pipeline(run: Dict, tile_num: int) -> Dict:
     assert videos is not None       # None only without a CSV
     seconds = time.time() - start
     check_submission(output, num_classes=run["classes"])
-    return {"members": len(members), "exported_bytes": payload["exported_bytes"],
+    return {"members": len(members), "exported_bytes": payload.exported_bytes,
             "videos": videos, "videos_per_sec_with_load": videos / seconds}
 
 
