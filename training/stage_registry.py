@@ -44,6 +44,9 @@ _EVALUATIONS = ("eval_results.json", "eval_videos/<digest>.npz")
 _SEGMENT_EVALUATIONS = ("segment_eval_results.json", "segment_eval_ratings/<digest>.npz")
 _EXPORT = ("inference_model.{meta,index,data-00000-of-00001}",)
 _TRAIN_DIR = _CHECKPOINT + ("events", "graph.pbtxt")
+# The records of a stage dir that carry provenance (training.stage_files): the
+# choices behind a dir, which the reports check against the files they measure.
+_PROVENANCE = ("swa.json", "finetune.json", "bfloat16.json", "ensemble.json")
 # The six model scripts (models.presets.ENSEMBLE; another preset runs through train_model.sh).
 _MODEL_SCRIPTS = ("nonlocal-NetVLADModel.sh", "nonlocal-LightNetVLADModel.sh",
                   "nonlocal-earlyNetVLADModel.sh", "Soft-DBoF-4k.sh", "Soft-DBoF-8k.sh",
@@ -68,17 +71,17 @@ STAGES: Tuple[Stage, ...] = (
           writes=_EVALUATIONS + _SEGMENT_EVALUATIONS + ("events",)),
     Stage("SWA", "swa", "averages a train dir's late checkpoints", ("swa.average",),
           ("swa.sh",),
-          reads=_CHECKPOINT + ("records (--train_data_pattern)", "records (--choose_window_on)",
-                               "records (--eval_data_pattern)"),
+          reads=_CHECKPOINT + ("finetune.json", "records (--train_data_pattern)",
+                               "records (--choose_window_on)", "records (--eval_data_pattern)"),
           writes=_CHECKPOINT + ("swa.json",) + _EVALUATIONS + _SEGMENT_EVALUATIONS),
     Stage("bfloat16", "bfloat16_patch", "converts a checkpoint to bfloat16 or int8",
           ("bfloat16_patch.convert",), ("bfloat16.sh",),
-          reads=_CHECKPOINT + ("swa.json",),
-          writes=_CHECKPOINT + ("swa.json", "bfloat16.json")),
+          reads=_CHECKPOINT + ("swa.json", "finetune.json"),
+          writes=_CHECKPOINT + ("swa.json", "finetune.json", "bfloat16.json")),
     Stage("ensemble build", "ensemble", "the tiled ensemble, exported",
           ("ensemble.build",), ("multi_ensemble_tile.sh",),
-          reads=_CHECKPOINT + ("weights file (--weights_file)", "ensemble.json",
-                               "records (--eval_data_pattern)"),
+          reads=_CHECKPOINT + _PROVENANCE + ("weights file (--weights_file)",
+                                             "records (--eval_data_pattern)"),
           writes=_EXPORT + ("checkpoint", "model_flags.json", "ensemble.json")
           + _EVALUATIONS),
     Stage("inference", "ensemble", "the submission CSV (sharded: parts, their merge), "
@@ -89,7 +92,7 @@ STAGES: Tuple[Stage, ...] = (
                                          "label names (--label_names)",
                                          "class ids (--segment_label_ids_file)",
                                          "submission CSV (--submission)"),
-          writes=("submission CSV (--output_file)", "parts (<output_file>.parts/)",
+          writes=("submission CSV (--output_file)", "parts (<output_file>.parts/<file>.json)",
                   "top-5 TSV (<output_file>.top5.tsv)", "upload (--output_model_tgz)")),
     Stage("segment submission", "ensemble", "checks a 2019 segment submission (or merges "
           "its parts first)", ("ensemble.segment_submission",),
@@ -103,13 +106,13 @@ STAGES: Tuple[Stage, ...] = (
           writes=("weights file (--output_file)",)),
     Stage("report", "ensemble", "every state and both ensembles on the held-out "
           "files, with intervals; the fitting files' choice", ("ensemble.report",),
-          reads=_EVALUATIONS + ("swa.json", "weights file (--weights_file)",
-                                "model.ckpt-<step>"),
+          reads=_EVALUATIONS + _PROVENANCE + ("weights file (--weights_file)",
+                                              "model.ckpt-<step>"),
           writes=("report (--output_json)", "chart (--output_png)")),
     Stage("segment report", "ensemble", "the 2019 path's report; the fitting files' "
           "choices", ("ensemble.segment_report",),
-          reads=_SEGMENT_EVALUATIONS + ("swa.json", "weights file (--weights_file)",
-                                        "model.ckpt-<step>"),
+          reads=_SEGMENT_EVALUATIONS + _PROVENANCE + ("weights file (--weights_file)",
+                                                      "model.ckpt-<step>"),
           writes=("report (--output_json)", "chart (--output_png)")),
     Stage("teacher records", "prediction2tfrecord", "teacher predictions into TFRecords",
           ("prediction2tfrecord.write",), ("prediction2tfrecord.sh",),
@@ -124,8 +127,8 @@ STAGES: Tuple[Stage, ...] = (
     Stage("segment fine-tuning", "segment_finetune", "a video-level model fine-tuned on "
           "2019 rated segments", ("segment_finetune.train",), ("segment_finetune.sh",),
           reads=("segment-rated records (--train_data_pattern)", "source (--source_dir)")
-          + _CHECKPOINT,
-          writes=_TRAIN_DIR),
+          + _CHECKPOINT + _PROVENANCE,
+          writes=_TRAIN_DIR + ("finetune.json",)),
 )
 
 # run_scripts/ files that are no stage's: the pipelines, set-up and helpers.

@@ -121,3 +121,16 @@ def test_the_readme_layout_lists_each_package_s_entry_points():
                               for e in s.entry_points}]
              if rows.get(package) != entries]
     assert not wrong, "README.md Layout table:\n" + "\n".join(wrong)
+
+
+def test_every_named_stage_record_has_a_writer_and_a_reader():
+    """Each stage file with a fixed name (training.stage_files' FILE_NAME)
+    is written by a stage and read by another. Mutation tried: dropping
+    "ensemble.json" from ensemble build's writes."""
+    from training import stage_files
+    names = {cls.FILE_NAME for cls in vars(stage_files).values()
+             if isinstance(cls, type) and issubclass(cls, stage_files.Record) and cls.FILE_NAME}
+    assert names >= {"swa.json", "bfloat16.json", "ensemble.json", "finetune.json"}
+    written = {name for stage in stage_registry.STAGES for name in stage.writes}
+    read = {name for stage in stage_registry.STAGES for name in stage.reads}
+    assert sorted(names - written) == [] and sorted(names - read) == []
