@@ -17,14 +17,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from models.tf_compat import tf
-from training import checkpoint_fit, checkpoints, model_builder, precision, quantize
+from training import (
+    checkpoint_fit,
+    checkpoints,
+    model_builder,
+    precision,
+    quantize,
+    record_layouts,
+)
 from training.cli import UserError, first_line
-from training.members import Member, check_members_agree, feature_signature
+from training.members import Member, check_members_agree
+from training.model_flags import ModelFlags
 from training.progress import Log
 
 
@@ -141,13 +149,13 @@ def _check_graph_args(members: Sequence[Member], weights: Sequence[float], tile_
     check_members_agree(members)
 
 
-def _input_placeholders(signature: Mapping[str, Any]):
+def _input_placeholders(model_flags: ModelFlags):
     """(input_batch_raw, num_frames) placeholders for the members' features.
     Frame level: any number of frames, so a 5-frame segment is scored without
     295 padding rows (the models read only the first num_frames rows; the
     starter's segment reader fed 5-frame batches too)."""
-    feature_size = sum(signature["feature_sizes"])
-    if signature["frame_features"]:
+    feature_size = sum(model_flags.feature_size_list())
+    if record_layouts.layout_of_model(model_flags).frame_level:
         shape = [None, None, feature_size]
     else:
         shape = [None, feature_size]
@@ -226,7 +234,7 @@ def build_ensemble_graph(members: Sequence[Member], weights: Sequence[float], ti
     bf16_compute = precision.check_bf16_compute(bf16_compute)
     _check_graph_args(members, weights, tile_num, frame_sampling)
     scopes = list(scopes) if scopes is not None else [f"model{i}" for i in range(len(members))]
-    input_raw, num_frames = _input_placeholders(feature_signature(members[0].model_flags))
+    input_raw, num_frames = _input_placeholders(members[0].model_flags)
     batch_size = tf.shape(input_raw)[0]
     models = [_build_model(member, frame_sampling) for member in members]
     tiled = [tile_num > 1 and (force_tile or bool(model.samples_frames_randomly))

@@ -18,12 +18,14 @@ from training import (
     model_builder,
     precision,
     readers,
+    record_layouts,
     segment_readers,
 )
 from training.cli import UserError
 from training.model_flags import ModelFlags
 
-MATCH_KEYS = ("frame_features", "record_kind", "feature_names", "feature_sizes", "num_classes")
+# (record_kind compares the layouts, frame or video level included.)
+MATCH_KEYS = ("record_kind", "feature_names", "feature_sizes", "num_classes")
 
 
 @dataclass
@@ -61,14 +63,17 @@ def read_member_flags(model_dir: str) -> ModelFlags:
 
 
 def check_dir_records(model_dir: str, files: Sequence[str], flag_name: str,
-                      labels_needed_by: str = "", compression: str = "auto") -> None:
-    """readers.check_records with the reader of model_dir's model_flags.json,
-    before the model is loaded (nothing when the dir has no model_flags.json:
-    loading the model reports that)."""
-    reader = _dir_reader(model_dir)
+                      labels_needed_by: str = "", compression: str = "auto",
+                      record_kind: Optional[str] = None) -> None:
+    """readers.check_records with the reader of model_dir's model_flags.json
+    (or of record_kind, another kind of its level), before the model is
+    loaded (nothing when the dir has no model_flags.json: loading the model
+    reports that). Records of another layout name the kind that reads them."""
+    reader = _dir_reader(model_dir, record_kind)
     if reader is not None:
         readers.check_records(files, flag_name, reader, labels_needed_by, compression,
-                              reader_of=f"the model of {model_dir}")
+                              reader_of=f"the model of {model_dir}",
+                              kind_of=record_layouts.kind_of_record)
 
 
 def check_dir_segment_records(model_dir: str, files: Sequence[str], flag_name: str,
@@ -83,15 +88,17 @@ def check_dir_segment_records(model_dir: str, files: Sequence[str], flag_name: s
         readers.check_records(files, flag_name,
                               segment_readers.SegmentReader.like(reader, segment_size),
                               compression=compression,
-                              reader_of=f"--segment_labels with the model of {model_dir}")
+                              reader_of=f"--segment_labels with the model of {model_dir}",
+                              kind_of=record_layouts.kind_of_record)
 
 
-def _dir_reader(model_dir: str):
-    """The reader of model_dir's model_flags.json; None when the dir has none
-    (loading the model reports that)."""
+def _dir_reader(model_dir: str, record_kind: Optional[str] = None):
+    """The reader of model_dir's model_flags.json (of record_kind: another
+    kind of its level); None when the dir has none (loading the model
+    reports that)."""
     if not model_dir or not os.path.isfile(os.path.join(model_dir, checkpoints.MODEL_FLAGS_FILE)):
         return None
-    return model_builder.make_reader(read_member_flags(model_dir))
+    return model_builder.make_reader(read_member_flags(model_dir), record_kind)
 
 
 def load_member(model_dir: str, checkpoint: Optional[str] = None) -> Member:
@@ -113,8 +120,7 @@ SignatureValue = Union[bool, int, str, List[str], List[int]]
 
 def feature_signature(model_flags: ModelFlags) -> Dict[str, SignatureValue]:
     """{MATCH_KEYS: value}: what the members of one ensemble share."""
-    return {"frame_features": model_flags.frame_features,
-            "record_kind": model_flags.layout(),
+    return {"record_kind": model_flags.layout(),
             "feature_names": model_flags.feature_name_list(),
             "feature_sizes": model_flags.feature_size_list(),
             "num_classes": model_flags.num_classes}

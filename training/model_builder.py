@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from absl import flags
 
@@ -12,18 +12,23 @@ from models.tf_compat import tf
 from training import record_layouts
 from training.cli import UserError
 from training.flags import comma_list, comma_numbers
-from training.model_flags import ModelFlags
+from training.model_flags import ModelFlags, layout_of
 
 FLAGS = flags.FLAGS
 
 
 def make_model_flags(model: str, feature_names: str, feature_sizes: str,
-                     frame_features: bool, num_classes: int, label_loss: str,
+                     record_kind: Union[str, bool], num_classes: int, label_loss: str,
                      hparam_overrides: Optional[Dict[str, Any]] = None,
                      size: str = "full") -> ModelFlags:
     """The model_flags.json record of a new model: everything needed to
     rebuild the graph (size: the preset's size, models.presets.SIZES); a
-    UserError naming the flag for an unknown model or bad features."""
+    UserError naming the flag for an unknown model, kind or bad features.
+    record_kind: the layout it reads (training.record_layouts), or a bool,
+    the starter's frame_features (True: "frame", False: "video")."""
+    if not isinstance(record_kind, str):
+        record_kind = layout_of(bool(record_kind))
+    frame_level, kind_field = record_layouts.model_record_kind(record_kind)
     try:
         _, hparams = registry.resolve(model, hparam_overrides, size)
     except KeyError as err:
@@ -37,9 +42,9 @@ def make_model_flags(model: str, feature_names: str, feature_sizes: str,
                         f"has {len(sizes)}")
     comma_numbers(sizes, "feature_sizes", int)
     return ModelFlags(model=model, feature_names=",".join(names),
-                      feature_sizes=",".join(sizes), frame_features=bool(frame_features),
+                      feature_sizes=",".join(sizes), frame_features=frame_level,
                       num_classes=int(num_classes), label_loss=label_loss,
-                      model_hparams=hparams)
+                      model_hparams=hparams, record_kind=kind_field)
 
 
 def build_model(model_flags: ModelFlags,
@@ -55,10 +60,11 @@ def build_model(model_flags: ModelFlags,
                           model_flags.feature_size_list(), hparams)
 
 
-def make_reader(model_flags: ModelFlags) -> record_layouts.Reader:
+def make_reader(model_flags: ModelFlags,
+                record_kind: Optional[str] = None) -> record_layouts.Reader:
     """The reader of the records this model reads (its record layout:
-    training.record_layouts)."""
-    return record_layouts.reader_for(model_flags)
+    training.record_layouts), or of records of another kind of its level."""
+    return record_layouts.reader_for(model_flags, record_kind)
 
 
 def model_predictions(model: FrameModel, input_raw: tf.Tensor, num_frames: tf.Tensor,

@@ -124,7 +124,7 @@ class SegmentReader(readers.FrameReader):
             else:
                 lengths = tf.fill(tf.shape(video), tf.constant(self.segment_size, tf.int32))
             return {
-                "id": tf.gather(context["id"], video),
+                "id": tf.gather(context[self.id_key], video),
                 "features": self._frames_of(joined, tf.gather(splits, video), starts, lengths),
                 "num_frames": lengths,
                 "labels": labels,
@@ -135,7 +135,7 @@ class SegmentReader(readers.FrameReader):
     def _parsed(self, serialized):
         """(context, sequences) of the batch: the segment lists ("listed")."""
         ragged = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32)
-        context_features = {"id": tf.io.FixedLenFeature([], tf.string)}
+        context_features = {self.id_key: tf.io.FixedLenFeature([], tf.string)}
         if self.positions == "listed":
             context_features.update({
                 "segment_labels": ragged, "segment_start_times": ragged,

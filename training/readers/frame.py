@@ -30,7 +30,9 @@ class FrameReader:
     required_context: Tuple[Tuple[str, str], ...] = ()
 
     def __init__(self, num_classes=3862, feature_names=("rgb", "audio"),
-                 feature_sizes=(1024, 128), max_frames=MAX_FRAMES):
+                 feature_sizes=(1024, 128), max_frames=MAX_FRAMES, id_key: str = "id"):
+        # The context feature of the video id: "id" (2018, 2019), "video_id" (2017).
+        self.id_key = id_key
         self.num_classes = check_num_classes(num_classes)
         self.feature_names, self.feature_sizes = check_names_sizes(
             feature_names, feature_sizes)
@@ -68,13 +70,13 @@ class FrameReader:
             context, sequences, _ = tf.io.parse_sequence_example(
                 serialized,
                 context_features={
-                    "id": tf.io.FixedLenFeature([], tf.string),
+                    self.id_key: tf.io.FixedLenFeature([], tf.string),
                     "labels": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
                 },
                 sequence_features={name: string_feature for name in self.feature_names})
             joined, splits, num_frames = self._joined_uint8_frames(sequences)
             outputs = {
-                "id": context["id"],
+                "id": context[self.id_key],
                 "features": self._dequantized(joined, splits, num_frames),
                 "labels": multi_hot(context["labels"], self.num_classes),
                 "num_frames": tf.cast(num_frames, tf.int32),

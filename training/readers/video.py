@@ -27,7 +27,9 @@ class VideoReader:
     required_context: Tuple[Tuple[str, str], ...] = ()
 
     def __init__(self, num_classes=3862, feature_names=("mean_rgb", "mean_audio"),
-                 feature_sizes=(1024, 128)):
+                 feature_sizes=(1024, 128), id_key: str = "id"):
+        # The feature of the video id: "id" (2018), "video_id" (2017).
+        self.id_key = id_key
         self.num_classes = check_num_classes(num_classes)
         self.feature_names, self.feature_sizes = check_names_sizes(
             feature_names, feature_sizes)
@@ -53,7 +55,7 @@ class VideoReader:
             serialized = as_batch(serialized)
             batch = static_batch(serialized)
             spec = {
-                "id": tf.io.FixedLenFeature([], tf.string),
+                self.id_key: tf.io.FixedLenFeature([], tf.string),
                 "labels": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
             }
             for name in self.feature_names:
@@ -72,7 +74,7 @@ class VideoReader:
                     values = tf.identity(ragged.values)
                 parts.append(tf.reshape(values, [-1, size]))
             features = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
-            ids = parsed["id"]
+            ids = parsed[self.id_key]
             outputs = {
                 "id": ids,
                 "features": features,
