@@ -5,6 +5,9 @@ SequenceExamples: ``id``, ``labels``, feature lists ``rgb`` 1024 and ``audio``
 128 uint8-quantised bytes per frame, docs/formats.md 1.3) and
 ``<output_dir>/video/<split>NN.tfrecord`` (video-level Examples whose
 ``mean_rgb`` / ``mean_audio`` are the means of the dequantised frames).
+``year=2017`` (``--year=2017``) writes the 2017 layout instead: the same
+records with the id under ``video_id`` (docs/formats.md 1.6; the 2017
+kinds' classes, 4716, are the caller's --num_classes).
 
 Ids are unique across the splits of one seed, labels follow a Zipf-like
 skew, and every class has fixed prototype vectors that the frames carry
@@ -25,7 +28,7 @@ from absl import flags
 
 from models.tf_compat import tf
 from training import flags as shared_flags
-from training import readers
+from training import readers, record_layouts
 from training.cli import UserError, run_main
 
 FLAGS = flags.FLAGS
@@ -34,6 +37,8 @@ ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 RGB_SIZE = 1024
 AUDIO_SIZE = 128
 MAX_LABELS = 8
+# The context key of the video id, by year of the layout.
+ID_KEYS = {2018: "id", 2017: record_layouts.VIDEO_ID_2017}
 
 # Quantisation constants (docs/formats.md 1.3): x = q * SCALAR + BIAS.
 _SCALAR, _BIAS = readers.dequantize_constants()
@@ -117,16 +122,16 @@ def _video_frames(rng, labels, num_frames, protos):
     return out[0], out[1]
 
 
-def _set_id_and_labels(features, video_id: bytes, labels) -> None:
+def _set_id_and_labels(features, video_id: bytes, labels, id_key: str = "id") -> None:
     """The id and labels features of a record (labels present even when empty)."""
-    features["id"].bytes_list.value.append(video_id)
+    features[id_key].bytes_list.value.append(video_id)
     features["labels"].int64_list.SetInParent()
     features["labels"].int64_list.value.extend(int(x) for x in labels)
 
 
-def sequence_example(video_id, labels, rgb_q, audio_q) -> bytes:
+def sequence_example(video_id, labels, rgb_q, audio_q, id_key: str = "id") -> bytes:
     example = tf.train.SequenceExample()
-    _set_id_and_labels(example.context.feature, video_id, labels)
+    _set_id_and_labels(example.context.feature, video_id, labels, id_key)
     for name, matrix in (("rgb", rgb_q), ("audio", audio_q)):
         feature_list = example.feature_lists.feature_list[name]
         for row in matrix:
@@ -134,10 +139,10 @@ def sequence_example(video_id, labels, rgb_q, audio_q) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
-def _video_example(video_id, labels, mean_rgb, mean_audio) -> bytes:
+def _video_example(video_id, labels, mean_rgb, mean_audio, id_key: str = "id") -> bytes:
     example = tf.train.Example()
     feature = example.features.feature
-    _set_id_and_labels(feature, video_id, labels)
+    _set_id_and_labels(feature, video_id, labels, id_key)
     feature["mean_rgb"].float_list.value.extend(mean_rgb.tolist())
     feature["mean_audio"].float_list.value.extend(mean_audio.tolist())
     return example.SerializeToString(deterministic=True)
@@ -158,7 +163,9 @@ def write_records(path: str, records) -> None:
 
 
 def _validate(split, num_shards, videos_per_shard, num_classes, min_frames, max_frames,
-              frame_level, video_level):
+              frame_level, video_level, year=2018):
+    if year not in ID_KEYS:
+        raise UserError(f"--year: the layout of 2017 or 2018, got {year}")
     if not split or not re.fullmatch(r"[A-Za-z0-9_-]+", split):
         raise UserError(f"--split: '{split}' must be a non-empty name of [A-Za-z0-9_-]")
     if not 1 <= num_shards <= 100:
@@ -180,12 +187,13 @@ def write_dataset(output_dir: str, split: str = "train", num_shards: int = 2,
                   videos_per_shard: int = 64, num_classes: int = 3862, seed: int = 0,
                   frame_level: bool = True, video_level: bool = True,
                   min_frames: int = 30, max_frames: int = 300,
-                  with_labels: bool = True) -> dict:
+                  with_labels: bool = True, year: int = 2018) -> dict:
     """Writes one synthetic split; returns {"frame": [paths], "video": [paths]}.
 
     Same arguments -> byte-identical files. Prototypes depend on ``seed``
     and ``num_classes`` only; labels, frames and noise depend on ``seed``,
-    ``split`` and the shard number.
+    ``split`` and the shard number. year: 2017 writes the id under
+    ``video_id`` (the 2017 layout), nothing else changes.
 
     Raises:
       UserError naming the flag at fault for invalid arguments.
@@ -194,7 +202,7 @@ def write_dataset(output_dir: str, split: str = "train", num_shards: int = 2,
     num_classes, seed = int(num_classes), int(seed)
     min_frames, max_frames = int(min_frames), int(max_frames)
     _validate(split, num_shards, videos_per_shard, num_classes, min_frames, max_frames,
-              frame_level, video_level)
+              frame_level, video_level, year)
     if not output_dir:
         raise UserError("--output_dir: missing")
 
@@ -204,7 +212,8 @@ def write_dataset(output_dir: str, split: str = "train", num_shards: int = 2,
     for shard in range(num_shards):
         start = time.time()
         records, frames = _shard_records(split, shard, videos_per_shard, num_classes, seed,
-                                         min_frames, max_frames, protos, with_labels)
+                                         min_frames, max_frames, protos, with_labels,
+                                         ID_KEYS[year])
         name = f"{split}{shard:02d}.tfrecord"
         for level in sorted(dirs):
             path = os.path.join(dirs[level], name)
@@ -230,7 +239,7 @@ def _level_dirs(output_dir: str, frame_level: bool, video_level: bool) -> dict:
 
 
 def _shard_records(split, shard, videos_per_shard, num_classes, seed, min_frames, max_frames,
-                   protos, with_labels):
+                   protos, with_labels, id_key="id"):
     """({"frame": [serialized], "video": [serialized]}, total frames) of one shard."""
     rng = np.random.default_rng([seed, _split_key(split), shard, 1])
     ids = make_ids(split, shard, videos_per_shard)
@@ -240,14 +249,15 @@ def _shard_records(split, shard, videos_per_shard, num_classes, seed, min_frames
     for v in range(videos_per_shard):
         rgb_q, audio_q = _video_frames(rng, labels[v], int(frame_counts[v]), protos)
         stored_labels = labels[v] if with_labels else np.zeros([0], np.int64)
-        records["frame"].append(sequence_example(ids[v], stored_labels, rgb_q, audio_q))
+        records["frame"].append(sequence_example(ids[v], stored_labels, rgb_q, audio_q, id_key))
         if frame_counts[v] > 0:
             mean_rgb = dequantize_np(rgb_q).mean(axis=0, dtype=np.float64)
             mean_audio = dequantize_np(audio_q).mean(axis=0, dtype=np.float64)
         else:
             mean_rgb, mean_audio = np.zeros(RGB_SIZE), np.zeros(AUDIO_SIZE)
         records["video"].append(_video_example(
-            ids[v], stored_labels, mean_rgb.astype(np.float32), mean_audio.astype(np.float32)))
+            ids[v], stored_labels, mean_rgb.astype(np.float32), mean_audio.astype(np.float32),
+            id_key))
     return records, int(frame_counts.sum())
 
 
@@ -268,6 +278,8 @@ def define_flags() -> None:
     define(flags.DEFINE_integer, "max_frames", 300, "Most frames per video.")
     define(flags.DEFINE_boolean, "with_labels", True, "Store labels (false: empty lists, "
            "like test).")
+    define(flags.DEFINE_integer, "year", 2018, "The layout: 2018, or 2017 (the id under "
+           "video_id; its kinds frame2017, video2017 have 4716 classes).")
 
 
 def main(argv) -> None:
@@ -278,7 +290,8 @@ def main(argv) -> None:
                   videos_per_shard=FLAGS.videos_per_shard, num_classes=FLAGS.num_classes,
                   seed=FLAGS.seed, frame_level=FLAGS.frame_level,
                   video_level=FLAGS.video_level, min_frames=FLAGS.min_frames,
-                  max_frames=FLAGS.max_frames, with_labels=FLAGS.with_labels)
+                  max_frames=FLAGS.max_frames, with_labels=FLAGS.with_labels,
+                  year=FLAGS.year)
 
 
 if __name__ == "__main__":
