@@ -27,7 +27,7 @@ import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoints, losses, model_builder, paths, readers
+from training import checkpoints, losses, model_builder, paths, readers, record_layouts
 from training import flags as shared_flags
 from training import train as trainer
 from training import train_dir as train_dirs
@@ -113,12 +113,14 @@ def distillation_loss_fn(model_flags: ModelFlags, distill_prob: float,
 
 
 def make_reader(model_flags: ModelFlags) -> TeacherReader:
+    layout = record_layouts.layout_of_model(model_flags)
     plain = model_builder.make_reader(model_flags)
-    if not plain.frame_features or not isinstance(plain, readers.FrameReader):
-        raise UserError("--frame_features: distillation reads frame-level teacher records "
-                        "(SequenceExamples); use --frame_features=true")
+    if not layout.frame_level or not isinstance(plain, readers.FrameReader):
+        raise UserError(f"--record_kind={layout.kind}: distillation reads frame-level teacher "
+                        f"records (SequenceExamples); use --record_kind=frame")
     return TeacherReader(num_classes=plain.num_classes, feature_names=plain.feature_names,
-                         feature_sizes=plain.feature_sizes, max_frames=plain.max_frames)
+                         feature_sizes=plain.feature_sizes, max_frames=plain.max_frames,
+                         id_key=plain.id_key)
 
 
 # ---------------------------------------------------------------------------

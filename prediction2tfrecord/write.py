@@ -34,7 +34,7 @@ import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoints, locks, model_builder, paths, predict, readers
+from training import checkpoints, locks, model_builder, paths, predict, readers, record_layouts
 from training import flags as shared_flags
 from training.cli import Interrupted, UserError, excerpt, first_line, run_main
 from training.progress import Log, Progress
@@ -215,7 +215,7 @@ class ModelTeacher:
             raise UserError(f"--teacher_dir: {path} predicts {self.model.num_classes} classes "
                             f"but --num_classes={num_classes}")
         reader = model_builder.make_reader(self.model.model_flags)
-        if not reader.frame_features:
+        if not record_layouts.layout_of_model(self.model.model_flags).frame_level:
             self.model.close()
             raise UserError(f"--teacher_dir: {path} reads video-level features; teacher "
                             f"records are frame-level SequenceExamples")

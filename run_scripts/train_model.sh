@@ -8,6 +8,9 @@
 # training.train) is the Python entry point (distillation.sh: distillation.train).
 # MATMUL_DTYPE=bfloat16 trains with bfloat16 weight products (mixed precision,
 # float32 variables and checkpoints; docs/benchmarks.md "Training throughput").
+# RECORD_KIND (default frame) is the records' layout, recorded in
+# model_flags.json: frame, video, frame2017 or video2017 (training.record_layouts;
+# the features and, for the 2017 kinds, the 4716 classes are the kind's).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 model=$1
@@ -18,6 +21,7 @@ TRAIN_DIR=${TRAIN_DIR:-$HOME/yt8m_models/$model}
 TRAIN_MODULE=${TRAIN_MODULE:-training.train}
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 MATMUL_DTYPE=${MATMUL_DTYPE:-float32}
+RECORD_KIND=${RECORD_KIND:-frame}
 TRAIN_PATTERN=$(absolute "$TRAIN_PATTERN")
 TRAIN_DIR=$(absolute "$TRAIN_DIR")
 
@@ -27,8 +31,6 @@ cd "$REPO_ROOT"
   --train_dir="$TRAIN_DIR" \
   --train_data_pattern="$TRAIN_PATTERN" \
   --model="$model" \
-  --frame_features=True \
-  --feature_names=rgb,audio \
-  --feature_sizes=1024,128 \
+  --record_kind="$RECORD_KIND" \
   --matmul_dtype="$MATMUL_DTYPE" \
   "$@"

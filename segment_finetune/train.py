@@ -29,7 +29,15 @@ import numpy as np
 from absl import flags
 
 from models.tf_compat import tf
-from training import checkpoints, losses, model_builder, paths, readers, stage_files
+from training import (
+    checkpoints,
+    losses,
+    model_builder,
+    paths,
+    readers,
+    record_layouts,
+    stage_files,
+)
 from training import flags as shared_flags
 from training import train as trainer
 from training import train_dir as train_dirs
@@ -117,7 +125,7 @@ def source_model(source_dir: str) -> Tuple[ModelFlags, str]:
     if model_flags.model_hparams is None:
         raise UserError(f"--source_dir={source_dir}: an exported ensemble; fine-tuning "
                         f"starts from one model's dir (train, SWA, bfloat16 or int8)")
-    if not model_flags.frame_features:
+    if not record_layouts.layout_of_model(model_flags).frame_level:
         raise UserError(f"--source_dir={source_dir}: a video-level-feature model; segments "
                         f"are frames of a video, fine-tuning needs a frame-level model")
     try:

@@ -34,6 +34,10 @@ model_dirs            string   Comma-separated member model dirs (model_flags.js
                                model.ckpt-*, float32, bfloat16 or int8).
 checkpoint_file       string   A checkpoint prefix (default: the latest model.ckpt-* of the dir).
 num_classes           integer  Number of classes.
+record_kind           string   The records' layout (training.record_layouts): frame or video
+                               (2018 frame- or video-level), segment (2019 segment-rated),
+                               frame2017 or video2017 (2017: id under video_id, 4716 classes).
+segment_labels        bool     2019 segment-rated records: the same as --record_kind=segment.
 batch_size            integer  Videos per batch.
 num_readers           integer  TFRecord files read in parallel.
 seed                  integer  Graph-level random seed (initialisation, data order, frame

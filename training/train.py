@@ -33,6 +33,7 @@ from training import (
     paths,
     quantize,
     readers,
+    record_layouts,
     train_config,
     train_graph,
 )
@@ -46,7 +47,7 @@ from training.cli import (
     interrupts_deferred,
     run_main,
 )
-from training.model_flags import ModelFlags
+from training.model_flags import ModelFlags, layout_of
 from training.progress import Progress
 from training.train_config import TrainConfig
 
@@ -89,14 +90,19 @@ def define_flags() -> None:
     """Training flags (the original's names)."""
     shared_flags.define_shared_flags({
         "train_dir": ("/tmp/yt8m_model/", "Where checkpoints and logs go.", paths.OUT_DIR),
-        "train_data_pattern": "", "num_classes": 3862, "num_readers": 8, "seed": 2018,
+        "train_data_pattern": "", "num_readers": 8, "seed": 2018,
+        "num_classes": (None, "(unset: the --record_kind's, 3862; 4716 for the 2017 kinds)"),
+        "record_kind": ("", "Recorded in model_flags.json (unset: frame)."),
         "skip_corrupt_records": False, "compression": "auto"})
     _define_schedule_flags()
     define = shared_flags.define
     define(flags.DEFINE_string, "model", "FrameMeanMoeModel", "Model preset or class name.")
-    define(flags.DEFINE_bool, "frame_features", True, "Frame-level (True) or video-level input.")
-    define(flags.DEFINE_string, "feature_names", "rgb,audio", "Comma-separated feature names.")
-    define(flags.DEFINE_string, "feature_sizes", "1024,128", "Comma-separated feature sizes.")
+    define(flags.DEFINE_bool, "frame_features", None, "The starter's flag: true is "
+           "--record_kind=frame, false --record_kind=video.")
+    define(flags.DEFINE_string, "feature_names", "", "Comma-separated feature names (unset: "
+           "the --record_kind's, rgb,audio or mean_rgb,mean_audio).")
+    define(flags.DEFINE_string, "feature_sizes", "", "Comma-separated feature sizes (unset: "
+           "the --record_kind's, 1024,128).")
     define(flags.DEFINE_string, "label_loss", "CrossEntropyLoss", "Loss function name.")
     define(flags.DEFINE_float, "regularization_penalty", 1.0, "Weight of the L2 terms.")
     define(flags.DEFINE_float, "clip_gradient_norm", 1.0, "Per-variable gradient norm clip "
@@ -325,13 +331,23 @@ def config_from_flags() -> TrainConfig:
 
 
 def model_flags_from_flags() -> ModelFlags:
-    """model_flags.json's record from the command line; rejects hyper-parameter
-    flags that the chosen model does not have."""
+    """model_flags.json's record from the command line: the --record_kind
+    (or the starter's alias), its defaults for the classes and features
+    left unset; rejects hyper-parameter flags that the chosen model does not
+    have, and a kind the trainer does not train on (2019 segments)."""
     model_builder.check_hparam_flags(FLAGS.model)
+    alias = FLAGS.frame_features    # (None: not given)
+    kind = record_layouts.asked_kind(FLAGS.record_kind, "frame", {} if alias is None else {
+        f"frame_features={str(alias).lower()}": layout_of(alias)})
+    layout = record_layouts.layout(kind)
+    if not layout.trainable:
+        raise UserError(f"--record_kind={kind}: {layout.what} train a frame-level model "
+                        f"through segment_finetune.train (docs/segments.md)")
+    num_classes = layout.num_classes if FLAGS.num_classes is None else FLAGS.num_classes
     return model_builder.make_model_flags(
-        FLAGS.model, FLAGS.feature_names, FLAGS.feature_sizes, FLAGS.frame_features,
-        FLAGS.num_classes, FLAGS.label_loss, model_builder.hparams_from_flags(FLAGS.model),
-        FLAGS.size)
+        FLAGS.model, FLAGS.feature_names or layout.feature_names,
+        FLAGS.feature_sizes or layout.feature_sizes, kind, num_classes, FLAGS.label_loss,
+        model_builder.hparams_from_flags(FLAGS.model), FLAGS.size)
 
 
 def _run_cluster_task(model_flags: ModelFlags, config: TrainConfig,
@@ -361,7 +377,8 @@ def main(argv) -> None:
     files = readers.resolve_files(FLAGS.train_data_pattern, "train_data_pattern")
     readers.check_records(files, "train_data_pattern", model_builder.make_reader(model_flags),
                           "training", FLAGS.compression,
-                          hint="check --frame_features / --feature_names")
+                          hint="check --record_kind / --feature_names",
+                          kind_of=record_layouts.kind_of_record)
     cluster_info = distributed.cluster_from_env()
     if cluster_info is not None:
         _run_cluster_task(model_flags, config, cluster_info)

@@ -82,7 +82,9 @@ print(json.dumps(configs))
 
 def test_scripts_pass_the_original_hyper_parameters(tmp_path):
     """Runs each script with a stand-in interpreter that records its arguments;
-    the original schedule is the preset's record, which training.train applies."""
+    the original schedule is the preset's record, which training.train applies.
+    Mutation tried: train_model.sh with the frame flags hard-coded again
+    (--frame_features=True, no --record_kind) fails the flag check."""
     recorder = tmp_path / "record_args"
     recorder.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
     recorder.chmod(0o755)
@@ -100,8 +102,7 @@ def test_scripts_pass_the_original_hyper_parameters(tmp_path):
                                    capture_output=True, text=True, check=True)
         args = completed.stdout.splitlines()
         assert args[:2] == ["-m", "training.train"]
-        for flag in (f"--model={name}", "--feature_sizes=1024,128",
-                     "--feature_names=rgb,audio", "--frame_features=True",
+        for flag in (f"--model={name}", "--record_kind=frame",
                      "--train_dir=/runs/x", "--train_data_pattern=/data/train*.tfrecord"):
             assert flag in args, (name, flag)
         assert args[-1] == "--extra=1"  # user flags come last, so they override

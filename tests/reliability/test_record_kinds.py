@@ -31,7 +31,7 @@ from training import train_dir as train_dirs
 from training.cli import UserError
 from training.teacher_records import TeacherReader
 
-FRAME_HINT = "check --frame_features / --feature_names"
+FRAME_HINT = "check --record_kind / --feature_names"
 
 
 def compressed_copy(pattern: str, dest, kind: str) -> str:
@@ -236,7 +236,8 @@ def test_entry_points_refuse_before_loading(tiny_data, tiny_models, tmp_path, mo
     output = tmp_path / "s.csv"
     with pytest.raises(UserError, match=r"^--input_data_pattern: .*test00\.tfrecord: holds "
                                         r"video-level Examples .*, but the model of .*gru_swa "
-                                        r"reads frame-level SequenceExamples \(rgb, audio\)$"):
+                                        r"reads frame-level SequenceExamples \(rgb, audio\); "
+                                        r"these are --record_kind=video records$"):
         inference.run(train_dir=tiny_models["gru_swa"], input_data_pattern=video,
                       output_file=str(output), log=None)
     assert not output.exists()
@@ -279,7 +280,8 @@ def test_command_lines_refuse_before_any_work(tiny_data, tiny_models, tmp_path):
         trained, evaluated, distilled = [run.result() for run in runs]
     assert_user_error(trained, "--train_data_pattern: ", "train00.tfrecord: holds video-level "
                       "Examples (features mean_audio, mean_rgb), but the model reads frame-level "
-                      "SequenceExamples (rgb, audio); " + FRAME_HINT)
+                      "SequenceExamples (rgb, audio); these are --record_kind=video records; "
+                      + FRAME_HINT)
     assert_user_error(evaluated, "--eval_data_pattern: ", "test00.tfrecord: its records have no "
                       "labels (the unlabelled test split?); evaluation needs labelled records")
     assert_user_error(distilled, "--train_data_pattern: ", "train00.tfrecord: its records have "
