@@ -17,6 +17,10 @@ zeros dropped. The file is streamed to a temporary name and renamed into
 place at the end; an existing output is replaced only with --overwrite.
 ``ensemble.check_submission`` validates the result.
 
+--record_kind: the records' layout (training.record_layouts), by default the
+one the model dir's model_flags.json records; segment (--segment_labels)
+writes the 2019 submission instead.
+
 --label_names=V (a vocabulary CSV) also writes each video's top 5 labels
 with names to ``<CSV without .csv>.top5.tsv`` (ensemble.labels), the CSV
 unchanged; V is checked before the model is loaded. With --num_shards the
@@ -43,6 +47,7 @@ from training import (
     paths,
     predict,
     readers,
+    record_layouts,
     segment_readers,
     segment_refine,
     submission,
@@ -84,9 +89,10 @@ def define_flags() -> None:
                         "process (0: all cores; workers sharing a CPU divide them).")
     shared_flags.define_shared("label_names", "", "(With --num_shards: only checked; "
                                "ensemble.merge writes it.)")
-    shared_flags.define(flags.DEFINE_bool, "segment_labels", False, "2019 segment-rated "
-                        "records: write the 2019 submission (Class,Segments) instead "
-                        "(ensemble.segment_submission).")
+    shared_flags.define_shared("record_kind", "", "(unset: the one the model dir's "
+                               "model_flags.json records; segment: the 2019 submission)")
+    shared_flags.define_shared("segment_labels", False, "Write the 2019 submission "
+                               "(Class,Segments) instead (ensemble.segment_submission).")
     shared_flags.define(flags.DEFINE_integer, "segment_max_pred", 100000, "Segments kept a "
                         "class (--segment_labels).")
     shared_flags.define(flags.DEFINE_string, "segment_label_ids_file", "", "The classes "
@@ -286,13 +292,15 @@ def _check_label_classes(vocabulary: Optional[labels.LabelNames], model_dir: str
         vocabulary.check_covers(members.read_member_flags(model_dir).num_classes)
 
 
-def _check_input_records(model_dir: str, input_data_pattern: str, compression: str) -> None:
-    """Input records of a kind the model of model_dir cannot read are refused
-    before the model is loaded (members.check_dir_records; no labels needed)."""
+def _check_input_records(model_dir: str, input_data_pattern: str, compression: str,
+                         record_kind: Optional[str] = None) -> None:
+    """Input records of a kind the model of model_dir cannot read (with
+    record_kind: not of that kind) are refused before the model is loaded
+    (members.check_dir_records; no labels needed)."""
     if input_data_pattern:
         files = readers.resolve_files(input_data_pattern, "input_data_pattern")
         members.check_dir_records(model_dir, files, "input_data_pattern",
-                                  compression=compression)
+                                  compression=compression, record_kind=record_kind)
 
 
 @contextlib.contextmanager
@@ -329,12 +337,14 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
         frame_sampling: Optional[str] = None, log: Optional[Log] = print, overwrite: bool = True,
         skip_corrupt: bool = False, bf16_compute: Optional[str] = None,
         num_shards: int = 0, shard_index: int = 0, num_threads: int = 0,
-        label_names: str = "", compression: str = "auto") -> Optional[int]:
+        label_names: str = "", compression: str = "auto",
+        record_kind: Optional[str] = None) -> Optional[int]:
     """The command: returns the number of videos written (None without a CSV).
     overwrite=False refuses an existing output_file / output_model_tgz (the
     command line's default). num_shards > 0 writes this shard's parts instead
     of the CSV (ensemble.merge writes it). label_names: a vocabulary CSV, for
-    the top-5 TSV beside the CSV (labels.tsv_path)."""
+    the top-5 TSV beside the CSV (labels.tsv_path). record_kind: the records'
+    layout when not the model's (another kind of its level)."""
     _check_run_flags(train_dir, input_model_tgz, output_model_tgz, input_data_pattern,
                      output_file, batch_size)
     vocabulary = _read_label_names(label_names, output_file, num_shards, overwrite)
@@ -345,9 +355,9 @@ def run(train_dir: str = "", input_model_tgz: str = "", output_model_tgz: str = 
 
     def with_dir(model_dir: str) -> Optional[int]:
         _check_label_classes(vocabulary, model_dir)
-        _check_input_records(model_dir, input_data_pattern, compression)
+        _check_input_records(model_dir, input_data_pattern, compression, record_kind)
         model = predict.open_model(model_dir, frame_sampling, seed, bf16_compute,
-                                   num_threads=num_threads)
+                                   num_threads=num_threads, record_kind=record_kind)
         try:
             if not overwrite:
                 _refuse_existing((("output_model_tgz", output_model_tgz),
@@ -397,7 +407,8 @@ def _segment_checks(model_dir: str):
                                                 skip_unrated=FLAGS.skip_unrated_positions)
     readers.check_records(files, "input_data_pattern", reader, compression=FLAGS.compression,
                           reader_of=f"--segment_labels with the model of "
-                                    f"{FLAGS.input_model_tgz or model_dir}")
+                                    f"{FLAGS.input_model_tgz or model_dir}",
+                          kind_of=record_layouts.kind_of_record)
     refine = segment_refine.check(FLAGS.segment_refine_top_k, FLAGS.segment_refine_model_dir,
                                   model_dir, files, "input_data_pattern", FLAGS.compression)
     scoring = segment_submission.Scoring(positions, FLAGS.skip_unrated_positions,
@@ -492,9 +503,22 @@ def _refuse_segment_flags() -> None:
                             f"--segment_labels")
 
 
+def _records_kind() -> Optional[str]:
+    """The --record_kind (or --segment_labels) of the records; None: the
+    model's own (--train_dir's model_flags.json; an upload's is read when
+    it is extracted)."""
+    flags_file = os.path.join(FLAGS.train_dir, checkpoints.MODEL_FLAGS_FILE)
+    own = (members.read_member_flags(FLAGS.train_dir).layout()
+           if FLAGS.train_dir and os.path.isfile(flags_file) else "")
+    kind = record_layouts.asked_kind(FLAGS.record_kind, own, {
+        "segment_labels": record_layouts.SEGMENT if FLAGS.segment_labels else None})
+    return None if kind in ("", own) and kind != record_layouts.SEGMENT else kind
+
+
 def main(argv) -> None:
     del argv
-    if FLAGS.segment_labels:
+    record_kind = _records_kind()
+    if record_kind == record_layouts.SEGMENT:
         run_segments()
         return
     _refuse_segment_flags()
@@ -505,7 +529,7 @@ def main(argv) -> None:
         skip_corrupt=FLAGS.skip_corrupt_records, bf16_compute=FLAGS.bf16_compute,
         num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
         num_threads=FLAGS.num_threads, label_names=FLAGS.label_names,
-        compression=FLAGS.compression)
+        compression=FLAGS.compression, record_kind=record_kind)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 --train_dir may also be an export (ensemble.build's ensemble dir, or an
 extracted upload): its one model is evaluated once, as ensemble.build
 --eval_data_pattern evaluates it, video level or with --segment_labels.
+--record_kind: the records' layout (training.record_layouts), by default the
+one model_flags.json records; segment (--segment_labels) evaluates a
+frame-level model on 2019 segment-rated records.
 
 Prints and writes Hit@1, PERR, mAP, GAP@20 and the loss (eval_results.json,
 which keeps every evaluation keyed by what it measured: training.eval_results;
@@ -37,6 +40,7 @@ from training import (
     precision,
     predict,
     readers,
+    record_layouts,
     segment_refine,
     segment_results,
 )
@@ -77,12 +81,14 @@ def define_flags() -> None:
                         "BN moving statistics: the checkpoint's (moving), or recomputed "
                         "(recompute) on --recompute_batches batches of --train_data_pattern; "
                         "the user's checkpoint is never changed.")
-    shared_flags.define(flags.DEFINE_bool, "segment_labels", False,
-                        "2019 segment-rated data (YouTube-8M 3/frame/validate): score each "
-                        "rated segment on its frames; prints and writes Segment_MAP and "
-                        "Segment_GAP to segment_eval_results.json (docs/formats.md 2.7).")
+    shared_flags.define_shared("record_kind", "", "(unset: the one model_flags.json records; "
+                               "segment: Segment_MAP and Segment_GAP of a frame-level model)")
+    shared_flags.define_shared("segment_labels", False,
+                               "(YouTube-8M 3/frame/validate): score each rated segment on "
+                               "its frames; prints and writes Segment_MAP and Segment_GAP to "
+                               "segment_eval_results.json (docs/formats.md 2.7).")
     shared_flags.define(flags.DEFINE_integer, "segment_size", 5,
-                        "Frames per rated segment (--segment_labels).")
+                        "Frames per rated segment (--record_kind=segment).")
     segment_refine.define_flags()
 
 
@@ -95,7 +101,8 @@ def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
                         recompute: Optional[bn_stats.Recompute] = None,
                         compression: str = "auto", keep_videos: bool = True,
                         segment_size: int = 0,
-                        refine: Optional[segment_refine.Refine] = None) -> Dict[str, Any]:
+                        refine: Optional[segment_refine.Refine] = None,
+                        record_kind: Optional[str] = None) -> Dict[str, Any]:
     """Metrics of one checkpoint of a model dir (training.predict does the work;
     a bfloat16 checkpoint computes in the --bf16_compute mode, None: the default).
     recompute: evaluate it with BN statistics recomputed so (the checkpoint
@@ -103,7 +110,8 @@ def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
     result's "videos" holds each video's top-k (predict.evaluate_model).
     segment_size > 0: the 2019 segment metrics of segment-rated records
     instead (_segment_metrics; keep_videos: with their "ratings"), refined
-    by refine (training.segment_refine) when given."""
+    by refine (training.segment_refine) when given. record_kind: the
+    records' layout when not the model's (predict.LoadedModel.record_kind)."""
     if recompute is not None:
         with bn_stats.recomputed_checkpoint(model_dir, checkpoint_path, recompute,
                                             log) as recomputed:
@@ -111,9 +119,9 @@ def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
                                        frame_sampling, seed, num_readers, log, skip_corrupt,
                                        bf16_compute, compression=compression,
                                        keep_videos=keep_videos, segment_size=segment_size,
-                                       refine=refine)
+                                       refine=refine, record_kind=record_kind)
     model = predict.open_model(model_dir, frame_sampling, seed, bf16_compute,
-                               checkpoint=checkpoint_path)
+                               checkpoint=checkpoint_path, record_kind=record_kind)
     try:
         if segment_size:
             return _segment_metrics(model, data_pattern, segment_size, batch_size, num_readers,
@@ -246,9 +254,11 @@ def _settings(recompute: Optional[bn_stats.Recompute]) -> Dict[str, Any]:
 
 
 def _evaluate(path: str, recompute: Optional[bn_stats.Recompute],
-              refine: Optional[segment_refine.Refine] = None) -> None:
-    """Evaluates one checkpoint of --train_dir; prints and writes the results."""
-    if FLAGS.segment_labels:
+              refine: Optional[segment_refine.Refine] = None,
+              record_kind: Optional[str] = None) -> None:
+    """Evaluates one checkpoint of --train_dir; prints and writes the results
+    (record_kind: _records_kind's)."""
+    if record_kind == record_layouts.SEGMENT:
         return _evaluate_segments(path, recompute, refine)
     log = lambda line: print(line, flush=True)  # noqa: E731
     if FLAGS.skip_evaluated:
@@ -268,20 +278,29 @@ def _evaluate(path: str, recompute: Optional[bn_stats.Recompute],
         FLAGS.train_dir, path, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.top_k,
         FLAGS.frame_sampling, FLAGS.seed, FLAGS.num_readers, log=log,
         skip_corrupt=FLAGS.skip_corrupt_records, bf16_compute=FLAGS.bf16_compute or None,
-        recompute=recompute, compression=FLAGS.compression)
+        recompute=recompute, compression=FLAGS.compression, record_kind=record_kind)
     label = os.path.basename(path) + ("" if recompute is None else " (BN statistics recomputed)")
     log(metrics.format_summary(result, label))
     write_results(FLAGS.train_dir, path, result, recompute, FLAGS.eval_data_pattern,
                   _settings(recompute))
 
 
+def _records_kind() -> Optional[str]:
+    """The --record_kind (or --segment_labels) of the records; None: the
+    model's own, the default."""
+    own = checkpoints.read_model_flags(FLAGS.train_dir).layout()
+    kind = record_layouts.asked_kind(FLAGS.record_kind, own, {
+        "segment_labels": record_layouts.SEGMENT if FLAGS.segment_labels else None})
+    return None if kind == own and kind != record_layouts.SEGMENT else kind
+
+
 def main(argv) -> None:
     del argv
     shared_flags.require(train_dir=FLAGS.train_dir, eval_data_pattern=FLAGS.eval_data_pattern)
-    checkpoints.read_model_flags(FLAGS.train_dir)
+    record_kind = _records_kind()
     files = readers.resolve_files(FLAGS.eval_data_pattern, "eval_data_pattern")
     refine = None
-    if FLAGS.segment_labels:
+    if record_kind == record_layouts.SEGMENT:
         members.check_dir_segment_records(FLAGS.train_dir, files, "eval_data_pattern",
                                           FLAGS.segment_size, FLAGS.compression)
         refine = segment_refine.check(FLAGS.segment_refine_top_k,
@@ -290,7 +309,7 @@ def main(argv) -> None:
     else:
         _refuse_refine_flags()
         members.check_dir_records(FLAGS.train_dir, files, "eval_data_pattern", "evaluation",
-                                  FLAGS.compression)
+                                  FLAGS.compression, record_kind)
     precision.check_bf16_compute(FLAGS.bf16_compute or None)
     if predict.exported_prefix(FLAGS.train_dir):
         _check_exported_flags()
@@ -300,18 +319,20 @@ def main(argv) -> None:
     with locks.held(os.path.join(FLAGS.train_dir, EVAL_LOCK),
                     f"--train_dir={FLAGS.train_dir} (its evaluation results)",
                     "wait for that evaluation to finish"):
-        _evaluate_until_done(recompute, refine)
+        _evaluate_until_done(recompute, refine, record_kind)
 
 
 def _refuse_refine_flags() -> None:
     """The refinement flags are of --segment_labels only."""
     for flag in ("segment_refine_top_k", "segment_refine_model_dir"):
         if FLAGS[flag].value:
-            raise UserError(f"--{flag}: refines 2019 segment scores; needs --segment_labels")
+            raise UserError(f"--{flag}: refines 2019 segment scores; needs --segment_labels "
+                            f"(--record_kind=segment)")
 
 
 def _evaluate_until_done(recompute: Optional[bn_stats.Recompute],
-                         refine: Optional[segment_refine.Refine] = None) -> None:
+                         refine: Optional[segment_refine.Refine] = None,
+                         record_kind: Optional[str] = None) -> None:
     """Evaluates the latest checkpoint once (--run_once, --checkpoint_file) or
     each new one, watching --train_dir."""
     evaluated = set()
@@ -320,7 +341,7 @@ def _evaluate_until_done(recompute: Optional[bn_stats.Recompute],
         if path is None and FLAGS.run_once:
             raise UserError(f"--train_dir={FLAGS.train_dir}: no checkpoint to evaluate")
         if path is not None and path not in evaluated:
-            _evaluate(path, recompute, refine)
+            _evaluate(path, recompute, refine, record_kind)
             evaluated.add(path)
         if FLAGS.run_once or FLAGS.checkpoint_file or predict.exported_prefix(FLAGS.train_dir):
             return

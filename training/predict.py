@@ -63,6 +63,9 @@ class LoadedModel:
     pipelines: Dict[Any, Any] = field(default_factory=dict)   # by-file input pipelines
     restoring: Optional[Tuple[Any, List[Any]]] = None   # single: (EnsembleGraph, savers)
     num_threads: int = 0                         # session_config's
+    # The layout its records are read in (training.record_layouts; None: the
+    # model's own, model_flags.json's): another kind of its level (--record_kind).
+    record_kind: Optional[str] = None
 
     @property
     def num_classes(self) -> int:
@@ -163,10 +166,10 @@ def exported_prefix(model_dir: str) -> Optional[str]:
 
 def open_model(model_dir: str, frame_sampling: Optional[str] = None, seed: int = 2018,
                bf16_compute: Optional[str] = None, checkpoint: Optional[str] = None,
-               num_threads: int = 0) -> LoadedModel:
+               num_threads: int = 0, record_kind: Optional[str] = None) -> LoadedModel:
     """An exported dir or a single model dir, ready to predict (module docstring).
     checkpoint: a single model dir's checkpoint to use (default: its latest);
-    num_threads: session_config."""
+    num_threads: session_config; record_kind: LoadedModel.record_kind."""
     if not os.path.isdir(model_dir):
         raise UserError(f"--train_dir={model_dir}: no such dir")
     model_flags = read_member_flags(model_dir)
@@ -175,7 +178,9 @@ def open_model(model_dir: str, frame_sampling: Optional[str] = None, seed: int =
             if value:
                 raise UserError(f"--{flag}: applies to a single model dir; {model_dir} was "
                                 f"fixed by ensemble.build (rebuild it with --{flag})")
-        return _open_exported(model_dir, model_flags, num_threads)
+        exported = _open_exported(model_dir, model_flags, num_threads)
+        exported.record_kind = record_kind
+        return exported
     if checkpoint is None and checkpoints.checkpoint_in_dir(model_dir) is None:
         raise UserError(f"--train_dir={model_dir}: neither {INFERENCE_MODEL}.meta nor a "
                         f"{checkpoints.CHECKPOINT_PREFIX}-<step> checkpoint")
@@ -186,7 +191,8 @@ def open_model(model_dir: str, frame_sampling: Optional[str] = None, seed: int =
                                                  bf16_compute=bf16_compute)
     return LoadedModel(model_dir, "single", model_flags, graph, session, single.input_batch_raw,
                        single.num_frames, single.predictions, single.export_var_list,
-                       restoring=(single, savers), num_threads=num_threads)
+                       restoring=(single, savers), num_threads=num_threads,
+                       record_kind=record_kind)
 
 
 def reopen_single(model: LoadedModel, model_dir: str, checkpoint: str) -> None:
@@ -300,7 +306,8 @@ def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
                         compression: str = "auto", unit: str = "videos") -> Iterator[Batch]:
     """Yields a Batch per batch of data_pattern (records in file order).
 
-    reader: default the model's own (model_flags.json). fetches: extra tensors
+    reader: default the model's own (model_flags.json; model.record_kind's
+    when set). fetches: extra tensors
     of the model's graph with their feeds. max_videos: stop after that many
     (0: all). files: read these files one by one instead of data_pattern
     (_file_batches). A corrupt or truncated file is a UserError naming it,
@@ -308,7 +315,7 @@ def iterate_predictions(model: LoadedModel, data_pattern: str, batch_size: int,
     compression: --compression (readers.file_compressions). unit: what a
     batch row is, for the progress line (a segment reader's rows are segments).
     """
-    reader = reader or model_builder.make_reader(model.model_flags)
+    reader = reader or model_builder.make_reader(model.model_flags, model.record_kind)
     fetches = dict(fetches or {})
     progress = Progress(unit, total=max_videos or None, log=log)
     count = 0
