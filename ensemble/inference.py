@@ -6,7 +6,8 @@ fixed where it was a bug. --train_dir is an ensemble dir (loaded the starter
 way) or a single model dir (train, SWA or bfloat16 dir): training.predict
 opens either; --frame_sampling, --seed and --bf16_compute apply to a single
 model dir only. --input_model_tgz reads an uploaded model instead;
---output_model_tgz writes the upload (ensemble.export).
+--output_model_tgz writes the upload (ensemble.export). --record_kind: the
+records' layout (default: the model's; segment: the 2019 submission).
 
 CSV (docs/formats.md 3.1): header ``VideoId,LabelConfidencePairs``; one line
 per video, ``<id>,<label> <score> ...`` with min(--top_k, num_classes) pairs
@@ -16,10 +17,6 @@ written positionally (``0.0000123457``, never ``1.23457e-05``), trailing
 zeros dropped. The file is streamed to a temporary name and renamed into
 place at the end; an existing output is replaced only with --overwrite.
 ``ensemble.check_submission`` validates the result.
-
---record_kind: the records' layout (training.record_layouts), by default the
-one the model dir's model_flags.json records; segment (--segment_labels)
-writes the 2019 submission instead.
 
 --label_names=V (a vocabulary CSV) also writes each video's top 5 labels
 with names to ``<CSV without .csv>.top5.tsv`` (ensemble.labels), the CSV
