@@ -37,6 +37,7 @@ from training import (
     readers,
     record_layouts,
     stage_files,
+    train_config,
 )
 from training import flags as shared_flags
 from training import train as trainer
@@ -107,9 +108,7 @@ def config_from_flags() -> TrainConfig:
             "skip_corrupt_records", "compression")
     # Any: absl types a flag's value Optional; these have defaults.
     values: Dict[str, Any] = {key: FLAGS[key].value for key in keys}
-    for key in _POSITIVE:
-        if values[key] <= 0:
-            raise UserError(f"--{key}: must be positive, got {values[key]}")
+    train_config.check_positive(values, _POSITIVE)
     rate = FLAGS.base_learning_rate
     if not np.isfinite(rate) or rate <= 0:
         raise UserError(f"--base_learning_rate: must be a positive number, got {rate}")

@@ -321,11 +321,8 @@ def config_from_flags() -> TrainConfig:
         values["swa_tail_steps"] = 0
     config = TrainConfig(**values)
     train_graph.check_matmul_dtype(config.matmul_dtype)
-    for key in ("batch_size", "save_checkpoint_steps", "summary_steps", "log_steps",
-                "swa_save_steps"):
-        value = getattr(config, key)
-        if value is not None and value <= 0:
-            raise UserError(f"--{key} must be positive, got {value}")
+    train_config.check_positive(values, ("batch_size", "save_checkpoint_steps",
+                                         "summary_steps", "log_steps", "swa_save_steps"))
     train_graph.tail_steps(config)
     return config
 

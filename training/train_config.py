@@ -11,9 +11,10 @@ defaults with the generic schedule (a model class given by name), so
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from models import presets
+from training.cli import UserError
 
 JsonScalar = Optional[Union[bool, int, float, str]]
 
@@ -44,6 +45,16 @@ class TrainConfig(presets.Schedule):
     def to_json(self) -> Dict[str, JsonScalar]:
         """{field: value}, every field (json.dumps-able)."""
         return dataclasses.asdict(self)
+
+
+def check_positive(values: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """The counts of a run's settings (flag name: value) that must be
+    positive: `--<key>: must be positive, got <value>` (a UserError) for the
+    first of `keys` that is set and is not. Both trainers' config_from_flags."""
+    for key in keys:
+        value = values[key]
+        if value is not None and value <= 0:
+            raise UserError(f"--{key}: must be positive, got {value}")
 
 
 # The schedule's fields (a preset's fill those left unset), then every field.

@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO_ROOT
 from models import presets
 from training import train_config
+from training.cli import UserError
 from training.train_config import TrainConfig
 
 # Prints the config that training.train resolves from its default flags.
@@ -58,3 +59,38 @@ def test_frozen_and_unknown_keys_refused():
     with pytest.raises(TypeError, match="batch_sise"):
         TrainConfig(batch_sise=3)  # type: ignore[call-arg]
     assert dataclasses.replace(config, batch_size=3).batch_size == 3
+
+
+# Prints the one line each trainer's config_from_flags gives for a count of 0.
+ZERO_COUNT = """
+import sys
+from absl import flags
+from training.cli import UserError
+module = __import__(sys.argv[1], fromlist=["define_flags"])
+module.define_flags()
+flags.FLAGS(sys.argv[1:])
+try:
+    module.config_from_flags()
+except UserError as err:
+    print(err)
+"""
+
+
+@pytest.mark.slow
+def test_both_trainers_refuse_a_zero_count_alike():
+    """training.train and segment_finetune.train check their counts in one
+    place (train_config.check_positive), with the same words. Mutation
+    tried: training.train's own loop again (its "--key must be positive",
+    segment_finetune's "--key: must be positive") fails the comparison."""
+    with pytest.raises(UserError, match=r"^--log_steps: must be positive, got 0$"):
+        train_config.check_positive({"batch_size": None, "log_steps": 0},
+                                    ("batch_size", "log_steps"))
+    lines = []
+    for module, *args in (("training.train", "--model=FrameMeanMoeModel"),
+                          ("segment_finetune.train",)):
+        completed = subprocess.run([sys.executable, "-c", ZERO_COUNT, module, *args,
+                                    "--log_steps=0"],
+                                   cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        lines.append(completed.stdout.strip().splitlines()[-1])
+    assert lines == ["--log_steps: must be positive, got 0"] * 2
