@@ -50,6 +50,7 @@ ReaderFactory = Callable[[ModelFlags], Reader]
 VIDEO_ID_2017 = "video_id"   # the 2017 records' id key (2018, 2019: "id")
 CLASSES_2017 = 4716
 SEGMENT = "segment"
+VIDEO_FEATURES = "mean_rgb,mean_audio"   # the video-level kinds' default features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +94,6 @@ def video2017_reader(model_flags: ModelFlags) -> readers.VideoReader:
     """The 2017 video-level layout: the 2018 one with the id under video_id."""
     return readers.VideoReader(model_flags.num_classes, model_flags.feature_name_list(),
                                model_flags.feature_size_list(), id_key=VIDEO_ID_2017)
-
-
-VIDEO_FEATURES = "mean_rgb,mean_audio"
 
 # kind (--record_kind, model_flags.json's record_kind) -> its layout.
 LAYOUTS: Dict[str, Layout] = {layout.kind: layout for layout in (
