@@ -20,9 +20,10 @@ unless --allow_oversize.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from absl import flags
 
@@ -169,28 +170,39 @@ def _describe_members(members, weights, ensemble, tile_num: int, log) -> None:
             f"{', shared frame work' if part.shared else ''})")
 
 
-def _ensemble_record(members, ensemble, settings: Dict[str, Any], size: int, limit: int
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """What ensemble.json records of how the ensemble was asked for."""
+    weights: Sequence[float]
+    tile_num: int
+    frame_sampling: Optional[str]
+    seed: int
+    target_bytes: Optional[int]
+    provenance: Sequence[stage_files.Provenance]
+
+
+def _ensemble_record(members, ensemble, settings: _Settings, size: int, limit: int
                      ) -> EnsembleRecord:
     """ensemble.json; its provenance: every choice behind the members and
     the weights (stage_files.provenance_of), when there is one."""
     provenance = stage_files.merge_provenance(
-        *(stage_files.provenance_of(m.model_dir) for m in members), settings["provenance"])
+        *(stage_files.provenance_of(m.model_dir) for m in members), settings.provenance)
     return EnsembleRecord(
-        members=tuple(m.model_dir for m in members), weights=tuple(settings["weights"]),
-        tile_num=int(settings["tile_num"]), tiled=tuple(p.tiled for p in ensemble.members),
+        members=tuple(m.model_dir for m in members), weights=tuple(settings.weights),
+        tile_num=settings.tile_num, tiled=tuple(p.tiled for p in ensemble.members),
         scopes=tuple(p.scope for p in ensemble.members), models=tuple(m.name for m in members),
         checkpoints=tuple(m.checkpoint for m in members),
         checkpoint_dtypes=tuple(m.dtype for m in members),
-        frame_sampling=settings["frame_sampling"],
+        frame_sampling=settings.frame_sampling,
         shared_frame_work=tuple(p.shared for p in ensemble.members),
         bf16_compute=ensemble.bf16_compute,
         int8=tuple(tuple(sorted(p.int8_scales)) for p in ensemble.members),
-        target_bytes=settings.get("target_bytes"), seed=int(settings["seed"]),
+        target_bytes=settings.target_bytes, seed=settings.seed,
         exported_bytes=int(size), size_limit_bytes=limit, provenance=provenance or None)
 
 
 def _write_export(graph, members, savers, ensemble, output_dir: str, overwrite: bool,
-                  settings: Dict[str, Any], limit: int, allow_oversize: bool, log
+                  settings: _Settings, limit: int, allow_oversize: bool, log
                   ) -> EnsembleRecord:
     with checkpoints.atomic_directory(output_dir, overwrite) as tmp_dir:
         with tf.Session(graph=graph) as sess:
@@ -201,7 +213,7 @@ def _write_export(graph, members, savers, ensemble, output_dir: str, overwrite: 
         payload = _ensemble_record(members, ensemble, settings, size, limit)
         stage_files.write_in(tmp_dir, payload)
         log(f"exported size: {export.format_size(size, limit)}")
-        target = settings.get("target_bytes")
+        target = settings.target_bytes
         if target and size > target:
             raise UserError(f"--target_bytes={target}: the export is {size:,} bytes (the meta "
                             f"graph is larger than planned); lower --target_bytes")
@@ -270,8 +282,8 @@ def build_and_export(member_dirs: Sequence[str], weights: Sequence[float], outpu
         savers = member_graph.member_savers(members, ensemble)
     _describe_members(members, weights, ensemble, tile_num, log)
     start = time.time()
-    settings = {"weights": weights, "tile_num": tile_num, "frame_sampling": frame_sampling,
-                "seed": seed, "target_bytes": target_bytes, "provenance": provenance}
+    settings = _Settings(weights=weights, tile_num=int(tile_num), frame_sampling=frame_sampling,
+                         seed=int(seed), target_bytes=target_bytes, provenance=provenance)
     payload = _write_export(graph, members, savers, ensemble, output_dir, overwrite, settings,
                             limit, allow_oversize, log)
     log(f"wrote {os.path.abspath(output_dir)} ({len(members)} member(s), "

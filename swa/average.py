@@ -327,19 +327,43 @@ def candidate_windows(text: str, num_checkpoints: int) -> List[int]:
     return sorted({min(window, num_checkpoints) for window in windows})
 
 
+@dataclasses.dataclass(frozen=True)
+class AverageSettings:
+    """How each candidate window is averaged (average()'s keywords) and evaluated."""
+    swa_start: Optional[int] = None
+    swa_end: Optional[int] = None
+    bn_statistics: str = "last"
+    recompute_batches: int = 100
+    train_data_pattern: str = ""
+    batch_size: int = 80
+    seed: int = 2018
+    num_readers: int = 4
+    compression: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSettings:
+    """--choose_window_on's settings: where the chosen average goes, and
+    segment_size > 0 to choose by Segment MAP on 2019 segment-rated files."""
+    output_dir: str
+    overwrite: bool = False
+    segment_size: int = 0
+    average: AverageSettings = AverageSettings()
+
+
 def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
-                  settings: Dict[str, Any], log: Optional[Log] = print) -> WindowChoice:
+                  settings: WindowSettings, log: Optional[Log] = print) -> WindowChoice:
     """Averages the last N checkpoints for each N of windows, evaluates each
     on fit_pattern (BN statistics as settings say), installs the best one as
-    settings["output_dir"] (its swa.json records the choice and its
+    settings.output_dir (its swa.json records the choice and its
     provenance: the fitting files and their video ids) and returns the
-    choice. Ties keep the smaller window. settings["segment_size"] > 0: by
+    choice. Ties keep the smaller window. settings.segment_size > 0: by
     Segment MAP on segment-rated files instead (each candidate's
     segment_map; the choice's metric and segment_size say so)."""
     log = log or (lambda line: None)
     key, label = _fit_metric(settings)
     candidates: List[WindowCandidate] = []
-    parent = os.path.dirname(os.path.abspath(settings["output_dir"]))
+    parent = os.path.dirname(os.path.abspath(settings.output_dir))
     os.makedirs(parent, exist_ok=True)
     # The candidates are written beside the output (same file system): the
     # best one is moved there rather than averaged again.
@@ -351,7 +375,7 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
         for window in sorted(windows):
             out = os.path.join(scratch, f"window{window}")
             info = average(train_dir, out, last_n=window, log=None, graphs=graphs,
-                           **settings["average"])
+                           **dataclasses.asdict(settings.average))
             result = evaluate_on(out, fit_pattern, settings, log=None, graphs=graphs,
                                  keep_ids=ids_digest is None)
             ids_digest = ids_digest or _ids_digest(result)
@@ -370,12 +394,12 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
         assert best is not None     # (candidate_windows gives one window or more)
         log(f"chose window {best.window} ({label} {getattr(best, key):.4f} on the fitting "
             f"files)")
-        segment_size = settings.get("segment_size") or None
+        segment_size = settings.segment_size or None
         choice = WindowChoice(chosen=best.window, data_pattern=fit_pattern,
                               candidates=tuple(candidates),
                               metric=key if segment_size else None, segment_size=segment_size)
         made = stage_files.provenance_for("swa.average", "window", fit_pattern, ids_digest)
-        _install_candidate(best_dir, settings["output_dir"], settings["overwrite"], choice,
+        _install_candidate(best_dir, settings.output_dir, settings.overwrite, choice,
                            made, log)
     finally:
         graphs.close()
@@ -389,10 +413,10 @@ def _ids_digest(result: Dict[str, Any]) -> Optional[str]:
     return kept.ids_digest() if kept is not None else None
 
 
-def _fit_metric(settings: Dict[str, Any]) -> Tuple[str, str]:
+def _fit_metric(settings: WindowSettings) -> Tuple[str, str]:
     """(the metrics' key, its name in the log) that chooses the window: GAP,
-    or Segment MAP when settings["segment_size"] > 0 (segment-rated files)."""
-    return ("segment_map", "Segment_MAP") if settings.get("segment_size") else ("gap", "GAP")
+    or Segment MAP when settings.segment_size > 0 (segment-rated files)."""
+    return ("segment_map", "Segment_MAP") if settings.segment_size else ("gap", "GAP")
 
 
 def _install_candidate(candidate_dir: str, output_dir: str, overwrite: bool,
@@ -412,35 +436,34 @@ def _install_candidate(candidate_dir: str, output_dir: str, overwrite: bool,
             f"checkpoints)")
 
 
-def evaluate_on(model_dir: str, data_pattern: str, settings: Dict[str, Any],
+def evaluate_on(model_dir: str, data_pattern: str, settings: WindowSettings,
                 log: Optional[Log] = print, graphs: Optional[CandidateGraphs] = None,
                 keep_ids: bool = False) -> Dict[str, Any]:
     """The metrics of the dir's checkpoint on data_pattern (no file written),
     as training.eval.evaluate_checkpoint measures them; graphs: in its
     evaluation graph (built on first use), the same values.
-    settings["segment_size"] > 0: the 2019 segment metrics of segment-rated
+    settings.segment_size > 0: the 2019 segment metrics of segment-rated
     files (predict.evaluate_segments), as training.eval --segment_labels.
     keep_ids (with graphs): also the per-video record ("videos" or "ratings"),
     whose ids digest the choice's provenance records."""
-    average_settings = settings["average"]
-    segment_size = settings.get("segment_size", 0)
+    average, segment_size = settings.average, settings.segment_size
     if graphs is None:
         return evaluation.evaluate_checkpoint(
             model_dir, checkpoints.find_checkpoint(model_dir), data_pattern,
-            average_settings["batch_size"], seed=average_settings["seed"],
-            num_readers=average_settings["num_readers"], log=log,
-            compression=average_settings["compression"], keep_videos=False,
+            average.batch_size, seed=average.seed,
+            num_readers=average.num_readers, log=log,
+            compression=average.compression, keep_videos=False,
             segment_size=segment_size)
-    model = graphs.model_at(model_dir, average_settings["seed"])
+    model = graphs.model_at(model_dir, average.seed)
     if segment_size:
         return predict.evaluate_segments(model, data_pattern, segment_size=segment_size,
-                                         batch_size=average_settings["batch_size"],
-                                         num_readers=average_settings["num_readers"], log=log,
-                                         compression=average_settings["compression"],
+                                         batch_size=average.batch_size,
+                                         num_readers=average.num_readers, log=log,
+                                         compression=average.compression,
                                          keep_ratings=keep_ids)
-    return predict.evaluate_model(model, data_pattern, average_settings["batch_size"],
-                                  num_readers=average_settings["num_readers"], log=log,
-                                  compression=average_settings["compression"],
+    return predict.evaluate_model(model, data_pattern, average.batch_size,
+                                  num_readers=average.num_readers, log=log,
+                                  compression=average.compression,
                                   keep_videos=keep_ids)
 
 
@@ -470,14 +493,14 @@ def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int
     return result
 
 
-def _window_settings() -> Dict[str, Any]:
+def _window_settings() -> WindowSettings:
     """The averaging settings of the flags, shared by the candidates and the result."""
-    return {"output_dir": FLAGS.output_dir, "overwrite": FLAGS.overwrite,
-            "segment_size": _segment_size(), "average": {
-        "swa_start": FLAGS.swa_start, "swa_end": FLAGS.swa_end,
-        "bn_statistics": FLAGS.bn_statistics, "recompute_batches": FLAGS.recompute_batches,
-        "train_data_pattern": FLAGS.train_data_pattern, "batch_size": FLAGS.batch_size,
-        "seed": FLAGS.seed, "num_readers": FLAGS.num_readers, "compression": FLAGS.compression}}
+    return WindowSettings(output_dir=FLAGS.output_dir, overwrite=FLAGS.overwrite,
+                          segment_size=_segment_size(), average=AverageSettings(
+        swa_start=FLAGS.swa_start, swa_end=FLAGS.swa_end, bn_statistics=FLAGS.bn_statistics,
+        recompute_batches=FLAGS.recompute_batches, train_data_pattern=FLAGS.train_data_pattern,
+        batch_size=FLAGS.batch_size, seed=FLAGS.seed, num_readers=FLAGS.num_readers,
+        compression=FLAGS.compression))
 
 
 def _choose_and_install(log: Log) -> None:

@@ -378,8 +378,8 @@ def test_candidate_windows_share_their_graphs(dbof_dir, tiny_data, tmp_path, mon
     average_settings = {"swa_start": None, "swa_end": None, "bn_statistics": "recompute",
                         "recompute_batches": 3, "train_data_pattern": train_pattern(tiny_data),
                         "batch_size": 4, "seed": 5, "num_readers": 1, "compression": "auto"}
-    settings = {"output_dir": str(tmp_path / "chosen"), "overwrite": False,
-                "average": average_settings}
+    settings = swa.WindowSettings(output_dir=str(tmp_path / "chosen"),
+                                  average=swa.AverageSettings(**average_settings))
     choice = swa.choose_window(dbof_dir, fit, [1, 2, 3], settings, log=None)
     assert built == {"recompute": 1, "evaluation": 1}
     monkeypatch.undo()
