@@ -13,6 +13,7 @@ import pytest
 from conftest import run_module
 from models.tf_compat import tf
 from support.reliability import assert_user_error
+from support.stage_records import write_swa_record
 from support.training_runs import train_pattern, train_tiny_model
 from swa import average as swa
 from training import bn_statistics, checkpoints, eval_results, metrics, predict
@@ -269,8 +270,7 @@ def test_convergence_note_threshold_and_dirs(tmp_path, tiny_models):
         directory = tmp_path / f"swa_{mode}"
         directory.mkdir()
         path = write_checkpoint(directory, 30, global_step=False)
-        checkpoints.write_json(str(directory / "swa.json"), {
-            "bn_statistics": mode, "checkpoints": [{"step": 10}, {"step": 20}, {"step": 30}]})
+        write_swa_record(directory, 3, None, bn_statistics=mode)
         found = bn_statistics.convergence_note(path)
         assert found is None if expected is None else expected in found
     # A bf16 dir cannot recompute: the note says where to do it.

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import TINY_CLASSES, segment_data
 from support.reliability import assert_user_error, run_cases, snapshot
-from training import checkpoints, synthetic_segments
+from training import checkpoints, stage_files, synthetic_segments
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,8 @@ def test_finetune_then_swa_convert_and_segment_eval(tiny_models, tiny_data, patt
     Mutations tried: finetune's warm start replaced by a hook that only
     logs (fresh weights) -> cluster_bn/gamma 0.07 away from the source's;
     model_flags.json kept with checkpoint_dtype bfloat16 -> the record
-    comparison failed."""
+    comparison failed; swa.average without provenance_of(train_dir) lost
+    the fine-tuning's provenance."""
     tuned, swa, int8 = (tmp_path / name for name in ("tuned", "swa", "int8"))
     refusals, untouched = _refusals(tiny_models, tiny_data, pattern, tmp_path)
     before = {str(path): snapshot(path) for path in untouched}
@@ -92,6 +93,9 @@ def test_finetune_then_swa_convert_and_segment_eval(tiny_models, tiny_data, patt
         assert results[module][2][0].returncode == 0, results[module][2][0].stderr[-3000:]
     assert "Segment_MAP" in results["training.eval"][2][0].stdout
     assert (int8 / "segment_eval_results.json").exists()
+    # The rated files the weights were fitted on, carried through SWA and int8.
+    tuning_choice = stage_files.provenance_for("segment_finetune.train", "fine-tuning", pattern)
+    assert tuning_choice.data_files and stage_files.provenance_of(str(int8)) == (tuning_choice,)
     for result, (_, mention) in zip(refused, refusals):
         assert_user_error(result, mention)
     assert not (tmp_path / "refused").exists()
