@@ -703,3 +703,102 @@ class SegmentReport(Record):
     rows: Tuple[SegmentReportRow, ...]
     gains: Tuple[Gain, ...]
     choice: SegmentReportChoice
+
+
+# ---------------------------------------------------------------------------
+# eval_results.json and segment_eval_results.json (training.eval_results)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation(_WithNulls):
+    """One evaluation of a model dir: what it measured (checkpoint, files,
+    settings: its key, training.eval_results), its metrics and its record
+    (video level: videos_file, the per-video top-k; 2019 segments, with
+    segment_size: ratings_file). A field not of its kind is absent; the
+    settings of its kind are written even when None (_null_keys), as every
+    release wrote them."""
+    checkpoint: str
+    global_step: int
+    eval_data_pattern: Optional[str] = omit_none()    # absent: the earliest files
+    eval_files: Optional[int] = omit_none()
+    bn_statistics: Optional[str] = omit_none()
+    recompute_batches: Optional[int] = omit_none()
+    frame_sampling: Optional[str] = omit_none()
+    seed: Optional[int] = omit_none()
+    top_k: Optional[int] = omit_none()
+    bf16_compute: Optional[str] = omit_none()
+    segment_size: Optional[int] = omit_none()
+    segment_refine_top_k: Optional[int] = omit_none()
+    segment_refine_model: Optional[str] = omit_none()   # "self" or the refine checkpoint
+    # video level (training.metrics.EvaluationMetrics.get)
+    gap: Optional[float] = omit_none()
+    hit_at_one: Optional[float] = omit_none()
+    perr: Optional[float] = omit_none()
+    map: Optional[float] = omit_none()
+    loss: Optional[float] = omit_none()
+    num_examples: Optional[float] = omit_none()
+    videos_file: Optional[str] = omit_none()
+    video_ids_sha1: Optional[str] = omit_none()
+    # 2019 segments (training.metrics.segment_metrics)
+    segment_map: Optional[float] = omit_none()
+    segment_gap: Optional[float] = omit_none()
+    num_segments: Optional[int] = omit_none()
+    num_positive_segments: Optional[int] = omit_none()
+    num_rated_classes: Optional[int] = omit_none()
+    num_classes_without_positives: Optional[int] = omit_none()
+    num_retrieved: Optional[int] = omit_none()
+    num_positive_retrieved: Optional[int] = omit_none()
+    ratings_file: Optional[str] = omit_none()
+
+    # (Class attributes, not fields.) The settings each kind's writer writes
+    # even when None, and each kind's metrics.
+    SEGMENT_SETTINGS = ("bf16_compute", "bn_statistics", "frame_sampling", "recompute_batches",
+                        "seed")
+    VIDEO_SETTINGS = SEGMENT_SETTINGS + ("eval_files", "top_k")
+    VIDEO_METRICS = ("gap", "hit_at_one", "perr", "map", "loss", "num_examples")
+    SEGMENT_METRICS = (
+        "segment_map", "segment_gap", "num_segments", "num_positive_segments",
+        "num_rated_classes", "num_classes_without_positives", "num_retrieved",
+        "num_positive_retrieved")
+
+    @property
+    def is_segment(self) -> bool:
+        """A 2019 segment evaluation (segment_eval_results.json)."""
+        return self.segment_size is not None or self.segment_map is not None
+
+    def _null_keys(self) -> Tuple[str, ...]:
+        return self.SEGMENT_SETTINGS if self.is_segment else self.VIDEO_SETTINGS
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationStore(Record):
+    """eval_results.json or segment_eval_results.json: every evaluation of a
+    dir by key, the latest one's fields also at the top level::
+
+        {<latest's fields>, "key": <latest's key>, "evaluations": {key: evaluation}}
+
+    key and evaluations are None in the earliest eval_results.json (one
+    evaluation, no key)."""
+    latest: Evaluation
+    key: Optional[str] = None
+    evaluations: Optional[Dict[str, Evaluation]] = None
+
+    def to_json(self) -> Dict[str, Json]:
+        payload = self.latest.to_json()
+        if self.key is not None:
+            payload["key"] = self.key
+        if self.evaluations is not None:
+            payload["evaluations"] = _to_json(self.evaluations)
+        return payload
+
+    @classmethod
+    def from_json(cls, payload: Json, where: str) -> "EvaluationStore":
+        if not isinstance(payload, dict):
+            raise UserError(f"{where}: expected an object, found {checkpoints.json_kind(payload)}")
+        latest = {name: value for name, value in payload.items()
+                  if name not in ("key", "evaluations")}
+        return cls(Evaluation.from_json(latest, where),
+                   _from_json(payload["key"], str, f"{where}: key") if "key" in payload
+                   else None,
+                   _from_json(payload["evaluations"], Dict[str, Evaluation],
+                              f"{where}: evaluations") if "evaluations" in payload else None)
