@@ -27,7 +27,7 @@ from typing import Dict, List, Tuple
 from absl import app, flags
 
 from models import presets
-from training import checkpoints
+from training import eval_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", "quickstart_output", "A quick start's output dir (its data).")
@@ -83,8 +83,10 @@ def run_candidate(name: str, overrides: Dict[str, str], data: str, root: str
          f"--train_data_pattern={train_pattern}", f"--seed={FLAGS.seed}")
     _run("training.eval", f"--train_dir={swa_dir}", "--run_once", "--batch_size=64",
          f"--eval_data_pattern={fit}", f"--seed={FLAGS.seed}")
-    result = checkpoints.load_json(os.path.join(swa_dir, "eval_results.json"), swa_dir)
-    return float(result["gap"]), time.time() - start
+    latest = eval_results.latest_evaluation(swa_dir)
+    if latest is None or latest.gap is None:
+        raise SystemExit(f"{swa_dir}: no video-level evaluation")
+    return latest.gap, time.time() - start
 
 
 def main(argv) -> None:

@@ -318,11 +318,11 @@ def main(argv) -> None:
                                             FLAGS.num_readers, log=log,
                                             compression=FLAGS.compression, keep_videos=True)
         print(metrics.format_summary(result, "ensemble"), flush=True)
-        eval_results.record(FLAGS.output_dir,
-                            os.path.join(FLAGS.output_dir, predict.INFERENCE_MODEL), result,
-                            FLAGS.eval_data_pattern, len(files),
-                            {"frame_sampling": FLAGS.frame_sampling, "seed": FLAGS.seed,
-                             "top_k": FLAGS.top_k, "bf16_compute": FLAGS.bf16_compute})
+        measured = eval_results.measurement(
+            os.path.join(FLAGS.output_dir, predict.INFERENCE_MODEL), FLAGS.eval_data_pattern,
+            frame_sampling=FLAGS.frame_sampling, seed=FLAGS.seed, top_k=FLAGS.top_k,
+            bf16_compute=FLAGS.bf16_compute)
+        eval_results.record(FLAGS.output_dir, measured, result, len(files))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from absl import flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -40,6 +40,7 @@ from training.stage_files import (
     BootstrapSettings,
     EnsembleChoice,
     Estimate,
+    Evaluation,
     Gain,
     Report,
     ReportChoice,
@@ -97,28 +98,27 @@ def _latest_step(train_dir: str) -> Optional[int]:
 
 
 def evaluation_on(directory: str, data_pattern: str, train_dir: bool = False
-                  ) -> Dict[str, Any]:
+                  ) -> Evaluation:
     """The dir's evaluation on exactly `data_pattern` (a train dir's: of its
     latest checkpoint); a UserError when there is none or it is ambiguous."""
     wanted = eval_results.absolute_pattern(data_pattern)
-    entries = [entry for entry in eval_results.read_evaluations(directory).values()
-               if entry.get("eval_data_pattern") == wanted]
+    evaluations = eval_results.read_evaluations(directory).values()
+    entries = [entry for entry in evaluations if entry.eval_data_pattern == wanted]
     if train_dir and entries:
         step = _latest_step(directory)
-        entries = [entry for entry in entries if entry.get("global_step") == step]
+        entries = [entry for entry in entries if entry.global_step == step]
         if not entries:
             raise UserError(f"{directory}: its latest checkpoint (step {step}) was not "
                             f"evaluated on {data_pattern}; evaluate it (training.eval)")
     if not entries:
-        measured = sorted({str(entry.get("eval_data_pattern")) for entry in
-                           eval_results.read_evaluations(directory).values()})
+        measured = sorted({str(entry.eval_data_pattern) for entry in evaluations})
         raise UserError(f"{directory}: no evaluation on {data_pattern} (it was evaluated on: "
                         f"{'; '.join(measured) or 'nothing'}); evaluate it on those files")
     if len(entries) > 1:
-        latest = eval_results.latest_evaluation(directory) or {}
-        entries = [entry for entry in entries if entry.get("checkpoint") ==
-                   latest.get("checkpoint") and entry.get("bn_statistics") ==
-                   latest.get("bn_statistics") and entry.get("seed") == latest.get("seed")]
+        latest = eval_results.latest_evaluation(directory)
+        entries = [entry for entry in entries if latest is not None
+                   and (entry.checkpoint, entry.bn_statistics, entry.seed)
+                   == (latest.checkpoint, latest.bn_statistics, latest.seed)]
         if len(entries) != 1:
             raise UserError(f"{directory}: several evaluations on {data_pattern} differ in "
                             f"their settings; evaluate it again to make one the latest")
@@ -157,7 +157,8 @@ Measured = Tuple[ReportRow, intervals.VideoTopK]
 def _measured(row: ReportRow, data_pattern: str, train_dir: bool = False) -> Measured:
     """The row with its dir's evaluation on data_pattern, and that evaluation's videos."""
     entry = evaluation_on(row.dir, data_pattern, train_dir)
-    return dataclasses.replace(row, evaluation=entry), eval_results.videos_of(row.dir, entry)
+    return (dataclasses.replace(row, evaluation=entry.to_json()),
+            eval_results.videos_of(row.dir, entry))
 
 
 def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str], data_pattern: str,

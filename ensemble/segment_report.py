@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 
 from ensemble import report as video_report
-from training import checkpoints, eval_results, intervals, paths, segment_results, stage_files
+from training import checkpoints, eval_results, intervals, paths, stage_files
 from training import flags as shared_flags
 from training.cli import UserError, run_main
 from training.stage_files import (
+    Evaluation,
     Gain,
     RefinementSettings,
     SegmentReport,
@@ -35,7 +36,6 @@ from training.stage_files import (
 )
 
 FLAGS = flags.FLAGS
-SEGMENT_RESULTS = segment_results.SEGMENT_RESULTS
 METRIC = "Segment MAP"
 
 
@@ -72,14 +72,10 @@ def define_flags() -> None:
 # Reading the evaluations (segment_eval_results.json and its per-rating records)
 
 
-def _refined_with(entry: Dict[str, Any]) -> int:
-    return int(entry.get("segment_refine_top_k") or 0)
-
-
-def _refine_model_is(entry: Dict[str, Any], directory: str, refine_model_dir: str) -> bool:
-    """Whether the entry's refine model (segment_results: "self", or the
-    refine model's checkpoint) is refine_model_dir's."""
-    recorded = str(entry.get("segment_refine_model"))
+def _refine_model_is(entry: Evaluation, directory: str, refine_model_dir: str) -> bool:
+    """Whether the entry's refine model ("self", or the refine model's
+    checkpoint) is refine_model_dir's."""
+    recorded = str(entry.segment_refine_model)
     wanted = os.path.realpath(refine_model_dir)
     if recorded == "self":
         return os.path.realpath(directory) == wanted
@@ -88,15 +84,15 @@ def _refine_model_is(entry: Dict[str, Any], directory: str, refine_model_dir: st
 
 def segment_evaluation_on(directory: str, data_pattern: str, refine_top_k: int = 0,
                           refine_model_dir: str = "", train_dir: bool = False
-                          ) -> Dict[str, Any]:
+                          ) -> Evaluation:
     """The dir's segment evaluation on exactly `data_pattern` with that
     refinement (a train dir's: of its latest checkpoint); a UserError naming
     the dir when there is none or several."""
     wanted = eval_results.absolute_pattern(data_pattern)
-    evaluations = segment_results.read_segment_evaluations(directory)
+    evaluations = eval_results.read_evaluations(directory, eval_results.SEGMENT)
     entries = [entry for entry in evaluations.values()
-               if entry.get("eval_data_pattern") == wanted
-               and _refined_with(entry) == refine_top_k
+               if entry.eval_data_pattern == wanted
+               and (entry.segment_refine_top_k or 0) == refine_top_k
                and (not refine_top_k or _refine_model_is(entry, directory, refine_model_dir))]
     what = "--segment_labels" + (f" --segment_refine_top_k={refine_top_k} "
                                   f"--segment_refine_model_dir={refine_model_dir}"
@@ -104,7 +100,7 @@ def segment_evaluation_on(directory: str, data_pattern: str, refine_top_k: int =
     if train_dir and entries:
         found = checkpoints.list_checkpoints(directory)
         step = found[-1][0] if found else None
-        entries = [entry for entry in entries if entry.get("global_step") == step]
+        entries = [entry for entry in entries if entry.global_step == step]
         if not entries:
             raise UserError(f"{directory}: its latest checkpoint (step {step}) has no "
                             f"evaluation {what} on {data_pattern}; evaluate it (training.eval)")
@@ -115,7 +111,7 @@ def segment_evaluation_on(directory: str, data_pattern: str, refine_top_k: int =
     return entries[0]
 
 
-ratings_of = segment_results.segment_ratings_of
+ratings_of = eval_results.ratings_of
 
 
 def unrefined(ratings: intervals.SegmentRatings) -> intervals.SegmentRatings:
@@ -157,7 +153,7 @@ class _Rows:
     def add(self, row: SegmentReportRow, train_dir: bool = False) -> None:
         """The row with its dir's unrefined evaluation."""
         entry = segment_evaluation_on(row.dir, self.data_pattern, train_dir=train_dir)
-        self.rows.append((dataclasses.replace(row, evaluation=entry),
+        self.rows.append((dataclasses.replace(row, evaluation=entry.to_json()),
                           ratings_of(row.dir, entry)))
 
     def add_with_refinement(self, row: SegmentReportRow) -> None:
@@ -171,7 +167,7 @@ class _Rows:
                                       self.refine_dir)
         refined = ratings_of(row.dir, entry)
         chosen, refines = bool(row.chosen), self.submission_refines
-        plain = dataclasses.replace(row, evaluation=entry, chosen=chosen and not refines)
+        plain = dataclasses.replace(row, evaluation=entry.to_json(), chosen=chosen and not refines)
         self.rows.append((plain, unrefined(refined)))
         # The refined row's one gain is over its unrefined row (not fine-tuning's or averaging's).
         self.rows.append((dataclasses.replace(
@@ -294,7 +290,7 @@ def choose_refinement(ensemble_dir: str, fit_data_pattern: str, refine_top_k: in
     with_k, without = refined.point(), unrefined(refined).point()
     return RefinementChoice(refine_top_k=refine_top_k if with_k > without else 0,
                             fit_segment_map_refined=with_k, fit_segment_map_unrefined=without,
-                            fit_data_pattern=entry["eval_data_pattern"])
+                            fit_data_pattern=eval_results.absolute_pattern(fit_data_pattern))
 
 
 def _refinement_provenance(fit_data_pattern: str) -> Tuple[stage_files.Provenance, ...]:

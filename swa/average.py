@@ -38,6 +38,7 @@ from training import bn_statistics as bn_stats
 from training import (
     checkpoint_fit,
     checkpoints,
+    eval_results,
     members,
     metrics,
     paths,
@@ -476,20 +477,18 @@ def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int
     result = evaluation.evaluate_checkpoint(output_dir, path, eval_data_pattern, batch_size,
                                             seed=seed, num_readers=num_readers, log=log,
                                             compression=compression, segment_size=segment_size)
+    # The settings training.eval keys it by (its defaults), so that its
+    # --skip_evaluated finds this evaluation.
     if segment_size:
         if log:
             log(metrics.format_segment_summary(result, os.path.basename(path)))
-        # The settings training.eval --segment_labels keys it by (its defaults),
-        # so that its --skip_evaluated finds this evaluation.
-        evaluation.write_segment_results(output_dir, path, result, eval_data_pattern, {
-            "frame_sampling": None, "seed": seed, "bf16_compute": None,
-            "bn_statistics": "moving", "recompute_batches": None, "segment_size": segment_size})
+        eval_results.record(output_dir, eval_results.measurement(
+            path, eval_data_pattern, seed=seed, segment_size=segment_size), result)
         return result
     if log:
         log(metrics.format_summary(result, os.path.basename(path)))
-    evaluation.write_results(output_dir, path, result, data_pattern=eval_data_pattern,
-                             settings={"frame_sampling": None, "seed": seed, "top_k": DEFAULT_TOP_K,
-                                       "bf16_compute": None})
+    evaluation.write_results(output_dir, eval_results.measurement(
+        path, eval_data_pattern, seed=seed, top_k=DEFAULT_TOP_K), result)
     return result
 
 

@@ -11,9 +11,9 @@ own tier or the ones above it, never below (tests/unit/test_architecture.py).
    (does this checkpoint fit this graph?), train_dir (the trainer's dir),
    readers (TFRecord readers, the input pipeline), segment_readers (2019
    segment-rated records), record_layouts (the Reader registry), teacher_records,
-   intervals (per-video records, bootstrap intervals), eval_results,
-   segment_results (2019 segment evaluations and their per-rating records),
-   weights_file (stacking's weights), stage_files (stage files as typed records).
+   intervals (per-video records, bootstrap intervals), eval_results (every
+   evaluation of a dir, video level and 2019 segments), weights_file
+   (stacking's weights), stage_files (stage files as typed records).
 3. graphs -- TensorFlow graphs built from those records:
    model_builder (a model from model_flags.json), precision (bfloat16
    storage), bn_statistics, members (an ensemble's member dirs), member_graph
@@ -30,7 +30,7 @@ TIERS: Dict[str, Tuple[str, ...]] = {
                     "losses", "quantize", "submission", "stage_registry"),
     "records": ("model_flags", "checkpoints", "checkpoint_fit", "train_dir", "readers",
                 "segment_readers", "record_layouts", "teacher_records", "intervals",
-                "eval_results", "segment_results", "weights_file", "stage_files"),
+                "eval_results", "weights_file", "stage_files"),
     "graphs": ("model_builder", "precision", "bn_statistics", "members", "member_graph",
                "train_graph"),
     "runners": ("train", "distributed", "eval", "predict", "synthetic", "synthetic_segments",

@@ -42,24 +42,16 @@ from training import (
     readers,
     record_layouts,
     segment_refine,
-    segment_results,
 )
 from training import flags as shared_flags
 from training.cli import UserError, run_main
+from training.stage_files import Evaluation
 from training.submission import DEFAULT_TOP_K
 
 FLAGS = flags.FLAGS
 
 # The lock of an evaluation's results in a dir (training.locks; not the trainer's).
 EVAL_LOCK = ".eval.lock"
-# --segment_labels results and their per-rating records (training.segment_results,
-# their home; named here too for the callers of before).
-SEGMENT_RESULTS = segment_results.SEGMENT_RESULTS
-read_segment_evaluations = segment_results.read_segment_evaluations
-find_segment_result = segment_results.find_segment_result
-write_segment_results = segment_results.write_segment_results
-segment_ratings_of = segment_results.segment_ratings_of
-find_segment_entry = segment_results.find_segment_entry
 
 
 def define_flags() -> None:
@@ -157,22 +149,16 @@ def _segment_metrics(model: predict.LoadedModel, data_pattern: str, segment_size
                                      keep_ratings=keep_ratings)
 
 
-def write_results(train_dir: str, checkpoint_path: str, result: Dict[str, Any],
-                  recompute: Optional[bn_stats.Recompute] = None, data_pattern: str = "",
-                  settings: Optional[Dict[str, Any]] = None) -> None:
-    """Adds the evaluation to eval_results.json (training.eval_results: keyed by
-    the checkpoint, data_pattern, the BN statistics mode and settings:
-    frame_sampling, seed, top_k, bf16_compute) and writes the TensorBoard
-    events under <train_dir>/eval."""
-    step = checkpoints.checkpoint_step(checkpoint_path) or 0
-    num_files = len(readers.resolve_files(data_pattern, "eval_data_pattern"))
-    eval_results.record(train_dir, checkpoint_path, result, data_pattern, num_files, {
-        **(settings or {}), "bn_statistics": "moving" if recompute is None else "recompute",
-        "recompute_batches": None if recompute is None else recompute.num_batches})
+def write_results(train_dir: str, measured: Evaluation, result: Dict[str, Any]) -> None:
+    """Adds the video-level evaluation `measured` (eval_results.measurement:
+    its key) with result's metrics to eval_results.json and writes the
+    TensorBoard events under <train_dir>/eval."""
+    num_files = len(readers.resolve_files(measured.eval_data_pattern or "", "eval_data_pattern"))
+    eval_results.record(train_dir, measured, result, num_files)
     writer = tf.summary.FileWriter(os.path.join(train_dir, "eval"))
     summary = tf.Summary(value=[tf.Summary.Value(tag=f"eval/{key}", simple_value=float(value))
                                 for key, value in result.items() if key != "videos"])
-    writer.add_summary(summary, step)
+    writer.add_summary(summary, measured.global_step)
     writer.close()
 
 
@@ -182,15 +168,11 @@ def _evaluate_segments(path: str, recompute: Optional[bn_stats.Recompute],
     written with their per-rating record (--skip_evaluated: printed from
     segment_eval_results.json when this checkpoint was evaluated so, with
     the same refinement, on these files before)."""
-    settings = {key: value for key, value in _settings(recompute).items() if key != "top_k"}
-    settings["segment_size"] = FLAGS.segment_size
-    if refine is not None:
-        settings.update(segment_results.refine_settings(refine.top_k,
-                                                        segment_refine.identity(refine)))
+    measured = _measurement(path, recompute, segments=True, refine=refine)
     if FLAGS.skip_evaluated:
-        done = find_segment_result(FLAGS.train_dir, path, FLAGS.eval_data_pattern, settings)
+        done = eval_results.find(FLAGS.train_dir, measured)
         if done:
-            print(metrics.format_segment_summary(done, os.path.basename(path)
+            print(metrics.format_segment_summary(done.to_json(), os.path.basename(path)
                                                  + " (evaluated before)"), flush=True)
             return
     result = evaluate_checkpoint(
@@ -200,7 +182,7 @@ def _evaluate_segments(path: str, recompute: Optional[bn_stats.Recompute],
         bf16_compute=FLAGS.bf16_compute or None, recompute=recompute,
         compression=FLAGS.compression, segment_size=FLAGS.segment_size, refine=refine)
     print(metrics.format_segment_summary(result, os.path.basename(path)), flush=True)
-    write_segment_results(FLAGS.train_dir, path, result, FLAGS.eval_data_pattern, settings)
+    eval_results.record(FLAGS.train_dir, measured, result)
 
 
 def _checkpoint_to_evaluate() -> Optional[str]:
@@ -242,15 +224,20 @@ def _check_exported_flags() -> None:
                         f"export; its batch-norm statistics were fixed by ensemble.build")
 
 
-def _settings(recompute: Optional[bn_stats.Recompute]) -> Dict[str, Any]:
-    """What an evaluation records besides its checkpoint and files
-    (eval_results). An export's seed is none of ours: its draws were fixed
-    by ensemble.build."""
+def _measurement(path: str, recompute: Optional[bn_stats.Recompute], segments: bool = False,
+                 refine: Optional[segment_refine.Refine] = None) -> Evaluation:
+    """What the evaluation of checkpoint `path` with the flags measures
+    (eval_results.measurement: its key; segments: a 2019 segment one). An
+    export's seed is none of ours: its draws were fixed by ensemble.build."""
     seed = None if predict.exported_prefix(FLAGS.train_dir) else FLAGS.seed
-    return {"frame_sampling": FLAGS.frame_sampling, "seed": seed, "top_k": FLAGS.top_k,
-            "bf16_compute": FLAGS.bf16_compute or None,
-            "bn_statistics": "moving" if recompute is None else "recompute",
-            "recompute_batches": None if recompute is None else recompute.num_batches}
+    return eval_results.measurement(
+        path, FLAGS.eval_data_pattern, frame_sampling=FLAGS.frame_sampling, seed=seed,
+        top_k=None if segments else FLAGS.top_k, bf16_compute=FLAGS.bf16_compute or None,
+        bn_statistics="moving" if recompute is None else "recompute",
+        recompute_batches=None if recompute is None else recompute.num_batches,
+        segment_size=FLAGS.segment_size if segments else None,
+        refine_top_k=0 if refine is None else refine.top_k,
+        refine_model=None if refine is None else segment_refine.identity(refine))
 
 
 def _evaluate(path: str, recompute: Optional[bn_stats.Recompute],
@@ -261,11 +248,12 @@ def _evaluate(path: str, recompute: Optional[bn_stats.Recompute],
     if record_kind == record_layouts.SEGMENT:
         return _evaluate_segments(path, recompute, refine)
     log = lambda line: print(line, flush=True)  # noqa: E731
+    measured = _measurement(path, recompute)
     if FLAGS.skip_evaluated:
-        done = eval_results.find(FLAGS.train_dir, path, FLAGS.eval_data_pattern,
-                                 _settings(recompute))
+        done = eval_results.find(FLAGS.train_dir, measured)
         if done:
-            log(metrics.format_summary(done, os.path.basename(path) + " (evaluated before)"))
+            log(metrics.format_summary(done.to_json(),
+                                       os.path.basename(path) + " (evaluated before)"))
             return
     if recompute is None and not predict.exported_prefix(FLAGS.train_dir):
         try:
@@ -281,8 +269,7 @@ def _evaluate(path: str, recompute: Optional[bn_stats.Recompute],
         recompute=recompute, compression=FLAGS.compression, record_kind=record_kind)
     label = os.path.basename(path) + ("" if recompute is None else " (BN statistics recomputed)")
     log(metrics.format_summary(result, label))
-    write_results(FLAGS.train_dir, path, result, recompute, FLAGS.eval_data_pattern,
-                  _settings(recompute))
+    write_results(FLAGS.train_dir, measured, result)
 
 
 def _records_kind() -> Optional[str]:
@@ -313,7 +300,8 @@ def main(argv) -> None:
     precision.check_bf16_compute(FLAGS.bf16_compute or None)
     if predict.exported_prefix(FLAGS.train_dir):
         _check_exported_flags()
-    eval_results.read_evaluations(FLAGS.train_dir)     # a damaged one: before the work
+    for kind in eval_results.KINDS:     # a damaged store: refused before the work
+        eval_results.read_store(FLAGS.train_dir, kind)
     recompute = _recompute_settings()
     # One evaluator per dir (a trainer writing the dir meanwhile is fine).
     with locks.held(os.path.join(FLAGS.train_dir, EVAL_LOCK),

@@ -1,49 +1,44 @@
-"""eval_results.json: every evaluation of a model dir, keyed by what it measured.
-
-The one writer and reader of the file (training.eval, swa.average and
-ensemble.build --eval_data_pattern write it; ensemble.report reads it)::
+"""The evaluations of a model dir, keyed by what they measured: the one
+reader and writer of eval_results.json (video level: training.eval,
+swa.average, ensemble.build write it; ensemble.report reads it) and of
+segment_eval_results.json (2019 segments: training.eval --segment_labels,
+swa.average; ensemble.segment_report). Both are a stage_files.EvaluationStore::
 
     {<the latest evaluation's fields>,
      "key": "<the latest evaluation's key>",
      "evaluations": {"<key>": {<an evaluation's fields>}, ...}}
 
-An evaluation's fields: checkpoint (its path), global_step,
-eval_data_pattern (absolute), eval_files (how many files it matched),
-bn_statistics (moving or recompute), recompute_batches, frame_sampling, seed,
-top_k, bf16_compute (None: the default), the metrics (gap, hit_at_one,
-perr, map, loss, num_examples), and videos_file (each video's top-k pairs
-under eval_videos/, training.intervals) with video_ids_sha1 where kept. The
-top-level fields are the latest evaluation (readers of the earlier format
-keep working). Its key is
-``<checkpoint>|<eval_data_pattern>|bn_statistics=<mode>[:<batches>]|
-frame_sampling=..|seed=..|top_k=..|bf16_compute=..`` (the checkpoint relative
-to the dir when inside it): an evaluation with the same key is the same
-measurement taken again and replaces that entry; every other entry is kept.
-A file of the earlier format (no "evaluations") is kept as an entry, its
-unrecorded parts so named in its key. A damaged file is a UserError naming it,
-and is left as it is.
+Keys (``KINDS``): video level ``<checkpoint>|<eval_data_pattern>|
+bn_statistics=<mode>[:<batches>]|frame_sampling=..|seed=..|top_k=..|
+bf16_compute=..`` (the checkpoint relative to the dir when inside it; None:
+"default"); segments ``<checkpoint base name>|<eval_data_pattern>|
+<setting>=<value>|...`` (its settings sorted by name, the refinement's only
+when it refines). An evaluation with the same key is the same measurement
+taken again and replaces that entry; every other entry is kept. An
+eval_results.json of the earliest format (no "evaluations") is kept as an
+entry, its unrecorded settings so named in its key. A damaged file is a
+one-line UserError naming it and the key, and is left as it is.
+
+Each evaluation names its record beside the file (``videos_file``: each
+video's top-k under eval_videos/, ``ratings_file``: each rating under
+segment_eval_ratings/; training.intervals). No TensorFlow: reports read it.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import numbers
 import os
-from typing import Any, Dict, Optional
+from typing import Callable, Dict, Mapping, Optional
 
 from training import checkpoints, intervals
 from training.cli import UserError
 from training.flags import comma_list
+from training.stage_files import Evaluation, EvaluationStore, read_record, write_record
 
 EVAL_RESULTS = "eval_results.json"
-# Per-video records (training.intervals) of the evaluations, by key digest.
-VIDEOS_DIR = "eval_videos"
-COLLECTION = "evaluations"
+SEGMENT_RESULTS = "segment_eval_results.json"
 UNRECORDED = "unrecorded"
-# The fields of an evaluation that say what was measured (and make its key).
-SETTINGS = ("frame_sampling", "seed", "top_k", "bf16_compute")
-METRICS = ("gap", "hit_at_one", "perr", "map", "loss", "num_examples")
-
-
-def results_path(directory: str) -> str:
-    return os.path.join(directory, EVAL_RESULTS)
 
 
 def absolute_pattern(data_pattern: str) -> str:
@@ -61,124 +56,184 @@ def checkpoint_name(directory: str, checkpoint: str) -> str:
     return os.path.abspath(checkpoint)
 
 
-def _part(entry: Dict[str, Any], field: str) -> str:
-    if field not in entry:
-        return UNRECORDED
-    return "default" if entry[field] is None else str(entry[field])
+def video_key(directory: str, evaluation: Evaluation, unset: str = "default") -> str:
+    """The key of a video-level evaluation of `directory` (module docstring);
+    unset: the name of a None setting (UNRECORDED in the earliest files)."""
+    def part(value: object) -> str:
+        return unset if value is None else str(value)
 
-
-def evaluation_key(directory: str, entry: Dict[str, Any]) -> str:
-    """The key of an evaluation of `directory` (module docstring)."""
-    checkpoint = entry.get("checkpoint")
-    bn_mode = _part(entry, "bn_statistics")
+    bn_mode = part(evaluation.bn_statistics)
     if bn_mode == "recompute":
-        bn_mode += f":{_part(entry, 'recompute_batches')}"
-    parts = [checkpoint_name(directory, checkpoint) if checkpoint else UNRECORDED,
-             entry.get("eval_data_pattern") or UNRECORDED, f"bn_statistics={bn_mode}"]
-    parts += [f"{field}={_part(entry, field)}" for field in SETTINGS]
-    return "|".join(parts)
+        bn_mode += f":{part(evaluation.recompute_batches)}"
+    return "|".join([
+        checkpoint_name(directory, evaluation.checkpoint) if evaluation.checkpoint
+        else UNRECORDED, evaluation.eval_data_pattern or UNRECORDED, f"bn_statistics={bn_mode}",
+        *(f"{name}={part(getattr(evaluation, name))}"
+          for name in ("frame_sampling", "seed", "top_k", "bf16_compute"))])
 
 
-def _damaged(path: str, what: str) -> UserError:
-    return UserError(f"{path}: {what}; left as it is (repair it, or move it away to start "
-                     f"a new one)")
+def segment_key(directory: str, evaluation: Evaluation) -> str:
+    """The key of a segment evaluation (module docstring; `directory` unused)."""
+    del directory
+    names = ["segment_size", *Evaluation.SEGMENT_SETTINGS]
+    if evaluation.segment_refine_top_k:
+        names += ["segment_refine_top_k", "segment_refine_model"]
+    return "|".join([os.path.basename(evaluation.checkpoint), str(evaluation.eval_data_pattern)]
+                    + [f"{name}={getattr(evaluation, name)}" for name in sorted(names)])
 
 
-def read_evaluations(directory: str) -> Dict[str, Dict[str, Any]]:
-    """{key: evaluation} of a dir's eval_results.json ({} when it has none);
-    a damaged file is a UserError naming it."""
-    path = results_path(directory)
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One of the two stores: its file, the dir of its records, its key."""
+    file_name: str
+    records_dir: str
+    key: Callable[[str, Evaluation], str]
+
+
+VIDEO = Kind(EVAL_RESULTS, "eval_videos", video_key)
+SEGMENT = Kind(SEGMENT_RESULTS, "segment_eval_ratings", segment_key)
+KINDS = (VIDEO, SEGMENT)
+
+
+def kind_of(evaluation: Evaluation) -> Kind:
+    return SEGMENT if evaluation.is_segment else VIDEO
+
+
+def results_path(directory: str, kind: Kind = VIDEO) -> str:
+    return os.path.join(directory, kind.file_name)
+
+
+def measurement(checkpoint: str, data_pattern: str, *, bn_statistics: str = "moving",
+                recompute_batches: Optional[int] = None, frame_sampling: Optional[str] = None,
+                seed: Optional[int] = None, top_k: Optional[int] = None,
+                bf16_compute: Optional[str] = None, segment_size: Optional[int] = None,
+                refine_top_k: int = 0, refine_model: Optional[str] = None) -> Evaluation:
+    """An evaluation of checkpoint on data_pattern with these settings, before
+    its metrics: what find looks up and record adds to. segment_size: a 2019
+    segment evaluation, refined by the top refine_top_k classes of
+    refine_model ("self" or its checkpoint) when refine_top_k > 0."""
+    return Evaluation(
+        checkpoint=checkpoint, global_step=checkpoints.checkpoint_step(checkpoint) or 0,
+        eval_data_pattern=absolute_pattern(data_pattern), bn_statistics=bn_statistics,
+        recompute_batches=recompute_batches, frame_sampling=frame_sampling, seed=seed,
+        top_k=top_k, bf16_compute=bf16_compute, segment_size=segment_size,
+        segment_refine_top_k=int(refine_top_k) if refine_top_k else None,
+        segment_refine_model=refine_model if refine_top_k else None)
+
+
+def read_store(directory: str, kind: Kind = VIDEO) -> Optional[EvaluationStore]:
+    """The dir's store of that kind, None when it has none; a damaged one is a
+    one-line UserError naming the file (and the key)."""
+    path = results_path(directory, kind)
     if not os.path.exists(path):
-        return {}
-    try:
-        payload = checkpoints.load_json(path, path)
-    except UserError as err:
-        raise _damaged(path, str(err)[len(path) + 2:]) from None
-    if not isinstance(payload, dict):
-        raise _damaged(path, f"expected a JSON object, found {checkpoints.json_kind(payload)}")
-    collection = payload.get(COLLECTION, {"": payload})     # the earlier format: one
-    if not isinstance(collection, dict) or not all(
-            isinstance(entry, dict) for entry in collection.values()):
-        raise _damaged(path, f"{COLLECTION!r} is not an object of evaluations")
-    for entry in [payload, *collection.values()]:
-        for name in METRICS:
-            value = entry.get(name)
-            if name in entry and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise _damaged(path, f"{name} is {value!r}, not a number")
-    if COLLECTION not in payload:
-        return {evaluation_key(directory, payload): payload}
-    return dict(collection)
-
-
-def latest_evaluation(directory: str) -> Optional[Dict[str, Any]]:
-    """The latest evaluation of a dir (the top-level fields), None without
-    eval_results.json; a damaged file is a UserError naming it."""
-    evaluations = read_evaluations(directory)
-    if not evaluations:
         return None
-    payload = checkpoints.load_json(results_path(directory), results_path(directory))
-    return {key: value for key, value in payload.items() if key not in (COLLECTION, "key")}
+    try:
+        return read_record(EvaluationStore, path)
+    except UserError as err:
+        raise UserError(f"{err}; left as it is (repair it, or move it away to start a "
+                        f"new one)") from None
 
 
-def _save_videos(directory: str, key: str, videos: intervals.VideoTopK) -> Dict[str, Any]:
-    """Writes the per-video record of the evaluation `key`; -> its entry fields."""
-    name = os.path.join(VIDEOS_DIR, intervals.videos_file_name(key))
-    intervals.save(os.path.join(directory, name), videos)
-    return {"videos_file": name, "video_ids_sha1": videos.ids_digest()}
+def read_evaluations(directory: str, kind: Kind = VIDEO) -> Dict[str, Evaluation]:
+    """{key: evaluation} of the dir's store ({} when it has none)."""
+    store = read_store(directory, kind)
+    if store is None:
+        return {}
+    if store.evaluations is None:
+        if kind is SEGMENT:
+            return {}
+        # The earliest format: one evaluation, its settings then unrecorded.
+        return {video_key(directory, store.latest, UNRECORDED): store.latest}
+    return dict(store.evaluations)
 
 
-def videos_of(directory: str, entry: Dict[str, Any]) -> intervals.VideoTopK:
-    """The per-video record of an evaluation of `directory`; one without it
-    (evaluated before records were kept) is a UserError saying so."""
-    name = entry.get("videos_file")
-    if not name:
-        raise UserError(f"{results_path(directory)}: the evaluation of {entry.get('checkpoint')} "
+def latest_evaluation(directory: str, kind: Kind = VIDEO) -> Optional[Evaluation]:
+    """The latest evaluation of the dir (the top-level fields), None without a store."""
+    store = read_store(directory, kind)
+    return None if store is None else store.latest
+
+
+def record_path(directory: str, evaluation: Evaluation) -> Optional[str]:
+    """The path of the evaluation's per-video or per-rating record (None: it has none)."""
+    name = evaluation.ratings_file if evaluation.is_segment else evaluation.videos_file
+    return os.path.join(directory, name) if name else None
+
+
+def find(directory: str, measured: Evaluation) -> Optional[Evaluation]:
+    """The recorded evaluation with the key of `measured` (measurement) when
+    its record is kept (--skip_evaluated: a rerun of the pipeline skips it),
+    else None. Each kind reads its own file only: a video-level evaluation of
+    the same files is another measurement than a segment one."""
+    kind = kind_of(measured)
+    found = read_evaluations(directory, kind).get(kind.key(directory, measured))
+    path = None if found is None else record_path(directory, found)
+    if found is None or path is None or not os.path.isfile(path) \
+            or (kind is SEGMENT and found.segment_map is None):
+        return None
+    return found
+
+
+def _with_metrics(measured: Evaluation, result: Mapping[str, object],
+                  eval_files: Optional[int]) -> Evaluation:
+    """measured with result's metrics (video level: as floats, as every
+    release wrote them, and eval_files); a name that is not a metric of its
+    kind is a ValueError."""
+    segment = measured.is_segment
+    allowed = Evaluation.SEGMENT_METRICS if segment else Evaluation.VIDEO_METRICS
+    values: Dict[str, object] = {} if segment else {"eval_files": eval_files}
+    for name, value in result.items():
+        if name in ("videos", "ratings"):
+            continue
+        if name not in allowed or not isinstance(value, numbers.Real):
+            raise ValueError(f"{name}={value!r}: not a metric of this kind of evaluation")
+        values[name] = value if segment else float(value)
+    # (mypy cannot match a dict's items to the fields; their names are checked above.)
+    return dataclasses.replace(measured, **values)  # type: ignore[arg-type]
+
+
+def record(directory: str, measured: Evaluation, result: Mapping[str, object],
+           eval_files: Optional[int] = None) -> Evaluation:
+    """Adds the evaluation `measured` (measurement) with the metrics of
+    `result` (predict.evaluate_model's, or evaluate_segments') to the dir's
+    store of its kind, replacing only the entry of the same key, and makes it
+    the latest; returns it. result's "videos" (intervals.VideoTopK) or
+    "ratings" (intervals.SegmentRatings), when given, is written under the
+    kind's records dir and named by the evaluation. eval_files: how many
+    files the pattern matched (video level)."""
+    kind = kind_of(measured)
+    evaluations = read_evaluations(directory, kind)
+    key = kind.key(directory, measured)
+    evaluation = _with_metrics(measured, result, eval_files)
+    name = os.path.join(kind.records_dir,
+                        hashlib.sha1(key.encode("utf-8")).hexdigest()[:16] + ".npz")
+    videos, ratings = result.get("videos"), result.get("ratings")
+    if isinstance(videos, intervals.VideoTopK) and kind is VIDEO:
+        intervals.save(os.path.join(directory, name), videos)
+        evaluation = dataclasses.replace(evaluation, videos_file=name,
+                                         video_ids_sha1=videos.ids_digest())
+    if isinstance(ratings, intervals.SegmentRatings) and kind is SEGMENT:
+        intervals.save_segment_ratings(os.path.join(directory, name), ratings)
+        evaluation = dataclasses.replace(evaluation, ratings_file=name)
+    evaluations[key] = evaluation
+    write_record(results_path(directory, kind), EvaluationStore(evaluation, key, evaluations))
+    return evaluation
+
+
+def videos_of(directory: str, evaluation: Evaluation) -> intervals.VideoTopK:
+    """The per-video record of a video-level evaluation of `directory`; one
+    without it (evaluated before records were kept) is a UserError saying so."""
+    if not evaluation.videos_file:
+        raise UserError(f"{results_path(directory)}: the evaluation of {evaluation.checkpoint} "
                         f"has no per-video record; evaluate it again")
-    return intervals.load(os.path.join(directory, name))
+    return intervals.load(os.path.join(directory, evaluation.videos_file))
 
 
-def _settings_entry(checkpoint: str, data_pattern: str,
-                    settings: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The fields of an evaluation that say what it measured (they make its key)."""
-    settings = dict(settings or {})
-    return {"checkpoint": checkpoint,
-            "global_step": checkpoints.checkpoint_step(checkpoint) or 0,
-            "eval_data_pattern": absolute_pattern(data_pattern),
-            "bn_statistics": settings.get("bn_statistics", "moving"),
-            "recompute_batches": settings.get("recompute_batches"),
-            **{field: settings.get(field) for field in SETTINGS}}
-
-
-def find(directory: str, checkpoint: str, data_pattern: str,
-         settings: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
-    """The recorded evaluation with these settings, when it has its per-video
-    record (a rerun of the pipeline skips it), else None."""
-    key = evaluation_key(directory, _settings_entry(checkpoint, data_pattern, settings))
-    entry = read_evaluations(directory).get(key)
-    if entry and entry.get("videos_file") and os.path.isfile(
-            os.path.join(directory, entry["videos_file"])):
-        return entry
-    return None
-
-
-def record(directory: str, checkpoint: str, result: Dict[str, Any], data_pattern: str,
-           num_files: Optional[int], settings: Optional[Dict[str, Any]] = None
-           ) -> Dict[str, Any]:
-    """Adds an evaluation of `checkpoint` on `data_pattern` to the dir's
-    eval_results.json (replacing only the entry of the same key) and makes it
-    the latest; returns the evaluation. settings: bn_statistics,
-    recompute_batches and SETTINGS (missing ones: None). A "videos" item of
-    result (training.intervals.VideoTopK) is written beside it, under
-    eval_videos/, and named by the entry's videos_file."""
-    result = dict(result)
-    videos = result.pop("videos", None)
-    entry = {**_settings_entry(checkpoint, data_pattern, settings), "eval_files": num_files,
-             **{name: float(value) for name, value in result.items()}}
-    evaluations = read_evaluations(directory)
-    key = evaluation_key(directory, entry)
-    if videos is not None:
-        entry.update(_save_videos(directory, key, videos))
-    evaluations[key] = entry
-    checkpoints.write_json(results_path(directory),
-                           {**entry, "key": key, COLLECTION: evaluations})
-    return entry
+def ratings_of(directory: str, evaluation: Evaluation) -> intervals.SegmentRatings:
+    """The per-rating record of a segment evaluation of `directory` (the
+    video id, start time, rated class, 0/1 rating, score and whether the pair
+    is retrieved: all the 2019 metric needs); one without it is a UserError
+    saying so, a damaged file one naming it."""
+    if not evaluation.ratings_file:
+        raise UserError(f"{results_path(directory, SEGMENT)}: the segment evaluation of "
+                        f"{evaluation.checkpoint} has no ratings file; evaluate it again")
+    return intervals.load_segment_ratings(os.path.join(directory, evaluation.ratings_file))

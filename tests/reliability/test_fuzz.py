@@ -90,9 +90,10 @@ def evaluated(directory: Path, data_pattern: str, seed: int) -> None:
     videos = intervals.VideoTopK(np.asarray([b"v%02d" % i for i in range(20)]),
                                  *accumulator.per_video())
     directory.mkdir()
-    eval_results.record(str(directory), str(directory / "model.ckpt-10"),
-                        {"gap": videos.gap(), "num_examples": 20, "videos": videos},
-                        data_pattern, 1, {"seed": 1, "top_k": 20})
+    measured = eval_results.measurement(str(directory / "model.ckpt-10"), data_pattern,
+                                        seed=1, top_k=20)
+    eval_results.record(str(directory), measured,
+                        {"gap": videos.gap(), "num_examples": 20, "videos": videos}, 1)
 
 
 # ---------------------------------------------------------------------------

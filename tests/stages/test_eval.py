@@ -323,11 +323,11 @@ def test_eval_keeps_per_video_records_and_skips_what_was_measured(trained_dir, t
     args = (f"--train_dir={trained_dir}", f"--eval_data_pattern={pattern}", "--run_once",
             "--batch_size=16", "--skip_evaluated")
     run_module("training.eval", *args)
-    saved = json.loads(open(os.path.join(trained_dir, "eval_results.json")).read())
+    saved = eval_results.latest_evaluation(trained_dir)
     videos = eval_results.videos_of(trained_dir, saved)
-    assert videos.num_videos == saved["num_examples"] and videos.gap() == pytest.approx(
-        saved["gap"], abs=1e-9)
-    assert saved["video_ids_sha1"] == videos.ids_digest()
+    assert videos.num_videos == saved.num_examples and videos.gap() == pytest.approx(
+        saved.gap, abs=1e-9)
+    assert saved.video_ids_sha1 == videos.ids_digest()
     again = run_module("training.eval", *args)
     assert "(evaluated before)" in again.stdout
     one_file = tiny_data / "frame" / "validate00.tfrecord"

@@ -33,9 +33,10 @@ def videos_of(noise: float, seed: int, ids_prefix: str = "v") -> intervals.Video
 def evaluate(directory, pattern: str, videos: intervals.VideoTopK, checkpoint: str = "") -> None:
     """Records an evaluation of `directory` on `pattern` as training.eval would."""
     directory.mkdir(exist_ok=True)
-    eval_results.record(str(directory), checkpoint or str(directory / "model.ckpt-10"),
-                        {"gap": videos.gap(), "num_examples": videos.num_videos,
-                         "videos": videos}, pattern, 1, {"seed": 1, "top_k": 20})
+    measured = eval_results.measurement(checkpoint or str(directory / "model.ckpt-10"),
+                                        pattern, seed=1, top_k=20)
+    eval_results.record(str(directory), measured, {"gap": videos.gap(), "num_examples":
+                                                   videos.num_videos, "videos": videos}, 1)
 
 
 def make_run(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_module, segment_data
 from models import presets, registry
 from support.training_runs import train_tiny_model
-from training import checkpoints, metrics, model_builder, predict, synthetic
+from training import checkpoints, eval_results, metrics, model_builder, predict, synthetic
 from training import eval as evaluation
 from training.cli import UserError
 
@@ -133,7 +133,7 @@ def test_eval_cli_segment_labels(tiny_models, segment_pattern, kind):
                            f"--eval_data_pattern={segment_pattern}", "--run_once",
                            "--segment_labels", "--batch_size=25")
     assert "Segment_MAP" in completed.stdout and "scored 120 segments" in completed.stdout
-    with open(os.path.join(model_dir, evaluation.SEGMENT_RESULTS)) as handle:
+    with open(os.path.join(model_dir, eval_results.SEGMENT_RESULTS)) as handle:
         saved = json.load(handle)
     assert 0 < saved["segment_map"] <= 1 and saved["num_segments"] == 120
     assert saved["evaluations"][saved["key"]]["segment_size"] == 5
@@ -254,7 +254,7 @@ def test_eval_cli_segment_labels_on_the_exported_ensemble(tiny_models, segment_p
                            f"--eval_data_pattern={segment_pattern}", "--run_once",
                            "--segment_labels", "--batch_size=25")
     assert "inference_model | segments 120" in completed.stdout
-    with open(os.path.join(ensemble, evaluation.SEGMENT_RESULTS)) as handle:
+    with open(os.path.join(ensemble, eval_results.SEGMENT_RESULTS)) as handle:
         saved = json.load(handle)
     model = predict.open_model(ensemble)
     try:
@@ -334,48 +334,46 @@ def _ratings(n=6):
 
 
 def test_ratings_file_round_trip_and_entry_lookup(tmp_path):
-    """write_segment_results keeps the per-rating arrays beside the entry;
-    segment_ratings_of reads them back exactly; find_segment_entry tells
-    refined and unrefined evaluations apart; a damaged file is one line.
+    """eval_results.record keeps the per-rating arrays beside the entry;
+    ratings_of reads them back exactly; find tells refined and unrefined
+    evaluations apart; a damaged file is one line.
 
-    Mutation tried: refine_settings returning {} for K > 0 (the refinement
-    not in the key) -> the refined evaluation replaced the unrefined one
-    and this failed."""
-    from training import segment_results as results
-    pattern = str(tmp_path / "validate*.tfrecord")
-    base = {"segment_size": 5, "seed": 1}
-    plain = results.write_segment_results(str(tmp_path), "model.ckpt-10",
-                                          {"segment_map": 0.5, "ratings": _ratings()},
-                                          pattern, base)
-    refined = results.write_segment_results(
-        str(tmp_path), "model.ckpt-10", {"segment_map": 0.6, "ratings": _ratings(8)},
-        pattern, {**base, **results.refine_settings(3, "self")})
-    assert plain["ratings_file"] != refined["ratings_file"]
-    found = results.find_segment_entry(str(tmp_path), pattern, segment_size=5)
-    assert found["segment_map"] == 0.5 and "segment_refine_top_k" not in found
-    found = results.find_segment_entry(str(tmp_path), pattern, refine_top_k=3,
-                                       refine_model="self")
-    assert found["segment_map"] == 0.6 and "segment_refine_top_k=3" in found["key"]
-    assert results.find_segment_entry(str(tmp_path), pattern, refine_top_k=2) is None
-    loaded = dataclasses.asdict(results.segment_ratings_of(str(tmp_path), found))
+    Mutation tried: segment_key leaving the refinement's settings out -> the
+    refined evaluation replaced the unrefined one and this failed."""
+    directory, pattern = str(tmp_path), str(tmp_path / "validate*.tfrecord")
+    plain_m = eval_results.measurement("model.ckpt-10", pattern, seed=1, segment_size=5)
+    refined_m = eval_results.measurement("model.ckpt-10", pattern, seed=1, segment_size=5,
+                                         refine_top_k=3, refine_model="self")
+    plain = eval_results.record(directory, plain_m,
+                                {"segment_map": 0.5, "ratings": _ratings()})
+    refined = eval_results.record(directory, refined_m,
+                                  {"segment_map": 0.6, "ratings": _ratings(8)})
+    assert plain.ratings_file != refined.ratings_file
+    found = eval_results.find(directory, plain_m)
+    assert found.segment_map == 0.5 and found.segment_refine_top_k is None
+    found = eval_results.find(directory, refined_m)
+    assert found.segment_map == 0.6 and found.segment_refine_model == "self"
+    assert eval_results.find(directory, dataclasses.replace(
+        refined_m, segment_refine_top_k=2)) is None
+    loaded = dataclasses.asdict(eval_results.ratings_of(directory, found))
     for name, array in dataclasses.asdict(_ratings(8)).items():
         np.testing.assert_array_equal(loaded[name], array)
     assert loaded["ratings"].dtype == np.int8 and loaded["retrieved"].dtype == bool
-    (tmp_path / found["ratings_file"]).write_bytes(b"not a zip")
+    (tmp_path / found.ratings_file).write_bytes(b"not a zip")
     with pytest.raises(UserError, match="not a segment ratings record") as err:
-        results.segment_ratings_of(str(tmp_path), found)
+        eval_results.ratings_of(directory, found)
     assert "\n" not in str(err.value)
 
 
 def test_segment_results_read_without_tensorflow():
     """A report reads the entries and ratings without importing TensorFlow.
-    Mutation tried: segment_results importing training.predict -> TensorFlow
+    Mutation tried: eval_results importing training.predict -> TensorFlow
     loaded and this failed."""
     import subprocess
     import sys
 
     from conftest import REPO_ROOT
-    code = "import sys, training.segment_results; print('tensorflow' in sys.modules)"
+    code = "import sys, training.eval_results; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"
@@ -437,18 +435,18 @@ def test_eval_cli_refinement_and_its_ratings(tiny_models, segment_pattern, tmp_p
             "--skip_evaluated"]
     first = run_module("training.eval", *args).stdout
     assert "refined:" in first and "(evaluated before)" not in first
-    entry = evaluation.find_segment_entry(model_dir, segment_pattern, refine_top_k=2,
-                                          refine_model="self")
-    assert entry and "segment_refine_model=self" in entry["key"]
-    ratings = evaluation.segment_ratings_of(model_dir, entry)
+    store = eval_results.read_store(model_dir, eval_results.SEGMENT)
+    entry = store.latest
+    assert "segment_refine_model=self" in store.key and entry.segment_refine_top_k == 2
+    ratings = eval_results.ratings_of(model_dir, entry)
     top = _video_top(model_dir, segment_pattern, 2)
     expected = [int(c) in top[vid] for vid, c in zip(ratings.ids, ratings.classes)]
     assert ratings.retrieved.tolist() == expected and 0 < sum(expected) < len(expected)
     assert ratings.ratings.dtype == np.int8 and ratings.start_times.dtype == np.int64
     again = metrics.segment_metrics(ratings.scores, ratings.classes, ratings.ratings,
                                     ratings.retrieved)
-    assert again["segment_map"] == pytest.approx(entry["segment_map"], abs=1e-12)
-    assert entry["num_retrieved"] == sum(expected)
+    assert again["segment_map"] == pytest.approx(entry.segment_map, abs=1e-12)
+    assert entry.num_retrieved == sum(expected)
     assert "(evaluated before)" in run_module("training.eval", *args).stdout
 
 

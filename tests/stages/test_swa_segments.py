@@ -11,7 +11,7 @@ from conftest import segment_data
 from support.reliability import run_cases
 from support.segment_runs import random_checkpoints, rate_by_model
 from swa import average as swa
-from training import checkpoints
+from training import checkpoints, eval_results
 from training import eval as evaluation
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def test_window_chosen_by_segment_map(run_dir, fit_pattern, tiny_data, tmp_path)
     assert "chose window 2 (Segment_MAP 1.0000 on the fitting files)" in chose.stdout
     assert f"window 1 (steps 4-4): Segment_MAP {values[1]:.4f} on the fitting files" \
         in chose.stdout
-    saved = json.loads((out / evaluation.SEGMENT_RESULTS).read_text())
+    saved = json.loads((out / eval_results.SEGMENT_RESULTS).read_text())
     assert saved["segment_map"] == 1.0 and not (out / "eval_results.json").exists()
     for refused, flag in ((unrated_fit, "choose_window_on"), (unrated_eval, "eval_data_pattern")):
         assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stdout

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from training import eval_results, intervals, segment_results
+from training import eval_results, intervals
 
 VIDEOS = 150
 PATTERN_NAME = "heldout*.tfrecord"
@@ -29,7 +29,7 @@ def write_evaluation(directory, pattern: str, record: intervals.SegmentRatings,
                      step: int = 0, refine_top_k: int = 0, refine_dir: str = "") -> None:
     """One entry of segment_eval_results.json and its per-rating record."""
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, segment_results.SEGMENT_RESULTS)
+    path = os.path.join(directory, eval_results.SEGMENT_RESULTS)
     evaluations = {}
     if os.path.isfile(path):
         with open(path) as handle:
