@@ -30,6 +30,11 @@ GOLDEN_RECORDS: Dict[str, Type[Record]] = {
     "segment_stacking_weights.json": stage_files.WeightsFile,
     "report.json": stage_files.Report,
     "segment_report.json": stage_files.SegmentReport,
+    "eval_results.bfloat16_dir.json": stage_files.EvaluationStore,
+    "eval_results.train_dir_bn_recomputed.json": stage_files.EvaluationStore,
+    "eval_results.ensemble_export.json": stage_files.EvaluationStore,
+    "segment_eval_results.swa_dir.json": stage_files.EvaluationStore,
+    "segment_eval_results.ensemble_refined.json": stage_files.EvaluationStore,
 }
 # Records this release adds: no earlier file to conform to.
 NEW_IN_THIS_RELEASE = {stage_files.FinetuneRecord}
@@ -41,7 +46,8 @@ def test_golden_file_round_trips_byte_for_byte(name, tmp_path):
     kind (window: null on every row) failed both reports; finetuned_row
     written on the "averaged, refined" rows failed the segment report;
     SwaRecord's window_choice written only when set (omit_none) failed
-    swa_last_n.swa.json."""
+    swa_last_n.swa.json; Evaluation._null_keys returning () ("seed": null
+    dropped) failed the eval_results and segment_eval_results files."""
     record = stage_files.read_record(GOLDEN_RECORDS[name], str(GOLDEN / name))
     out = tmp_path / name
     stage_files.write_record(str(out), record)
