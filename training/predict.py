@@ -460,7 +460,7 @@ def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int =
     by the classes. top_classes: {video id: its top classes} of a refinement
     (training.segment_refine): a rating whose class is not among them is not
     retrieved. keep_ratings: the result's "ratings" holds the per-rating
-    arrays (intervals.SegmentRatings, which training.segment_results keeps
+    arrays (intervals.SegmentRatings, which training.eval_results keeps
     beside the metrics)."""
     pairs = rated_pair_scores(model, data_pattern, segment_size, batch_size, num_readers,
                               log=log, flag_name=flag_name, compression=compression,

@@ -39,7 +39,7 @@ class Stage:
 
 # The files of a model dir's checkpoint (a train, SWA, bf16 or int8 dir).
 _CHECKPOINT = ("model.ckpt-<step>", "checkpoint", "model_flags.json")
-# An evaluation's records (training.eval_results, training.segment_results).
+# An evaluation's records (training.eval_results, both kinds).
 _EVALUATIONS = ("eval_results.json", "eval_videos/<digest>.npz")
 _SEGMENT_EVALUATIONS = ("segment_eval_results.json", "segment_eval_ratings/<digest>.npz")
 _EXPORT = ("inference_model.{meta,index,data-00000-of-00001}",)
