@@ -151,14 +151,15 @@ def dir_name(directory: str) -> str:
 
 # The metric of a row before the bootstrap measured it (build_report replaces it).
 UNMEASURED = Estimate(estimate=math.nan, low=math.nan, high=math.nan, resolved=False)
+# The evaluation of a row before its dir's is read (_measured replaces it).
+UNREAD = Evaluation(checkpoint="", global_step=0)
 Measured = Tuple[ReportRow, intervals.VideoTopK]
 
 
 def _measured(row: ReportRow, data_pattern: str, train_dir: bool = False) -> Measured:
     """The row with its dir's evaluation on data_pattern, and that evaluation's videos."""
     entry = evaluation_on(row.dir, data_pattern, train_dir)
-    return (dataclasses.replace(row, evaluation=entry.to_json()),
-            eval_results.videos_of(row.dir, entry))
+    return dataclasses.replace(row, evaluation=entry), eval_results.videos_of(row.dir, entry)
 
 
 def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str], data_pattern: str,
@@ -172,13 +173,14 @@ def _member_rows(model_dirs: Sequence[str], train_dirs: Sequence[str], data_patt
         last = None
         if train_dirs:
             last = ReportRow(name=f"{dir_name(train_dirs[index])} last checkpoint",
-                             dir=train_dirs[index], kind="last checkpoint", evaluation={},
+                             dir=train_dirs[index], kind="last checkpoint", evaluation=UNREAD,
                              gap=UNMEASURED, member=name)
             rows.append(_measured(last, data_pattern, train_dir=True))
         label = (f"{name} (window {window})" if window else name)
         rows.append(_measured(ReportRow(
-            name=label, dir=model_dir, kind="member", evaluation={}, gap=UNMEASURED, member=name,
-            window=window, window_choice=window_choice, last_row=last.name if last else None,
+            name=label, dir=model_dir, kind="member", evaluation=UNREAD, gap=UNMEASURED,
+            member=name, window=window, window_choice=window_choice,
+            last_row=last.name if last else None,
             stacked_weight=weights.get(os.path.realpath(model_dir))), data_pattern))
     return rows
 
@@ -195,7 +197,7 @@ def _ensemble_rows(ensemble_dir: str, stacked_dir: str, data_pattern: str,
         if directory:
             chosen = os.path.realpath(directory) == os.path.realpath(chosen_dir)
             rows.append(_measured(ReportRow(name=name, dir=directory, kind="ensemble",
-                                            evaluation={}, gap=UNMEASURED, chosen=chosen),
+                                            evaluation=UNREAD, gap=UNMEASURED, chosen=chosen),
                                   data_pattern))
     return rows
 

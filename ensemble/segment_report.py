@@ -135,7 +135,7 @@ Measured = Tuple[SegmentReportRow, intervals.SegmentRatings]
 def _row(name: str, directory: str, kind: str, member: Optional[str] = None,
          chosen: Optional[bool] = None, video_row: Optional[str] = None) -> SegmentReportRow:
     """A row before its evaluation is read and measured (_Rows fills both)."""
-    return SegmentReportRow(name=name, dir=directory, kind=kind, evaluation={},
+    return SegmentReportRow(name=name, dir=directory, kind=kind, evaluation=video_report.UNREAD,
                             value=video_report.UNMEASURED, member=member, chosen=chosen,
                             video_row=video_row)
 
@@ -153,7 +153,7 @@ class _Rows:
     def add(self, row: SegmentReportRow, train_dir: bool = False) -> None:
         """The row with its dir's unrefined evaluation."""
         entry = segment_evaluation_on(row.dir, self.data_pattern, train_dir=train_dir)
-        self.rows.append((dataclasses.replace(row, evaluation=entry.to_json()),
+        self.rows.append((dataclasses.replace(row, evaluation=entry),
                           ratings_of(row.dir, entry)))
 
     def add_with_refinement(self, row: SegmentReportRow) -> None:
@@ -167,7 +167,7 @@ class _Rows:
                                       self.refine_dir)
         refined = ratings_of(row.dir, entry)
         chosen, refines = bool(row.chosen), self.submission_refines
-        plain = dataclasses.replace(row, evaluation=entry.to_json(), chosen=chosen and not refines)
+        plain = dataclasses.replace(row, evaluation=entry, chosen=chosen and not refines)
         self.rows.append((plain, unrefined(refined)))
         # The refined row's one gain is over its unrefined row (not fine-tuning's or averaging's).
         self.rows.append((dataclasses.replace(
@@ -196,7 +196,7 @@ def _member_rows(rows: _Rows, video_dirs: Sequence[str], finetuned_dirs: Sequenc
             window, window_choice = _averaging(model_dirs[index])
             rows.add_with_refinement(SegmentReportRow(
                 name=f"{member} fine-tuned, window {window}" if window else member,
-                dir=model_dirs[index], kind="averaged", evaluation={},
+                dir=model_dirs[index], kind="averaged", evaluation=video_report.UNREAD,
                 value=video_report.UNMEASURED, member=member, chosen=False, window=window,
                 window_choice=window_choice, finetuned_row=finetuned,
                 stacked_weight=weights.get(os.path.realpath(model_dirs[index]))))
@@ -340,7 +340,7 @@ def build_report(data_pattern: str, video_dirs: Sequence[str] = (),
         boot.value(row.name))) for row, _ in rows.rows)
     return SegmentReport(
         metric=METRIC, data_pattern=eval_results.absolute_pattern(data_pattern),
-        num_videos=boot.num_videos, num_ratings=int(measured[0].evaluation.get("num_segments", 0)),
+        num_videos=boot.num_videos, num_ratings=measured[0].evaluation.num_segments or 0,
         refinement=RefinementSettings(top_k=refine_top_k, model_dir=refine_model_dir or None),
         bootstrap=video_report.bootstrap_settings(boot), rows=measured,
         gains=tuple(_gains(measured, boot)), choice=choice)

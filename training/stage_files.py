@@ -567,7 +567,7 @@ class StateRow(_WithNulls):
     name: str
     dir: str
     kind: str
-    evaluation: Dict[str, Json]
+    evaluation: Evaluation
     member: Optional[str] = omit_none()
     chosen: Optional[bool] = omit_none()
     window: Optional[int] = omit_none()

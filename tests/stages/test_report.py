@@ -81,8 +81,8 @@ def test_rows_gains_intervals_and_choice(tmp_path):
                      "b-bfloat16-train last checkpoint", "b-bfloat16 (window 4)",
                      "uniform ensemble", "stacked ensemble"]
     for row in built.rows:
-        assert row.evaluation["eval_data_pattern"] == heldout
-        assert row.evaluation["num_examples"] == NUM_VIDEOS
+        assert row.evaluation.eval_data_pattern == heldout
+        assert row.evaluation.num_examples == NUM_VIDEOS
         assert row.gap.low < row.gap.estimate < row.gap.high < 0.95
     assert [row.chosen for row in built.rows[4:]] == [False, True]
     gains = {(g.what, g.system, g.over): g for g in built.gains}

@@ -80,7 +80,7 @@ def test_rows_and_gains_of_every_stage(run):
                               "GRUModel fine-tuned, window 4",
                               "GRUModel fine-tuned, window 4 + refined",
                               "Soft-DBoF-4k video level"]
-    assert rows["GRUModel fine-tuned"].evaluation["global_step"] == 20
+    assert rows["GRUModel fine-tuned"].evaluation.global_step == 20
     # Values are each record's Segment MAP, the refined rows with pairs left out.
     member = run["members"][0]
     entry = segment_report.segment_evaluation_on(member, run["pattern"], 5, run["refine_dir"])
