@@ -62,7 +62,9 @@ def _gap(model_dir: str, pattern: str) -> float:
     model = predict.open_model(model_dir, bf16_compute=None if os.path.isfile(
         os.path.join(model_dir, predict.INFERENCE_MODEL + ".meta")) else MODE)
     try:
-        return float(predict.evaluate_model(model, pattern, FLAGS.batch_size, 20, 1)["gap"])
+        gap = predict.evaluate_model(model, pattern, FLAGS.batch_size, 20, 1).gap
+        assert gap is not None      # (a video-level result)
+        return gap
     finally:
         model.close()
 

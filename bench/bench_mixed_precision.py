@@ -82,7 +82,8 @@ def train_and_evaluate(model: str, matmul_dtype: str, data: str, work_dir: str,
     result = evaluation.evaluate_checkpoint(
         recomputed, checkpoint,
         os.path.join(data, "validate*.tfrecord"), batch_size=64, frame_sampling="uniform")
-    return {"gap": result["gap"], "hit_at_one": result["hit_at_one"], "seconds": seconds}
+    assert result.gap is not None and result.hit_at_one is not None   # (video level)
+    return {"gap": result.gap, "hit_at_one": result.hit_at_one, "seconds": seconds}
 
 
 def main(argv: Optional[List[str]] = None) -> None:

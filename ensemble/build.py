@@ -33,7 +33,6 @@ from training import (
     checkpoints,
     eval_results,
     member_graph,
-    metrics,
     precision,
     predict,
     quantize,
@@ -317,7 +316,7 @@ def main(argv) -> None:
                                             FLAGS.batch_size, FLAGS.top_k,
                                             FLAGS.num_readers, log=log,
                                             compression=FLAGS.compression, keep_videos=True)
-        print(metrics.format_summary(result, "ensemble"), flush=True)
+        print(result.summary("ensemble"), flush=True)
         measured = eval_results.measurement(
             os.path.join(FLAGS.output_dir, predict.INFERENCE_MODEL), FLAGS.eval_data_pattern,
             frame_sampling=FLAGS.frame_sampling, seed=FLAGS.seed, top_k=FLAGS.top_k,

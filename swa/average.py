@@ -28,7 +28,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -39,8 +39,8 @@ from training import (
     checkpoint_fit,
     checkpoints,
     eval_results,
+    intervals,
     members,
-    metrics,
     paths,
     predict,
     readers,
@@ -379,14 +379,15 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
                            **dataclasses.asdict(settings.average))
             result = evaluate_on(out, fit_pattern, settings, log=None, graphs=graphs,
                                  keep_ids=ids_digest is None)
-            ids_digest = ids_digest or _ids_digest(result)
+            ids_digest = ids_digest or result.ids_digest()
             steps = tuple(entry.step for entry in info.checkpoints)
+            score = _fit_score(result, settings)
             log(f"window {window} (steps {steps[0]}-{steps[-1]}): {label} "
-                f"{result[key]:.4f} on the fitting files")
+                f"{score:.4f} on the fitting files")
             candidates.append(WindowCandidate(window=window, steps=steps,
-                                              **{key: float(result[key])}))
+                                              **{key: float(score)}))
             # Only the best so far stays on disk; a tie keeps the smaller window.
-            if best is None or result[key] > getattr(best, key):
+            if best is None or score > getattr(best, key):
                 if best_dir:
                     shutil.rmtree(best_dir)
                 best, best_dir = candidates[-1], out
@@ -408,10 +409,11 @@ def choose_window(train_dir: str, fit_pattern: str, windows: Sequence[int],
     return choice
 
 
-def _ids_digest(result: Dict[str, Any]) -> Optional[str]:
-    """The digest of the video ids an evaluation kept (videos or ratings)."""
-    kept = result.get("videos") or result.get("ratings")
-    return kept.ids_digest() if kept is not None else None
+def _fit_score(result: intervals.EvalResult, settings: WindowSettings) -> float:
+    """The result's metric that chooses the window (_fit_metric's)."""
+    score = result.segment_map if settings.segment_size else result.gap
+    assert score is not None    # (evaluate_on measures that kind)
+    return score
 
 
 def _fit_metric(settings: WindowSettings) -> Tuple[str, str]:
@@ -439,13 +441,13 @@ def _install_candidate(candidate_dir: str, output_dir: str, overwrite: bool,
 
 def evaluate_on(model_dir: str, data_pattern: str, settings: WindowSettings,
                 log: Optional[Log] = print, graphs: Optional[CandidateGraphs] = None,
-                keep_ids: bool = False) -> Dict[str, Any]:
+                keep_ids: bool = False) -> intervals.EvalResult:
     """The metrics of the dir's checkpoint on data_pattern (no file written),
     as training.eval.evaluate_checkpoint measures them; graphs: in its
     evaluation graph (built on first use), the same values.
     settings.segment_size > 0: the 2019 segment metrics of segment-rated
     files (predict.evaluate_segments), as training.eval --segment_labels.
-    keep_ids (with graphs): also the per-video record ("videos" or "ratings"),
+    keep_ids (with graphs): also the per-video record (videos or ratings),
     whose ids digest the choice's provenance records."""
     average, segment_size = settings.average, settings.segment_size
     if graphs is None:
@@ -470,7 +472,7 @@ def evaluate_on(model_dir: str, data_pattern: str, settings: WindowSettings,
 
 def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int,
              num_readers: int, log: Optional[Log] = print,
-             compression: str = "auto", segment_size: int = 0) -> Dict[str, float]:
+             compression: str = "auto", segment_size: int = 0) -> intervals.EvalResult:
     """Evaluates the averaged checkpoint; writes eval_results.json into output_dir
     (segment_size > 0: the segment metrics, to segment_eval_results.json)."""
     path = checkpoints.find_checkpoint(output_dir)
@@ -481,12 +483,12 @@ def evaluate(output_dir: str, eval_data_pattern: str, batch_size: int, seed: int
     # --skip_evaluated finds this evaluation.
     if segment_size:
         if log:
-            log(metrics.format_segment_summary(result, os.path.basename(path)))
+            log(result.summary(os.path.basename(path)))
         eval_results.record(output_dir, eval_results.measurement(
             path, eval_data_pattern, seed=seed, segment_size=segment_size), result)
         return result
     if log:
-        log(metrics.format_summary(result, os.path.basename(path)))
+        log(result.summary(os.path.basename(path)))
     evaluation.write_results(output_dir, eval_results.measurement(
         path, eval_data_pattern, seed=seed, top_k=DEFAULT_TOP_K), result)
     return result

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Callable, Optional
 
 from absl import flags
 
@@ -34,6 +34,7 @@ from training import bn_statistics as bn_stats
 from training import (
     checkpoints,
     eval_results,
+    intervals,
     locks,
     members,
     metrics,
@@ -94,14 +95,14 @@ def evaluate_checkpoint(model_dir: str, checkpoint_path: str, data_pattern: str,
                         compression: str = "auto", keep_videos: bool = True,
                         segment_size: int = 0,
                         refine: Optional[segment_refine.Refine] = None,
-                        record_kind: Optional[str] = None) -> Dict[str, Any]:
+                        record_kind: Optional[str] = None) -> intervals.EvalResult:
     """Metrics of one checkpoint of a model dir (training.predict does the work;
     a bfloat16 checkpoint computes in the --bf16_compute mode, None: the default).
     recompute: evaluate it with BN statistics recomputed so (the checkpoint
     itself is only read); None: with its moving statistics. keep_videos: the
-    result's "videos" holds each video's top-k (predict.evaluate_model).
+    result's videos holds each video's top-k (predict.evaluate_model).
     segment_size > 0: the 2019 segment metrics of segment-rated records
-    instead (_segment_metrics; keep_videos: with their "ratings"), refined
+    instead (_segment_metrics; keep_videos: with their ratings), refined
     by refine (training.segment_refine) when given. record_kind: the
     records' layout when not the model's (predict.LoadedModel.record_kind)."""
     if recompute is not None:
@@ -130,7 +131,7 @@ def _segment_metrics(model: predict.LoadedModel, data_pattern: str, segment_size
                      batch_size: int, num_readers: int, log, skip_corrupt: bool,
                      compression: str, keep_ratings: bool,
                      refine: Optional[segment_refine.Refine], model_settings: tuple
-                     ) -> Dict[str, Any]:
+                     ) -> intervals.EvalResult:
     """predict.evaluate_segments of the model; with refine, first its video
     top classes (one pass over the videos: memory videos x K), from the
     model itself or the refine model opened with model_settings
@@ -149,7 +150,7 @@ def _segment_metrics(model: predict.LoadedModel, data_pattern: str, segment_size
                                      keep_ratings=keep_ratings)
 
 
-def write_results(train_dir: str, measured: Evaluation, result: Dict[str, Any]) -> None:
+def write_results(train_dir: str, measured: Evaluation, result: intervals.EvalResult) -> None:
     """Adds the video-level evaluation `measured` (eval_results.measurement:
     its key) with result's metrics to eval_results.json and writes the
     TensorBoard events under <train_dir>/eval."""
@@ -157,7 +158,7 @@ def write_results(train_dir: str, measured: Evaluation, result: Dict[str, Any]) 
     eval_results.record(train_dir, measured, result, num_files)
     writer = tf.summary.FileWriter(os.path.join(train_dir, "eval"))
     summary = tf.Summary(value=[tf.Summary.Value(tag=f"eval/{key}", simple_value=float(value))
-                                for key, value in result.items() if key != "videos"])
+                                for key, value in result.metrics().items()])
     writer.add_summary(summary, measured.global_step)
     writer.close()
 
@@ -181,7 +182,7 @@ def _evaluate_segments(path: str, recompute: Optional[bn_stats.Recompute],
         log=lambda line: print(line, flush=True), skip_corrupt=FLAGS.skip_corrupt_records,
         bf16_compute=FLAGS.bf16_compute or None, recompute=recompute,
         compression=FLAGS.compression, segment_size=FLAGS.segment_size, refine=refine)
-    print(metrics.format_segment_summary(result, os.path.basename(path)), flush=True)
+    print(result.summary(os.path.basename(path)), flush=True)
     eval_results.record(FLAGS.train_dir, measured, result)
 
 
@@ -268,7 +269,7 @@ def _evaluate(path: str, recompute: Optional[bn_stats.Recompute],
         skip_corrupt=FLAGS.skip_corrupt_records, bf16_compute=FLAGS.bf16_compute or None,
         recompute=recompute, compression=FLAGS.compression, record_kind=record_kind)
     label = os.path.basename(path) + ("" if recompute is None else " (BN statistics recomputed)")
-    log(metrics.format_summary(result, label))
+    log(result.summary(label))
     write_results(FLAGS.train_dir, measured, result)
 
 

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import numbers
 import os
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, Optional
 
 from training import checkpoints, intervals
 from training.cli import UserError
@@ -173,31 +172,41 @@ def find(directory: str, measured: Evaluation) -> Optional[Evaluation]:
     return found
 
 
-def _with_metrics(measured: Evaluation, result: Mapping[str, object],
+def _float(value: Optional[float]) -> Optional[float]:
+    return None if value is None else float(value)
+
+
+def _with_metrics(measured: Evaluation, result: intervals.EvalResult,
                   eval_files: Optional[int]) -> Evaluation:
     """measured with result's metrics (video level: as floats, as every
-    release wrote them, and eval_files); a name that is not a metric of its
-    kind is a ValueError."""
-    segment = measured.is_segment
-    allowed = Evaluation.SEGMENT_METRICS if segment else Evaluation.VIDEO_METRICS
-    values: Dict[str, object] = {} if segment else {"eval_files": eval_files}
-    for name, value in result.items():
-        if name in ("videos", "ratings"):
-            continue
-        if name not in allowed or not isinstance(value, numbers.Real):
+    release wrote them, and eval_files); a metric that is not of its kind is
+    a ValueError."""
+    allowed = Evaluation.SEGMENT_METRICS if measured.is_segment else Evaluation.VIDEO_METRICS
+    for name, value in result.metrics().items():
+        if name not in allowed:
             raise ValueError(f"{name}={value!r}: not a metric of this kind of evaluation")
-        values[name] = value if segment else float(value)
-    # (mypy cannot match a dict's items to the fields; their names are checked above.)
-    return dataclasses.replace(measured, **values)  # type: ignore[arg-type]
+    if measured.is_segment:
+        return dataclasses.replace(
+            measured, segment_map=result.segment_map, segment_gap=result.segment_gap,
+            num_segments=result.num_segments, num_positive_segments=result.num_positive_segments,
+            num_rated_classes=result.num_rated_classes,
+            num_classes_without_positives=result.num_classes_without_positives,
+            num_retrieved=result.num_retrieved,
+            num_positive_retrieved=result.num_positive_retrieved)
+    return dataclasses.replace(
+        measured, eval_files=eval_files, gap=_float(result.gap),
+        hit_at_one=_float(result.hit_at_one), perr=_float(result.perr),
+        map=_float(result.map), loss=_float(result.loss),
+        num_examples=_float(result.num_examples))
 
 
-def record(directory: str, measured: Evaluation, result: Mapping[str, object],
+def record(directory: str, measured: Evaluation, result: intervals.EvalResult,
            eval_files: Optional[int] = None) -> Evaluation:
     """Adds the evaluation `measured` (measurement) with the metrics of
     `result` (predict.evaluate_model's, or evaluate_segments') to the dir's
     store of its kind, replacing only the entry of the same key, and makes it
-    the latest; returns it. result's "videos" (intervals.VideoTopK) or
-    "ratings" (intervals.SegmentRatings), when given, is written under the
+    the latest; returns it. result's videos (intervals.VideoTopK) or
+    ratings (intervals.SegmentRatings), when kept, is written under the
     kind's records dir and named by the evaluation. eval_files: how many
     files the pattern matched (video level)."""
     kind = kind_of(measured)
@@ -206,13 +215,12 @@ def record(directory: str, measured: Evaluation, result: Mapping[str, object],
     evaluation = _with_metrics(measured, result, eval_files)
     name = os.path.join(kind.records_dir,
                         hashlib.sha1(key.encode("utf-8")).hexdigest()[:16] + ".npz")
-    videos, ratings = result.get("videos"), result.get("ratings")
-    if isinstance(videos, intervals.VideoTopK) and kind is VIDEO:
-        intervals.save(os.path.join(directory, name), videos)
+    if result.videos is not None and kind is VIDEO:
+        intervals.save(os.path.join(directory, name), result.videos)
         evaluation = dataclasses.replace(evaluation, videos_file=name,
-                                         video_ids_sha1=videos.ids_digest())
-    if isinstance(ratings, intervals.SegmentRatings) and kind is SEGMENT:
-        intervals.save_segment_ratings(os.path.join(directory, name), ratings)
+                                         video_ids_sha1=result.videos.ids_digest())
+    if result.ratings is not None and kind is SEGMENT:
+        intervals.save_segment_ratings(os.path.join(directory, name), result.ratings)
         evaluation = dataclasses.replace(evaluation, ratings_file=name)
     evaluations[key] = evaluation
     write_record(results_path(directory, kind), EvaluationStore(evaluation, key, evaluations))

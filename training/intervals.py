@@ -18,6 +18,9 @@ set (descending score, the metric's fixed tie order):
 
 With every multiplicity 1 this is exactly training.metrics' GAP; the copies of
 a resampled video count as tied at one rank, the usual treatment of ties.
+
+``EvalResult`` is what one evaluation measured (training.predict's
+evaluate_model and evaluate_segments): its metrics, and its record when kept.
 """
 from __future__ import annotations
 
@@ -26,11 +29,11 @@ import hashlib
 import os
 import zipfile
 import zlib
-from typing import Any, Dict, Iterable, Iterator, Sequence
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from training import checkpoints
+from training import checkpoints, metrics
 from training.cli import UserError, excerpt
 from training.metrics import _descending_order
 
@@ -329,3 +332,84 @@ def weighted_segment_maps(ratings: SegmentRatings, weights: np.ndarray) -> np.nd
         total += np.divide(sums, positives, out=np.zeros_like(sums), where=has)
         counted += has
     return np.divide(total, counted, out=np.zeros_like(total), where=counted > 0)
+
+
+# ---------------------------------------------------------------------------
+# The result of one evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """What one evaluation measured: the video metrics of
+    metrics.EvaluationMetrics.get (predict.evaluate_model) or the 2019
+    segment metrics of metrics.segment_metrics (predict.evaluate_segments;
+    num_retrieved and num_positive_retrieved when refined), and its record
+    when kept (videos, or ratings). A metric of the other kind is None.
+    training.eval_results.record writes it into the Evaluation record."""
+    hit_at_one: Optional[float] = None
+    perr: Optional[float] = None
+    map: Optional[float] = None
+    gap: Optional[float] = None
+    loss: Optional[float] = None
+    num_examples: Optional[int] = None
+    segment_map: Optional[float] = None
+    segment_gap: Optional[float] = None
+    num_segments: Optional[int] = None
+    num_positive_segments: Optional[int] = None
+    num_rated_classes: Optional[int] = None
+    num_classes_without_positives: Optional[int] = None
+    num_retrieved: Optional[int] = None
+    num_positive_retrieved: Optional[int] = None
+    videos: Optional[VideoTopK] = None
+    ratings: Optional[SegmentRatings] = None
+
+    # (Class attributes, not fields.) Each kind's metrics, in the order its
+    # metrics function returns them.
+    VIDEO_METRICS = ("hit_at_one", "perr", "map", "gap", "loss", "num_examples")
+    SEGMENT_METRICS = ("segment_map", "segment_gap", "num_segments", "num_positive_segments",
+                       "num_rated_classes", "num_classes_without_positives", "num_retrieved",
+                       "num_positive_retrieved")
+
+    @classmethod
+    def of_videos(cls, values: Mapping[str, float],
+                  videos: Optional[VideoTopK] = None) -> "EvalResult":
+        """The result of metrics.EvaluationMetrics.get's values."""
+        return cls(hit_at_one=values["hit_at_one"], perr=values["perr"], map=values["map"],
+                   gap=values["gap"], loss=values["loss"],
+                   num_examples=int(values["num_examples"]), videos=videos)
+
+    @classmethod
+    def of_segments(cls, values: Mapping[str, float],
+                    ratings: Optional[SegmentRatings] = None) -> "EvalResult":
+        """The result of metrics.segment_metrics' values."""
+        def count(name: str) -> Optional[int]:
+            return int(values[name]) if name in values else None
+
+        return cls(segment_map=values["segment_map"], segment_gap=values["segment_gap"],
+                   num_segments=count("num_segments"),
+                   num_positive_segments=count("num_positive_segments"),
+                   num_rated_classes=count("num_rated_classes"),
+                   num_classes_without_positives=count("num_classes_without_positives"),
+                   num_retrieved=count("num_retrieved"),
+                   num_positive_retrieved=count("num_positive_retrieved"), ratings=ratings)
+
+    @property
+    def is_segment(self) -> bool:
+        return self.segment_map is not None
+
+    def metrics(self) -> Dict[str, float]:
+        """{name: value} of the metrics it holds, in their functions' order."""
+        values = ((name, getattr(self, name)) for name in self.VIDEO_METRICS
+                  + self.SEGMENT_METRICS)
+        return {name: value for name, value in values if value is not None}
+
+    def summary(self, label: str = "") -> str:
+        """Its one line (metrics.format_summary, or format_segment_summary)."""
+        if self.is_segment:
+            return metrics.format_segment_summary(self.metrics(), label)
+        return metrics.format_summary(self.metrics(), label)
+
+    def ids_digest(self) -> Optional[str]:
+        """The digest of the videos (or rated pairs) of its record, None without one."""
+        kept = self.videos if self.videos is not None else self.ratings
+        return None if kept is None else kept.ids_digest()

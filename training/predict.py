@@ -347,10 +347,10 @@ def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
                    top_k: int = DEFAULT_TOP_K, num_readers: int = 1, log: Optional[Log] = None,
                    flag_name: str = "eval_data_pattern",
                    skip_corrupt: bool = False, compression: str = "auto",
-                   keep_videos: bool = False) -> Dict[str, Any]:
+                   keep_videos: bool = False) -> intervals.EvalResult:
     """Hit@1, PERR, mAP, GAP@top_k and the loss (the label_loss of
     model_flags.json on the predictions) over labelled data; keep_videos:
-    also "videos", each video's top-k (training.intervals.VideoTopK), which
+    also its videos, each video's top-k (training.intervals.VideoTopK), which
     eval_results.record keeps beside the metrics."""
     with model.graph.as_default():
         labels_in = tf.placeholder(tf.float32, [None, model.num_classes], name="eval_labels")
@@ -364,13 +364,12 @@ def evaluate_model(model: LoadedModel, data_pattern: str, batch_size: int = 64,
                                      compression=compression):
         accumulator.accumulate(batch.predictions, batch.labels, float(batch.extras["loss"]))
         ids.extend(batch.ids)
-    result: Dict[str, Any] = accumulator.get()
-    if result["num_examples"] == 0:
+    values = accumulator.get()
+    if values["num_examples"] == 0:
         raise UserError(f"--{flag_name}={data_pattern}: the files hold no examples")
-    if keep_videos:
-        result["videos"] = intervals.VideoTopK(np.asarray(ids, dtype=bytes),
-                                               *accumulator.per_video())
-    return result
+    videos = (intervals.VideoTopK(np.asarray(ids, dtype=bytes), *accumulator.per_video())
+              if keep_videos else None)
+    return intervals.EvalResult.of_videos(values, videos)
 
 
 def takes_any_frames(model: LoadedModel) -> bool:
@@ -453,13 +452,13 @@ def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int =
                       flag_name: str = "eval_data_pattern", skip_corrupt: bool = False,
                       compression: str = "auto",
                       top_classes: Optional[Dict[bytes, np.ndarray]] = None,
-                      keep_ratings: bool = False) -> Dict[str, Any]:
+                      keep_ratings: bool = False) -> intervals.EvalResult:
     """The 2019 segment metrics (metrics.segment_metrics) of 2019 segment-rated
     records: the model's score of the rated class at each rated segment
     (rated_pair_scores), so memory grows by about 30 bytes per rating, not
     by the classes. top_classes: {video id: its top classes} of a refinement
     (training.segment_refine): a rating whose class is not among them is not
-    retrieved. keep_ratings: the result's "ratings" holds the per-rating
+    retrieved. keep_ratings: the result's ratings holds the per-rating
     arrays (intervals.SegmentRatings, which training.eval_results keeps
     beside the metrics)."""
     pairs = rated_pair_scores(model, data_pattern, segment_size, batch_size, num_readers,
@@ -469,11 +468,9 @@ def evaluate_segments(model: LoadedModel, data_pattern: str, segment_size: int =
         pairs.ids, pairs.start_times, pairs.classes, pairs.ratings.astype(np.int8),
         pairs.scores[:, 0], np.ones(pairs.classes.size, bool) if top_classes is None else
         _retrieved(pairs.ids, pairs.classes, top_classes))
-    result = metrics.segment_metrics(ratings.scores, ratings.classes, ratings.ratings,
+    values = metrics.segment_metrics(ratings.scores, ratings.classes, ratings.ratings,
                                      None if top_classes is None else ratings.retrieved)
-    if keep_ratings:
-        result["ratings"] = ratings
-    return result
+    return intervals.EvalResult.of_segments(values, ratings if keep_ratings else None)
 
 
 def _retrieved(ids: np.ndarray, labels: np.ndarray,
@@ -490,7 +487,7 @@ def _retrieved(ids: np.ndarray, labels: np.ndarray,
 def evaluate_model_dir(model_dir: str, data_pattern: str, batch_size: int = 64,
                        top_k: int = DEFAULT_TOP_K, num_readers: int = 1, log: Optional[Log] = None,
                        compression: str = "auto", keep_videos: bool = False
-                       ) -> Dict[str, Any]:
+                       ) -> intervals.EvalResult:
     model = open_model(model_dir)
     try:
         return evaluate_model(model, data_pattern, batch_size, top_k, num_readers, log,

@@ -92,8 +92,8 @@ def evaluated(directory: Path, data_pattern: str, seed: int) -> None:
     directory.mkdir()
     measured = eval_results.measurement(str(directory / "model.ckpt-10"), data_pattern,
                                         seed=1, top_k=20)
-    eval_results.record(str(directory), measured,
-                        {"gap": videos.gap(), "num_examples": 20, "videos": videos}, 1)
+    eval_results.record(str(directory), measured, intervals.EvalResult(
+        gap=videos.gap(), num_examples=20, videos=videos), 1)
 
 
 # ---------------------------------------------------------------------------

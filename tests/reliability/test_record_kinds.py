@@ -393,16 +393,16 @@ def test_each_kind_trains_evaluates_and_infers(kind_files, tmp_path):
         assert recorded.layout() == kind
         assert (recorded.record_kind is None) == (kind in ("frame", "video"))
         result = predict.evaluate_model_dir(train_dir, pattern, batch_size=16)
-        assert result["num_examples"] == (32 if kind in ("frame", "video") else 16), kind
+        assert result.num_examples == (32 if kind in ("frame", "video") else 16), kind
         output = tmp_path / f"{kind}.csv"
         assert inference.run(train_dir=train_dir, input_data_pattern=pattern,
-                             output_file=str(output), log=None) == result["num_examples"]
+                             output_file=str(output), log=None) == result.num_examples
         first_id = first.context.feature[id_key].bytes_list.value[0].decode()
         assert output.read_text().splitlines()[1].startswith(first_id + ","), kind
     frame_dir = str(tmp_path / "frame")
     segments = evaluation.evaluate_checkpoint(frame_dir, checkpoints.checkpoint_in_dir(frame_dir),
                                               kind_files["segment"], segment_size=5)
-    assert segments["num_segments"] > 0 and 0.0 <= segments["segment_map"] <= 1.0
+    assert segments.num_segments > 0 and 0.0 <= segments.segment_map <= 1.0
 
 
 @pytest.mark.slow

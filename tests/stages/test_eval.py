@@ -33,10 +33,10 @@ def test_evaluate_checkpoint_metrics(trained_dir, tiny_data):
     result = evaluation.evaluate_checkpoint(trained_dir,
                                             checkpoints.latest_checkpoint(trained_dir),
                                             pattern, batch_size=10)
-    assert result["num_examples"] == 32
+    assert result.num_examples == 32
     # A trained model is far better than chance on the synthetic signal.
-    assert result["gap"] > 0.5 and result["hit_at_one"] > 0.5
-    assert np.isfinite(result["loss"]) and 0 <= result["perr"] <= 1 and 0 <= result["map"] <= 1
+    assert result.gap > 0.5 and result.hit_at_one > 0.5
+    assert np.isfinite(result.loss) and 0 <= result.perr <= 1 and 0 <= result.map <= 1
 
 
 @pytest.mark.slow
@@ -55,9 +55,9 @@ def test_eval_metrics_equal_numpy_on_collected_predictions(trained_dir, tiny_dat
     streamed = evaluation.evaluate_checkpoint(trained_dir,
                                               checkpoints.latest_checkpoint(trained_dir),
                                               pattern, batch_size=7)
-    assert streamed["gap"] == pytest.approx(metrics.global_average_precision(predictions, labels),
+    assert streamed.gap == pytest.approx(metrics.global_average_precision(predictions, labels),
                                             abs=1e-6)
-    assert streamed["hit_at_one"] == pytest.approx(metrics.hit_at_one(predictions, labels))
+    assert streamed.hit_at_one == pytest.approx(metrics.hit_at_one(predictions, labels))
 
 
 @pytest.mark.slow
@@ -93,9 +93,9 @@ def test_bf16_compute_modes_of_a_bfloat16_checkpoint(tiny_models, tiny_data):
                for mode in ("cast_each_step", "cast_at_load", "bfloat16")}
     # Casting on every step and once at load compute the very same numbers.
     for key in ("gap", "hit_at_one", "loss", "map"):
-        assert results["cast_at_load"][key] == results["cast_each_step"][key]
-    assert results["bfloat16"]["gap"] == pytest.approx(results["cast_at_load"]["gap"], abs=5e-3)
-    assert results["bfloat16"]["num_examples"] == 32
+        assert getattr(results["cast_at_load"], key) == getattr(results["cast_each_step"], key)
+    assert results["bfloat16"].gap == pytest.approx(results["cast_at_load"].gap, abs=5e-3)
+    assert results["bfloat16"].num_examples == 32
 
 
 @pytest.mark.slow
@@ -171,9 +171,9 @@ def test_recompute_changes_bn_statistics_and_metrics(tiny_models, tiny_data, tmp
     moving = evaluation.evaluate_checkpoint(model_dir, path, pattern, batch_size=16)
     recomputed = evaluation.evaluate_checkpoint(model_dir, path, pattern, batch_size=16,
                                                 recompute=settings)
-    assert recomputed["num_examples"] == moving["num_examples"] == 32
-    assert recomputed["loss"] != pytest.approx(moving["loss"], abs=1e-4)
-    assert recomputed["gap"] != moving["gap"]
+    assert recomputed.num_examples == moving.num_examples == 32
+    assert recomputed.loss != pytest.approx(moving.loss, abs=1e-4)
+    assert recomputed.gap != moving.gap
     assert os.listdir(tmp_path) == []
 
 
@@ -310,7 +310,7 @@ def test_recompute_on_an_swa_dir(tiny_models, tiny_data):
     result = evaluation.evaluate_checkpoint(swa_dir, checkpoints.find_checkpoint(swa_dir),
                                             str(tiny_data / "frame" / "validate*.tfrecord"),
                                             batch_size=16, recompute=settings)
-    assert result["num_examples"] == 32 and 0 < result["gap"] <= 1
+    assert result.num_examples == 32 and 0 < result.gap <= 1
 
 
 @pytest.mark.slow

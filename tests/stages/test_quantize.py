@@ -254,8 +254,8 @@ def test_int8_moves_gap_by_at_most_the_tolerance(tiny_models, int8_dirs, many_vi
             result = predict.evaluate_model(model, many_videos, 64, 20, 1, keep_videos=True)
         finally:
             model.close()
-        assert result["num_examples"] == GAP_CHECK_VIDEOS
-        videos[name] = result["videos"]
+        assert result.num_examples == GAP_CHECK_VIDEOS
+        videos[name] = result.videos
     # (400 draws: the 2.5% and 97.5% points to about 0.00002 here, in a
     # second or two; the default 1000 take several on 2 busy cores)
     moved = intervals.PairedBootstrap(videos, samples=400).gain("int8", "float32")

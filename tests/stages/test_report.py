@@ -35,8 +35,8 @@ def evaluate(directory, pattern: str, videos: intervals.VideoTopK, checkpoint: s
     directory.mkdir(exist_ok=True)
     measured = eval_results.measurement(checkpoint or str(directory / "model.ckpt-10"),
                                         pattern, seed=1, top_k=20)
-    eval_results.record(str(directory), measured, {"gap": videos.gap(), "num_examples":
-                                                   videos.num_videos, "videos": videos}, 1)
+    eval_results.record(str(directory), measured, intervals.EvalResult(
+        gap=videos.gap(), num_examples=videos.num_videos, videos=videos), 1)
 
 
 def make_run(tmp_path):

@@ -12,7 +12,15 @@ import pytest
 from conftest import run_module, segment_data
 from models import presets, registry
 from support.training_runs import train_tiny_model
-from training import checkpoints, eval_results, metrics, model_builder, predict, synthetic
+from training import (
+    checkpoints,
+    eval_results,
+    intervals,
+    metrics,
+    model_builder,
+    predict,
+    synthetic,
+)
 from training import eval as evaluation
 from training.cli import UserError
 
@@ -118,9 +126,9 @@ def test_segment_eval_scores_each_segment_on_its_frames(trained_dir, segment_pat
     finally:
         model.close()
     for key in ("segment_map", "segment_gap", "num_segments", "num_positive_segments"):
-        assert result[key] == pytest.approx(expected[key], abs=1e-5), key
-    chance = result["num_positive_segments"] / result["num_segments"]
-    assert result["num_segments"] == 24 * 5 and result["segment_map"] > chance + 0.2
+        assert getattr(result, key) == pytest.approx(expected[key], abs=1e-5), key
+    chance = result.num_positive_segments / result.num_segments
+    assert result.num_segments == 24 * 5 and result.segment_map > chance + 0.2
 
 
 @pytest.mark.slow
@@ -163,9 +171,9 @@ def test_segment_eval_of_the_exported_ensemble(tiny_models, segment_pattern):
             results[kind] = predict.evaluate_segments(model, segment_pattern, batch_size=25)
         finally:
             model.close()
-    assert results["ensemble"]["num_segments"] == 120
-    worst = min(results["dbof_bf16"]["segment_map"], results["gru_bf16"]["segment_map"])
-    assert results["ensemble"]["segment_map"] >= worst - 0.05
+    assert results["ensemble"].num_segments == 120
+    worst = min(results["dbof_bf16"].segment_map, results["gru_bf16"].segment_map)
+    assert results["ensemble"].segment_map >= worst - 0.05
 
 
 @pytest.mark.slow
@@ -326,7 +334,6 @@ def test_retrieved_mask_leaves_the_ranking_but_counts_the_positive():
 
 
 def _ratings(n=6):
-    from training import intervals
     return intervals.SegmentRatings(
         ids=np.array([b"ab01", b"cd01"] * (n // 2)), start_times=np.arange(n) * 5,
         classes=np.arange(n) % 3, ratings=(np.arange(n) % 2).astype(np.int8),
@@ -345,9 +352,9 @@ def test_ratings_file_round_trip_and_entry_lookup(tmp_path):
     refined_m = eval_results.measurement("model.ckpt-10", pattern, seed=1, segment_size=5,
                                          refine_top_k=3, refine_model="self")
     plain = eval_results.record(directory, plain_m,
-                                {"segment_map": 0.5, "ratings": _ratings()})
+                                intervals.EvalResult(segment_map=0.5, ratings=_ratings()))
     refined = eval_results.record(directory, refined_m,
-                                  {"segment_map": 0.6, "ratings": _ratings(8)})
+                                  intervals.EvalResult(segment_map=0.6, ratings=_ratings(8)))
     assert plain.ratings_file != refined.ratings_file
     found = eval_results.find(directory, plain_m)
     assert found.segment_map == 0.5 and found.segment_refine_top_k is None
@@ -465,8 +472,8 @@ def test_refinement_by_an_ensemble_export(tiny_models, segment_pattern):
         tiny_models["dbof_bf16"], checkpoints.checkpoint_in_dir(tiny_models["dbof_bf16"]),
         segment_pattern, batch_size=25, segment_size=5, refine=refine,
         bf16_compute="cast_at_load")
-    ratings = result["ratings"]
+    ratings = result.ratings
     top = _video_top(tiny_models["ensemble"], segment_pattern, 3)
     assert ratings.retrieved.tolist() == [int(c) in top[vid] for vid, c in
                                           zip(ratings.ids, ratings.classes)]
-    assert result["num_retrieved"] == int(ratings.retrieved.sum()) < len(ratings.ids)
+    assert result.num_retrieved == int(ratings.retrieved.sum()) < len(ratings.ids)

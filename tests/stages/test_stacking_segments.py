@@ -73,8 +73,8 @@ def test_weights_fitted_on_rated_segments(members, rated_pattern, tiny_data, tmp
         finally:
             alone.close()
         got = metrics.segment_metrics(pairs.scores[:, column], pairs.classes, pairs.ratings)
-        assert got["segment_map"] == pytest.approx(expected["segment_map"], abs=1e-9)
-        assert got["segment_gap"] == pytest.approx(expected["segment_gap"], abs=1e-9)
+        assert got["segment_map"] == pytest.approx(expected.segment_map, abs=1e-9)
+        assert got["segment_gap"] == pytest.approx(expected.segment_gap, abs=1e-9)
     output, refused_output = tmp_path / "weights.json", tmp_path / "refused.json"
     ran = run_cases({"stacking.fit": {"cases": [
         [f"--model_dirs={good},{other}", f"--data_pattern={rated_pattern}", "--segment_labels",

@@ -386,7 +386,7 @@ def test_candidate_windows_share_their_graphs(dbof_dir, tiny_data, tmp_path, mon
     for candidate in choice.candidates:
         alone = str(tmp_path / f"alone{candidate.window}")
         swa.average(dbof_dir, alone, last_n=candidate.window, log=None, **average_settings)
-        assert swa.evaluate_on(alone, fit, settings, log=None)["gap"] == candidate.gap
+        assert swa.evaluate_on(alone, fit, settings, log=None).gap == candidate.gap
     info = json.loads((tmp_path / "chosen" / "swa.json").read_text())
     installed = read_all(str(tmp_path / "chosen" / info["checkpoint"]))
     fresh = read_all(str(tmp_path / f"alone{choice.chosen}" / info["checkpoint"]))

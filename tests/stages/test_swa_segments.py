@@ -39,7 +39,7 @@ def fresh_segment_map(train_dir, window, out, pattern):
     averaged and evaluated afresh (training.eval --segment_labels's path)."""
     swa.average(train_dir, out, last_n=window, log=None)
     return evaluation.evaluate_checkpoint(out, checkpoints.find_checkpoint(out), pattern,
-                                          batch_size=25, segment_size=5)["segment_map"]
+                                          batch_size=25, segment_size=5).segment_map
 
 
 def test_window_chosen_by_segment_map(run_dir, fit_pattern, tiny_data, tmp_path):

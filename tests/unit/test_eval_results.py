@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from training import eval_results
+from training import eval_results, intervals
 from training.cli import UserError
 
 RESULT = {"gap": 0.5, "hit_at_one": 0.6, "perr": 0.4, "map": 0.3, "loss": 1.5,
@@ -20,7 +20,8 @@ def add(directory, checkpoint="model.ckpt-10", pattern="validate*.tfrecord", gap
         **settings):
     measured = eval_results.measurement(os.path.join(str(directory), checkpoint),
                                         str(directory / pattern), **{**SETTINGS, **settings})
-    return eval_results.record(str(directory), measured, {**RESULT, "gap": gap}, 1)
+    return eval_results.record(str(directory), measured,
+                               intervals.EvalResult.of_videos({**RESULT, "gap": gap}), 1)
 
 
 def saved(directory) -> dict:
@@ -104,7 +105,8 @@ def test_a_damaged_file_is_refused_in_one_line_and_kept(tmp_path, content, says)
 def test_checkpoint_outside_the_dir_is_keyed_by_its_path(tmp_path):
     (tmp_path / "swa").mkdir()
     eval_results.record(str(tmp_path / "bf16"), eval_results.measurement(
-        str(tmp_path / "swa" / "model.ckpt-10"), str(tmp_path / "v*"), **SETTINGS), RESULT, 1)
+        str(tmp_path / "swa" / "model.ckpt-10"), str(tmp_path / "v*"), **SETTINGS),
+        intervals.EvalResult.of_videos(RESULT), 1)
     add(tmp_path / "bf16")
     keys = sorted(saved(tmp_path / "bf16")["evaluations"])
     assert keys[0].startswith(str(tmp_path / "swa" / "model.ckpt-10") + "|")
@@ -135,7 +137,8 @@ def test_video_and_segment_evaluations_keep_their_own_files_and_keys(tmp_path):
     pattern = str(tmp_path / "v*.tfrecord")
     segment = eval_results.measurement(str(tmp_path / "model.ckpt-3"), pattern, seed=7,
                                        segment_size=5)
-    eval_results.record(str(tmp_path), segment, {"segment_map": 0.5, "num_segments": 10})
+    eval_results.record(str(tmp_path), segment,
+                        intervals.EvalResult(segment_map=0.5, num_segments=10))
     add(tmp_path, pattern="v*.tfrecord")
     payload = json.loads((tmp_path / eval_results.SEGMENT_RESULTS).read_text())
     assert payload["key"] == (f"model.ckpt-3|{pattern}|bf16_compute=None|bn_statistics=moving|"
@@ -144,8 +147,34 @@ def test_video_and_segment_evaluations_keep_their_own_files_and_keys(tmp_path):
     assert payload["num_segments"] == 10 and isinstance(payload["num_segments"], int)
     assert len(saved(tmp_path)["evaluations"]) == 1 and saved(tmp_path)["top_k"] == 20
     eval_results.record(str(tmp_path), eval_results.measurement(
-        str(tmp_path / "model.ckpt-4"), pattern), RESULT)
+        str(tmp_path / "model.ckpt-4"), pattern), intervals.EvalResult.of_videos(RESULT))
     assert {name: saved(tmp_path)[name] for name in ("top_k", "eval_files", "seed")} == \
         {"top_k": None, "eval_files": None, "seed": None}
     with pytest.raises(ValueError, match="gap"):
-        eval_results.record(str(tmp_path), segment, {"gap": 0.5})
+        eval_results.record(str(tmp_path), segment, intervals.EvalResult(gap=0.5))
+
+
+def test_an_eval_result_gives_back_its_metrics_and_lines():
+    """EvalResult holds the metrics functions' values as they are, in their
+    order (the events, the printed lines and the stores depend on it); a
+    segment result without refinement has no retrieval counts.
+    Mutation tried: dropping "num_retrieved" from EvalResult.SEGMENT_METRICS
+    -> the refined result's metrics differed from segment_metrics'."""
+    import numpy as np
+
+    from training import metrics
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    labels, ratings = np.array([0, 0, 1, 1]), np.array([1, 0, 0, 1])
+    for retrieved in (None, np.array([1, 1, 0, 1], bool)):
+        values = metrics.segment_metrics(scores, labels, ratings, retrieved)
+        result = intervals.EvalResult.of_segments(values)
+        assert list(result.metrics().items()) == list(values.items())
+        assert result.summary("x") == metrics.format_segment_summary(values, "x")
+        assert result.is_segment and (result.num_retrieved is None) == (retrieved is None)
+    accumulator = metrics.EvaluationMetrics(3, 2)
+    accumulator.accumulate(np.array([[0.9, 0.1, 0.2]]), np.array([[1, 0, 1]]), 0.5)
+    values = accumulator.get()
+    video = intervals.EvalResult.of_videos(values)
+    assert list(video.metrics().items()) == list(values.items())
+    assert video.summary("y") == metrics.format_summary(values, "y")
+    assert not video.is_segment and video.ids_digest() is None
