@@ -213,11 +213,11 @@ def test_exported_ensemble_shared_equals_naive(seeded_members, tmp_path):
         payload = build.build_and_export(seeded_members, weights, out_dir, tile_num=4,
                                          log=None, shared_frame_work=shared,
                                          bf16_compute="cast_each_step")
-        assert payload["tiled"] == [True, True, True, False]
-        assert payload["shared_frame_work"] == ([True, True, True, False] if shared
-                                                else [False] * 4)
+        assert payload.tiled == (True, True, True, False)
+        assert payload.shared_frame_work == ((True, True, True, False) if shared
+                                             else (False,) * 4)
         with open(os.path.join(out_dir, "ensemble.json")) as handle:
-            assert json.load(handle)["shared_frame_work"] == payload["shared_frame_work"]
+            assert json.load(handle)["shared_frame_work"] == list(payload.shared_frame_work)
         outputs[shared] = starter_predictions(out_dir, features, num_frames)
     assert np.all(np.isfinite(outputs[True]))
     np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-7)
