@@ -503,8 +503,11 @@ def check_held_out(measured_pattern: str, sources: Mapping[str, Iterable[Provena
     measured_pattern holds: a report on it would not be held out."""
     found = held_out_violations(measured_pattern, sources)
     if found:
-        named = "; ".join(f"{source} (the {choice.choice} choice of {choice.stage})"
-                          for source, choice, _ in found)
+        by_source: Dict[str, List[str]] = {}
+        for source, choice, _ in found:
+            by_source.setdefault(source, []).append(f"the {choice.choice} choice of {choice.stage}")
+        named = "; ".join(f"{source} ({', '.join(choices)})"
+                          for source, choices in by_source.items())
         raise UserError(f"{found[0][2]}: measured here, but read by a choice made before: "
                         f"{named}; make those choices again on other files (move them away "
                         f"and rerun)")

@@ -169,3 +169,14 @@ def test_pipeline_checks_its_outputs_before_any_work(tmp_path):
     assert call.startswith("-m ensemble.report --check_choices --data_pattern=") and \
         f"--model_dirs={work}/swa/GRUModel,{work}/ensemble_models/GRUModel-bfloat16," \
         f"{work}/ensembled_models" in call, call
+
+
+def test_one_output_with_two_stale_choices_is_named_once(data):
+    """Mutation tried: one "; "-separated entry per choice named the dir twice."""
+    window = stage_files.provenance_for("swa.average", "window", _files(data, 0))
+    tuning = stage_files.provenance_for("segment_finetune.train", "fine-tuning", _files(data, 0))
+    with pytest.raises(UserError) as err:
+        stage_files.check_held_out(_files(data, 0), {"/w/swa/m": (tuning, window)})
+    assert str(err.value).count("/w/swa/m") == 1
+    assert "/w/swa/m (the fine-tuning choice of segment_finetune.train, the window choice " \
+           "of swa.average)" in str(err.value)
