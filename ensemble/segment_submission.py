@@ -36,6 +36,7 @@ from training import checkpoints, paths, predict, readers, segment_refine
 from training import flags as shared_flags
 from training.cli import UserError, excerpt, first_line, run_main
 from training.progress import Log
+from training.stage_files import SegmentPart
 
 FLAGS = flags.FLAGS
 
@@ -337,16 +338,17 @@ def write_segment_part(model: predict.LoadedModel, data_pattern: str, output_fil
                                           "class_ids": [int(c) for c in class_ids]})
     path = part_path(output_file, num_shards, shard_index)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    part = SegmentPart(
+        class_ids=class_ids, max_pred=max_pred,
+        counts=np.array([r.size for r in ranked], np.int64),
+        numbers=np.concatenate(ranked).astype(np.int64),
+        scores=np.concatenate([top.scores[j] for j in range(class_ids.size)]),
+        names=np.array([name for r in ranked for name in names.lookup(r)],
+                       dtype=object).astype(str),
+        run=run, num_shards=num_shards, shard_index=shard_index,
+        inputs=np.array([os.path.abspath(f) for f in files]))
     with checkpoints.atomic_file(path, True, "output_file") as tmp_path:
-        with open(tmp_path, "wb") as out:
-            np.savez(out, class_ids=class_ids, max_pred=max_pred,
-                     counts=np.array([r.size for r in ranked], np.int64),
-                     numbers=np.concatenate(ranked).astype(np.int64),
-                     scores=np.concatenate([top.scores[j] for j in range(class_ids.size)]),
-                     names=np.array([name for r in ranked for name in names.lookup(r)],
-                                    dtype=object).astype(str),
-                     run=np.array(run), num_shards=num_shards, shard_index=shard_index,
-                     inputs=np.array([os.path.abspath(f) for f in files]))
+        part.save(tmp_path)
     if log:
         log(f"wrote {path} ({names.seen} segments of {len(indices)} files)")
     return path
@@ -355,26 +357,27 @@ def write_segment_part(model: predict.LoadedModel, data_pattern: str, output_fil
 _PART_NAME = re.compile(r"segments-(\d+)-of-(\d+)\.npz")
 
 
-def _read_part(path: str, num_shards: int, shard: int) -> dict:
+def _read_part(path: str, num_shards: int, shard: int) -> SegmentPart:
     """One part, its provenance checked against its name (a copied or renamed
     part is a duplicate shard)."""
     try:
-        with np.load(path) as part:
-            loaded = {key: part[key] for key in part.files}
+        part = SegmentPart.load(path)
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: missing or unreadable part ({first_line(err)}); run shard "
                         f"{shard} of --num_shards={num_shards} again") from None
-    if not {"run", "num_shards", "shard_index", "inputs"} <= set(loaded):
-        raise UserError(f"{path}: no provenance (written by an earlier version); run shard "
-                        f"{shard} of --num_shards={num_shards} again")
-    held = (int(loaded["shard_index"]), int(loaded["num_shards"]))
+    except KeyError as err:
+        what = ("no provenance (written by an earlier version)"
+                if err.args[0] in SegmentPart.PROVENANCE else f"no {err.args[0]!r} array")
+        raise UserError(f"{path}: {what}; run shard {shard} of --num_shards={num_shards} "
+                        f"again") from None
+    held = (part.shard_index, part.num_shards)
     if held != (shard, num_shards):
         raise UserError(f"{path}: holds shard {held[0]} of {held[1]}, not shard {shard} of "
                         f"{num_shards} (copied or renamed?); run shard {shard} again")
-    return loaded
+    return part
 
 
-def _check_parts(output_file: str, num_shards: int, parts: List[dict]) -> None:
+def _check_parts(output_file: str, num_shards: int, parts: List[SegmentPart]) -> None:
     """Every part of one run on one input: the first part that differs from
     part 0 is named; so is a part of another --num_shards in the dir."""
     directory = merge.parts_dir(output_file)
@@ -386,11 +389,11 @@ def _check_parts(output_file: str, num_shards: int, parts: List[dict]) -> None:
     first = part_path(output_file, num_shards, 0)
     for shard, part in enumerate(parts[1:], start=1):
         path = part_path(output_file, num_shards, shard)
-        if str(part["run"]) != str(parts[0]["run"]):
+        if part.run != parts[0].run:
             raise UserError(f"{path}: written by another run than {first} (another model, "
                             f"or other flags: classes, --segment_max_pred, --segment_size, "
                             f"sampling); run shard {shard} again")
-        if not np.array_equal(part["inputs"], parts[0]["inputs"]):
+        if not np.array_equal(part.inputs, parts[0].inputs):
             raise UserError(f"{path}: read other input files than {first} (another "
                             f"--input_data_pattern); run shard {shard} again")
 
@@ -407,14 +410,14 @@ def merge_segment_parts(output_file: str, num_shards: int, overwrite: bool = Tru
     parts = [_read_part(part_path(output_file, num_shards, shard), num_shards, shard)
              for shard in range(num_shards)]
     _check_parts(output_file, num_shards, parts)
-    class_ids, max_pred = parts[0]["class_ids"], int(parts[0]["max_pred"])
-    splits = [np.concatenate([[0], np.cumsum(p["counts"])]) for p in parts]
+    class_ids, max_pred = parts[0].class_ids, parts[0].max_pred
+    splits = [np.concatenate([[0], np.cumsum(p.counts)]) for p in parts]
 
     def ranked(j: int):
         rows = [(p, slice(s[j], s[j + 1])) for p, s in zip(parts, splits)]
-        scores = np.concatenate([p["scores"][r] for p, r in rows])
-        numbers = np.concatenate([p["numbers"][r] for p, r in rows])
-        names = np.concatenate([p["names"][r] for p, r in rows])
+        scores = np.concatenate([p.scores[r] for p, r in rows])
+        numbers = np.concatenate([p.numbers[r] for p, r in rows])
+        names = np.concatenate([p.names[r] for p, r in rows])
         return names[np.lexsort((numbers, -scores))[:max_pred]]
 
     _write_csv(output_file, class_ids, ranked, overwrite)

@@ -805,3 +805,50 @@ class EvaluationStore(Record):
                    else None,
                    _from_json(payload["evaluations"], Dict[str, Evaluation],
                               f"{where}: evaluations") if "evaluations" in payload else None)
+
+
+# ---------------------------------------------------------------------------
+# A part of a sharded 2019 segment submission (ensemble.segment_submission)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentPart:
+    """segments-<shard>-of-<num_shards>.npz: one shard's per-class top list
+    (class j's entries are numbers/scores/names[sum(counts[:j]):][:counts[j]])
+    and its provenance: the run key, its shard and the whole sorted input.
+    An .npz (arrays), not JSON; PROVENANCE names the keys an earlier release
+    lacked."""
+    class_ids: Any          # [C] int64
+    max_pred: int
+    counts: Any             # [C] int64
+    numbers: Any            # [N] int64, segment numbers
+    scores: Any             # [N] float32
+    names: Any              # [N] str, "<video id>:<start>"
+    run: str
+    num_shards: int
+    shard_index: int
+    inputs: Any             # [F] str, absolute
+    PROVENANCE = ("run", "num_shards", "shard_index", "inputs")
+
+    def save(self, path: str) -> None:
+        """Writes the .npz to `path` (the caller makes it atomic)."""
+        import numpy as np  # (only here: the JSON records need no numpy)
+        with open(path, "wb") as out:
+            np.savez(out, **{field.name: getattr(self, field.name)
+                             for field in dataclasses.fields(self)})
+
+    @classmethod
+    def load(cls, path: str) -> "SegmentPart":
+        """The part at `path`; OSError/ValueError when unreadable, KeyError
+        naming the first missing key."""
+        import numpy as np
+        with np.load(path) as part:
+            loaded = {key: part[key] for key in part.files}
+        for name in (field.name for field in dataclasses.fields(cls)):
+            if name not in loaded:
+                raise KeyError(name)
+        return cls(class_ids=loaded["class_ids"], max_pred=int(loaded["max_pred"]),
+                   counts=loaded["counts"], numbers=loaded["numbers"],
+                   scores=loaded["scores"], names=loaded["names"], run=str(loaded["run"]),
+                   num_shards=int(loaded["num_shards"]),
+                   shard_index=int(loaded["shard_index"]), inputs=loaded["inputs"])

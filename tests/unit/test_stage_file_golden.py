@@ -83,3 +83,20 @@ def test_every_record_has_a_golden_file():
         covered |= _nested(record)
     covered |= {base for record in covered for base in record.__mro__}   # shared bases
     assert sorted(cls.__name__ for cls in records - covered) == []
+
+
+def test_segment_part_of_the_earlier_release_reads_and_writes_the_same_arrays(tmp_path):
+    """An .npz part (ensemble.segment_submission, written before SegmentPart
+    existed) loads into the record and saves every array back, same keys,
+    dtypes and values (zip timestamps make .npz bytes differ run to run).
+    Mutation tried: SegmentPart.save without the inputs array."""
+    import numpy as np
+    golden = GOLDEN / "segment_part.npz"
+    part = stage_files.SegmentPart.load(str(golden))
+    assert (part.num_shards, part.shard_index, part.max_pred) == (1, 0, 2)
+    out = tmp_path / "part.npz"
+    part.save(str(out))
+    with np.load(golden) as want, np.load(out) as got:
+        assert sorted(got.files) == sorted(want.files)
+        for key in want.files:
+            assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]), key
