@@ -107,9 +107,11 @@ average_convert_evaluate() {  # train dir, swa dir, bf16 dir
 
 # A rerun with the fitting files moved stops here, naming every output whose
 # choice read a file the report now measures (lib.sh).
+ensemble_dir="$WORK_DIR/ensembled_models"
+stacked_dir="$WORK_DIR/ensembled_models_stacked"
+weights_file="$WORK_DIR/stacking_weights.json"
 stop_on_stale_choices ensemble.report "$HELDOUT_PATTERN" "$WORK_DIR"/swa/* \
-  "$WORK_DIR"/ensemble_models/* "$WORK_DIR/ensembled_models" "$WORK_DIR/ensembled_models_stacked" \
-  "$WORK_DIR/stacking_weights.json"
+  "$WORK_DIR"/ensemble_models/* "$ensemble_dir" "$stacked_dir" "$weights_file"
 
 members=()
 train_dirs=()
@@ -138,9 +140,6 @@ for model in $MODELS; do
   train_dirs+=("$train_dir")
 done
 
-ensemble_dir="$WORK_DIR/ensembled_models"
-stacked_dir="$WORK_DIR/ensembled_models_stacked"
-weights_file="$WORK_DIR/stacking_weights.json"
 model_dirs=$(IFS=,; echo "${members[*]}")
 build_ensemble() {  # output dir, extra ensemble.build flags...
   local output=$1

@@ -82,9 +82,11 @@ average_convert_evaluate() {  # model, video dir, fine-tune dir, swa dir, member
 
 # A rerun with the fitting files moved stops here, naming every output whose
 # choice (fine-tuning included) read a file the report now measures (lib.sh).
+ensemble_dir="$SEGMENT_WORK/ensembled_models"
+stacked_dir="$SEGMENT_WORK/ensembled_models_stacked"
+weights_file="$SEGMENT_WORK/stacking_weights.json"
 stop_on_stale_choices ensemble.segment_report "$HELDOUT_PATTERN" "$SEGMENT_WORK"/finetune/* \
-  "$SEGMENT_WORK"/swa/* "$SEGMENT_WORK"/members/* "$SEGMENT_WORK/ensembled_models" \
-  "$SEGMENT_WORK/ensembled_models_stacked" "$SEGMENT_WORK/stacking_weights.json"
+  "$SEGMENT_WORK"/swa/* "$SEGMENT_WORK"/members/* "$ensemble_dir" "$stacked_dir" "$weights_file"
 
 members=()
 video_dirs=()
@@ -108,9 +110,6 @@ done
 wait_background
 
 model_dirs=$(IFS=,; echo "${members[*]}")
-ensemble_dir="$SEGMENT_WORK/ensembled_models"
-stacked_dir="$SEGMENT_WORK/ensembled_models_stacked"
-weights_file="$SEGMENT_WORK/stacking_weights.json"
 build_ensemble() {  # output dir, extra ensemble.build flags...
   if [[ ! -d "$1" ]]; then
     "$PYTHON" -m ensemble.build --model_dirs="$model_dirs" --tile_num="$TILE_NUM" \
